@@ -1,0 +1,69 @@
+//! Every bucket key dimple reads or writes is built here, and only here.
+//!
+//! ```text
+//! replicas/<replica_id>/replica.json   descriptor (format, id, name, public key)
+//! replicas/<replica_id>/LATEST.json    signed head: newest batch and its sha256
+//! batches/<replica_id>/<batch_id>.db   immutable batch files
+//! ```
+
+pub const REPLICAS_PREFIX: &str = "replicas/";
+pub const DESCRIPTOR: &str = "replica.json";
+pub const HEAD: &str = "LATEST.json";
+
+pub fn descriptor_key(replica: &str) -> String {
+    format!("{REPLICAS_PREFIX}{replica}/{DESCRIPTOR}")
+}
+
+pub fn head_key(replica: &str) -> String {
+    format!("{REPLICAS_PREFIX}{replica}/{HEAD}")
+}
+
+pub fn batch_key(replica: &str, batch_id: &str) -> String {
+    format!("batches/{replica}/{batch_id}.db")
+}
+
+/// What a key found under `replicas/` is, if it is one of ours.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplicaObject<'a> {
+    Descriptor(&'a str),
+    Head(&'a str),
+}
+
+/// Parses a listed key. Keys that are not exactly ours (extra path segments, other
+/// file names, ids that are not canonical UUIDs) are ignored rather than trusted.
+pub fn parse_replica_key(key: &str) -> Option<ReplicaObject<'_>> {
+    let rest = key.strip_prefix(REPLICAS_PREFIX)?;
+    let (id, file) = rest.split_once('/')?;
+    if !is_canonical_uuid(id) {
+        return None;
+    }
+    match file {
+        DESCRIPTOR => Some(ReplicaObject::Descriptor(id)),
+        HEAD => Some(ReplicaObject::Head(id)),
+        _ => None,
+    }
+}
+
+/// Lowercase hyphenated UUID text: the only form ids take in keys and in the log.
+pub fn is_canonical_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_keys_are_parsed_only_when_exactly_ours() {
+        let id = "0190a4c2-7b3e-7def-8abc-0123456789ab";
+        assert_eq!(parse_replica_key(&head_key(id)), Some(ReplicaObject::Head(id)));
+        assert_eq!(parse_replica_key(&descriptor_key(id)), Some(ReplicaObject::Descriptor(id)));
+        assert_eq!(parse_replica_key(&format!("replicas/{id}/x/LATEST.json")), None);
+        assert_eq!(parse_replica_key("replicas/../LATEST.json"), None);
+        assert_eq!(parse_replica_key(&format!("replicas/{}/LATEST.json", id.to_uppercase())), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! A bucket that is a plain directory: the embedded default, no server needed.
+//!
+//! Atomicity comes from the file system: every put writes a temporary file, fsyncs
+//! it, then links (create-only) or renames (replace) it into place and fsyncs the
+//! directory. Conditional replaces take an advisory lock on `.dimple-store.lock`, so
+//! two processes on one machine cannot both win an `Update` race. The ETag of a file
+//! is derived from its inode, size and mtime: every put makes a new inode, so the
+//! ETag changes on every write without reading the content.
+
+use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
+use async_trait::async_trait;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+const LOCK_FILE: &str = ".dimple-store.lock";
+const TMP_PREFIX: &str = ".tmp-";
+
+impl LocalStore {
+    /// Opens (creating if needed) a directory bucket.
+    pub fn open(root: impl Into<PathBuf>) -> StoreResult<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_err(&root, e))?;
+        Ok(LocalStore { root })
+    }
+
+    fn path(&self, key: &str) -> StoreResult<PathBuf> {
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(TMP_PREFIX));
+        if !valid {
+            return Err(StoreError::Refused(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn etag(meta: &fs::Metadata) -> String {
+        format!("{:x}-{:x}-{:x}", meta.ino(), meta.len(), meta.mtime_nsec() + meta.mtime() * 1_000_000_000)
+    }
+
+    fn put_blocking(&self, key: &str, bytes: &[u8], mode: &PutMode) -> StoreResult<String> {
+        let dest = self.path(key)?;
+        let dir = dest.parent().expect("keys have a parent").to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+            f.sync_all().map_err(|e| io_err(&tmp, e))?;
+            drop(f);
+            match mode {
+                PutMode::Create => match fs::hard_link(&tmp, &dest) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        return Err(StoreError::PreconditionFailed(format!("{key} already exists")))
+                    }
+                    Err(e) => return Err(io_err(&dest, e)),
+                },
+                PutMode::Overwrite => fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?,
+                PutMode::Update(expected) => {
+                    let _lock = self.lock()?;
+                    let current = match fs::metadata(&dest) {
+                        Ok(m) => Some(Self::etag(&m)),
+                        Err(e) if e.kind() == ErrorKind::NotFound => None,
+                        Err(e) => return Err(io_err(&dest, e)),
+                    };
+                    if current.as_deref() != Some(expected.as_str()) {
+                        return Err(StoreError::PreconditionFailed(format!("{key} changed since it was read")));
+                    }
+                    fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?;
+                }
+            }
+            sync_dir(&dir)?;
+            let meta = fs::metadata(&dest).map_err(|e| io_err(&dest, e))?;
+            Ok(Self::etag(&meta))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn lock(&self) -> StoreResult<File> {
+        let path = self.root.join(LOCK_FILE);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        f.lock().map_err(|e| io_err(&path, e))?;
+        Ok(f)
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> StoreResult<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if name.starts_with(TMP_PREFIX) || name == LOCK_FILE {
+                continue;
+            }
+            let key = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path(), e)),
+            };
+            if meta.is_dir() {
+                self.walk(&entry.path(), &key, out)?;
+            } else {
+                out.push(ObjectMeta { key, etag: Self::etag(&meta), size: meta.len() });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> StoreResult<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+        // Walk the deepest directory that the prefix names, then filter by prefix.
+        let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let mut all = Vec::new();
+        self.walk(&self.root.join(dir_rel), dir_rel, &mut all)?;
+        all.retain(|m| m.key.starts_with(prefix) && start_after.is_none_or(|a| m.key.as_str() > a));
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        let more = all.len() > LIST_PAGE;
+        all.truncate(LIST_PAGE);
+        Ok((all, more))
+    }
+
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
+        let path = self.path(key)?;
+        // Open first, then stat the open file: the ETag then belongs to the bytes read.
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let meta = f.metadata().map_err(|e| io_err(&path, e))?;
+        if meta.is_dir() {
+            return Err(StoreError::NotFound(key.to_owned()));
+        }
+        let etag = Self::etag(&meta);
+        if if_none_match == Some(etag.as_str()) {
+            return Ok(Got::NotModified);
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| io_err(&path, e))?;
+        Ok(Got::Found { bytes, etag })
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
+        self.put_blocking(key, &bytes, &mode)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}

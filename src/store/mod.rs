@@ -1,0 +1,119 @@
+//! The object store a sync group shares: a bucket, seen as a flat key space.
+//!
+//! The contract every backend keeps (and `tests/it/store_contract.rs` checks):
+//! - a put is atomic: no reader ever sees part of an object;
+//! - `PutMode::Create` fails with [`StoreError::PreconditionFailed`] when the key
+//!   exists, `PutMode::Update(etag)` when the current ETag differs or the key is missing;
+//! - `list` returns keys in byte order, strictly after `start_after`, with ETags that
+//!   change on every put of that key;
+//! - `get` with `if_none_match` returns [`Got::NotModified`] when the ETag still matches.
+//!
+//! Every request goes through [`Metered`], which counts it by kind so that
+//! `sync --json` can report what a sync cost.
+
+mod local;
+mod metered;
+pub mod faulty;
+
+pub use local::LocalStore;
+pub use metered::{Metered, RequestStats};
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Keys per LIST page. S3 returns at most 1000; every backend pages the same way so
+/// request counts compare across backends.
+pub const LIST_PAGE: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+#[derive(Debug)]
+pub enum Got {
+    Found { bytes: Vec<u8>, etag: String },
+    NotModified,
+}
+
+/// The precondition of a put: the domain's way to say "create only" and
+/// "replace only what I last saw".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    Overwrite,
+    Create,
+    Update(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    /// Worth retrying: throttling, 5xx, timeouts, connection errors.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Not worth retrying: bad credentials, missing bucket, forbidden.
+    #[error("store refused the request: {0}")]
+    Refused(String),
+    #[error("store I/O error: {0}")]
+    Io(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One bucket (already narrowed to the sync group's prefix): keys are relative.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// One page of keys under `prefix`, strictly after `start_after`, at most [`LIST_PAGE`].
+    /// Returns the page and whether more keys follow.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> StoreResult<(Vec<ObjectMeta>, bool)>;
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got>;
+    /// Returns the new ETag.
+    async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String>;
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Human-readable location, without secrets.
+    fn describe(&self) -> String;
+}
+
+/// Every key under `prefix` after `start_after`, following pages.
+pub async fn list_all(
+    store: &dyn Store,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> StoreResult<Vec<ObjectMeta>> {
+    let mut out = Vec::new();
+    let mut after = start_after.map(str::to_owned);
+    loop {
+        let (page, more) = store.list_page(prefix, after.as_deref()).await?;
+        let last = page.last().map(|m| m.key.clone());
+        out.extend(page);
+        match (more, last) {
+            (true, Some(k)) => after = Some(k),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Fetch an object that must exist.
+pub async fn get_bytes(store: &dyn Store, key: &str) -> StoreResult<(Vec<u8>, String)> {
+    match store.get(key, None).await? {
+        Got::Found { bytes, etag } => Ok((bytes, etag)),
+        Got::NotModified => Err(StoreError::Io(format!("{key}: unexpected not-modified"))),
+    }
+}
+
+pub type SharedStore = Arc<dyn Store>;
