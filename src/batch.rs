@@ -1,0 +1,190 @@
+//! Batch files: immutable SQLite files holding consecutive transactions of one
+//! replica, each naming the sha256 of its predecessor.
+//!
+//! Everything read from a batch is untrusted: `open` checks the header, the ids and
+//! the authors before any change is handed to the merger.
+
+use crate::clock::parse_id;
+use crate::error::{Error, Result};
+use crate::merge::Change;
+use crate::{changelog, FORMAT};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+const SCHEMA: &str = include_str!("../schema/batch.sql");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub format: i64,
+    pub replica: String,
+    pub batch_id: String,
+    pub prev_batch_id: Option<String>,
+    pub prev_sha256: Option<String>,
+    pub first_change_id: String,
+    pub last_change_id: String,
+    pub transaction_count: i64,
+    pub change_count: i64,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a batch to `path` (replacing it) and returns the file's bytes.
+/// `changes` are whole transactions in id order, all authored by `header.replica`.
+pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>> {
+    let _ = std::fs::remove_file(path);
+    {
+        let conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096;")?;
+        conn.execute_batch("BEGIN")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT INTO ZV_BATCH VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                header.format,
+                header.replica,
+                header.batch_id,
+                header.prev_batch_id,
+                header.prev_sha256,
+                header.first_change_id,
+                header.last_change_id,
+                header.transaction_count,
+                header.change_count
+            ],
+        )?;
+        {
+            let mut txn = conn.prepare("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
+            let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+            for c in changes {
+                txn.execute(params![c.transaction_id, header.replica])?;
+                chg.execute(params![
+                    c.id,
+                    c.transaction_id,
+                    c.entity_type,
+                    c.entity_id,
+                    c.attribute,
+                    c.old_value,
+                    c.new_value
+                ])?;
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// An opened, checked batch.
+pub struct Batch {
+    conn: Connection,
+    pub header: Header,
+    origin: String,
+}
+
+fn bad(origin: &str, reason: impl Into<String>) -> Error {
+    Error::bad(origin, reason)
+}
+
+/// Opens the batch at `path` (downloaded from `origin`) and checks that it is a
+/// dimple batch of format 1 by `replica`.
+pub fn open(path: &Path, origin: &str, replica: &str) -> Result<Batch> {
+    let sqlerr = |e: rusqlite::Error| bad(origin, format!("not a readable batch file: {e}"));
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(sqlerr)?;
+    let header = conn
+        .query_row(
+            "SELECT format, replica, batch_id, prev_batch_id, prev_sha256, first_change_id, last_change_id,
+                    transaction_count, change_count, (SELECT count(*) FROM ZV_BATCH) FROM ZV_BATCH",
+            [],
+            |r| {
+                Ok((
+                    Header {
+                        format: r.get(0)?,
+                        replica: r.get(1)?,
+                        batch_id: r.get(2)?,
+                        prev_batch_id: r.get(3)?,
+                        prev_sha256: r.get(4)?,
+                        first_change_id: r.get(5)?,
+                        last_change_id: r.get(6)?,
+                        transaction_count: r.get(7)?,
+                        change_count: r.get(8)?,
+                    },
+                    r.get::<_, i64>(9)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(sqlerr)?;
+    let Some((header, rows)) = header else { return Err(bad(origin, "batch header is missing")) };
+    if rows != 1 {
+        return Err(bad(origin, "batch header must have exactly one row"));
+    }
+    if header.format != FORMAT {
+        return Err(bad(origin, format!("unknown batch format {} (this dimple reads format {FORMAT})", header.format)));
+    }
+    if header.replica != replica {
+        return Err(bad(origin, format!("batch belongs to replica {}, not {replica}", header.replica)));
+    }
+    for id in [Some(&header.batch_id), Some(&header.first_change_id), Some(&header.last_change_id), header.prev_batch_id.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if parse_id(id).is_none() {
+            return Err(bad(origin, format!("{id:?} is not a UUIDv7 id")));
+        }
+    }
+    Ok(Batch { conn, header, origin: origin.to_owned() })
+}
+
+impl Batch {
+    /// Every change in id order, after checking that each belongs to a transaction of
+    /// this batch authored by its replica and that the header's counts and bounds are true.
+    pub fn changes(&self) -> Result<Vec<Change>> {
+        let origin = &self.origin;
+        let sqlerr = |e: rusqlite::Error| bad(origin, format!("unreadable batch: {e}"));
+        let foreign: Option<String> = self
+            .conn
+            .query_row("SELECT author FROM ZV_TRANSACTION WHERE author <> ?1 LIMIT 1", [&self.header.replica], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sqlerr)?;
+        if let Some(author) = foreign {
+            return Err(bad(origin, format!("batch holds a transaction authored by {author}, not by {}", self.header.replica)));
+        }
+        let txns: i64 = self.conn.query_row("SELECT count(*) FROM ZV_TRANSACTION", [], |r| r.get(0)).map_err(sqlerr)?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
+                        t.id IS NOT NULL
+                 FROM ZV_CHANGE c LEFT JOIN ZV_TRANSACTION t ON t.id = c.transaction_id ORDER BY c.id",
+            )
+            .map_err(sqlerr)?;
+        let mut rows = stmt.query([]).map_err(sqlerr)?;
+        let mut out: Vec<Change> = Vec::with_capacity(self.header.change_count.clamp(0, 1 << 20) as usize);
+        while let Some(r) = rows.next().map_err(sqlerr)? {
+            let c = changelog::row_to_change(r).map_err(sqlerr)?;
+            let has_txn: bool = r.get(7).map_err(sqlerr)?;
+            if !has_txn {
+                return Err(bad(origin, format!("change {} names a transaction that is not in the batch", c.id)));
+            }
+            if parse_id(&c.id).is_none() || parse_id(&c.transaction_id).is_none() {
+                return Err(bad(origin, format!("change id {:?} is not a UUIDv7 id", c.id)));
+            }
+            out.push(c);
+        }
+        let h = &self.header;
+        let (first, last) = (out.first().map(|c| c.id.as_str()), out.last().map(|c| c.id.as_str()));
+        if out.len() as i64 != h.change_count
+            || txns != h.transaction_count
+            || first != Some(h.first_change_id.as_str())
+            || last != Some(h.last_change_id.as_str())
+        {
+            return Err(bad(origin, "batch header does not match its contents (counts or first/last change id)"));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,151 @@
+//! Reads and writes of the change log: turning captured writes into changes with
+//! ids, and reading changes back for push and for `dimple log`.
+
+use crate::clock::Hlc;
+use crate::error::{Error, Result};
+use crate::merge::{entity_id_of, Change, Merger, ALIVE, DEAD};
+use crate::track::ROW;
+use crate::value;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection};
+
+/// Gives ids to everything the triggers captured since the last call and records it
+/// as one transaction authored by `me`. Runs inside the caller's write transaction:
+/// the app's writes and their ids then become visible together, and pending rows
+/// are always turned into changes before any remote change is applied (otherwise a
+/// remote change could overwrite a local write that later gets a newer id).
+pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
+    let mut stmt = conn.prepare_cached("SELECT seq, tbl, pk, op, col, old, new FROM ZV_PENDING ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let merger = Merger::new(conn)?;
+    let mut txn: Option<String> = None;
+    let mut last_seq = 0i64;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let tbl: String = r.get(1)?;
+        let pk: Value = r.get(2)?;
+        let op: i64 = r.get(3)?;
+        let col: Option<String> = r.get(4)?;
+        let old: Value = r.get(5)?;
+        let new: Value = r.get(6)?;
+        last_seq = seq;
+        let Some(entity_id) = entity_id_of(&pk) else {
+            tracing::warn!(table = %tbl, "captured a row whose key is neither text nor integer; skipped");
+            continue;
+        };
+        let txn_id = match &txn {
+            Some(t) => t.clone(),
+            None => {
+                let t = hlc.next().to_string();
+                conn.prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
+                    .execute(params![t, me])?;
+                txn = Some(t.clone());
+                t
+            }
+        };
+        let (attribute, old_value, new_value) = match (op, col) {
+            (1, _) => (ROW.to_owned(), None, Some(ALIVE.to_owned())),
+            (3, _) => (ROW.to_owned(), None, Some(DEAD.to_owned())),
+            // An insert's columns have no old value (SQL NULL, unlike JSON null).
+            (4, Some(col)) => (col, None, Some(value::encode(&new))),
+            (2, Some(col)) => (col, Some(value::encode(&old)), Some(value::encode(&new))),
+            _ => return Err(Error::Invalid(format!("ZV_PENDING row {seq} has unknown op {op}"))),
+        };
+        merger.record_local(&Change {
+            id: hlc.next().to_string(),
+            transaction_id: txn_id,
+            entity_type: tbl,
+            entity_id,
+            attribute,
+            old_value,
+            new_value,
+        })?;
+        n += 1;
+    }
+    if last_seq > 0 {
+        conn.prepare_cached("DELETE FROM ZV_PENDING WHERE seq <= ?1")?.execute([last_seq])?;
+        save_clock(conn, hlc)?;
+    }
+    Ok(n)
+}
+
+pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO ZV_METADATA(key, value) VALUES ('clock', ?1)")?
+        .execute([hlc.state().to_string()])?;
+    Ok(())
+}
+
+/// This replica's changes after `after` (a change id), whole transactions only,
+/// stopping once `limit` changes are gathered.
+pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value
+         FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id
+         WHERE c.id > ?1 AND t.author = ?2 ORDER BY c.id",
+    )?;
+    let mut rows = stmt.query(params![after, me])?;
+    let mut out: Vec<Change> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let c = row_to_change(r)?;
+        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != c.transaction_id) {
+            break;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
+    Ok(Change {
+        id: r.get(0)?,
+        transaction_id: r.get(1)?,
+        entity_type: r.get(2)?,
+        entity_id: r.get(3)?,
+        attribute: r.get(4)?,
+        old_value: r.get(5)?,
+        new_value: r.get(6)?,
+    })
+}
+
+/// One line of `dimple log`.
+#[derive(Debug, serde::Serialize)]
+pub struct LogEntry {
+    pub id: String,
+    pub transaction_id: String,
+    pub author: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub attribute: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+    /// Whether this change is the current winner for its attribute.
+    pub winner: bool,
+}
+
+pub fn history(conn: &Connection, entity: Option<(&str, &str)>, limit: usize) -> Result<Vec<LogEntry>> {
+    let sql = "SELECT c.id, c.transaction_id, t.author, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
+                      EXISTS (SELECT 1 FROM ZV_CLOCK k WHERE k.entity_type = c.entity_type AND k.entity_id = c.entity_id
+                              AND k.attribute = c.attribute AND k.change_id = c.id)
+               FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id
+               WHERE (?1 IS NULL OR (c.entity_type = ?1 AND c.entity_id = ?2))
+               ORDER BY c.id DESC LIMIT ?3";
+    let (t, e) = entity.unzip();
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params![t, e, limit as i64], |r| {
+        Ok(LogEntry {
+            id: r.get(0)?,
+            transaction_id: r.get(1)?,
+            author: r.get(2)?,
+            entity_type: r.get(3)?,
+            entity_id: r.get(4)?,
+            attribute: r.get(5)?,
+            old_value: r.get(6)?,
+            new_value: r.get(7)?,
+            winner: r.get(8)?,
+        })
+    })?;
+    let mut out: Vec<LogEntry> = rows.collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}

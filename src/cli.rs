@@ -1,0 +1,260 @@
+//! The `dimple` command line: parse, run one command, report.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use dimple::{status, Options, Replica};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "dimple", version, about = "Offline-first SQLite replicas that sync through an object-storage bucket")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// S3 endpoint for MinIO-like servers (default: AWS_ENDPOINT_URL or AWS).
+    #[arg(long, env = "DIMPLE_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make DB a replica: dimple's tables, a replica id and a key pair.
+    Init {
+        db: PathBuf,
+        /// Where replicas meet: file:///path, a directory path, or s3://bucket/prefix.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// A name for people (default: this machine's host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Capture writes to TABLE (it needs a TEXT primary key).
+    Track {
+        db: PathBuf,
+        table: String,
+        /// Accept an INTEGER key (only if keys are assigned globally, not 1, 2, 3...).
+        #[arg(long)]
+        allow_integer_key: bool,
+    },
+    /// Stop capturing writes to TABLE (the log keeps what it has).
+    Untrack { db: PathBuf, table: String },
+    /// Upload local changes.
+    Push {
+        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Download and merge other replicas' changes.
+    Pull {
+        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Pull, then push.
+    Sync {
+        db: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Replica, bucket, pending changes, last sync, problems.
+    Status {
+        db: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The merged change history, oldest first.
+    Log {
+        db: PathBuf,
+        /// Only this row: TABLE/ID.
+        #[arg(long)]
+        entity: Option<String>,
+        /// At most this many changes (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Other replicas seen in the bucket.
+    Replicas {
+        db: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn open(db: &Path) -> Result<Replica> {
+    Ok(Replica::open(db, Options::default())?)
+}
+
+/// Plain relative paths are stored absolute, so the bucket stays the same wherever
+/// dimple runs from.
+fn normalize_bucket(url: &str) -> Result<String> {
+    if url.contains("://") {
+        return Ok(url.to_owned());
+    }
+    let p = std::path::absolute(url).with_context(|| format!("bucket path {url}"))?;
+    Ok(format!("file://{}", p.display()))
+}
+
+async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
+    let url = r.bucket()?.ok_or_else(|| {
+        anyhow::anyhow!("{} has no bucket; run `dimple init {} --bucket URL` on a new database", r.path().display(), r.path().display())
+    })?;
+    Ok(dimple::open_store(&url, args.endpoint.as_deref()).await?)
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { db, bucket, name, out } => {
+            let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
+            let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
+            let info = serde_json::json!({
+                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?,
+                "key_fingerprint": dimple::trust::fingerprint(&r.public_key()?),
+            });
+            if out.json {
+                print_json(&info)?;
+            } else {
+                println!("initialised {} as replica {} ({})", db.display(), r.id(), r.name()?);
+            }
+        }
+        Command::Track { db, table, allow_integer_key } => {
+            let mut r = open(&db)?;
+            let info = r.track(&table, allow_integer_key)?;
+            println!("tracking {table} (key: {}; columns: {})", info.key_columns.join(", "), info.columns.join(", "));
+        }
+        Command::Untrack { db, table } => {
+            open(&db)?.untrack(&table)?;
+            println!("no longer tracking {table}");
+        }
+        Command::Push { db, store, out } => {
+            let mut r = open(&db)?;
+            let s = store_for(&r, &store).await?;
+            let report = dimple::push(&mut r, &s).await?;
+            if out.json {
+                print_json(&serde_json::json!({"push": report, "requests": s.stats()}))?;
+            } else {
+                println!("pushed {} changes in {} batches", report.changes, report.batches);
+            }
+        }
+        Command::Pull { db, store, out } => {
+            let mut r = open(&db)?;
+            let s = store_for(&r, &store).await?;
+            let report = dimple::pull(&mut r, &s).await?;
+            if out.json {
+                print_json(&serde_json::json!({"pull": report, "requests": s.stats()}))?;
+            } else {
+                println!("pulled {} changes in {} batches", report.changes, report.batches);
+                warn_problems(&report.problems);
+            }
+        }
+        Command::Sync { db, store, out } => {
+            let mut r = open(&db)?;
+            let s = store_for(&r, &store).await?;
+            let report = dimple::sync(&mut r, &s).await?;
+            if out.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "pulled {} changes in {} batches, pushed {} changes in {} batches ({} requests)",
+                    report.pull.changes, report.pull.batches, report.push.changes, report.push.batches, report.requests.total
+                );
+                warn_problems(&report.pull.problems);
+            }
+        }
+        Command::Status { db, out } => {
+            let st = status::status(&open(&db)?)?;
+            if out.json {
+                print_json(&st)?;
+            } else {
+                println!("replica   {} ({})", st.replica, st.name);
+                println!("database  {}", st.path);
+                println!("bucket    {}", st.bucket.as_deref().unwrap_or("(none)"));
+                println!("tracked   {}", if st.tracked_tables.is_empty() { "(none)".into() } else { st.tracked_tables.join(", ") });
+                println!("pending   {} changes", st.pending_changes);
+                println!("last sync {}", st.last_sync.as_deref().unwrap_or("never"));
+                println!("log       {} changes from {} other replicas", st.changes_in_log, st.replicas_known);
+                if st.problems.is_empty() {
+                    println!("problems  none");
+                }
+                for p in &st.problems {
+                    println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
+                }
+            }
+        }
+        Command::Log { db, entity, limit, out } => {
+            let r = open(&db)?;
+            let entity = match &entity {
+                Some(e) => Some(e.split_once('/').ok_or_else(|| anyhow::anyhow!("--entity takes TABLE/ID, got {e:?}"))?),
+                None => None,
+            };
+            let log = dimple::changelog::history(r.conn(), entity, limit)?;
+            if out.json {
+                print_json(&log)?;
+            } else {
+                for e in &log {
+                    let author = if e.author == r.id() { "local".to_owned() } else { e.author[..8].to_owned() };
+                    let winner = if e.winner { "" } else { "  (superseded)" };
+                    println!(
+                        "{} {:<8} {}/{} {}: {} -> {}{winner}",
+                        e.id,
+                        author,
+                        e.entity_type,
+                        e.entity_id,
+                        e.attribute,
+                        e.old_value.as_deref().unwrap_or("-"),
+                        e.new_value.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        Command::Replicas { db, out } => {
+            let list = status::replicas(&open(&db)?)?;
+            if out.json {
+                print_json(&list)?;
+            } else {
+                for r in &list {
+                    println!(
+                        "{} {:<12} key {} {} {} changes, last seen {}",
+                        r.id,
+                        r.name.as_deref().unwrap_or("?"),
+                        r.key_fingerprint.as_deref().unwrap_or("(none yet)"),
+                        r.trust,
+                        r.change_count,
+                        r.last_seen.as_deref().unwrap_or("never")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn_problems(problems: &[String]) {
+    for p in problems {
+        eprintln!("warning: refused {p}");
+    }
+}

@@ -1,0 +1,298 @@
+//! A replica: one SQLite database taking part in sync, opened by dimple.
+//!
+//! Two connections to the same file: `app` has the capture triggers enabled and
+//! serves [`Replica::transaction`]; `sync` has triggers disabled
+//! (`SQLITE_DBCONFIG_ENABLE_TRIGGER`) so that applying remote changes is not
+//! captured again as local writes. Both use WAL and a busy timeout, and every write
+//! dimple makes is a short `BEGIN IMMEDIATE` transaction, so an app writing to the
+//! same file waits at most for one batch to apply.
+
+use crate::changelog;
+use crate::clock::{self, Clock, Hlc, SystemClock};
+use crate::error::{Error, Result};
+use crate::merge::Merger;
+use crate::track::{self, TableInfo};
+use crate::{trust, FORMAT};
+use ed25519_dalek::SigningKey;
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const SCHEMA: &str = include_str!("../schema/local.sql");
+
+/// What a replica needs from its surroundings; tests swap the clock.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: Arc<dyn Clock>,
+    /// Remote ids further than this in the future are refused (SPEC 4).
+    pub max_drift_ms: u64,
+    /// Changes per uploaded batch (whole transactions are never split).
+    pub batch_changes: usize,
+    pub busy_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+            max_drift_ms: clock::DEFAULT_MAX_DRIFT_MS,
+            batch_changes: 10_000,
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Replica {
+    path: PathBuf,
+    side: PathBuf,
+    pub(crate) app: Connection,
+    pub(crate) sync: Connection,
+    id: String,
+    pub(crate) hlc: Hlc,
+    pub(crate) opts: Options,
+    key: Option<SigningKey>,
+}
+
+fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(256);
+    if !triggers {
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    }
+    Ok(conn)
+}
+
+/// `<db>.dimple/`: the replica's private files (key, outgoing and incoming batches).
+pub fn side_dir(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".dimple");
+    db.with_file_name(name)
+}
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM ZV_METADATA WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO ZV_METADATA(key, value) VALUES (?1, ?2)")?.execute([key, value])?;
+    Ok(())
+}
+
+impl Replica {
+    /// Makes `path` (new or an existing database) a replica: dimple's tables, a new
+    /// replica id, a key pair, the bucket URL.
+    pub fn init(path: &Path, bucket: Option<&str>, name: Option<&str>, opts: Options) -> Result<Replica> {
+        let app = connect(path, &opts, true)?;
+        let existing: Option<String> = app
+            .query_row("SELECT value FROM ZV_METADATA WHERE key='database_uuid'", [], |r| r.get(0))
+            .optional()
+            .unwrap_or(None);
+        if let Some(id) = existing {
+            return Err(Error::Invalid(format!("{} is already a dimple replica (id {id})", path.display())));
+        }
+        let side = side_dir(path);
+        std::fs::create_dir_all(&side).map_err(|e| Error::io(&side, e))?;
+        std::fs::set_permissions(&side, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| Error::io(&side, e))?;
+        let key_path = side.join("replica.key");
+        if key_path.exists() {
+            std::fs::remove_file(&key_path).map_err(|e| Error::io(&key_path, e))?;
+        }
+        trust::generate(&key_path)?;
+        app.pragma_update(None, "journal_mode", "WAL")?;
+        let id = clock::random_v7(opts.clock.as_ref()).to_string();
+        let name = name.map(str::to_owned).unwrap_or_else(default_name);
+        let now = clock::rfc3339(opts.clock.now_ms());
+        let tx = app.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        for (k, v) in [
+            ("database_uuid", id.as_str()),
+            ("format", &FORMAT.to_string()),
+            ("name", &name),
+            ("created_at", &now),
+        ] {
+            meta_set(&tx, k, v)?;
+        }
+        if let Some(b) = bucket {
+            meta_set(&tx, "bucket", b)?;
+        }
+        tx.commit()?;
+        drop(app);
+        Replica::open(path, opts)
+    }
+
+    pub fn open(path: &Path, opts: Options) -> Result<Replica> {
+        if !path.exists() {
+            return Err(Error::Invalid(format!("{}: no such database", path.display())));
+        }
+        let app = connect(path, &opts, true)?;
+        let id: Option<String> = app
+            .query_row("SELECT value FROM ZV_METADATA WHERE key='database_uuid'", [], |r| r.get(0))
+            .optional()
+            .map_err(|_| Error::NotInitialized(path.display().to_string()))?;
+        let id = id.ok_or_else(|| Error::NotInitialized(path.display().to_string()))?;
+        let format: Option<String> = meta_get(&app, "format")?;
+        if format.as_deref() != Some(&FORMAT.to_string()) {
+            return Err(Error::Invalid(format!(
+                "{}: replica format {:?} is not supported by this dimple (format {FORMAT})",
+                path.display(),
+                format
+            )));
+        }
+        let uuid = Uuid::parse_str(&id).map_err(|_| Error::Invalid(format!("bad database_uuid {id:?}")))?;
+        let last = meta_get(&app, "clock")?.and_then(|s| clock::parse_id(&s));
+        let max_drift_ms = opts.max_drift_ms;
+        let hlc = Hlc::new(opts.clock.clone(), &uuid, last, max_drift_ms);
+        let sync = connect(path, &opts, false)?;
+        Ok(Replica { path: path.to_owned(), side: side_dir(path), app, sync, id, hlc, opts, key: None })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn side(&self) -> &Path {
+        &self.side
+    }
+
+    pub fn name(&self) -> Result<String> {
+        Ok(meta_get(&self.app, "name")?.unwrap_or_default())
+    }
+
+    pub fn bucket(&self) -> Result<Option<String>> {
+        meta_get(&self.app, "bucket")
+    }
+
+    pub fn set_bucket(&self, url: &str) -> Result<()> {
+        meta_set(&self.app, "bucket", url)
+    }
+
+    /// The connection with capture on: plain SQL on it is captured like any app's.
+    pub fn conn(&self) -> &Connection {
+        &self.app
+    }
+
+    pub(crate) fn signing_key(&mut self) -> Result<&SigningKey> {
+        if self.key.is_none() {
+            self.key = Some(trust::load(&self.side.join("replica.key"))?);
+        }
+        Ok(self.key.as_ref().expect("just loaded"))
+    }
+
+    pub fn public_key(&mut self) -> Result<String> {
+        Ok(trust::public_b64(self.signing_key()?))
+    }
+
+    /// Starts capturing writes to `table`. Rows already in it are recorded as
+    /// inserts; changes for it that arrived before (from replicas that track it)
+    /// are applied now.
+    pub fn track(&mut self, table: &str, allow_integer_key: bool) -> Result<TableInfo> {
+        let info = track::inspect(&self.sync, table)?
+            .ok_or_else(|| Error::Invalid(format!("no table named {table:?} in {}", self.path.display())))?;
+        track::validate(&info, allow_integer_key)?;
+        let now = clock::rfc3339(self.opts.clock.now_ms());
+        let already = track::recorded_columns(&self.sync, table)?.is_some();
+        let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.hlc.observe_persisted(&tx)?;
+        track::install(&tx, &info, !already, &now)?;
+        changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        Merger::new(&tx)?.rebuild(table)?;
+        tx.commit()?;
+        Ok(info)
+    }
+
+    pub fn untrack(&mut self, table: &str) -> Result<()> {
+        let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.hlc.observe_persisted(&tx)?;
+        // Writes captured before untracking still belong to the log.
+        changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        if !track::untrack(&tx, table)? {
+            return Err(Error::Invalid(format!("table {table:?} is not tracked")));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Re-installs capture for tracked tables whose columns changed (ALTER TABLE) and
+    /// applies logged changes for the new columns.
+    pub fn refresh_schema(&mut self) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for table in track::tracked_names(&self.sync)? {
+            let Some(info) = track::inspect(&self.sync, &table)? else { continue };
+            if track::recorded_columns(&self.sync, &table)?.as_ref() != Some(&info.columns) {
+                changed.push(table);
+            }
+        }
+        for table in &changed {
+            self.track(table, true)?;
+        }
+        Ok(changed)
+    }
+
+    /// Runs `f` in one write transaction on the capturing connection; its writes to
+    /// tracked tables become changes (old and new values) of one dimple transaction.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let tx = self.app.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        self.hlc.observe_persisted(&tx)?;
+        changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Gives ids to writes captured from other connections. Returns how many changes.
+    pub fn capture(&mut self) -> Result<usize> {
+        let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.hlc.observe_persisted(&tx)?;
+        let n = changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Changes captured by triggers and not yet given ids.
+    pub fn pending_captured(&self) -> Result<i64> {
+        Ok(self.sync.query_row("SELECT count(*) FROM ZV_PENDING", [], |r| r.get(0))?)
+    }
+
+    /// This replica's changes not yet pushed.
+    pub fn unpushed(&self) -> Result<i64> {
+        let through = meta_get(&self.sync, "push.through")?.unwrap_or_default();
+        Ok(self.sync.query_row(
+            "SELECT count(*) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE c.id > ?1 AND t.author = ?2",
+            [&through, &self.id],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+impl Hlc {
+    /// Another process (the app through the library, a CLI run) may have issued ids
+    /// since this one loaded the clock: under the write lock, the stored state is the
+    /// truth, so move past it before issuing more.
+    pub(crate) fn observe_persisted(&mut self, conn: &Connection) -> Result<()> {
+        if let Some(id) = meta_get(conn, "clock")?.and_then(|s| clock::parse_id(&s)) {
+            self.observe(&id);
+        }
+        Ok(())
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "replica".to_owned())
+}

@@ -1,0 +1,236 @@
+//! Choosing tables to sync: key validation and the capture triggers.
+//!
+//! Triggers are the capture path that works for every SQLite client, so they may use
+//! nothing but built-in SQL: they copy raw OLD/NEW values into `ZV_PENDING`, and
+//! dimple assigns ids, encodes values and groups transactions when it next runs.
+//! An app's write therefore never fails because dimple is absent.
+
+use crate::error::{Error, Result};
+use crate::sql::{ident, literal};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The attribute that stands for the row itself (insert = alive, delete = dead).
+pub const ROW: &str = "*";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Real,
+    Numeric,
+    Blob,
+}
+
+/// SQLite's rules for the affinity of a declared column type (section 3.1 of its docs).
+pub fn affinity(decl: &str) -> Affinity {
+    let d = decl.to_ascii_uppercase();
+    if d.contains("INT") {
+        Affinity::Integer
+    } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+        Affinity::Text
+    } else if d.contains("BLOB") || d.is_empty() {
+        Affinity::Blob
+    } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// A tracked table as this replica's schema has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub name: String,
+    pub key_columns: Vec<String>,
+    pub key_affinity: Vec<Affinity>,
+    /// Non-key columns, in table order.
+    pub columns: Vec<String>,
+}
+
+impl TableInfo {
+    pub fn has_column(&self, name: &str) -> bool {
+        self.columns.iter().any(|c| c == name)
+    }
+}
+
+/// Reads a table's shape from the schema; None when there is no such table.
+pub fn inspect(conn: &Connection, table: &str) -> Result<Option<TableInfo>> {
+    let exists: Option<String> = conn
+        .query_row("SELECT name FROM sqlite_master WHERE type='table' AND name=?1", [table], |r| r.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let cols: Vec<(String, String, i64)> =
+        stmt.query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+    let mut keys: Vec<(i64, String, Affinity)> =
+        cols.iter().filter(|c| c.2 > 0).map(|c| (c.2, c.0.clone(), affinity(&c.1))).collect();
+    keys.sort_by_key(|k| k.0);
+    Ok(Some(TableInfo {
+        name: table.to_owned(),
+        key_affinity: keys.iter().map(|k| k.2).collect(),
+        key_columns: keys.into_iter().map(|k| k.1).collect(),
+        columns: cols.into_iter().filter(|c| c.2 == 0).map(|c| c.0).collect(),
+    }))
+}
+
+/// Why a table cannot be tracked, in words a user can act on.
+pub fn validate(info: &TableInfo, allow_integer_key: bool) -> Result<()> {
+    let t = &info.name;
+    if t.starts_with("ZV_") || t.starts_with("sqlite_") {
+        return Err(Error::Invalid(format!("table {t} is internal and cannot be tracked")));
+    }
+    if info.key_columns.is_empty() {
+        return Err(Error::Invalid(format!(
+            "table {t} has no primary key: dimple identifies rows by their key; add a TEXT PRIMARY KEY (a UUID, say)"
+        )));
+    }
+    if info.columns.iter().chain(&info.key_columns).any(|c| c == ROW) {
+        return Err(Error::Invalid(format!("table {t} has a column named {ROW:?}, which dimple reserves")));
+    }
+    for (col, aff) in info.key_columns.iter().zip(&info.key_affinity) {
+        if !matches!(aff, Affinity::Integer | Affinity::Text) {
+            return Err(Error::Invalid(format!(
+                "table {t}: key column {col} must be declared TEXT or INTEGER so that every replica reads the same key"
+            )));
+        }
+    }
+    if info.key_columns.len() == 1 && info.key_affinity[0] == Affinity::Integer && !allow_integer_key {
+        return Err(Error::Invalid(format!(
+            "table {t} has an integer key ({}): two devices would both create row 1 and overwrite each other; use a TEXT key such as a UUID, or pass --allow-integer-key if keys are assigned globally",
+            info.key_columns[0]
+        )));
+    }
+    Ok(())
+}
+
+fn key_expr(info: &TableInfo, row: &str) -> String {
+    match info.key_columns.as_slice() {
+        [one] => format!("{row}.{}", ident(one)),
+        many => format!(
+            "json_array({})",
+            many.iter().map(|c| format!("{row}.{}", ident(c))).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `a.k IS b.k` for every key column, compared byte for byte (a NOCASE key that
+/// changes case is a new key).
+fn keys_equal(info: &TableInfo, negate: bool) -> String {
+    let parts: Vec<String> = info
+        .key_columns
+        .iter()
+        .map(|c| format!("OLD.{0} IS NEW.{0} COLLATE BINARY AND typeof(OLD.{0}) = typeof(NEW.{0})", ident(c)))
+        .collect();
+    let all = parts.join(" AND ");
+    if negate { format!("NOT ({all})") } else { all }
+}
+
+fn insert_rows(info: &TableInfo, row: &str) -> String {
+    let tbl = literal(&info.name);
+    let key = key_expr(info, row);
+    let mut rows = vec![format!("({tbl}, {key}, 1, NULL, NULL, NULL)")];
+    for c in &info.columns {
+        rows.push(format!("({tbl}, {key}, 4, {}, NULL, {row}.{})", literal(c), ident(c)));
+    }
+    format!("INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) VALUES {};", rows.join(", "))
+}
+
+fn trigger_sql(info: &TableInfo) -> Vec<String> {
+    let t = ident(&info.name);
+    let tbl = literal(&info.name);
+    let name = |kind: &str| ident(&format!("zv_{kind}_{}", info.name));
+    let mut out = vec![
+        format!("CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {} END", name("ins"), insert_rows(info, "NEW")),
+        format!(
+            "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN INSERT INTO ZV_PENDING(tbl, pk, op) VALUES ({tbl}, {}, 3); END",
+            name("del"),
+            key_expr(info, "OLD")
+        ),
+        // A new key is a new entity: the old one is deleted, the new one inserted whole.
+        format!(
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {t} WHEN {} BEGIN INSERT INTO ZV_PENDING(tbl, pk, op) VALUES ({tbl}, {}, 3); {} END",
+            name("key"),
+            info.key_columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
+            keys_equal(info, true),
+            key_expr(info, "OLD"),
+            insert_rows(info, "NEW")
+        ),
+    ];
+    // One trigger per column, so an UPDATE that sets one column runs one trigger, and
+    // only a real change (value or storage class, byte for byte) is recorded.
+    for (i, c) in info.columns.iter().enumerate() {
+        let col = ident(c);
+        out.push(format!(
+            "CREATE TRIGGER {} AFTER UPDATE OF {col} ON {t} WHEN {} AND (OLD.{col} IS NOT NEW.{col} COLLATE BINARY OR typeof(OLD.{col}) <> typeof(NEW.{col})) \
+             BEGIN INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) VALUES ({tbl}, {}, 2, {}, OLD.{col}, NEW.{col}); END",
+            ident(&format!("zv_upd_{i}_{}", info.name)),
+            keys_equal(info, false),
+            key_expr(info, "NEW"),
+            literal(c)
+        ));
+    }
+    out
+}
+
+pub fn drop_triggers(conn: &Connection, table: &str) -> Result<()> {
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?1 AND name LIKE 'zv\\_%' ESCAPE '\\'")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for n in names {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", ident(&n)))?;
+    }
+    Ok(())
+}
+
+/// Installs (or refreshes) capture for `info`; the caller holds a write transaction.
+/// With `capture_existing`, rows already in the table are recorded as inserts so
+/// they reach the other replicas.
+pub fn install(conn: &Connection, info: &TableInfo, capture_existing: bool, now: &str) -> Result<()> {
+    drop_triggers(conn, &info.name)?;
+    for sql in trigger_sql(info) {
+        conn.execute_batch(&sql)?;
+    }
+    conn.execute(
+        "INSERT INTO ZV_TRACKED(tbl, key_columns, columns, tracked_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(tbl) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns",
+        params![
+            info.name,
+            serde_json::to_string(&info.key_columns).expect("strings serialize"),
+            serde_json::to_string(&info.columns).expect("strings serialize"),
+            now
+        ],
+    )?;
+    if capture_existing {
+        let tbl = literal(&info.name);
+        let key = key_expr(info, "r");
+        let mut parts = vec![format!("SELECT {tbl}, {key}, 1, NULL, NULL, NULL FROM {} AS r", ident(&info.name))];
+        for c in &info.columns {
+            parts.push(format!("SELECT {tbl}, {key}, 4, {}, NULL, r.{} FROM {} AS r", literal(c), ident(c), ident(&info.name)));
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) {}",
+            parts.join(" UNION ALL ")
+        ))?;
+    }
+    Ok(())
+}
+
+pub fn untrack(conn: &Connection, table: &str) -> Result<bool> {
+    drop_triggers(conn, table)?;
+    Ok(conn.execute("DELETE FROM ZV_TRACKED WHERE tbl=?1", [table])? > 0)
+}
+
+/// Names of tracked tables.
+pub fn tracked_names(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn.prepare("SELECT tbl FROM ZV_TRACKED ORDER BY tbl")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+}
+
+/// The column list recorded when the table was last (re)tracked.
+pub fn recorded_columns(conn: &Connection, table: &str) -> Result<Option<Vec<String>>> {
+    let cols: Option<String> =
+        conn.query_row("SELECT columns FROM ZV_TRACKED WHERE tbl=?1", [table], |r| r.get(0)).optional()?;
+    Ok(cols.and_then(|c| serde_json::from_str(&c).ok()))
+}

@@ -1,0 +1,73 @@
+//! Replica keys: the ed25519 key pair that signs this replica's heads.
+//!
+//! The private key lives in a file beside the database (`<db>.dimple/replica.key`),
+//! owner-only, and is never uploaded or logged; the public key is published in
+//! `replica.json` and in every head.
+
+use crate::error::{Error, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+pub fn generate(path: &Path) -> Result<SigningKey> {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(B64.encode(key.to_bytes()).as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    Ok(key)
+}
+
+pub fn load(path: &Path) -> Result<SigningKey> {
+    let meta = fs::metadata(path).map_err(|e| {
+        Error::Invalid(format!("{}: replica key missing ({e}); a replica cannot push without its key", path.display()))
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Invalid(format!(
+            "{}: replica key is readable by others; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes: [u8; 32] = B64
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Invalid(format!("{}: not a dimple replica key", path.display())))?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+pub fn public_b64(key: &SigningKey) -> String {
+    B64.encode(key.verifying_key().to_bytes())
+}
+
+pub fn sign(key: &SigningKey, msg: &[u8]) -> String {
+    B64.encode(key.sign(msg).to_bytes())
+}
+
+/// Checks `sig` over `msg` against a base64 public key; every failure is a reason.
+pub fn verify(public_b64: &str, msg: &[u8], sig_b64: &str) -> std::result::Result<(), String> {
+    let pk: [u8; 32] = B64
+        .decode(public_b64)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("public key is not 32 bytes of base64")?;
+    let pk = VerifyingKey::from_bytes(&pk).map_err(|_| "public key is not a valid ed25519 key")?;
+    let sig: [u8; 64] =
+        B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or("signature is not 64 bytes of base64")?;
+    pk.verify(msg, &Signature::from_bytes(&sig)).map_err(|_| "signature does not verify".to_owned())
+}
+
+/// A short fingerprint of a public key for people to compare.
+pub fn fingerprint(public_b64: &str) -> String {
+    crate::batch::sha256_hex(public_b64.as_bytes())[..16].to_owned()
+}
