@@ -63,6 +63,9 @@ fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     conn.set_prepared_statement_cache_capacity(256);
     if !triggers {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+        // Remote changes arrive in id order, not in an order that satisfies the
+        // app's foreign keys (a child may be merged before its parent).
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
     }
     Ok(conn)
 }

@@ -17,6 +17,8 @@ pub enum Fault {
     Refused,
     /// The request takes effect, then the client sees a transient error.
     AfterEffect,
+    /// The request never returns: the process dies here (the test drops the future).
+    Hang,
 }
 
 #[derive(Debug, Default)]
@@ -89,8 +91,9 @@ impl<S: Store> Faulty<S> {
     }
 }
 
-fn before(fault: Option<Fault>, what: &str) -> StoreResult<()> {
+async fn before(fault: Option<Fault>, what: &str) -> StoreResult<()> {
     match fault {
+        Some(Fault::Hang) => std::future::pending().await,
         Some(Fault::Unavailable) => Err(StoreError::Unavailable(format!("injected fault on {what}"))),
         Some(Fault::Refused) => Err(StoreError::Refused(format!("injected 403 on {what}"))),
         _ => Ok(()),
@@ -112,25 +115,25 @@ impl<S: Store> Store for Faulty<S> {
         start_after: Option<&str>,
     ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         let f = self.plan.next();
-        before(f, "list")?;
+        before(f, "list").await?;
         after(f, "list", self.inner.list_page(prefix, start_after).await)
     }
 
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
         let f = self.plan.next();
-        before(f, key)?;
+        before(f, key).await?;
         after(f, key, self.inner.get(key, if_none_match).await)
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
         let f = self.plan.next();
-        before(f, key)?;
+        before(f, key).await?;
         after(f, key, self.inner.put(key, bytes, mode).await)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let f = self.plan.next();
-        before(f, key)?;
+        before(f, key).await?;
         after(f, key, self.inner.delete(key).await)
     }
 

@@ -1,0 +1,201 @@
+//! SPEC 3: writes from any SQLite client are captured, exactly and only once.
+
+use crate::support::*;
+use rusqlite::types::Value;
+
+/// (attribute, old_value, new_value) of the newest transaction's changes.
+fn last_txn(r: &mut dimple::Replica) -> Vec<(String, Option<String>, Option<String>)> {
+    r.capture().unwrap();
+    let mut stmt = r
+        .conn()
+        .prepare(
+            "SELECT attribute, old_value, new_value FROM ZV_CHANGE
+             WHERE transaction_id = (SELECT max(id) FROM ZV_TRANSACTION) ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+fn ch(attr: &str, old: Option<&str>, new: Option<&str>) -> (String, Option<String>, Option<String>) {
+    (attr.to_owned(), old.map(str::to_owned), new.map(str::to_owned))
+}
+
+#[test]
+fn an_insert_records_the_row_and_every_column_without_old_values() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    open_plain(&g.db("a")).execute("INSERT INTO t(id, a) VALUES ('k', 7)", [])?;
+    assert_eq!(
+        last_txn(&mut r),
+        vec![ch("*", None, Some("true")), ch("a", None, Some("7")), ch("b", None, Some("null")), ch("c", None, Some("null"))]
+    );
+    Ok(())
+}
+
+#[test]
+fn an_update_records_only_the_columns_that_changed_with_old_and_new_values() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+    r.capture()?;
+    app.execute("UPDATE t SET a = 2, b = 'x', c = 1.5 WHERE id = 'k'", [])?;
+    assert_eq!(last_txn(&mut r), vec![ch("a", Some("1"), Some("2"))]);
+    app.execute("UPDATE t SET a = 2 WHERE id = 'k'", [])?;
+    assert_eq!(r.pending_captured()?, 0, "an update to the same value is no change");
+    Ok(())
+}
+
+#[test]
+fn a_change_of_storage_class_or_letter_case_is_a_change() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute_batch("CREATE TABLE n(id TEXT PRIMARY KEY, v TEXT COLLATE NOCASE)")?;
+    r.track("n", false)?;
+    app.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+    app.execute("INSERT INTO n VALUES ('k', 'abc')", [])?;
+    r.capture()?;
+    app.execute("UPDATE t SET a = 1.0 WHERE id = 'k'", [])?;
+    assert_eq!(last_txn(&mut r), vec![ch("a", Some("1"), Some("1.0"))]);
+    app.execute("UPDATE n SET v = 'ABC' WHERE id = 'k'", [])?;
+    assert_eq!(last_txn(&mut r), vec![ch("v", Some("\"abc\""), Some("\"ABC\""))]);
+    Ok(())
+}
+
+#[test]
+fn a_delete_records_the_row_as_deleted() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+    r.capture()?;
+    app.execute("DELETE FROM t WHERE id = 'k'", [])?;
+    assert_eq!(last_txn(&mut r), vec![ch("*", None, Some("false"))]);
+    Ok(())
+}
+
+#[test]
+fn insert_or_replace_and_upsert_are_captured() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+    r.capture()?;
+    app.execute("INSERT OR REPLACE INTO t VALUES ('k', 2, 'y', NULL)", [])?;
+    let txn = last_txn(&mut r);
+    assert_eq!(txn[0], ch("*", None, Some("true")));
+    assert!(txn.contains(&ch("a", None, Some("2"))) && txn.contains(&ch("b", None, Some("\"y\""))), "{txn:?}");
+    app.execute("INSERT INTO t VALUES ('k', 3, 'y', NULL) ON CONFLICT(id) DO UPDATE SET a = excluded.a", [])?;
+    assert_eq!(last_txn(&mut r), vec![ch("a", Some("2"), Some("3"))]);
+    assert_eq!(model_of_log(r.conn(), &["a", "b", "c"]), rows(r.conn(), "t"));
+    Ok(())
+}
+
+#[test]
+fn changing_a_key_deletes_the_old_row_and_inserts_the_new_one() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+    r.capture()?;
+    app.execute("UPDATE t SET id = 'k2', a = 5 WHERE id = 'k'", [])?;
+    r.capture()?;
+    assert_eq!(model_of_log(r.conn(), &["a", "b", "c"]), rows(r.conn(), "t"));
+    Ok(())
+}
+
+#[test]
+fn writes_from_python_sqlite3_which_never_loaded_dimple_are_captured() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let script = "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nc.execute(\"insert into t values('py', 1, 'from python', 2.5)\")\nc.execute(\"update t set a = x'00ff' where id = 'py'\")\nc.commit()\n";
+    let status = std::process::Command::new("python3").arg("-c").arg(script).arg(g.db("a")).status()?;
+    assert!(status.success());
+    r.capture()?;
+    assert_eq!(r.unpushed()?, 5);
+    assert_eq!(model_of_log(r.conn(), &["a", "b", "c"]), rows(r.conn(), "t"));
+    assert_eq!(rows(r.conn(), "t")[0][1], Value::Blob(vec![0, 255]));
+    Ok(())
+}
+
+#[test]
+fn the_transaction_api_records_one_transaction_with_old_and_new_values() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    r.transaction(|tx| {
+        tx.execute("INSERT INTO t VALUES ('k', 1, 'x', 1.5)", [])?;
+        tx.execute("UPDATE t SET a = 2 WHERE id = 'k'", [])?;
+        Ok(())
+    })?;
+    assert_eq!(r.pending_captured()?, 0, "ids are given at commit");
+    let txns: i64 = r.conn().query_row("SELECT count(*) FROM ZV_TRANSACTION", [], |r| r.get(0))?;
+    assert_eq!(txns, 1);
+    assert_eq!(last_txn(&mut r).last(), Some(&ch("a", Some("1"), Some("2"))));
+    Ok(())
+}
+
+#[test]
+fn track_refuses_tables_without_a_primary_key_or_with_an_integer_key() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    r.conn().execute_batch(
+        "CREATE TABLE nokey(a TEXT); CREATE TABLE intkey(id INTEGER PRIMARY KEY, a TEXT);
+         CREATE TABLE realkey(id REAL PRIMARY KEY); CREATE TABLE star(id TEXT PRIMARY KEY, \"*\" TEXT);",
+    )?;
+    let mut msg = |t: &str, allow: bool| r_track(&mut r, t, allow);
+    assert!(msg("nokey", false).contains("has no primary key"));
+    assert!(msg("intkey", false).contains("integer key"));
+    assert!(msg("realkey", false).contains("TEXT or INTEGER"));
+    assert!(msg("star", false).contains("reserves"));
+    assert!(msg("missing", false).contains("no table named"));
+    assert_eq!(msg("intkey", true), "ok");
+    Ok(())
+}
+
+fn r_track(r: &mut dimple::Replica, t: &str, allow: bool) -> String {
+    match r.track(t, allow) {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn every_storage_class_round_trips_through_a_sync_unchanged() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    let values = [
+        Value::Null,
+        Value::Integer(0),
+        Value::Integer(i64::MIN),
+        Value::Integer(i64::MAX),
+        Value::Real(0.1 + 0.2),
+        Value::Real(-0.0),
+        Value::Real(1e308),
+        Value::Real(f64::INFINITY),
+        Value::Text(String::new()),
+        Value::Text("1".into()),
+        Value::Text("ünïcødé \"quoted\" \n\0 nul".into()),
+        Value::Blob(vec![]),
+        Value::Blob((0..=255).collect()),
+    ];
+    for (i, v) in values.iter().enumerate() {
+        a.conn().execute("INSERT INTO t(id, a) VALUES (?1, ?2)", rusqlite::params![format!("k{i:02}"), v])?;
+    }
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    let got: Vec<(Value, String)> = b
+        .conn()
+        .prepare("SELECT a, typeof(a) FROM t ORDER BY id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(got.len(), values.len());
+    for (v, (back, _)) in values.iter().zip(&got) {
+        match (v, back) {
+            (Value::Real(x), Value::Real(y)) => assert_eq!(x.to_bits(), y.to_bits()),
+            _ => assert_eq!(v, back),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Shared set-up: replicas in a temporary directory syncing through a directory
+//! bucket, and a reference model of the merge rules computed from a change log.
+
+use dimple::clock::ManualClock;
+use dimple::store::{LocalStore, Metered, Store};
+use dimple::{Options, Replica};
+use rusqlite::types::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub const TABLE_SQL: &str = "CREATE TABLE t(id TEXT PRIMARY KEY, a, b TEXT, c REAL)";
+
+pub struct Group {
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+}
+
+impl Group {
+    pub fn new() -> Self {
+        Group { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new(1_750_000_000_000) }
+    }
+
+    pub fn bucket(&self) -> PathBuf {
+        self.dir.path().join("bucket")
+    }
+
+    pub fn store(&self) -> Metered<dyn Store> {
+        Metered::new(Box::new(LocalStore::open(self.bucket()).unwrap()) as Box<dyn Store>)
+    }
+
+    pub fn opts(&self) -> Options {
+        Options { clock: Arc::new(self.clock.clone()), ..Options::default() }
+    }
+
+    pub fn db(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.db"))
+    }
+
+    /// A new replica with table `t` created and tracked.
+    pub fn replica(&self, name: &str) -> Replica {
+        let path = self.db(name);
+        let r = Replica::init(&path, Some(&self.bucket().display().to_string()), Some(name), self.opts()).unwrap();
+        r.conn().execute_batch(TABLE_SQL).unwrap();
+        let mut r = r;
+        r.track("t", false).unwrap();
+        r
+    }
+
+    pub fn reopen(&self, name: &str) -> Replica {
+        Replica::open(&self.db(name), self.opts()).unwrap()
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+pub type Row = Vec<Value>;
+
+/// Every row of a table, ordered by key, every column.
+pub fn rows(conn: &rusqlite::Connection, table: &str) -> Vec<Row> {
+    let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect()).unwrap().map(Result::unwrap).collect()
+}
+
+pub fn open_plain(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// The merge rules as plainly as they can be written: per (entity, attribute) the
+/// greatest id wins; a row exists when its `*` winner is `true`; its columns are
+/// their winners (NULL when never written). Computed from a log, for table `t`.
+pub fn model_of_log(conn: &rusqlite::Connection, columns: &[&str]) -> Vec<Row> {
+    let mut stmt = conn
+        .prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'")
+        .unwrap();
+    let mut winners: BTreeMap<(String, String), (String, Option<String>)> = BTreeMap::new();
+    let changes = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)))
+        .unwrap();
+    for c in changes {
+        let (id, entity, attr, value) = c.unwrap();
+        let slot = winners.entry((entity, attr)).or_insert_with(|| (String::new(), None));
+        if id > slot.0 {
+            *slot = (id, value);
+        }
+    }
+    let mut out = Vec::new();
+    for ((entity, attr), (_, v)) in &winners {
+        if attr == "*" && v.as_deref() == Some("true") {
+            let mut row = vec![Value::Text(entity.clone())];
+            for col in columns {
+                let w = winners.get(&(entity.clone(), col.to_string()));
+                row.push(match w.and_then(|w| w.1.as_deref()) {
+                    Some(enc) => dimple::value::decode(enc).unwrap(),
+                    None => Value::Null,
+                });
+            }
+            out.push(row);
+        }
+    }
+    out
+}
+
+pub fn change_ids(conn: &rusqlite::Connection) -> Vec<String> {
+    let mut stmt = conn.prepare("SELECT id FROM ZV_CHANGE ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
