@@ -1,6 +1,8 @@
 //! One integration-test binary (one link of aws-sdk-s3), one module per subject.
 
 mod capture;
+mod concurrency;
 mod convergence;
+mod crash;
 mod merge_rules;
 mod support;

@@ -20,7 +20,9 @@ pub struct Group {
 
 impl Group {
     pub fn new() -> Self {
-        Group { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new(1_750_000_000_000) }
+        // Start at the real time so that CLI runs (on the system clock) fit in.
+        let now = dimple::clock::Clock::now_ms(&dimple::clock::SystemClock);
+        Group { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new(now) }
     }
 
     pub fn bucket(&self) -> PathBuf {

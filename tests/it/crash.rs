@@ -1,0 +1,175 @@
+//! Crash safety (SPEC 4): a fault at any store call of a push or a pull, or the
+//! process dying there, followed by a retry, loses nothing and applies nothing twice.
+
+use crate::support::*;
+use dimple::store::faulty::{Fault, Faulty};
+use dimple::store::{LocalStore, Store};
+use dimple::{Options, Replica};
+use futures::FutureExt;
+
+const WRITES: i64 = 23;
+
+/// A writer with enough changes for several small batches.
+fn writer(g: &Group) -> Replica {
+    let path = g.db("a");
+    let opts = Options { batch_changes: 20, ..g.opts() };
+    let mut r = Replica::init(&path, Some(&g.bucket().display().to_string()), Some("a"), opts).unwrap();
+    r.conn().execute_batch(TABLE_SQL).unwrap();
+    r.track("t", false).unwrap();
+    for i in 0..WRITES {
+        r.conn().execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", rusqlite::params![format!("k{i:03}"), i]).unwrap();
+        if i % 4 == 0 {
+            r.conn().execute("UPDATE t SET b = 'y' WHERE id = ?1", [format!("k{i:03}")]).unwrap();
+        }
+        // One dimple transaction per write, so the push needs several batches.
+        r.capture().unwrap();
+    }
+    r
+}
+
+fn reopen_writer(g: &Group) -> Replica {
+    Replica::open(&g.db("a"), Options { batch_changes: 20, ..g.opts() }).unwrap()
+}
+
+/// After recovery, a fresh reader sees exactly the writer's log and table, and its
+/// cursor counted every change once.
+fn assert_delivered_once(g: &Group, a: &Replica, reader: &mut Replica) {
+    let report = block_on(dimple::pull(reader, &g.store())).unwrap();
+    let (got, want) = (rows(reader.conn(), "t"), rows(a.conn(), "t"));
+    assert!(got == want, "reader has {} rows, writer {} ({report:?})", got.len(), want.len());
+    let own: Vec<String> = change_ids(a.conn());
+    assert!(change_ids(reader.conn()) == own, "the reader's log differs from the writer's");
+    let counted: i64 = reader
+        .conn()
+        .query_row("SELECT change_count FROM ZV_REPLICA WHERE id = ?1", [a.id()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(counted, own.len() as i64, "a batch was applied twice");
+    assert!(dimple::status::status(reader).unwrap().problems.is_empty());
+}
+
+fn push_with_fault_at(n: u64, fault: Fault) -> bool {
+    let g = Group::new();
+    let mut a = writer(&g);
+    let (store, plan) = Faulty::new(LocalStore::open(g.bucket()).unwrap());
+    plan.fail_nth(n, fault);
+    let first = dimple::push(&mut a, &store).now_or_never();
+    let injected = plan.calls() > n;
+    match (&first, injected) {
+        (Some(Ok(_)), false) => {}
+        (Some(Ok(_)), true) => assert_eq!(fault, Fault::Unavailable, "only a harmless fault may go unnoticed"),
+        (Some(Err(e)), true) => assert!(fault != Fault::Hang, "{e}"),
+        (None, true) => assert_eq!(fault, Fault::Hang),
+        (other, false) => panic!("push failed without a fault: {other:?}"),
+    }
+    drop(first);
+    // The process restarts: a new Replica from the file, and the store is healthy.
+    drop(a);
+    plan.heal();
+    let mut a = reopen_writer(&g);
+    block_on(dimple::push(&mut a, &store)).unwrap();
+    assert_eq!(a.unpushed().unwrap(), 0);
+    let mut reader = g.replica("reader");
+    assert_delivered_once(&g, &a, &mut reader);
+    injected
+}
+
+#[test]
+fn a_push_interrupted_at_any_store_call_is_finished_by_the_next_push() {
+    for fault in [Fault::Unavailable, Fault::AfterEffect, Fault::Refused, Fault::Hang] {
+        let mut n = 0;
+        while push_with_fault_at(n, fault) {
+            n += 1;
+        }
+        assert!(n >= 5, "{fault:?}: only {n} calls were tried");
+    }
+}
+
+fn pull_with_fault_at(n: u64, fault: Fault) -> bool {
+    let g = Group::new();
+    let mut a = writer(&g);
+    block_on(dimple::push(&mut a, &g.store())).unwrap();
+    let mut b = g.replica("b");
+    let (store, plan) = Faulty::new(LocalStore::open(g.bucket()).unwrap());
+    plan.fail_nth(n, fault);
+    let first = dimple::pull(&mut b, &store).now_or_never();
+    let injected = plan.calls() > n;
+    if !injected {
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    }
+    drop(first);
+    drop(b);
+    plan.heal();
+    let mut b = g.reopen("b");
+    assert_delivered_once(&g, &a, &mut b);
+    injected
+}
+
+#[test]
+fn a_pull_interrupted_at_any_store_call_is_finished_by_the_next_pull() {
+    for fault in [Fault::Unavailable, Fault::AfterEffect, Fault::Refused, Fault::Hang] {
+        let mut n = 0;
+        while pull_with_fault_at(n, fault) {
+            n += 1;
+        }
+        assert!(n >= 3, "{fault:?}: only {n} calls were tried");
+    }
+}
+
+#[test]
+fn a_copied_database_pushing_under_the_same_replica_id_is_detected() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let store = g.store();
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    drop(a);
+    // Copy the database and its key: a second device now claims the same id.
+    std::fs::copy(g.db("a"), g.db("copy"))?;
+    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
+    std::fs::create_dir_all(side("copy"))?;
+    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
+    let mut a = g.reopen("a");
+    let mut copy = g.reopen("copy");
+    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    g.clock.advance(5);
+    copy.conn().execute("INSERT INTO t VALUES ('from-copy', 1, 'x', 0.5)", [])?;
+    let err = block_on(dimple::push(&mut copy, &store)).unwrap_err();
+    assert_eq!(err.kind(), dimple::ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("in use by another device"), "{err}");
+    // The original's history is intact for readers.
+    let mut reader = g.replica("reader");
+    block_on(dimple::pull(&mut reader, &store))?;
+    assert_eq!(rows(reader.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
+
+#[test]
+fn a_cli_sync_killed_at_random_moments_then_rerun_delivers_everything_once() -> TestResult {
+    let g = Group::new();
+    let a = g.replica("a");
+    a.conn().execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 24999)
+         INSERT INTO t SELECT printf('k%05d', i), i, 'x', 0.5 FROM n",
+    )?;
+    drop(a);
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    for delay_ms in [20u64, 300, 1200, 2500] {
+        let mut child = std::process::Command::new(bin)
+            .args(["sync", g.db("a").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms)); // the kill moment, not a wait
+        let _ = child.kill();
+        child.wait()?;
+    }
+    let out = std::process::Command::new(bin).args(["sync", g.db("a").to_str().unwrap()]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = g.reopen("a");
+    assert_eq!(a.unpushed()?, 0);
+    let mut reader = g.replica("reader");
+    assert_delivered_once(&g, &a, &mut reader);
+    let _ = Store::describe(&LocalStore::open(g.bucket())?);
+    Ok(())
+}
