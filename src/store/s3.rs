@@ -14,7 +14,7 @@ use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE}
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -56,26 +56,31 @@ impl BucketUrl {
 
 impl S3Store {
     /// Opens `s3://bucket/prefix`. `endpoint` (or `AWS_ENDPOINT_URL`) selects an
-    /// S3-compatible server; such servers get path-style addressing, because they
-    /// rarely have wildcard DNS for virtual-hosted buckets, and a default region of
-    /// `us-east-1`, because SigV4 needs one even where the server ignores it.
-    /// Nothing is sent to the server here: opening works offline.
+    /// S3-compatible server. Nothing is sent to the server here: opening works offline.
     pub async fn open(url: &str, endpoint: Option<&str>) -> StoreResult<S3Store> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(e) = endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        Self::from_config(url, &loader.load().await)
+    }
+
+    /// Opens `s3://bucket/prefix` with an explicit AWS configuration (tests use it
+    /// to pass credentials without touching the process environment). A custom
+    /// endpoint gets path-style addressing, because S3-compatible servers rarely have
+    /// wildcard DNS for virtual-hosted buckets, and a default region of `us-east-1`,
+    /// because SigV4 needs one even where the server ignores it.
+    pub fn from_config(url: &str, shared: &SdkConfig) -> StoreResult<S3Store> {
         let BucketUrl { bucket, prefix } = BucketUrl::parse(url)?;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        let endpoint = shared.endpoint_url().map(str::to_owned);
+        let mut conf = aws_sdk_s3::config::Builder::from(shared)
             .retry_config(RetryConfig::standard().with_max_attempts(1))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .read_timeout(Duration::from_secs(30))
                     .build(),
-            );
-        if let Some(e) = endpoint {
-            loader = loader.endpoint_url(e);
-        }
-        let shared = loader.load().await;
-        let endpoint = shared.endpoint_url().map(str::to_owned);
-        let mut conf = aws_sdk_s3::config::Builder::from(&shared)
+            )
             // The default (checksums on every put) breaks older S3-compatible servers;
             // integrity is checked end to end by the batch hash chain anyway.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
@@ -217,12 +222,15 @@ impl Store for S3Store {
         start_after: Option<&str>,
     ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         let full_prefix = self.full_key(prefix);
+        // A start key below the prefix excludes nothing; dropping it also avoids
+        // SeaweedFS answering such a request with an empty page (its issue #11321).
+        let start_after = start_after.map(|a| self.full_key(a)).filter(|a| *a >= full_prefix);
         let resp = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(&full_prefix)
-            .set_start_after(start_after.map(|a| self.full_key(a)))
+            .set_start_after(start_after)
             .max_keys(LIST_PAGE as i32)
             .send()
             .await
