@@ -1,0 +1,2 @@
+mod s3_store;
+mod store_contract;
