@@ -27,7 +27,8 @@
 //! - `value`: exact encoding of SQLite values
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
 //! - `sync`: pull and push; `problems`: refused input
-//! - `store`: the bucket as a key space; `layout`: every bucket key
+//! - `store`: the bucket as a key space (local directory, S3, retries, fault
+//!   injection, metering); `layout`: every bucket key
 //! - `status`: what `dimple status` reports
 
 pub mod batch;
@@ -54,13 +55,10 @@ pub use sync::{pull, push, sync, PullReport, PushReport, SyncReport};
 /// The bucket and batch format this build reads and writes (SPEC 5).
 pub const FORMAT: i64 = 1;
 
-/// A metered store for a bucket URL (`file:///path`, a plain path, or `s3://bucket/prefix`).
+/// The store for a bucket URL (`file:///path`, a plain path, or `s3://bucket/prefix`),
+/// with retries for transient failures, counted once per logical request.
 pub async fn open_store(url: &str, endpoint: Option<&str>) -> Result<store::Metered<dyn store::Store>> {
-    let _ = endpoint;
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if url.contains("://") && !url.starts_with("file://") {
-        return Err(Error::Invalid(format!("unsupported bucket URL {url:?} (use file:///path or s3://bucket/prefix)")));
-    }
-    let inner: Box<dyn store::Store> = Box::new(store::LocalStore::open(path)?);
-    Ok(store::Metered::new(inner))
+    let inner = store::open_url(url, endpoint).await?;
+    let retrying: Box<dyn store::Store> = Box::new(store::Retrying::new(inner, store::RetryPolicy::default()));
+    Ok(store::Metered::new(retrying))
 }

@@ -32,7 +32,7 @@ struct Plan {
 
 /// Shared handle to steer a [`Faulty`] store from a test.
 #[derive(Clone, Default)]
-pub struct FaultPlan(Arc<Mutex<Plan>>);
+pub struct FaultPlan(Arc<Mutex<Plan>>, Arc<tokio::sync::Notify>);
 
 impl FaultPlan {
     /// Fail exactly call number `n` (counting from 0, from now on) with `fault`.
@@ -70,11 +70,20 @@ impl FaultPlan {
         self.0.lock().unwrap().calls
     }
 
+    /// Resolves once a call has hung on [`Fault::Hang`]: the moment a test "kills"
+    /// the process by dropping the operation.
+    pub async fn hung(&self) {
+        self.1.notified().await
+    }
+
     fn next(&self) -> Option<Fault> {
         let mut p = self.0.lock().unwrap();
         let n = p.calls;
         p.calls += 1;
         let hit = p.failing.contains(&n) || p.down_from.is_some_and(|d| n >= d);
+        if hit && p.fault == Some(Fault::Hang) {
+            self.1.notify_one();
+        }
         if hit { p.fault } else { None }
     }
 }

@@ -5,18 +5,27 @@
 //! - `PutMode::Create` fails with [`StoreError::PreconditionFailed`] when the key
 //!   exists, `PutMode::Update(etag)` when the current ETag differs or the key is missing;
 //! - `list` returns keys in byte order, strictly after `start_after`, with ETags that
-//!   change on every put of that key;
+//!   change on every put of that key that changes its bytes (S3 ETags are content
+//!   hashes, so rewriting identical bytes may keep the ETag; `LocalStore` changes it
+//!   anyway);
 //! - `get` with `if_none_match` returns [`Got::NotModified`] when the ETag still matches.
 //!
 //! Every request goes through [`Metered`], which counts it by kind so that
-//! `sync --json` can report what a sync cost.
+//! `sync --json` can report what a sync cost, and [`Retrying`], the one place that
+//! repeats transient failures. [`open_url`] returns the bare backend; the caller
+//! stacks the wrappers (`Metered` outside `Retrying` counts syncs, inside counts
+//! round trips).
 
 mod local;
 mod metered;
+mod retry;
+mod s3;
 pub mod faulty;
 
 pub use local::LocalStore;
 pub use metered::{Metered, RequestStats};
+pub use retry::{RetryPolicy, Retrying};
+pub use s3::S3Store;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -117,3 +126,41 @@ pub async fn get_bytes(store: &dyn Store, key: &str) -> StoreResult<(Vec<u8>, St
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store a sync group names: `s3://bucket/prefix` (with `endpoint`, or
+/// `AWS_ENDPOINT_URL`, for S3-compatible servers), `file:///abs/path`, or a plain
+/// directory path. Any other scheme is refused rather than taken for a directory.
+pub async fn open_url(url: &str, endpoint: Option<&str>) -> StoreResult<Box<dyn Store>> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(S3Store::open(url, endpoint).await?));
+    }
+    let path = match url.strip_prefix("file://") {
+        Some(p) if p.starts_with('/') => p,
+        Some(_) => return Err(StoreError::Refused(format!("{url:?}: file URLs need an absolute path (file:///dir)"))),
+        None if url.contains("://") => return Err(StoreError::Refused(format!("{url:?}: unsupported store URL scheme"))),
+        None if url.is_empty() => return Err(StoreError::Refused("empty store location".into())),
+        None => url,
+    };
+    Ok(Box::new(LocalStore::open(path)?))
+}
+
+/// A boxed store is a store, so wrappers (fault injection, retries, metering) stack
+/// over any backend chosen at run time.
+#[async_trait]
+impl<S: Store + ?Sized> Store for Box<S> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+        (**self).list_page(prefix, start_after).await
+    }
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
+        (**self).get(key, if_none_match).await
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
+        (**self).put(key, bytes, mode).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        (**self).delete(key).await
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

@@ -100,8 +100,8 @@ fn check_own_log(r: &mut Replica) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn converge(n: usize, skews: Vec<i64>, ops: Vec<Op>, order: Vec<usize>) -> Result<(), TestCaseError> {
-    let g = Group::new();
+fn converge(backend: Backend, n: usize, skews: Vec<i64>, ops: Vec<Op>, order: Vec<usize>) -> Result<(), TestCaseError> {
+    let Some(g) = Group::on(backend, "converge") else { return Ok(()) };
     let store = g.store();
     let base = 1_750_000_000_000i64;
     let clocks: Vec<ManualClock> = skews.iter().map(|s| ManualClock::new((base + s) as u64)).collect();
@@ -109,7 +109,7 @@ fn converge(n: usize, skews: Vec<i64>, ops: Vec<Op>, order: Vec<usize>) -> Resul
         .map(|i| {
             let opts = Options { clock: Arc::new(clocks[i].clone()), ..Options::default() };
             let path = g.db(&format!("r{i}"));
-            let mut r = Replica::init(&path, Some(&g.bucket().display().to_string()), Some(&format!("r{i}")), opts).unwrap();
+            let mut r = Replica::init(&path, Some(&g.bucket_url()), Some(&format!("r{i}")), opts).unwrap();
             r.conn().execute_batch(TABLE_SQL).unwrap();
             r.track("t", false).unwrap();
             r
@@ -169,7 +169,20 @@ proptest! {
 
     #[test]
     fn replicas_converge_to_the_merge_of_all_their_changes((n, skews, ops, order) in scenario()) {
-        converge(n, skews, ops, order)?;
+        converge(Backend::Local, n, skews, ops, order)?;
+    }
+}
+
+proptest! {
+    // Each case creates a bucket and makes real requests: fewer cases.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_S3_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn replicas_converge_through_s3((n, skews, ops, order) in scenario()) {
+        converge(Backend::S3, n, skews, ops, order)?;
     }
 }
 

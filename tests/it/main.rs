@@ -5,4 +5,7 @@ mod concurrency;
 mod convergence;
 mod crash;
 mod merge_rules;
+mod requests;
+mod s3_store;
+mod store_contract;
 mod support;

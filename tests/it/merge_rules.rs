@@ -111,7 +111,16 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path, skip: &str) {
 
 #[test]
 fn applying_the_same_batches_twice_changes_nothing() -> TestResult {
-    let g = Group::new();
+    same_batches_twice(Backend::Local)
+}
+
+#[test]
+fn applying_the_same_batches_twice_changes_nothing_on_s3() -> TestResult {
+    same_batches_twice(Backend::S3)
+}
+
+fn same_batches_twice(backend: Backend) -> TestResult {
+    let Some(g) = Group::on(backend, "twice") else { return Ok(()) };
     let (mut a, mut b) = (g.replica("a"), g.replica("b"));
     for i in 0..20 {
         a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", rusqlite::params![format!("k{i}"), i])?;

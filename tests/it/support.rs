@@ -13,24 +13,69 @@ pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 pub const TABLE_SQL: &str = "CREATE TABLE t(id TEXT PRIMARY KEY, a, b TEXT, c REAL)";
 
+/// Where a group's bucket lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    /// A fresh bucket on the S3 test server started by `scripts/test`.
+    S3,
+}
+
 pub struct Group {
     pub dir: tempfile::TempDir,
     pub clock: ManualClock,
+    /// `s3://bucket/prefix` and endpoint when on S3.
+    s3: Option<(String, String)>,
 }
 
 impl Group {
     pub fn new() -> Self {
         // Start at the real time so that CLI runs (on the system clock) fit in.
         let now = dimple::clock::Clock::now_ms(&dimple::clock::SystemClock);
-        Group { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new(now) }
+        Group { dir: tempfile::tempdir().unwrap(), clock: ManualClock::new(now), s3: None }
+    }
+
+    /// A group on `backend`; for S3, None when S3 tests are skipped on purpose
+    /// (`DIMPLE_SKIP_S3=1` outside CI; see store_contract::s3_support).
+    pub fn on(backend: Backend, test: &str) -> Option<Self> {
+        let mut g = Group::new();
+        if backend == Backend::S3 {
+            // One bucket per test run, one prefix per group: buckets are costly on
+            // the test server, and prefixes are how sync groups share a bucket anyway.
+            static BUCKET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+            let bucket = BUCKET.get_or_init(|| {
+                let store = block_on(crate::store_contract::s3_support::fresh_store("engine")).unwrap()?;
+                Some(store.describe().split(" at ").next().unwrap_or_default().trim_end_matches('/').to_owned())
+            });
+            let endpoint = crate::store_contract::s3_support::endpoint().unwrap()?;
+            let url = format!("{}/{test}-{:08x}", bucket.as_ref()?, rand::random::<u32>());
+            g.s3 = Some((url, endpoint));
+        }
+        Some(g)
+    }
+
+    /// The bucket URL replicas are initialised with.
+    pub fn bucket_url(&self) -> String {
+        match &self.s3 {
+            Some((url, _)) => url.clone(),
+            None => self.bucket().display().to_string(),
+        }
     }
 
     pub fn bucket(&self) -> PathBuf {
         self.dir.path().join("bucket")
     }
 
+    /// The bare backend, for wrapping in fault injection.
+    pub fn raw_store(&self) -> Box<dyn Store> {
+        match &self.s3 {
+            Some((url, endpoint)) => Box::new(block_on(dimple::store::S3Store::open(url, Some(endpoint))).unwrap()),
+            None => Box::new(LocalStore::open(self.bucket()).unwrap()),
+        }
+    }
+
     pub fn store(&self) -> Metered<dyn Store> {
-        Metered::new(Box::new(LocalStore::open(self.bucket()).unwrap()) as Box<dyn Store>)
+        Metered::new(self.raw_store())
     }
 
     pub fn opts(&self) -> Options {
@@ -44,7 +89,7 @@ impl Group {
     /// A new replica with table `t` created and tracked.
     pub fn replica(&self, name: &str) -> Replica {
         let path = self.db(name);
-        let r = Replica::init(&path, Some(&self.bucket().display().to_string()), Some(name), self.opts()).unwrap();
+        let r = Replica::init(&path, Some(&self.bucket_url()), Some(name), self.opts()).unwrap();
         r.conn().execute_batch(TABLE_SQL).unwrap();
         let mut r = r;
         r.track("t", false).unwrap();
@@ -56,8 +101,12 @@ impl Group {
     }
 }
 
+/// One runtime for the whole test binary: an S3 client's connections belong to the
+/// runtime that opened them.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+        .block_on(f)
 }
 
 pub type Row = Vec<Value>;
