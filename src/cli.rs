@@ -212,14 +212,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let log = dimple::changelog::history(r.conn(), entity, limit)?;
+            let names: std::collections::HashMap<String, String> =
+                status::replicas(&r)?.into_iter().filter_map(|i| Some((i.id, i.name?))).collect();
             if out.json {
                 print_json(&log)?;
             } else {
                 for e in &log {
-                    let author = if e.author == r.id() { "local".to_owned() } else { e.author[..8].to_owned() };
+                    let author = if e.author == r.id() {
+                        "local".to_owned()
+                    } else {
+                        names.get(&e.author).cloned().unwrap_or_else(|| e.author[e.author.len() - 8..].to_owned())
+                    };
                     let winner = if e.winner { "" } else { "  (superseded)" };
                     println!(
-                        "{} {:<8} {}/{} {}: {} -> {}{winner}",
+                        "{} {:<10} {}/{} {}: {} -> {}{winner}",
                         e.id,
                         author,
                         e.entity_type,
