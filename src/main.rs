@@ -10,7 +10,10 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // The AWS SDK warns about every credential source it tries (instance
+            // metadata on a laptop...): only its errors are worth a line by default.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,aws_config=error,aws_smithy_runtime=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

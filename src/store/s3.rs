@@ -17,7 +17,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::RequestChecksumCalculation;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use std::time::Duration;
@@ -28,6 +28,9 @@ pub struct S3Store {
     /// Empty, or ends with `/`.
     prefix: String,
     endpoint: Option<String>,
+    /// Set once the server answered 501 to a conditional put (some S3-compatible
+    /// servers do not implement If-None-Match/If-Match on PUT).
+    no_conditions: std::sync::atomic::AtomicBool,
 }
 
 /// Where a bucket URL points: `s3://bucket/optional/prefix`.
@@ -91,7 +94,7 @@ impl S3Store {
             }
         }
         let client = Client::from_conf(conf.build());
-        Ok(S3Store { client, bucket, prefix, endpoint })
+        Ok(S3Store { client, bucket, prefix, endpoint, no_conditions: Default::default() })
     }
 
     /// The SDK client, for set-up work outside the [`Store`] contract (tests create
@@ -121,6 +124,8 @@ enum Class {
     Precondition,
     Refused,
     Unavailable,
+    /// 501: the server does not implement what was asked (a conditional put).
+    Unsupported,
 }
 
 /// Classifies a server answer. The error code wins over the status, because a few
@@ -129,6 +134,7 @@ enum Class {
 fn classify(status: u16, code: Option<&str>) -> Class {
     match code {
         Some("NoSuchKey") => return Class::NotFound,
+        Some("NotImplemented") => return Class::Unsupported,
         Some("PreconditionFailed" | "ConditionalRequestConflict") => return Class::Precondition,
         Some(
             "NoSuchBucket" | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
@@ -145,10 +151,29 @@ fn classify(status: u16, code: Option<&str>) -> Class {
         304 => Class::NotModified,
         404 => Class::NotFound,
         409 | 412 => Class::Precondition,
+        501 => Class::Unsupported,
         408 | 429 => Class::Unavailable,
         s if s >= 500 => Class::Unavailable,
         _ => Class::Refused,
     }
+}
+
+/// The error's chain of causes as one line of their messages, skipping repeats
+/// (the SDK's own context printer ends with a multi-line Debug dump).
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let msg = e.to_string();
+        if !line.contains(&msg) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&msg);
+        }
+        next = e.source();
+    }
+    line
 }
 
 /// Turns an SDK error into a [`StoreError`]. Messages carry the operation, the key,
@@ -177,23 +202,24 @@ where
                 Class::Refused if status < 400 => Class::Unavailable,
                 c => c,
             };
-            (class, format!("HTTP {status}, unreadable response: {}", DisplayErrorContext(&err)))
+            (class, format!("HTTP {status}, unreadable response: {}", causes(&err)))
         }
         SdkError::TimeoutError(_) => (Class::Unavailable, "timed out".to_owned()),
         SdkError::DispatchFailure(d) => {
             let class = if d.is_user() || missing_credentials(&err) { Class::Refused } else { Class::Unavailable };
-            (class, format!("request not sent: {}", DisplayErrorContext(&err)))
+            (class, format!("request not sent: {}", causes(&err)))
         }
         SdkError::ConstructionFailure(_) => {
-            (Class::Refused, format!("could not build the request: {}", DisplayErrorContext(&err)))
+            (Class::Refused, format!("could not build the request: {}", causes(&err)))
         }
-        _ => (Class::Unavailable, DisplayErrorContext(&err).to_string()),
+        _ => (Class::Unavailable, causes(&err)),
     };
     let msg = format!("{what}: {detail}");
     let store_err = match class {
         Class::NotFound => StoreError::NotFound(msg),
         Class::Precondition => StoreError::PreconditionFailed(msg),
         Class::Refused => StoreError::Refused(msg),
+        Class::Unsupported => StoreError::Refused(format!("{msg} (not supported by this server)")),
         Class::NotModified | Class::Unavailable => StoreError::Unavailable(msg),
     };
     (class, store_err)
@@ -212,6 +238,29 @@ fn missing_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+impl S3Store {
+    /// The documented fallback for servers without conditional writes: read, compare,
+    /// then write unconditionally. Correct for one writer per replica id (the normal
+    /// case); two devices racing on one id may go undetected here.
+    async fn put_checked_by_reading(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
+        let current = match self.get(key, None).await {
+            Ok(Got::Found { etag, .. }) => Some(etag),
+            Ok(Got::NotModified) => None,
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let ok = match &mode {
+            PutMode::Create => current.is_none(),
+            PutMode::Update(expected) => current.as_deref() == Some(expected.as_str()),
+            PutMode::Overwrite => true,
+        };
+        if !ok {
+            return Err(StoreError::PreconditionFailed(format!("put {key}: changed since it was read")));
+        }
+        self.put(key, bytes, PutMode::Overwrite).await
+    }
 }
 
 #[async_trait]
@@ -279,17 +328,32 @@ impl Store for S3Store {
 
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
         let full = self.full_key(key);
-        let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(ByteStream::from(bytes));
+        if mode != PutMode::Overwrite && self.no_conditions.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.put_checked_by_reading(key, bytes, mode).await;
+        }
+        let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(ByteStream::from(bytes.clone()));
         req = match &mode {
             PutMode::Overwrite => req,
             PutMode::Create => req.if_none_match("*"),
             PutMode::Update(etag) => req.if_match(quote(etag)),
         };
-        let resp = req.send().await.map_err(|e| match (map_err("put", &full, e), &mode) {
+        let resp = match req.send().await.map_err(|e| map_err("put", &full, e)) {
+            Ok(resp) => resp,
             // AWS answers If-Match on a missing key with 404; the contract says 412.
-            ((Class::NotFound, StoreError::NotFound(m)), PutMode::Update(_)) => StoreError::PreconditionFailed(m),
-            ((_, err), _) => err,
-        })?;
+            Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
+                return Err(StoreError::PreconditionFailed(m))
+            }
+            Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {
+                tracing::warn!(
+                    store = %self.describe(),
+                    "the server does not support conditional writes (If-None-Match/If-Match); \
+                     falling back to read-then-write, which cannot detect two devices racing on one replica id"
+                );
+                self.no_conditions.store(true, std::sync::atomic::Ordering::Relaxed);
+                return self.put_checked_by_reading(key, bytes, mode).await;
+            }
+            Err((_, err)) => return Err(err),
+        };
         resp.e_tag()
             .map(unquote)
             .ok_or_else(|| StoreError::Io(format!("put {full}: the server returned no ETag")))
