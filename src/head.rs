@@ -30,7 +30,16 @@ pub struct HeadBody {
     pub batch_count: i64,
     pub change_count: i64,
     pub updated_at: String,
+    /// Ids of the newest batches, oldest first, the newest last (at most
+    /// [`RECENT_BATCHES`]): a puller that is not far behind learns every key it
+    /// needs at once and fetches them concurrently instead of one by one down the
+    /// chain. The chain itself is still what is verified.
+    #[serde(default)]
+    pub recent_batch_ids: Vec<String>,
 }
+
+/// How many batch ids a head lists.
+pub const RECENT_BATCHES: usize = 64;
 
 /// `LATEST.json`: the body's fields plus `signature`, in one flat object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +89,9 @@ impl Head {
             if parse_id(id).is_none() {
                 return Err(bad(format!("{id:?} is not a UUIDv7 id")));
             }
+        }
+        if b.recent_batch_ids.len() > RECENT_BATCHES || b.recent_batch_ids.iter().any(|id| parse_id(id).is_none()) {
+            return Err(bad("head lists malformed recent batch ids".to_owned()));
         }
         if b.batch_key != crate::layout::batch_key(replica, &b.batch_id) {
             return Err(bad(format!("head points at {:?}, outside its replica's batches", b.batch_key)));

@@ -25,8 +25,9 @@ use crate::track::ROW;
 use crate::{value, FORMAT};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct PushReport {
@@ -116,6 +117,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
             batch_count,
             change_count,
             updated_at: clock::rfc3339(r.hlc.now_ms()),
+            recent_batch_ids: recent_after(r, &batch_id)?,
         };
         let head = Head::sign(body, r.signing_key()?);
         let inf = Inflight {
@@ -138,6 +140,16 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         complete(r, store, inf).await?;
     }
     Ok(report)
+}
+
+/// The head's list of recent batch ids once `newest` is pushed.
+fn recent_after(r: &Replica, newest: &str) -> Result<Vec<String>> {
+    let mut ids: Vec<String> =
+        meta_get(&r.sync, "push.recent")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+    ids.push(newest.to_owned());
+    let excess = ids.len().saturating_sub(crate::head::RECENT_BATCHES);
+    ids.drain(..excess);
+    Ok(ids)
 }
 
 /// Finishes an in-flight push: batch, then head, then the local cursor.
@@ -170,8 +182,10 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
         },
         Err(e) => return Err(e.into()),
     };
+    let recent = serde_json::to_string(&recent_after(r, &inf.batch_id)?).expect("serializes");
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for (k, v) in [
+        ("push.recent", recent.as_str()),
         ("push.through", inf.through.as_str()),
         ("push.batch_id", &inf.batch_id),
         ("push.sha256", &inf.sha256),
@@ -323,8 +337,28 @@ async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &
     Ok(())
 }
 
-/// Downloads the batches between our cursor and `head`, newest first, checking each
-/// link of the hash chain as it arrives. Returns (spool path, key, sha256) per batch.
+/// Batches fetched at once when the head lists them.
+const FETCH_CONCURRENCY: usize = 8;
+
+/// Downloads one batch into the spool; returns its path and sha256.
+async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str) -> Result<(PathBuf, String)> {
+    let key = layout::batch_key(id, batch_id);
+    let bytes = match get_bytes(store, &key).await {
+        Ok((b, _)) => b,
+        Err(StoreError::NotFound(_)) => {
+            return Err(Error::bad(&key, "batch is missing from the chain (deleted or never uploaded)"))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let path = spool.join(format!("{id}-{batch_id}.db"));
+    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+    Ok((path, sha256_hex(&bytes)))
+}
+
+/// Downloads the batches between our cursor and `head` and verifies the chain from
+/// the head back to our cursor. Batches the head lists are fetched concurrently
+/// first; the walk then checks each link (and fetches, one by one, any older batch
+/// the head did not list). Returns (spool path, key, sha256), newest first.
 async fn fetch_chain(
     r: &Replica,
     store: &dyn Store,
@@ -334,23 +368,32 @@ async fn fetch_chain(
 ) -> Result<Vec<(PathBuf, String, String)>> {
     let spool = r.side().join("spool");
     std::fs::create_dir_all(&spool).map_err(|e| Error::io(&spool, e))?;
+    let recent = &head.recent_batch_ids;
+    let listed = match known.batch_id.as_ref().and_then(|b| recent.iter().position(|x| x == b)) {
+        Some(p) => &recent[p + 1..],
+        None => &recent[..],
+    };
+    let mut prefetched: HashMap<String, (PathBuf, String)> = HashMap::new();
+    let mut downloads = futures::stream::iter(listed.iter().map(|b| {
+        let spool = &spool;
+        async move { download(store, spool, id, b).await.map(|d| (b.clone(), d)) }
+    }))
+    .buffer_unordered(FETCH_CONCURRENCY);
+    while let Some(done) = downloads.next().await {
+        let (b, d) = done?;
+        prefetched.insert(b, d);
+    }
     let mut chain = Vec::new();
     let (mut want_id, mut want_sha) = (head.batch_id.clone(), head.sha256.clone());
     loop {
         let key = layout::batch_key(id, &want_id);
-        let bytes = match get_bytes(store, &key).await {
-            Ok((b, _)) => b,
-            Err(StoreError::NotFound(_)) => {
-                return Err(Error::bad(&key, "batch is missing from the chain (deleted or never uploaded)"))
-            }
-            Err(e) => return Err(e.into()),
+        let (path, sha) = match prefetched.remove(&want_id) {
+            Some(d) => d,
+            None => download(store, &spool, id, &want_id).await?,
         };
-        let sha = sha256_hex(&bytes);
         if sha != want_sha {
             return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
         }
-        let path = spool.join(format!("{id}-{want_id}.db"));
-        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
         let header = batch::open(&path, &key, id)?.header;
         if header.batch_id != want_id {
             return Err(Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)));
@@ -359,6 +402,10 @@ async fn fetch_chain(
         if header.prev_batch_id == known.batch_id {
             if header.prev_sha256 != known.batch_sha256 {
                 return Err(Error::bad(&key, "previous-batch hash does not match the batch we applied: history was rewritten"));
+            }
+            // Listed but not on the chain from our cursor: nothing to apply.
+            for (path, _) in prefetched.into_values() {
+                let _ = std::fs::remove_file(path);
             }
             return Ok(chain);
         }
