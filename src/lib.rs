@@ -30,11 +30,15 @@
 //! - `store`: the bucket as a key space (local directory, S3, retries, fault
 //!   injection, metering); `layout`: every bucket key
 //! - `status`: what `dimple status` reports
+//! - `direction`: push-only, pull-only or both
+//! - `export`: tracked tables to and from CSV/JSON files
 
 pub mod batch;
 pub mod changelog;
 pub mod clock;
+pub mod direction;
 pub mod error;
+pub mod export;
 pub mod head;
 pub mod layout;
 pub mod merge;
