@@ -32,6 +32,7 @@
 //! - `status`: what `dimple status` reports
 //! - `direction`: push-only, pull-only or both
 //! - `export`: tracked tables to and from CSV/JSON files
+//! - `verify`: tables against the log, digests against other replicas
 
 pub mod batch;
 pub mod changelog;
@@ -51,6 +52,7 @@ pub mod sync;
 pub mod track;
 pub mod trust;
 pub mod value;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use replica::{Options, Replica};
