@@ -33,10 +33,12 @@
 //! - `direction`: push-only, pull-only or both
 //! - `export`: tracked tables to and from CSV/JSON files
 //! - `verify`: tables against the log, digests against other replicas
+//! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
 
 pub mod batch;
 pub mod changelog;
 pub mod clock;
+pub mod clone;
 pub mod direction;
 pub mod error;
 pub mod export;
@@ -45,6 +47,7 @@ pub mod layout;
 pub mod merge;
 pub mod problems;
 pub mod replica;
+pub mod snapshot;
 mod sql;
 pub mod status;
 pub mod store;
