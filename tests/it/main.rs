@@ -9,6 +9,7 @@ mod export;
 mod merge_rules;
 mod requests;
 mod s3_store;
+mod schema;
 mod snapshot;
 mod store_contract;
 mod support;
