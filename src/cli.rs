@@ -37,6 +37,9 @@ pub enum Command {
         /// A name for people (default: this machine's host name).
         #[arg(long)]
         name: Option<String>,
+        /// Sync direction: push, pull or both (see `dimple direction`).
+        #[arg(long, default_value = "both")]
+        direction: dimple::direction::Direction,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -98,20 +101,22 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    #[command(flatten)]
+    Bootstrap(crate::cli_boot::BootCommand),
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn open(db: &Path) -> Result<Replica> {
+pub(crate) fn open(db: &Path) -> Result<Replica> {
     Ok(Replica::open(db, Options::default())?)
 }
 
 /// Plain relative paths are stored absolute, so the bucket stays the same wherever
 /// dimple runs from.
-fn normalize_bucket(url: &str) -> Result<String> {
+pub(crate) fn normalize_bucket(url: &str) -> Result<String> {
     if url.contains("://") {
         return Ok(url.to_owned());
     }
@@ -119,7 +124,7 @@ fn normalize_bucket(url: &str) -> Result<String> {
     Ok(format!("file://{}", p.display()))
 }
 
-async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
+pub(crate) async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
     let url = r.bucket()?.ok_or_else(|| {
         anyhow::anyhow!("{} has no bucket; run `dimple init {} --bucket URL` on a new database", r.path().display(), r.path().display())
     })?;
@@ -128,11 +133,12 @@ async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Meter
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { db, bucket, name, out } => {
+        Command::Init { db, bucket, name, direction, out } => {
             let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
             let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
+            r.set_direction(direction)?;
             let info = serde_json::json!({
-                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?,
+                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "direction": direction,
                 "key_fingerprint": dimple::trust::fingerprint(&r.public_key()?),
             });
             if out.json {
@@ -237,6 +243,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Bootstrap(cmd) => crate::cli_boot::run(cmd).await?,
         Command::Replicas { db, out } => {
             let list = status::replicas(&open(&db)?)?;
             if out.json {
@@ -259,7 +266,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn warn_problems(problems: &[String]) {
+pub(crate) fn warn_problems(problems: &[String]) {
     for p in problems {
         eprintln!("warning: refused {p}");
     }

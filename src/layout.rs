@@ -4,6 +4,9 @@
 //! replicas/<replica_id>/replica.json   descriptor (format, id, name, public key)
 //! replicas/<replica_id>/LATEST.json    signed head: newest batch and its sha256
 //! batches/<replica_id>/<batch_id>.db   immutable batch files
+//! digests/<replica_id>.json            per-table state digests at a cursor vector (verify)
+//! snapshots/<snapshot_id>.db           immutable compacted state (compact, clone)
+//! snapshots/LATEST.json                pointer to the newest complete snapshot
 //! ```
 
 pub const REPLICAS_PREFIX: &str = "replicas/";
@@ -20,6 +23,33 @@ pub fn head_key(replica: &str) -> String {
 
 pub fn batch_key(replica: &str, batch_id: &str) -> String {
     format!("batches/{replica}/{batch_id}.db")
+}
+
+pub const DIGESTS_PREFIX: &str = "digests/";
+pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
+
+pub fn digest_key(replica: &str) -> String {
+    format!("{DIGESTS_PREFIX}{replica}.json")
+}
+
+/// The replica id of a listed `digests/<id>.json` key, if it is exactly that.
+pub fn parse_digest_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix(DIGESTS_PREFIX)?.strip_suffix(".json")?;
+    is_canonical_uuid(id).then_some(id)
+}
+
+pub fn snapshot_key(snapshot_id: &str) -> String {
+    format!("{SNAPSHOTS_PREFIX}{snapshot_id}.db")
+}
+
+pub fn snapshot_pointer_key() -> String {
+    format!("{SNAPSHOTS_PREFIX}LATEST.json")
+}
+
+/// The snapshot id of a listed `snapshots/<id>.db` key, if it is exactly that.
+pub fn parse_snapshot_key(key: &str) -> Option<&str> {
+    let id = key.strip_prefix(SNAPSHOTS_PREFIX)?.strip_suffix(".db")?;
+    is_canonical_uuid(id).then_some(id)
 }
 
 /// What a key found under `replicas/` is, if it is one of ours.

@@ -30,16 +30,24 @@
 //! - `store`: the bucket as a key space (local directory, S3, retries, fault
 //!   injection, metering); `layout`: every bucket key
 //! - `status`: what `dimple status` reports
+//! - `direction`: push-only, pull-only or both
+//! - `export`: tracked tables to and from CSV/JSON files
+//! - `verify`: tables against the log, digests against other replicas
+//! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
 
 pub mod batch;
 pub mod changelog;
 pub mod clock;
+pub mod clone;
+pub mod direction;
 pub mod error;
+pub mod export;
 pub mod head;
 pub mod layout;
 pub mod merge;
 pub mod problems;
 pub mod replica;
+pub mod snapshot;
 mod sql;
 pub mod status;
 pub mod store;
@@ -47,6 +55,7 @@ pub mod sync;
 pub mod track;
 pub mod trust;
 pub mod value;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use replica::{Options, Replica};

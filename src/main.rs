@@ -1,6 +1,7 @@
 //! `dimple`: thin entry point. One line of error on stderr, an exit code by kind.
 
 mod cli;
+mod cli_boot;
 
 use clap::Parser;
 use dimple::ErrorKind;

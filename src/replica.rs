@@ -182,6 +182,15 @@ impl Replica {
         meta_set(&self.app, "bucket", url)
     }
 
+    /// Which way this replica syncs (see [`crate::direction`]).
+    pub fn direction(&self) -> Result<crate::direction::Direction> {
+        crate::direction::get(&self.app)
+    }
+
+    pub fn set_direction(&self, d: crate::direction::Direction) -> Result<()> {
+        crate::direction::set(&self.app, d)
+    }
+
     /// The connection with capture on: plain SQL on it is captured like any app's.
     pub fn conn(&self) -> &Connection {
         &self.app

@@ -73,6 +73,9 @@ fn outbox(r: &Replica) -> Result<PathBuf> {
 
 pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     r.capture()?;
+    if !r.direction()?.pushes() {
+        return Ok(PushReport::default()); // pull-only: not a single put
+    }
     publish_descriptor(r, store).await?;
     let mut report = PushReport::default();
     if let Some(inf) = meta_get(&r.sync, INFLIGHT)? {
@@ -259,6 +262,9 @@ fn cursor(r: &Replica, id: &str) -> Result<Option<Cursor>> {
 pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     r.refresh_schema()?;
     r.capture()?;
+    if !r.direction()?.pulls() {
+        return Ok(PullReport::default()); // push-only: remote changes are never applied
+    }
     let listing = list_all(store, layout::REPLICAS_PREFIX, None).await?;
     let mut heads: BTreeMap<String, Option<ObjectMeta>> = BTreeMap::new();
     for meta in listing {

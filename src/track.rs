@@ -105,7 +105,7 @@ pub fn validate(info: &TableInfo, allow_integer_key: bool) -> Result<()> {
     Ok(())
 }
 
-fn key_expr(info: &TableInfo, row: &str) -> String {
+pub(crate) fn key_expr(info: &TableInfo, row: &str) -> String {
     match info.key_columns.as_slice() {
         [one] => format!("{row}.{}", ident(one)),
         many => format!(

@@ -1,0 +1,186 @@
+//! `dimple clone`: a new replica (its own id and key pair) from a bucket (seed
+//! 003's "clone a new server as a full duplicate").
+//!
+//! With a snapshot (`snapshots/LATEST.json`, see [`crate::snapshot`]): download it,
+//! check its sha256, create the tracked tables from its CREATE TABLE statements
+//! (tables that already exist in the database are kept and filled), load their rows,
+//! the merge state and the cursor vector (keys pinned from it), install capture,
+//! then pull: each replica's pull walks back from its head only to the snapshot's
+//! cursor batch, so only the tail is downloaded.
+//!
+//! Without a snapshot: a full replay. The schema then comes from the database
+//! itself: tables that already exist in DB are tracked; changes for any other table
+//! are kept in the log and applied when it is created and tracked (SPEC 4).
+
+use crate::batch::sha256_hex;
+use crate::clock::parse_id;
+use crate::error::{Error, Result};
+use crate::replica::{Options, Replica};
+use crate::snapshot::{self, Pointer};
+use crate::sql::ident;
+use crate::store::{get_bytes, Store};
+use crate::sync::{pull, PullReport};
+use crate::{changelog, clock, track, FORMAT};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    pub replica: String,
+    /// The snapshot started from (None: full replay).
+    pub snapshot: Option<String>,
+    pub snapshot_rows: u64,
+    pub snapshot_changes: u64,
+    pub tracked: Vec<String>,
+    pub pull: PullReport,
+}
+
+/// A step of the clone, for progress display.
+pub type Progress<'a> = &'a dyn Fn(&str);
+
+/// Creates replica `db` from the bucket at `url` (served by `store`).
+pub async fn clone(
+    url: &str,
+    db: &Path,
+    name: Option<&str>,
+    opts: Options,
+    store: &dyn Store,
+    progress: Progress<'_>,
+) -> Result<(Replica, CloneReport)> {
+    let mut r = Replica::init(db, Some(url), name, opts)?;
+    progress("reading snapshots/LATEST.json");
+    let pointer = snapshot::latest(store).await?.map(|(p, _)| p);
+    let mut report = CloneReport {
+        replica: r.id().to_owned(),
+        snapshot: pointer.as_ref().map(|p| p.snapshot_id.clone()),
+        snapshot_rows: 0,
+        snapshot_changes: 0,
+        tracked: Vec::new(),
+        pull: PullReport::default(),
+    };
+    match pointer {
+        Some(p) => {
+            progress(&format!("downloading snapshot {} ({} bytes)", p.snapshot_id, p.size));
+            let path = download(&r, store, &p).await?;
+            progress("loading snapshot");
+            let loaded = load(&mut r, &path);
+            let _ = std::fs::remove_file(&path);
+            (report.snapshot_rows, report.snapshot_changes, report.tracked) = loaded?;
+        }
+        None => {
+            for table in user_tables(r.conn())? {
+                r.track(&table, true)?;
+                report.tracked.push(table);
+            }
+        }
+    }
+    progress("pulling batches");
+    report.pull = pull(&mut r, store).await?;
+    Ok((r, report))
+}
+
+async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::path::PathBuf> {
+    let (bytes, _) = get_bytes(store, &p.key).await?;
+    let sha = sha256_hex(&bytes);
+    if sha != p.sha256 || bytes.len() as u64 != p.size {
+        return Err(Error::bad(&p.key, format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256)));
+    }
+    let path = r.side().join(format!("clone-{}.db", p.snapshot_id));
+    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
+
+fn user_tables(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'ZV\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// Checks a downloaded snapshot and returns its tables' (name, CREATE TABLE).
+fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
+    let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
+    let format: Option<i64> = conn.query_row("SELECT format FROM ZV_SNAPSHOT", [], |r| r.get(0)).optional().map_err(sqlerr)?;
+    if format != Some(FORMAT) {
+        return Err(Error::bad(origin, format!("unknown snapshot format {format:?} (this dimple reads format {FORMAT})")));
+    }
+    let tables: Vec<(String, String)> = conn
+        .prepare("SELECT tbl, sql FROM ZV_SCHEMA ORDER BY tbl")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(sqlerr)?;
+    for (tbl, sql) in &tables {
+        // The one piece of remote SQL dimple runs: it must be exactly one CREATE TABLE
+        // of the table it names, and never one of dimple's own.
+        let head = sql.trim_start().get(..12).unwrap_or_default();
+        if !head.eq_ignore_ascii_case("CREATE TABLE") || tbl.starts_with("ZV_") || tbl.starts_with("sqlite_") {
+            return Err(Error::bad(origin, format!("schema of {tbl:?} is not a CREATE TABLE statement")));
+        }
+    }
+    Ok(tables)
+}
+
+/// Loads a snapshot into the fresh replica `r`: tables, merge state, cursors.
+/// Returns (rows, changes, tables tracked).
+fn load(r: &mut Replica, path: &Path) -> Result<(u64, u64, Vec<String>)> {
+    let origin = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let tables = inspect(path, &origin)?;
+    let now = clock::rfc3339(r.opts.clock.now_ms());
+    r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
+    let out = load_attached(r, &tables, &now, &origin);
+    r.sync.execute_batch("DETACH snap")?;
+    out
+}
+
+fn load_attached(r: &mut Replica, tables: &[(String, String)], now: &str, origin: &str) -> Result<(u64, u64, Vec<String>)> {
+    let me = r.id().to_owned();
+    let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut rows = 0u64;
+    let mut tracked = Vec::new();
+    for (tbl, sql) in tables {
+        if track::inspect(&tx, tbl)?.is_none() {
+            tx.execute(sql, []).map_err(|e| Error::bad(origin, format!("schema of {tbl:?}: {e}")))?;
+        }
+        let info = track::inspect(&tx, tbl)?
+            .ok_or_else(|| Error::bad(origin, format!("schema of {tbl:?} does not create that table")))?;
+        track::validate(&info, true)?;
+        // Columns both sides have, named from the local schema.
+        let snap_cols: Vec<String> = tx
+            .prepare("SELECT name FROM pragma_table_info(?1, 'snap')")?
+            .query_map([tbl], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let cols: Vec<String> = info
+            .key_columns
+            .iter()
+            .chain(&info.columns)
+            .filter(|c| snap_cols.contains(c))
+            .map(|c| ident(c))
+            .collect();
+        let list = cols.join(", ");
+        rows += tx.execute(&format!("INSERT OR REPLACE INTO main.{0} ({list}) SELECT {list} FROM snap.{0}", ident(tbl)), [])? as u64;
+        track::install(&tx, &info, false, now)?;
+        tracked.push(tbl.clone());
+    }
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;
+         INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
+           SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value FROM snap.ZV_CHANGE;
+         INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id)
+           SELECT entity_type, entity_id, attribute, change_id FROM snap.ZV_CLOCK;",
+    )?;
+    tx.execute(
+        "INSERT INTO main.ZV_REPLICA(id, name, public_key, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
+         SELECT replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count, ?1, ?1 FROM snap.ZV_CURSOR WHERE replica <> ?2",
+        [now, me.as_str()],
+    )?;
+    let changes: u64 = tx.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
+    // Our ids must be greater than every id we now hold.
+    let max: Option<String> = tx.query_row("SELECT max(id) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
+    if let Some(id) = max.as_deref().and_then(parse_id) {
+        r.hlc.observe(&id);
+    }
+    changelog::save_clock(&tx, &r.hlc)?;
+    tx.commit()?;
+    Ok((rows, changes, tracked))
+}

@@ -1,0 +1,257 @@
+//! `dimple compact`: a snapshot of a replica's state in the bucket, so that a new
+//! replica downloads one file and only the batches after it (SPEC 8).
+//!
+//! The snapshot (`schema/snapshot.sql`) holds the tracked tables, their CREATE TABLE
+//! statements, the merge state (`ZV_CLOCK` winners and their changes) and the cursor
+//! vector it reflects: per author, the last batch applied (id, sha256, last change
+//! id) and its pinned key. It is read from the replica in one read transaction in
+//! which no captured write is waiting for an id, so tables, log and cursors agree.
+//!
+//! Publishing: the file goes to `snapshots/<snapshot_id>.db` (create-only, never
+//! rewritten), and only then does `snapshots/LATEST.json` point at it, so a reader
+//! never sees a pointer to a missing or half-written snapshot. The pointer only
+//! moves forward (a slower compactor does not replace a newer snapshot). Snapshots
+//! older than the grace period and not pointed at are deleted, so a clone that read
+//! the previous pointer a moment ago still finds its file.
+
+use crate::batch::sha256_hex;
+use crate::clock::{self, parse_id, stamp_of};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::replica::Replica;
+use crate::sql::{ident, literal};
+use crate::store::{list_all, Got, PutMode, Store, StoreError};
+use crate::FORMAT;
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+pub(crate) const SCHEMA: &str = include_str!("../schema/snapshot.sql");
+
+/// Pointers and snapshots larger than these are refused unread.
+pub const MAX_POINTER_BYTES: usize = 64 * 1024;
+
+/// Default time a superseded snapshot is kept for clones already downloading it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `snapshots/LATEST.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    pub format: i64,
+    pub snapshot_id: String,
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+    pub source_replica: String,
+    pub created_at: String,
+}
+
+impl Pointer {
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Pointer> {
+        if bytes.len() > MAX_POINTER_BYTES {
+            return Err(Error::bad(origin, "snapshot pointer is too large"));
+        }
+        let p: Pointer = serde_json::from_slice(bytes).map_err(|e| Error::bad(origin, format!("malformed snapshot pointer: {e}")))?;
+        if p.format != FORMAT {
+            return Err(Error::bad(origin, format!("unknown snapshot format {} (this dimple reads format {FORMAT})", p.format)));
+        }
+        if parse_id(&p.snapshot_id).is_none() || p.key != layout::snapshot_key(&p.snapshot_id) {
+            return Err(Error::bad(origin, format!("pointer names {:?}, which is not a snapshot key", p.key)));
+        }
+        Ok(p)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactReport {
+    pub snapshot_id: String,
+    pub key: String,
+    pub bytes: u64,
+    pub tables: usize,
+    pub rows: u64,
+    pub changes: u64,
+    pub cursors: usize,
+    /// Whether LATEST.json now points at this snapshot (false: a newer one exists).
+    pub published: bool,
+    pub deleted: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    tables: usize,
+    rows: u64,
+    changes: u64,
+    cursors: usize,
+}
+
+/// Writes the snapshot file of `r` at `path`.
+fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts> {
+    let _ = std::fs::remove_file(path);
+    let s = Connection::open(path)?;
+    s.execute_batch("PRAGMA journal_mode=MEMORY; PRAGMA page_size=4096;")?;
+    s.execute_batch(SCHEMA)?;
+    s.execute("ATTACH ?1 AS src", [r.path().display().to_string()])?;
+    s.busy_timeout(r.opts.busy_timeout)?;
+    let public_key = r.public_key()?;
+    for _attempt in 0..20 {
+        s.execute_batch("BEGIN")?;
+        // The read transaction starts here: if no captured write waits for an id at
+        // this moment, every table row is explained by the log we copy.
+        let pending: i64 = s.query_row("SELECT count(*) FROM src.ZV_PENDING", [], |r| r.get(0))?;
+        if pending > 0 {
+            s.execute_batch("ROLLBACK")?;
+            r.capture()?;
+            continue;
+        }
+        let counts = copy(&s, r, snapshot_id, &public_key)?;
+        s.execute_batch("COMMIT")?;
+        s.execute_batch("DETACH src")?;
+        return Ok(counts);
+    }
+    Err(Error::Invalid("the application keeps writing: could not read a quiet moment for the snapshot; try again".into()))
+}
+
+fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Result<Counts> {
+    let mut counts = Counts::default();
+    let tables: Vec<(String, String)> = s
+        .prepare(
+            "SELECT t.tbl, m.sql FROM src.ZV_TRACKED t JOIN src.sqlite_master m ON m.type = 'table' AND m.name = t.tbl ORDER BY t.tbl",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (tbl, sql) in &tables {
+        s.execute("INSERT INTO ZV_SCHEMA(tbl, sql) VALUES (?1, ?2)", [tbl, sql])?;
+        // Unqualified CREATE TABLE creates in main: the snapshot file.
+        s.execute_batch(sql)?;
+        counts.rows += s.execute(&format!("INSERT INTO main.{0} SELECT * FROM src.{0}", ident(tbl)), [])? as u64;
+        counts.tables += 1;
+    }
+    s.execute_batch(
+        "INSERT INTO main.ZV_CLOCK SELECT entity_type, entity_id, attribute, change_id FROM src.ZV_CLOCK;
+         INSERT INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
+           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value
+           FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id;
+         INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
+           SELECT t.id, t.author FROM src.ZV_TRANSACTION t WHERE t.id IN (SELECT transaction_id FROM main.ZV_CHANGE);
+         INSERT INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
+           SELECT id, name, public_key, batch_id, batch_sha256, last_change_id, change_count
+           FROM src.ZV_REPLICA WHERE public_key IS NOT NULL;",
+    )?;
+    counts.changes = s.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
+    // The source itself: its last pushed batch (read in this same transaction).
+    let meta = |k: &str| -> rusqlite::Result<Option<String>> {
+        s.query_row(&format!("SELECT value FROM src.ZV_METADATA WHERE key = {}", literal(k)), [], |r| r.get(0)).optional()
+    };
+    let change_count: i64 = meta("push.change_count")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    s.execute(
+        "INSERT OR REPLACE INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![
+            r.id(),
+            meta("name")?,
+            public_key,
+            meta("push.batch_id")?,
+            meta("push.sha256")?,
+            meta("push.through")?,
+            change_count
+        ],
+    )?;
+    counts.cursors = s.query_row("SELECT count(*) FROM main.ZV_CURSOR", [], |r| r.get(0))?;
+    s.execute(
+        "INSERT INTO ZV_SNAPSHOT(format, snapshot_id, source_replica, created_at) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![FORMAT, snapshot_id, r.id(), clock::rfc3339(r.opts.clock.now_ms())],
+    )?;
+    Ok(counts)
+}
+
+/// The current pointer and its ETag, if any.
+pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
+    let key = layout::snapshot_pointer_key();
+    match store.get(&key, None).await {
+        Ok(Got::Found { bytes, etag }) => Ok(Some((Pointer::parse(&bytes, &key)?, etag))),
+        Ok(Got::NotModified) => Ok(None),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a snapshot of `r` to the bucket, points LATEST.json at it, and deletes
+/// snapshots superseded for longer than `grace`.
+pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Result<CompactReport> {
+    r.capture()?;
+    let snapshot_id = r.hlc.next().to_string();
+    let path = r.side().join(format!("snapshot-{snapshot_id}.db"));
+    let counts = write_file(r, &path, &snapshot_id);
+    let counts = match counts {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let _ = std::fs::remove_file(&path);
+    let key = layout::snapshot_key(&snapshot_id);
+    let pointer = Pointer {
+        format: FORMAT,
+        snapshot_id: snapshot_id.clone(),
+        key: key.clone(),
+        sha256: sha256_hex(&bytes),
+        size: bytes.len() as u64,
+        source_replica: r.id().to_owned(),
+        created_at: clock::rfc3339(r.opts.clock.now_ms()),
+    };
+    let size = bytes.len() as u64;
+    store.put(&key, bytes, PutMode::Create).await?;
+    let current = latest(store).await?;
+    let published = match &current {
+        Some((p, _)) if p.snapshot_id >= snapshot_id => false,
+        _ => {
+            let mode = match current {
+                Some((_, etag)) => PutMode::Update(etag),
+                None => PutMode::Create,
+            };
+            let body = serde_json::to_vec_pretty(&pointer).expect("serializes");
+            match store.put(&layout::snapshot_pointer_key(), body, mode).await {
+                Ok(_) => true,
+                // Another compactor moved the pointer meanwhile: its snapshot is newer.
+                Err(StoreError::PreconditionFailed(_)) => false,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let deleted = collect_garbage(r, store, grace).await?;
+    Ok(CompactReport {
+        snapshot_id,
+        key,
+        bytes: size,
+        tables: counts.tables,
+        rows: counts.rows,
+        changes: counts.changes,
+        cursors: counts.cursors,
+        published,
+        deleted,
+    })
+}
+
+/// Deletes snapshots older than `grace` that LATEST.json does not point at.
+async fn collect_garbage(r: &Replica, store: &dyn Store, grace: Duration) -> Result<Vec<String>> {
+    let keep = latest(store).await?.map(|(p, _)| p.snapshot_id);
+    let cutoff = r.opts.clock.now_ms().saturating_sub(grace.as_millis() as u64);
+    let mut deleted = Vec::new();
+    for meta in list_all(store, layout::SNAPSHOTS_PREFIX, None).await? {
+        let Some(id) = layout::parse_snapshot_key(&meta.key) else { continue };
+        if keep.as_deref() == Some(id) {
+            continue;
+        }
+        let Some(uuid) = parse_id(id) else { continue };
+        if stamp_of(&uuid).ms < cutoff {
+            match store.delete(&meta.key).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => deleted.push(meta.key),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,339 @@
+//! `dimple verify`: is what the tables hold what the change log says, and does this
+//! replica hold what the others hold? (Seed 003's "CRC to detect divergence".)
+//!
+//! 1. Local: each tracked table is recomputed from `ZV_CHANGE` alone (per
+//!    (entity, attribute) the greatest id wins; a row exists iff its `*` winner is
+//!    `true`) and compared with the stored rows. A write made behind dimple's back
+//!    (triggers off, dropped and re-created) shows up as a missing row, an extra row
+//!    or a differing column. `--repair` writes the log's truth back through the
+//!    trigger-less connection, so the repair is not captured as a new local change.
+//!    Columns no change ever wrote (a default added by ALTER TABLE) are not judged.
+//! 2. Across replicas: an order-independent digest per table (XOR of the sha256 of
+//!    each row's canonical encoding) together with the cursor vector it reflects
+//!    (last change id applied per author, own included) is published to
+//!    `digests/<replica>.json`. Digests are compared only with replicas whose vector
+//!    is identical: same changes, so the same tables, or divergence.
+
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::merge::{entity_id_of, key_values, ALIVE};
+use crate::replica::Replica;
+use crate::sql::ident;
+use crate::store::{get_bytes, list_all, PutMode, Store, StoreError};
+use crate::track::{self, affinity, Affinity, TableInfo, ROW};
+use crate::value;
+use rusqlite::types::Value;
+use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+
+/// One way a stored row differs from the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Difference {
+    MissingRow { table: String, entity_id: String },
+    ExtraRow { table: String, entity_id: String },
+    Column { table: String, entity_id: String, column: String, expected: String, found: String },
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::MissingRow { table, entity_id } => write!(f, "{table}/{entity_id}: missing row (the log has it alive)"),
+            Difference::ExtraRow { table, entity_id } => write!(f, "{table}/{entity_id}: extra row (the log has it deleted or never inserted)"),
+            Difference::Column { table, entity_id, column, expected, found } => {
+                write!(f, "{table}/{entity_id}: column {column} is {found}, the log says {expected}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDigest {
+    pub rows: u64,
+    pub sha256: String,
+}
+
+/// What a replica publishes to `digests/<id>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Published {
+    pub format: i64,
+    pub replica: String,
+    pub name: String,
+    /// Author replica id -> last change id of it reflected in `tables`.
+    pub cursors: BTreeMap<String, String>,
+    pub tables: BTreeMap<String, TableDigest>,
+    pub computed_at: String,
+}
+
+/// How this replica compares with one other replica's published digest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub replica: String,
+    pub name: String,
+    /// `same`, `different`, or `not comparable (different cursors)`.
+    pub verdict: String,
+    /// Tables whose digests differ (when comparable).
+    pub tables: Vec<String>,
+}
+
+/// The log's view of one table: entity id -> attribute -> winning encoded value.
+type Winners = BTreeMap<String, HashMap<String, Option<String>>>;
+
+fn winners(conn: &Connection, table: &str) -> Result<Winners> {
+    // SQLite takes the bare columns from the row holding max(id).
+    let mut stmt = conn.prepare(
+        "SELECT entity_id, attribute, new_value, max(id) FROM ZV_CHANGE WHERE entity_type = ?1 GROUP BY entity_id, attribute",
+    )?;
+    let mut rows = stmt.query([table])?;
+    let mut out = Winners::new();
+    while let Some(r) = rows.next()? {
+        out.entry(r.get(0)?).or_default().insert(r.get(1)?, r.get(2)?);
+    }
+    Ok(out)
+}
+
+/// Stored rows: entity id -> column -> value, for non-key columns.
+fn stored(conn: &Connection, info: &TableInfo) -> Result<BTreeMap<String, Vec<Value>>> {
+    let mut cols = vec![track::key_expr(info, "r")];
+    cols.extend(info.columns.iter().map(|c| format!("r.{}", ident(c))));
+    let sql = format!("SELECT {} FROM {} AS r", cols.join(", "), ident(&info.name));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let Some(id) = entity_id_of(&r.get::<_, Value>(0)?) else { continue };
+        let vals = (1..=info.columns.len()).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
+        out.insert(id, vals);
+    }
+    Ok(out)
+}
+
+fn affinities(conn: &Connection, table: &str) -> Result<HashMap<String, Affinity>> {
+    let mut stmt = conn.prepare("SELECT name, type FROM pragma_table_info(?1)")?;
+    let rows = stmt.query_map([table], |r| Ok((r.get::<_, String>(0)?, affinity(&r.get::<_, String>(1)?))))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The value a column of `aff` would hold after storing `v` (SQLite converts on
+/// write), computed by SQLite itself in a scratch table.
+fn coerce(conn: &Connection, aff: Affinity, v: &Value) -> Result<Value> {
+    let decl = match aff {
+        Affinity::Integer => "INTEGER",
+        Affinity::Text => "TEXT",
+        Affinity::Real => "REAL",
+        Affinity::Numeric => "NUMERIC",
+        Affinity::Blob => "",
+    };
+    let name = format!("zv_verify_{}", if decl.is_empty() { "none" } else { decl });
+    conn.execute_batch(&format!("CREATE TEMP TABLE IF NOT EXISTS {name}(v {decl})"))?;
+    conn.execute(&format!("DELETE FROM temp.{name}"), [])?;
+    conn.execute(&format!("INSERT INTO temp.{name}(v) VALUES (?1)"), [v])?;
+    Ok(conn.query_row(&format!("SELECT v FROM temp.{name}"), [], |r| r.get(0))?)
+}
+
+fn decode(s: Option<&str>) -> Result<Value> {
+    s.map(|s| value::decode(s).map_err(|e| Error::bad("change log", e))).transpose().map(|v| v.unwrap_or(Value::Null))
+}
+
+/// Compares every tracked table with the log.
+pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
+    r.capture()?;
+    let conn = &r.sync;
+    conn.execute_batch("BEGIN")?;
+    let out = check_all(conn);
+    conn.execute_batch("COMMIT")?;
+    out
+}
+
+fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
+    let mut out = Vec::new();
+    for table in track::tracked_names(conn)? {
+        let Some(info) = track::inspect(conn, &table)? else { continue };
+        let log = winners(conn, &table)?;
+        let rows = stored(conn, &info)?;
+        let affs = affinities(conn, &table)?;
+        let ids: std::collections::BTreeSet<&String> = log.keys().chain(rows.keys()).collect();
+        for id in ids {
+            let w = log.get(id);
+            let alive = w.and_then(|w| w.get(ROW)).is_some_and(|v| v.as_deref() == Some(ALIVE));
+            let (table, entity_id) = (table.clone(), id.clone());
+            match (alive, rows.get(id)) {
+                (true, None) => out.push(Difference::MissingRow { table, entity_id }),
+                (false, Some(_)) => out.push(Difference::ExtraRow { table, entity_id }),
+                (false, None) => {}
+                (true, Some(vals)) => {
+                    let w = w.expect("alive implies winners");
+                    for (col, found) in info.columns.iter().zip(vals) {
+                        let Some(enc) = w.get(col) else { continue };
+                        let want = decode(enc.as_deref())?;
+                        let same = value::encode(&want) == value::encode(found)
+                            || value::encode(&coerce(conn, affs.get(col).copied().unwrap_or(Affinity::Blob), &want)?)
+                                == value::encode(found);
+                        if !same {
+                            out.push(Difference::Column {
+                                table: table.clone(),
+                                entity_id: entity_id.clone(),
+                                column: col.clone(),
+                                expected: value::encode(&want),
+                                found: value::encode(found),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the log's truth over `diffs` on the trigger-less connection (not captured).
+/// Returns how many rows were rewritten.
+pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
+    let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut done = std::collections::BTreeSet::new();
+    for d in diffs {
+        let (Difference::MissingRow { table, entity_id }
+        | Difference::ExtraRow { table, entity_id }
+        | Difference::Column { table, entity_id, .. }) = d;
+        if !done.insert((table.clone(), entity_id.clone())) {
+            continue;
+        }
+        let Some(info) = track::inspect(&tx, table)? else { continue };
+        let key = key_values(&info, entity_id)?;
+        let key_where = info
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", ident(c), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        tx.execute(&format!("DELETE FROM {} WHERE {key_where}", ident(table)), rusqlite::params_from_iter(&key))?;
+        if matches!(d, Difference::ExtraRow { .. }) {
+            continue;
+        }
+        // Re-insert from the log's winners (columns never written keep their default).
+        let mut stmt = tx.prepare(
+            "SELECT attribute, new_value, max(id) FROM ZV_CHANGE WHERE entity_type = ?1 AND entity_id = ?2 GROUP BY attribute",
+        )?;
+        let w: HashMap<String, Option<String>> =
+            stmt.query_map([table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut names: Vec<String> = info.key_columns.iter().map(|c| ident(c)).collect();
+        let mut vals = key.clone();
+        for c in &info.columns {
+            if let Some(v) = w.get(c) {
+                names.push(ident(c));
+                vals.push(decode(v.as_deref())?);
+            }
+        }
+        let ph = (1..=vals.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        tx.execute(&format!("INSERT INTO {} ({}) VALUES ({ph})", ident(table), names.join(", ")), rusqlite::params_from_iter(&vals))?;
+    }
+    tx.commit()?;
+    Ok(done.len())
+}
+
+/// Per tracked table: row count and the XOR of sha256(canonical row) over its rows.
+/// A row's canonical encoding: entity id, then `column=value` for its non-key
+/// columns sorted by name, each line ended by `\n`, values in [`value::encode`].
+pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
+    let mut out = BTreeMap::new();
+    for table in track::tracked_names(conn)? {
+        let Some(info) = track::inspect(conn, &table)? else { continue };
+        let mut order: Vec<usize> = (0..info.columns.len()).collect();
+        order.sort_by(|a, b| info.columns[*a].cmp(&info.columns[*b]));
+        let mut acc = [0u8; 32];
+        let rows = stored(conn, &info)?;
+        for (id, vals) in &rows {
+            let mut h = Sha256::new();
+            h.update(id.as_bytes());
+            h.update(b"\n");
+            for &i in &order {
+                h.update(format!("{}={}\n", info.columns[i], value::encode(&vals[i])).as_bytes());
+            }
+            for (a, b) in acc.iter_mut().zip(h.finalize()) {
+                *a ^= b;
+            }
+        }
+        let sha256 = acc.iter().map(|b| format!("{b:02x}")).collect();
+        out.insert(table, TableDigest { rows: rows.len() as u64, sha256 });
+    }
+    Ok(out)
+}
+
+/// Last change id applied per author, this replica's own included.
+pub fn cursor_vector(r: &Replica) -> Result<BTreeMap<String, String>> {
+    let conn = &r.sync;
+    let mut out: BTreeMap<String, String> = conn
+        .prepare("SELECT id, last_change_id FROM ZV_REPLICA WHERE last_change_id IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let own: Option<String> = conn.query_row(
+        "SELECT max(c.id) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE t.author = ?1",
+        [r.id()],
+        |r| r.get(0),
+    )?;
+    if let Some(own) = own {
+        out.insert(r.id().to_owned(), own);
+    }
+    Ok(out)
+}
+
+/// This replica's digest and the vector it reflects, read in one transaction.
+pub fn snapshot_digest(r: &mut Replica) -> Result<Published> {
+    r.capture()?;
+    r.sync.execute_batch("BEGIN")?;
+    let out = (|| {
+        Ok(Published {
+            format: crate::FORMAT,
+            replica: r.id().to_owned(),
+            name: r.name()?,
+            cursors: cursor_vector(r)?,
+            tables: digests(&r.sync)?,
+            computed_at: crate::clock::rfc3339(r.hlc.now_ms()),
+        })
+    })();
+    r.sync.execute_batch("COMMIT")?;
+    out
+}
+
+/// Uploads `mine` to `digests/<id>.json` (not for pull-only replicas: they write nothing).
+pub async fn publish(r: &Replica, store: &dyn Store, mine: &Published) -> Result<bool> {
+    if !r.direction()?.pushes() {
+        return Ok(false);
+    }
+    let bytes = serde_json::to_vec_pretty(mine).expect("serializes");
+    store.put(&layout::digest_key(r.id()), bytes, PutMode::Overwrite).await?;
+    Ok(true)
+}
+
+/// Compares `mine` with every other replica's published digest.
+pub async fn compare(r: &Replica, store: &dyn Store, mine: &Published) -> Result<Vec<Comparison>> {
+    let mut out = Vec::new();
+    for meta in list_all(store, layout::DIGESTS_PREFIX, None).await? {
+        let Some(id) = layout::parse_digest_key(&meta.key) else { continue };
+        if id == r.id() {
+            continue;
+        }
+        let bytes = match get_bytes(store, &meta.key).await {
+            Ok((b, _)) => b,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if bytes.len() > 16 * 1024 * 1024 {
+            return Err(Error::bad(&meta.key, "digest object is too large"));
+        }
+        let theirs: Published = serde_json::from_slice(&bytes).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
+        let (verdict, tables) = if theirs.cursors != mine.cursors {
+            ("not comparable (different cursors)".to_owned(), Vec::new())
+        } else {
+            let names: std::collections::BTreeSet<&String> = mine.tables.keys().chain(theirs.tables.keys()).collect();
+            let differing: Vec<String> =
+                names.into_iter().filter(|t| mine.tables.get(*t) != theirs.tables.get(*t)).cloned().collect();
+            (if differing.is_empty() { "same" } else { "different" }.to_owned(), differing)
+        };
+        out.push(Comparison { replica: id.to_owned(), name: theirs.name, verdict, tables });
+    }
+    Ok(out)
+}

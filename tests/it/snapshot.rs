@@ -1,0 +1,173 @@
+//! Compaction and clone (SPEC 8): a clone equals its source with or without a
+//! snapshot, downloads only the batches after the snapshot, and compaction is safe
+//! while other replicas push.
+
+use crate::support::*;
+use dimple::clone::clone;
+use dimple::store::Store;
+use std::time::Duration;
+
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn write(r: &mut dimple::Replica, key: &str, a: i64) {
+    r.conn()
+        .execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5) ON CONFLICT(id) DO UPDATE SET a = excluded.a", rusqlite::params![key, a])
+        .unwrap();
+}
+
+fn clone_into(g: &Group, name: &str, store: &dyn Store) -> Result<(dimple::Replica, dimple::clone::CloneReport), dimple::Error> {
+    block_on(clone(&g.bucket_url(), &g.db(name), Some(name), g.opts(), store, &|_| {}))
+}
+
+#[test]
+fn a_clone_without_a_snapshot_replays_every_batch_and_equals_the_source() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    for i in 0..5 {
+        write(&mut a, &format!("a{i}"), i);
+        write(&mut b, &format!("b{i}"), i);
+        block_on(dimple::sync(&mut a, &store))?;
+        block_on(dimple::sync(&mut b, &store))?;
+    }
+    block_on(dimple::sync(&mut a, &store))?;
+    // The schema comes from the database the clone is made in.
+    open_plain(&g.db("c")).execute_batch(TABLE_SQL)?;
+    let (c, report) = clone_into(&g, "c", &store)?;
+    assert_eq!(report.snapshot, None);
+    assert_eq!(report.tracked, vec!["t".to_owned()]);
+    assert_eq!(report.pull.batches, 10);
+    assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(c.conn(), "t").len(), 10);
+    assert_ne!(c.id(), a.id());
+    Ok(())
+}
+
+#[test]
+fn a_clone_from_a_snapshot_equals_the_source_and_pulls_only_the_tail() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    for i in 0..5 {
+        write(&mut a, &format!("a{i}"), i);
+        write(&mut b, &format!("b{i}"), i);
+        block_on(dimple::sync(&mut a, &store))?;
+        block_on(dimple::sync(&mut b, &store))?;
+    }
+    block_on(dimple::sync(&mut a, &store))?;
+    let snap = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    assert!(snap.published);
+    assert_eq!(snap.rows, 10);
+    // After the snapshot: one more batch from b, one delete from a.
+    write(&mut b, "b0", 100);
+    block_on(dimple::push(&mut b, &store))?;
+    a.conn().execute("DELETE FROM t WHERE id = 'a1'", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    let (mut c, report) = clone_into(&g, "c", &store)?;
+    assert_eq!(report.snapshot.as_deref(), Some(snap.snapshot_id.as_str()));
+    assert_eq!(report.pull.batches, 2, "only the tail: {:?}", report.pull);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    block_on(dimple::sync(&mut a, &store))?;
+    assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(c.conn(), "t"), model_of_log(a.conn(), &["a", "b", "c"]));
+    // The clone is a full member: its writes reach the others, theirs reach it.
+    write(&mut c, "c0", 7);
+    block_on(dimple::sync(&mut c, &store))?;
+    write(&mut b, "b9", 9);
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut c, &store))?;
+    assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(dimple::verify::check(&mut c)?, vec![]);
+    Ok(())
+}
+
+#[test]
+fn compaction_while_another_replica_pushes_loses_nothing() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let store = g.store();
+            for i in 0..30 {
+                write(&mut b, &format!("b{i}"), i);
+                block_on(dimple::push(&mut b, &store)).unwrap();
+            }
+        });
+        let store = g.store();
+        for _ in 0..6 {
+            block_on(dimple::sync(&mut a, &store)).unwrap();
+            block_on(dimple::snapshot::compact(&mut a, &store, WEEK)).unwrap();
+        }
+    });
+    let store = g.store();
+    let (mut c, report) = clone_into(&g, "c", &store)?;
+    assert!(report.snapshot.is_some());
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    block_on(dimple::sync(&mut c, &store))?;
+    assert_eq!(rows(c.conn(), "t"), rows(b.conn(), "t"));
+    assert_eq!(rows(c.conn(), "t").len(), 30);
+    Ok(())
+}
+
+#[test]
+fn superseded_snapshots_are_deleted_after_the_grace_period_but_never_the_latest() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    let first = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    let second = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    assert!(second.deleted.is_empty(), "within the grace period");
+    g.clock.advance(8 * 24 * 3600 * 1000);
+    let third = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    assert_eq!(third.deleted, vec![first.key.clone(), second.key.clone()]);
+    let left: Vec<String> = block_on(dimple::store::list_all(&store, "snapshots/", None))?.into_iter().map(|m| m.key).collect();
+    assert_eq!(left, vec![third.key.clone(), "snapshots/LATEST.json".to_owned()]);
+    Ok(())
+}
+
+#[test]
+fn a_snapshot_that_does_not_match_its_pointer_is_refused() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    let snap = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    let path = g.bucket().join(&snap.key);
+    let mut bytes = std::fs::read(&path)?;
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    std::fs::write(&path, bytes)?;
+    let Err(err) = clone_into(&g, "c", &store) else { panic!("a tampered snapshot was accepted") };
+    assert_eq!(err.kind(), dimple::ErrorKind::Data, "{err}");
+    Ok(())
+}
+
+#[test]
+fn compact_and_clone_work_from_the_command_line() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k1", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let out = std::process::Command::new(bin).args(["compact", g.db("a").to_str().unwrap(), "--json"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    write(&mut a, "k2", 2);
+    block_on(dimple::sync(&mut a, &store))?;
+    let out = std::process::Command::new(bin)
+        .args(["clone", &g.bucket_url(), g.db("c").to_str().unwrap(), "--name", "c", "--json"])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["clone"]["pull"]["batches"], 1);
+    assert_eq!(rows(g.reopen("c").conn(), "t"), rows(a.conn(), "t"));
+    let out = std::process::Command::new(bin).args(["clone", &g.bucket_url(), g.db("c").to_str().unwrap()]).output()?;
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `verify`: tables are checked against the change log, and digests against other
+//! replicas at the same cursor vector.
+
+use crate::support::*;
+use dimple::verify::{self, Difference};
+use rusqlite::config::DbConfig;
+
+/// A connection that writes behind dimple's back: capture triggers do not fire.
+fn behind_the_back(g: &Group, name: &str) -> rusqlite::Connection {
+    let c = open_plain(&g.db(name));
+    c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false).unwrap();
+    c
+}
+
+fn seeded(g: &Group, name: &str) -> dimple::Replica {
+    let mut r = g.replica(name);
+    r.conn()
+        .execute_batch("INSERT INTO t VALUES ('k1', 1, 'x', 0.5); INSERT INTO t VALUES ('k2', 2, 'y', 1.5); INSERT INTO t VALUES ('k3', 3, 'z', 2.5)")
+        .unwrap();
+    r.capture().unwrap();
+    r
+}
+
+#[test]
+fn verify_detects_rows_edited_behind_dimples_back_and_repair_restores_the_log() -> TestResult {
+    let g = Group::new();
+    let mut a = seeded(&g, "a");
+    assert_eq!(verify::check(&mut a)?, vec![]);
+    let unpushed = a.unpushed()?;
+    let c = behind_the_back(&g, "a");
+    c.execute_batch("UPDATE t SET b = 'edited' WHERE id = 'k1'; DELETE FROM t WHERE id = 'k2'; INSERT INTO t VALUES ('k9', 9, 'new', 0.0)")?;
+    drop(c);
+    let diffs = verify::check(&mut a)?;
+    assert_eq!(
+        diffs,
+        vec![
+            Difference::Column {
+                table: "t".into(),
+                entity_id: "k1".into(),
+                column: "b".into(),
+                expected: "\"x\"".into(),
+                found: "\"edited\"".into()
+            },
+            Difference::MissingRow { table: "t".into(), entity_id: "k2".into() },
+            Difference::ExtraRow { table: "t".into(), entity_id: "k9".into() },
+        ]
+    );
+    assert_eq!(verify::repair(&mut a, &diffs)?, 3);
+    assert_eq!(verify::check(&mut a)?, vec![]);
+    assert_eq!(rows(a.conn(), "t"), model_of_log(a.conn(), &["a", "b", "c"]));
+    // The repair is not a new local change.
+    assert_eq!(a.unpushed()?, unpushed);
+    assert_eq!(a.pending_captured()?, 0);
+    Ok(())
+}
+
+#[test]
+fn verify_accepts_values_the_column_affinity_converted() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    let store = g.store();
+    // a stores an integer in untyped column a; b declares it TEXT.
+    let b_path = g.db("b");
+    drop(b);
+    {
+        let c = open_plain(&b_path);
+        c.execute_batch("DROP TABLE t; CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b TEXT, c REAL)")?;
+    }
+    b = g.reopen("b");
+    b.refresh_schema()?;
+    a.conn().execute("INSERT INTO t VALUES ('k1', 7, 'x', 0.5)", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(b.conn(), "t")[0][1], rusqlite::types::Value::Text("7".into()));
+    assert_eq!(verify::check(&mut b)?, vec![]);
+    Ok(())
+}
+
+#[test]
+fn digests_match_at_equal_cursors_and_are_not_compared_at_different_ones() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut b) = (seeded(&g, "a"), g.replica("b"));
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    let da = verify::snapshot_digest(&mut a)?;
+    let db = verify::snapshot_digest(&mut b)?;
+    assert_eq!(da.cursors, db.cursors);
+    assert_eq!(da.tables, db.tables);
+    block_on(verify::publish(&a, &store, &da))?;
+    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    assert_eq!(cmp.len(), 1);
+    assert_eq!(cmp[0].verdict, "same");
+    // A row changed behind b's back: same cursors, different digest.
+    behind_the_back(&g, "b").execute("UPDATE t SET a = 99 WHERE id = 'k3'", [])?;
+    let db = verify::snapshot_digest(&mut b)?;
+    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    assert_eq!((cmp[0].verdict.as_str(), cmp[0].tables.clone()), ("different", vec!["t".to_owned()]));
+    // A new local change moves b's cursors: nothing to compare with.
+    b.conn().execute("INSERT INTO t VALUES ('k4', 4, 'w', 0.5)", [])?;
+    let db = verify::snapshot_digest(&mut b)?;
+    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    assert_eq!(cmp[0].verdict, "not comparable (different cursors)");
+    Ok(())
+}
+
+#[test]
+fn verify_on_the_command_line_fails_on_divergence_and_repair_fixes_it() -> TestResult {
+    let g = Group::new();
+    drop(seeded(&g, "a"));
+    behind_the_back(&g, "a").execute("DELETE FROM t WHERE id = 'k1'", [])?;
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let db = g.db("a");
+    let out = std::process::Command::new(bin).args(["verify", db.to_str().unwrap(), "--local"]).output()?;
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("t/k1: missing row"));
+    let out = std::process::Command::new(bin).args(["verify", db.to_str().unwrap(), "--repair", "--json"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin).args(["verify", db.to_str().unwrap()]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rows(g.reopen("a").conn(), "t").len(), 3);
+    Ok(())
+}
