@@ -29,7 +29,9 @@
 //! - `sync`: pull and push; `problems`: refused input
 //! - `store`: the bucket as a key space; `layout`: every bucket key
 //! - `status`: what `dimple status` reports
+//! - `agent`: the background sync loop, its lock and state file
 
+pub mod agent;
 pub mod batch;
 pub mod changelog;
 pub mod clock;
