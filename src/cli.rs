@@ -10,6 +10,15 @@ use std::path::{Path, PathBuf};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr as text or JSON (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -103,6 +112,17 @@ pub enum Command {
     },
     #[command(flatten)]
     Bootstrap(crate::cli_boot::BootCommand),
+    /// Keep databases in sync in the background: push local writes within a second,
+    /// pull every interval, retry failures with backoff. Stop with SIGINT or SIGTERM.
+    Agent {
+        #[arg(required = true)]
+        dbs: Vec<PathBuf>,
+        /// Seconds between pulls (±20% jitter).
+        #[arg(long, default_value_t = dimple::agent::DEFAULT_INTERVAL.as_secs_f64())]
+        interval: f64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -209,6 +229,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 for p in &st.problems {
                     println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
                 }
+                print_agent(&st.agent);
             }
         }
         Command::Log { db, entity, limit, out } => {
@@ -244,6 +265,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bootstrap(cmd) => crate::cli_boot::run(cmd).await?,
+        Command::Agent { dbs, interval, store } => agent(dbs, interval, store).await?,
         Command::Replicas { db, out } => {
             let list = status::replicas(&open(&db)?)?;
             if out.json {
@@ -264,6 +286,53 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn agent(dbs: Vec<PathBuf>, interval: f64, store: StoreArgs) -> Result<()> {
+    use dimple::agent;
+    use futures::FutureExt;
+    use tokio::signal::unix::{signal, SignalKind};
+    if !(interval.is_finite() && interval > 0.0) {
+        anyhow::bail!("--interval must be a positive number of seconds, got {interval}");
+    }
+    // Handlers first: a SIGTERM that arrives while we start must still end us cleanly.
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let shutdown = async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutdown requested");
+    }
+    .shared();
+    let mut targets = Vec::new();
+    for db in &dbs {
+        let lock = agent::lock(db)?;
+        let r = open(db)?;
+        let s = store_for(&r, &store).await?;
+        targets.push((r, s, Some(lock)));
+    }
+    let cfg = agent::Config { interval: std::time::Duration::from_secs_f64(interval), ..Default::default() };
+    let runs = targets.iter_mut().map(|(r, s, lock)| {
+        agent::run(r, s, lock.take().expect("one run per lock"), cfg.clone(), shutdown.clone())
+    });
+    for result in futures::future::join_all(runs).await {
+        result?;
+    }
+    Ok(())
+}
+
+fn print_agent(a: &dimple::agent::AgentStatus) {
+    let Some(last) = &a.last else {
+        println!("agent     never ran");
+        return;
+    };
+    if !a.running {
+        println!("agent     not running (last seen {}, pid {})", last.updated_at, last.pid);
+        return;
+    }
+    println!("agent     running, pid {}, {}", last.pid, last.state.as_str());
+    println!("  last sync     {}", last.last_sync.as_deref().unwrap_or("never"));
+    println!("  last error    {}", last.last_error.as_deref().unwrap_or("none"));
+    println!("  next attempt  {}", last.next_attempt.as_deref().unwrap_or("-"));
+    println!("  pending       {} changes", last.pending_changes);
 }
 
 pub(crate) fn warn_problems(problems: &[String]) {

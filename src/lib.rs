@@ -34,7 +34,9 @@
 //! - `export`: tracked tables to and from CSV/JSON files
 //! - `verify`: tables against the log, digests against other replicas
 //! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
+//! - `agent`: the background sync loop, its lock and state file
 
+pub mod agent;
 pub mod batch;
 pub mod changelog;
 pub mod clock;

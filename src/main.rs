@@ -9,15 +9,22 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
+    // The agent runs unattended: its default log says what it did, not only what failed.
+    let default_filter = if matches!(cli.command, cli::Command::Agent { .. }) { "info" } else { "warn" };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             // The AWS SDK warns about every credential source it tries (instance
             // metadata on a laptop...): only its errors are worth a line by default.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,aws_config=error,aws_smithy_runtime=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                format!("{default_filter},aws_config=error,aws_smithy_runtime=error").into()
+            }),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        cli::LogFormat::Json => logs.json().init(),
+        cli::LogFormat::Text => logs.init(),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

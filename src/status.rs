@@ -20,6 +20,7 @@ pub struct Status {
     pub changes_in_log: i64,
     pub replicas_known: i64,
     pub problems: Vec<Problem>,
+    pub agent: crate::agent::AgentStatus,
 }
 
 pub fn status(r: &Replica) -> Result<Status> {
@@ -36,6 +37,7 @@ pub fn status(r: &Replica) -> Result<Status> {
         changes_in_log: conn.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0))?,
         replicas_known: conn.query_row("SELECT count(*) FROM ZV_REPLICA", [], |r| r.get(0))?,
         problems: problems::list(conn)?,
+        agent: crate::agent::inspect(r.path()),
     })
 }
 

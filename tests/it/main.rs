@@ -1,5 +1,6 @@
 //! One integration-test binary (one link of aws-sdk-s3), one module per subject.
 
+mod agent;
 mod capture;
 mod concurrency;
 mod convergence;

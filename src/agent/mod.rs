@@ -1,0 +1,305 @@
+//! The background sync agent: keeps one replica in sync without anyone typing
+//! `dimple sync`.
+//!
+//! Every `poll` the agent reads `PRAGMA data_version` (a counter SQLite bumps when
+//! another connection commits; one cheap query, no file-system watcher to port). A
+//! change that then stays quiet for `debounce` and holds local changes is pushed, so
+//! a burst of app writes becomes one batch. Every `interval` (±jitter, so a fleet of
+//! laptops does not stampede the bucket) it syncs: pull, then push.
+//!
+//! A failed step never ends the loop: the agent backs off (see [`backoff`]) and, while
+//! backing off, leaves local writes for the retry, which syncs everything at once.
+//! Shutdown is a future (as in mini-redis) so tests stop the agent deterministically;
+//! a step already under way gets `grace` to finish. Cancelling it after that is safe
+//! too: every SQLite transaction of a step begins and commits between two awaits, and
+//! an interrupted push is finished by the next one from its saved in-flight state.
+
+pub mod backoff;
+pub mod state;
+
+use crate::clock;
+use crate::error::{ErrorKind, Result};
+use crate::replica::Replica;
+use crate::store::{Metered, Store};
+use backoff::{jittered, Backoff, BackoffPolicy};
+use state::{AgentLock, AgentState, Phase};
+use std::future::Future;
+use std::time::Duration;
+use tracing::Instrument;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::{Instant, MissedTickBehavior};
+
+pub use state::{inspect, lock, lock_held, AgentStatus};
+
+/// The CLI's default `--interval`: a minute's staleness at worst on a laptop, and 120
+/// LISTs an hour per device, which costs nothing on any bucket.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Time between syncs (pull + push) when nothing fails.
+    pub interval: Duration,
+    /// Fraction of `interval` added or removed at random.
+    pub jitter: f64,
+    /// How often to look for local writes.
+    pub poll: Duration,
+    /// Quiet time after the last local write before pushing.
+    pub debounce: Duration,
+    /// Push anyway once writes have kept coming for this long.
+    pub max_delay: Duration,
+    pub backoff: BackoffPolicy,
+    /// How long a step under way may finish after shutdown is requested.
+    pub grace: Duration,
+    /// Where each step's outcome goes (tests, embedding apps).
+    pub reports: Option<UnboundedSender<Report>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval: DEFAULT_INTERVAL,
+            jitter: 0.2,
+            poll: Duration::from_millis(200),
+            debounce: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            backoff: BackoffPolicy::default(),
+            grace: Duration::from_secs(3),
+            reports: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Sync,
+    Push,
+}
+
+/// One step's outcome.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub step: Step,
+    pub started: Instant,
+    pub pulled: usize,
+    pub pushed: usize,
+    pub error: Option<(ErrorKind, String)>,
+    /// Failures in a row, this one included (0 after a success).
+    pub failures: u32,
+    /// Time until the next attempt when this step failed.
+    pub retry_in: Option<Duration>,
+}
+
+/// What the loop remembers between ticks.
+struct Loop {
+    backoff: Backoff,
+    next_sync: Instant,
+    /// First and latest time a local write was noticed and not yet pushed.
+    dirty: Option<(Instant, Instant)>,
+    data_version: Option<i64>,
+    file: AgentState,
+}
+
+/// Runs the agent for `r` until `shutdown` completes. Returns an error only if the
+/// agent cannot start; failures of individual steps are retried, never returned.
+pub async fn run(
+    r: &mut Replica,
+    store: &Metered<dyn Store>,
+    lock: AgentLock,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let span = tracing::info_span!("agent", db = %lock.db().display());
+    run_inner(r, store, lock, cfg, shutdown).instrument(span).await
+}
+
+async fn run_inner(
+    r: &mut Replica,
+    store: &Metered<dyn Store>,
+    lock: AgentLock,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let db = lock.db().to_owned();
+    let now = Instant::now();
+    let wall = clock::rfc3339(r.opts.clock.now_ms());
+    let mut lp = Loop {
+        backoff: Backoff::new(cfg.backoff.clone()),
+        next_sync: now,
+        dirty: None,
+        data_version: None,
+        file: AgentState {
+            pid: std::process::id(),
+            state: Phase::Running,
+            started_at: wall.clone(),
+            updated_at: wall.clone(),
+            interval_secs: cfg.interval.as_secs_f64(),
+            last_sync: None,
+            last_push: None,
+            last_error: None,
+            last_error_kind: None,
+            consecutive_failures: 0,
+            next_attempt: Some(wall),
+            pending_changes: pending(r).unwrap_or(0),
+        },
+    };
+    state::write(&db, &lp.file)?;
+    tracing::info!(bucket = %store.describe(), interval = ?cfg.interval, "agent started");
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(cfg.poll);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        let Some(step) = lp.due(r, &cfg) else { continue };
+        let started = Instant::now();
+        let (outcome, stop) = {
+            let work = do_step(r, store, step);
+            tokio::pin!(work);
+            tokio::select! {
+                biased;
+                out = &mut work => (Some(out), false),
+                _ = &mut shutdown => match tokio::time::timeout(cfg.grace, &mut work).await {
+                    Ok(out) => (Some(out), true),
+                    Err(_) => (None, true),
+                },
+            }
+        };
+        match outcome {
+            Some(out) => lp.record(r, &cfg, step, started, out),
+            None => tracing::warn!("shutdown interrupted a {step:?}; the next run finishes it"),
+        }
+        if stop {
+            break;
+        }
+        if let Err(e) = state::write(&db, &lp.file) {
+            tracing::warn!(error = %e, "cannot write the agent state file");
+        }
+    }
+    lp.file.state = Phase::Stopped;
+    lp.file.next_attempt = None;
+    lp.file.updated_at = clock::rfc3339(r.opts.clock.now_ms());
+    lp.file.pending_changes = pending(r).unwrap_or(lp.file.pending_changes);
+    state::write(&db, &lp.file)?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Local changes not yet pushed, captured-but-unnumbered ones included.
+fn pending(r: &Replica) -> Result<i64> {
+    Ok(r.pending_captured()? + r.unpushed()?)
+}
+
+/// (pulled, pushed) changes.
+async fn do_step(r: &mut Replica, store: &Metered<dyn Store>, step: Step) -> Result<(usize, usize)> {
+    match step {
+        Step::Sync => crate::sync(r, store).await.map(|s| (s.pull.changes, s.push.changes)),
+        Step::Push => crate::push(r, store).await.map(|p| (0, p.changes)),
+    }
+}
+
+impl Loop {
+    /// The step to take now, if any.
+    fn due(&mut self, r: &Replica, cfg: &Config) -> Option<Step> {
+        let now = Instant::now();
+        match r.conn().query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+            Ok(v) if self.data_version != Some(v) => {
+                // The first read only sets the baseline; the start-up sync pushes anyway.
+                if self.data_version.is_some() {
+                    let first = self.dirty.map_or(now, |(first, _)| first);
+                    self.dirty = Some((first, now));
+                }
+                self.data_version = Some(v);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read data_version"),
+        }
+        if now >= self.next_sync {
+            return Some(Step::Sync);
+        }
+        if self.backoff.failures() > 0 {
+            return None; // the retry will push too
+        }
+        let (first, last) = self.dirty?;
+        if now.duration_since(last) < cfg.debounce && now.duration_since(first) < cfg.max_delay {
+            return None;
+        }
+        self.dirty = None;
+        // Our own commits bump data_version too; only real local changes are worth a push.
+        match pending(r) {
+            Ok(0) => None,
+            Ok(_) => Some(Step::Push),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot count pending changes; pushing to find out");
+                Some(Step::Push)
+            }
+        }
+    }
+
+    fn record(&mut self, r: &Replica, cfg: &Config, step: Step, started: Instant, out: Result<(usize, usize)>) {
+        let now = Instant::now();
+        let now_ms = r.opts.clock.now_ms();
+        let wall = clock::rfc3339(now_ms);
+        let mut report = Report { step, started, pulled: 0, pushed: 0, error: None, failures: 0, retry_in: None };
+        match out {
+            Ok((pulled, pushed)) => {
+                if self.backoff.failures() > 0 {
+                    tracing::info!(after_failures = self.backoff.failures(), "sync works again");
+                }
+                self.backoff.reset();
+                self.dirty = None;
+                if step == Step::Sync {
+                    self.next_sync = now + jittered(cfg.interval, cfg.jitter);
+                    self.file.last_sync = Some(wall.clone());
+                }
+                if pushed > 0 {
+                    self.file.last_push = Some(wall.clone());
+                }
+                if pulled + pushed > 0 {
+                    tracing::info!(pulled, pushed, "{step:?} done");
+                } else {
+                    tracing::debug!("{step:?}: nothing to do");
+                }
+                self.file.state = Phase::Running;
+                self.file.last_error = None;
+                self.file.last_error_kind = None;
+                (report.pulled, report.pushed) = (pulled, pushed);
+            }
+            Err(e) => {
+                let kind = e.kind();
+                let delay = self.backoff.on_failure(kind);
+                self.next_sync = now + delay;
+                let failures = self.backoff.failures();
+                match kind {
+                    ErrorKind::Unavailable => {
+                        tracing::warn!(error = %e, failures, retry_in = ?delay, "{step:?} failed; will retry")
+                    }
+                    ErrorKind::Conflict => tracing::error!(
+                        error = %e, retry_in = ?delay,
+                        "REPLICA CONFLICT: another device uses this replica id; nothing will sync until it is resolved"
+                    ),
+                    _ => tracing::error!(error = %e, ?kind, failures, retry_in = ?delay, "{step:?} failed; needs attention"),
+                }
+                self.file.state = Phase::BackingOff;
+                self.file.last_error = Some(e.to_string());
+                self.file.last_error_kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned));
+                report.error = Some((kind, e.to_string()));
+                report.retry_in = Some(delay);
+                report.failures = failures;
+            }
+        }
+        self.file.consecutive_failures = self.backoff.failures();
+        self.file.updated_at = wall;
+        let until_next = self.next_sync.saturating_duration_since(now);
+        self.file.next_attempt = Some(clock::rfc3339(now_ms + until_next.as_millis() as u64));
+        match pending(r) {
+            Ok(n) => self.file.pending_changes = n,
+            Err(e) => tracing::debug!(error = %e, "cannot count pending changes"),
+        }
+        if let Some(tx) = &cfg.reports {
+            let _ = tx.send(report);
+        }
+    }
+}
