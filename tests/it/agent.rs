@@ -3,6 +3,7 @@
 
 mod backoff;
 mod harness;
+mod outage;
 
 use anyhow::Result;
 use harness::{count, insert, insert_many, replica, rows, wait_for, Agent};

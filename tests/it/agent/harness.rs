@@ -77,12 +77,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn spawn(db: &Path, interval_secs: u32) -> Result<Agent> {
+    /// Spawns with extra environment (an S3 endpoint, say).
+    pub fn spawn_with(db: &Path, interval_secs: u32, env: &[(&str, &str)]) -> Result<Agent> {
         let log = db.with_extension(format!("agent-{}.log", rand_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_dimple"))
             .arg("agent")
             .arg(db)
             .args(["--interval", &interval_secs.to_string()])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "dimple=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -94,7 +96,11 @@ impl Agent {
 
     /// Spawns and waits until the agent holds its lock and has said it runs.
     pub fn start(db: &Path, interval_secs: u32) -> Result<Agent> {
-        let mut a = Agent::spawn(db, interval_secs)?;
+        Agent::start_with(db, interval_secs, &[])
+    }
+
+    pub fn start_with(db: &Path, interval_secs: u32, env: &[(&str, &str)]) -> Result<Agent> {
+        let mut a = Agent::spawn_with(db, interval_secs, env)?;
         let pid = a.pid();
         let res = wait_for(Duration::from_secs(30), "the agent to start", || {
             if let Some(status) = a.child.try_wait()? {
