@@ -389,8 +389,8 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
     changelog::ingest(&tx, &mut r.hlc, &me)?;
-    let merger = Merger::new(&tx)?;
     {
+        let merger = Merger::new(&tx)?;
         let mut txn = tx.prepare_cached("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
         let mut last_txn = "";
         for c in &changes {
