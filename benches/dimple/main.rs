@@ -44,17 +44,25 @@ fn main() {
     let started = Instant::now();
     let mut table = Table::default();
     let tmp = tempfile::Builder::new().prefix("dimple-bench").tempdir().expect("temp dir");
+    // DIMPLE_BENCH_KEEP=1 keeps the databases and buckets for profiling by hand.
+    let tmp_path = if std::env::var_os("DIMPLE_BENCH_KEEP").is_some() {
+        let kept = tmp.keep();
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        tmp.path().to_owned()
+    };
     if run("capture") {
-        capture::run(tmp.path(), scale, &mut table);
+        capture::run(&tmp_path, scale, &mut table);
     }
     if run("apply") {
-        apply::run(tmp.path(), scale, &mut table);
+        apply::run(&tmp_path, scale, &mut table);
     }
     if run("batch") {
-        netcost::batch(tmp.path(), scale, &mut table);
+        netcost::batch(&tmp_path, scale, &mut table);
     }
     if run("requests") {
-        netcost::requests(tmp.path(), &mut table);
+        netcost::requests(&tmp_path, &mut table);
     }
     println!();
     table.print();

@@ -86,5 +86,9 @@ pub fn machine() -> String {
         .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
         .map(|kb| format!(", {:.1} GB RAM", kb as f64 / 1048576.0))
         .unwrap_or_default();
-    format!("{model}, {cores} cores available{mem}; {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(|x| format!("; load average {x} at start (shared machine: wall-clock figures suffer)")))
+        .unwrap_or_default();
+    format!("{model}, {cores} cores available{mem}; {} {}{load}", std::env::consts::OS, std::env::consts::ARCH)
 }
