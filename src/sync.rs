@@ -398,8 +398,8 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
                 txn.execute(params![c.transaction_id, id])?;
                 last_txn = &c.transaction_id;
             }
-            merger.apply_remote(c)?;
         }
+        merger.apply_many(&changes)?;
     }
     if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {
         r.hlc.observe(&last);

@@ -11,6 +11,8 @@
 //! - changes for tables or columns not tracked here are kept in the log and in
 //!   `ZV_CLOCK`, and reach the table when it is tracked ([`Merger::rebuild`]).
 
+mod many;
+
 use crate::error::{Error, Result};
 use crate::sql::ident;
 use crate::track::{self, Affinity, TableInfo, ROW};
@@ -109,18 +111,24 @@ impl<'c> Merger<'c> {
 
     /// Merges a change from another replica. The caller has checked its encoding.
     pub fn apply_remote(&self, c: &Change) -> Result<Outcome> {
+        let outcome = self.merge_log(c)?;
+        if outcome == Outcome::Won {
+            if let Some(info) = self.tables.get(&c.entity_type) {
+                self.write_winner(info, c)?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Stores a remote change in the log and moves the clock when it wins; the
+    /// table is left to the caller.
+    fn merge_log(&self, c: &Change) -> Result<Outcome> {
         if !self.insert_log(c)? {
             return Ok(Outcome::Duplicate);
         }
         // Ids are unique (the log just took this one), so "not newer" means older.
         let won = self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])? == 1;
-        if !won {
-            return Ok(Outcome::Lost);
-        }
-        if let Some(info) = self.tables.get(&c.entity_type) {
-            self.write_winner(info, c)?;
-        }
-        Ok(Outcome::Won)
+        Ok(if won { Outcome::Won } else { Outcome::Lost })
     }
 
     fn insert_log(&self, c: &Change) -> Result<bool> {
@@ -163,16 +171,22 @@ impl<'c> Merger<'c> {
                 self.delete(info, &key)?;
             }
         } else if let Some(i) = info.columns.iter().position(|col| *col == c.attribute) {
-            let v = decode(c.new_value.as_deref())?;
-            let sql = || format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&c.attribute), key_where(info, 2));
-            self.with_stmt(info, Op::Update(i), sql, |stmt| {
-                stmt.raw_bind_parameter(1, &v)?;
-                for (i, k) in key.iter().enumerate() {
-                    stmt.raw_bind_parameter(i + 2, k)?;
-                }
-                stmt.raw_execute()
-            })?;
+            self.update_column(info, &key, i, c.new_value.as_deref())?;
         }
+        Ok(())
+    }
+
+    /// Sets column `i` of the row (nothing when there is no such row).
+    fn update_column(&self, info: &TableInfo, key: &[Value], i: usize, value: Option<&str>) -> Result<()> {
+        let v = decode(value)?;
+        let sql = || format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&info.columns[i]), key_where(info, 2));
+        self.with_stmt(info, Op::Update(i), sql, |stmt| {
+            stmt.raw_bind_parameter(1, &v)?;
+            for (i, k) in key.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 2, k)?;
+            }
+            stmt.raw_execute()
+        })?;
         Ok(())
     }
 
@@ -191,20 +205,34 @@ impl<'c> Merger<'c> {
     /// deleted when not (or never inserted).
     fn materialize(&self, info: &TableInfo, entity_id: &str, key: &[Value]) -> Result<()> {
         let winners = self.winners(&info.name, entity_id)?;
-        let alive = winners.get(ROW).map(|v| v.as_deref() == Some(ALIVE)).unwrap_or(false);
+        let alive = winners.get(ROW).is_some_and(|v| v.as_deref() == Some(ALIVE));
+        self.write_row(info, key, alive, |i| winners.get(info.columns[i].as_str()).map(|v| v.as_deref()))
+    }
+
+    /// Writes a row from its winners: `column(i)` is the winning value of column i,
+    /// None when the column has no winner (it then keeps its value or default).
+    fn write_row<'v>(
+        &self,
+        info: &TableInfo,
+        key: &[Value],
+        alive: bool,
+        column: impl Fn(usize) -> Option<Option<&'v str>>,
+    ) -> Result<()> {
         if !alive {
             return self.delete(info, key);
         }
         let mut values: Vec<Value> = key.to_vec();
-        let mut mask = 0u64;
-        for (i, col) in info.columns.iter().enumerate() {
-            if let Some(v) = winners.get(col.as_str()) {
-                mask |= 1 << i.min(63);
-                values.push(decode(v.as_deref())?);
+        let mut present = Vec::with_capacity(info.columns.len());
+        for i in 0..info.columns.len() {
+            let v = column(i);
+            present.push(v.is_some());
+            if let Some(v) = v {
+                values.push(decode(v)?);
             }
         }
-        let sql = || upsert_sql(info, &winners);
+        let sql = || upsert_sql(info, &present);
         if info.columns.len() <= 64 {
+            let mask = present.iter().enumerate().fold(0u64, |m, (i, p)| if *p { m | 1 << i } else { m });
             self.with_stmt(info, Op::Upsert(mask), sql, |stmt| stmt.execute(rusqlite::params_from_iter(&values)))?;
         } else {
             self.conn.prepare(&sql())?.execute(rusqlite::params_from_iter(&values))?;
@@ -240,10 +268,10 @@ impl<'c> Merger<'c> {
 }
 
 /// `INSERT` of the key and the columns that have a winner, updating them on conflict.
-fn upsert_sql(info: &TableInfo, winners: &HashMap<String, Option<String>>) -> String {
+fn upsert_sql(info: &TableInfo, present: &[bool]) -> String {
     let mut names: Vec<String> = info.key_columns.iter().map(|c| ident(c)).collect();
     let mut sets = Vec::new();
-    for col in info.columns.iter().filter(|c| winners.contains_key(c.as_str())) {
+    for (col, _) in info.columns.iter().zip(present).filter(|(_, p)| **p) {
         sets.push(format!("{0} = excluded.{0}", ident(col)));
         names.push(ident(col));
     }
