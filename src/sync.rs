@@ -350,7 +350,8 @@ async fn fetch_chain(
             return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
         }
         let path = spool.join(format!("{id}-{want_id}.db"));
-        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        let sqlite = batch::unpack(&bytes, &key)?;
+        std::fs::write(&path, &*sqlite).map_err(|e| Error::io(&path, e))?;
         let header = batch::open(&path, &key, id)?.header;
         if header.batch_id != want_id {
             return Err(Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)));
