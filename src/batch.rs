@@ -32,12 +32,42 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a batch to `path` (replacing it) and returns the file's bytes.
-/// `changes` are whole transactions in id order, all authored by `header.replica`.
+/// Stored batches are zstd frames holding the SQLite file (docs/format.md); a
+/// plain SQLite file is read as well.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+const ZSTD_LEVEL: i32 = 3;
+/// A stored batch may not unpack to more than this (a small download must not
+/// become an unbounded file).
+pub const MAX_UNPACKED: u64 = 1 << 30;
+
+/// The SQLite file inside a stored batch: unpacked when compressed, as is otherwise
+/// (opening it then says whether it is a batch at all).
+pub fn unpack<'b>(stored: &'b [u8], origin: &str) -> Result<std::borrow::Cow<'b, [u8]>> {
+    if !stored.starts_with(&ZSTD_MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(stored));
+    }
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::with_buffer(stored)
+        .map_err(|e| bad(origin, format!("not a readable compressed batch: {e}")))?;
+    let mut out = Vec::new();
+    decoder
+        .take(MAX_UNPACKED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(origin, format!("not a readable compressed batch: {e}")))?;
+    if out.len() as u64 > MAX_UNPACKED {
+        return Err(bad(origin, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Writes a batch to `path` (replacing it) as it is stored in the bucket, and
+/// returns those bytes. `changes` are whole transactions in id order, all authored
+/// by `header.replica`.
 pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>> {
-    let _ = std::fs::remove_file(path);
+    let sqlite = path.with_extension("sqlite");
+    let _ = std::fs::remove_file(&sqlite);
     {
-        let conn = Connection::open(path)?;
+        let conn = Connection::open(&sqlite)?;
         conn.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=4096;")?;
         conn.execute_batch("BEGIN")?;
         conn.execute_batch(SCHEMA)?;
@@ -73,7 +103,11 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
         }
         conn.execute_batch("COMMIT")?;
     }
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    let raw = std::fs::read(&sqlite).map_err(|e| Error::io(&sqlite, e))?;
+    let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| Error::io(&sqlite, e))?;
+    std::fs::write(path, &stored).map_err(|e| Error::io(path, e))?;
+    let _ = std::fs::remove_file(&sqlite);
+    Ok(stored)
 }
 
 /// An opened, checked batch.
@@ -186,5 +220,47 @@ impl Batch {
             return Err(bad(origin, "batch header does not match its contents (counts or first/last change id)"));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_batches_are_compressed_and_plain_ones_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "01900000-0000-7000-8000-000000000001".to_owned();
+        let header = Header {
+            format: FORMAT,
+            replica: id.clone(),
+            batch_id: id.clone(),
+            prev_batch_id: None,
+            prev_sha256: None,
+            first_change_id: id.clone(),
+            last_change_id: id.clone(),
+            transaction_count: 1,
+            change_count: 1,
+        };
+        let change = Change {
+            id: id.clone(),
+            transaction_id: id.clone(),
+            entity_type: "t".into(),
+            entity_id: "k".into(),
+            attribute: "*".into(),
+            old_value: None,
+            new_value: Some("true".into()),
+        };
+        let stored = write(&dir.path().join("b.db"), &header, &[change.clone()]).unwrap();
+        assert!(stored.starts_with(&ZSTD_MAGIC));
+        assert_eq!(std::fs::read(dir.path().join("b.db")).unwrap(), stored, "the outbox holds what is uploaded");
+        let sqlite = unpack(&stored, "b").unwrap().into_owned();
+        assert!(sqlite.starts_with(b"SQLite format 3\0"));
+        assert!(matches!(unpack(&sqlite, "b").unwrap(), std::borrow::Cow::Borrowed(_)));
+        std::fs::write(dir.path().join("plain.db"), &sqlite).unwrap();
+        let batch = open(&dir.path().join("plain.db"), "b", &id).unwrap();
+        assert_eq!(batch.header, header);
+        assert_eq!(batch.changes().unwrap(), vec![change]);
+        assert!(unpack(&stored[..stored.len() / 2], "b").is_err(), "a truncated frame is refused");
     }
 }

@@ -400,6 +400,11 @@ async fn fetch_chain(
         if sha != want_sha {
             return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
         }
+        // The chain covers the bytes as stored; what is opened is the SQLite file inside.
+        let stored = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if let std::borrow::Cow::Owned(sqlite) = batch::unpack(&stored, &key)? {
+            std::fs::write(&path, sqlite).map_err(|e| Error::io(&path, e))?;
+        }
         let header = batch::open(&path, &key, id)?.header;
         if header.batch_id != want_id {
             return Err(Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)));
@@ -442,8 +447,8 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
     changelog::ingest(&tx, &mut r.hlc, &me)?;
-    let merger = Merger::new(&tx)?;
     {
+        let merger = Merger::new(&tx)?;
         let mut txn = tx.prepare_cached("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
         let mut last_txn = "";
         for c in &changes {
@@ -451,8 +456,8 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
                 txn.execute(params![c.transaction_id, id])?;
                 last_txn = &c.transaction_id;
             }
-            merger.apply_remote(c)?;
         }
+        merger.apply_many(&changes)?;
     }
     if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {
         r.hlc.observe(&last);

@@ -11,12 +11,15 @@
 //! - changes for tables or columns not tracked here are kept in the log and in
 //!   `ZV_CLOCK`, and reach the table when it is tracked ([`Merger::rebuild`]).
 
+mod many;
+
 use crate::error::{Error, Result};
 use crate::sql::ident;
 use crate::track::{self, Affinity, TableInfo, ROW};
 use crate::value;
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, Statement};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// One row of `ZV_CHANGE`.
@@ -44,11 +47,37 @@ pub enum Outcome {
     Won,
 }
 
-/// Applies changes on one connection, with the tracked schema loaded once.
+/// A statement the merger prepares once per table and reuses: built from local
+/// names only, so preparing it per change would only cost time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Op {
+    /// `UPDATE t SET <column i> = ? WHERE key`
+    Update(usize),
+    Delete,
+    Exists,
+    /// `INSERT .. ON CONFLICT DO UPDATE` of the key and the columns in the mask.
+    Upsert(u64),
+}
+
+/// Applies changes on one connection, with the tracked schema loaded and the
+/// statements prepared once: applying is the hot path of a pull.
 pub struct Merger<'c> {
     conn: &'c Connection,
     tables: HashMap<String, TableInfo>,
+    log: RefCell<Statement<'c>>,
+    clock: RefCell<Statement<'c>>,
+    clock_if_newer: RefCell<Statement<'c>>,
+    per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
 }
+
+const INSERT_LOG: &str = "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
+const SET_CLOCK: &str = "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id";
+/// One seek instead of a read and a write: the row changes only when the change is
+/// the new winner (no clock yet, or an older one).
+const SET_CLOCK_IF_NEWER: &str = "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id WHERE excluded.change_id > ZV_CLOCK.change_id";
 
 impl<'c> Merger<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -58,7 +87,14 @@ impl<'c> Merger<'c> {
                 tables.insert(name, info);
             }
         }
-        Ok(Merger { conn, tables })
+        Ok(Merger {
+            conn,
+            tables,
+            log: RefCell::new(conn.prepare(INSERT_LOG)?),
+            clock: RefCell::new(conn.prepare(SET_CLOCK)?),
+            clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
+            per_table: RefCell::default(),
+        })
     }
 
     pub fn table(&self, name: &str) -> Option<&TableInfo> {
@@ -69,59 +105,59 @@ impl<'c> Merger<'c> {
     /// its effect is already in the table.
     pub fn record_local(&self, c: &Change) -> Result<()> {
         self.insert_log(c)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET change_id = excluded.change_id",
-            )?
-            .execute(params![c.entity_type, c.entity_id, c.attribute, c.id])?;
+        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])?;
         Ok(())
     }
 
     /// Merges a change from another replica. The caller has checked its encoding.
     pub fn apply_remote(&self, c: &Change) -> Result<Outcome> {
+        let outcome = self.merge_log(c)?;
+        if outcome == Outcome::Won {
+            if let Some(info) = self.tables.get(&c.entity_type) {
+                self.write_winner(info, c)?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Stores a remote change in the log and moves the clock when it wins; the
+    /// table is left to the caller.
+    fn merge_log(&self, c: &Change) -> Result<Outcome> {
         if !self.insert_log(c)? {
             return Ok(Outcome::Duplicate);
         }
-        let current: Option<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT change_id FROM ZV_CLOCK WHERE entity_type=?1 AND entity_id=?2 AND attribute=?3",
-            )?
-            .query_row(params![c.entity_type, c.entity_id, c.attribute], |r| r.get(0))
-            .optional()?;
-        if current.as_deref().is_some_and(|cur| cur > c.id.as_str()) {
-            return Ok(Outcome::Lost);
-        }
-        self.conn
-            .prepare_cached(
-                "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET change_id = excluded.change_id",
-            )?
-            .execute(params![c.entity_type, c.entity_id, c.attribute, c.id])?;
-        if let Some(info) = self.tables.get(&c.entity_type) {
-            self.write_winner(info, c)?;
-        }
-        Ok(Outcome::Won)
+        // Ids are unique (the log just took this one), so "not newer" means older.
+        let won = self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])? == 1;
+        Ok(if won { Outcome::Won } else { Outcome::Lost })
     }
 
     fn insert_log(&self, c: &Change) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
-            )?
-            .execute(params![
-                c.id,
-                c.transaction_id,
-                c.entity_type,
-                c.entity_id,
-                c.attribute,
-                c.old_value,
-                c.new_value
-            ])?
-            == 1)
+        Ok(self.log.borrow_mut().execute(params![
+            c.id,
+            c.transaction_id,
+            c.entity_type,
+            c.entity_id,
+            c.attribute,
+            c.old_value,
+            c.new_value
+        ])? == 1)
+    }
+
+    /// Runs `f` on the statement for (`info`, `op`), preparing it the first time.
+    fn with_stmt<T>(
+        &self,
+        info: &TableInfo,
+        op: Op,
+        sql: impl FnOnce() -> String,
+        f: impl FnOnce(&mut Statement<'c>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut map = self.per_table.borrow_mut();
+        let key = (info.name.clone(), op);
+        let stmt = match map.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.conn.prepare(&sql())?),
+        };
+        Ok(f(stmt)?)
     }
 
     fn write_winner(&self, info: &TableInfo, c: &Change) -> Result<()> {
@@ -132,58 +168,75 @@ impl<'c> Merger<'c> {
                     self.materialize(info, &c.entity_id, &key)?;
                 }
             } else {
-                let sql = format!("DELETE FROM {} WHERE {}", ident(&info.name), key_where(info, 1));
-                self.conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(&key))?;
+                self.delete(info, &key)?;
             }
-        } else if info.has_column(&c.attribute) {
-            let v = decode(c.new_value.as_deref())?;
-            let sql = format!(
-                "UPDATE {} SET {} = ?1 WHERE {}",
-                ident(&info.name),
-                ident(&c.attribute),
-                key_where(info, 2)
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            stmt.raw_bind_parameter(1, &v)?;
-            for (i, k) in key.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 2, k)?;
-            }
-            stmt.raw_execute()?;
+        } else if let Some(i) = info.columns.iter().position(|col| *col == c.attribute) {
+            self.update_column(info, &key, i, c.new_value.as_deref())?;
         }
         Ok(())
     }
 
+    /// Sets column `i` of the row (nothing when there is no such row).
+    fn update_column(&self, info: &TableInfo, key: &[Value], i: usize, value: Option<&str>) -> Result<()> {
+        let v = decode(value)?;
+        let sql = || format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&info.columns[i]), key_where(info, 2));
+        self.with_stmt(info, Op::Update(i), sql, |stmt| {
+            stmt.raw_bind_parameter(1, &v)?;
+            for (i, k) in key.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 2, k)?;
+            }
+            stmt.raw_execute()
+        })?;
+        Ok(())
+    }
+
+    fn delete(&self, info: &TableInfo, key: &[Value]) -> Result<()> {
+        let sql = || format!("DELETE FROM {} WHERE {}", ident(&info.name), key_where(info, 1));
+        self.with_stmt(info, Op::Delete, sql, |stmt| stmt.execute(rusqlite::params_from_iter(key)))?;
+        Ok(())
+    }
+
     fn row_exists(&self, info: &TableInfo, key: &[Value]) -> Result<bool> {
-        let sql = format!("SELECT 1 FROM {} WHERE {}", ident(&info.name), key_where(info, 1));
-        Ok(self.conn.prepare_cached(&sql)?.exists(rusqlite::params_from_iter(key))?)
+        let sql = || format!("SELECT 1 FROM {} WHERE {}", ident(&info.name), key_where(info, 1));
+        self.with_stmt(info, Op::Exists, sql, |stmt| stmt.exists(rusqlite::params_from_iter(key)))
     }
 
     /// Writes the row as the log's winners say: inserted or updated when alive,
     /// deleted when not (or never inserted).
     fn materialize(&self, info: &TableInfo, entity_id: &str, key: &[Value]) -> Result<()> {
         let winners = self.winners(&info.name, entity_id)?;
-        let alive = winners.get(ROW).map(|v| v.as_deref() == Some(ALIVE)).unwrap_or(false);
-        let t = ident(&info.name);
+        let alive = winners.get(ROW).is_some_and(|v| v.as_deref() == Some(ALIVE));
+        self.write_row(info, key, alive, |i| winners.get(info.columns[i].as_str()).map(|v| v.as_deref()))
+    }
+
+    /// Writes a row from its winners: `column(i)` is the winning value of column i,
+    /// None when the column has no winner (it then keeps its value or default).
+    fn write_row<'v>(
+        &self,
+        info: &TableInfo,
+        key: &[Value],
+        alive: bool,
+        column: impl Fn(usize) -> Option<Option<&'v str>>,
+    ) -> Result<()> {
         if !alive {
-            let sql = format!("DELETE FROM {t} WHERE {}", key_where(info, 1));
-            self.conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(key))?;
-            return Ok(());
+            return self.delete(info, key);
         }
-        let mut names: Vec<String> = info.key_columns.iter().map(|c| ident(c)).collect();
         let mut values: Vec<Value> = key.to_vec();
-        let mut sets = Vec::new();
-        for col in &info.columns {
-            if let Some(v) = winners.get(col.as_str()) {
-                sets.push(format!("{0} = excluded.{0}", ident(col)));
-                names.push(ident(col));
-                values.push(decode(v.as_deref())?);
+        let mut present = Vec::with_capacity(info.columns.len());
+        for i in 0..info.columns.len() {
+            let v = column(i);
+            present.push(v.is_some());
+            if let Some(v) = v {
+                values.push(decode(v)?);
             }
         }
-        let placeholders = (1..=values.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-        let on_conflict =
-            if sets.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", sets.join(", ")) };
-        let sql = format!("INSERT INTO {t} ({}) VALUES ({placeholders}) ON CONFLICT {on_conflict}", names.join(", "));
-        self.conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(&values))?;
+        let sql = || upsert_sql(info, &present);
+        if info.columns.len() <= 64 {
+            let mask = present.iter().enumerate().fold(0u64, |m, (i, p)| if *p { m | 1 << i } else { m });
+            self.with_stmt(info, Op::Upsert(mask), sql, |stmt| stmt.execute(rusqlite::params_from_iter(&values)))?;
+        } else {
+            self.conn.prepare(&sql())?.execute(rusqlite::params_from_iter(&values))?;
+        }
         Ok(())
     }
 
@@ -212,6 +265,19 @@ impl<'c> Merger<'c> {
         }
         Ok(ids.len())
     }
+}
+
+/// `INSERT` of the key and the columns that have a winner, updating them on conflict.
+fn upsert_sql(info: &TableInfo, present: &[bool]) -> String {
+    let mut names: Vec<String> = info.key_columns.iter().map(|c| ident(c)).collect();
+    let mut sets = Vec::new();
+    for (col, _) in info.columns.iter().zip(present).filter(|(_, p)| **p) {
+        sets.push(format!("{0} = excluded.{0}", ident(col)));
+        names.push(ident(col));
+    }
+    let placeholders = (1..=names.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let on_conflict = if sets.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", sets.join(", ")) };
+    format!("INSERT INTO {} ({}) VALUES ({placeholders}) ON CONFLICT {on_conflict}", ident(&info.name), names.join(", "))
 }
 
 fn decode(v: Option<&str>) -> Result<Value> {

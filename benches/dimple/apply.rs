@@ -1,0 +1,157 @@
+//! Apply throughput: 4 replicas each write 250k changes (50k rows x 5 attributes,
+//! the row marker included) and push them in default-size batches to a local-directory
+//! bucket; a fresh replica then pulls all 1M. Only the pull is timed, in a child
+//! process (this binary re-executed with a hidden argument) so that its peak RSS
+//! (VmHWM) is the pull's own and nothing the parent allocated.
+
+use crate::report::{rate, secs, Table};
+use crate::{runtime, scaled};
+use dimple::{Options, Replica};
+use rusqlite::params;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+pub const CHILD_ARG: &str = "__pull-child";
+const WRITERS: usize = 4;
+const ROWS_PER_TXN: usize = 100;
+const TABLE: &str = "CREATE TABLE items(id TEXT PRIMARY KEY NOT NULL, name TEXT, qty INTEGER, price REAL, note TEXT)";
+
+fn bucket_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// One writer: `rows` inserted in transactions of ROWS_PER_TXN, then pushed.
+fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
+    let db = dir.join(format!("writer{w}.db"));
+    let mut r = Replica::init(&db, Some(bucket), Some(&format!("writer{w}")), Options::default()).unwrap();
+    r.conn().execute_batch(TABLE).unwrap();
+    r.track("items", false).unwrap();
+    for start in (0..rows).step_by(ROWS_PER_TXN) {
+        r.transaction(|tx| {
+            let mut ins = tx.prepare_cached("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for i in start..(start + ROWS_PER_TXN).min(rows) {
+                ins.execute(params![format!("w{w}-{i:08}"), format!("item {i}"), i as i64, i as f64 / 4.0, "note"])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
+    assert_eq!(pushed.changes, rows * 5);
+}
+
+pub fn run(dir: &Path, scale: f64, table: &mut Table) {
+    let rows = scaled(50_000, scale);
+    let total = WRITERS * rows * 5;
+    let dir = dir.join("apply");
+    let bucket_dir = dir.join("bucket");
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let bucket = bucket_url(&bucket_dir);
+    eprintln!("apply: building the bucket ({WRITERS} replicas x {} changes)", rows * 5);
+    let t = Instant::now();
+    for w in 0..WRITERS {
+        writer(&dir, &bucket, w, rows);
+    }
+    let build = t.elapsed().as_secs_f64();
+
+    // The fresh replica tracks the table, so every change is applied, not only logged.
+    let db = dir.join("fresh.db");
+    {
+        let mut r = Replica::init(&db, Some(&bucket), Some("fresh"), Options::default()).unwrap();
+        r.conn().execute_batch(TABLE).unwrap();
+        r.track("items", false).unwrap();
+    }
+    eprintln!("apply: fresh replica pulls {total} changes (child process)");
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe).arg(CHILD_ARG).arg(&bucket).arg(&db).output().unwrap();
+    if !out.status.success() {
+        panic!("pull child failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("child said {line:?}"))
+    };
+    let (changes, secs_pull, cpu, hwm_kb, start_kb) =
+        (field("changes"), field("secs"), field("cpu"), field("hwm_kb"), field("start_kb"));
+    assert_eq!(changes as usize, total, "the pull applied every change");
+    let applied: i64 = rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM items", [], |r| r.get(0)).unwrap();
+    assert_eq!(applied as usize, WRITERS * rows, "every row reached the table");
+
+    // Baseline: plain SQLite writing the same end state (the rows, one transaction).
+    let base = plain_rows(&dir.join("plain.db"), WRITERS * rows);
+    let per_s = changes / secs_pull;
+    let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
+    table.section(&format!("apply: fresh replica pulls {total} changes from {WRITERS} replicas, local-directory bucket"));
+    table.row("pull throughput (wall clock)", rate(per_s), String::new(), String::new(), ">= 250 k/s", at_scale(per_s >= 250_000.0));
+    table.row(
+        &format!("  per CPU-second (pull used {cpu:.2} s CPU in {secs_pull:.2} s)"),
+        rate(changes / cpu),
+        String::new(),
+        String::new(),
+        "",
+        None,
+    );
+    table.row(
+        &format!("pull time vs plain SQLite inserting the {} rows", WRITERS * rows),
+        secs(secs_pull),
+        secs(base),
+        format!("{:.1}x", secs_pull / base),
+        "",
+        None,
+    );
+    let mb = hwm_kb / 1024.0;
+    table.row("peak RSS of the pulling process (VmHWM)", format!("{mb:.0} MB"), format!("{:.0} MB", start_kb / 1024.0), String::new(), "< 200 MB", at_scale(mb < 200.0));
+    table.note(&format!("(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"));
+}
+
+fn plain_rows(db: &Path, n: usize) -> f64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch(TABLE).unwrap();
+    let t = Instant::now();
+    c.execute_batch("BEGIN").unwrap();
+    {
+        let mut ins = c.prepare("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
+        for i in 0..n {
+            ins.execute(params![format!("w{}-{i:08}", i % WRITERS), format!("item {i}"), i as i64, i as f64 / 4.0, "note"]).unwrap();
+        }
+    }
+    c.execute_batch("COMMIT").unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+/// The child: `__pull-child BUCKET DB`. Prints one line of key=value figures.
+pub fn child(args: &[String]) {
+    let [bucket, db] = args else { panic!("usage: {CHILD_ARG} BUCKET DB") };
+    let start_kb = status_kb("VmRSS");
+    let mut r = Replica::open(Path::new(db), Options::default()).unwrap();
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let (t, cpu0) = (Instant::now(), cpu_secs());
+    let report = rt.block_on(dimple::pull(&mut r, &store)).unwrap();
+    let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu0);
+    assert!(report.problems.is_empty(), "pull problems: {:?}", report.problems);
+    println!("changes={} batches={} secs={secs} cpu={cpu} hwm_kb={} start_kb={start_kb}", report.changes, report.batches, status_kb("VmHWM"));
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kb(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
