@@ -35,19 +35,9 @@ CREATE TABLE IF NOT EXISTS ZV_CLOCK (
     PRIMARY KEY (entity_type, entity_id, attribute)
 ) WITHOUT ROWID;
 
--- Writes captured by triggers, waiting for ids. Triggers may run in connections
--- that never loaded dimple, so they only copy raw values here (columns without a
--- declared type keep every storage class exactly). op: 1 row inserted, 2 column updated, 3 row deleted,
--- 4 column of an inserted row.
-CREATE TABLE IF NOT EXISTS ZV_PENDING (
-    seq INTEGER PRIMARY KEY,
-    tbl TEXT NOT NULL,
-    pk NOT NULL,
-    op INTEGER NOT NULL,
-    col TEXT,
-    old,
-    new
-);
+-- Writes captured by triggers wait for ids in one table per tracked table,
+-- ZV_PENDING_<table> (created by `track`, see src/track.rs): triggers may run in
+-- connections that never loaded dimple, so they only copy raw OLD/NEW values there.
 
 -- Tables whose writes are captured; columns as JSON arrays of names.
 CREATE TABLE IF NOT EXISTS ZV_TRACKED (

@@ -4,7 +4,8 @@
 use crate::clock::Hlc;
 use crate::error::{Error, Result};
 use crate::merge::{entity_id_of, Change, Merger, ALIVE, DEAD};
-use crate::track::ROW;
+use crate::sql::ident;
+use crate::track::{self, ROW};
 use crate::value;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
@@ -14,57 +15,78 @@ use rusqlite::{params, Connection};
 /// the app's writes and their ids then become visible together, and pending rows
 /// are always turned into changes before any remote change is applied (otherwise a
 /// remote change could overwrite a local write that later gets a newer id).
+///
+/// Column positions in pending rows refer to the column list recorded in
+/// `ZV_TRACKED` when the triggers that wrote them were installed; `track` ingests
+/// before it reinstalls triggers, so the two always agree.
 pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
-    let mut stmt = conn.prepare_cached("SELECT seq, tbl, pk, op, col, old, new FROM ZV_PENDING ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
+    let tracked: Vec<(String, String)> = conn
+        .prepare_cached("SELECT tbl, columns FROM ZV_TRACKED ORDER BY tbl")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
     let merger = Merger::new(conn)?;
     let mut txn: Option<String> = None;
-    let mut last_seq = 0i64;
     let mut n = 0;
-    while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        let tbl: String = r.get(1)?;
-        let pk: Value = r.get(2)?;
-        let op: i64 = r.get(3)?;
-        let col: Option<String> = r.get(4)?;
-        let old: Value = r.get(5)?;
-        let new: Value = r.get(6)?;
-        last_seq = seq;
-        let Some(entity_id) = entity_id_of(&pk) else {
-            tracing::warn!(table = %tbl, "captured a row whose key is neither text nor integer; skipped");
-            continue;
-        };
-        let txn_id = match &txn {
-            Some(t) => t.clone(),
-            None => {
-                let t = hlc.next().to_string();
-                conn.prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
-                    .execute(params![t, me])?;
-                txn = Some(t.clone());
-                t
+    for (tbl, columns) in tracked {
+        let columns: Vec<String> = serde_json::from_str(&columns)
+            .map_err(|e| Error::Invalid(format!("ZV_TRACKED columns of {tbl} are corrupt: {e}")))?;
+        let pending = ident(&track::pending_table(&tbl));
+        let cols: String = (0..columns.len()).map(|i| format!(", c{i}")).collect();
+        let mut stmt = conn.prepare(&format!("SELECT seq, op, pk, col, old, new{cols} FROM {pending} ORDER BY seq"))?;
+        let mut rows = stmt.query([])?;
+        let mut last_seq = None;
+        while let Some(r) = rows.next()? {
+            last_seq = Some(r.get::<_, i64>(0)?);
+            let op: i64 = r.get(1)?;
+            let Some(entity_id) = entity_id_of(&r.get(2)?) else {
+                tracing::warn!(table = %tbl, "captured a row whose key is neither text nor integer; skipped");
+                continue;
+            };
+            let txn_id = match &txn {
+                Some(t) => t.clone(),
+                None => {
+                    let t = hlc.next().to_string();
+                    conn.prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
+                        .execute(params![t, me])?;
+                    txn.insert(t).clone()
+                }
+            };
+            let mut record = |attribute: &str, old_value: Option<String>, new_value: String| {
+                n += 1;
+                merger.record_local(&Change {
+                    id: hlc.next().to_string(),
+                    transaction_id: txn_id.clone(),
+                    entity_type: tbl.clone(),
+                    entity_id: entity_id.clone(),
+                    attribute: attribute.to_owned(),
+                    old_value,
+                    new_value: Some(new_value),
+                })
+            };
+            match op {
+                track::OP_INSERT => {
+                    record(ROW, None, ALIVE.to_owned())?;
+                    // An insert's columns have no old value (SQL NULL, unlike JSON null).
+                    for (i, c) in columns.iter().enumerate() {
+                        record(c, None, value::encode(&r.get::<_, Value>(6 + i)?))?;
+                    }
+                }
+                track::OP_DELETE => record(ROW, None, DEAD.to_owned())?,
+                track::OP_UPDATE => {
+                    let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
+                    let c = columns.get(i).ok_or_else(|| {
+                        Error::Invalid(format!("captured update of column #{i} of {tbl}, which has {} columns", columns.len()))
+                    })?;
+                    record(c, Some(value::encode(&r.get::<_, Value>(4)?)), value::encode(&r.get::<_, Value>(5)?))?;
+                }
+                _ => return Err(Error::Invalid(format!("captured write {last_seq:?} of {tbl} has unknown op {op}"))),
             }
-        };
-        let (attribute, old_value, new_value) = match (op, col) {
-            (1, _) => (ROW.to_owned(), None, Some(ALIVE.to_owned())),
-            (3, _) => (ROW.to_owned(), None, Some(DEAD.to_owned())),
-            // An insert's columns have no old value (SQL NULL, unlike JSON null).
-            (4, Some(col)) => (col, None, Some(value::encode(&new))),
-            (2, Some(col)) => (col, Some(value::encode(&old)), Some(value::encode(&new))),
-            _ => return Err(Error::Invalid(format!("ZV_PENDING row {seq} has unknown op {op}"))),
-        };
-        merger.record_local(&Change {
-            id: hlc.next().to_string(),
-            transaction_id: txn_id,
-            entity_type: tbl,
-            entity_id,
-            attribute,
-            old_value,
-            new_value,
-        })?;
-        n += 1;
+        }
+        if let Some(seq) = last_seq {
+            conn.execute(&format!("DELETE FROM {pending} WHERE seq <= ?1"), [seq])?;
+        }
     }
-    if last_seq > 0 {
-        conn.prepare_cached("DELETE FROM ZV_PENDING WHERE seq <= ?1")?.execute([last_seq])?;
+    if n > 0 {
         save_clock(conn, hlc)?;
     }
     Ok(n)

@@ -218,6 +218,8 @@ impl Replica {
         let already = track::recorded_columns(&self.sync, table)?.is_some();
         let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.hlc.observe_persisted(&tx)?;
+        // Writes captured by the old triggers are read with the old column list.
+        changelog::ingest(&tx, &mut self.hlc, &self.id)?;
         track::install(&tx, &info, !already, &now)?;
         changelog::ingest(&tx, &mut self.hlc, &self.id)?;
         Merger::new(&tx)?.rebuild(table)?;
@@ -275,7 +277,7 @@ impl Replica {
 
     /// Changes captured by triggers and not yet given ids.
     pub fn pending_captured(&self) -> Result<i64> {
-        Ok(self.sync.query_row("SELECT count(*) FROM ZV_PENDING", [], |r| r.get(0))?)
+        track::pending_count(&self.sync, "main")
     }
 
     /// This replica's changes not yet pushed.

@@ -98,7 +98,7 @@ fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts>
         s.execute_batch("BEGIN")?;
         // The read transaction starts here: if no captured write waits for an id at
         // this moment, every table row is explained by the log we copy.
-        let pending: i64 = s.query_row("SELECT count(*) FROM src.ZV_PENDING", [], |r| r.get(0))?;
+        let pending = crate::track::pending_count(&s, "src")?;
         if pending > 0 {
             s.execute_batch("ROLLBACK")?;
             r.capture()?;

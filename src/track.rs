@@ -6,7 +6,7 @@
 //! An app's write therefore never fails because dimple is absent.
 
 use crate::error::{Error, Result};
-use crate::sql::{ident, literal};
+use crate::sql::ident;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The attribute that stands for the row itself (insert = alive, delete = dead).
@@ -127,35 +127,43 @@ fn keys_equal(info: &TableInfo, negate: bool) -> String {
     if negate { format!("NOT ({all})") } else { all }
 }
 
-fn insert_rows(info: &TableInfo, row: &str) -> String {
-    let tbl = literal(&info.name);
-    let key = key_expr(info, row);
-    let mut rows = vec![format!("({tbl}, {key}, 1, NULL, NULL, NULL)")];
-    for c in &info.columns {
-        rows.push(format!("({tbl}, {key}, 4, {}, NULL, {row}.{})", literal(c), ident(c)));
-    }
-    format!("INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) VALUES {};", rows.join(", "))
+/// The table where `table`'s triggers leave captured writes: one row per write,
+/// with a column per tracked column (`c0`, `c1`, ...), so an insert costs one
+/// appended row however wide the table is.
+pub fn pending_table(table: &str) -> String {
+    format!("ZV_PENDING_{table}")
 }
+
+/// `INSERT` of one captured row: op, key, and every column value from `row`.
+fn insert_row(info: &TableInfo, row: &str) -> String {
+    let cols: String = (0..info.columns.len()).map(|i| format!(", c{i}")).collect();
+    let vals: String = info.columns.iter().map(|c| format!(", {row}.{}", ident(c))).collect();
+    format!(
+        "INSERT INTO {}(op, pk{cols}) VALUES ({OP_INSERT}, {}{vals});",
+        ident(&pending_table(&info.name)),
+        key_expr(info, row)
+    )
+}
+
+pub const OP_INSERT: i64 = 1;
+pub const OP_UPDATE: i64 = 2;
+pub const OP_DELETE: i64 = 3;
 
 fn trigger_sql(info: &TableInfo) -> Vec<String> {
     let t = ident(&info.name);
-    let tbl = literal(&info.name);
+    let pending = ident(&pending_table(&info.name));
     let name = |kind: &str| ident(&format!("zv_{kind}_{}", info.name));
+    let delete = format!("INSERT INTO {pending}(op, pk) VALUES ({OP_DELETE}, {});", key_expr(info, "OLD"));
     let mut out = vec![
-        format!("CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {} END", name("ins"), insert_rows(info, "NEW")),
-        format!(
-            "CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN INSERT INTO ZV_PENDING(tbl, pk, op) VALUES ({tbl}, {}, 3); END",
-            name("del"),
-            key_expr(info, "OLD")
-        ),
+        format!("CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {} END", name("ins"), insert_row(info, "NEW")),
+        format!("CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {delete} END", name("del")),
         // A new key is a new entity: the old one is deleted, the new one inserted whole.
         format!(
-            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {t} WHEN {} BEGIN INSERT INTO ZV_PENDING(tbl, pk, op) VALUES ({tbl}, {}, 3); {} END",
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {t} WHEN {} BEGIN {delete} {} END",
             name("key"),
             info.key_columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
             keys_equal(info, true),
-            key_expr(info, "OLD"),
-            insert_rows(info, "NEW")
+            insert_row(info, "NEW")
         ),
     ];
     // One trigger per column, so an UPDATE that sets one column runs one trigger, and
@@ -164,14 +172,31 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
         let col = ident(c);
         out.push(format!(
             "CREATE TRIGGER {} AFTER UPDATE OF {col} ON {t} WHEN {} AND (OLD.{col} IS NOT NEW.{col} COLLATE BINARY OR typeof(OLD.{col}) <> typeof(NEW.{col})) \
-             BEGIN INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) VALUES ({tbl}, {}, 2, {}, OLD.{col}, NEW.{col}); END",
+             BEGIN INSERT INTO {pending}(op, pk, col, old, new) VALUES ({OP_UPDATE}, {}, {i}, OLD.{col}, NEW.{col}); END",
             ident(&format!("zv_upd_{i}_{}", info.name)),
             keys_equal(info, false),
             key_expr(info, "NEW"),
-            literal(c)
         ));
     }
     out
+}
+
+/// Creates the pending table, or widens it when columns were added. Columns without
+/// a declared type keep every storage class exactly.
+fn ensure_pending_table(conn: &Connection, info: &TableInfo) -> Result<()> {
+    let name = pending_table(&info.name);
+    let have: i64 = conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name GLOB 'c[0-9]*'", [&name], |r| r.get(0))?;
+    let exists: bool = conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type='table' AND name=?1", [&name], |r| r.get(0))?;
+    if !exists {
+        conn.execute_batch(&format!(
+            "CREATE TABLE {}(seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, pk NOT NULL, col INTEGER, old, new)",
+            ident(&name)
+        ))?;
+    }
+    for i in have as usize..info.columns.len() {
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN c{i}", ident(&name)))?;
+    }
+    Ok(())
 }
 
 pub fn drop_triggers(conn: &Connection, table: &str) -> Result<()> {
@@ -190,6 +215,7 @@ pub fn drop_triggers(conn: &Connection, table: &str) -> Result<()> {
 /// they reach the other replicas.
 pub fn install(conn: &Connection, info: &TableInfo, capture_existing: bool, now: &str) -> Result<()> {
     drop_triggers(conn, &info.name)?;
+    ensure_pending_table(conn, info)?;
     for sql in trigger_sql(info) {
         conn.execute_batch(&sql)?;
     }
@@ -204,28 +230,43 @@ pub fn install(conn: &Connection, info: &TableInfo, capture_existing: bool, now:
         ],
     )?;
     if capture_existing {
-        let tbl = literal(&info.name);
-        let key = key_expr(info, "r");
-        let mut parts = vec![format!("SELECT {tbl}, {key}, 1, NULL, NULL, NULL FROM {} AS r", ident(&info.name))];
-        for c in &info.columns {
-            parts.push(format!("SELECT {tbl}, {key}, 4, {}, NULL, r.{} FROM {} AS r", literal(c), ident(c), ident(&info.name)));
-        }
+        let cols: String = (0..info.columns.len()).map(|i| format!(", c{i}")).collect();
+        let vals: String = info.columns.iter().map(|c| format!(", r.{}", ident(c))).collect();
         conn.execute_batch(&format!(
-            "INSERT INTO ZV_PENDING(tbl, pk, op, col, old, new) {}",
-            parts.join(" UNION ALL ")
+            "INSERT INTO {}(op, pk{cols}) SELECT {OP_INSERT}, {}{vals} FROM {} AS r",
+            ident(&pending_table(&info.name)),
+            key_expr(info, "r"),
+            ident(&info.name)
         ))?;
     }
     Ok(())
 }
 
+/// Stops capture; the caller has turned pending writes into changes first.
 pub fn untrack(conn: &Connection, table: &str) -> Result<bool> {
     drop_triggers(conn, table)?;
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", ident(&pending_table(table))))?;
     Ok(conn.execute("DELETE FROM ZV_TRACKED WHERE tbl=?1", [table])? > 0)
 }
 
 /// Names of tracked tables.
 pub fn tracked_names(conn: &Connection) -> Result<Vec<String>> {
     Ok(conn.prepare("SELECT tbl FROM ZV_TRACKED ORDER BY tbl")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+}
+
+/// Captured writes of every tracked table still waiting for ids, in the database
+/// `schema` ("main", or an attached one).
+pub fn pending_count(conn: &Connection, schema: &str) -> Result<i64> {
+    let tables: Vec<String> = conn
+        .prepare(&format!("SELECT tbl FROM {}.ZV_TRACKED", ident(schema)))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for t in tables {
+        let sql = format!("SELECT count(*) FROM {}.{}", ident(schema), ident(&pending_table(&t)));
+        n += conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+    }
+    Ok(n)
 }
 
 /// The column list recorded when the table was last (re)tracked.
