@@ -37,6 +37,10 @@ pub enum Command {
         /// A name for people (default: this machine's host name).
         #[arg(long)]
         name: Option<String>,
+        /// `pinned` (default): apply a new replica's changes at once and pin its key
+        /// on first sight. `explicit`: hold them until `dimple trust DB REPLICA_ID`.
+        #[arg(long, default_value = "pinned", value_parser = ["pinned", "explicit"])]
+        trust: String,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -92,11 +96,29 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Other replicas seen in the bucket.
+    /// Other replicas seen in the bucket: name, key fingerprint, trust, cursor,
+    /// last seen, changes applied.
     Replicas {
         db: PathBuf,
         #[command(flatten)]
         out: JsonFlag,
+    },
+    /// Trust a replica (its changes are applied from the next pull), revoke it, or
+    /// set the group's trust mode. Revoking stops further changes; those already
+    /// applied stay. See docs/trust.md.
+    #[command(arg_required_else_help = true)]
+    Trust {
+        db: PathBuf,
+        /// The replica id (or a unique prefix of it), as `dimple replicas` shows.
+        #[arg(required_unless_present = "mode")]
+        replica_id: Option<String>,
+        /// Stop applying this replica's changes.
+        #[arg(long, requires = "replica_id")]
+        revoke: bool,
+        /// `pinned`: trust on first use. `explicit`: hold new replicas until trusted
+        /// (replicas already applied become trusted).
+        #[arg(long, value_parser = ["pinned", "explicit"], conflicts_with_all = ["replica_id", "revoke"])]
+        mode: Option<String>,
     },
 }
 
@@ -128,11 +150,12 @@ async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Meter
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { db, bucket, name, out } => {
+        Command::Init { db, bucket, name, trust, out } => {
             let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
             let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
+            dimple::trust::set_mode(r.conn(), trust.parse()?)?;
             let info = serde_json::json!({
-                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?,
+                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "trust_mode": trust,
                 "key_fingerprint": dimple::trust::fingerprint(&r.public_key()?),
             });
             if out.json {
@@ -169,6 +192,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("pulled {} changes in {} batches", report.changes, report.batches);
                 warn_problems(&report.problems);
+                warn_waiting(&db, &report.waiting_for_trust);
             }
         }
         Command::Sync { db, store, out } => {
@@ -183,6 +207,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     report.pull.changes, report.pull.batches, report.push.changes, report.push.batches, report.requests.total
                 );
                 warn_problems(&report.pull.problems);
+                warn_waiting(&db, &report.pull.waiting_for_trust);
             }
         }
         Command::Status { db, out } => {
@@ -203,6 +228,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 for p in &st.problems {
                     println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
                 }
+                println!("trust     {}", st.trust_mode.as_str());
+                for id in &st.waiting_for_trust {
+                    println!("waiting   {id}: waiting for trust: run `dimple trust {} {id}`", db.display());
+                }
             }
         }
         Command::Log { db, entity, limit, out } => {
@@ -216,7 +245,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_json(&log)?;
             } else {
                 for e in &log {
-                    let author = if e.author == r.id() { "local".to_owned() } else { e.author[..8].to_owned() };
+                    let author = if e.author == r.id() { "local" } else { e.author.get(..8).unwrap_or(&e.author) };
                     let winner = if e.winner { "" } else { "  (superseded)" };
                     println!(
                         "{} {:<8} {}/{} {}: {} -> {}{winner}",
@@ -238,19 +267,44 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 for r in &list {
                     println!(
-                        "{} {:<12} key {} {} {} changes, last seen {}",
+                        "{} {:<12} key {} {:<8} at {} {} changes, last seen {}",
                         r.id,
                         r.name.as_deref().unwrap_or("?"),
                         r.key_fingerprint.as_deref().unwrap_or("(none yet)"),
                         r.trust,
+                        r.cursor.as_deref().unwrap_or("(nothing applied)"),
                         r.change_count,
                         r.last_seen.as_deref().unwrap_or("never")
                     );
                 }
             }
         }
+        Command::Trust { db, replica_id, revoke, mode } => {
+            let r = open(&db)?;
+            if let Some(mode) = mode {
+                let promoted = dimple::trust::set_mode(r.conn(), mode.parse()?)?;
+                println!("trust mode is now {mode}");
+                if promoted > 0 {
+                    println!("{promoted} replicas already applied are now trusted");
+                }
+            } else if let Some(id) = replica_id {
+                let state = if revoke { dimple::trust::REVOKED } else { dimple::trust::TRUSTED };
+                let full = dimple::trust::set_replica(r.conn(), &id, state)?;
+                if revoke {
+                    println!("revoked {full}: its further changes are not applied (those already applied stay)");
+                } else {
+                    println!("trusted {full}: its changes are applied from the next pull");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn warn_waiting(db: &Path, ids: &[String]) {
+    for id in ids {
+        eprintln!("note: replica {id} is waiting for trust: run `dimple trust {} {id}`", db.display());
+    }
 }
 
 fn warn_problems(problems: &[String]) {

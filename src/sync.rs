@@ -22,6 +22,7 @@ use crate::problems;
 use crate::replica::{meta_get, meta_set, Replica};
 use crate::store::{get_bytes, list_all, Got, ObjectMeta, PutMode, RequestStats, Store, StoreError};
 use crate::track::ROW;
+use crate::trust::{self, TrustMode};
 use crate::{value, FORMAT};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,9 @@ pub struct PullReport {
     pub changes: usize,
     /// Problems recorded by this pull, one line each.
     pub problems: Vec<String>,
+    /// Replicas whose changes are held until someone runs `dimple trust` (explicit
+    /// trust mode): their heads verified, their keys are pinned, nothing applied.
+    pub waiting_for_trust: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -222,12 +226,13 @@ struct Cursor {
     batch_id: Option<String>,
     batch_sha256: Option<String>,
     last_change_id: Option<String>,
+    trust: String,
 }
 
 fn cursor(r: &Replica, id: &str) -> Result<Option<Cursor>> {
     Ok(r.sync
         .query_row(
-            "SELECT public_key, head_etag, batch_id, batch_sha256, last_change_id FROM ZV_REPLICA WHERE id = ?1",
+            "SELECT public_key, head_etag, batch_id, batch_sha256, last_change_id, trust FROM ZV_REPLICA WHERE id = ?1",
             [id],
             |row| {
                 Ok(Cursor {
@@ -236,6 +241,7 @@ fn cursor(r: &Replica, id: &str) -> Result<Option<Cursor>> {
                     batch_id: row.get(2)?,
                     batch_sha256: row.get(3)?,
                     last_change_id: row.get(4)?,
+                    trust: row.get(5)?,
                 })
             },
         )
@@ -260,6 +266,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     }
     let mut report = PullReport { replicas_seen: heads.len(), ..Default::default() };
     let now = clock::rfc3339(r.hlc.now_ms());
+    let mode = trust::mode(&r.sync)?;
     for (id, head) in heads {
         if id == r.id() {
             continue;
@@ -269,8 +276,13 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             params![id, now],
         )?;
         let Some(head) = head else { continue };
-        match pull_replica(r, store, &id, &head, &mut report).await {
-            Ok(()) => problems::clear(&r.sync, &id)?,
+        match pull_replica(r, store, &id, &head, mode, &mut report).await {
+            Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
+            Ok(Pulled::Held) => {
+                problems::clear(&r.sync, &id)?;
+                report.waiting_for_trust.push(id.clone());
+            }
+            Ok(Pulled::Revoked) => {}
             Err(Error::BadData { origin, reason }) => {
                 problems::record(&r.sync, &id, &origin, &reason, &now)?;
                 report.problems.push(format!("{origin}: {reason}"));
@@ -281,16 +293,36 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     Ok(report)
 }
 
-async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &ObjectMeta, report: &mut PullReport) -> Result<()> {
+/// What became of one replica's head.
+enum Pulled {
+    /// Everything up to the head is applied (or nothing was new).
+    Applied,
+    /// Verified and pinned, but explicit trust mode holds its changes.
+    Held,
+    /// Revoked: not even read.
+    Revoked,
+}
+
+async fn pull_replica(
+    r: &mut Replica,
+    store: &dyn Store,
+    id: &str,
+    head_meta: &ObjectMeta,
+    mode: TrustMode,
+    report: &mut PullReport,
+) -> Result<Pulled> {
     let known = cursor(r, id)?.unwrap_or_default();
+    if known.trust == trust::REVOKED {
+        return Ok(Pulled::Revoked);
+    }
     if known.head_etag.as_deref() == Some(head_meta.etag.as_str()) {
-        return Ok(());
+        return Ok(Pulled::Applied);
     }
     let head_key = layout::head_key(id);
     let (bytes, etag) = match store.get(&head_key, known.head_etag.as_deref()).await {
         Ok(Got::Found { bytes, etag }) => (bytes, etag),
-        Ok(Got::NotModified) => return Ok(()),
-        Err(StoreError::NotFound(_)) => return Ok(()), // deleted since the listing
+        Ok(Got::NotModified) => return Ok(Pulled::Applied),
+        Err(StoreError::NotFound(_)) => return Ok(Pulled::Applied), // deleted since the listing
         Err(e) => return Err(e.into()),
     };
     let head = Head::parse(&bytes, &head_key, id, known.public_key.as_deref())?.body;
@@ -300,9 +332,14 @@ async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &
             params![id, head.public_key, head.name],
         )?;
     }
+    // The head etag is not stored while held, so the first pull after `trust` reads
+    // the head again and applies.
+    if mode == TrustMode::Explicit && known.trust != trust::TRUSTED {
+        return Ok(Pulled::Held);
+    }
     if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
         r.sync.execute("UPDATE ZV_REPLICA SET head_etag = ?2 WHERE id = ?1", params![id, etag])?;
-        return Ok(());
+        return Ok(Pulled::Applied);
     }
     if let Some(last) = &known.last_change_id {
         if head.last_change_id <= *last {
@@ -320,7 +357,7 @@ async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &
         let _ = std::fs::remove_file(path);
     }
     r.sync.execute("UPDATE ZV_REPLICA SET head_etag = ?2, name = ?3 WHERE id = ?1", params![id, etag, head.name])?;
-    Ok(())
+    Ok(Pulled::Applied)
 }
 
 /// Downloads the batches between our cursor and `head`, newest first, checking each
@@ -345,6 +382,10 @@ async fn fetch_chain(
             }
             Err(e) => return Err(e.into()),
         };
+        if bytes.len() > r.opts.max_batch_bytes {
+            let max = r.opts.max_batch_bytes;
+            return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
+        }
         let sha = sha256_hex(&bytes);
         if sha != want_sha {
             return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
@@ -382,9 +423,14 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
             return Err(Error::bad(key, "change ids go backwards from the last batch applied"));
         }
     }
+    let cap = match meta_get(&r.sync, MAX_VALUE_KEY)? {
+        Some(v) => v.parse().map_err(|_| Error::Invalid(format!("{MAX_VALUE_KEY} {v:?} is not a number of bytes")))?,
+        None => r.opts.max_value_bytes,
+    };
     for c in &changes {
-        check_change(r, key, c)?;
+        check_change(r, key, c, cap)?;
     }
+    check_transactions_are_new(r, id, key, &changes)?;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
@@ -398,7 +444,7 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
                 txn.execute(params![c.transaction_id, id])?;
                 last_txn = &c.transaction_id;
             }
-            merger.apply_remote(c)?;
+            merger.apply_remote(c).map_err(|e| local_refusal(key, c, e))?;
         }
     }
     if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {
@@ -415,7 +461,7 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
 
 /// Refuses a change that is malformed or too far in the future, before anything of
 /// its batch is applied.
-fn check_change(r: &Replica, key: &str, c: &Change) -> Result<()> {
+fn check_change(r: &Replica, key: &str, c: &Change, max_value_bytes: usize) -> Result<()> {
     let id = parse_id(&c.id).ok_or_else(|| Error::bad(key, format!("change id {:?} is not a UUIDv7", c.id)))?;
     r.hlc.check_drift(&id).map_err(|e| Error::bad(key, e.to_string()))?;
     if c.entity_type.is_empty() || c.attribute.is_empty() {
@@ -428,9 +474,50 @@ fn check_change(r: &Replica, key: &str, c: &Change) -> Result<()> {
         return Ok(());
     }
     for v in [&c.old_value, &c.new_value].into_iter().flatten() {
+        if v.len() > max_value_bytes {
+            return Err(Error::bad(
+                key,
+                format!("change {} holds a value of {} bytes, over the cap of {max_value_bytes} bytes", c.id, v.len()),
+            ));
+        }
         value::decode(v).map_err(|e| Error::bad(key, format!("change {}: {e}", c.id)))?;
     }
     Ok(())
+}
+
+/// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
+pub const MAX_VALUE_KEY: &str = "max_value_bytes";
+
+/// A batch may not add changes to a transaction already in the log under another
+/// author: `INSERT OR IGNORE` would keep the old author and the log would then
+/// credit the victim with the forger's changes.
+fn check_transactions_are_new(r: &Replica, id: &str, key: &str, changes: &[Change]) -> Result<()> {
+    let mut stmt = r.sync.prepare_cached("SELECT author FROM ZV_TRANSACTION WHERE id = ?1")?;
+    let mut last = "";
+    for c in changes {
+        if c.transaction_id == last {
+            continue;
+        }
+        last = &c.transaction_id;
+        let author: Option<String> = stmt.query_row([&c.transaction_id], |row| row.get(0)).optional()?;
+        if let Some(author) = author.filter(|a| a != id) {
+            return Err(Error::bad(key, format!("transaction {last} already belongs to replica {author}")));
+        }
+    }
+    Ok(())
+}
+
+/// A remote change that breaks a local constraint (UNIQUE, NOT NULL, CHECK, a type
+/// the key cannot hold) refuses its batch for that replica only, instead of failing
+/// the whole pull and stopping every other replica with it.
+fn local_refusal(key: &str, c: &Change, e: Error) -> Error {
+    match e {
+        Error::Sqlite(ref s) if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Error::bad(key, format!("change {} cannot be applied here: {s}", c.id))
+        }
+        Error::BadData { reason, .. } => Error::bad(key, format!("change {}: {reason}", c.id)),
+        e => e,
+    }
 }
 
 pub async fn sync(r: &mut Replica, store: &crate::store::Metered<dyn Store>) -> Result<SyncReport> {
