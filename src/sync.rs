@@ -15,7 +15,7 @@ use crate::batch::{self, sha256_hex};
 use crate::changelog;
 use crate::clock::{self, parse_id};
 use crate::error::{Error, Result};
-use crate::head::{Descriptor, Head, HeadBody};
+use crate::head::{Descriptor, Head, HeadBody, MAX_JSON_BYTES};
 use crate::layout::{self, ReplicaObject};
 use crate::merge::{Change, Merger, ALIVE, DEAD};
 use crate::problems;
@@ -170,6 +170,11 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
         Ok(etag) => etag,
         Err(StoreError::PreconditionFailed(_)) => match store.get(&head_key, None).await? {
             Got::Found { bytes, etag } if bytes == inf.head.as_bytes() => etag,
+            // Our previous head, rewritten with a new ETag (restored from a backup,
+            // copied back by hand): nobody else wrote under our id, so go on.
+            Got::Found { bytes, etag } if is_our_last_head(r, &head_key, &bytes)? => {
+                store.put(&head_key, inf.head.clone().into_bytes(), PutMode::Update(etag)).await?
+            }
             _ => return Err(Error::ReplicaConflict(me)),
         },
         Err(e) => return Err(e.into()),
@@ -189,6 +194,13 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
     tx.commit()?;
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Whether `bytes` is a head signed with our key naming the last batch we pushed.
+fn is_our_last_head(r: &mut Replica, head_key: &str, bytes: &[u8]) -> Result<bool> {
+    let (me, key) = (r.id().to_owned(), r.public_key()?);
+    let Ok(head) = Head::parse(bytes, head_key, &me, Some(&key)) else { return Ok(false) };
+    Ok(meta_get(&r.sync, "push.batch_id")?.as_deref() == Some(head.body.batch_id.as_str()))
 }
 
 async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
@@ -319,6 +331,11 @@ async fn pull_replica(
         return Ok(Pulled::Applied);
     }
     let head_key = layout::head_key(id);
+    if head_meta.size > MAX_JSON_BYTES as u64 {
+        // Refused from the listing alone: no point downloading it.
+        let size = head_meta.size;
+        return Err(Error::bad(&head_key, format!("head is {size} bytes, more than the {MAX_JSON_BYTES} allowed")));
+    }
     let (bytes, etag) = match store.get(&head_key, known.head_etag.as_deref()).await {
         Ok(Got::Found { bytes, etag }) => (bytes, etag),
         Ok(Got::NotModified) => return Ok(Pulled::Applied),

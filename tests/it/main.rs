@@ -4,6 +4,7 @@ mod capture;
 mod concurrency;
 mod convergence;
 mod crash;
+mod hostile;
 mod merge_rules;
 mod requests;
 mod s3_store;
