@@ -62,7 +62,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Download and merge other replicas' changes.
+    /// Download and merge other replicas' changes. Input that fails verification is
+    /// refused, recorded as a problem and retried on the next pull (docs/trust.md).
     Pull {
         db: PathBuf,
         #[command(flatten)]
@@ -78,7 +79,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Replica, bucket, pending changes, last sync, problems.
+    /// Replica, bucket, pending changes, last sync, problems, trust mode and
+    /// replicas waiting for trust.
     Status {
         db: PathBuf,
         #[command(flatten)]

@@ -1,8 +1,9 @@
-//! Replica keys: the ed25519 key pair that signs this replica's heads.
+//! Replica keys (the ed25519 key pair that signs this replica's heads) and whom
+//! this replica trusts (the group's trust mode, each remote replica's trust state).
 //!
 //! The private key lives in a file beside the database (`<db>.dimple/replica.key`),
 //! owner-only, and is never uploaded or logged; the public key is published in
-//! `replica.json` and in every head.
+//! `replica.json` and in every head. See docs/trust.md for the threat model.
 
 use crate::error::{Error, Result};
 use base64::engine::general_purpose::STANDARD as B64;
