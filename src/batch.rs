@@ -127,6 +127,21 @@ pub fn open(path: &Path, origin: &str, replica: &str) -> Result<Batch> {
     let sqlerr = |e: rusqlite::Error| bad(origin, format!("not a readable batch file: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(sqlerr)?;
+    // Only plain tables are read: a hostile file could define ZV_CHANGE as a view
+    // over an endless recursive query, or as a virtual table of some module.
+    conn.pragma_update(None, "trusted_schema", false).map_err(sqlerr)?;
+    let odd: Option<String> = conn
+        .query_row(
+            "SELECT type || ' ' || name FROM sqlite_master
+             WHERE type IN ('view', 'trigger') OR (type = 'table' AND sql LIKE 'CREATE VIRTUAL%') LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sqlerr)?;
+    if let Some(odd) = odd {
+        return Err(bad(origin, format!("batch holds a {odd}: only plain tables are allowed")));
+    }
     let header = conn
         .query_row(
             "SELECT format, replica, batch_id, prev_batch_id, prev_sha256, first_change_id, last_change_id,

@@ -49,6 +49,10 @@ pub enum Command {
         /// Sync direction: push, pull or both (see `dimple direction`).
         #[arg(long, default_value = "both")]
         direction: dimple::direction::Direction,
+        /// `pinned` (default): apply a new replica's changes at once and pin its key
+        /// on first sight. `explicit`: hold them until `dimple trust DB REPLICA_ID`.
+        #[arg(long, default_value = "pinned", value_parser = ["pinned", "explicit"])]
+        trust: String,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -70,7 +74,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Download and merge other replicas' changes.
+    /// Download and merge other replicas' changes. Input that fails verification is
+    /// refused, recorded as a problem and retried on the next pull (docs/trust.md).
     Pull {
         db: PathBuf,
         #[command(flatten)]
@@ -86,7 +91,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Replica, bucket, pending changes, last sync, problems.
+    /// Replica, bucket, pending changes, last sync, problems, trust mode and
+    /// replicas waiting for trust.
     Status {
         db: PathBuf,
         #[command(flatten)]
@@ -104,7 +110,8 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Other replicas seen in the bucket.
+    /// Other replicas seen in the bucket: name, key fingerprint, trust, cursor,
+    /// last seen, changes applied.
     Replicas {
         db: PathBuf,
         #[command(flatten)]
@@ -122,6 +129,23 @@ pub enum Command {
         interval: f64,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Trust a replica (its changes are applied from the next pull), revoke it, or
+    /// set the group's trust mode. Revoking stops further changes; those already
+    /// applied stay. See docs/trust.md.
+    #[command(arg_required_else_help = true)]
+    Trust {
+        db: PathBuf,
+        /// The replica id (or a unique prefix of it), as `dimple replicas` shows.
+        #[arg(required_unless_present = "mode")]
+        replica_id: Option<String>,
+        /// Stop applying this replica's changes.
+        #[arg(long, requires = "replica_id")]
+        revoke: bool,
+        /// `pinned`: trust on first use. `explicit`: hold new replicas until trusted
+        /// (replicas already applied become trusted).
+        #[arg(long, value_parser = ["pinned", "explicit"], conflicts_with_all = ["replica_id", "revoke"])]
+        mode: Option<String>,
     },
 }
 
@@ -153,12 +177,13 @@ pub(crate) async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::s
 
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { db, bucket, name, direction, out } => {
+        Command::Init { db, bucket, name, direction, trust, out } => {
             let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
             let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
             r.set_direction(direction)?;
+            dimple::trust::set_mode(r.conn(), trust.parse()?)?;
             let info = serde_json::json!({
-                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "direction": direction,
+                "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "direction": direction, "trust_mode": trust,
                 "key_fingerprint": dimple::trust::fingerprint(&r.public_key()?),
             });
             if out.json {
@@ -195,6 +220,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!("pulled {} changes in {} batches", report.changes, report.batches);
                 warn_problems(&report.problems);
+                warn_waiting(&db, &report.waiting_for_trust);
             }
         }
         Command::Sync { db, store, out } => {
@@ -209,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     report.pull.changes, report.pull.batches, report.push.changes, report.push.batches, report.requests.total
                 );
                 warn_problems(&report.pull.problems);
+                warn_waiting(&db, &report.pull.waiting_for_trust);
             }
         }
         Command::Status { db, out } => {
@@ -229,6 +256,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 for p in &st.problems {
                     println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
                 }
+                println!("trust     {}", st.trust_mode.as_str());
+                for id in &st.waiting_for_trust {
+                    println!("waiting   {id}: waiting for trust: run `dimple trust {} {id}`", db.display());
+                }
                 print_agent(&st.agent);
             }
         }
@@ -248,7 +279,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let author = if e.author == r.id() {
                         "local".to_owned()
                     } else {
-                        names.get(&e.author).cloned().unwrap_or_else(|| e.author[e.author.len() - 8..].to_owned())
+                        names.get(&e.author).cloned().unwrap_or_else(|| e.author.get(e.author.len().saturating_sub(8)..).unwrap_or(&e.author).to_owned())
                     };
                     let winner = if e.winner { "" } else { "  (superseded)" };
                     println!(
@@ -273,19 +304,44 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 for r in &list {
                     println!(
-                        "{} {:<12} key {} {} {} changes, last seen {}",
+                        "{} {:<12} key {} {:<8} at {} {} changes, last seen {}",
                         r.id,
                         r.name.as_deref().unwrap_or("?"),
                         r.key_fingerprint.as_deref().unwrap_or("(none yet)"),
                         r.trust,
+                        r.cursor.as_deref().unwrap_or("(nothing applied)"),
                         r.change_count,
                         r.last_seen.as_deref().unwrap_or("never")
                     );
                 }
             }
         }
+        Command::Trust { db, replica_id, revoke, mode } => {
+            let r = open(&db)?;
+            if let Some(mode) = mode {
+                let promoted = dimple::trust::set_mode(r.conn(), mode.parse()?)?;
+                println!("trust mode is now {mode}");
+                if promoted > 0 {
+                    println!("{promoted} replicas already applied are now trusted");
+                }
+            } else if let Some(id) = replica_id {
+                let state = if revoke { dimple::trust::REVOKED } else { dimple::trust::TRUSTED };
+                let full = dimple::trust::set_replica(r.conn(), &id, state)?;
+                if revoke {
+                    println!("revoked {full}: its further changes are not applied (those already applied stay)");
+                } else {
+                    println!("trusted {full}: its changes are applied from the next pull");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn warn_waiting(db: &Path, ids: &[String]) {
+    for id in ids {
+        eprintln!("note: replica {id} is waiting for trust: run `dimple trust {} {id}`", db.display());
+    }
 }
 
 async fn agent(dbs: Vec<PathBuf>, interval: f64, store: StoreArgs) -> Result<()> {

@@ -26,7 +26,7 @@
 //! - `clock`: the hybrid logical clock and UUIDv7 ids
 //! - `value`: exact encoding of SQLite values
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
-//! - `sync`: pull and push; `problems`: refused input
+//! - `sync`: pull and push; `problems`: refused input (docs/trust.md)
 //! - `store`: the bucket as a key space (local directory, S3, retries, fault
 //!   injection, metering); `layout`: every bucket key
 //! - `status`: what `dimple status` reports

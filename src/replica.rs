@@ -23,6 +23,9 @@ use uuid::Uuid;
 
 const SCHEMA: &str = include_str!("../schema/local.sql");
 
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 256 << 20;
+
 /// What a replica needs from its surroundings; tests swap the clock.
 #[derive(Clone)]
 pub struct Options {
@@ -32,6 +35,12 @@ pub struct Options {
     /// Changes per uploaded batch (whole transactions are never split).
     pub batch_changes: usize,
     pub busy_timeout: Duration,
+    /// Encoded remote values longer than this refuse their whole batch (SPEC 6), so
+    /// one writer cannot fill every replica's disk through a single cell.
+    /// `ZV_METADATA.max_value_bytes`, when set, overrides it for this replica.
+    pub max_value_bytes: usize,
+    /// Batch objects larger than this are refused before they are opened.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for Options {
@@ -41,6 +50,8 @@ impl Default for Options {
             max_drift_ms: clock::DEFAULT_MAX_DRIFT_MS,
             batch_changes: 10_000,
             busy_timeout: Duration::from_secs(10),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::problems::{self, Problem};
 use crate::replica::{meta_get, Replica};
 use crate::track;
+use crate::trust::{self, TrustMode};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -21,6 +22,9 @@ pub struct Status {
     pub replicas_known: i64,
     pub problems: Vec<Problem>,
     pub agent: crate::agent::AgentStatus,
+    pub trust_mode: TrustMode,
+    /// Replicas seen but held until `dimple trust` (explicit mode only).
+    pub waiting_for_trust: Vec<String>,
 }
 
 pub fn status(r: &Replica) -> Result<Status> {
@@ -38,6 +42,8 @@ pub fn status(r: &Replica) -> Result<Status> {
         replicas_known: conn.query_row("SELECT count(*) FROM ZV_REPLICA", [], |r| r.get(0))?,
         problems: problems::list(conn)?,
         agent: crate::agent::inspect(r.path()),
+        trust_mode: trust::mode(conn)?,
+        waiting_for_trust: waiting_for_trust(r)?,
     })
 }
 
@@ -72,4 +78,15 @@ pub fn replicas(r: &Replica) -> Result<Vec<ReplicaInfo>> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replicas whose verified heads are held by explicit trust mode.
+pub fn waiting_for_trust(r: &Replica) -> Result<Vec<String>> {
+    if trust::mode(r.conn())? != TrustMode::Explicit {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        r.conn().prepare("SELECT id FROM ZV_REPLICA WHERE trust = ?1 AND public_key IS NOT NULL ORDER BY id")?;
+    let ids = stmt.query_map([trust::PINNED], |row| row.get(0))?;
+    Ok(ids.collect::<Result<_, _>>()?)
 }

@@ -15,13 +15,14 @@ use crate::batch::{self, sha256_hex};
 use crate::changelog;
 use crate::clock::{self, parse_id};
 use crate::error::{Error, Result};
-use crate::head::{Descriptor, Head, HeadBody};
+use crate::head::{Descriptor, Head, HeadBody, MAX_JSON_BYTES};
 use crate::layout::{self, ReplicaObject};
 use crate::merge::{Change, Merger, ALIVE, DEAD};
 use crate::problems;
 use crate::replica::{meta_get, meta_set, Replica};
 use crate::store::{get_bytes, list_all, Got, ObjectMeta, PutMode, RequestStats, Store, StoreError};
 use crate::track::ROW;
+use crate::trust::{self, TrustMode};
 use crate::{value, FORMAT};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,9 @@ pub struct PullReport {
     pub changes: usize,
     /// Problems recorded by this pull, one line each.
     pub problems: Vec<String>,
+    /// Replicas whose changes are held until someone runs `dimple trust` (explicit
+    /// trust mode): their heads verified, their keys are pinned, nothing applied.
+    pub waiting_for_trust: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -181,6 +185,11 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
         Ok(etag) => etag,
         Err(StoreError::PreconditionFailed(_)) => match store.get(&head_key, None).await? {
             Got::Found { bytes, etag } if bytes == inf.head.as_bytes() => etag,
+            // Our previous head, rewritten with a new ETag (restored from a backup,
+            // copied back by hand): nobody else wrote under our id, so go on.
+            Got::Found { bytes, etag } if is_our_last_head(r, &head_key, &bytes)? => {
+                store.put(&head_key, inf.head.clone().into_bytes(), PutMode::Update(etag)).await?
+            }
             _ => return Err(Error::ReplicaConflict(me)),
         },
         Err(e) => return Err(e.into()),
@@ -202,6 +211,13 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
     tx.commit()?;
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// Whether `bytes` is a head signed with our key naming the last batch we pushed.
+fn is_our_last_head(r: &mut Replica, head_key: &str, bytes: &[u8]) -> Result<bool> {
+    let (me, key) = (r.id().to_owned(), r.public_key()?);
+    let Ok(head) = Head::parse(bytes, head_key, &me, Some(&key)) else { return Ok(false) };
+    Ok(meta_get(&r.sync, "push.batch_id")?.as_deref() == Some(head.body.batch_id.as_str()))
 }
 
 async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
@@ -239,12 +255,13 @@ struct Cursor {
     batch_id: Option<String>,
     batch_sha256: Option<String>,
     last_change_id: Option<String>,
+    trust: String,
 }
 
 fn cursor(r: &Replica, id: &str) -> Result<Option<Cursor>> {
     Ok(r.sync
         .query_row(
-            "SELECT public_key, head_etag, batch_id, batch_sha256, last_change_id FROM ZV_REPLICA WHERE id = ?1",
+            "SELECT public_key, head_etag, batch_id, batch_sha256, last_change_id, trust FROM ZV_REPLICA WHERE id = ?1",
             [id],
             |row| {
                 Ok(Cursor {
@@ -253,6 +270,7 @@ fn cursor(r: &Replica, id: &str) -> Result<Option<Cursor>> {
                     batch_id: row.get(2)?,
                     batch_sha256: row.get(3)?,
                     last_change_id: row.get(4)?,
+                    trust: row.get(5)?,
                 })
             },
         )
@@ -280,6 +298,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     }
     let mut report = PullReport { replicas_seen: heads.len(), ..Default::default() };
     let now = clock::rfc3339(r.hlc.now_ms());
+    let mode = trust::mode(&r.sync)?;
     for (id, head) in heads {
         if id == r.id() {
             continue;
@@ -289,8 +308,13 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             params![id, now],
         )?;
         let Some(head) = head else { continue };
-        match pull_replica(r, store, &id, &head, &mut report).await {
-            Ok(()) => problems::clear(&r.sync, &id)?,
+        match pull_replica(r, store, &id, &head, mode, &mut report).await {
+            Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
+            Ok(Pulled::Held) => {
+                problems::clear(&r.sync, &id)?;
+                report.waiting_for_trust.push(id.clone());
+            }
+            Ok(Pulled::Revoked) => {}
             Err(Error::BadData { origin, reason }) => {
                 problems::record(&r.sync, &id, &origin, &reason, &now)?;
                 report.problems.push(format!("{origin}: {reason}"));
@@ -301,16 +325,41 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     Ok(report)
 }
 
-async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &ObjectMeta, report: &mut PullReport) -> Result<()> {
+/// What became of one replica's head.
+enum Pulled {
+    /// Everything up to the head is applied (or nothing was new).
+    Applied,
+    /// Verified and pinned, but explicit trust mode holds its changes.
+    Held,
+    /// Revoked: not even read.
+    Revoked,
+}
+
+async fn pull_replica(
+    r: &mut Replica,
+    store: &dyn Store,
+    id: &str,
+    head_meta: &ObjectMeta,
+    mode: TrustMode,
+    report: &mut PullReport,
+) -> Result<Pulled> {
     let known = cursor(r, id)?.unwrap_or_default();
+    if known.trust == trust::REVOKED {
+        return Ok(Pulled::Revoked);
+    }
     if known.head_etag.as_deref() == Some(head_meta.etag.as_str()) {
-        return Ok(());
+        return Ok(Pulled::Applied);
     }
     let head_key = layout::head_key(id);
+    if head_meta.size > MAX_JSON_BYTES as u64 {
+        // Refused from the listing alone: no point downloading it.
+        let size = head_meta.size;
+        return Err(Error::bad(&head_key, format!("head is {size} bytes, more than the {MAX_JSON_BYTES} allowed")));
+    }
     let (bytes, etag) = match store.get(&head_key, known.head_etag.as_deref()).await {
         Ok(Got::Found { bytes, etag }) => (bytes, etag),
-        Ok(Got::NotModified) => return Ok(()),
-        Err(StoreError::NotFound(_)) => return Ok(()), // deleted since the listing
+        Ok(Got::NotModified) => return Ok(Pulled::Applied),
+        Err(StoreError::NotFound(_)) => return Ok(Pulled::Applied), // deleted since the listing
         Err(e) => return Err(e.into()),
     };
     let head = Head::parse(&bytes, &head_key, id, known.public_key.as_deref())?.body;
@@ -320,9 +369,14 @@ async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &
             params![id, head.public_key, head.name],
         )?;
     }
+    // The head etag is not stored while held, so the first pull after `trust` reads
+    // the head again and applies.
+    if mode == TrustMode::Explicit && known.trust != trust::TRUSTED {
+        return Ok(Pulled::Held);
+    }
     if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
         r.sync.execute("UPDATE ZV_REPLICA SET head_etag = ?2 WHERE id = ?1", params![id, etag])?;
-        return Ok(());
+        return Ok(Pulled::Applied);
     }
     if let Some(last) = &known.last_change_id {
         if head.last_change_id <= *last {
@@ -340,14 +394,14 @@ async fn pull_replica(r: &mut Replica, store: &dyn Store, id: &str, head_meta: &
         let _ = std::fs::remove_file(path);
     }
     r.sync.execute("UPDATE ZV_REPLICA SET head_etag = ?2, name = ?3 WHERE id = ?1", params![id, etag, head.name])?;
-    Ok(())
+    Ok(Pulled::Applied)
 }
 
 /// Batches fetched at once when the head lists them.
 const FETCH_CONCURRENCY: usize = 8;
 
 /// Downloads one batch into the spool; returns its path and sha256.
-async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str) -> Result<(PathBuf, String)> {
+async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<(PathBuf, String)> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
@@ -356,6 +410,9 @@ async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str) -> 
         }
         Err(e) => return Err(e.into()),
     };
+    if bytes.len() > max {
+        return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
+    }
     let path = spool.join(format!("{id}-{batch_id}.db"));
     std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     Ok((path, sha256_hex(&bytes)))
@@ -379,10 +436,11 @@ async fn fetch_chain(
         Some(p) => &recent[p + 1..],
         None => &recent[..],
     };
+    let max = r.opts.max_batch_bytes;
     let mut prefetched: HashMap<String, (PathBuf, String)> = HashMap::new();
     let mut downloads = futures::stream::iter(listed.iter().map(|b| {
         let spool = &spool;
-        async move { download(store, spool, id, b).await.map(|d| (b.clone(), d)) }
+        async move { download(store, spool, id, b, max).await.map(|d| (b.clone(), d)) }
     }))
     .buffer_unordered(FETCH_CONCURRENCY);
     while let Some(done) = downloads.next().await {
@@ -395,7 +453,7 @@ async fn fetch_chain(
         let key = layout::batch_key(id, &want_id);
         let (path, sha) = match prefetched.remove(&want_id) {
             Some(d) => d,
-            None => download(store, &spool, id, &want_id).await?,
+            None => download(store, &spool, id, &want_id, r.opts.max_batch_bytes).await?,
         };
         if sha != want_sha {
             return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
@@ -440,9 +498,14 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
             return Err(Error::bad(key, "change ids go backwards from the last batch applied"));
         }
     }
+    let cap = match meta_get(&r.sync, MAX_VALUE_KEY)? {
+        Some(v) => v.parse().map_err(|_| Error::Invalid(format!("{MAX_VALUE_KEY} {v:?} is not a number of bytes")))?,
+        None => r.opts.max_value_bytes,
+    };
     for c in &changes {
-        check_change(r, key, c)?;
+        check_change(r, key, c, cap)?;
     }
+    check_transactions_are_new(r, id, key, &changes)?;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
@@ -457,7 +520,7 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
                 last_txn = &c.transaction_id;
             }
         }
-        merger.apply_many(&changes)?;
+        merger.apply_many(&changes).map_err(|e| local_refusal(key, e))?;
     }
     if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {
         r.hlc.observe(&last);
@@ -473,7 +536,7 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
 
 /// Refuses a change that is malformed or too far in the future, before anything of
 /// its batch is applied.
-fn check_change(r: &Replica, key: &str, c: &Change) -> Result<()> {
+fn check_change(r: &Replica, key: &str, c: &Change, max_value_bytes: usize) -> Result<()> {
     let id = parse_id(&c.id).ok_or_else(|| Error::bad(key, format!("change id {:?} is not a UUIDv7", c.id)))?;
     r.hlc.check_drift(&id).map_err(|e| Error::bad(key, e.to_string()))?;
     if c.entity_type.is_empty() || c.attribute.is_empty() {
@@ -486,9 +549,50 @@ fn check_change(r: &Replica, key: &str, c: &Change) -> Result<()> {
         return Ok(());
     }
     for v in [&c.old_value, &c.new_value].into_iter().flatten() {
+        if v.len() > max_value_bytes {
+            return Err(Error::bad(
+                key,
+                format!("change {} holds a value of {} bytes, over the cap of {max_value_bytes} bytes", c.id, v.len()),
+            ));
+        }
         value::decode(v).map_err(|e| Error::bad(key, format!("change {}: {e}", c.id)))?;
     }
     Ok(())
+}
+
+/// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
+pub const MAX_VALUE_KEY: &str = "max_value_bytes";
+
+/// A batch may not add changes to a transaction already in the log under another
+/// author: `INSERT OR IGNORE` would keep the old author and the log would then
+/// credit the victim with the forger's changes.
+fn check_transactions_are_new(r: &Replica, id: &str, key: &str, changes: &[Change]) -> Result<()> {
+    let mut stmt = r.sync.prepare_cached("SELECT author FROM ZV_TRANSACTION WHERE id = ?1")?;
+    let mut last = "";
+    for c in changes {
+        if c.transaction_id == last {
+            continue;
+        }
+        last = &c.transaction_id;
+        let author: Option<String> = stmt.query_row([&c.transaction_id], |row| row.get(0)).optional()?;
+        if let Some(author) = author.filter(|a| a != id) {
+            return Err(Error::bad(key, format!("transaction {last} already belongs to replica {author}")));
+        }
+    }
+    Ok(())
+}
+
+/// A remote change that breaks a local constraint (UNIQUE, NOT NULL, CHECK, a type
+/// the key cannot hold) refuses its batch for that replica only, instead of failing
+/// the whole pull and stopping every other replica with it.
+fn local_refusal(key: &str, e: Error) -> Error {
+    match e {
+        Error::Sqlite(ref s) if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Error::bad(key, format!("batch cannot be applied here: {s}"))
+        }
+        Error::BadData { reason, .. } => Error::bad(key, reason),
+        e => e,
+    }
 }
 
 pub async fn sync(r: &mut Replica, store: &crate::store::Metered<dyn Store>) -> Result<SyncReport> {

@@ -1,8 +1,9 @@
-//! Replica keys: the ed25519 key pair that signs this replica's heads.
+//! Replica keys (the ed25519 key pair that signs this replica's heads) and whom
+//! this replica trusts (the group's trust mode, each remote replica's trust state).
 //!
 //! The private key lives in a file beside the database (`<db>.dimple/replica.key`),
 //! owner-only, and is never uploaded or logged; the public key is published in
-//! `replica.json` and in every head.
+//! `replica.json` and in every head. See docs/trust.md for the threat model.
 
 use crate::error::{Error, Result};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -70,4 +71,83 @@ pub fn verify(public_b64: &str, msg: &[u8], sig_b64: &str) -> std::result::Resul
 /// A short fingerprint of a public key for people to compare.
 pub fn fingerprint(public_b64: &str) -> String {
     crate::batch::sha256_hex(public_b64.as_bytes())[..16].to_owned()
+}
+
+/// Whether a replica seen for the first time is applied at once (`pinned`: its key is
+/// pinned on first use) or held until a person vouches for it with `dimple trust`
+/// (`explicit`): the seed's "Want to sync with replica XYZ?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustMode {
+    Pinned,
+    Explicit,
+}
+
+/// `ZV_METADATA` key of the group's trust mode (absent = pinned).
+pub const MODE_KEY: &str = "trust_mode";
+
+impl std::str::FromStr for TrustMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pinned" => Ok(TrustMode::Pinned),
+            "explicit" => Ok(TrustMode::Explicit),
+            _ => Err(Error::Invalid(format!("trust mode {s:?} is neither `pinned` nor `explicit`"))),
+        }
+    }
+}
+
+impl TrustMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustMode::Pinned => "pinned",
+            TrustMode::Explicit => "explicit",
+        }
+    }
+}
+
+/// A replica's trust as kept in `ZV_REPLICA.trust`.
+pub const PINNED: &str = "pinned";
+pub const TRUSTED: &str = "trusted";
+pub const REVOKED: &str = "revoked";
+
+pub fn mode(conn: &rusqlite::Connection) -> Result<TrustMode> {
+    crate::replica::meta_get(conn, MODE_KEY)?.as_deref().unwrap_or("pinned").parse()
+}
+
+/// Sets the mode. Replicas already applied under `pinned` become `trusted` when the
+/// group turns `explicit`: they were accepted before, and holding them now would
+/// stop a working group without anyone having vouched against them. Returns how
+/// many were promoted.
+pub fn set_mode(conn: &rusqlite::Connection, mode: TrustMode) -> Result<usize> {
+    let tx = conn.unchecked_transaction()?;
+    crate::replica::meta_set(&tx, MODE_KEY, mode.as_str())?;
+    let promoted = match mode {
+        TrustMode::Explicit => tx.execute(
+            "UPDATE ZV_REPLICA SET trust = ?1 WHERE trust = ?2 AND batch_id IS NOT NULL",
+            [TRUSTED, PINNED],
+        )?,
+        TrustMode::Pinned => 0,
+    };
+    tx.commit()?;
+    Ok(promoted)
+}
+
+/// Sets the trust of the one known replica whose id starts with `id` (`trusted` or
+/// `revoked`) and returns its full id. Unknown ids are refused rather than recorded,
+/// so a typo cannot pre-authorise a replica nobody has seen.
+pub fn set_replica(conn: &rusqlite::Connection, id: &str, state: &str) -> Result<String> {
+    let mut stmt = conn.prepare("SELECT id FROM ZV_REPLICA WHERE substr(id, 1, length(?1)) = ?1")?;
+    let ids: Vec<String> = stmt.query_map([id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    let full = match ids.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(Error::Invalid(format!(
+                "no replica {id:?} has been seen in the bucket yet; run `dimple pull` first (see `dimple replicas`)"
+            )))
+        }
+        _ => return Err(Error::Invalid(format!("{id:?} matches {} replicas; give more of the id", ids.len()))),
+    };
+    conn.execute("UPDATE ZV_REPLICA SET trust = ?2 WHERE id = ?1", [&full, state])?;
+    Ok(full)
 }

@@ -1,0 +1,234 @@
+//! Hostile input that carries a valid signature: a member of the group (or a newer
+//! dimple) publishes its own batch and signs its own head correctly, so only the
+//! checks on the batch's contents stand between it and every replica's tables.
+//!
+//! `forge` publishes `a`'s unpushed `a2` as `a`'s next batch after letting the test
+//! edit the header, the changes or the file, and signs the head with `a`'s own key.
+//! Recovery in these tests: the malicious replica replaces its history with an
+//! honest batch chained from what the readers applied (`forge` with no edits), and
+//! a later honest change of `c` still syncs. (`a`'s own push state no longer matches
+//! the bucket, as it should not after someone wrote under its id.)
+
+use super::Scene;
+use crate::support::*;
+use dimple::batch::{self, Header};
+use dimple::head::{Head, HeadBody};
+use dimple::merge::Change;
+use dimple::{layout, Options, Replica};
+
+fn no_edit<T>(_: &mut T) {}
+
+/// Publishes `a`'s unpushed changes as a batch following `s.a_base`; returns its key.
+fn forge(
+    s: &Scene,
+    edit_header: impl FnOnce(&mut Header),
+    edit_changes: impl FnOnce(&mut Vec<Change>),
+    edit_file: impl FnOnce(&std::path::Path),
+) -> String {
+    let base = &s.a_base;
+    let mut changes = dimple::changelog::own_changes_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
+    edit_changes(&mut changes);
+    s.g.clock.advance(1);
+    let batch_id = dimple::clock::random_v7(&s.g.clock).to_string();
+    let txns = changes.iter().map(|c| &c.transaction_id).collect::<std::collections::BTreeSet<_>>().len();
+    let mut header = Header {
+        format: dimple::FORMAT,
+        replica: s.a.id().to_owned(),
+        batch_id: batch_id.clone(),
+        prev_batch_id: Some(base.batch_id.clone()),
+        prev_sha256: Some(base.sha256.clone()),
+        first_change_id: changes[0].id.clone(),
+        last_change_id: changes.last().unwrap().id.clone(),
+        transaction_count: txns as i64,
+        change_count: changes.len() as i64,
+    };
+    edit_header(&mut header);
+    let path = s.g.dir.path().join(format!("forged-{batch_id}.db"));
+    // Forged batches travel as plain SQLite (readers take both forms), so the
+    // attack can edit the file itself.
+    let stored = batch::write(&path, &header, &changes).unwrap();
+    std::fs::write(&path, batch::unpack(&stored, "forge").unwrap()).unwrap();
+    edit_file(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    let key = layout::batch_key(s.a.id(), &batch_id);
+    let body = HeadBody {
+        batch_id,
+        batch_key: key.clone(),
+        sha256: batch::sha256_hex(&bytes),
+        first_change_id: header.first_change_id.clone(),
+        last_change_id: header.last_change_id.clone(),
+        batch_count: base.batch_count + 1,
+        change_count: base.change_count + header.change_count,
+        ..base.clone()
+    };
+    s.put(&key, bytes);
+    let signing = dimple::trust::load(&dimple::replica::side_dir(s.a.path()).join("replica.key")).unwrap();
+    s.put(&layout::head_key(s.a.id()), Head::sign(body, &signing).to_bytes());
+    key
+}
+
+/// Runs a forged attack on the standard scene and checks refusal and recovery.
+fn forged_attack(
+    edit_header: impl FnOnce(&mut Header),
+    edit_changes: impl FnOnce(&mut Vec<Change>),
+    edit_file: impl FnOnce(&std::path::Path),
+    phrase: &str,
+) {
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+    let key = forge(&s, edit_header, edit_changes, edit_file);
+    let report = s.pull();
+    s.assert_refused(&report, &key, phrase);
+    forge(&s, no_edit, no_edit, |_| {});
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(s.has("a2") && dimple::status::status(&s.b).unwrap().problems.is_empty());
+    s.later_change_syncs(false);
+}
+
+fn sql(path: &std::path::Path, statement: &str) {
+    rusqlite::Connection::open(path).unwrap().execute_batch(statement).unwrap();
+}
+
+/// A malicious `a` signs its own head validly but its batch holds a transaction
+/// authored by `c`: applying it would put words in `c`'s mouth.
+#[test]
+fn a_transaction_authored_by_another_replica_is_refused() {
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+    let c = s.c.id().to_owned();
+    let key = forge(&s, no_edit, no_edit, |p| sql(p, &format!("UPDATE ZV_TRANSACTION SET author = '{c}'")));
+    let report = s.pull();
+    s.assert_refused(&report, &key, &format!("authored by {c}"));
+    forge(&s, no_edit, no_edit, |_| {});
+    s.pull();
+    assert!(s.has("a2"));
+    s.later_change_syncs(false);
+}
+
+/// The author column says `a`, but the transaction id is one of `c`'s that `b`
+/// already holds: the log would credit `c` with `a`'s changes.
+#[test]
+fn a_transaction_id_reused_from_another_replica_is_refused() {
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+    let c_txn: String = s
+        .b
+        .conn()
+        .query_row("SELECT id FROM ZV_TRANSACTION WHERE author = ?1", [s.c.id()], |r| r.get(0))
+        .unwrap();
+    let key = forge(&s, no_edit, |cs| cs.iter_mut().for_each(|c| c.transaction_id = c_txn.clone()), |_| {});
+    let report = s.pull();
+    s.assert_refused(&report, &key, "already belongs to replica");
+    forge(&s, no_edit, no_edit, |_| {});
+    s.pull();
+    assert!(s.has("a2"));
+    s.later_change_syncs(false);
+}
+
+/// A batch of a future format, correctly chained and signed (a newer dimple).
+#[test]
+fn a_batch_of_an_unknown_format_is_refused() {
+    forged_attack(|h| h.format = 2, no_edit, |_| {}, "unknown batch format 2");
+}
+
+/// Not SQLite at all, yet signed: the batch parser itself must refuse it.
+#[test]
+fn a_non_sqlite_batch_is_refused() {
+    forged_attack(no_edit, no_edit, |p| std::fs::write(p, b"PK\x03\x04 certainly not a database").unwrap(), "not a readable batch file");
+}
+
+/// The change table replaced by a view over an endless recursive query: reading it
+/// would never finish.
+#[test]
+fn a_batch_whose_tables_are_views_is_refused() {
+    forged_attack(
+        no_edit,
+        no_edit,
+        |p| {
+            sql(
+                p,
+                "ALTER TABLE ZV_CHANGE RENAME TO real_changes;
+                 CREATE VIEW ZV_CHANGE AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n)
+                 SELECT c.* FROM real_changes c, n;",
+            )
+        },
+        "only plain tables are allowed",
+    );
+}
+
+/// A value beyond the reader's cap (`ZV_METADATA.max_value_bytes`, here 1000 bytes):
+/// the whole batch waits. Recovery: the reader raises its cap and pulls again.
+#[test]
+fn a_value_over_the_size_cap_is_refused() -> TestResult {
+    let big = "x".repeat(2000);
+    let mut s = Scene::with(&format!("INSERT INTO t VALUES ('a2', 2, '{big}', 0.5)"), true);
+    s.b.conn().execute("INSERT INTO ZV_METADATA VALUES ('max_value_bytes', '1000')", [])?;
+    let key = s.a_batch_key();
+    let report = s.pull();
+    s.assert_refused(&report, &key, "over the cap of 1000 bytes");
+    s.b.conn().execute("UPDATE ZV_METADATA SET value = '4000' WHERE key = 'max_value_bytes'", [])?;
+    s.assert_recovers();
+    Ok(())
+}
+
+/// A batch object beyond the reader's `Options::max_batch_bytes`. Recovery: the
+/// reader opens with a larger cap.
+#[test]
+fn a_batch_over_the_size_cap_is_refused() -> TestResult {
+    // Random bytes: compression cannot shrink the batch under the cap.
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, hex(randomblob(100000)), 0.5)", true);
+    s.b = Replica::open(&s.g.db("b"), Options { max_batch_bytes: 64 * 1024, ..s.g.opts() })?;
+    let key = s.a_batch_key();
+    let report = s.pull();
+    s.assert_refused(&report, &key, "over the cap of 65536 bytes");
+    s.b = Replica::open(&s.g.db("b"), s.g.opts())?;
+    s.assert_recovers();
+    Ok(())
+}
+
+const HOSTILE: &str = "t\"; DROP TABLE t; --";
+
+fn schema(r: &Replica) -> Vec<String> {
+    let mut stmt = r.conn().prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY 1").unwrap();
+    stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// A remote table named like SQL injection (created and tracked for real on `a`,
+/// where quoting keeps it a name). On `b` it is an untracked table: logged, never
+/// applied, never spliced into SQL; `b`'s schema and table `t` are untouched.
+#[test]
+fn a_table_named_like_sql_injection_is_logged_not_applied() -> TestResult {
+    let mut s = Scene::new();
+    let store = s.g.store();
+    let quoted = format!("\"{}\"", HOSTILE.replace('"', "\"\""));
+    s.a.conn().execute_batch(&format!("CREATE TABLE {quoted}(id TEXT PRIMARY KEY, v TEXT)"))?;
+    s.a.track(HOSTILE, false)?;
+    s.a.conn().execute(&format!("INSERT INTO {quoted} VALUES ('x', 'boom')"), [])?;
+    block_on(dimple::push(&mut s.a, &store))?;
+    let before = schema(&s.b);
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(schema(&s.b), before);
+    assert!(s.has("a1") && s.has("a2") && s.has("c2"));
+    let logged: i64 = s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_type = ?1", [HOSTILE], |r| r.get(0))?;
+    assert_eq!(logged, 2, "row and column change kept in the log");
+    s.later_change_syncs(true);
+    Ok(())
+}
+
+/// A remote column named like SQL injection on table `t` (forged: `a` renames its
+/// column `b` in the batch). The column is not `b`'s, so it is logged, not applied;
+/// the rest of the row arrives.
+#[test]
+fn a_column_named_like_sql_injection_is_logged_not_applied() -> TestResult {
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+    forge(&s, no_edit, |cs| cs.iter_mut().filter(|c| c.attribute == "b").for_each(|c| c.attribute = HOSTILE.into()), |_| {});
+    let before = schema(&s.b);
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(schema(&s.b), before);
+    let row = rows(s.b.conn(), "t").into_iter().find(|r| r[0] == rusqlite::types::Value::Text("a2".into()));
+    assert_eq!(row.unwrap()[2], rusqlite::types::Value::Null, "the hostile column did not land in `b`");
+    let logged: i64 = s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE attribute = ?1", [HOSTILE], |r| r.get(0))?;
+    assert_eq!(logged, 1);
+    s.later_change_syncs(false);
+    Ok(())
+}
