@@ -14,6 +14,8 @@ CREATE TABLE IF NOT EXISTS ZV_TRANSACTION (
 
 -- The complete merged change log. Values are the exact encodings of src/value.rs;
 -- attribute '*' is the row itself: new_value 'true' = inserted, 'false' = deleted.
+-- WITHOUT ROWID: the id is the key, so each applied change is one b-tree insert
+-- instead of a row plus an index entry.
 CREATE TABLE IF NOT EXISTS ZV_CHANGE (
     id TEXT NOT NULL PRIMARY KEY,
     transaction_id TEXT NOT NULL,
@@ -23,7 +25,7 @@ CREATE TABLE IF NOT EXISTS ZV_CHANGE (
     old_value TEXT,
     new_value TEXT,
     FOREIGN KEY (transaction_id) REFERENCES ZV_TRANSACTION(id)
-);
+) WITHOUT ROWID;
 
 -- The winning change per (entity, attribute): the merge state, kept so that applying
 -- a change costs one point lookup instead of a scan of the log.

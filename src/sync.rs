@@ -555,7 +555,7 @@ fn check_change(r: &Replica, key: &str, c: &Change, max_value_bytes: usize) -> R
                 format!("change {} holds a value of {} bytes, over the cap of {max_value_bytes} bytes", c.id, v.len()),
             ));
         }
-        value::decode(v).map_err(|e| Error::bad(key, format!("change {}: {e}", c.id)))?;
+        value::check(v).map_err(|e| Error::bad(key, format!("change {}: {e}", c.id)))?;
     }
     Ok(())
 }
