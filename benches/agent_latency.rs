@@ -1,6 +1,8 @@
 //! Propagation latency between two `dimple agent` processes (write committed in A
-//! until visible in B) over a local-directory bucket with `--interval 1`, and an idle
-//! agent's CPU use. Run with `cargo bench --bench agent_latency`.
+//! until visible in B) with `--interval 1`, over a local-directory bucket and over
+//! the S3 test server on loopback, and an idle agent's CPU use.
+//! Run with `cargo bench --bench agent_latency`; it uses the S3 server at
+//! DIMPLE_TEST_S3_ENDPOINT or starts the test server itself (scripts/s3-server).
 //! Goals: p50 < 1.5 s, p95 < 3 s, idle CPU < 1% of a core.
 
 use dimple::{Options, Replica};
@@ -30,11 +32,12 @@ fn replica(dir: &Path, name: &str, bucket: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn spawn(db: &Path) -> Result<Agent> {
+fn spawn(db: &Path, endpoint: Option<&str>) -> Result<Agent> {
     let child = Command::new(env!("CARGO_BIN_EXE_dimple"))
         .arg("agent")
         .arg(db)
         .args(["--interval", "1"])
+        .envs(endpoint.map(|e| ("DIMPLE_ENDPOINT", e)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -81,9 +84,43 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
-    let (a, b) = (replica(dir.path(), "a", &bucket)?, replica(dir.path(), "b", &bucket)?);
-    let (agent_a, agent_b) = (spawn(&a)?, spawn(&b)?);
+    let local = format!("file://{}", dir.path().join("bucket").display());
+    scenario("local directory bucket", &local, None)?;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut started = false;
+    let endpoint = match std::env::var("DIMPLE_TEST_S3_ENDPOINT") {
+        Ok(e) => e,
+        Err(_) => {
+            let out = Command::new("bash").arg(root.join("scripts/s3-server")).arg("start").output()?;
+            if !out.status.success() {
+                return Err(format!("could not start the S3 test server: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            started = true;
+            std::env::set_var("AWS_ACCESS_KEY_ID", "testkey");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "testsecret");
+            std::env::set_var("AWS_REGION", "us-east-1");
+            "http://127.0.0.1:9000".to_owned()
+        }
+    };
+    let bucket = format!("agent-bench-{:08x}", rand::random::<u32>());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let s3 = dimple::store::S3Store::open(&format!("s3://{bucket}"), Some(&endpoint)).await?;
+        s3.client().create_bucket().bucket(&bucket).send().await.map_err(|e| e.to_string())?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let result = scenario("S3 test server on loopback", &format!("s3://{bucket}/latency"), Some(&endpoint));
+    if started {
+        let _ = Command::new("bash").arg(root.join("scripts/s3-server")).arg("stop").output();
+    }
+    result
+}
+
+fn scenario(label: &str, bucket: &str, endpoint: Option<&str>) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (replica(dir.path(), "a", bucket)?, replica(dir.path(), "b", bucket)?);
+    let (agent_a, agent_b) = (spawn(&a, endpoint)?, spawn(&b, endpoint)?);
     let (wa, rb) = (Connection::open(&a)?, Connection::open(&b)?);
     wa.busy_timeout(Duration::from_secs(30))?;
     rb.busy_timeout(Duration::from_secs(30))?;
@@ -107,7 +144,7 @@ fn main() -> Result<()> {
     }
     lat.sort();
     let mean = lat.iter().sum::<Duration>() / lat.len() as u32;
-    println!("propagation latency over {WRITES} writes (--interval 1, local directory bucket):");
+    println!("propagation latency over {WRITES} writes (--interval 1, {label}):");
     println!(
         "  p50 {:.3} s   p95 {:.3} s   max {:.3} s   mean {:.3} s   (goal p50 < 1.5 s, p95 < 3 s)",
         percentile(&lat, 0.50).as_secs_f64(),

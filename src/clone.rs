@@ -162,13 +162,28 @@ fn load_attached(r: &mut Replica, tables: &[(String, String)], now: &str, origin
         track::install(&tx, &info, false, now)?;
         tracked.push(tbl.clone());
     }
-    tx.execute_batch(
-        "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;
-         INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
-           SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value FROM snap.ZV_CHANGE;
-         INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id)
-           SELECT entity_type, entity_id, attribute, change_id FROM snap.ZV_CLOCK;",
+    tx.execute_batch("INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;")?;
+    let empty: bool = tx.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)",
+        [],
+        |r| r.get(0),
     )?;
+    if empty {
+        // Same shape on both sides, empty destination, foreign keys off: SQLite
+        // copies these b-trees page by page instead of row by row (its "transfer
+        // optimization"), the bulk of a clone's time.
+        tx.execute_batch(
+            "INSERT INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
+             INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;",
+        )?;
+    } else {
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
+               SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value FROM snap.ZV_CHANGE;
+             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id)
+               SELECT entity_type, entity_id, attribute, change_id FROM snap.ZV_CLOCK;",
+        )?;
+    }
     tx.execute(
         "INSERT INTO main.ZV_REPLICA(id, name, public_key, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
          SELECT replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count, ?1, ?1 FROM snap.ZV_CURSOR WHERE replica <> ?2",

@@ -9,6 +9,7 @@
 
 mod apply;
 mod capture;
+mod clone;
 mod crsqlite;
 mod netcost;
 mod report;
@@ -16,13 +17,17 @@ mod report;
 use report::Table;
 use std::time::Instant;
 
-const GROUPS: [&str; 4] = ["capture", "apply", "batch", "requests"];
+const GROUPS: [&str; 5] = ["capture", "apply", "batch", "requests", "clone"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The hidden child mode of the `apply` group (see apply.rs).
     if args.first().map(String::as_str) == Some(apply::CHILD_ARG) {
         apply::child(&args[1..]);
+        return;
+    }
+    if args.first().map(String::as_str) == Some(clone::CHILD_ARG) {
+        clone::child(&args[1..]);
         return;
     }
     // cargo passes `--bench`; anything else that is not a flag picks groups.
@@ -63,6 +68,9 @@ fn main() {
     }
     if run("requests") {
         netcost::requests(&tmp_path, &mut table);
+    }
+    if run("clone") {
+        clone::run(&tmp_path, scale, &mut table);
     }
     println!();
     table.print();

@@ -1,0 +1,132 @@
+//! Clone: a bucket holding 1M changes over 100k rows from 4 replicas (each row
+//! inserted, then its 4 columns updated, then its name updated again: 10 changes a
+//! row). A new replica is cloned from it twice, each time in a child process (this
+//! binary re-executed) so its peak RSS is the clone's own: first by full replay (no
+//! snapshot yet), then, after `compact`, from the snapshot plus the batches after it.
+
+use crate::report::{secs, Table};
+use crate::{runtime, scaled};
+use dimple::{Options, Replica};
+use rusqlite::params;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+pub const CHILD_ARG: &str = "__clone-child";
+const WRITERS: usize = 4;
+const ROWS_PER_TXN: usize = 500;
+const TABLE: &str = "CREATE TABLE items(id TEXT PRIMARY KEY NOT NULL, name TEXT, qty INTEGER, price REAL, note TEXT)";
+
+fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
+    let db = dir.join(format!("writer{w}.db"));
+    let mut r = Replica::init(&db, Some(bucket), Some(&format!("writer{w}")), Options::default()).unwrap();
+    r.conn().execute_batch(TABLE).unwrap();
+    r.track("items", false).unwrap();
+    for start in (0..rows).step_by(ROWS_PER_TXN) {
+        let end = (start + ROWS_PER_TXN).min(rows);
+        r.transaction(|tx| {
+            let mut ins = tx.prepare_cached("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for i in start..end {
+                ins.execute(params![format!("w{w}-{i:08}"), format!("item {i}"), i as i64, i as f64 / 4.0, "note"])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    for (sql, _) in [
+        ("UPDATE items SET name = name || '!', qty = qty + 1, price = price + 1, note = 'edited' WHERE id = ?1", 4),
+        ("UPDATE items SET name = 'renamed ' || qty WHERE id = ?1", 1),
+    ] {
+        for start in (0..rows).step_by(ROWS_PER_TXN) {
+            r.transaction(|tx| {
+                let mut upd = tx.prepare_cached(sql)?;
+                for i in start..(start + ROWS_PER_TXN).min(rows) {
+                    upd.execute([format!("w{w}-{i:08}")])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
+    assert_eq!(pushed.changes, rows * 10);
+}
+
+/// Runs a clone child; returns (seconds, peak RSS in MB).
+fn clone_child(bucket: &str, db: &Path) -> (f64, f64) {
+    let out = Command::new(std::env::current_exe().unwrap()).arg(CHILD_ARG).arg(bucket).arg(db).output().unwrap();
+    assert!(out.status.success(), "clone child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("child said {line:?}"))
+    };
+    (field("secs"), field("hwm_kb") / 1024.0)
+}
+
+fn rows_of(db: &Path) -> Vec<(String, String, i64, f64, String)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = c.prepare("SELECT * FROM items ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(Result::unwrap).collect()
+}
+
+pub fn run(dir: &Path, scale: f64, table: &mut Table) {
+    let rows = scaled(25_000, scale);
+    let total = WRITERS * rows * 10;
+    let dir = dir.join("clone");
+    let bucket_dir = dir.join("bucket");
+    std::fs::create_dir_all(&bucket_dir).unwrap();
+    let bucket = format!("file://{}", bucket_dir.display());
+    eprintln!("clone: building the bucket ({WRITERS} replicas x {} changes over {} rows)", rows * 10, rows);
+    let t = Instant::now();
+    for w in 0..WRITERS {
+        writer(&dir, &bucket, w, rows);
+    }
+    let build = t.elapsed().as_secs_f64();
+
+    // Full replay: no snapshot exists yet; the clone needs the table to exist.
+    let replay_db = dir.join("replay.db");
+    rusqlite::Connection::open(&replay_db).unwrap().execute_batch(TABLE).unwrap();
+    eprintln!("clone: full replay of {total} changes (child process)");
+    let (replay_s, replay_mb) = clone_child(&bucket, &replay_db);
+
+    // The replayed clone has everything: it writes the snapshot.
+    let rt = runtime();
+    let mut source = Replica::open(&replay_db, Options::default()).unwrap();
+    let store = rt.block_on(dimple::open_store(&bucket, None)).unwrap();
+    rt.block_on(dimple::snapshot::compact(&mut source, &store, std::time::Duration::from_secs(7 * 86_400))).unwrap();
+
+    let snap_db = dir.join("from-snapshot.db");
+    eprintln!("clone: from the snapshot (child process)");
+    let (snap_s, snap_mb) = clone_child(&bucket, &snap_db);
+    let (a, b) = (rows_of(&replay_db), rows_of(&snap_db));
+    assert_eq!(a.len(), WRITERS * rows, "every row was cloned");
+    assert!(a == b, "both clones hold the same table");
+
+    let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
+    table.section(&format!("clone: {total} changes over {} rows from {WRITERS} replicas, local-directory bucket", WRITERS * rows));
+    table.row("clone from a snapshot vs full replay", secs(snap_s), secs(replay_s), format!("{:.1}x faster", replay_s / snap_s), ">= 5x, < 10 s", at_scale(replay_s / snap_s >= 5.0 && snap_s < 10.0));
+    table.row("peak RSS, snapshot clone (replay in baseline)", format!("{snap_mb:.0} MB"), format!("{replay_mb:.0} MB"), String::new(), "< 200 MB", at_scale(snap_mb.max(replay_mb) < 200.0));
+    table.note(&format!("(bucket built in {build:.0} s)"));
+}
+
+/// The child: `__clone-child BUCKET DB`. Prints one line of key=value figures.
+pub fn child(args: &[String]) {
+    let [bucket, db] = args else { panic!("usage: {CHILD_ARG} BUCKET DB") };
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let t = Instant::now();
+    let (_r, report) =
+        rt.block_on(dimple::clone::clone(bucket, Path::new(db), Some("clone"), Options::default(), &store, &|_| {})).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(report.pull.problems.is_empty(), "clone problems: {:?}", report.pull.problems);
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("secs={secs} hwm_kb={hwm}");
+}
