@@ -45,7 +45,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
             let txn_id = match &txn {
                 Some(t) => t.clone(),
                 None => {
-                    let t = hlc.next().to_string();
+                    let t = hlc.tick().to_string();
                     conn.prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
                         .execute(params![t, me])?;
                     txn.insert(t).clone()
@@ -54,7 +54,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
             let mut record = |attribute: &str, old_value: Option<String>, new_value: String| {
                 n += 1;
                 merger.record_local(&Change {
-                    id: hlc.next().to_string(),
+                    id: hlc.tick().to_string(),
                     transaction_id: txn_id.clone(),
                     entity_type: tbl.clone(),
                     entity_id: entity_id.clone(),

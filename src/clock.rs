@@ -113,7 +113,8 @@ impl Hlc {
         Hlc { clock, last, node, max_drift_ms }
     }
 
-    pub fn next(&mut self) -> Uuid {
+    /// The next id: greater than every id issued or observed so far.
+    pub fn tick(&mut self) -> Uuid {
         let now = self.clock.now_ms();
         self.last = if now > self.last.ms {
             Stamp { ms: now, counter: 0 }
@@ -198,7 +199,7 @@ mod tests {
     fn ids_are_valid_uuidv7_and_round_trip_their_stamp() {
         let clock = ManualClock::new(1_700_000_000_000);
         let mut h = hlc(&clock);
-        let id = h.next();
+        let id = h.tick();
         assert_eq!(id.get_version_num(), 7);
         assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
         assert_eq!(stamp_of(&id), Stamp { ms: 1_700_000_000_000, counter: 0 });
@@ -211,12 +212,12 @@ mod tests {
     fn ids_strictly_increase_when_the_wall_clock_stands_still_or_steps_back() {
         let clock = ManualClock::new(1_000_000);
         let mut h = hlc(&clock);
-        let mut prev = h.next().to_string();
+        let mut prev = h.tick().to_string();
         for step in 0..1000 {
             if step == 500 {
                 clock.set(10);
             }
-            let id = h.next().to_string();
+            let id = h.tick().to_string();
             assert!(id > prev, "{id} <= {prev}");
             prev = id;
         }
@@ -228,7 +229,7 @@ mod tests {
         let mut h = hlc(&clock);
         let remote = compose(Stamp { ms: 50_000, counter: 7 }, 1);
         h.observe(&remote);
-        assert!(h.next().to_string() > remote.to_string());
+        assert!(h.tick().to_string() > remote.to_string());
     }
 
     #[test]
@@ -236,11 +237,11 @@ mod tests {
         let clock = ManualClock::new(1_000);
         let rid = random_v7(&clock);
         let mut a = Hlc::new(Arc::new(clock.clone()), &rid, None, DEFAULT_MAX_DRIFT_MS);
-        a.next();
-        let last = a.next();
+        a.tick();
+        let last = a.tick();
         clock.set(0);
         let mut b = Hlc::new(Arc::new(clock.clone()), &rid, Some(a.state()), DEFAULT_MAX_DRIFT_MS);
-        assert!(b.next() > last);
+        assert!(b.tick() > last);
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
 /// snapshots superseded for longer than `grace`.
 pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Result<CompactReport> {
     r.capture()?;
-    let snapshot_id = r.hlc.next().to_string();
+    let snapshot_id = r.hlc.tick().to_string();
     let path = r.side().join(format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
     let counts = match counts {

@@ -94,7 +94,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         let through = meta_get(&r.sync, "push.through")?.unwrap_or_default();
         let changes = changelog::own_changes_after(&r.sync, &me, &through, r.opts.batch_changes)?;
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
-        let batch_id = r.hlc.next().to_string();
+        let batch_id = r.hlc.tick().to_string();
         let txns = changes.iter().map(|c| &c.transaction_id).collect::<std::collections::BTreeSet<_>>().len();
         let header = batch::Header {
             format: FORMAT,
