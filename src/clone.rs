@@ -51,6 +51,9 @@ pub async fn clone(
     let mut r = Replica::init(db, Some(url), name, opts)?;
     progress("reading snapshots/LATEST.json");
     let pointer = snapshot::latest(store).await?.map(|(p, _)| p);
+    if let Some(p) = &pointer {
+        p.verify_source(store, &crate::layout::snapshot_pointer_key()).await?;
+    }
     let mut report = CloneReport {
         replica: r.id().to_owned(),
         snapshot: pointer.as_ref().map(|p| p.snapshot_id.clone()),

@@ -45,9 +45,56 @@ pub struct Pointer {
     pub size: u64,
     pub source_replica: String,
     pub created_at: String,
+    /// The source replica's public key, and its signature over the pointer with
+    /// `signature` empty: a clone checks both against the source's signed head, so
+    /// whoever can only write to the bucket cannot hand clones a forged snapshot.
+    pub public_key: String,
+    pub signature: String,
 }
 
 impl Pointer {
+    fn signing_bytes(&self) -> Vec<u8> {
+        let unsigned = Pointer { signature: String::new(), ..self.clone() };
+        serde_json::to_vec(&unsigned).expect("pointers serialize")
+    }
+
+    pub fn sign(mut self, key: &ed25519_dalek::SigningKey) -> Pointer {
+        self.signature = crate::trust::sign(key, &self.signing_bytes());
+        self
+    }
+
+    /// Checks that the pointer is signed by the key its source replica signs its
+    /// head with. Costs one GET (the source's head).
+    pub async fn verify_source(&self, store: &dyn Store, origin: &str) -> Result<()> {
+        crate::trust::verify(&self.public_key, &self.signing_bytes(), &self.signature)
+            .map_err(|r| Error::bad(origin, format!("snapshot pointer signature: {r}")))?;
+        // The source's key as it publishes it: in its signed head, or, for a replica
+        // that never pushed, in its descriptor (written by `compact`).
+        let source = &self.source_replica;
+        let head_key = layout::head_key(source);
+        let key = match store.get(&head_key, None).await {
+            Ok(Got::Found { bytes, .. }) => crate::head::Head::parse(&bytes, &head_key, source, None)?.body.public_key,
+            Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
+                let desc_key = layout::descriptor_key(source);
+                match store.get(&desc_key, None).await {
+                    Ok(Got::Found { bytes, .. }) => crate::head::Descriptor::parse(&bytes, &desc_key, source)?.public_key,
+                    Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
+                        return Err(Error::bad(origin, format!("snapshot source {source} is not in the bucket")))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if key != self.public_key {
+            return Err(Error::bad(
+                origin,
+                format!("snapshot is signed by a key that is not its source replica {}'s", self.source_replica),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn parse(bytes: &[u8], origin: &str) -> Result<Pointer> {
         if bytes.len() > MAX_POINTER_BYTES {
             return Err(Error::bad(origin, "snapshot pointer is too large"));
@@ -180,6 +227,8 @@ pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
 /// snapshots superseded for longer than `grace`.
 pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Result<CompactReport> {
     r.capture()?;
+    // Clones check the snapshot's signature against the key the source publishes.
+    crate::sync::publish_descriptor(r, store).await?;
     let snapshot_id = r.hlc.tick().to_string();
     let path = r.side().join(format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
@@ -201,7 +250,10 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
         size: bytes.len() as u64,
         source_replica: r.id().to_owned(),
         created_at: clock::rfc3339(r.opts.clock.now_ms()),
-    };
+        public_key: r.public_key()?,
+        signature: String::new(),
+    }
+    .sign(r.signing_key()?);
     let size = bytes.len() as u64;
     store.put(&key, bytes, PutMode::Create).await?;
     let current = latest(store).await?;

@@ -220,7 +220,7 @@ fn is_our_last_head(r: &mut Replica, head_key: &str, bytes: &[u8]) -> Result<boo
     Ok(meta_get(&r.sync, "push.batch_id")?.as_deref() == Some(head.body.batch_id.as_str()))
 }
 
-async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
+pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
     if meta_get(&r.sync, "descriptor.published")?.is_some() {
         return Ok(());
     }

@@ -147,6 +147,32 @@ fn a_snapshot_that_does_not_match_its_pointer_is_refused() -> TestResult {
     Ok(())
 }
 
+/// Someone who can write to the bucket replaces the snapshot and re-points
+/// LATEST.json at it, signed with a key of their own (the only key they have).
+#[test]
+fn a_snapshot_pointer_not_signed_by_its_source_replica_is_refused() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
+    let pointer: dimple::snapshot::Pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
+    let stranger = dimple::trust::generate(&g.dir.path().join("stranger.key"))?;
+    let forged = dimple::snapshot::Pointer { public_key: dimple::trust::public_b64(&stranger), ..pointer.clone() }.sign(&stranger);
+    std::fs::write(&pointer_path, serde_json::to_vec(&forged)?)?;
+    let Err(err) = clone_into(&g, "c", &store) else { panic!("a forged snapshot pointer was accepted") };
+    assert_eq!(err.kind(), dimple::ErrorKind::Data, "{err}");
+    assert!(err.to_string().contains("not its source replica"), "{err}");
+    // A pointer whose signature does not cover its fields is refused too.
+    let tampered = dimple::snapshot::Pointer { size: pointer.size + 1, ..pointer };
+    std::fs::write(&pointer_path, serde_json::to_vec(&tampered)?)?;
+    let Err(err) = clone_into(&g, "d", &store) else { panic!("a tampered snapshot pointer was accepted") };
+    assert!(err.to_string().contains("signature"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn compact_and_clone_work_from_the_command_line() -> TestResult {
     let g = Group::new();
