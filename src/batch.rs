@@ -90,15 +90,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
             let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for c in changes {
                 txn.execute(params![c.transaction_id, header.replica])?;
-                chg.execute(params![
-                    c.id,
-                    c.transaction_id,
-                    c.entity_type,
-                    c.entity_id,
-                    c.attribute,
-                    c.old_value,
-                    c.new_value
-                ])?;
+                chg.execute(c.as_row())?;
             }
         }
         conn.execute_batch("COMMIT")?;

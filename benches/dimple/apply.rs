@@ -149,7 +149,7 @@ fn cpu_secs() -> f64 {
 }
 
 /// A `kB` field of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
+pub fn status_kb(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())

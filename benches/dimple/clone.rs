@@ -123,10 +123,5 @@ pub fn child(args: &[String]) {
         rt.block_on(dimple::clone::clone(bucket, Path::new(db), Some("clone"), Options::default(), &store, &|_| {})).unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(report.pull.problems.is_empty(), "clone problems: {:?}", report.pull.problems);
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:")?.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    println!("secs={secs} hwm_kb={hwm}");
+    println!("secs={secs} hwm_kb={}", crate::apply::status_kb("VmHWM"));
 }

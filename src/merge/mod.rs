@@ -34,6 +34,21 @@ pub struct Change {
     pub new_value: Option<String>,
 }
 
+impl Change {
+    /// The seven `ZV_CHANGE` columns in table order, for binding to `VALUES (?1..?7)`.
+    pub fn as_row(&self) -> [&dyn rusqlite::ToSql; 7] {
+        [
+            &self.id,
+            &self.transaction_id,
+            &self.entity_type,
+            &self.entity_id,
+            &self.attribute,
+            &self.old_value,
+            &self.new_value,
+        ]
+    }
+}
+
 pub const ALIVE: &str = "true";
 pub const DEAD: &str = "false";
 
@@ -132,15 +147,7 @@ impl<'c> Merger<'c> {
     }
 
     fn insert_log(&self, c: &Change) -> Result<bool> {
-        Ok(self.log.borrow_mut().execute(params![
-            c.id,
-            c.transaction_id,
-            c.entity_type,
-            c.entity_id,
-            c.attribute,
-            c.old_value,
-            c.new_value
-        ])? == 1)
+        Ok(self.log.borrow_mut().execute(c.as_row())? == 1)
     }
 
     /// Runs `f` on the statement for (`info`, `op`), preparing it the first time.
