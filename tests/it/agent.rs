@@ -121,3 +121,29 @@ fn a_second_agent_is_refused_and_sigterm_stops_the_first_cleanly() -> Result<()>
     assert_eq!(st.last.map(|s| s.state), Some(dimple::agent::state::Phase::Stopped));
     Ok(())
 }
+
+/// One agent process can keep several databases in sync (one loop each).
+#[test]
+fn one_agent_process_syncs_several_databases() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bucket = local_bucket(dir.path());
+    let (a, b, c) = (replica(dir.path(), "a", &bucket)?, replica(dir.path(), "b", &bucket)?, replica(dir.path(), "c", &bucket)?);
+    let mut both = Agent::spawn_many(&[&a, &b], 1, &[])?;
+    let pid = both.pid();
+    both.or_log(wait_for(CONVERGE, "the agent to hold both databases", || {
+        Ok([&a, &b].iter().all(|db| {
+            let st = dimple::agent::inspect(db);
+            st.running && st.last.is_some_and(|s| s.pid == pid)
+        }))
+    }))?;
+    let agent_c = Agent::start(&c, 1)?;
+    insert(&a, "from-a", "written in a")?;
+    insert(&b, "from-b", "written in b")?;
+    let res = wait_for(CONVERGE, "c to see both writes", || Ok(has(&c, "from-a", "written in a")? && has(&c, "from-b", "written in b")?));
+    both.or_log(agent_c.or_log(res))?;
+    assert!(both.sigterm(Duration::from_secs(10))?.success(), "{}", both.log());
+    for db in [&a, &b] {
+        assert!(!dimple::agent::inspect(db).running, "{} still locked after exit", db.display());
+    }
+    Ok(())
+}

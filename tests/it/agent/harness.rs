@@ -79,10 +79,16 @@ pub struct Agent {
 impl Agent {
     /// Spawns with extra environment (an S3 endpoint, say).
     pub fn spawn_with(db: &Path, interval_secs: u32, env: &[(&str, &str)]) -> Result<Agent> {
+        Agent::spawn_many(&[db], interval_secs, env)
+    }
+
+    /// One agent process for several databases; `db()` of the result is the first.
+    pub fn spawn_many(dbs: &[&Path], interval_secs: u32, env: &[(&str, &str)]) -> Result<Agent> {
+        let db = dbs[0];
         let log = db.with_extension(format!("agent-{}.log", rand_suffix()));
         let child = Command::new(env!("CARGO_BIN_EXE_dimple"))
             .arg("agent")
-            .arg(db)
+            .args(dbs)
             .args(["--interval", &interval_secs.to_string()])
             .envs(env.iter().copied())
             .env("RUST_LOG", "dimple=debug")
