@@ -258,7 +258,7 @@ mod tests {
             old_value: None,
             new_value: Some("true".into()),
         };
-        let stored = write(&dir.path().join("b.db"), &header, &[change.clone()]).unwrap();
+        let stored = write(&dir.path().join("b.db"), &header, std::slice::from_ref(&change)).unwrap();
         assert!(stored.starts_with(&ZSTD_MAGIC));
         assert_eq!(std::fs::read(dir.path().join("b.db")).unwrap(), stored, "the outbox holds what is uploaded");
         let sqlite = unpack(&stored, "b").unwrap().into_owned();
