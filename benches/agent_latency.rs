@@ -94,7 +94,9 @@ fn main() -> Result<()> {
         Err(_) => {
             let out = Command::new("bash").arg(root.join("scripts/s3-server")).arg("start").output()?;
             if !out.status.success() {
-                return Err(format!("could not start the S3 test server: {}", String::from_utf8_lossy(&out.stderr)).into());
+                return Err(
+                    format!("could not start the S3 test server: {}", String::from_utf8_lossy(&out.stderr)).into()
+                );
             }
             started = true;
             std::env::set_var("AWS_ACCESS_KEY_ID", "testkey");

@@ -168,9 +168,14 @@ pub fn open(path: &Path, origin: &str, replica: &str) -> Result<Batch> {
     if header.replica != replica {
         return Err(bad(origin, format!("batch belongs to replica {}, not {replica}", header.replica)));
     }
-    for id in [Some(&header.batch_id), Some(&header.first_change_id), Some(&header.last_change_id), header.prev_batch_id.as_ref()]
-        .into_iter()
-        .flatten()
+    for id in [
+        Some(&header.batch_id),
+        Some(&header.first_change_id),
+        Some(&header.last_change_id),
+        header.prev_batch_id.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         if parse_id(id).is_none() {
             return Err(bad(origin, format!("{id:?} is not a UUIDv7 id")));
@@ -193,7 +198,10 @@ impl Batch {
             .optional()
             .map_err(sqlerr)?;
         if let Some(author) = foreign {
-            return Err(bad(origin, format!("batch holds a transaction authored by {author}, not by {}", self.header.replica)));
+            return Err(bad(
+                origin,
+                format!("batch holds a transaction authored by {author}, not by {}", self.header.replica),
+            ));
         }
         let txns: i64 = self.conn.query_row("SELECT count(*) FROM ZV_TRANSACTION", [], |r| r.get(0)).map_err(sqlerr)?;
         let mut stmt = self

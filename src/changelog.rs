@@ -75,7 +75,10 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
                 track::OP_UPDATE => {
                     let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
                     let c = columns.get(i).ok_or_else(|| {
-                        Error::Invalid(format!("captured update of column #{i} of {tbl}, which has {} columns", columns.len()))
+                        Error::Invalid(format!(
+                            "captured update of column #{i} of {tbl}, which has {} columns",
+                            columns.len()
+                        ))
                     })?;
                     record(c, Some(value::encode(&r.get::<_, Value>(4)?)), value::encode(&r.get::<_, Value>(5)?))?;
                 }
@@ -146,7 +149,8 @@ pub struct LogEntry {
 }
 
 pub fn history(conn: &Connection, entity: Option<(&str, &str)>, limit: usize) -> Result<Vec<LogEntry>> {
-    let sql = "SELECT c.id, c.transaction_id, t.author, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
+    let sql =
+        "SELECT c.id, c.transaction_id, t.author, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
                       EXISTS (SELECT 1 FROM ZV_CLOCK k WHERE k.entity_type = c.entity_type AND k.entity_id = c.entity_id
                               AND k.attribute = c.attribute AND k.change_id = c.id)
                FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id

@@ -168,9 +168,16 @@ pub(crate) fn normalize_bucket(url: &str) -> Result<String> {
     Ok(format!("file://{}", p.display()))
 }
 
-pub(crate) async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
+pub(crate) async fn store_for(
+    r: &Replica,
+    args: &StoreArgs,
+) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
     let url = r.bucket()?.ok_or_else(|| {
-        anyhow::anyhow!("{} has no bucket; run `dimple init {} --bucket URL` on a new database", r.path().display(), r.path().display())
+        anyhow::anyhow!(
+            "{} has no bucket; run `dimple init {} --bucket URL` on a new database",
+            r.path().display(),
+            r.path().display()
+        )
     })?;
     Ok(dimple::open_store(&url, args.endpoint.as_deref()).await?)
 }
@@ -232,7 +239,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 println!(
                     "pulled {} changes in {} batches, pushed {} changes in {} batches ({} requests)",
-                    report.pull.changes, report.pull.batches, report.push.changes, report.push.batches, report.requests.total
+                    report.pull.changes,
+                    report.pull.batches,
+                    report.push.changes,
+                    report.push.batches,
+                    report.requests.total
                 );
                 warn_problems(&report.pull.problems);
                 warn_waiting(&db, &report.pull.waiting_for_trust);
@@ -246,7 +257,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("replica   {} ({})", st.replica, st.name);
                 println!("database  {}", st.path);
                 println!("bucket    {}", st.bucket.as_deref().unwrap_or("(none)"));
-                println!("tracked   {}", if st.tracked_tables.is_empty() { "(none)".into() } else { st.tracked_tables.join(", ") });
+                println!(
+                    "tracked   {}",
+                    if st.tracked_tables.is_empty() { "(none)".into() } else { st.tracked_tables.join(", ") }
+                );
                 println!("pending   {} changes", st.pending_changes);
                 println!("last sync {}", st.last_sync.as_deref().unwrap_or("never"));
                 println!("log       {} changes from {} other replicas", st.changes_in_log, st.replicas_known);
@@ -254,7 +268,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     println!("problems  none");
                 }
                 for p in &st.problems {
-                    println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
+                    println!(
+                        "problem   {} {}: {} (x{}, last {})",
+                        p.replica, p.object_key, p.reason, p.count, p.last_at
+                    );
                 }
                 println!("trust     {}", st.trust_mode.as_str());
                 for id in &st.waiting_for_trust {
@@ -266,7 +283,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Log { db, entity, limit, out } => {
             let r = open(&db)?;
             let entity = match &entity {
-                Some(e) => Some(e.split_once('/').ok_or_else(|| anyhow::anyhow!("--entity takes TABLE/ID, got {e:?}"))?),
+                Some(e) => {
+                    Some(e.split_once('/').ok_or_else(|| anyhow::anyhow!("--entity takes TABLE/ID, got {e:?}"))?)
+                }
                 None => None,
             };
             let log = dimple::changelog::history(r.conn(), entity, limit)?;
@@ -279,7 +298,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let author = if e.author == r.id() {
                         "local".to_owned()
                     } else {
-                        names.get(&e.author).cloned().unwrap_or_else(|| e.author.get(e.author.len().saturating_sub(8)..).unwrap_or(&e.author).to_owned())
+                        names.get(&e.author).cloned().unwrap_or_else(|| {
+                            e.author.get(e.author.len().saturating_sub(8)..).unwrap_or(&e.author).to_owned()
+                        })
                     };
                     let winner = if e.winner { "" } else { "  (superseded)" };
                     println!(
@@ -366,9 +387,9 @@ async fn agent(dbs: Vec<PathBuf>, interval: f64, store: StoreArgs) -> Result<()>
         targets.push((r, s, Some(lock)));
     }
     let cfg = agent::Config { interval: std::time::Duration::from_secs_f64(interval), ..Default::default() };
-    let runs = targets.iter_mut().map(|(r, s, lock)| {
-        agent::run(r, s, lock.take().expect("one run per lock"), cfg.clone(), shutdown.clone())
-    });
+    let runs = targets
+        .iter_mut()
+        .map(|(r, s, lock)| agent::run(r, s, lock.take().expect("one run per lock"), cfg.clone(), shutdown.clone()));
     for result in futures::future::join_all(runs).await {
         result?;
     }

@@ -151,7 +151,8 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                     b.set_message(step.to_owned());
                 }
             };
-            let (_, report) = dimple::clone::clone(&url, &db, name.as_deref(), dimple::Options::default(), &s, &show).await?;
+            let (_, report) =
+                dimple::clone::clone(&url, &db, name.as_deref(), dimple::Options::default(), &s, &show).await?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -159,10 +160,16 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                 print_json(&serde_json::json!({"clone": report, "requests": s.stats()}))?;
             } else {
                 match &report.snapshot {
-                    Some(id) => println!("cloned from snapshot {id}: {} rows, {} changes", report.snapshot_rows, report.snapshot_changes),
+                    Some(id) => println!(
+                        "cloned from snapshot {id}: {} rows, {} changes",
+                        report.snapshot_rows, report.snapshot_changes
+                    ),
                     None => println!("no snapshot in the bucket: replayed every batch"),
                 }
-                println!("then pulled {} changes in {} batches; replica {}", report.pull.changes, report.pull.batches, report.replica);
+                println!(
+                    "then pulled {} changes in {} batches; replica {}",
+                    report.pull.changes, report.pull.batches, report.replica
+                );
                 crate::cli::warn_problems(&report.pull.problems);
             }
         }
@@ -211,7 +218,8 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
             println!("repaired {repaired} rows from the change log");
         }
         for c in &comparisons {
-            let tables = if c.tables.is_empty() { String::new() } else { format!(" (tables: {})", c.tables.join(", ")) };
+            let tables =
+                if c.tables.is_empty() { String::new() } else { format!(" (tables: {})", c.tables.join(", ")) };
             println!("replica {} ({}): {}{tables}", c.replica, c.name, c.verdict);
         }
         if !diverged {
@@ -219,7 +227,9 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
         }
     }
     if diverged {
-        return Err(dimple::Error::BadData { origin: db.display().to_string(), reason: "diverged (see above)".into() }.into());
+        return Err(
+            dimple::Error::BadData { origin: db.display().to_string(), reason: "diverged (see above)".into() }.into()
+        );
     }
     Ok(())
 }

@@ -87,7 +87,10 @@ async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::pa
     let (bytes, _) = get_bytes(store, &p.key).await?;
     let sha = sha256_hex(&bytes);
     if sha != p.sha256 || bytes.len() as u64 != p.size {
-        return Err(Error::bad(&p.key, format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256)));
+        return Err(Error::bad(
+            &p.key,
+            format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256),
+        ));
     }
     let path = r.side().join(format!("clone-{}.db", p.snapshot_id));
     std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
@@ -105,9 +108,13 @@ fn user_tables(conn: &Connection) -> Result<Vec<String>> {
 fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
-    let format: Option<i64> = conn.query_row("SELECT format FROM ZV_SNAPSHOT", [], |r| r.get(0)).optional().map_err(sqlerr)?;
+    let format: Option<i64> =
+        conn.query_row("SELECT format FROM ZV_SNAPSHOT", [], |r| r.get(0)).optional().map_err(sqlerr)?;
     if format != Some(FORMAT) {
-        return Err(Error::bad(origin, format!("unknown snapshot format {format:?} (this dimple reads format {FORMAT})")));
+        return Err(Error::bad(
+            origin,
+            format!("unknown snapshot format {format:?} (this dimple reads format {FORMAT})"),
+        ));
     }
     let tables: Vec<(String, String)> = conn
         .prepare("SELECT tbl, sql FROM ZV_SCHEMA ORDER BY tbl")
@@ -136,7 +143,12 @@ fn load(r: &mut Replica, path: &Path) -> Result<(u64, u64, Vec<String>)> {
     out
 }
 
-fn load_attached(r: &mut Replica, tables: &[(String, String)], now: &str, origin: &str) -> Result<(u64, u64, Vec<String>)> {
+fn load_attached(
+    r: &mut Replica,
+    tables: &[(String, String)],
+    now: &str,
+    origin: &str,
+) -> Result<(u64, u64, Vec<String>)> {
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rows = 0u64;
@@ -153,19 +165,18 @@ fn load_attached(r: &mut Replica, tables: &[(String, String)], now: &str, origin
             .prepare("SELECT name FROM pragma_table_info(?1, 'snap')")?
             .query_map([tbl], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let cols: Vec<String> = info
-            .key_columns
-            .iter()
-            .chain(&info.columns)
-            .filter(|c| snap_cols.contains(c))
-            .map(|c| ident(c))
-            .collect();
+        let cols: Vec<String> =
+            info.key_columns.iter().chain(&info.columns).filter(|c| snap_cols.contains(c)).map(|c| ident(c)).collect();
         let list = cols.join(", ");
-        rows += tx.execute(&format!("INSERT OR REPLACE INTO main.{0} ({list}) SELECT {list} FROM snap.{0}", ident(tbl)), [])? as u64;
+        rows += tx
+            .execute(&format!("INSERT OR REPLACE INTO main.{0} ({list}) SELECT {list} FROM snap.{0}", ident(tbl)), [])?
+            as u64;
         track::install(&tx, &info, false, now)?;
         tracked.push(tbl.clone());
     }
-    tx.execute_batch("INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;")?;
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;",
+    )?;
     let empty: bool = tx.query_row(
         "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)",
         [],

@@ -99,7 +99,8 @@ fn write_table(conn: &Connection, info: &TableInfo, path: &Path, format: Format)
     let mut n = 0;
     match format {
         Format::Json => {
-            let names: Vec<String> = cols.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
+            let names: Vec<String> =
+                cols.iter().map(|c| serde_json::to_string(c).expect("strings serialize")).collect();
             w.write_all(b"[").map_err(io)?;
             while let Some(row) = rows.next()? {
                 let cells: Vec<String> = (0..cols.len())
@@ -152,7 +153,9 @@ pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Va
                 let row = cols
                     .iter()
                     .map(|c| match o.get(c) {
-                        Some(raw) => value::decode(raw.get()).map(Some).map_err(|e| bad(format!("row {}: {c}: {e}", i + 1))),
+                        Some(raw) => {
+                            value::decode(raw.get()).map(Some).map_err(|e| bad(format!("row {}: {c}: {e}", i + 1)))
+                        }
                         None => Ok(None),
                     })
                     .collect::<Result<Vec<Option<Value>>>>()?;
@@ -165,8 +168,7 @@ pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Va
         }
         Format::Csv => {
             let mut rd = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
-            let cols: Vec<String> =
-                rd.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_owned).collect();
+            let cols: Vec<String> = rd.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_owned).collect();
             let mut rows = Vec::new();
             for (i, rec) in rd.records().enumerate() {
                 let rec = rec.map_err(|e| bad(e.to_string()))?;
@@ -185,14 +187,13 @@ pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Va
 /// Loads `path` into tracked `table` as one captured transaction. Returns the
 /// number of rows.
 pub fn import(r: &mut Replica, table: &str, path: &Path, format: Option<Format>) -> Result<usize> {
-    let format = format
-        .or_else(|| Format::of_path(path))
-        .ok_or_else(|| Error::Invalid(format!("{}: say --format csv|json (no .csv or .json ending)", path.display())))?;
+    let format = format.or_else(|| Format::of_path(path)).ok_or_else(|| {
+        Error::Invalid(format!("{}: say --format csv|json (no .csv or .json ending)", path.display()))
+    })?;
     if !track::tracked_names(r.conn())?.iter().any(|t| t == table) {
         return Err(Error::Invalid(format!("table {table:?} is not tracked (run `dimple track` first)")));
     }
-    let info = track::inspect(r.conn(), table)?
-        .ok_or_else(|| Error::Invalid(format!("no table named {table:?}")))?;
+    let info = track::inspect(r.conn(), table)?.ok_or_else(|| Error::Invalid(format!("no table named {table:?}")))?;
     let (cols, rows) = read_file(path, format)?;
     // Names from the file reach SQL only after matching the table's own columns.
     for c in &cols {

@@ -15,9 +15,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             // The AWS SDK warns about every credential source it tries (instance
             // metadata on a laptop...): only its errors are worth a line by default.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                format!("{default_filter},aws_config=error,aws_smithy_runtime=error").into()
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| format!("{default_filter},aws_config=error,aws_smithy_runtime=error").into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));

@@ -127,12 +127,9 @@ impl Replica {
         let now = clock::rfc3339(opts.clock.now_ms());
         let tx = app.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
-        for (k, v) in [
-            ("database_uuid", id.as_str()),
-            ("format", &FORMAT.to_string()),
-            ("name", &name),
-            ("created_at", &now),
-        ] {
+        for (k, v) in
+            [("database_uuid", id.as_str()), ("format", &FORMAT.to_string()), ("name", &name), ("created_at", &now)]
+        {
             meta_set(&tx, k, v)?;
         }
         if let Some(b) = bucket {

@@ -77,7 +77,9 @@ impl Pointer {
             Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
                 let desc_key = layout::descriptor_key(source);
                 match store.get(&desc_key, None).await {
-                    Ok(Got::Found { bytes, .. }) => crate::head::Descriptor::parse(&bytes, &desc_key, source)?.public_key,
+                    Ok(Got::Found { bytes, .. }) => {
+                        crate::head::Descriptor::parse(&bytes, &desc_key, source)?.public_key
+                    }
                     Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
                         return Err(Error::bad(origin, format!("snapshot source {source} is not in the bucket")))
                     }
@@ -99,9 +101,13 @@ impl Pointer {
         if bytes.len() > MAX_POINTER_BYTES {
             return Err(Error::bad(origin, "snapshot pointer is too large"));
         }
-        let p: Pointer = serde_json::from_slice(bytes).map_err(|e| Error::bad(origin, format!("malformed snapshot pointer: {e}")))?;
+        let p: Pointer = serde_json::from_slice(bytes)
+            .map_err(|e| Error::bad(origin, format!("malformed snapshot pointer: {e}")))?;
         if p.format != FORMAT {
-            return Err(Error::bad(origin, format!("unknown snapshot format {} (this dimple reads format {FORMAT})", p.format)));
+            return Err(Error::bad(
+                origin,
+                format!("unknown snapshot format {} (this dimple reads format {FORMAT})", p.format),
+            ));
         }
         if parse_id(&p.snapshot_id).is_none() || p.key != layout::snapshot_key(&p.snapshot_id) {
             return Err(Error::bad(origin, format!("pointer names {:?}, which is not a snapshot key", p.key)));
@@ -156,7 +162,9 @@ fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts>
         s.execute_batch("DETACH src")?;
         return Ok(counts);
     }
-    Err(Error::Invalid("the application keeps writing: could not read a quiet moment for the snapshot; try again".into()))
+    Err(Error::Invalid(
+        "the application keeps writing: could not read a quiet moment for the snapshot; try again".into(),
+    ))
 }
 
 fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Result<Counts> {
@@ -188,7 +196,8 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     counts.changes = s.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
     // The source itself: its last pushed batch (read in this same transaction).
     let meta = |k: &str| -> rusqlite::Result<Option<String>> {
-        s.query_row(&format!("SELECT value FROM src.ZV_METADATA WHERE key = {}", literal(k)), [], |r| r.get(0)).optional()
+        s.query_row(&format!("SELECT value FROM src.ZV_METADATA WHERE key = {}", literal(k)), [], |r| r.get(0))
+            .optional()
     };
     let change_count: i64 = meta("push.change_count")?.and_then(|v| v.parse().ok()).unwrap_or(0);
     s.execute(

@@ -18,8 +18,7 @@ mod tests {
     fn quoting_survives_hostile_names() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let name = "t\"; DROP TABLE x; --'";
-        conn.execute_batch(&format!("CREATE TABLE x(a); CREATE TABLE {}({} TEXT)", ident(name), ident(name)))
-            .unwrap();
+        conn.execute_batch(&format!("CREATE TABLE x(a); CREATE TABLE {}({} TEXT)", ident(name), ident(name))).unwrap();
         let got: String = conn.query_row(&format!("SELECT {}", literal(name)), [], |r| r.get(0)).unwrap();
         assert_eq!(got, name);
         let n: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name='x'", [], |r| r.get(0)).unwrap();

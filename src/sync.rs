@@ -24,9 +24,9 @@ use crate::store::{get_bytes, list_all, Got, ObjectMeta, PutMode, RequestStats, 
 use crate::track::ROW;
 use crate::trust::{self, TrustMode};
 use crate::{value, FORMAT};
+use futures::StreamExt;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -83,7 +83,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     publish_descriptor(r, store).await?;
     let mut report = PushReport::default();
     if let Some(inf) = meta_get(&r.sync, INFLIGHT)? {
-        let inf: Inflight = serde_json::from_str(&inf).map_err(|e| Error::Invalid(format!("corrupt {INFLIGHT}: {e}")))?;
+        let inf: Inflight =
+            serde_json::from_str(&inf).map_err(|e| Error::Invalid(format!("corrupt {INFLIGHT}: {e}")))?;
         report.changes += inf.changes;
         report.batches += 1;
         complete(r, store, inf).await?;
@@ -110,7 +111,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         let bytes = batch::write(&dir.join(format!("{batch_id}.db")), &header, &changes)?;
         let sha256 = sha256_hex(&bytes);
         let count = |k: &str| -> Result<i64> { Ok(meta_get(&r.sync, k)?.and_then(|v| v.parse().ok()).unwrap_or(0)) };
-        let (batch_count, change_count) = (count("push.batch_count")? + 1, count("push.change_count")? + changes.len() as i64);
+        let (batch_count, change_count) =
+            (count("push.batch_count")? + 1, count("push.change_count")? + changes.len() as i64);
         let body = HeadBody {
             format: FORMAT,
             replica: me.clone(),
@@ -382,7 +384,10 @@ async fn pull_replica(
         if head.last_change_id <= *last {
             return Err(Error::bad(
                 &head_key,
-                format!("head is older than one already applied (ends at {}, we have {last}): replayed or rolled back", head.last_change_id),
+                format!(
+                    "head is older than one already applied (ends at {}, we have {last}): replayed or rolled back",
+                    head.last_change_id
+                ),
             ));
         }
     }
@@ -456,7 +461,10 @@ async fn fetch_chain(
             None => download(store, &spool, id, &want_id, r.opts.max_batch_bytes).await?,
         };
         if sha != want_sha {
-            return Err(Error::bad(&key, format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced")));
+            return Err(Error::bad(
+                &key,
+                format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced"),
+            ));
         }
         // The chain covers the bytes as stored; what is opened is the SQLite file inside.
         let stored = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -470,7 +478,10 @@ async fn fetch_chain(
         chain.push((path, key.clone(), sha));
         if header.prev_batch_id == known.batch_id {
             if header.prev_sha256 != known.batch_sha256 {
-                return Err(Error::bad(&key, "previous-batch hash does not match the batch we applied: history was rewritten"));
+                return Err(Error::bad(
+                    &key,
+                    "previous-batch hash does not match the batch we applied: history was rewritten",
+                ));
             }
             // Listed but not on the chain from our cursor: nothing to apply.
             for (path, _) in prefetched.into_values() {
@@ -481,7 +492,10 @@ async fn fetch_chain(
         match (header.prev_batch_id, header.prev_sha256) {
             (Some(p), Some(s)) => (want_id, want_sha) = (p, s),
             _ => {
-                return Err(Error::bad(&key, "chain starts over without reaching the last batch we applied: history was rewritten"))
+                return Err(Error::bad(
+                    &key,
+                    "chain starts over without reaching the last batch we applied: history was rewritten",
+                ))
             }
         }
     }

@@ -108,10 +108,9 @@ pub fn validate(info: &TableInfo, allow_integer_key: bool) -> Result<()> {
 pub(crate) fn key_expr(info: &TableInfo, row: &str) -> String {
     match info.key_columns.as_slice() {
         [one] => format!("{row}.{}", ident(one)),
-        many => format!(
-            "json_array({})",
-            many.iter().map(|c| format!("{row}.{}", ident(c))).collect::<Vec<_>>().join(", ")
-        ),
+        many => {
+            format!("json_array({})", many.iter().map(|c| format!("{row}.{}", ident(c))).collect::<Vec<_>>().join(", "))
+        }
     }
 }
 
@@ -124,7 +123,11 @@ fn keys_equal(info: &TableInfo, negate: bool) -> String {
         .map(|c| format!("OLD.{0} IS NEW.{0} COLLATE BINARY AND typeof(OLD.{0}) = typeof(NEW.{0})", ident(c)))
         .collect();
     let all = parts.join(" AND ");
-    if negate { format!("NOT ({all})") } else { all }
+    if negate {
+        format!("NOT ({all})")
+    } else {
+        all
+    }
 }
 
 /// The table where `table`'s triggers leave captured writes: one row per write,
@@ -185,8 +188,10 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
 /// a declared type keep every storage class exactly.
 fn ensure_pending_table(conn: &Connection, info: &TableInfo) -> Result<()> {
     let name = pending_table(&info.name);
-    let have: i64 = conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name GLOB 'c[0-9]*'", [&name], |r| r.get(0))?;
-    let exists: bool = conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type='table' AND name=?1", [&name], |r| r.get(0))?;
+    let have: i64 =
+        conn.query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name GLOB 'c[0-9]*'", [&name], |r| r.get(0))?;
+    let exists: bool =
+        conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type='table' AND name=?1", [&name], |r| r.get(0))?;
     if !exists {
         conn.execute_batch(&format!(
             "CREATE TABLE {}(seq INTEGER PRIMARY KEY, op INTEGER NOT NULL, pk NOT NULL, col INTEGER, old, new)",
@@ -201,7 +206,9 @@ fn ensure_pending_table(conn: &Connection, info: &TableInfo) -> Result<()> {
 
 pub fn drop_triggers(conn: &Connection, table: &str) -> Result<()> {
     let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?1 AND name LIKE 'zv\\_%' ESCAPE '\\'")?
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?1 AND name LIKE 'zv\\_%' ESCAPE '\\'",
+        )?
         .query_map([table], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for n in names {
@@ -251,7 +258,10 @@ pub fn untrack(conn: &Connection, table: &str) -> Result<bool> {
 
 /// Names of tracked tables.
 pub fn tracked_names(conn: &Connection) -> Result<Vec<String>> {
-    Ok(conn.prepare("SELECT tbl FROM ZV_TRACKED ORDER BY tbl")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+    Ok(conn
+        .prepare("SELECT tbl FROM ZV_TRACKED ORDER BY tbl")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// Captured writes of every tracked table still waiting for ids, in the database

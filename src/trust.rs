@@ -16,12 +16,8 @@ use std::path::Path;
 
 pub fn generate(path: &Path) -> Result<SigningKey> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut f =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| Error::io(path, e))?;
     f.write_all(B64.encode(key.to_bytes()).as_bytes()).map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))?;
     Ok(key)
@@ -57,11 +53,8 @@ pub fn sign(key: &SigningKey, msg: &[u8]) -> String {
 
 /// Checks `sig` over `msg` against a base64 public key; every failure is a reason.
 pub fn verify(public_b64: &str, msg: &[u8], sig_b64: &str) -> std::result::Result<(), String> {
-    let pk: [u8; 32] = B64
-        .decode(public_b64)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or("public key is not 32 bytes of base64")?;
+    let pk: [u8; 32] =
+        B64.decode(public_b64).ok().and_then(|b| b.try_into().ok()).ok_or("public key is not 32 bytes of base64")?;
     let pk = VerifyingKey::from_bytes(&pk).map_err(|_| "public key is not a valid ed25519 key")?;
     let sig: [u8; 64] =
         B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or("signature is not 64 bytes of base64")?;
@@ -123,10 +116,9 @@ pub fn set_mode(conn: &rusqlite::Connection, mode: TrustMode) -> Result<usize> {
     let tx = conn.unchecked_transaction()?;
     crate::replica::meta_set(&tx, MODE_KEY, mode.as_str())?;
     let promoted = match mode {
-        TrustMode::Explicit => tx.execute(
-            "UPDATE ZV_REPLICA SET trust = ?1 WHERE trust = ?2 AND batch_id IS NOT NULL",
-            [TRUSTED, PINNED],
-        )?,
+        TrustMode::Explicit => {
+            tx.execute("UPDATE ZV_REPLICA SET trust = ?1 WHERE trust = ?2 AND batch_id IS NOT NULL", [TRUSTED, PINNED])?
+        }
         TrustMode::Pinned => 0,
     };
     tx.commit()?;

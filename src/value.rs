@@ -16,7 +16,11 @@ pub fn encode(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(f) if f.is_finite() => {
             let s = serde_json::to_string(f).expect("finite floats serialize");
-            if s.contains(['.', 'e', 'E']) { s } else { format!("{s}.0") }
+            if s.contains(['.', 'e', 'E']) {
+                s
+            } else {
+                format!("{s}.0")
+            }
         }
         Value::Real(f) => format!(r#"{{"real":"{}"}}"#, if *f > 0.0 { "inf" } else { "-inf" }),
         Value::Text(t) => serde_json::to_string(t).expect("strings serialize"),
@@ -112,8 +116,22 @@ mod tests {
     #[test]
     fn foreign_encodings_are_refused() {
         for bad in [
-            "", "[1]", "{\"blob\":1}", "{\"blob\":\"!!\"}", "{\"x\":\"y\"}", "{\"real\":\"nan\"}", "tru", "true",
-            "01", "1.", "-", "\"unterminated", "nul", "null x", "\"a\" \"b\"", "[]",
+            "",
+            "[1]",
+            "{\"blob\":1}",
+            "{\"blob\":\"!!\"}",
+            "{\"x\":\"y\"}",
+            "{\"real\":\"nan\"}",
+            "tru",
+            "true",
+            "01",
+            "1.",
+            "-",
+            "\"unterminated",
+            "nul",
+            "null x",
+            "\"a\" \"b\"",
+            "[]",
         ] {
             assert!(decode(bad).is_err(), "decode {bad}");
             assert!(check(bad).is_err(), "check {bad}");

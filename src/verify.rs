@@ -40,8 +40,12 @@ pub enum Difference {
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Difference::MissingRow { table, entity_id } => write!(f, "{table}/{entity_id}: missing row (the log has it alive)"),
-            Difference::ExtraRow { table, entity_id } => write!(f, "{table}/{entity_id}: extra row (the log has it deleted or never inserted)"),
+            Difference::MissingRow { table, entity_id } => {
+                write!(f, "{table}/{entity_id}: missing row (the log has it alive)")
+            }
+            Difference::ExtraRow { table, entity_id } => {
+                write!(f, "{table}/{entity_id}: extra row (the log has it deleted or never inserted)")
+            }
             Difference::Column { table, entity_id, column, expected, found } => {
                 write!(f, "{table}/{entity_id}: column {column} is {found}, the log says {expected}")
             }
@@ -228,7 +232,10 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
             }
         }
         let ph = (1..=vals.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-        tx.execute(&format!("INSERT INTO {} ({}) VALUES ({ph})", ident(table), names.join(", ")), rusqlite::params_from_iter(&vals))?;
+        tx.execute(
+            &format!("INSERT INTO {} ({}) VALUES ({ph})", ident(table), names.join(", ")),
+            rusqlite::params_from_iter(&vals),
+        )?;
     }
     tx.commit()?;
     Ok(done.len())
@@ -324,7 +331,8 @@ pub async fn compare(r: &Replica, store: &dyn Store, mine: &Published) -> Result
         if bytes.len() > 16 * 1024 * 1024 {
             return Err(Error::bad(&meta.key, "digest object is too large"));
         }
-        let theirs: Published = serde_json::from_slice(&bytes).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
+        let theirs: Published =
+            serde_json::from_slice(&bytes).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
         let (verdict, tables) = if theirs.cursors != mine.cursors {
             ("not comparable (different cursors)".to_owned(), Vec::new())
         } else {

@@ -79,15 +79,25 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     let (changes, secs_pull, cpu, hwm_kb, start_kb) =
         (field("changes"), field("secs"), field("cpu"), field("hwm_kb"), field("start_kb"));
     assert_eq!(changes as usize, total, "the pull applied every change");
-    let applied: i64 = rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM items", [], |r| r.get(0)).unwrap();
+    let applied: i64 =
+        rusqlite::Connection::open(&db).unwrap().query_row("SELECT count(*) FROM items", [], |r| r.get(0)).unwrap();
     assert_eq!(applied as usize, WRITERS * rows, "every row reached the table");
 
     // Baseline: plain SQLite writing the same end state (the rows, one transaction).
     let base = plain_rows(&dir.join("plain.db"), WRITERS * rows);
     let per_s = changes / secs_pull;
     let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
-    table.section(&format!("apply: fresh replica pulls {total} changes from {WRITERS} replicas, local-directory bucket"));
-    table.row("pull throughput (wall clock)", rate(per_s), String::new(), String::new(), ">= 250 k/s", at_scale(per_s >= 250_000.0));
+    table.section(&format!(
+        "apply: fresh replica pulls {total} changes from {WRITERS} replicas, local-directory bucket"
+    ));
+    table.row(
+        "pull throughput (wall clock)",
+        rate(per_s),
+        String::new(),
+        String::new(),
+        ">= 250 k/s",
+        at_scale(per_s >= 250_000.0),
+    );
     table.row(
         &format!("  per CPU-second (pull used {cpu:.2} s CPU in {secs_pull:.2} s)"),
         rate(changes / cpu),
@@ -105,8 +115,17 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         None,
     );
     let mb = hwm_kb / 1024.0;
-    table.row("peak RSS of the pulling process (VmHWM)", format!("{mb:.0} MB"), format!("{:.0} MB", start_kb / 1024.0), String::new(), "< 200 MB", at_scale(mb < 200.0));
-    table.note(&format!("(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"));
+    table.row(
+        "peak RSS of the pulling process (VmHWM)",
+        format!("{mb:.0} MB"),
+        format!("{:.0} MB", start_kb / 1024.0),
+        String::new(),
+        "< 200 MB",
+        at_scale(mb < 200.0),
+    );
+    table.note(&format!(
+        "(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"
+    ));
 }
 
 fn plain_rows(db: &Path, n: usize) -> f64 {
@@ -118,7 +137,14 @@ fn plain_rows(db: &Path, n: usize) -> f64 {
     {
         let mut ins = c.prepare("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
         for i in 0..n {
-            ins.execute(params![format!("w{}-{i:08}", i % WRITERS), format!("item {i}"), i as i64, i as f64 / 4.0, "note"]).unwrap();
+            ins.execute(params![
+                format!("w{}-{i:08}", i % WRITERS),
+                format!("item {i}"),
+                i as i64,
+                i as f64 / 4.0,
+                "note"
+            ])
+            .unwrap();
         }
     }
     c.execute_batch("COMMIT").unwrap();
@@ -136,7 +162,12 @@ pub fn child(args: &[String]) {
     let report = rt.block_on(dimple::pull(&mut r, &store)).unwrap();
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu0);
     assert!(report.problems.is_empty(), "pull problems: {:?}", report.problems);
-    println!("changes={} batches={} secs={secs} cpu={cpu} hwm_kb={} start_kb={start_kb}", report.changes, report.batches, status_kb("VmHWM"));
+    println!(
+        "changes={} batches={} secs={secs} cpu={cpu} hwm_kb={} start_kb={start_kb}",
+        report.changes,
+        report.batches,
+        status_kb("VmHWM")
+    );
 }
 
 /// User + system CPU seconds of this process so far.

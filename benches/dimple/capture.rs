@@ -107,22 +107,58 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         "capture: {n} rows, TEXT key + 3 columns, one transaction each; plain rusqlite connection, median of {RUNS}"
     ));
     let (ri, ru) = (dim_i / base_i, dim_u / base_u);
-    table.row(&format!("insert {n} rows, tracked (triggers)"), secs(dim_i), secs(base_i), format!("{ri:.2}x"), "<= 2x", goal_ok(ri));
-    table.row(&format!("update {n} rows, 1 column, tracked"), secs(dim_u), secs(base_u), format!("{ru:.2}x"), "<= 2x", goal_ok(ru));
-    table.row(&format!("  later: ids for the {} captured changes", n * 5), secs(ingest), String::new(), rate((n * 5) as f64 / ingest), "", None);
+    table.row(
+        &format!("insert {n} rows, tracked (triggers)"),
+        secs(dim_i),
+        secs(base_i),
+        format!("{ri:.2}x"),
+        "<= 2x",
+        goal_ok(ri),
+    );
+    table.row(
+        &format!("update {n} rows, 1 column, tracked"),
+        secs(dim_u),
+        secs(base_u),
+        format!("{ru:.2}x"),
+        "<= 2x",
+        goal_ok(ru),
+    );
+    table.row(
+        &format!("  later: ids for the {} captured changes", n * 5),
+        secs(ingest),
+        String::new(),
+        rate((n * 5) as f64 / ingest),
+        "",
+        None,
+    );
     let so = match crsqlite::locate() {
         Ok(so) => so,
         Err(why) => return table.note(&format!("cr-sqlite: not available ({why})")),
     };
-    let runs: Result<Vec<Times>, String> = (0..RUNS).map(|_| crsqlite::writes(&so, &fresh(dir, "crsql", next()), n)).collect();
+    let runs: Result<Vec<Times>, String> =
+        (0..RUNS).map(|_| crsqlite::writes(&so, &fresh(dir, "crsql", next()), n)).collect();
     let runs = match runs {
         Ok(v) => v,
         Err(why) => return table.note(&format!("cr-sqlite: not available ({why})")),
     };
     let (ci, cu) = (mid(runs.iter().map(|t| t.insert)), mid(runs.iter().map(|t| t.update)));
     let v = crsqlite::version(&so);
-    table.row(&format!("insert {n} rows, cr-sqlite {v} CRR"), secs(ci), secs(base_i), format!("{:.2}x", ci / base_i), "", None);
-    table.row(&format!("update {n} rows, 1 column, cr-sqlite {v}"), secs(cu), secs(base_u), format!("{:.2}x", cu / base_u), "", None);
+    table.row(
+        &format!("insert {n} rows, cr-sqlite {v} CRR"),
+        secs(ci),
+        secs(base_i),
+        format!("{:.2}x", ci / base_i),
+        "",
+        None,
+    );
+    table.row(
+        &format!("update {n} rows, 1 column, cr-sqlite {v}"),
+        secs(cu),
+        secs(base_u),
+        format!("{:.2}x", cu / base_u),
+        "",
+        None,
+    );
 }
 
 fn mid(v: impl Iterator<Item = f64>) -> f64 {

@@ -70,7 +70,10 @@ fn clone_child(bucket: &str, db: &Path) -> (f64, f64) {
 fn rows_of(db: &Path) -> Vec<(String, String, i64, f64, String)> {
     let c = rusqlite::Connection::open(db).unwrap();
     let mut stmt = c.prepare("SELECT * FROM items ORDER BY id").unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 pub fn run(dir: &Path, scale: f64, table: &mut Table) {
@@ -107,9 +110,26 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     assert!(a == b, "both clones hold the same table");
 
     let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
-    table.section(&format!("clone: {total} changes over {} rows from {WRITERS} replicas, local-directory bucket", WRITERS * rows));
-    table.row("clone from a snapshot vs full replay", secs(snap_s), secs(replay_s), format!("{:.1}x faster", replay_s / snap_s), ">= 5x, < 10 s", at_scale(replay_s / snap_s >= 5.0 && snap_s < 10.0));
-    table.row("peak RSS, snapshot clone (replay in baseline)", format!("{snap_mb:.0} MB"), format!("{replay_mb:.0} MB"), String::new(), "< 200 MB", at_scale(snap_mb.max(replay_mb) < 200.0));
+    table.section(&format!(
+        "clone: {total} changes over {} rows from {WRITERS} replicas, local-directory bucket",
+        WRITERS * rows
+    ));
+    table.row(
+        "clone from a snapshot vs full replay",
+        secs(snap_s),
+        secs(replay_s),
+        format!("{:.1}x faster", replay_s / snap_s),
+        ">= 5x, < 10 s",
+        at_scale(replay_s / snap_s >= 5.0 && snap_s < 10.0),
+    );
+    table.row(
+        "peak RSS, snapshot clone (replay in baseline)",
+        format!("{snap_mb:.0} MB"),
+        format!("{replay_mb:.0} MB"),
+        String::new(),
+        "< 200 MB",
+        at_scale(snap_mb.max(replay_mb) < 200.0),
+    );
     table.note(&format!("(bucket built in {build:.0} s)"));
 }
 
@@ -119,8 +139,9 @@ pub fn child(args: &[String]) {
     let rt = runtime();
     let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
     let t = Instant::now();
-    let (_r, report) =
-        rt.block_on(dimple::clone::clone(bucket, Path::new(db), Some("clone"), Options::default(), &store, &|_| {})).unwrap();
+    let (_r, report) = rt
+        .block_on(dimple::clone::clone(bucket, Path::new(db), Some("clone"), Options::default(), &store, &|_| {}))
+        .unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(report.pull.problems.is_empty(), "clone problems: {:?}", report.pull.problems);
     println!("secs={secs} hwm_kb={}", crate::apply::status_kb("VmHWM"));

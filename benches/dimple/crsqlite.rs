@@ -14,7 +14,10 @@ pub fn locate() -> Result<PathBuf, String> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!("{} not found; run scripts/fetch-crsqlite to build it from the npm package's source", path.display()))
+        Err(format!(
+            "{} not found; run scripts/fetch-crsqlite to build it from the npm package's source",
+            path.display()
+        ))
     }
 }
 

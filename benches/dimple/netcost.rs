@@ -73,7 +73,10 @@ pub fn batch(dir: &Path, scale: f64, table: &mut Table) {
     for start in (0..rows * 5).step_by(500) {
         r.transaction(|tx| {
             for i in start..(start + 500).min(rows * 5) {
-                tx.execute("UPDATE items SET qty = ?2 WHERE id = ?1", params![uuid_like(i % rows), (i * 7 + 1) as i64])?;
+                tx.execute(
+                    "UPDATE items SET qty = ?2 WHERE id = ?1",
+                    params![uuid_like(i % rows), (i * 7 + 1) as i64],
+                )?;
             }
             Ok(())
         })
@@ -116,7 +119,28 @@ pub fn requests(dir: &Path, table: &mut Table) {
     let others = reports.iter().map(|q| q.total - q.list).max().unwrap_or(0);
     let total: u64 = reports.iter().map(|q| q.total).sum();
     table.section(&format!("requests: no-op sync among {R} caught-up replicas (SyncReport.requests, worst replica)"));
-    table.row("LIST requests", lists.to_string(), String::new(), String::new(), &format!("= {expect}"), Some(lists == expect));
-    table.row("GET/PUT/HEAD/DELETE requests", others.to_string(), String::new(), String::new(), "= 0", Some(others == 0));
-    table.row(&format!("all {R} replicas together"), total.to_string(), String::new(), String::new(), &format!("= {}", expect * R as u64), Some(total == expect * R as u64));
+    table.row(
+        "LIST requests",
+        lists.to_string(),
+        String::new(),
+        String::new(),
+        &format!("= {expect}"),
+        Some(lists == expect),
+    );
+    table.row(
+        "GET/PUT/HEAD/DELETE requests",
+        others.to_string(),
+        String::new(),
+        String::new(),
+        "= 0",
+        Some(others == 0),
+    );
+    table.row(
+        &format!("all {R} replicas together"),
+        total.to_string(),
+        String::new(),
+        String::new(),
+        &format!("= {}", expect * R as u64),
+        Some(total == expect * R as u64),
+    );
 }

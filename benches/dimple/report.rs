@@ -10,7 +10,14 @@ pub type Verdict = Option<bool>;
 
 impl Table {
     pub fn section(&mut self, title: &str) {
-        self.rows.push([format!("## {title}"), String::new(), String::new(), String::new(), String::new(), String::new()]);
+        self.rows.push([
+            format!("## {title}"),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
 
     /// One figure: what, dimple's value, the baseline's value, the ratio, the goal, met.
@@ -24,7 +31,14 @@ impl Table {
     }
 
     pub fn note(&mut self, text: &str) {
-        self.rows.push([format!("  {text}"), String::new(), String::new(), String::new(), String::new(), String::new()]);
+        self.rows.push([
+            format!("  {text}"),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
 
     pub fn print(&self) {
@@ -68,7 +82,11 @@ pub fn rate(per_s: f64) -> String {
 }
 
 pub fn secs(s: f64) -> String {
-    if s >= 1.0 { format!("{s:.2} s") } else { format!("{:.0} ms", s * 1e3) }
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.0} ms", s * 1e3)
+    }
 }
 
 /// CPU model and core count, from /proc/cpuinfo and the scheduler.
@@ -88,7 +106,11 @@ pub fn machine() -> String {
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|l| l.split_whitespace().next().map(|x| format!("; load average {x} at start (shared machine: wall-clock figures suffer)")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .map(|x| format!("; load average {x} at start (shared machine: wall-clock figures suffer)"))
+        })
         .unwrap_or_default();
     format!("{model}, {cores} cores available{mem}; {} {}{load}", std::env::consts::OS, std::env::consts::ARCH)
 }

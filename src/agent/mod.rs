@@ -25,9 +25,9 @@ use backoff::{jittered, Backoff, BackoffPolicy};
 use state::{AgentLock, AgentState, Phase};
 use std::future::Future;
 use std::time::Duration;
-use tracing::Instrument;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 pub use state::{inspect, lock, lock_held, AgentStatus};
 
@@ -280,7 +280,9 @@ impl Loop {
                         error = %e, retry_in = ?delay,
                         "REPLICA CONFLICT: another device uses this replica id; nothing will sync until it is resolved"
                     ),
-                    _ => tracing::error!(error = %e, ?kind, failures, retry_in = ?delay, "{step:?} failed; needs attention"),
+                    _ => {
+                        tracing::error!(error = %e, ?kind, failures, retry_in = ?delay, "{step:?} failed; needs attention")
+                    }
                 }
                 self.file.state = Phase::BackingOff;
                 self.file.last_error = Some(e.to_string());

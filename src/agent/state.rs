@@ -56,7 +56,9 @@ pub fn lock(db: &Path) -> Result<AgentLock> {
         Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
     }
     // The pid is only a hint for the message above; the lock itself is the proof.
-    file.set_len(0).and_then(|()| file.write_all(std::process::id().to_string().as_bytes())).map_err(|e| Error::io(&path, e))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all(std::process::id().to_string().as_bytes()))
+        .map_err(|e| Error::io(&path, e))?;
     Ok(AgentLock { _file: file, db: db.to_owned() })
 }
 

@@ -44,7 +44,8 @@ impl<'c> Merger<'c> {
             }
             won += 1;
             let Some(info) = self.tables.get(&c.entity_type) else { continue };
-            let column = if c.attribute == ROW { None } else { info.columns.iter().position(|col| *col == c.attribute) };
+            let column =
+                if c.attribute == ROW { None } else { info.columns.iter().position(|col| *col == c.attribute) };
             if c.attribute != ROW && column.is_none() {
                 continue; // a column this replica does not have (yet)
             }

@@ -85,13 +85,15 @@ pub struct Merger<'c> {
     per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
 }
 
-const INSERT_LOG: &str = "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
+const INSERT_LOG: &str =
+    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
 const SET_CLOCK: &str = "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT DO UPDATE SET change_id = excluded.change_id";
 /// One seek instead of a read and a write: the row changes only when the change is
 /// the new winner (no clock yet, or an older one).
-const SET_CLOCK_IF_NEWER: &str = "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
+const SET_CLOCK_IF_NEWER: &str =
+    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT DO UPDATE SET change_id = excluded.change_id WHERE excluded.change_id > ZV_CLOCK.change_id";
 
 impl<'c> Merger<'c> {
@@ -142,7 +144,8 @@ impl<'c> Merger<'c> {
             return Ok(Outcome::Duplicate);
         }
         // Ids are unique (the log just took this one), so "not newer" means older.
-        let won = self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])? == 1;
+        let won =
+            self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])? == 1;
         Ok(if won { Outcome::Won } else { Outcome::Lost })
     }
 
@@ -186,7 +189,9 @@ impl<'c> Merger<'c> {
     /// Sets column `i` of the row (nothing when there is no such row).
     fn update_column(&self, info: &TableInfo, key: &[Value], i: usize, value: Option<&str>) -> Result<()> {
         let v = decode(value)?;
-        let sql = || format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&info.columns[i]), key_where(info, 2));
+        let sql = || {
+            format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&info.columns[i]), key_where(info, 2))
+        };
         self.with_stmt(info, Op::Update(i), sql, |stmt| {
             stmt.raw_bind_parameter(1, &v)?;
             for (i, k) in key.iter().enumerate() {
@@ -283,8 +288,13 @@ fn upsert_sql(info: &TableInfo, present: &[bool]) -> String {
         names.push(ident(col));
     }
     let placeholders = (1..=names.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    let on_conflict = if sets.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", sets.join(", ")) };
-    format!("INSERT INTO {} ({}) VALUES ({placeholders}) ON CONFLICT {on_conflict}", ident(&info.name), names.join(", "))
+    let on_conflict =
+        if sets.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", sets.join(", ")) };
+    format!(
+        "INSERT INTO {} ({}) VALUES ({placeholders}) ON CONFLICT {on_conflict}",
+        ident(&info.name),
+        names.join(", ")
+    )
 }
 
 fn decode(v: Option<&str>) -> Result<Value> {

@@ -84,7 +84,11 @@ impl FaultPlan {
         if hit && p.fault == Some(Fault::Hang) {
             self.1.notify_one();
         }
-        if hit { p.fault } else { None }
+        if hit {
+            p.fault
+        } else {
+            None
+        }
     }
 }
 
@@ -118,11 +122,7 @@ fn after<T>(fault: Option<Fault>, what: &str, result: StoreResult<T>) -> StoreRe
 
 #[async_trait]
 impl<S: Store> Store for Faulty<S> {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         let f = self.plan.next();
         before(f, "list").await?;
         after(f, "list", self.inner.list_page(prefix, start_after).await)

@@ -32,9 +32,7 @@ impl LocalStore {
     fn path(&self, key: &str) -> StoreResult<PathBuf> {
         let valid = !key.is_empty()
             && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(TMP_PREFIX));
+            && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(TMP_PREFIX));
         if !valid {
             return Err(StoreError::Refused(format!("invalid object key {key:?}")));
         }
@@ -87,12 +85,8 @@ impl LocalStore {
 
     fn lock(&self) -> StoreResult<File> {
         let path = self.root.join(LOCK_FILE);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        let f =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io_err(&path, e))?;
         f.lock().map_err(|e| io_err(&path, e))?;
         Ok(f)
     }
@@ -135,11 +129,7 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
 
 #[async_trait]
 impl Store for LocalStore {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         // Walk the deepest directory that the prefix names, then filter by prefix.
         let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let mut all = Vec::new();

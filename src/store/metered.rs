@@ -80,11 +80,7 @@ impl<S: Store + ?Sized> Metered<S> {
 
 #[async_trait]
 impl<S: Store + ?Sized> Store for Metered<S> {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         self.counters.list.fetch_add(1, Relaxed);
         self.inner.list_page(prefix, start_after).await
     }

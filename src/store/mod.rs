@@ -16,11 +16,11 @@
 //! stacks the wrappers (`Metered` outside `Retrying` counts syncs, inside counts
 //! round trips).
 
+pub mod faulty;
 mod local;
 mod metered;
 mod retry;
 mod s3;
-pub mod faulty;
 
 pub use local::LocalStore;
 pub use metered::{Metered, RequestStats};
@@ -85,11 +85,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync {
     /// One page of keys under `prefix`, strictly after `start_after`, at most [`LIST_PAGE`].
     /// Returns the page and whether more keys follow.
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)>;
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)>;
     async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got>;
     /// Returns the new ETag.
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String>;
@@ -99,11 +95,7 @@ pub trait Store: Send + Sync {
 }
 
 /// Every key under `prefix` after `start_after`, following pages.
-pub async fn list_all(
-    store: &dyn Store,
-    prefix: &str,
-    start_after: Option<&str>,
-) -> StoreResult<Vec<ObjectMeta>> {
+pub async fn list_all(store: &dyn Store, prefix: &str, start_after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
     let mut out = Vec::new();
     let mut after = start_after.map(str::to_owned);
     loop {
@@ -137,7 +129,9 @@ pub async fn open_url(url: &str, endpoint: Option<&str>) -> StoreResult<Box<dyn 
     let path = match url.strip_prefix("file://") {
         Some(p) if p.starts_with('/') => p,
         Some(_) => return Err(StoreError::Refused(format!("{url:?}: file URLs need an absolute path (file:///dir)"))),
-        None if url.contains("://") => return Err(StoreError::Refused(format!("{url:?}: unsupported store URL scheme"))),
+        None if url.contains("://") => {
+            return Err(StoreError::Refused(format!("{url:?}: unsupported store URL scheme")))
+        }
         None if url.is_empty() => return Err(StoreError::Refused("empty store location".into())),
         None => url,
     };

@@ -89,11 +89,7 @@ impl<S: Store + ?Sized> Retrying<S> {
 
 #[async_trait]
 impl<S: Store + ?Sized> Store for Retrying<S> {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         self.run(prefix, || self.inner.list_page(prefix, start_after)).await.0
     }
 

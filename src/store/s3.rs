@@ -113,7 +113,11 @@ fn unquote(etag: &str) -> String {
 }
 
 fn quote(etag: &str) -> String {
-    if etag == "*" || etag.starts_with('"') { etag.to_owned() } else { format!("\"{etag}\"") }
+    if etag == "*" || etag.starts_with('"') {
+        etag.to_owned()
+    } else {
+        format!("\"{etag}\"")
+    }
 }
 
 /// What an S3 error means to dimple, before it becomes a [`StoreError`].
@@ -137,13 +141,24 @@ fn classify(status: u16, code: Option<&str>) -> Class {
         Some("NotImplemented") => return Class::Unsupported,
         Some("PreconditionFailed" | "ConditionalRequestConflict") => return Class::Precondition,
         Some(
-            "NoSuchBucket" | "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
-            | "InvalidBucketName" | "AuthorizationHeaderMalformed" | "ExpiredToken"
-            | "InvalidToken" | "AllAccessDisabled",
+            "NoSuchBucket"
+            | "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidBucketName"
+            | "AuthorizationHeaderMalformed"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "AllAccessDisabled",
         ) => return Class::Refused,
         Some(
-            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout"
-            | "InternalError" | "ServiceUnavailable" | "OperationAborted",
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestTimeout"
+            | "InternalError"
+            | "ServiceUnavailable"
+            | "OperationAborted",
         ) => return Class::Unavailable,
         _ => {}
     }
@@ -188,11 +203,8 @@ where
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
             let e = ctx.err();
-            let detail = format!(
-                "HTTP {status} {}: {}",
-                e.code().unwrap_or("(no code)"),
-                e.message().unwrap_or("(no message)")
-            );
+            let detail =
+                format!("HTTP {status} {}: {}", e.code().unwrap_or("(no code)"), e.message().unwrap_or("(no message)"));
             (classify(status, e.code()), detail)
         }
         SdkError::ResponseError(ctx) => {
@@ -209,9 +221,7 @@ where
             let class = if d.is_user() || missing_credentials(&err) { Class::Refused } else { Class::Unavailable };
             (class, format!("request not sent: {}", causes(&err)))
         }
-        SdkError::ConstructionFailure(_) => {
-            (Class::Refused, format!("could not build the request: {}", causes(&err)))
-        }
+        SdkError::ConstructionFailure(_) => (Class::Refused, format!("could not build the request: {}", causes(&err))),
         _ => (Class::Unavailable, causes(&err)),
     };
     let msg = format!("{what}: {detail}");
@@ -265,11 +275,7 @@ impl S3Store {
 
 #[async_trait]
 impl Store for S3Store {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         let full_prefix = self.full_key(prefix);
         // A start key below the prefix excludes nothing; dropping it also avoids
         // SeaweedFS answering such a request with an empty page (its issue #11321).
@@ -354,9 +360,7 @@ impl Store for S3Store {
             }
             Err((_, err)) => return Err(err),
         };
-        resp.e_tag()
-            .map(unquote)
-            .ok_or_else(|| StoreError::Io(format!("put {full}: the server returned no ETag")))
+        resp.e_tag().map(unquote).ok_or_else(|| StoreError::Io(format!("put {full}: the server returned no ETag")))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

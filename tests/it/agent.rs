@@ -39,7 +39,9 @@ fn plain_sql_writes_travel_between_two_agents() -> Result<()> {
     agent_b.or_log(wait_for(CONVERGE, "a's row in b", || has(&b, "n1", "written in a")))?;
     insert(&b, "n2", "written in b")?;
     harness::app(&b)?.execute("UPDATE notes SET body = 'edited in b' WHERE id = 'n1'", [])?;
-    agent_a.or_log(wait_for(CONVERGE, "b's writes in a", || Ok(has(&a, "n2", "written in b")? && has(&a, "n1", "edited in b")?)))?;
+    agent_a.or_log(wait_for(CONVERGE, "b's writes in a", || {
+        Ok(has(&a, "n2", "written in b")? && has(&a, "n1", "edited in b")?)
+    }))?;
     wait_for(CONVERGE, "convergence", || converged(&a, &b, 2))?;
 
     assert!(agent_a.sigterm(Duration::from_secs(10))?.success(), "{}", agent_a.log());
@@ -72,7 +74,9 @@ fn sigkill_in_the_middle_of_a_big_sync_loses_and_duplicates_nothing() -> Result<
     agent_a.or_log(wait_for(CONVERGE, "a's first head in the bucket", || Ok(head.exists())))?;
     agent_a.sigkill()?;
     eprintln!("killed a with {} batches uploaded", batch_files());
-    agent_b.or_log(wait_for(CONVERGE, "b to apply some of a's rows", || Ok(count(&b, "SELECT count(*) FROM notes")? > 0)))?;
+    agent_b.or_log(wait_for(CONVERGE, "b to apply some of a's rows", || {
+        Ok(count(&b, "SELECT count(*) FROM notes")? > 0)
+    }))?;
     agent_b.sigkill()?;
     eprintln!("killed b with {} rows applied", count(&b, "SELECT count(*) FROM notes")?);
 
@@ -84,7 +88,9 @@ fn sigkill_in_the_middle_of_a_big_sync_loses_and_duplicates_nothing() -> Result<
     agent_a.or_log(agent_b.or_log(res))?;
 
     // Exactly once: a's own changes counted on both sides and in a's signed head.
-    let own = format!("SELECT count(*) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE t.author = '{a_id}'");
+    let own = format!(
+        "SELECT count(*) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE t.author = '{a_id}'"
+    );
     let (own_a, own_b) = (count(&a, &own)?, count(&b, &own)?);
     assert_eq!(own_a, 2 * (BIG as i64 + 1), "a captured each write once");
     assert_eq!(count(&b, "SELECT count(*) FROM ZV_TRANSACTION")?, count(&a, "SELECT count(*) FROM ZV_TRANSACTION")?);
@@ -127,7 +133,8 @@ fn a_second_agent_is_refused_and_sigterm_stops_the_first_cleanly() -> Result<()>
 fn one_agent_process_syncs_several_databases() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let bucket = local_bucket(dir.path());
-    let (a, b, c) = (replica(dir.path(), "a", &bucket)?, replica(dir.path(), "b", &bucket)?, replica(dir.path(), "c", &bucket)?);
+    let (a, b, c) =
+        (replica(dir.path(), "a", &bucket)?, replica(dir.path(), "b", &bucket)?, replica(dir.path(), "c", &bucket)?);
     let mut both = Agent::spawn_many(&[&a, &b], 1, &[])?;
     let pid = both.pid();
     both.or_log(wait_for(CONVERGE, "the agent to hold both databases", || {
@@ -139,7 +146,9 @@ fn one_agent_process_syncs_several_databases() -> Result<()> {
     let agent_c = Agent::start(&c, 1)?;
     insert(&a, "from-a", "written in a")?;
     insert(&b, "from-b", "written in b")?;
-    let res = wait_for(CONVERGE, "c to see both writes", || Ok(has(&c, "from-a", "written in a")? && has(&c, "from-b", "written in b")?));
+    let res = wait_for(CONVERGE, "c to see both writes", || {
+        Ok(has(&c, "from-a", "written in a")? && has(&c, "from-b", "written in b")?)
+    });
     both.or_log(agent_c.or_log(res))?;
     assert!(both.sigterm(Duration::from_secs(10))?.success(), "{}", both.log());
     for db in [&a, &b] {

@@ -27,7 +27,12 @@ fn an_insert_records_the_row_and_every_column_without_old_values() -> TestResult
     open_plain(&g.db("a")).execute("INSERT INTO t(id, a) VALUES ('k', 7)", [])?;
     assert_eq!(
         last_txn(&mut r),
-        vec![ch("*", None, Some("true")), ch("a", None, Some("7")), ch("b", None, Some("null")), ch("c", None, Some("null"))]
+        vec![
+            ch("*", None, Some("true")),
+            ch("a", None, Some("7")),
+            ch("b", None, Some("null")),
+            ch("c", None, Some("null"))
+        ]
     );
     Ok(())
 }

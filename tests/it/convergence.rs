@@ -90,7 +90,9 @@ fn run_write(conn: &rusqlite::Connection, key: u8, w: &Write) {
             rusqlite::params![k, b],
         ),
         Write::Delete => conn.execute("DELETE FROM t WHERE id = ?1", [k]),
-        Write::ChangeKey(to) => conn.execute("UPDATE t SET id = ?2 WHERE id = ?1", rusqlite::params![k, format!("k{to}")]),
+        Write::ChangeKey(to) => {
+            conn.execute("UPDATE t SET id = ?2 WHERE id = ?1", rusqlite::params![k, format!("k{to}")])
+        }
     };
 }
 
@@ -201,7 +203,8 @@ fn applying_changes_in_any_order_or_twice_gives_the_same_table() -> TestResult {
             if round % 3 == i as i64 {
                 r.conn().execute("DELETE FROM t WHERE id = ?1", [format!("k{}", round % 4)])?;
             }
-            r.conn().execute("UPDATE t SET b = ?2 WHERE id = ?1", rusqlite::params![format!("k{}", round % 4), round])?;
+            r.conn()
+                .execute("UPDATE t SET b = ?2 WHERE id = ?1", rusqlite::params![format!("k{}", round % 4), round])?;
             block_on(dimple::sync(r, &store))?;
             g.clock.advance(3);
         }

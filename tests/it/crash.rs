@@ -48,10 +48,8 @@ fn assert_delivered_once(g: &Group, a: &Replica, reader: &mut Replica) {
     assert!(got == want, "reader has {} rows, writer {} ({report:?})", got.len(), want.len());
     let own: Vec<String> = change_ids(a.conn());
     assert!(change_ids(reader.conn()) == own, "the reader's log differs from the writer's");
-    let counted: i64 = reader
-        .conn()
-        .query_row("SELECT change_count FROM ZV_REPLICA WHERE id = ?1", [a.id()], |r| r.get(0))
-        .unwrap();
+    let counted: i64 =
+        reader.conn().query_row("SELECT change_count FROM ZV_REPLICA WHERE id = ?1", [a.id()], |r| r.get(0)).unwrap();
     assert_eq!(counted, own.len() as i64, "a batch was applied twice");
     assert!(dimple::status::status(reader).unwrap().problems.is_empty());
 }

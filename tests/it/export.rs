@@ -25,7 +25,10 @@ fn fill(r: &mut dimple::Replica) -> TestResult {
     ];
     r.transaction(|tx| {
         for (i, v) in values.iter().enumerate() {
-            tx.execute("INSERT INTO t(id, a, b, c) VALUES (?1, ?2, ?3, ?4)", rusqlite::params![format!("k{i:02}"), v, format!("b{i}"), i as f64 / 3.0])?;
+            tx.execute(
+                "INSERT INTO t(id, a, b, c) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![format!("k{i:02}"), v, format!("b{i}"), i as f64 / 3.0],
+            )?;
         }
         Ok(())
     })?;

@@ -112,11 +112,8 @@ impl Scene {
         assert_eq!((p.replica.as_str(), p.object_key.as_str()), (self.a.id(), key));
         assert!(p.reason.contains(phrase), "{:?}", p.reason);
         assert!(!self.has("a2"), "the attacked batch was applied");
-        let logged: i64 = self
-            .b
-            .conn()
-            .query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_id = 'a2'", [], |r| r.get(0))
-            .unwrap();
+        let logged: i64 =
+            self.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_id = 'a2'", [], |r| r.get(0)).unwrap();
         assert_eq!(logged, 0, "the attacked batch reached the log");
         assert!(self.has("a1") && self.has("c2"), "the honest replica did not sync in the same pull");
     }
@@ -231,7 +228,10 @@ fn a_replayed_older_head_is_refused() -> TestResult {
     block_on(dimple::push(&mut s.c, &s.g.store()))?;
     let report = s.pull();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert!(report.problems[0].starts_with(&head_key) && report.problems[0].contains("head is older than one already applied"));
+    assert!(
+        report.problems[0].starts_with(&head_key)
+            && report.problems[0].contains("head is older than one already applied")
+    );
     assert!(s.has("c3"), "the honest replica did not sync in the same pull");
     s.put(&head_key, newest);
     let report = s.pull();
@@ -266,7 +266,11 @@ fn a_head_with_a_bad_signature_is_refused() {
     head_attack(
         |s, _| {
             let mut body = s.a_head();
-            let sig = Head::sign(body.clone(), &dimple::trust::load(&dimple::replica::side_dir(s.a.path()).join("replica.key")).unwrap()).signature;
+            let sig = Head::sign(
+                body.clone(),
+                &dimple::trust::load(&dimple::replica::side_dir(s.a.path()).join("replica.key")).unwrap(),
+            )
+            .signature;
             body.change_count += 1;
             Head { body, signature: sig }.to_bytes()
         },

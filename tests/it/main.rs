@@ -16,5 +16,5 @@ mod schema;
 mod snapshot;
 mod store_contract;
 mod support;
-mod verify;
 mod trust;
+mod verify;

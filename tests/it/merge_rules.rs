@@ -128,7 +128,10 @@ fn same_batches_twice(backend: Backend) -> TestResult {
     sync_all(&g, &mut [&mut a, &mut b]);
     let before = (rows(b.conn(), "t"), change_ids(b.conn()));
     // Forget the cursor: the next pull downloads and applies every batch again.
-    b.conn().execute("UPDATE ZV_REPLICA SET head_etag = NULL, batch_id = NULL, batch_sha256 = NULL, last_change_id = NULL", [])?;
+    b.conn().execute(
+        "UPDATE ZV_REPLICA SET head_etag = NULL, batch_id = NULL, batch_sha256 = NULL, last_change_id = NULL",
+        [],
+    )?;
     let report = block_on(dimple::pull(&mut b, &g.store()))?;
     assert!(report.changes > 0, "the batches were applied again");
     assert_eq!((rows(b.conn(), "t"), change_ids(b.conn())), before);
@@ -177,7 +180,8 @@ fn changes_for_an_untracked_table_are_kept_and_applied_once_it_is_tracked() -> T
     a.conn().execute("INSERT INTO notes VALUES ('n1', 'hello')", [])?;
     block_on(dimple::sync(&mut a, &store))?;
     block_on(dimple::sync(&mut b, &store))?;
-    let logged: i64 = b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_type='notes'", [], |r| r.get(0))?;
+    let logged: i64 =
+        b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_type='notes'", [], |r| r.get(0))?;
     assert_eq!(logged, 2);
     // b adds the table later, with a column a does not have yet.
     b.conn().execute_batch("CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT, tag TEXT)")?;

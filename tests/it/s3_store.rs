@@ -74,7 +74,8 @@ async fn prefixes_isolate_sync_groups() -> Result<()> {
     ensure!(keys(store::list_all(&s, "replicas/", None).await?) == ["replicas/a/LATEST.json"]);
     ensure!(keys(store::list_all(&other, "", None).await?) == ["replicas/b/LATEST.json"]);
     ensure!(
-        keys(store::list_all(&root, "", None).await?) == ["group1/replicas/a/LATEST.json", "group2/replicas/b/LATEST.json"]
+        keys(store::list_all(&root, "", None).await?)
+            == ["group1/replicas/a/LATEST.json", "group2/replicas/b/LATEST.json"]
     );
     Ok(())
 }

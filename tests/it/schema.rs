@@ -16,7 +16,10 @@ fn a_replica_on_an_older_schema_applies_new_columns_once_it_adds_them() -> TestR
     let bucket = g.bucket_url();
     let (a, b) = (g.db("a"), g.db("b"));
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
-    for (db, sql) in [(a, "CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT, tag TEXT)"), (b, "CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT)")] {
+    for (db, sql) in [
+        (a, "CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT, tag TEXT)"),
+        (b, "CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT)"),
+    ] {
         dimple(&["init", db, "--bucket", &bucket]);
         open_plain(std::path::Path::new(db)).execute_batch(sql)?;
         dimple(&["track", db, "notes"]);

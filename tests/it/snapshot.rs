@@ -11,11 +11,18 @@ const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn write(r: &mut dimple::Replica, key: &str, a: i64) {
     r.conn()
-        .execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5) ON CONFLICT(id) DO UPDATE SET a = excluded.a", rusqlite::params![key, a])
+        .execute(
+            "INSERT INTO t VALUES (?1, ?2, 'x', 0.5) ON CONFLICT(id) DO UPDATE SET a = excluded.a",
+            rusqlite::params![key, a],
+        )
         .unwrap();
 }
 
-fn clone_into(g: &Group, name: &str, store: &dyn Store) -> Result<(dimple::Replica, dimple::clone::CloneReport), dimple::Error> {
+fn clone_into(
+    g: &Group,
+    name: &str,
+    store: &dyn Store,
+) -> Result<(dimple::Replica, dimple::clone::CloneReport), dimple::Error> {
     block_on(clone(&g.bucket_url(), &g.db(name), Some(name), g.opts(), store, &|_| {}))
 }
 
@@ -124,7 +131,8 @@ fn superseded_snapshots_are_deleted_after_the_grace_period_but_never_the_latest(
     g.clock.advance(8 * 24 * 3600 * 1000);
     let third = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
     assert_eq!(third.deleted, vec![first.key.clone(), second.key.clone()]);
-    let left: Vec<String> = block_on(dimple::store::list_all(&store, "snapshots/", None))?.into_iter().map(|m| m.key).collect();
+    let left: Vec<String> =
+        block_on(dimple::store::list_all(&store, "snapshots/", None))?.into_iter().map(|m| m.key).collect();
     assert_eq!(left, vec![third.key.clone(), "snapshots/LATEST.json".to_owned()]);
     Ok(())
 }
@@ -160,7 +168,8 @@ fn a_snapshot_pointer_not_signed_by_its_source_replica_is_refused() -> TestResul
     let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
     let pointer: dimple::snapshot::Pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
     let stranger = dimple::trust::generate(&g.dir.path().join("stranger.key"))?;
-    let forged = dimple::snapshot::Pointer { public_key: dimple::trust::public_b64(&stranger), ..pointer.clone() }.sign(&stranger);
+    let forged = dimple::snapshot::Pointer { public_key: dimple::trust::public_b64(&stranger), ..pointer.clone() }
+        .sign(&stranger);
     std::fs::write(&pointer_path, serde_json::to_vec(&forged)?)?;
     let Err(err) = clone_into(&g, "c", &store) else { panic!("a forged snapshot pointer was accepted") };
     assert_eq!(err.kind(), dimple::ErrorKind::Data, "{err}");

@@ -234,13 +234,16 @@ pub mod s3_support {
             eprintln!("SKIPPED: S3 test (DIMPLE_SKIP_S3=1 and no DIMPLE_TEST_S3_ENDPOINT)");
             return Ok(None);
         }
-        bail!("DIMPLE_TEST_S3_ENDPOINT is not set: run `bash scripts/test`, or set DIMPLE_SKIP_S3=1 to skip the S3 tests");
+        bail!(
+            "DIMPLE_TEST_S3_ENDPOINT is not set: run `bash scripts/test`, or set DIMPLE_SKIP_S3=1 to skip the S3 tests"
+        );
     }
 
     /// A bucket name that is unique per test and run, and valid for S3 (3-63 chars
     /// of lowercase letters, digits and hyphens).
     pub fn bucket_name(test: &str) -> String {
-        let stem: String = test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        let stem: String =
+            test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
         let stem = &stem[..stem.len().min(45)];
         format!("t-{}-{:08x}", stem.trim_end_matches('-'), rand::random::<u32>())
     }

@@ -128,12 +128,13 @@ pub fn open_plain(path: &Path) -> rusqlite::Connection {
 /// greatest id wins; a row exists when its `*` winner is `true`; its columns are
 /// their winners (NULL when never written). Computed from a log, for table `t`.
 pub fn model_of_log(conn: &rusqlite::Connection, columns: &[&str]) -> Vec<Row> {
-    let mut stmt = conn
-        .prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'")
-        .unwrap();
+    let mut stmt =
+        conn.prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'").unwrap();
     let mut winners: BTreeMap<(String, String), (String, Option<String>)> = BTreeMap::new();
     let changes = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)))
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
+        })
         .unwrap();
     for c in changes {
         let (id, entity, attr, value) = c.unwrap();

@@ -138,7 +138,11 @@ fn the_private_key_never_reaches_the_bucket() -> TestResult {
                 stack.push(path);
             } else {
                 let bytes = std::fs::read(&path)?;
-                assert!(!contains(&bytes, b64.as_bytes()) && !contains(&bytes, &raw), "{} holds the key", path.display());
+                assert!(
+                    !contains(&bytes, b64.as_bytes()) && !contains(&bytes, &raw),
+                    "{} holds the key",
+                    path.display()
+                );
                 files += 1;
             }
         }
@@ -152,10 +156,8 @@ fn the_private_key_never_appears_in_status_json() -> TestResult {
     let g = Group::new();
     let mut a = g.replica("a");
     write_and_push(&g, &mut a, "a1");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dimple"))
-        .args(["status", "--json"])
-        .arg(a.path())
-        .output()?;
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_dimple")).args(["status", "--json"]).arg(a.path()).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (b64, raw) = secrets(&a);
     assert!(String::from_utf8(out.stdout.clone())?.contains("\"replica\""));

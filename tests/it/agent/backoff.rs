@@ -17,7 +17,8 @@ async fn store_outage_backs_off_with_growing_delays_then_converges_and_resets() 
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("bucket");
     let url = format!("file://{}", root.display());
-    let (a_path, b_path) = (super::harness::replica(dir.path(), "a", &url)?, super::harness::replica(dir.path(), "b", &url)?);
+    let (a_path, b_path) =
+        (super::harness::replica(dir.path(), "a", &url)?, super::harness::replica(dir.path(), "b", &url)?);
     let mut a = Replica::open(&a_path, Default::default())?;
     let mut b = Replica::open(&b_path, Default::default())?;
     let plain = Metered::new(Box::new(LocalStore::open(&root)?) as Box<dyn Store>);
@@ -85,7 +86,11 @@ async fn store_outage_backs_off_with_growing_delays_then_converges_and_resets() 
             }
         };
         assert_eq!(again.failures, 1, "a success resets the count");
-        assert!(again.retry_in.unwrap() <= Duration::from_millis(1200), "reset to the first delay: {:?}", again.retry_in);
+        assert!(
+            again.retry_in.unwrap() <= Duration::from_millis(1200),
+            "reset to the first delay: {:?}",
+            again.retry_in
+        );
 
         // Refused (bad credentials): retried slowly, still no crash.
         plan.go_down(Fault::Refused);

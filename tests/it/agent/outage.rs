@@ -83,7 +83,12 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 fn agents_over_s3_converge_after_the_server_was_unreachable() -> Result<()> {
     let Some(endpoint) = s3_support::endpoint()? else { return Ok(()) };
     let Some(store) = crate::support::block_on(s3_support::fresh_store("agent-outage"))? else { return Ok(()) };
-    let bucket = dimple::store::Store::describe(&store).split(" at ").next().unwrap_or_default().trim_end_matches('/').to_owned();
+    let bucket = dimple::store::Store::describe(&store)
+        .split(" at ")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
     let upstream = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
     let mut relay = Relay::start(0, upstream.clone())?;
     let port = relay.port;

@@ -26,7 +26,8 @@ fn forge(
     edit_file: impl FnOnce(&std::path::Path),
 ) -> String {
     let base = &s.a_base;
-    let mut changes = dimple::changelog::own_changes_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
+    let mut changes =
+        dimple::changelog::own_changes_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
     edit_changes(&mut changes);
     s.g.clock.advance(1);
     let batch_id = dimple::clock::random_v7(&s.g.clock).to_string();
@@ -109,11 +110,8 @@ fn a_transaction_authored_by_another_replica_is_refused() {
 #[test]
 fn a_transaction_id_reused_from_another_replica_is_refused() {
     let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
-    let c_txn: String = s
-        .b
-        .conn()
-        .query_row("SELECT id FROM ZV_TRANSACTION WHERE author = ?1", [s.c.id()], |r| r.get(0))
-        .unwrap();
+    let c_txn: String =
+        s.b.conn().query_row("SELECT id FROM ZV_TRANSACTION WHERE author = ?1", [s.c.id()], |r| r.get(0)).unwrap();
     let key = forge(&s, no_edit, |cs| cs.iter_mut().for_each(|c| c.transaction_id = c_txn.clone()), |_| {});
     let report = s.pull();
     s.assert_refused(&report, &key, "already belongs to replica");
@@ -132,7 +130,12 @@ fn a_batch_of_an_unknown_format_is_refused() {
 /// Not SQLite at all, yet signed: the batch parser itself must refuse it.
 #[test]
 fn a_non_sqlite_batch_is_refused() {
-    forged_attack(no_edit, no_edit, |p| std::fs::write(p, b"PK\x03\x04 certainly not a database").unwrap(), "not a readable batch file");
+    forged_attack(
+        no_edit,
+        no_edit,
+        |p| std::fs::write(p, b"PK\x03\x04 certainly not a database").unwrap(),
+        "not a readable batch file",
+    );
 }
 
 /// The change table replaced by a view over an endless recursive query: reading it
@@ -187,7 +190,10 @@ fn a_batch_over_the_size_cap_is_refused() -> TestResult {
 const HOSTILE: &str = "t\"; DROP TABLE t; --";
 
 fn schema(r: &Replica) -> Vec<String> {
-    let mut stmt = r.conn().prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY 1").unwrap();
+    let mut stmt = r
+        .conn()
+        .prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY 1")
+        .unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
 }
 
@@ -208,7 +214,8 @@ fn a_table_named_like_sql_injection_is_logged_not_applied() -> TestResult {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(schema(&s.b), before);
     assert!(s.has("a1") && s.has("a2") && s.has("c2"));
-    let logged: i64 = s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_type = ?1", [HOSTILE], |r| r.get(0))?;
+    let logged: i64 =
+        s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_type = ?1", [HOSTILE], |r| r.get(0))?;
     assert_eq!(logged, 2, "row and column change kept in the log");
     s.later_change_syncs(true);
     Ok(())
@@ -220,14 +227,20 @@ fn a_table_named_like_sql_injection_is_logged_not_applied() -> TestResult {
 #[test]
 fn a_column_named_like_sql_injection_is_logged_not_applied() -> TestResult {
     let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
-    forge(&s, no_edit, |cs| cs.iter_mut().filter(|c| c.attribute == "b").for_each(|c| c.attribute = HOSTILE.into()), |_| {});
+    forge(
+        &s,
+        no_edit,
+        |cs| cs.iter_mut().filter(|c| c.attribute == "b").for_each(|c| c.attribute = HOSTILE.into()),
+        |_| {},
+    );
     let before = schema(&s.b);
     let report = s.pull();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(schema(&s.b), before);
     let row = rows(s.b.conn(), "t").into_iter().find(|r| r[0] == rusqlite::types::Value::Text("a2".into()));
     assert_eq!(row.unwrap()[2], rusqlite::types::Value::Null, "the hostile column did not land in `b`");
-    let logged: i64 = s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE attribute = ?1", [HOSTILE], |r| r.get(0))?;
+    let logged: i64 =
+        s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE attribute = ?1", [HOSTILE], |r| r.get(0))?;
     assert_eq!(logged, 1);
     s.later_change_syncs(false);
     Ok(())
