@@ -12,13 +12,13 @@
 //! itself: tables that already exist in DB are tracked; changes for any other table
 //! are kept in the log and applied when it is created and tracked (SPEC 4).
 
-use crate::batch::sha256_hex;
 use crate::clock::parse_id;
 use crate::error::{Error, Result};
 use crate::replica::{Options, Replica};
 use crate::snapshot::{self, Pointer};
 use crate::sql::ident;
-use crate::store::{get_bytes, Store};
+use crate::store::{Store, StoreError};
+use sha2::{Digest, Sha256};
 use crate::sync::{pull, PullReport};
 use crate::{changelog, clock, track, FORMAT};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -84,16 +84,24 @@ pub async fn clone(
 }
 
 async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::path::PathBuf> {
-    let (bytes, _) = get_bytes(store, &p.key).await?;
-    let sha = sha256_hex(&bytes);
-    if sha != p.sha256 || bytes.len() as u64 != p.size {
+    // Streamed to disk and hashed from there: a snapshot is as big as the database.
+    let path = r.side().join(format!("clone-{}.db", p.snapshot_id));
+    let size = match store.get_to_file(&p.key, &path).await {
+        Ok(n) => n,
+        Err(StoreError::NotFound(_)) => return Err(Error::bad(&p.key, "the snapshot LATEST.json names is missing")),
+        Err(e) => return Err(e.into()),
+    };
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(&path, e))?;
+    let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if sha != p.sha256 || size != p.size {
+        let _ = std::fs::remove_file(&path);
         return Err(Error::bad(
             &p.key,
             format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256),
         ));
     }
-    let path = r.side().join(format!("clone-{}.db", p.snapshot_id));
-    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
 

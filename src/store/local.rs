@@ -166,6 +166,15 @@ impl Store for LocalStore {
         self.put_blocking(key, &bytes, &mode)
     }
 
+    async fn get_to_file(&self, key: &str, dest: &Path) -> StoreResult<u64> {
+        let path = self.path(key)?;
+        match fs::copy(&path, dest) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == ErrorKind::NotFound && !path.exists() => Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => Err(io_err(dest, e)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {

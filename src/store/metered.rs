@@ -105,6 +105,13 @@ impl<S: Store + ?Sized> Store for Metered<S> {
         self.inner.delete(key).await
     }
 
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
+        self.counters.get.fetch_add(1, Relaxed);
+        let size = self.inner.get_to_file(key, path).await?;
+        self.counters.bytes_down.fetch_add(size, Relaxed);
+        Ok(size)
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -90,6 +90,14 @@ pub trait Store: Send + Sync {
     /// Returns the new ETag.
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String>;
     async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Downloads an object into `path` (replacing it), returning its size. Backends
+    /// stream it, so memory does not grow with the object (a snapshot can be as big
+    /// as the database); this default reads it whole.
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
+        let (bytes, _) = get_bytes(self, key).await?;
+        std::fs::write(path, &bytes).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        Ok(bytes.len() as u64)
+    }
     /// Human-readable location, without secrets.
     fn describe(&self) -> String;
 }
@@ -110,7 +118,7 @@ pub async fn list_all(store: &dyn Store, prefix: &str, start_after: Option<&str>
 }
 
 /// Fetch an object that must exist.
-pub async fn get_bytes(store: &dyn Store, key: &str) -> StoreResult<(Vec<u8>, String)> {
+pub async fn get_bytes<S: Store + ?Sized>(store: &S, key: &str) -> StoreResult<(Vec<u8>, String)> {
     match store.get(key, None).await? {
         Got::Found { bytes, etag } => Ok((bytes, etag)),
         Got::NotModified => Err(StoreError::Io(format!("{key}: unexpected not-modified"))),
@@ -153,6 +161,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {
         (**self).delete(key).await
+    }
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
+        (**self).get_to_file(key, path).await
     }
     fn describe(&self) -> String {
         (**self).describe()

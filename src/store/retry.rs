@@ -117,6 +117,10 @@ impl<S: Store + ?Sized> Store for Retrying<S> {
         self.run(key, || self.inner.delete(key)).await.0
     }
 
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
+        self.run(key, || self.inner.get_to_file(key, path)).await.0
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -332,6 +332,29 @@ impl Store for S3Store {
         Ok(Got::Found { bytes, etag })
     }
 
+    async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
+        use std::io::Write;
+        let full = self.full_key(key);
+        let mut resp = match self.client.get_object().bucket(&self.bucket).key(&full).send().await {
+            Ok(r) => r,
+            Err(e) => return Err(map_err("get", &full, e).1),
+        };
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let mut size = 0u64;
+        while let Some(chunk) = resp
+            .body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("get {full}: body cut short: {e}")))?
+        {
+            file.write_all(&chunk).map_err(io)?;
+            size += chunk.len() as u64;
+        }
+        file.flush().map_err(io)?;
+        Ok(size)
+    }
+
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
         let full = self.full_key(key);
         if mode != PutMode::Overwrite && self.no_conditions.load(std::sync::atomic::Ordering::Relaxed) {

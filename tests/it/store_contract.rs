@@ -47,6 +47,7 @@ contract!(
     update_on_missing_key_fails,
     racing_creates_have_exactly_one_winner,
     delete_removes_and_is_idempotent,
+    get_to_file_streams_the_whole_object,
 );
 
 /// What a backend under test is known to do differently from the contract.
@@ -73,6 +74,21 @@ async fn put_get_roundtrip(s: &dyn Store, _caps: Caps) -> Result<()> {
         ensure!(got == bytes, "{key}: read back other bytes");
         ensure!(got_etag == etag, "{key}: get ETag {got_etag} != put ETag {etag}");
     }
+    Ok(())
+}
+
+async fn get_to_file_streams_the_whole_object(s: &dyn Store, _caps: Caps) -> Result<()> {
+    // Bigger than one network read, and not compressible into a single chunk.
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    s.put("big/object", bytes.clone(), PutMode::Overwrite).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("copy");
+    std::fs::write(&path, b"old contents are replaced")?;
+    let size = s.get_to_file("big/object", &path).await?;
+    ensure!(size == bytes.len() as u64, "size {size}");
+    ensure!(std::fs::read(&path)? == bytes, "the file holds other bytes");
+    let missing = s.get_to_file("no/such/key", &dir.path().join("none")).await;
+    ensure!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
     Ok(())
 }
 
