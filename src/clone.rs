@@ -18,7 +18,6 @@ use crate::replica::{Options, Replica};
 use crate::snapshot::{self, Pointer};
 use crate::sql::ident;
 use crate::store::{Store, StoreError};
-use sha2::{Digest, Sha256};
 use crate::sync::{pull, PullReport};
 use crate::{changelog, clock, track, FORMAT};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -91,10 +90,7 @@ async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::pa
         Err(StoreError::NotFound(_)) => return Err(Error::bad(&p.key, "the snapshot LATEST.json names is missing")),
         Err(e) => return Err(e.into()),
     };
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(&path, e))?;
-    let sha: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha = crate::store::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
     if sha != p.sha256 || size != p.size {
         let _ = std::fs::remove_file(&path);
         return Err(Error::bad(

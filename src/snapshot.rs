@@ -14,7 +14,6 @@
 //! older than the grace period and not pointed at are deleted, so a clone that read
 //! the previous pointer a moment ago still finds its file.
 
-use crate::batch::sha256_hex;
 use crate::clock::{self, parse_id, stamp_of};
 use crate::error::{Error, Result};
 use crate::layout;
@@ -248,23 +247,25 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
             return Err(e);
         }
     };
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let _ = std::fs::remove_file(&path);
+    // Hashed and uploaded from the file: a snapshot is as big as the database.
+    let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    let sha256 = crate::store::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
     let key = layout::snapshot_key(&snapshot_id);
     let pointer = Pointer {
         format: FORMAT,
         snapshot_id: snapshot_id.clone(),
         key: key.clone(),
-        sha256: sha256_hex(&bytes),
-        size: bytes.len() as u64,
+        sha256,
+        size,
         source_replica: r.id().to_owned(),
         created_at: clock::rfc3339(r.opts.clock.now_ms()),
         public_key: r.public_key()?,
         signature: String::new(),
     }
     .sign(r.signing_key()?);
-    let size = bytes.len() as u64;
-    store.put(&key, bytes, PutMode::Create).await?;
+    let uploaded = store.put_file(&key, &path, PutMode::Create).await;
+    let _ = std::fs::remove_file(&path);
+    uploaded?;
     let current = latest(store).await?;
     let published = match &current {
         Some((p, _)) if p.snapshot_id >= snapshot_id => false,

@@ -146,6 +146,12 @@ impl<S: Store> Store for Faulty<S> {
         after(f, key, self.inner.delete(key).await)
     }
 
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.put_file(key, path, mode).await)
+    }
+
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         let f = self.plan.next();
         before(f, key).await?;

@@ -10,7 +10,7 @@
 use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
 use async_trait::async_trait;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -44,13 +44,19 @@ impl LocalStore {
     }
 
     fn put_blocking(&self, key: &str, bytes: &[u8], mode: &PutMode) -> StoreResult<String> {
+        self.put_from(key, &mut std::io::Cursor::new(bytes), mode)
+    }
+
+    /// Writes what `source` yields to a temporary file, then moves it into place
+    /// under `mode`'s precondition.
+    fn put_from(&self, key: &str, source: &mut dyn std::io::Read, mode: &PutMode) -> StoreResult<String> {
         let dest = self.path(key)?;
         let dir = dest.parent().expect("keys have a parent").to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
         let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
         let result = (|| {
             let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-            f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+            std::io::copy(source, &mut f).map_err(|e| io_err(&tmp, e))?;
             f.sync_all().map_err(|e| io_err(&tmp, e))?;
             drop(f);
             match mode {
@@ -164,6 +170,11 @@ impl Store for LocalStore {
 
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
         self.put_blocking(key, &bytes, &mode)
+    }
+
+    async fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> StoreResult<String> {
+        let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+        self.put_from(key, &mut f, &mode)
     }
 
     async fn get_to_file(&self, key: &str, dest: &Path) -> StoreResult<u64> {

@@ -105,6 +105,13 @@ impl<S: Store + ?Sized> Store for Metered<S> {
         self.inner.delete(key).await
     }
 
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        self.counters.put.fetch_add(1, Relaxed);
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        self.counters.bytes_up.fetch_add(size, Relaxed);
+        self.inner.put_file(key, path, mode).await
+    }
+
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         self.counters.get.fetch_add(1, Relaxed);
         let size = self.inner.get_to_file(key, path).await?;

@@ -98,8 +98,22 @@ pub trait Store: Send + Sync {
         std::fs::write(path, &bytes).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         Ok(bytes.len() as u64)
     }
+    /// Uploads the file at `path` under the same preconditions as [`Store::put`].
+    /// Backends stream it; this default reads it whole.
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        self.put(key, bytes, mode).await
+    }
     /// Human-readable location, without secrets.
     fn describe(&self) -> String;
+}
+
+/// sha256 of a file, read in pieces: files here can be as big as a database.
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Every key under `prefix` after `start_after`, following pages.
@@ -164,6 +178,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         (**self).get_to_file(key, path).await
+    }
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        (**self).put_file(key, path, mode).await
     }
     fn describe(&self) -> String {
         (**self).describe()

@@ -117,6 +117,31 @@ impl<S: Store + ?Sized> Store for Retrying<S> {
         self.run(key, || self.inner.delete(key)).await.0
     }
 
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        let (result, attempts) = self.run(key, || self.inner.put_file(key, path, mode.clone())).await;
+        match result {
+            // As in `put`: an earlier attempt may have landed; compare by hash.
+            Err(StoreError::PreconditionFailed(msg)) if attempts > 1 && mode != PutMode::Overwrite => {
+                let copy = path.with_extension("landed-check");
+                let same = match self.get_to_file(key, &copy).await {
+                    Ok(_) => super::file_sha256(&copy).ok().is_some_and(|h| super::file_sha256(path).ok() == Some(h)),
+                    Err(_) => false,
+                };
+                let _ = std::fs::remove_file(&copy);
+                // The ETag from a listing, so the object is not downloaded again.
+                let etag = match self.inner.list_page(key, None).await {
+                    Ok((page, _)) => page.into_iter().find(|m| m.key == key).map(|m| m.etag),
+                    Err(_) => None,
+                };
+                match (same, etag) {
+                    (true, Some(etag)) => Ok(etag),
+                    _ => Err(StoreError::PreconditionFailed(msg)),
+                }
+            }
+            other => other,
+        }
+    }
+
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         self.run(key, || self.inner.get_to_file(key, path)).await.0
     }
@@ -182,6 +207,20 @@ mod tests {
         let etag = s.put("head", b"mine".to_vec(), PutMode::Create).await.unwrap();
         assert_eq!(current(&s, "head").await, (b"mine".to_vec(), etag));
         assert_eq!(plan.calls(), 4, "put (landed), put (412), get, and the check above");
+    }
+
+    #[tokio::test]
+    async fn a_file_create_that_timed_out_but_landed_succeeds_and_a_different_file_does_not() {
+        let (d, s, plan) = store(RetryPolicy::immediate(6));
+        let (mine, other) = (d.path().join("mine"), d.path().join("other"));
+        std::fs::write(&mine, b"snapshot bytes").unwrap();
+        std::fs::write(&other, b"another snapshot").unwrap();
+        plan.fail_nth(0, Fault::AfterEffect);
+        let etag = s.put_file("snap", &mine, PutMode::Create).await.unwrap();
+        assert_eq!(current(&s, "snap").await, (b"snapshot bytes".to_vec(), etag));
+        plan.fail_nth(0, Fault::Unavailable);
+        let err = s.put_file("snap", &other, PutMode::Create).await.unwrap_err();
+        assert!(matches!(err, StoreError::PreconditionFailed(_)), "{err:?}");
     }
 
     #[tokio::test]

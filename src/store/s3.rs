@@ -332,6 +332,36 @@ impl Store for S3Store {
         Ok(Got::Found { bytes, etag })
     }
 
+    async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
+        if mode != PutMode::Overwrite && self.no_conditions.load(std::sync::atomic::Ordering::Relaxed) {
+            let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            return self.put(key, bytes, mode).await;
+        }
+        let full = self.full_key(key);
+        let body = ByteStream::from_path(path).await.map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(body);
+        req = match &mode {
+            PutMode::Overwrite => req,
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::Update(etag) => req.if_match(quote(etag)),
+        };
+        match req.send().await.map_err(|e| map_err("put", &full, e)) {
+            Ok(resp) => resp
+                .e_tag()
+                .map(unquote)
+                .ok_or_else(|| StoreError::Io(format!("put {full}: the server returned no ETag"))),
+            Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
+                Err(StoreError::PreconditionFailed(m))
+            }
+            // Rare: let the in-memory path handle the fallback and its warning.
+            Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {
+                let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+                self.put(key, bytes, mode).await
+            }
+            Err((_, err)) => Err(err),
+        }
+    }
+
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         use std::io::Write;
         let full = self.full_key(key);

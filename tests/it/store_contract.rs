@@ -48,6 +48,7 @@ contract!(
     racing_creates_have_exactly_one_winner,
     delete_removes_and_is_idempotent,
     get_to_file_streams_the_whole_object,
+    put_file_keeps_the_preconditions_of_put,
 );
 
 /// What a backend under test is known to do differently from the contract.
@@ -89,6 +90,21 @@ async fn get_to_file_streams_the_whole_object(s: &dyn Store, _caps: Caps) -> Res
     ensure!(std::fs::read(&path)? == bytes, "the file holds other bytes");
     let missing = s.get_to_file("no/such/key", &dir.path().join("none")).await;
     ensure!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+    Ok(())
+}
+
+async fn put_file_keeps_the_preconditions_of_put(s: &dyn Store, _caps: Caps) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+    std::fs::write(&one, &bytes)?;
+    std::fs::write(&two, b"second version")?;
+    let etag = s.put_file("f/obj", &one, PutMode::Create).await?;
+    ensure!(store::get_bytes(s, "f/obj").await?.0 == bytes, "read back other bytes");
+    ensure!(is_precondition(&s.put_file("f/obj", &two, PutMode::Create).await), "create over an existing key");
+    ensure!(is_precondition(&s.put_file("f/obj", &two, PutMode::Update("stale".into())).await), "stale update");
+    s.put_file("f/obj", &two, PutMode::Update(etag)).await?;
+    ensure!(store::get_bytes(s, "f/obj").await?.0 == b"second version", "update did not land");
     Ok(())
 }
 
