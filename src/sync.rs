@@ -406,7 +406,17 @@ async fn pull_replica(
 const FETCH_CONCURRENCY: usize = 8;
 
 /// Downloads one batch into the spool; returns its path and sha256.
-async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<(PathBuf, String)> {
+/// A downloaded batch in the spool: the SQLite file inside it (unpacked once, on
+/// arrival), the sha256 of the bytes as stored, which the chain covers, and whether
+/// unpacking failed (reported only once the hash has been checked, so an altered
+/// batch is refused for its hash first).
+struct Fetched {
+    path: PathBuf,
+    sha256: String,
+    unpacked: Result<()>,
+}
+
+async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<Fetched> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
@@ -419,8 +429,12 @@ async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max
         return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
     }
     let path = spool.join(format!("{id}-{batch_id}.db"));
-    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-    Ok((path, sha256_hex(&bytes)))
+    let (file, unpacked) = match batch::unpack(&bytes, &key) {
+        Ok(sqlite) => (sqlite, Ok(())),
+        Err(e) => (std::borrow::Cow::Borrowed(&bytes[..]), Err(e)),
+    };
+    std::fs::write(&path, &*file).map_err(|e| Error::io(&path, e))?;
+    Ok(Fetched { path, sha256: sha256_hex(&bytes), unpacked })
 }
 
 /// Downloads the batches between our cursor and `head` and verifies the chain from
@@ -442,7 +456,7 @@ async fn fetch_chain(
         None => &recent[..],
     };
     let max = r.opts.max_batch_bytes;
-    let mut prefetched: HashMap<String, (PathBuf, String)> = HashMap::new();
+    let mut prefetched: HashMap<String, Fetched> = HashMap::new();
     let mut downloads = futures::stream::iter(listed.iter().map(|b| {
         let spool = &spool;
         async move { download(store, spool, id, b, max).await.map(|d| (b.clone(), d)) }
@@ -456,7 +470,7 @@ async fn fetch_chain(
     let (mut want_id, mut want_sha) = (head.batch_id.clone(), head.sha256.clone());
     loop {
         let key = layout::batch_key(id, &want_id);
-        let (path, sha) = match prefetched.remove(&want_id) {
+        let Fetched { path, sha256: sha, unpacked } = match prefetched.remove(&want_id) {
             Some(d) => d,
             None => download(store, &spool, id, &want_id, r.opts.max_batch_bytes).await?,
         };
@@ -466,11 +480,7 @@ async fn fetch_chain(
                 format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced"),
             ));
         }
-        // The chain covers the bytes as stored; what is opened is the SQLite file inside.
-        let stored = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        if let std::borrow::Cow::Owned(sqlite) = batch::unpack(&stored, &key)? {
-            std::fs::write(&path, sqlite).map_err(|e| Error::io(&path, e))?;
-        }
+        unpacked?;
         let header = batch::open(&path, &key, id)?.header;
         if header.batch_id != want_id {
             return Err(Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)));
@@ -484,8 +494,8 @@ async fn fetch_chain(
                 ));
             }
             // Listed but not on the chain from our cursor: nothing to apply.
-            for (path, _) in prefetched.into_values() {
-                let _ = std::fs::remove_file(path);
+            for f in prefetched.into_values() {
+                let _ = std::fs::remove_file(f.path);
             }
             return Ok(chain);
         }

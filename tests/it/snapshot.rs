@@ -26,18 +26,27 @@ fn clone_into(
     block_on(clone(&g.bucket_url(), &g.db(name), Some(name), g.opts(), store, &|_| {}))
 }
 
-#[test]
-fn a_clone_without_a_snapshot_replays_every_batch_and_equals_the_source() -> TestResult {
-    let g = Group::new();
-    let store = g.store();
+/// Two replicas that each pushed five batches; `a` has pulled everything.
+fn two_writers(
+    g: &Group,
+    store: &dimple::store::Metered<dyn Store>,
+) -> Result<(dimple::Replica, dimple::Replica), dimple::Error> {
     let (mut a, mut b) = (g.replica("a"), g.replica("b"));
     for i in 0..5 {
         write(&mut a, &format!("a{i}"), i);
         write(&mut b, &format!("b{i}"), i);
-        block_on(dimple::sync(&mut a, &store))?;
-        block_on(dimple::sync(&mut b, &store))?;
+        block_on(dimple::sync(&mut a, store))?;
+        block_on(dimple::sync(&mut b, store))?;
     }
-    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut a, store))?;
+    Ok((a, b))
+}
+
+#[test]
+fn a_clone_without_a_snapshot_replays_every_batch_and_equals_the_source() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, _b) = two_writers(&g, &store)?;
     // The schema comes from the database the clone is made in.
     open_plain(&g.db("c")).execute_batch(TABLE_SQL)?;
     let (c, report) = clone_into(&g, "c", &store)?;
@@ -54,14 +63,7 @@ fn a_clone_without_a_snapshot_replays_every_batch_and_equals_the_source() -> Tes
 fn a_clone_from_a_snapshot_equals_the_source_and_pulls_only_the_tail() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
-    for i in 0..5 {
-        write(&mut a, &format!("a{i}"), i);
-        write(&mut b, &format!("b{i}"), i);
-        block_on(dimple::sync(&mut a, &store))?;
-        block_on(dimple::sync(&mut b, &store))?;
-    }
-    block_on(dimple::sync(&mut a, &store))?;
+    let (mut a, mut b) = two_writers(&g, &store)?;
     let snap = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
     assert!(snap.published);
     assert_eq!(snap.rows, 10);
