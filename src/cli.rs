@@ -1,6 +1,6 @@
 //! The `dimple` command line: parse, run one command, report.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dimple::{status, Options, Replica};
 use std::path::{Path, PathBuf};
@@ -158,14 +158,10 @@ pub(crate) fn open(db: &Path) -> Result<Replica> {
     Ok(Replica::open(db, Options::default())?)
 }
 
-/// Plain relative paths are stored absolute, so the bucket stays the same wherever
-/// dimple runs from.
+/// Checks a bucket location; plain relative paths are stored absolute, so the bucket
+/// stays the same wherever dimple runs from.
 pub(crate) fn normalize_bucket(url: &str) -> Result<String> {
-    if url.contains("://") {
-        return Ok(url.to_owned());
-    }
-    let p = std::path::absolute(url).with_context(|| format!("bucket path {url}"))?;
-    Ok(format!("file://{}", p.display()))
+    Ok(dimple::store::BucketUrl::parse(url).map_err(dimple::Error::from)?.canonical())
 }
 
 pub(crate) async fn store_for(

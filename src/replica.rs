@@ -68,8 +68,11 @@ pub struct Replica {
 }
 
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
     conn.busy_timeout(opts.busy_timeout)?;
+    // Read the header now: a file that is not SQLite is the user's mistake (exit 1),
+    // reported with its path, not an internal error from the first real query.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(|e| not_a_database(path, e))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.set_prepared_statement_cache_capacity(256);
     if !triggers {
@@ -79,6 +82,18 @@ fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
         conn.pragma_update(None, "foreign_keys", "OFF")?;
     }
     Ok(conn)
+}
+
+fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            Error::Invalid(format!("{}: not a SQLite database (or it is encrypted)", path.display()))
+        }
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied) => {
+            Error::Invalid(format!("{}: cannot open the database: {e}", path.display()))
+        }
+        _ => Error::Sqlite(e),
+    }
 }
 
 /// `<db>.dimple/`: the replica's private files (key, outgoing and incoming batches).
@@ -104,6 +119,9 @@ impl Replica {
     /// Makes `path` (new or an existing database) a replica: dimple's tables, a new
     /// replica id, a key pair, the bucket URL.
     pub fn init(path: &Path, bucket: Option<&str>, name: Option<&str>, opts: Options) -> Result<Replica> {
+        if let Some(b) = bucket {
+            crate::store::BucketUrl::parse(b)?;
+        }
         let app = connect(path, &opts, true)?;
         let existing: Option<String> = app
             .query_row("SELECT value FROM ZV_METADATA WHERE key='database_uuid'", [], |r| r.get(0))
@@ -187,6 +205,7 @@ impl Replica {
     }
 
     pub fn set_bucket(&self, url: &str) -> Result<()> {
+        crate::store::BucketUrl::parse(url)?;
         meta_set(&self.app, "bucket", url)
     }
 

@@ -145,19 +145,67 @@ pub type SharedStore = Arc<dyn Store>;
 /// `AWS_ENDPOINT_URL`, for S3-compatible servers), `file:///abs/path`, or a plain
 /// directory path. Any other scheme is refused rather than taken for a directory.
 pub async fn open_url(url: &str, endpoint: Option<&str>) -> StoreResult<Box<dyn Store>> {
-    if url.starts_with("s3://") {
-        return Ok(Box::new(S3Store::open(url, endpoint).await?));
-    }
-    let path = match url.strip_prefix("file://") {
-        Some(p) if p.starts_with('/') => p,
-        Some(_) => return Err(StoreError::Refused(format!("{url:?}: file URLs need an absolute path (file:///dir)"))),
-        None if url.contains("://") => {
-            return Err(StoreError::Refused(format!("{url:?}: unsupported store URL scheme")))
+    Ok(match BucketUrl::parse(url)? {
+        BucketUrl::S3(url) => Box::new(S3Store::open(&url, endpoint).await?),
+        BucketUrl::Dir(path) => Box::new(LocalStore::open(path)?),
+    })
+}
+
+/// A bucket location as a user writes it, checked before anything is stored: a typo
+/// such as `s3:/notes` must not quietly become a local directory named `s3:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketUrl {
+    /// `s3://bucket[/prefix]`
+    S3(String),
+    /// An absolute directory (`file:///dir`, or a plain path made absolute).
+    Dir(std::path::PathBuf),
+}
+
+impl BucketUrl {
+    pub fn parse(url: &str) -> StoreResult<BucketUrl> {
+        let refuse = |why: &str| {
+            StoreError::Refused(format!(
+                "bucket {url:?}: {why}; write s3://bucket/prefix, file:///absolute/dir or a directory path"
+            ))
+        };
+        if url.is_empty() {
+            return Err(refuse("empty location"));
         }
-        None if url.is_empty() => return Err(StoreError::Refused("empty store location".into())),
-        None => url,
-    };
-    Ok(Box::new(LocalStore::open(path)?))
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+            if !ok {
+                return Err(refuse("not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)"));
+            }
+            return Ok(BucketUrl::S3(url.to_owned()));
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(refuse("file URLs need an absolute path (file:///dir)"));
+            }
+            return Ok(BucketUrl::Dir(path.into()));
+        }
+        // `scheme:` at the start: a URL we do not know or a mistyped one (`s3:/b`).
+        // A directory whose name really starts like that can be given as `./s3:`.
+        let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+            s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        });
+        if let Some(scheme) = scheme {
+            return Err(refuse(&format!("{scheme}: is not a supported scheme (or a mistyped s3:// or file://)")));
+        }
+        let abs = std::path::absolute(url).map_err(|e| refuse(&e.to_string()))?;
+        Ok(BucketUrl::Dir(abs))
+    }
+
+    /// The form stored in the replica: `s3://...` or `file:///abs/dir`.
+    pub fn canonical(&self) -> String {
+        match self {
+            BucketUrl::S3(url) => url.clone(),
+            BucketUrl::Dir(p) => format!("file://{}", p.display()),
+        }
+    }
 }
 
 /// A boxed store is a store, so wrappers (fault injection, retries, metering) stack

@@ -1,12 +1,14 @@
 //! One integration-test binary (one link of aws-sdk-s3), one module per subject.
 
 mod agent;
+mod bad_input;
 mod capture;
 mod concurrency;
 mod convergence;
 mod crash;
 mod direction;
 mod export;
+mod fidelity;
 mod fuzz;
 mod hostile;
 mod merge_rules;
