@@ -29,25 +29,32 @@ CREATE TABLE ZV_CURSOR (
 
 -- The merge state: the winning change per (entity, attribute) and those changes
 -- (losers are left out: they can never win again).
+-- Changes are identified by (id, author), as in the local log (schema/local.sql).
+-- Snapshots written before the author columns existed have none: readers then take
+-- the author from ZV_TRANSACTION (ids were unique across the group there).
 CREATE TABLE ZV_CLOCK (
     entity_type TEXT NOT NULL,
     entity_id TEXT NOT NULL,
     attribute TEXT NOT NULL,
     change_id TEXT NOT NULL,
+    author TEXT NOT NULL,
     PRIMARY KEY (entity_type, entity_id, attribute)
 ) WITHOUT ROWID;
 
 CREATE TABLE ZV_TRANSACTION (
-    id TEXT NOT NULL PRIMARY KEY,
-    author TEXT NOT NULL
+    id TEXT NOT NULL,
+    author TEXT NOT NULL,
+    PRIMARY KEY (id, author)
 ) WITHOUT ROWID;
 
 CREATE TABLE ZV_CHANGE (
-    id TEXT NOT NULL PRIMARY KEY,
+    id TEXT NOT NULL,
     transaction_id TEXT NOT NULL,
     entity_type TEXT NOT NULL,
     entity_id TEXT NOT NULL,
     attribute TEXT NOT NULL,
     old_value TEXT,
-    new_value TEXT
+    new_value TEXT,
+    author TEXT NOT NULL,
+    PRIMARY KEY (id, author)
 ) WITHOUT ROWID;

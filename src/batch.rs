@@ -90,7 +90,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
             let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for c in changes {
                 txn.execute(params![c.transaction_id, header.replica])?;
-                chg.execute(c.as_row())?;
+                chg.execute(&c.as_row()[..7])?;
             }
         }
         conn.execute_batch("COMMIT")?;
@@ -208,7 +208,7 @@ impl Batch {
             .conn
             .prepare(
                 "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
-                        t.id IS NOT NULL
+                        coalesce(t.author, ''), t.id IS NOT NULL
                  FROM ZV_CHANGE c LEFT JOIN ZV_TRANSACTION t ON t.id = c.transaction_id ORDER BY c.id",
             )
             .map_err(sqlerr)?;
@@ -216,7 +216,7 @@ impl Batch {
         let mut out: Vec<Change> = Vec::with_capacity(self.header.change_count.clamp(0, 1 << 20) as usize);
         while let Some(r) = rows.next().map_err(sqlerr)? {
             let c = changelog::row_to_change(r).map_err(sqlerr)?;
-            let has_txn: bool = r.get(7).map_err(sqlerr)?;
+            let has_txn: bool = r.get(8).map_err(sqlerr)?;
             if !has_txn {
                 return Err(bad(origin, format!("change {} names a transaction that is not in the batch", c.id)));
             }
@@ -265,6 +265,7 @@ mod tests {
             attribute: "*".into(),
             old_value: None,
             new_value: Some("true".into()),
+            author: id.clone(),
         };
         let stored = write(&dir.path().join("b.db"), &header, std::slice::from_ref(&change)).unwrap();
         assert!(stored.starts_with(&ZSTD_MAGIC));

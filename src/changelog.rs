@@ -3,12 +3,13 @@
 
 use crate::clock::Hlc;
 use crate::error::{Error, Result};
-use crate::merge::{entity_id_of, Change, Merger, ALIVE, DEAD};
+use crate::merge::{entity_id_of, key_values, Change, Merger, ALIVE, DEAD};
 use crate::sql::ident;
-use crate::track::{self, ROW};
+use crate::track::{self, TableInfo, ROW};
 use crate::value;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
+use std::collections::BTreeMap;
 
 /// Gives ids to everything the triggers captured since the last call and records it
 /// as one transaction authored by `me`. Runs inside the caller's write transaction:
@@ -17,61 +18,140 @@ use rusqlite::{params, Connection};
 /// remote change could overwrite a local write that later gets a newer id).
 ///
 /// Column positions in pending rows refer to the column list recorded in
-/// `ZV_TRACKED` when the triggers that wrote them were installed; `track` ingests
-/// before it reinstalls triggers, so the two always agree.
+/// `ZV_TRACKED` when the triggers that wrote them were installed, so pending rows
+/// are read first, with that list. Then each tracked table's schema is compared
+/// with the recorded one: columns added since (`ALTER TABLE .. ADD COLUMN`) had no
+/// trigger, so the values the app wrote to them are read from the table itself
+/// (every row whose value is not the column's default) before the triggers are
+/// reinstalled. No write to a tracked table is lost, whatever the order of
+/// migration, write and dimple's next run (issue 9).
 pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
     let tracked: Vec<(String, String)> = conn
         .prepare_cached("SELECT tbl, columns FROM ZV_TRACKED ORDER BY tbl")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let merger = Merger::new(conn)?;
-    let mut txn: Option<String> = None;
-    let mut n = 0;
+    let mut w = Recorder { conn, merger: Merger::new(conn)?, hlc, me, txn: None, n: 0, bad_keys: BTreeMap::new() };
+    let mut recorded = Vec::with_capacity(tracked.len());
     for (tbl, columns) in tracked {
         let columns: Vec<String> = serde_json::from_str(&columns)
             .map_err(|e| Error::Invalid(format!("ZV_TRACKED columns of {tbl} are corrupt: {e}")))?;
-        let pending = ident(&track::pending_table(&tbl));
+        let info = track::inspect(conn, &tbl)?;
+        w.pending(&tbl, info.as_ref(), &columns)?;
+        recorded.push((tbl, info, columns));
+    }
+    let stale_triggers =
+        crate::replica::meta_get(conn, CAPTURE_KEY)?.as_deref() != Some(track::CAPTURE_VERSION.to_string().as_str());
+    let mut rebuild = Vec::new();
+    for (tbl, info, columns) in &recorded {
+        let Some(info) = info else { continue }; // dropped: its triggers went with it
+        let added: Vec<usize> = (0..info.columns.len()).filter(|&i| !columns.contains(&info.columns[i])).collect();
+        if !added.is_empty() {
+            w.added_columns(info, &added)?;
+            rebuild.push(tbl.clone());
+        }
+        if stale_triggers || &info.columns != columns {
+            track::install(conn, info, false, &crate::clock::rfc3339(w.hlc.now_ms()))?;
+        }
+    }
+    if stale_triggers {
+        crate::replica::meta_set(conn, CAPTURE_KEY, &track::CAPTURE_VERSION.to_string())?;
+    }
+    if !rebuild.is_empty() {
+        let mut all: Vec<String> = crate::replica::meta_get(conn, REBUILD_KEY)?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        all.extend(rebuild);
+        all.sort();
+        all.dedup();
+        crate::replica::meta_set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
+    }
+    w.report_bad_keys(&recorded)?;
+    let n = w.n;
+    if n > 0 {
+        save_clock(conn, w.hlc)?;
+    }
+    Ok(n)
+}
+
+/// `ZV_METADATA` key: the [`track::CAPTURE_VERSION`] of the installed triggers.
+const CAPTURE_KEY: &str = "capture_version";
+/// `ZV_METADATA` key: tables that gained columns, whose held remote values for
+/// them are applied by the next [`crate::Replica::refresh_schema`] (on the
+/// trigger-less connection, so applying them is not captured again).
+pub(crate) const REBUILD_KEY: &str = "schema.rebuild";
+
+/// Where the problem about rows whose key cannot sync is recorded: one per table.
+pub fn bad_key_origin(table: &str) -> String {
+    format!("local table {table}")
+}
+
+/// Records captured writes as changes of one transaction.
+struct Recorder<'a, 'c> {
+    conn: &'c Connection,
+    merger: Merger<'c>,
+    hlc: &'a mut Hlc,
+    me: &'a str,
+    txn: Option<String>,
+    n: usize,
+    /// Per table: how many captured writes had a key that cannot sync.
+    bad_keys: BTreeMap<String, usize>,
+}
+
+impl Recorder<'_, '_> {
+    fn record(&mut self, tbl: &str, entity_id: &str, attribute: &str, old: Option<String>, new: String) -> Result<()> {
+        let txn_id = match &self.txn {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.hlc.tick().to_string();
+                self.conn
+                    .prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
+                    .execute(params![t, self.me])?;
+                self.txn.insert(t).clone()
+            }
+        };
+        self.n += 1;
+        self.merger.record_local(&Change {
+            id: self.hlc.tick().to_string(),
+            transaction_id: txn_id,
+            entity_type: tbl.to_owned(),
+            entity_id: entity_id.to_owned(),
+            attribute: attribute.to_owned(),
+            old_value: old,
+            new_value: Some(new),
+            author: self.me.to_owned(),
+        })
+    }
+
+    /// The entity id of a captured key, or None (counted) when it cannot sync.
+    fn entity_id(&mut self, tbl: &str, info: Option<&TableInfo>, raw: &Value) -> Option<String> {
+        let id = entity_id_of(raw).filter(|id| info.is_none_or(|info| key_values(info, id).is_ok()));
+        if id.is_none() {
+            *self.bad_keys.entry(tbl.to_owned()).or_default() += 1;
+        }
+        id
+    }
+
+    /// Turns `tbl`'s pending rows (written with the column list `columns`) into changes.
+    fn pending(&mut self, tbl: &str, info: Option<&TableInfo>, columns: &[String]) -> Result<()> {
+        let pending = ident(&track::pending_table(tbl));
         let cols: String = (0..columns.len()).map(|i| format!(", c{i}")).collect();
+        let conn = self.conn;
         let mut stmt = conn.prepare(&format!("SELECT seq, op, pk, col, old, new{cols} FROM {pending} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
         let mut last_seq = None;
         while let Some(r) = rows.next()? {
             last_seq = Some(r.get::<_, i64>(0)?);
             let op: i64 = r.get(1)?;
-            let Some(entity_id) = entity_id_of(&r.get(2)?) else {
-                tracing::warn!(table = %tbl, "captured a row whose key is neither text nor integer; skipped");
-                continue;
-            };
-            let txn_id = match &txn {
-                Some(t) => t.clone(),
-                None => {
-                    let t = hlc.tick().to_string();
-                    conn.prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
-                        .execute(params![t, me])?;
-                    txn.insert(t).clone()
-                }
-            };
-            let mut record = |attribute: &str, old_value: Option<String>, new_value: String| {
-                n += 1;
-                merger.record_local(&Change {
-                    id: hlc.tick().to_string(),
-                    transaction_id: txn_id.clone(),
-                    entity_type: tbl.clone(),
-                    entity_id: entity_id.clone(),
-                    attribute: attribute.to_owned(),
-                    old_value,
-                    new_value: Some(new_value),
-                })
-            };
+            let Some(entity_id) = self.entity_id(tbl, info, &r.get(2)?) else { continue };
             match op {
                 track::OP_INSERT => {
-                    record(ROW, None, ALIVE.to_owned())?;
+                    self.record(tbl, &entity_id, ROW, None, ALIVE.to_owned())?;
                     // An insert's columns have no old value (SQL NULL, unlike JSON null).
                     for (i, c) in columns.iter().enumerate() {
-                        record(c, None, value::encode(&r.get::<_, Value>(6 + i)?))?;
+                        self.record(tbl, &entity_id, c, None, value::encode(&r.get::<_, Value>(6 + i)?))?;
                     }
                 }
-                track::OP_DELETE => record(ROW, None, DEAD.to_owned())?,
+                track::OP_DELETE => self.record(tbl, &entity_id, ROW, None, DEAD.to_owned())?,
                 track::OP_UPDATE => {
                     let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
                     let c = columns.get(i).ok_or_else(|| {
@@ -80,7 +160,8 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
                             columns.len()
                         ))
                     })?;
-                    record(c, Some(value::encode(&r.get::<_, Value>(4)?)), value::encode(&r.get::<_, Value>(5)?))?;
+                    let (old, new) = (value::encode(&r.get::<_, Value>(4)?), value::encode(&r.get::<_, Value>(5)?));
+                    self.record(tbl, &entity_id, c, Some(old), new)?;
                 }
                 _ => return Err(Error::Invalid(format!("captured write {last_seq:?} of {tbl} has unknown op {op}"))),
             }
@@ -88,11 +169,72 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         if let Some(seq) = last_seq {
             conn.execute(&format!("DELETE FROM {pending} WHERE seq <= ?1"), [seq])?;
         }
+        Ok(())
     }
-    if n > 0 {
-        save_clock(conn, hlc)?;
+
+    /// Columns `added` (indexes into `info.columns`) had no trigger until now: what
+    /// the app wrote to them is whatever differs from the column's default.
+    fn added_columns(&mut self, info: &TableInfo, added: &[usize]) -> Result<()> {
+        let conn = self.conn;
+        let mut defaults = Vec::with_capacity(added.len());
+        for &i in added {
+            let dflt: Option<String> = conn.query_row(
+                "SELECT dflt_value FROM pragma_table_info(?1) WHERE name = ?2",
+                [&info.name, &info.columns[i]],
+                |r| r.get(0),
+            )?;
+            // The default is SQL from this database's own schema, not remote input.
+            let v: Value = match dflt {
+                Some(expr) => conn.query_row(&format!("SELECT {expr}"), [], |r| r.get(0))?,
+                None => Value::Null,
+            };
+            defaults.push(value::encode(&v));
+        }
+        let cols: String = added.iter().map(|&i| format!(", r.{}", ident(&info.columns[i]))).collect();
+        let sql = format!("SELECT {}{cols} FROM {} AS r", track::captured_key(info, "r"), ident(&info.name));
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(entity_id) = self.entity_id(&info.name, Some(info), &r.get(0)?) else { continue };
+            for (j, &i) in added.iter().enumerate() {
+                let v = value::encode(&r.get::<_, Value>(1 + j)?);
+                if v != defaults[j] {
+                    self.record(&info.name, &entity_id, &info.columns[i], None, v)?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(n)
+
+    /// A row whose key cannot sync is never left out silently: it becomes a problem
+    /// of this replica (shown by `status`, found by `verify`), cleared once no such
+    /// row is left in the table.
+    fn report_bad_keys(&self, tables: &[(String, Option<TableInfo>, Vec<String>)]) -> Result<()> {
+        let conn = self.conn;
+        let now = crate::clock::rfc3339(self.hlc.now_ms());
+        for tbl in self.bad_keys.keys() {
+            let reason = "rows whose key is NULL, a blob, or not of the key column's type cannot sync; give them a proper key (the count says how many times dimple met one)";
+            crate::problems::record_local(conn, self.me, &bad_key_origin(tbl), reason, &now)?;
+        }
+        let open: Vec<String> = conn
+            .prepare_cached("SELECT object_key FROM ZV_PROBLEM WHERE replica = ?1")?
+            .query_map([self.me], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for (tbl, info, _) in tables {
+            let origin = bad_key_origin(tbl);
+            if !open.contains(&origin) || self.bad_keys.contains_key(tbl) {
+                continue;
+            }
+            let left = match info {
+                Some(info) => track::count_unsyncable_keys(conn, info)?,
+                None => 0,
+            };
+            if left == 0 {
+                conn.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [self.me, &origin])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
@@ -104,11 +246,10 @@ pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
 /// This replica's changes after `after` (a change id), whole transactions only,
 /// stopping once `limit` changes are gathered.
 pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value
-         FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id
-         WHERE c.id > ?1 AND t.author = ?2 ORDER BY c.id",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM ZV_CHANGE WHERE id > ?1 AND author = ?2 ORDER BY id",
+        crate::merge::CHANGE_COLUMNS
+    ))?;
     let mut rows = stmt.query(params![after, me])?;
     let mut out: Vec<Change> = Vec::new();
     while let Some(r) = rows.next()? {
@@ -121,6 +262,7 @@ pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize)
     Ok(out)
 }
 
+/// A change from a row whose first columns are [`crate::merge::CHANGE_COLUMNS`].
 pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
     Ok(Change {
         id: r.get(0)?,
@@ -130,6 +272,7 @@ pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
         attribute: r.get(4)?,
         old_value: r.get(5)?,
         new_value: r.get(6)?,
+        author: r.get(7)?,
     })
 }
 
@@ -152,8 +295,8 @@ pub fn history(conn: &Connection, entity: Option<(&str, &str)>, limit: usize) ->
     let sql =
         "SELECT c.id, c.transaction_id, t.author, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
                       EXISTS (SELECT 1 FROM ZV_CLOCK k WHERE k.entity_type = c.entity_type AND k.entity_id = c.entity_id
-                              AND k.attribute = c.attribute AND k.change_id = c.id)
-               FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id
+                              AND k.attribute = c.attribute AND k.change_id = c.id AND k.author = c.author)
+               FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id AND t.author = c.author
                WHERE (?1 IS NULL OR (c.entity_type = ?1 AND c.entity_id = ?2))
                ORDER BY c.id DESC LIMIT ?3";
     let (t, e) = entity.unzip();

@@ -130,6 +130,17 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Go on as a new replica (new id and key) that keeps this database's unpushed
+    /// writes: for a copied database that another device also uses (sync said
+    /// "in use by another device"). Writes a newer change already replaced are dropped.
+    Fork {
+        db: PathBuf,
+        /// A name for the new replica (default: keep the current one).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Trust a replica (its changes are applied from the next pull), revoke it, or
     /// set the group's trust mode. Revoking stops further changes; those already
     /// applied stay. See docs/trust.md.
@@ -314,6 +325,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bootstrap(cmd) => crate::cli_boot::run(cmd).await?,
         Command::Agent { dbs, interval, store } => agent(dbs, interval, store).await?,
+        Command::Fork { db, name, out } => {
+            let (r, report) = dimple::fork::fork(open(&db)?, name.as_deref())?;
+            if out.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} is now replica {} ({}); {} unpushed changes kept for the next push, {} already replaced by newer ones dropped; the old id {} syncs as another replica",
+                    db.display(),
+                    r.id(),
+                    r.name()?,
+                    report.kept,
+                    report.superseded,
+                    report.old_replica
+                );
+            }
+        }
         Command::Replicas { db, out } => {
             let list = status::replicas(&open(&db)?)?;
             if out.json {

@@ -200,12 +200,13 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
         let s = crate::cli::store_for(&r, &store).await?;
         let mine = verify::snapshot_digest(&mut r)?;
         // A digest of rows known to be wrong would only mislead the others.
-        if diffs.is_empty() || repair {
+        if diffs.iter().all(|d| repair && d.repairable()) {
             verify::publish(&r, &s, &mine).await?;
         }
         comparisons = verify::compare(&r, &s, &mine).await?;
     }
-    let diverged = (!diffs.is_empty() && !repair) || comparisons.iter().any(|c| c.verdict == "different");
+    let diverged =
+        diffs.iter().any(|d| !repair || !d.repairable()) || comparisons.iter().any(|c| c.verdict == "different");
     if json {
         print_json(&serde_json::json!({
             "differences": diffs, "repaired": repaired, "replicas": comparisons, "ok": !diverged,

@@ -181,27 +181,42 @@ fn load_attached(
     tx.execute_batch(
         "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;",
     )?;
+    let with_authors: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('ZV_CHANGE', 'snap') WHERE name = 'author'",
+        [],
+        |r| r.get(0),
+    )?;
     let empty: bool = tx.query_row(
         "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)",
         [],
         |r| r.get(0),
     )?;
-    if empty {
+    let copy = match (with_authors, empty) {
         // Same shape on both sides, empty destination, foreign keys off: SQLite
         // copies these b-trees page by page instead of row by row (its "transfer
         // optimization"), the bulk of a clone's time.
-        tx.execute_batch(
+        (true, true) => {
             "INSERT INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
-             INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;",
-        )?;
-    } else {
-        tx.execute_batch(
-            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
-               SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value FROM snap.ZV_CHANGE;
-             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id)
-               SELECT entity_type, entity_id, attribute, change_id FROM snap.ZV_CLOCK;",
-        )?;
-    }
+             INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
+        }
+        (true, false) => {
+            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
+               SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author FROM snap.ZV_CHANGE;
+             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id, author)
+               SELECT entity_type, entity_id, attribute, change_id, author FROM snap.ZV_CLOCK;"
+        }
+        // A snapshot from before changes carried their author: ids were unique across
+        // the group then, so the transaction (or the change) names it.
+        (false, _) => {
+            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
+               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, t.author
+               FROM snap.ZV_CHANGE c JOIN snap.ZV_TRANSACTION t ON t.id = c.transaction_id;
+             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id, author)
+               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author
+               FROM snap.ZV_CLOCK k JOIN main.ZV_CHANGE c ON c.id = k.change_id;"
+        }
+    };
+    tx.execute_batch(copy)?;
     tx.execute(
         "INSERT INTO main.ZV_REPLICA(id, name, public_key, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
          SELECT replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count, ?1, ?1 FROM snap.ZV_CURSOR WHERE replica <> ?2",

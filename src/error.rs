@@ -29,7 +29,7 @@ pub enum Error {
     Io { path: String, source: std::io::Error },
     #[error("not a dimple replica: {0} (run `dimple init` first)")]
     NotInitialized(String),
-    #[error("replica id {0} is in use by another device: its head changed under us (was this database copied? run `dimple clone` to make a new replica)")]
+    #[error("replica id {0} is in use by another device: its head changed under us (was this database copied?); run `dimple fork DB` to go on as a new replica that keeps and pushes this copy's unpushed writes")]
     ReplicaConflict(String),
     #[error("bad data from {origin}: {reason}")]
     BadData { origin: String, reason: String },

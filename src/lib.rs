@@ -23,6 +23,7 @@
 //! - `track`: key validation and the capture triggers
 //! - `changelog`: captured writes into changes with ids; reading the log
 //! - `merge`: last-writer-wins and writing winners into tables
+//! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `clock`: the hybrid logical clock and UUIDv7 ids
 //! - `value`: exact encoding of SQLite values
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
@@ -32,6 +33,7 @@
 //! - `status`: what `dimple status` reports
 //! - `direction`: push-only, pull-only or both
 //! - `export`: tracked tables to and from CSV/JSON files
+//! - `fork`: a copied database goes on as a new replica, keeping its writes
 //! - `verify`: tables against the log, digests against other replicas
 //! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
 //! - `agent`: the background sync loop, its lock and state file
@@ -44,9 +46,11 @@ pub mod clone;
 pub mod direction;
 pub mod error;
 pub mod export;
+pub mod fork;
 pub mod head;
 pub mod layout;
 pub mod merge;
+pub mod migrate;
 pub mod problems;
 pub mod replica;
 pub mod snapshot;

@@ -16,12 +16,23 @@ pub struct Problem {
 
 pub fn record(conn: &Connection, replica: &str, object_key: &str, reason: &str, now: &str) -> Result<()> {
     tracing::warn!(%replica, %object_key, %reason, "refused input from the bucket");
+    upsert(conn, replica, object_key, reason, now)
+}
+
+fn upsert(conn: &Connection, replica: &str, object_key: &str, reason: &str, now: &str) -> Result<()> {
     conn.execute(
         "INSERT INTO ZV_PROBLEM(replica, object_key, reason, first_at, last_at) VALUES (?1, ?2, ?3, ?4, ?4)
          ON CONFLICT(replica, object_key, reason) DO UPDATE SET last_at = excluded.last_at, count = count + 1",
         params![replica, object_key, reason, now],
     )?;
     Ok(())
+}
+
+/// A problem with this replica's own data (rows that cannot sync), which no pull
+/// clears: the code that found it clears it once its cause is gone.
+pub fn record_local(conn: &Connection, me: &str, origin: &str, reason: &str, now: &str) -> Result<()> {
+    tracing::warn!(%origin, %reason, "local rows cannot sync");
+    upsert(conn, me, origin, reason, now)
 }
 
 /// A replica that synced cleanly has no problems left.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-const SCHEMA: &str = include_str!("../schema/local.sql");
+pub(crate) const SCHEMA: &str = include_str!("../schema/local.sql");
 
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 256 << 20;
@@ -89,9 +89,9 @@ fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
         Some(rusqlite::ErrorCode::NotADatabase) => {
             Error::Invalid(format!("{}: not a SQLite database (or it is encrypted)", path.display()))
         }
-        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied) => {
-            Error::Invalid(format!("{}: cannot open the database: {e}", path.display()))
-        }
+        Some(
+            rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied,
+        ) => Error::Invalid(format!("{}: cannot open the database: {e}", path.display())),
         _ => Error::Sqlite(e),
     }
 }
@@ -145,9 +145,13 @@ impl Replica {
         let now = clock::rfc3339(opts.clock.now_ms());
         let tx = app.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
-        for (k, v) in
-            [("database_uuid", id.as_str()), ("format", &FORMAT.to_string()), ("name", &name), ("created_at", &now)]
-        {
+        for (k, v) in [
+            ("database_uuid", id.as_str()),
+            ("format", &FORMAT.to_string()),
+            ("local_schema", &crate::migrate::CURRENT.to_string()),
+            ("name", &name),
+            ("created_at", &now),
+        ] {
             meta_set(&tx, k, v)?;
         }
         if let Some(b) = bucket {
@@ -162,7 +166,7 @@ impl Replica {
         if !path.exists() {
             return Err(Error::Invalid(format!("{}: no such database", path.display())));
         }
-        let app = connect(path, &opts, true)?;
+        let mut app = connect(path, &opts, true)?;
         let id: Option<String> = app
             .query_row("SELECT value FROM ZV_METADATA WHERE key='database_uuid'", [], |r| r.get(0))
             .optional()
@@ -175,6 +179,10 @@ impl Replica {
                 path.display(),
                 format
             )));
+        }
+        crate::migrate::upgrade(&mut app)?;
+        if let Some(public) = meta_get(&app, crate::fork::PUBLIC_KEY)? {
+            crate::fork::finish_key_swap(&side_dir(path), &public)?;
         }
         let uuid = Uuid::parse_str(&id).map_err(|_| Error::Invalid(format!("bad database_uuid {id:?}")))?;
         let last = meta_get(&app, "clock")?.and_then(|s| clock::parse_id(&s));
@@ -266,19 +274,25 @@ impl Replica {
         Ok(())
     }
 
-    /// Re-installs capture for tracked tables whose columns changed (ALTER TABLE) and
-    /// applies logged changes for the new columns.
+    /// Takes in tracked tables whose columns changed (ALTER TABLE): the values
+    /// written to new columns are captured and capture is reinstalled (by
+    /// [`changelog::ingest`], on any path), then changes the log held for the new
+    /// columns are applied here, on the connection whose writes are not captured.
+    /// Returns the tables that gained columns.
     pub fn refresh_schema(&mut self) -> Result<Vec<String>> {
-        let mut changed = Vec::new();
-        for table in track::tracked_names(&self.sync)? {
-            let Some(info) = track::inspect(&self.sync, &table)? else { continue };
-            if track::recorded_columns(&self.sync, &table)?.as_ref() != Some(&info.columns) {
-                changed.push(table);
+        let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.hlc.observe_persisted(&tx)?;
+        changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        let changed: Vec<String> =
+            meta_get(&tx, changelog::REBUILD_KEY)?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        {
+            let merger = Merger::new(&tx)?;
+            for table in &changed {
+                merger.rebuild(table)?;
             }
         }
-        for table in &changed {
-            self.track(table, true)?;
-        }
+        tx.execute("DELETE FROM ZV_METADATA WHERE key = ?1", [changelog::REBUILD_KEY])?;
+        tx.commit()?;
         Ok(changed)
     }
 
@@ -311,7 +325,7 @@ impl Replica {
     pub fn unpushed(&self) -> Result<i64> {
         let through = meta_get(&self.sync, "push.through")?.unwrap_or_default();
         Ok(self.sync.query_row(
-            "SELECT count(*) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE c.id > ?1 AND t.author = ?2",
+            "SELECT count(*) FROM ZV_CHANGE WHERE id > ?1 AND author = ?2",
             [&through, &self.id],
             |r| r.get(0),
         )?)

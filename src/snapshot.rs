@@ -182,12 +182,13 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
         counts.tables += 1;
     }
     s.execute_batch(
-        "INSERT INTO main.ZV_CLOCK SELECT entity_type, entity_id, attribute, change_id FROM src.ZV_CLOCK;
-         INSERT INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
-           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value
-           FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id;
+        "INSERT INTO main.ZV_CLOCK SELECT entity_type, entity_id, attribute, change_id, author FROM src.ZV_CLOCK;
+         INSERT INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
+           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, c.author
+           FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author;
          INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
-           SELECT t.id, t.author FROM src.ZV_TRANSACTION t WHERE t.id IN (SELECT transaction_id FROM main.ZV_CHANGE);
+           SELECT t.id, t.author FROM src.ZV_TRANSACTION t
+           WHERE (t.id, t.author) IN (SELECT transaction_id, author FROM main.ZV_CHANGE);
          INSERT INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
            SELECT id, name, public_key, batch_id, batch_sha256, last_change_id, change_count
            FROM src.ZV_REPLICA WHERE public_key IS NOT NULL;",

@@ -529,7 +529,6 @@ fn apply_batch(r: &mut Replica, id: &str, path: &std::path::Path, key: &str, sha
     for c in &changes {
         check_change(r, key, c, cap)?;
     }
-    check_transactions_are_new(r, id, key, &changes)?;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
@@ -586,25 +585,6 @@ fn check_change(r: &Replica, key: &str, c: &Change, max_value_bytes: usize) -> R
 
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
-
-/// A batch may not add changes to a transaction already in the log under another
-/// author: `INSERT OR IGNORE` would keep the old author and the log would then
-/// credit the victim with the forger's changes.
-fn check_transactions_are_new(r: &Replica, id: &str, key: &str, changes: &[Change]) -> Result<()> {
-    let mut stmt = r.sync.prepare_cached("SELECT author FROM ZV_TRANSACTION WHERE id = ?1")?;
-    let mut last = "";
-    for c in changes {
-        if c.transaction_id == last {
-            continue;
-        }
-        last = &c.transaction_id;
-        let author: Option<String> = stmt.query_row([&c.transaction_id], |row| row.get(0)).optional()?;
-        if let Some(author) = author.filter(|a| a != id) {
-            return Err(Error::bad(key, format!("transaction {last} already belongs to replica {author}")));
-        }
-    }
-    Ok(())
-}
 
 /// A remote change that breaks a local constraint (UNIQUE, NOT NULL, CHECK, a type
 /// the key cannot hold) refuses its batch for that replica only, instead of failing

@@ -114,6 +114,39 @@ pub(crate) fn key_expr(info: &TableInfo, row: &str) -> String {
     }
 }
 
+/// True when `row`'s key can travel: each key column holds the storage class its
+/// declared type gives (SQLite lets a TEXT key hold a BLOB or NULL, an INTEGER one
+/// text that is not a number), so every replica writes back the very same key.
+pub(crate) fn key_syncs(info: &TableInfo, row: &str) -> String {
+    let parts: Vec<String> = info
+        .key_columns
+        .iter()
+        .zip(&info.key_affinity)
+        .map(|(c, aff)| {
+            let class = if *aff == Affinity::Integer { "integer" } else { "text" };
+            format!("typeof({row}.{}) = '{class}'", ident(c))
+        })
+        .collect();
+    parts.join(" AND ")
+}
+
+/// The key as the capture triggers record it. A key that cannot sync is recorded
+/// as an empty blob instead of failing the app's write (`json_array` refuses blobs,
+/// and a NULL would break the pending table's NOT NULL): dimple then reports the
+/// row as a problem when it next runs.
+pub(crate) fn captured_key(info: &TableInfo, row: &str) -> String {
+    format!("CASE WHEN {} THEN {} ELSE x'' END", key_syncs(info, row), key_expr(info, row))
+}
+
+/// Rows of the table whose key cannot sync (see [`key_syncs`]).
+pub fn count_unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<i64> {
+    let sql = format!("SELECT count(*) FROM {} AS r WHERE NOT ({})", ident(&info.name), key_syncs(info, "r"));
+    Ok(conn.query_row(&sql, [], |r| r.get(0))?)
+}
+
+/// Bumped when the trigger SQL changes: `ingest` reinstalls older triggers.
+pub const CAPTURE_VERSION: i64 = 2;
+
 /// `a.k IS b.k` for every key column, compared byte for byte (a NOCASE key that
 /// changes case is a new key).
 fn keys_equal(info: &TableInfo, negate: bool) -> String {
@@ -144,7 +177,7 @@ fn insert_row(info: &TableInfo, row: &str) -> String {
     format!(
         "INSERT INTO {}(op, pk{cols}) VALUES ({OP_INSERT}, {}{vals});",
         ident(&pending_table(&info.name)),
-        key_expr(info, row)
+        captured_key(info, row)
     )
 }
 
@@ -156,7 +189,7 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
     let t = ident(&info.name);
     let pending = ident(&pending_table(&info.name));
     let name = |kind: &str| ident(&format!("zv_{kind}_{}", info.name));
-    let delete = format!("INSERT INTO {pending}(op, pk) VALUES ({OP_DELETE}, {});", key_expr(info, "OLD"));
+    let delete = format!("INSERT INTO {pending}(op, pk) VALUES ({OP_DELETE}, {});", captured_key(info, "OLD"));
     let mut out = vec![
         format!("CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {} END", name("ins"), insert_row(info, "NEW")),
         format!("CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {delete} END", name("del")),
@@ -178,7 +211,7 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
              BEGIN INSERT INTO {pending}(op, pk, col, old, new) VALUES ({OP_UPDATE}, {}, {i}, OLD.{col}, NEW.{col}); END",
             ident(&format!("zv_upd_{i}_{}", info.name)),
             keys_equal(info, false),
-            key_expr(info, "NEW"),
+            captured_key(info, "NEW"),
         ));
     }
     out
@@ -242,7 +275,7 @@ pub fn install(conn: &Connection, info: &TableInfo, capture_existing: bool, now:
         conn.execute_batch(&format!(
             "INSERT INTO {}(op, pk{cols}) SELECT {OP_INSERT}, {}{vals} FROM {} AS r",
             ident(&pending_table(&info.name)),
-            key_expr(info, "r"),
+            captured_key(info, "r"),
             ident(&info.name)
         ))?;
     }

@@ -32,9 +32,42 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Difference {
-    MissingRow { table: String, entity_id: String },
-    ExtraRow { table: String, entity_id: String },
-    Column { table: String, entity_id: String, column: String, expected: String, found: String },
+    MissingRow {
+        table: String,
+        entity_id: String,
+    },
+    ExtraRow {
+        table: String,
+        entity_id: String,
+    },
+    Column {
+        table: String,
+        entity_id: String,
+        column: String,
+        expected: String,
+        found: String,
+    },
+    /// A row whose key is NULL, a blob, or not of its column's type: it cannot sync
+    /// (and `--repair` cannot fix it: the app must give it a proper key).
+    KeyCannotSync {
+        table: String,
+        key: String,
+    },
+    /// A row whose foreign key names no parent (SQLite's `foreign_key_check`):
+    /// per-row last-writer-wins can leave an orphan when one replica deletes a
+    /// parent while another adds a child (see the merge rules).
+    ForeignKey {
+        table: String,
+        rowid: Option<i64>,
+        parent: String,
+    },
+}
+
+impl Difference {
+    /// Whether `--repair` can fix it from the log (a bad key or an orphan needs the app).
+    pub fn repairable(&self) -> bool {
+        matches!(self, Difference::MissingRow { .. } | Difference::ExtraRow { .. } | Difference::Column { .. })
+    }
 }
 
 impl std::fmt::Display for Difference {
@@ -49,6 +82,13 @@ impl std::fmt::Display for Difference {
             Difference::Column { table, entity_id, column, expected, found } => {
                 write!(f, "{table}/{entity_id}: column {column} is {found}, the log says {expected}")
             }
+            Difference::KeyCannotSync { table, key } => {
+                write!(f, "{table}: a row whose key ({key}) cannot sync: NULL, a blob, or not of the key's type")
+            }
+            Difference::ForeignKey { table, rowid, parent } => match rowid {
+                Some(rowid) => write!(f, "{table} (rowid {rowid}): foreign key names no row of {parent}"),
+                None => write!(f, "{table}: a row's foreign key names no row of {parent}"),
+            },
         }
     }
 }
@@ -86,9 +126,11 @@ pub struct Comparison {
 type Winners = BTreeMap<String, HashMap<String, Option<String>>>;
 
 fn winners(conn: &Connection, table: &str) -> Result<Winners> {
-    // SQLite takes the bare columns from the row holding max(id).
+    // SQLite takes the bare columns from the row holding the max: the merge order
+    // is (id, author), and ids are fixed-length canonical text, so `id || author`
+    // sorts the same way.
     let mut stmt = conn.prepare(
-        "SELECT entity_id, attribute, new_value, max(id) FROM ZV_CHANGE WHERE entity_type = ?1 GROUP BY entity_id, attribute",
+        "SELECT entity_id, attribute, new_value, max(id || author) FROM ZV_CHANGE WHERE entity_type = ?1 GROUP BY entity_id, attribute",
     )?;
     let mut rows = stmt.query([table])?;
     let mut out = Winners::new();
@@ -100,7 +142,7 @@ fn winners(conn: &Connection, table: &str) -> Result<Winners> {
 
 /// Stored rows: entity id -> column -> value, for non-key columns.
 fn stored(conn: &Connection, info: &TableInfo) -> Result<BTreeMap<String, Vec<Value>>> {
-    let mut cols = vec![track::key_expr(info, "r")];
+    let mut cols = vec![track::captured_key(info, "r")];
     cols.extend(info.columns.iter().map(|c| format!("r.{}", ident(c))));
     let sql = format!("SELECT {} FROM {} AS r", cols.join(", "), ident(&info.name));
     let mut stmt = conn.prepare(&sql)?;
@@ -155,6 +197,8 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
     for table in track::tracked_names(conn)? {
         let Some(info) = track::inspect(conn, &table)? else { continue };
+        out.extend(unsyncable_keys(conn, &info)?);
+        out.extend(orphans(conn, &table)?);
         let log = winners(conn, &table)?;
         let rows = stored(conn, &info)?;
         let affs = affinities(conn, &table)?;
@@ -192,6 +236,31 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
     Ok(out)
 }
 
+fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<Difference>> {
+    let keys = info.key_columns.iter().map(|c| format!("r.{}", ident(c))).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {keys} FROM {} AS r WHERE NOT ({})", ident(&info.name), track::key_syncs(info, "r"));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let key = (0..info.key_columns.len())
+            .map(|i| r.get::<_, Value>(i).map(|v| value::encode(&v)))
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .join(", ");
+        out.push(Difference::KeyCannotSync { table: info.name.clone(), key });
+    }
+    Ok(out)
+}
+
+/// SQLite's own foreign-key check of one table (whatever `PRAGMA foreign_keys` says).
+fn orphans(conn: &Connection, table: &str) -> Result<Vec<Difference>> {
+    let mut stmt = conn.prepare("SELECT rowid, \"parent\" FROM pragma_foreign_key_check(?1)")?;
+    let rows = stmt.query_map([table], |r| {
+        Ok(Difference::ForeignKey { table: table.to_owned(), rowid: r.get(0)?, parent: r.get(1)? })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Writes the log's truth over `diffs` on the trigger-less connection (not captured).
 /// Returns how many rows were rewritten.
 pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
@@ -200,7 +269,10 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
     for d in diffs {
         let (Difference::MissingRow { table, entity_id }
         | Difference::ExtraRow { table, entity_id }
-        | Difference::Column { table, entity_id, .. }) = d;
+        | Difference::Column { table, entity_id, .. }) = d
+        else {
+            continue; // only the app can fix a key or an orphan
+        };
         if !done.insert((table.clone(), entity_id.clone())) {
             continue;
         }
@@ -219,7 +291,7 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
         }
         // Re-insert from the log's winners (columns never written keep their default).
         let mut stmt = tx.prepare(
-            "SELECT attribute, new_value, max(id) FROM ZV_CHANGE WHERE entity_type = ?1 AND entity_id = ?2 GROUP BY attribute",
+            "SELECT attribute, new_value, max(id || author) FROM ZV_CHANGE WHERE entity_type = ?1 AND entity_id = ?2 GROUP BY attribute",
         )?;
         let w: HashMap<String, Option<String>> =
             stmt.query_map([table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
@@ -276,11 +348,8 @@ pub fn cursor_vector(r: &Replica) -> Result<BTreeMap<String, String>> {
         .prepare("SELECT id, last_change_id FROM ZV_REPLICA WHERE last_change_id IS NOT NULL")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let own: Option<String> = conn.query_row(
-        "SELECT max(c.id) FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id WHERE t.author = ?1",
-        [r.id()],
-        |r| r.get(0),
-    )?;
+    let own: Option<String> =
+        conn.query_row("SELECT max(id) FROM ZV_CHANGE WHERE author = ?1", [r.id()], |r| r.get(0))?;
     if let Some(own) = own {
         out.insert(r.id().to_owned(), own);
     }

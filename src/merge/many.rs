@@ -158,6 +158,7 @@ mod tests {
                     attribute: attribute.to_owned(),
                     old_value: None,
                     new_value: Some(new_value),
+                    author: "remote".to_owned(),
                 }
             })
             .collect()

@@ -3,6 +3,9 @@
 //!
 //! The rules (SPEC 4), which the property test checks against a model:
 //! - per (entity_type, entity_id, attribute) the change with the greatest id wins;
+//!   a change is identified by (id, author), so two changes can share an id only
+//!   when a member copied another's ids: then the greater author wins, the same on
+//!   every replica, and neither change displaces the other from the log;
 //! - attribute `*` is the row: `true` alive, `false` deleted. A delete therefore
 //!   beats every concurrent column update (updates never touch `*`), and a later
 //!   insert (a greater `*` = true) brings the row back with the winning columns;
@@ -22,7 +25,8 @@ use rusqlite::{params, Connection, Statement};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// One row of `ZV_CHANGE`.
+/// One row of `ZV_CHANGE`: the seed's seven columns and the author of its
+/// transaction (in a batch, always the replica that signed it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub id: String,
@@ -32,11 +36,17 @@ pub struct Change {
     pub attribute: String,
     pub old_value: Option<String>,
     pub new_value: Option<String>,
+    pub author: String,
 }
 
+/// `ZV_CHANGE`'s columns in table order: every statement that reads or writes whole
+/// changes uses this list, and [`Change::as_row`] binds in the same order.
+pub const CHANGE_COLUMNS: &str = "id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author";
+
 impl Change {
-    /// The seven `ZV_CHANGE` columns in table order, for binding to `VALUES (?1..?7)`.
-    pub fn as_row(&self) -> [&dyn rusqlite::ToSql; 7] {
+    /// The eight `ZV_CHANGE` columns in table order, for binding to `VALUES (?1..?8)`;
+    /// a batch file stores the first seven (its author is its signer).
+    pub fn as_row(&self) -> [&dyn rusqlite::ToSql; 8] {
         [
             &self.id,
             &self.transaction_id,
@@ -45,6 +55,7 @@ impl Change {
             &self.attribute,
             &self.old_value,
             &self.new_value,
+            &self.author,
         ]
     }
 }
@@ -86,15 +97,17 @@ pub struct Merger<'c> {
 }
 
 const INSERT_LOG: &str =
-    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING";
-const SET_CLOCK: &str = "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id";
+    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author) DO NOTHING";
+const SET_CLOCK: &str =
+    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author = excluded.author";
 /// One seek instead of a read and a write: the row changes only when the change is
-/// the new winner (no clock yet, or an older one).
+/// the new winner (no clock yet, or an older one, ordered by (id, author)).
 const SET_CLOCK_IF_NEWER: &str =
-    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id WHERE excluded.change_id > ZV_CLOCK.change_id";
+    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author = excluded.author
+     WHERE (excluded.change_id, excluded.author) > (ZV_CLOCK.change_id, ZV_CLOCK.author)";
 
 impl<'c> Merger<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -122,7 +135,7 @@ impl<'c> Merger<'c> {
     /// its effect is already in the table.
     pub fn record_local(&self, c: &Change) -> Result<()> {
         self.insert_log(c)?;
-        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])?;
+        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, c.author])?;
         Ok(())
     }
 
@@ -143,9 +156,14 @@ impl<'c> Merger<'c> {
         if !self.insert_log(c)? {
             return Ok(Outcome::Duplicate);
         }
-        // Ids are unique (the log just took this one), so "not newer" means older.
-        let won =
-            self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id])? == 1;
+        // (id, author) is unique (the log just took this one), so "not newer" means older.
+        let won = self.clock_if_newer.borrow_mut().execute(params![
+            c.entity_type,
+            c.entity_id,
+            c.attribute,
+            c.id,
+            c.author
+        ])? == 1;
         Ok(if won { Outcome::Won } else { Outcome::Lost })
     }
 
@@ -254,7 +272,7 @@ impl<'c> Merger<'c> {
 
     fn winners(&self, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT k.attribute, c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id
+            "SELECT k.attribute, c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author
              WHERE k.entity_type = ?1 AND k.entity_id = ?2",
         )?;
         let rows = stmt.query_map(params![table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?;

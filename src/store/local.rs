@@ -128,10 +128,9 @@ impl LocalStore {
 /// A directory the user cannot write is a set-up error to fix, not an internal one.
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     match e.kind() {
-        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => StoreError::Refused(format!(
-            "cannot write to the bucket directory {}: {e} (check its owner and permissions)",
-            path.display()
-        )),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory => StoreError::Refused(
+            format!("cannot write to the bucket directory {}: {e} (check its owner and permissions)", path.display()),
+        ),
         _ => StoreError::Io(format!("{}: {e}", path.display())),
     }
 }

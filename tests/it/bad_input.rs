@@ -24,7 +24,8 @@ fn s(p: &Path) -> &str {
 fn a_mistyped_bucket_url_is_refused_instead_of_becoming_a_local_directory() -> TestResult {
     let g = Group::new();
     let db = g.db("a");
-    for bad in ["s3:/notes", "s3:notes", "S3://notes", "http://example.com/b", "file:relative/dir", "s3://", "s3://A_B"] {
+    for bad in ["s3:/notes", "s3:notes", "S3://notes", "http://example.com/b", "file:relative/dir", "s3://", "s3://A_B"]
+    {
         let out = dimple(&["init", s(&db), "--bucket", bad]);
         let (code, err) = failure(&out);
         assert_eq!(code, 1, "{bad}: {err}");

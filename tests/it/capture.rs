@@ -204,3 +204,49 @@ fn every_storage_class_round_trips_through_a_sync_unchanged() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 9: SQLite lets a TEXT key hold NULL or a blob. The app's write must not
+/// fail because of dimple's tables, and the row, which cannot sync, must not be left
+/// out silently: `status` shows a problem and `verify` a finding, until the row gets
+/// a proper key; then it syncs and the problem clears.
+#[test]
+fn a_row_whose_key_cannot_sync_is_a_visible_problem_and_never_fails_the_apps_write() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t(id, a) VALUES (NULL, 1)", [])?;
+    app.execute("INSERT INTO t(id, a) VALUES (?1, 2)", [Value::Blob(vec![0xff, 0, 1])])?;
+    app.execute("INSERT INTO t(id, a) VALUES ('fine', 3)", [])?;
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    let st = dimple::status::status(&a)?;
+    assert_eq!(st.problems.len(), 1, "{:?}", st.problems);
+    assert_eq!(st.problems[0].object_key, "local table t");
+    assert!(st.problems[0].reason.contains("cannot sync"), "{}", st.problems[0].reason);
+    let findings = dimple::verify::check(&mut a)?;
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert!(findings.iter().all(|d| matches!(d, dimple::verify::Difference::KeyCannotSync { .. })), "{findings:?}");
+    // A composite key with a blob in it: json_array would have failed the insert.
+    app.execute_batch("CREATE TABLE pair(x TEXT, y TEXT, v, PRIMARY KEY (x, y))")?;
+    a.track("pair", false)?;
+    app.execute("INSERT INTO pair VALUES ('x', ?1, 1)", [Value::Blob(vec![1])])?;
+    a.capture()?;
+
+    // The app fixes its rows: they sync, and the problem goes away.
+    app.execute_batch(
+        "UPDATE t SET id = 'was-null' WHERE id IS NULL; UPDATE t SET id = 'was-blob' WHERE typeof(id) = 'blob';",
+    )?;
+    app.execute_batch("UPDATE pair SET y = 'y' WHERE typeof(y) = 'blob'")?;
+    block_on(dimple::sync(&mut a, &store))?;
+    assert_eq!(dimple::status::status(&a)?.problems.len(), 0);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    let mut b = g.replica("b");
+    b.conn().execute_batch("CREATE TABLE pair(x TEXT, y TEXT, v, PRIMARY KEY (x, y))")?;
+    b.track("pair", false)?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(b.conn(), "t").len(), 3);
+    assert_eq!(rows(b.conn(), "pair"), rows(a.conn(), "pair"));
+    assert_eq!(rows(b.conn(), "pair").len(), 1);
+    Ok(())
+}

@@ -213,9 +213,7 @@ fn applying_changes_in_any_order_or_twice_gives_the_same_table() -> TestResult {
         block_on(dimple::sync(r, &store))?;
     }
     let all: Vec<dimple::merge::Change> = {
-        let mut stmt = rs[0].conn().prepare(
-            "SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value FROM ZV_CHANGE",
-        )?;
+        let mut stmt = rs[0].conn().prepare(&format!("SELECT {} FROM ZV_CHANGE", dimple::merge::CHANGE_COLUMNS))?;
         let all = stmt.query_map([], dimple::changelog::row_to_change)?.collect::<Result<_, _>>()?;
         all
     };

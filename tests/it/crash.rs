@@ -210,3 +210,74 @@ fn a_cli_sync_killed_at_random_moments_then_rerun_delivers_everything_once() -> 
     assert_delivered_once(&g, &a, &mut reader);
     Ok(())
 }
+
+/// Issue 9: the copy that loses the replica-id conflict is told to run `dimple fork`,
+/// which keeps and pushes its unpushed writes as a new replica; a write that a newer
+/// change already replaced stays replaced. Afterwards every replica holds the same
+/// rows: the original's writes, the copy's writes, the newer change.
+#[test]
+fn the_copy_that_loses_the_id_conflict_forks_and_keeps_its_unpushed_writes() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    let mut other = g.replica("other");
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    drop(a);
+    std::fs::copy(g.db("a"), g.db("copy"))?;
+    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
+    std::fs::create_dir_all(side("copy"))?;
+    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
+    let mut a = g.reopen("a");
+    let mut copy = g.reopen("copy");
+    let old_id = copy.id().to_owned();
+    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    g.clock.advance(5);
+    copy.conn()
+        .execute_batch("INSERT INTO t VALUES ('from-copy', 7, 'y', 0.25); UPDATE t SET a = 2 WHERE id = 'k';")?;
+    copy.capture()?;
+    g.clock.advance(5);
+    // A newer write of k.a elsewhere, pulled by the copy: its own k.a is replaced.
+    block_on(dimple::sync(&mut other, &store))?;
+    other.conn().execute("UPDATE t SET a = 9 WHERE id = 'k'", [])?;
+    block_on(dimple::sync(&mut other, &store))?;
+    drop(copy);
+
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let db = g.db("copy");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).arg(&db).output().unwrap();
+    let out = run(&["sync"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dimple fork") && err.lines().count() == 1, "{err}");
+    let out = run(&["fork", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["old_replica"], old_id.as_str());
+    assert_eq!(report["kept"], 4, "the inserted row: its marker and three columns");
+    assert_eq!(report["superseded"], 1, "k.a = 2, replaced by the newer k.a = 9");
+    let out = run(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut copy = g.reopen("copy");
+    assert_ne!(copy.id(), old_id);
+    assert!(dimple::status::status(&copy)?.problems.is_empty());
+    for _ in 0..2 {
+        for r in [&mut a, &mut other, &mut copy] {
+            block_on(dimple::sync(r, &store))?;
+        }
+    }
+    let want = rows(a.conn(), "t");
+    let ids: Vec<String> = want.iter().map(|r| format!("{:?}={:?}", r[0], r[1])).collect();
+    assert_eq!(ids, vec![r#"Text("from-a")=Integer(1)"#, r#"Text("from-copy")=Integer(7)"#, r#"Text("k")=Integer(9)"#]);
+    assert_eq!(rows(copy.conn(), "t"), want);
+    assert_eq!(rows(other.conn(), "t"), want);
+    let mut reader = g.replica("reader");
+    block_on(dimple::pull(&mut reader, &store))?;
+    assert_eq!(rows(reader.conn(), "t"), want);
+    for r in [&mut a, &mut copy, &mut reader] {
+        assert_eq!(dimple::verify::check(r)?, vec![]);
+    }
+    Ok(())
+}

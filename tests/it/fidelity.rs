@@ -80,14 +80,15 @@ fn check_paths(rows_in: Vec<(String, Value, Value, Value)>) -> TestResult {
     let mut b = untyped(&g, "b");
     block_on(dimple::sync(&mut b, &store))?;
     assert_eq!(exact(rows(b.conn(), "t")), want, "pulled through batches");
-    
+
     assert_eq!(dimple::verify::check(&mut a)?, vec![], "a's table matches its own log");
     assert_eq!(dimple::verify::check(&mut b)?, vec![], "b's table matches its log");
 
     // Snapshot and clone.
     block_on(dimple::snapshot::compact(&mut a, &store, Duration::from_secs(3600)))?;
     open_plain(&g.db("c")).execute_batch(UNTYPED)?;
-    let (c, report) = block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &store, &|_| {}))?;
+    let (c, report) =
+        block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &store, &|_| {}))?;
     assert!(report.snapshot.is_some());
     assert_eq!(exact(rows(c.conn(), "t")), want, "cloned from a snapshot");
 

@@ -19,4 +19,5 @@ mod snapshot;
 mod store_contract;
 mod support;
 mod trust;
+mod upgrade;
 mod verify;

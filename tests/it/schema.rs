@@ -36,3 +36,104 @@ fn a_replica_on_an_older_schema_applies_new_columns_once_it_adds_them() -> TestR
     dimple(&["verify", b, "--local"]);
     Ok(())
 }
+
+/// Both replicas on the same schema, synced once, with rows n1..n3 on both.
+fn notes_pair(g: &Group) -> Result<(dimple::Replica, dimple::Replica), Box<dyn std::error::Error>> {
+    let mut rs = Vec::new();
+    for name in ["a", "b"] {
+        let r = dimple::Replica::init(&g.db(name), Some(&g.bucket_url()), Some(name), g.opts())?;
+        r.conn().execute_batch("CREATE TABLE notes(id TEXT PRIMARY KEY, body TEXT)")?;
+        let mut r = r;
+        r.track("notes", false)?;
+        rs.push(r);
+    }
+    let (mut a, mut b) = (rs.remove(0), rs.remove(0));
+    for i in 1..=3 {
+        a.conn().execute("INSERT INTO notes VALUES (?1, 'body')", [format!("n{i}")])?;
+    }
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    Ok((a, b))
+}
+
+/// Issue 9: the app migrates and writes the new column at once, from a connection
+/// that never loaded dimple, before dimple next runs: an UPDATE of an existing row
+/// and an INSERT. Both reach the other replica; both sides verify clean.
+#[test]
+fn writes_to_a_column_added_before_dimple_runs_again_are_captured() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = notes_pair(&g)?;
+    let app = open_plain(&g.db("a"));
+    app.execute_batch(
+        "ALTER TABLE notes ADD COLUMN tags TEXT;
+         UPDATE notes SET tags = 'work' WHERE id = 'n1';
+         INSERT INTO notes VALUES ('n4', 'new', 'home');
+         UPDATE notes SET body = 'edited', tags = 'both' WHERE id = 'n2';",
+    )?;
+    open_plain(&g.db("b")).execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT")?;
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    let want = rows(a.conn(), "notes");
+    let tags: Vec<Value> = want.iter().map(|r| r[2].clone()).collect();
+    assert_eq!(
+        tags,
+        vec![Value::Text("work".into()), Value::Text("both".into()), Value::Null, Value::Text("home".into())]
+    );
+    assert_eq!(rows(b.conn(), "notes"), want);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    assert_eq!(dimple::verify::check(&mut b)?, vec![]);
+    // Capture goes on for the new column without another `dimple track`.
+    app.execute("UPDATE notes SET tags = 'later' WHERE id = 'n3'", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(b.conn(), "notes"), rows(a.conn(), "notes"));
+    Ok(())
+}
+
+/// The same through the Rust API: migration and writes in one dimple transaction.
+#[test]
+fn writes_to_a_column_added_in_the_same_api_transaction_are_captured() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = notes_pair(&g)?;
+    a.transaction(|tx| {
+        tx.execute_batch(
+            "ALTER TABLE notes ADD COLUMN tags TEXT DEFAULT 'none';
+             UPDATE notes SET tags = 'work' WHERE id = 'n1';
+             INSERT INTO notes(id, body) VALUES ('n4', 'default tag');
+             INSERT INTO notes VALUES ('n5', 'x', 'home');",
+        )?;
+        Ok(())
+    })?;
+    open_plain(&g.db("b")).execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT DEFAULT 'none'")?;
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(b.conn(), "notes"), rows(a.conn(), "notes"));
+    assert_eq!(dimple::verify::check(&mut b)?, vec![]);
+    Ok(())
+}
+
+/// A replica that adds the column after the values arrived applies them then, and
+/// its own later writes to the column sync back.
+#[test]
+fn held_values_for_a_new_column_apply_when_the_app_adds_it_and_then_write_it() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = notes_pair(&g)?;
+    let store = g.store();
+    open_plain(&g.db("a")).execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT; UPDATE notes SET tags = 'a';")?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    open_plain(&g.db("b"))
+        .execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT; UPDATE notes SET tags = 'b' WHERE id = 'n3';")?;
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    let want = rows(a.conn(), "notes");
+    assert_eq!(
+        want.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
+        vec![Value::Text("a".into()), Value::Text("a".into()), Value::Text("b".into())]
+    );
+    assert_eq!(rows(b.conn(), "notes"), want);
+    Ok(())
+}

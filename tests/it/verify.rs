@@ -121,3 +121,45 @@ fn verify_on_the_command_line_fails_on_divergence_and_repair_fixes_it() -> TestR
     assert_eq!(rows(g.reopen("a").conn(), "t").len(), 3);
     Ok(())
 }
+
+/// Issue 9, item 8: a child added on one replica while another deletes its parent
+/// (ON DELETE CASCADE) converges, to an orphan on both: per-row last-writer-wins
+/// cannot see the constraint. `verify` reports it as a finding of its own.
+#[test]
+fn an_orphan_left_by_concurrent_delete_and_insert_is_reported_by_verify() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let schema = "CREATE TABLE parent(id TEXT PRIMARY KEY);
+                  CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id) ON DELETE CASCADE);";
+    let mut rs = Vec::new();
+    for name in ["a", "b"] {
+        let r = dimple::Replica::init(&g.db(name), Some(&g.bucket_url()), Some(name), g.opts())?;
+        r.conn().execute_batch(schema)?;
+        let mut r = r;
+        r.track("parent", false)?;
+        r.track("child", false)?;
+        rs.push(r);
+    }
+    let (mut a, mut b) = (rs.remove(0), rs.remove(0));
+    a.conn().execute("INSERT INTO parent VALUES ('p')", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    let (app_a, app_b) = (open_plain(&g.db("a")), open_plain(&g.db("b")));
+    app_a.execute_batch("PRAGMA foreign_keys = ON; DELETE FROM parent WHERE id = 'p';")?;
+    app_b.execute_batch("PRAGMA foreign_keys = ON; INSERT INTO child VALUES ('c', 'p');")?;
+    for _ in 0..2 {
+        block_on(dimple::sync(&mut a, &store))?;
+        block_on(dimple::sync(&mut b, &store))?;
+    }
+    assert_eq!(rows(a.conn(), "child"), rows(b.conn(), "child"), "converged");
+    assert_eq!(rows(a.conn(), "parent"), rows(b.conn(), "parent"));
+    for r in [&mut a, &mut b] {
+        let findings = dimple::verify::check(r)?;
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            matches!(&findings[0], dimple::verify::Difference::ForeignKey { table, parent, .. } if table == "child" && parent == "parent"),
+            "{findings:?}"
+        );
+    }
+    Ok(())
+}

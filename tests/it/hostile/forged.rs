@@ -105,20 +105,106 @@ fn a_transaction_authored_by_another_replica_is_refused() {
     s.later_change_syncs(false);
 }
 
-/// The author column says `a`, but the transaction id is one of `c`'s that `b`
-/// already holds: the log would credit `c` with `a`'s changes.
+/// Issue 9: the author column says `a`, but the transaction id is one of `c`'s that
+/// `b` already holds. Ids are unique per author, so this is simply `a`'s own
+/// transaction: `a`'s changes are credited to `a`, `c`'s transaction keeps its
+/// changes and its author, and `c` goes on syncing.
 #[test]
-fn a_transaction_id_reused_from_another_replica_is_refused() {
+fn a_transaction_id_reused_from_another_replica_stays_the_reusers_own() {
     let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
     let c_txn: String =
         s.b.conn().query_row("SELECT id FROM ZV_TRANSACTION WHERE author = ?1", [s.c.id()], |r| r.get(0)).unwrap();
-    let key = forge(&s, no_edit, |cs| cs.iter_mut().for_each(|c| c.transaction_id = c_txn.clone()), |_| {});
+    let c_changes = changes_of(&s.b, &c_txn, s.c.id());
+    forge(&s, no_edit, |cs| cs.iter_mut().for_each(|c| c.transaction_id = c_txn.clone()), |_| {});
     let report = s.pull();
-    s.assert_refused(&report, &key, "already belongs to replica");
-    forge(&s, no_edit, no_edit, |_| {});
-    s.pull();
-    assert!(s.has("a2"));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(s.has("a2"), "a's own write applies");
+    assert_eq!(changes_of(&s.b, &c_txn, s.c.id()), c_changes, "c's transaction is untouched");
+    let a2_author: String =
+        s.b.conn().query_row("SELECT author FROM ZV_CHANGE WHERE entity_id = 'a2' LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(a2_author, s.a.id());
     s.later_change_syncs(false);
+}
+
+/// (id, new_value) of the changes of transaction `txn` by `author` in `r`'s log.
+fn changes_of(r: &Replica, txn: &str, author: &str) -> Vec<(String, Option<String>)> {
+    r.conn()
+        .prepare("SELECT id, new_value FROM ZV_CHANGE WHERE transaction_id = ?1 AND author = ?2 ORDER BY id")
+        .unwrap()
+        .query_map([txn, author], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Issue 9: a member publishes, first, the very transaction id and change ids that
+/// an honest member will use next (ids are predictable), with values of its own:
+/// here `a` takes `c`'s next ids before `c` pushes them. `b` applies `a`'s batch
+/// (its own writes, under its own name), and `c`'s honest batch still applies in
+/// full afterwards, with `c`'s values under `c`'s ids.
+fn future_ids_attack(reuse_transaction: bool, reuse_changes: bool) {
+    let mut s = Scene::with("INSERT INTO t VALUES ('c2', 666, 'forged', 0.5)", false);
+    // `c` has written its next row and given it ids, but not pushed yet.
+    s.c.conn().execute("INSERT INTO t VALUES ('c3', 3, 'honest', 0.25)", []).unwrap();
+    s.c.capture().unwrap();
+    let c_next = dimple::changelog::own_changes_after(s.c.conn(), s.c.id(), "", 1_000_000).unwrap();
+    let c_next: Vec<Change> = c_next.into_iter().filter(|c| c.entity_id == "c3").collect();
+    let (c_txn, c_ids): (String, Vec<String>) =
+        (c_next[0].transaction_id.clone(), c_next.iter().map(|c| c.id.clone()).collect());
+    forge(
+        &s,
+        // The forged ids must stay in order and match the header.
+        |h| {
+            if reuse_changes {
+                h.first_change_id = c_ids[0].clone();
+                h.last_change_id = c_ids[c_ids.len() - 1].clone();
+            }
+        },
+        |cs| {
+            // `a`'s row c2 (a row `c` also writes) is 5 changes, like c3.
+            assert_eq!(cs.len(), c_ids.len());
+            for (c, id) in cs.iter_mut().zip(&c_ids) {
+                if reuse_transaction {
+                    c.transaction_id = c_txn.clone();
+                }
+                if reuse_changes {
+                    c.id = id.clone();
+                    c.entity_id = "c3".into();
+                }
+            }
+        },
+        |_| {},
+    );
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "a's batch is a valid batch of its own: {:?}", report.problems);
+    // Now `c` pushes its honest batch: it must apply in full.
+    block_on(dimple::push(&mut s.c, &s.g.store())).unwrap();
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "c's honest batch is refused: {:?}", report.problems);
+    let honest: Vec<(String, Option<String>)> = c_next.iter().map(|c| (c.id.clone(), c.new_value.clone())).collect();
+    assert_eq!(changes_of(&s.b, &c_txn, s.c.id()), honest, "c's changes, under c's ids, with c's values");
+    // The forged and the honest changes share ids; the merge orders them by (id,
+    // author), the same on every replica: `b` holds what `c` and `a` hold after
+    // they pull too.
+    block_on(dimple::sync(&mut s.c, &s.g.store())).unwrap();
+    assert_eq!(rows(s.b.conn(), "t"), rows(s.c.conn(), "t"));
+    assert_eq!(dimple::verify::check(&mut s.b).unwrap(), vec![]);
+    s.later_change_syncs(false);
+}
+
+#[test]
+fn a_member_taking_anothers_next_transaction_id_cannot_stop_its_changes() {
+    future_ids_attack(true, false);
+}
+
+#[test]
+fn a_member_taking_anothers_next_change_ids_cannot_stop_or_replace_its_changes() {
+    future_ids_attack(false, true);
+}
+
+#[test]
+fn a_member_taking_anothers_next_transaction_and_change_ids_cannot_stop_its_changes() {
+    future_ids_attack(true, true);
 }
 
 /// A batch of a future format, correctly chained and signed (a newer dimple).

@@ -1,0 +1,182 @@
+//! `dimple fork`: a copied database goes on as a new replica, keeping its writes.
+//!
+//! When a database file is copied (a restored backup, a cloned laptop disk) and
+//! both copies write, the copy that pushes second finds the replica's head changed
+//! under it and stops (exit 4): pushing would fork one replica's history. Its
+//! unpushed writes are real work, so instead of abandoning them (a `clone` starts
+//! from the bucket and carries none of them) this copy takes a new replica id and
+//! a new key pair, and its unpushed changes become changes of the new replica:
+//! - a change that still wins locally gets a new id from the new replica's clock:
+//!   greater than everything applied, so it is still the newest write of its
+//!   attribute, here and on every replica that pulls it;
+//! - a change that a newer one already replaced is dropped: re-issuing it with a
+//!   new, greater id would bring back a value the group already replaced;
+//! - the old id becomes a remote replica whose cursor is the last batch this copy
+//!   pushed under it, so the next pull applies what the other copy pushed since.
+//!
+//! Everything in the database changes in one transaction. The new private key is
+//! written beside the old one first and moved into place after the commit; the
+//! database records its public key, so a crash in between is finished on the next
+//! open (see [`crate::Replica`]'s key loading).
+
+use crate::changelog;
+use crate::clock::{self, Hlc};
+use crate::error::{Error, Result};
+use crate::merge::{Change, Merger, CHANGE_COLUMNS};
+use crate::replica::{meta_get, meta_set, Replica};
+use crate::trust;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+/// `ZV_METADATA` key: the public key of the replica's current key pair, recorded by
+/// a fork before the new key file is moved into place.
+pub const PUBLIC_KEY: &str = "public_key";
+/// The new key file while a fork is under way.
+pub const NEXT_KEY_FILE: &str = "replica.key.next";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkReport {
+    pub old_replica: String,
+    pub new_replica: String,
+    /// Unpushed changes now authored by the new replica (pushed by the next push).
+    pub kept: usize,
+    /// Unpushed changes already replaced by newer ones, dropped.
+    pub superseded: usize,
+}
+
+/// Push-state keys of the old identity, forgotten by the new one.
+const PUSH_KEYS: [&str; 9] = [
+    "push.through",
+    "push.batch_id",
+    "push.sha256",
+    "push.head_etag",
+    "push.batch_count",
+    "push.change_count",
+    "push.recent",
+    "push.inflight",
+    "descriptor.published",
+];
+
+/// Makes `r` a new replica that keeps its unpushed writes; returns it reopened.
+pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)> {
+    let (path, opts, side) = (r.path().to_owned(), r.opts.clone(), r.side().to_owned());
+    let old = r.id().to_owned();
+    let old_public = r.public_key()?;
+    let next_key = side.join(NEXT_KEY_FILE);
+    if next_key.exists() {
+        std::fs::remove_file(&next_key).map_err(|e| Error::io(&next_key, e))?;
+    }
+    let new_key = trust::generate(&next_key)?;
+    let new_public = trust::public_b64(&new_key);
+    let new_uuid = clock::random_v7(opts.clock.as_ref());
+    let new = new_uuid.to_string();
+    let mut report = ForkReport { old_replica: old.clone(), new_replica: new.clone(), kept: 0, superseded: 0 };
+    {
+        let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        r.hlc.observe_persisted(&tx)?;
+        changelog::ingest(&tx, &mut r.hlc, &old)?;
+        let mut hlc = Hlc::new(opts.clock.clone(), &new_uuid, Some(r.hlc.state()), opts.max_drift_ms);
+        let meta = |k: &str| meta_get(&tx, k);
+        let through = meta("push.through")?.unwrap_or_default();
+        let unpushed: Vec<Change> = tx
+            .prepare(&format!("SELECT {CHANGE_COLUMNS} FROM ZV_CHANGE WHERE author = ?1 AND id > ?2 ORDER BY id"))?
+            .query_map(params![old, through], changelog::row_to_change)?
+            .collect::<Result<_, _>>()?;
+        {
+            let merger = Merger::new(&tx)?;
+            let mut is_winner = tx.prepare(
+                "SELECT 1 FROM ZV_CLOCK WHERE entity_type = ?1 AND entity_id = ?2 AND attribute = ?3
+                 AND change_id = ?4 AND author = ?5",
+            )?;
+            let (mut old_txn, mut new_txn): (Option<String>, Option<String>) = (None, None);
+            for c in &unpushed {
+                if old_txn.as_deref() != Some(c.transaction_id.as_str()) {
+                    old_txn = Some(c.transaction_id.clone());
+                    new_txn = None;
+                }
+                let wins = is_winner
+                    .query_row(params![c.entity_type, c.entity_id, c.attribute, c.id, old], |_| Ok(()))
+                    .optional()?
+                    .is_some();
+                tx.execute("DELETE FROM ZV_CHANGE WHERE id = ?1 AND author = ?2", params![c.id, old])?;
+                if !wins {
+                    report.superseded += 1;
+                    continue;
+                }
+                let txn = match &new_txn {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = hlc.tick().to_string();
+                        tx.execute("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)", params![t, new])?;
+                        new_txn.insert(t).clone()
+                    }
+                };
+                merger.record_local(&Change {
+                    id: hlc.tick().to_string(),
+                    transaction_id: txn,
+                    author: new.clone(),
+                    ..c.clone()
+                })?;
+                report.kept += 1;
+            }
+        }
+        tx.execute(
+            "DELETE FROM ZV_TRANSACTION WHERE author = ?1
+             AND NOT EXISTS (SELECT 1 FROM ZV_CHANGE c WHERE c.transaction_id = ZV_TRANSACTION.id AND c.author = ?1)",
+            [&old],
+        )?;
+        // The old id is now another replica, applied up to what this copy pushed.
+        let now = clock::rfc3339(opts.clock.now_ms());
+        let last_change = (!through.is_empty()).then_some(through.clone());
+        tx.execute(
+            "INSERT INTO ZV_REPLICA(id, name, public_key, trust, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+            params![
+                old,
+                meta("name")?,
+                old_public,
+                trust::TRUSTED,
+                meta("push.batch_id")?,
+                meta("push.sha256")?,
+                last_change,
+                meta("push.change_count")?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
+                now
+            ],
+        )?;
+        for k in PUSH_KEYS {
+            tx.execute("DELETE FROM ZV_METADATA WHERE key = ?1", [k])?;
+        }
+        meta_set(&tx, "database_uuid", &new)?;
+        meta_set(&tx, "forked_from", &old)?;
+        meta_set(&tx, PUBLIC_KEY, &new_public)?;
+        if let Some(name) = name {
+            meta_set(&tx, "name", name)?;
+        }
+        changelog::save_clock(&tx, &hlc)?;
+        tx.commit()?;
+    }
+    drop(r);
+    // The in-flight batch, if any, was the old identity's; its changes now wait
+    // under the new one.
+    let outbox = side.join("outbox");
+    if outbox.exists() {
+        std::fs::remove_dir_all(&outbox).map_err(|e| Error::io(&outbox, e))?;
+    }
+    finish_key_swap(&side, &new_public)?;
+    Ok((Replica::open(&path, opts)?, report))
+}
+
+/// Moves a fork's new key into place when the database already names it.
+pub fn finish_key_swap(side: &std::path::Path, public: &str) -> Result<()> {
+    let (key, next) = (side.join("replica.key"), side.join(NEXT_KEY_FILE));
+    if !next.exists() {
+        return Ok(());
+    }
+    if trust::public_b64(&trust::load(&next)?) == public {
+        std::fs::rename(&next, &key).map_err(|e| Error::io(&key, e))?;
+    } else {
+        // Left by a fork that crashed before its commit: the database kept the old key.
+        std::fs::remove_file(&next).map_err(|e| Error::io(&next, e))?;
+    }
+    Ok(())
+}
