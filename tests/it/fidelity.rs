@@ -16,7 +16,7 @@ fn any_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<i64>().prop_map(Value::Integer),
         any::<u64>().prop_map(f64::from_bits).prop_filter("SQLite has no NaN", |f| !f.is_nan()).prop_map(Value::Real),
-        ".{0,40}".prop_map(Value::Text),
+        "(?s).{0,40}".prop_map(Value::Text),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Blob),
     ]
 }
