@@ -192,4 +192,60 @@ mod tests {
             assert_eq!(rows(&one), rows(&many), "round {round}: {changes:#?}");
         }
     }
+
+    /// Issue 9: two authors may publish the same id (a member copying another's).
+    /// Both changes are kept, the greater (id, author) wins, and the result is the
+    /// same in any arrival order, batch-wise or one by one.
+    #[test]
+    fn shared_ids_from_two_authors_merge_the_same_in_any_order() {
+        let mut rng = Rng(0xa11ce);
+        for round in 0..200 {
+            let n = 1 + rng.below(30) as usize;
+            let mut changes = random_changes(&mut rng, n);
+            let mut seen = std::collections::HashSet::new();
+            for c in changes.iter_mut() {
+                c.id = format!("{:012}", 100 + rng.below(8)); // few ids: many shared
+                c.author = ["m", "n"][rng.below(2) as usize].to_owned();
+            }
+            changes.retain(|c| seen.insert((c.id.clone(), c.author.clone())));
+            let mut reversed = changes.clone();
+            reversed.reverse();
+            let results: Vec<Vec<(String, String)>> = [&changes, &reversed]
+                .iter()
+                .enumerate()
+                .map(|(i, order)| {
+                    let c = replica();
+                    // No row outside the log here: with one, arrival order may matter.
+                    c.execute_batch("INSERT INTO ZV_TRANSACTION VALUES ('tx', 'm'), ('tx', 'n'); DELETE FROM t;")
+                        .unwrap();
+                    let m = Merger::new(&c).unwrap();
+                    if i == 0 {
+                        order.iter().for_each(|ch| drop(m.apply_remote(ch).unwrap()));
+                    } else {
+                        m.apply_many(order).unwrap();
+                    }
+                    drop(m);
+                    // Every change is in the log, and each clock entry is the greatest (id, author).
+                    let logged: i64 = c.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0)).unwrap();
+                    assert_eq!(logged as usize, changes.len(), "round {round}");
+                    let mut stmt = c.prepare("SELECT entity_id, attribute, change_id, author FROM ZV_CLOCK").unwrap();
+                    let clock = stmt
+                        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)))
+                        .unwrap()
+                        .map(Result::unwrap);
+                    for (e, a, id, author) in clock {
+                        let best = changes
+                            .iter()
+                            .filter(|c| c.entity_id == e && c.attribute == a)
+                            .map(|c| (c.id.clone(), c.author.clone()))
+                            .max()
+                            .unwrap();
+                        assert_eq!((id, author), best, "round {round}");
+                    }
+                    rows(&c)
+                })
+                .collect();
+            assert_eq!(results[0], results[1], "round {round}: {changes:#?}");
+        }
+    }
 }
