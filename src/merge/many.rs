@@ -220,7 +220,9 @@ mod tests {
                         .unwrap();
                     let m = Merger::new(&c).unwrap();
                     if i == 0 {
-                        order.iter().for_each(|ch| drop(m.apply_remote(ch).unwrap()));
+                        for ch in order.iter() {
+                            m.apply_remote(ch).unwrap();
+                        }
                     } else {
                         m.apply_many(order).unwrap();
                     }
