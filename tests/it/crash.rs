@@ -154,22 +154,31 @@ fn a_copied_database_pushing_under_the_same_replica_id_is_detected_on_s3() -> Te
     copied_database_is_detected(Backend::S3)
 }
 
-fn copied_database_is_detected(backend: Backend) -> TestResult {
-    let Some(g) = Group::on(backend, "copied") else { return Ok(()) };
+/// `a` pushes row `k`; its database and key are copied to `copy` (a second device now
+/// claims the same id); then `a` pushes `from-a`. Returns (a, copy).
+fn pushed_then_copied(
+    g: &Group,
+    store: &dimple::store::Metered<dyn dimple::store::Store>,
+) -> Result<(dimple::Replica, dimple::Replica), Box<dyn std::error::Error>> {
     let mut a = g.replica("a");
-    let store = g.store();
     a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
-    block_on(dimple::push(&mut a, &store))?;
+    block_on(dimple::push(&mut a, store))?;
     drop(a);
-    // Copy the database and its key: a second device now claims the same id.
     std::fs::copy(g.db("a"), g.db("copy"))?;
     let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
     std::fs::create_dir_all(side("copy"))?;
     std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
     let mut a = g.reopen("a");
-    let mut copy = g.reopen("copy");
+    let copy = g.reopen("copy");
     a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
-    block_on(dimple::push(&mut a, &store))?;
+    block_on(dimple::push(&mut a, store))?;
+    Ok((a, copy))
+}
+
+fn copied_database_is_detected(backend: Backend) -> TestResult {
+    let Some(g) = Group::on(backend, "copied") else { return Ok(()) };
+    let store = g.store();
+    let (mut a, mut copy) = pushed_then_copied(&g, &store)?;
     g.clock.advance(5);
     copy.conn().execute("INSERT INTO t VALUES ('from-copy', 1, 'x', 0.5)", [])?;
     let err = block_on(dimple::push(&mut copy, &store)).unwrap_err();
@@ -219,20 +228,9 @@ fn a_cli_sync_killed_at_random_moments_then_rerun_delivers_everything_once() -> 
 fn the_copy_that_loses_the_id_conflict_forks_and_keeps_its_unpushed_writes() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut a = g.replica("a");
     let mut other = g.replica("other");
-    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
-    block_on(dimple::push(&mut a, &store))?;
-    drop(a);
-    std::fs::copy(g.db("a"), g.db("copy"))?;
-    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
-    std::fs::create_dir_all(side("copy"))?;
-    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
-    let mut a = g.reopen("a");
-    let mut copy = g.reopen("copy");
+    let (mut a, mut copy) = pushed_then_copied(&g, &store)?;
     let old_id = copy.id().to_owned();
-    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
-    block_on(dimple::push(&mut a, &store))?;
     g.clock.advance(5);
     copy.conn()
         .execute_batch("INSERT INTO t VALUES ('from-copy', 7, 'y', 0.25); UPDATE t SET a = 2 WHERE id = 'k';")?;
