@@ -178,7 +178,7 @@ fn pushed_then_copied(
 fn copied_database_is_detected(backend: Backend) -> TestResult {
     let Some(g) = Group::on(backend, "copied") else { return Ok(()) };
     let store = g.store();
-    let (mut a, mut copy) = pushed_then_copied(&g, &store)?;
+    let (a, mut copy) = pushed_then_copied(&g, &store)?;
     g.clock.advance(5);
     copy.conn().execute("INSERT INTO t VALUES ('from-copy', 1, 'x', 0.5)", [])?;
     let err = block_on(dimple::push(&mut copy, &store)).unwrap_err();
