@@ -5,11 +5,11 @@
 //! the authors before any change is handed to the merger.
 
 use crate::clock::parse_id;
+use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
 use crate::merge::Change;
 use crate::{changelog, FORMAT};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use sha2::{Digest, Sha256};
 use std::path::Path;
 
 const SCHEMA: &str = include_str!("../schema/batch.sql");
@@ -27,37 +27,11 @@ pub struct Header {
     pub change_count: i64,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::codec::sha256_hex;
 
-/// Stored batches are zstd frames holding the SQLite file (docs/format.md); a
-/// plain SQLite file is read as well.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-const ZSTD_LEVEL: i32 = 3;
-/// A stored batch may not unpack to more than this (a small download must not
-/// become an unbounded file).
-pub const MAX_UNPACKED: u64 = 1 << 30;
-
-/// The SQLite file inside a stored batch: unpacked when compressed, as is otherwise
-/// (opening it then says whether it is a batch at all).
+/// The SQLite file inside a stored batch (see [`crate::codec`]).
 pub fn unpack<'b>(stored: &'b [u8], origin: &str) -> Result<std::borrow::Cow<'b, [u8]>> {
-    if !stored.starts_with(&ZSTD_MAGIC) {
-        return Ok(std::borrow::Cow::Borrowed(stored));
-    }
-    use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::with_buffer(stored)
-        .map_err(|e| bad(origin, format!("not a readable compressed batch: {e}")))?;
-    let mut out = Vec::new();
-    decoder
-        .take(MAX_UNPACKED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| bad(origin, format!("not a readable compressed batch: {e}")))?;
-    if out.len() as u64 > MAX_UNPACKED {
-        return Err(bad(origin, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
-    }
-    Ok(std::borrow::Cow::Owned(out))
+    codec::decode(Kind::Batch, stored, origin)
 }
 
 /// Writes a batch to `path` (replacing it) as it is stored in the bucket, and
@@ -96,7 +70,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
         conn.execute_batch("COMMIT")?;
     }
     let raw = std::fs::read(&sqlite).map_err(|e| Error::io(&sqlite, e))?;
-    let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| Error::io(&sqlite, e))?;
+    let stored = codec::encode(Kind::Batch, raw)?;
     std::fs::write(path, &stored).map_err(|e| Error::io(path, e))?;
     let _ = std::fs::remove_file(&sqlite);
     Ok(stored)
@@ -268,7 +242,7 @@ mod tests {
             author: id.clone(),
         };
         let stored = write(&dir.path().join("b.db"), &header, std::slice::from_ref(&change)).unwrap();
-        assert!(stored.starts_with(&ZSTD_MAGIC));
+        assert!(stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]), "a zstd frame");
         assert_eq!(std::fs::read(dir.path().join("b.db")).unwrap(), stored, "the outbox holds what is uploaded");
         let sqlite = unpack(&stored, "b").unwrap().into_owned();
         assert!(sqlite.starts_with(b"SQLite format 3\0"));

@@ -40,7 +40,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         recorded.push((tbl, info, columns));
     }
     let stale_triggers =
-        crate::replica::meta_get(conn, CAPTURE_KEY)?.as_deref() != Some(track::CAPTURE_VERSION.to_string().as_str());
+        crate::meta::get(conn, CAPTURE_KEY)?.as_deref() != Some(track::CAPTURE_VERSION.to_string().as_str());
     let mut rebuild = Vec::new();
     for (tbl, info, columns) in &recorded {
         let Some(info) = info else { continue }; // dropped: its triggers went with it
@@ -54,16 +54,15 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         }
     }
     if stale_triggers {
-        crate::replica::meta_set(conn, CAPTURE_KEY, &track::CAPTURE_VERSION.to_string())?;
+        crate::meta::set(conn, CAPTURE_KEY, &track::CAPTURE_VERSION.to_string())?;
     }
     if !rebuild.is_empty() {
-        let mut all: Vec<String> = crate::replica::meta_get(conn, REBUILD_KEY)?
-            .and_then(|j| serde_json::from_str(&j).ok())
-            .unwrap_or_default();
+        let mut all: Vec<String> =
+            crate::meta::get(conn, REBUILD_KEY)?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
         all.extend(rebuild);
         all.sort();
         all.dedup();
-        crate::replica::meta_set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
+        crate::meta::set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
     }
     w.report_bad_keys(&recorded)?;
     let n = w.n;

@@ -205,8 +205,8 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
         }
         comparisons = verify::compare(&r, &s, &mine).await?;
     }
-    let diverged =
-        diffs.iter().any(|d| !repair || !d.repairable()) || comparisons.iter().any(|c| c.verdict == "different");
+    let diverged = diffs.iter().any(|d| !repair || !d.repairable())
+        || comparisons.iter().any(|c| c.verdict == dimple::verify::Verdict::Different);
     if json {
         print_json(&serde_json::json!({
             "differences": diffs, "repaired": repaired, "replicas": comparisons, "ok": !diverged,

@@ -84,19 +84,23 @@ pub async fn clone(
 
 async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::path::PathBuf> {
     // Streamed to disk and hashed from there: a snapshot is as big as the database.
-    let path = r.side().join(format!("clone-{}.db", p.snapshot_id));
+    let path = r.side().file(&format!("clone-{}.db", p.snapshot_id));
     let size = match store.get_to_file(&p.key, &path).await {
         Ok(n) => n,
         Err(StoreError::NotFound(_)) => return Err(Error::bad(&p.key, "the snapshot LATEST.json names is missing")),
         Err(e) => return Err(e.into()),
     };
-    let sha = crate::store::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
+    let sha = crate::codec::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
     if sha != p.sha256 || size != p.size {
         let _ = std::fs::remove_file(&path);
         return Err(Error::bad(
             &p.key,
             format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256),
         ));
+    }
+    if let Err(e) = crate::codec::decode_file(crate::codec::Kind::Snapshot, &path, &p.key) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
     Ok(path)
 }
@@ -217,11 +221,7 @@ fn load_attached(
         }
     };
     tx.execute_batch(copy)?;
-    tx.execute(
-        "INSERT INTO main.ZV_REPLICA(id, name, public_key, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
-         SELECT replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count, ?1, ?1 FROM snap.ZV_CURSOR WHERE replica <> ?2",
-        [now, me.as_str()],
-    )?;
+    crate::peers::copy_from_snapshot(&tx, &me, now)?;
     let changes: u64 = tx.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
     // Our ids must be greater than every id we now hold.
     let max: Option<String> = tx.query_row("SELECT max(id) FROM main.ZV_CHANGE", [], |r| r.get(0))?;

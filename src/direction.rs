@@ -5,7 +5,7 @@
 //! obeys it.
 
 use crate::error::{Error, Result};
-use crate::replica::{meta_get, meta_set};
+use crate::meta;
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -57,12 +57,12 @@ impl std::fmt::Display for Direction {
 }
 
 pub fn get(conn: &Connection) -> Result<Direction> {
-    match meta_get(conn, KEY)? {
+    match meta::get(conn, KEY)? {
         Some(s) => s.parse(),
         None => Ok(Direction::Both),
     }
 }
 
 pub fn set(conn: &Connection, d: Direction) -> Result<()> {
-    meta_set(conn, KEY, d.as_str())
+    meta::set(conn, KEY, d.as_str())
 }

@@ -23,7 +23,10 @@ use crate::changelog;
 use crate::clock::{self, Hlc};
 use crate::error::{Error, Result};
 use crate::merge::{Change, Merger, CHANGE_COLUMNS};
-use crate::replica::{meta_get, meta_set, Replica};
+use crate::meta::{self, PushState};
+use crate::peers::{self, Peer, Trust};
+use crate::replica::Replica;
+use crate::sidedir::SideDir;
 use crate::trust;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
@@ -31,8 +34,6 @@ use serde::Serialize;
 /// `ZV_METADATA` key: the public key of the replica's current key pair, recorded by
 /// a fork before the new key file is moved into place.
 pub const PUBLIC_KEY: &str = "public_key";
-/// The new key file while a fork is under way.
-pub const NEXT_KEY_FILE: &str = "replica.key.next";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ForkReport {
@@ -44,25 +45,12 @@ pub struct ForkReport {
     pub superseded: usize,
 }
 
-/// Push-state keys of the old identity, forgotten by the new one.
-const PUSH_KEYS: [&str; 9] = [
-    "push.through",
-    "push.batch_id",
-    "push.sha256",
-    "push.head_etag",
-    "push.batch_count",
-    "push.change_count",
-    "push.recent",
-    "push.inflight",
-    "descriptor.published",
-];
-
 /// Makes `r` a new replica that keeps its unpushed writes; returns it reopened.
 pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)> {
     let (path, opts, side) = (r.path().to_owned(), r.opts.clone(), r.side().to_owned());
     let old = r.id().to_owned();
     let old_public = r.public_key()?;
-    let next_key = side.join(NEXT_KEY_FILE);
+    let next_key = side.next_key();
     if next_key.exists() {
         std::fs::remove_file(&next_key).map_err(|e| Error::io(&next_key, e))?;
     }
@@ -76,8 +64,8 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         r.hlc.observe_persisted(&tx)?;
         changelog::ingest(&tx, &mut r.hlc, &old)?;
         let mut hlc = Hlc::new(opts.clock.clone(), &new_uuid, Some(r.hlc.state()), opts.max_drift_ms);
-        let meta = |k: &str| meta_get(&tx, k);
-        let through = meta("push.through")?.unwrap_or_default();
+        let pushed = PushState::load(&tx)?;
+        let through = pushed.through.clone();
         let unpushed: Vec<Change> = tx
             .prepare(&format!("SELECT {CHANGE_COLUMNS} FROM ZV_CHANGE WHERE author = ?1 AND id > ?2 ORDER BY id"))?
             .query_map(params![old, through], changelog::row_to_change)?
@@ -127,30 +115,28 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         )?;
         // The old id is now another replica, applied up to what this copy pushed.
         let now = clock::rfc3339(opts.clock.now_ms());
-        let last_change = (!through.is_empty()).then_some(through.clone());
-        tx.execute(
-            "INSERT INTO ZV_REPLICA(id, name, public_key, trust, batch_id, batch_sha256, last_change_id, change_count, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-            params![
-                old,
-                meta("name")?,
-                old_public,
-                trust::TRUSTED,
-                meta("push.batch_id")?,
-                meta("push.sha256")?,
-                last_change,
-                meta("push.change_count")?.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-                now
-            ],
+        peers::add(
+            &tx,
+            &Peer {
+                id: old.clone(),
+                name: meta::get(&tx, "name")?,
+                public_key: Some(old_public.clone()),
+                trust: Trust::Trusted,
+                head_etag: None,
+                batch_id: pushed.batch_id,
+                batch_sha256: pushed.sha256,
+                last_change_id: (!through.is_empty()).then_some(through),
+                change_count: pushed.change_count,
+                first_seen: now.clone(),
+                last_seen: Some(now),
+            },
         )?;
-        for k in PUSH_KEYS {
-            tx.execute("DELETE FROM ZV_METADATA WHERE key = ?1", [k])?;
-        }
-        meta_set(&tx, "database_uuid", &new)?;
-        meta_set(&tx, "forked_from", &old)?;
-        meta_set(&tx, PUBLIC_KEY, &new_public)?;
+        PushState::forget(&tx)?;
+        meta::set(&tx, "database_uuid", &new)?;
+        meta::set(&tx, "forked_from", &old)?;
+        meta::set(&tx, PUBLIC_KEY, &new_public)?;
         if let Some(name) = name {
-            meta_set(&tx, "name", name)?;
+            meta::set(&tx, "name", name)?;
         }
         changelog::save_clock(&tx, &hlc)?;
         tx.commit()?;
@@ -158,17 +144,15 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
     drop(r);
     // The in-flight batch, if any, was the old identity's; its changes now wait
     // under the new one.
-    let outbox = side.join("outbox");
-    if outbox.exists() {
-        std::fs::remove_dir_all(&outbox).map_err(|e| Error::io(&outbox, e))?;
-    }
+    let outbox = side.outbox()?;
+    std::fs::remove_dir_all(&outbox).map_err(|e| Error::io(&outbox, e))?;
     finish_key_swap(&side, &new_public)?;
     Ok((Replica::open(&path, opts)?, report))
 }
 
 /// Moves a fork's new key into place when the database already names it.
-pub fn finish_key_swap(side: &std::path::Path, public: &str) -> Result<()> {
-    let (key, next) = (side.join("replica.key"), side.join(NEXT_KEY_FILE));
+pub fn finish_key_swap(side: &SideDir, public: &str) -> Result<()> {
+    let (key, next) = (side.key(), side.next_key());
     if !next.exists() {
         return Ok(());
     }

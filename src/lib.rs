@@ -26,8 +26,12 @@
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `clock`: the hybrid logical clock and UUIDv7 ids
 //! - `value`: exact encoding of SQLite values
+//! - `codec`: the bytes of every object in the bucket, and their hashes
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
-//! - `sync`: pull and push; `problems`: refused input (docs/trust.md)
+//! - `sync`: push, pull, the chain of batches, the atomic apply
+//! - `problems`: refused input, rows that cannot sync (docs/trust.md)
+//! - `meta`: dimple's own state in `ZV_METADATA` (typed push state)
+//! - `peers`: the other replicas (`ZV_REPLICA`): keys, trust, cursors
 //! - `store`: the bucket as a key space (local directory, S3, retries, fault
 //!   injection, metering); `layout`: every bucket key
 //! - `status`: what `dimple status` reports
@@ -37,12 +41,14 @@
 //! - `verify`: tables against the log, digests against other replicas
 //! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
 //! - `agent`: the background sync loop, its lock and state file
+//! - `sidedir`: the replica's private files beside its database
 
 pub mod agent;
 pub mod batch;
 pub mod changelog;
 pub mod clock;
 pub mod clone;
+pub mod codec;
 pub mod direction;
 pub mod error;
 pub mod export;
@@ -50,9 +56,12 @@ pub mod fork;
 pub mod head;
 pub mod layout;
 pub mod merge;
+pub mod meta;
 pub mod migrate;
+pub mod peers;
 pub mod problems;
 pub mod replica;
+pub mod sidedir;
 pub mod snapshot;
 mod sql;
 pub mod status;

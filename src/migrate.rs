@@ -6,7 +6,7 @@
 //! app's tables.
 
 use crate::error::{Error, Result};
-use crate::replica::{meta_get, meta_set};
+use crate::meta;
 use rusqlite::{Connection, TransactionBehavior};
 
 const KEY: &str = "local_schema";
@@ -30,13 +30,13 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     if version_of(&tx)? < 2 {
         authors_in_the_log(&tx)?;
     }
-    meta_set(&tx, KEY, &CURRENT.to_string())?;
+    meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
     Ok(())
 }
 
 fn version_of(conn: &Connection) -> Result<i64> {
-    match meta_get(conn, KEY)? {
+    match meta::get(conn, KEY)? {
         Some(v) => v.parse().map_err(|_| Error::Invalid(format!("ZV_METADATA {KEY} {v:?} is not a number"))),
         // Before versions were recorded: version 1, unless the tables already have
         // the author columns (a replica made by this dimple before its first write).

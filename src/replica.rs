@@ -11,6 +11,8 @@ use crate::changelog;
 use crate::clock::{self, Clock, Hlc, SystemClock};
 use crate::error::{Error, Result};
 use crate::merge::Merger;
+use crate::meta;
+use crate::sidedir::SideDir;
 use crate::track::{self, TableInfo};
 use crate::{trust, FORMAT};
 use ed25519_dalek::SigningKey;
@@ -58,7 +60,7 @@ impl Default for Options {
 
 pub struct Replica {
     path: PathBuf,
-    side: PathBuf,
+    side: SideDir,
     pub(crate) app: Connection,
     pub(crate) sync: Connection,
     id: String,
@@ -96,23 +98,9 @@ fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-/// `<db>.dimple/`: the replica's private files (key, outgoing and incoming batches).
+/// `<db>.dimple/`: the replica's private files (see [`SideDir`]).
 pub fn side_dir(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".dimple");
-    db.with_file_name(name)
-}
-
-pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM ZV_METADATA WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
-}
-
-pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO ZV_METADATA(key, value) VALUES (?1, ?2)")?.execute([key, value])?;
-    Ok(())
+    SideDir::of(db).path().to_owned()
 }
 
 impl Replica {
@@ -130,11 +118,9 @@ impl Replica {
         if let Some(id) = existing {
             return Err(Error::Invalid(format!("{} is already a dimple replica (id {id})", path.display())));
         }
-        let side = side_dir(path);
-        std::fs::create_dir_all(&side).map_err(|e| Error::io(&side, e))?;
-        std::fs::set_permissions(&side, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| Error::io(&side, e))?;
-        let key_path = side.join("replica.key");
+        let side = SideDir::of(path);
+        side.create()?;
+        let key_path = side.key();
         if key_path.exists() {
             std::fs::remove_file(&key_path).map_err(|e| Error::io(&key_path, e))?;
         }
@@ -152,10 +138,10 @@ impl Replica {
             ("name", &name),
             ("created_at", &now),
         ] {
-            meta_set(&tx, k, v)?;
+            meta::set(&tx, k, v)?;
         }
         if let Some(b) = bucket {
-            meta_set(&tx, "bucket", b)?;
+            meta::set(&tx, "bucket", b)?;
         }
         tx.commit()?;
         drop(app);
@@ -172,7 +158,7 @@ impl Replica {
             .optional()
             .map_err(|_| Error::NotInitialized(path.display().to_string()))?;
         let id = id.ok_or_else(|| Error::NotInitialized(path.display().to_string()))?;
-        let format: Option<String> = meta_get(&app, "format")?;
+        let format: Option<String> = meta::get(&app, "format")?;
         if format.as_deref() != Some(&FORMAT.to_string()) {
             return Err(Error::Invalid(format!(
                 "{}: replica format {:?} is not supported by this dimple (format {FORMAT})",
@@ -181,15 +167,15 @@ impl Replica {
             )));
         }
         crate::migrate::upgrade(&mut app)?;
-        if let Some(public) = meta_get(&app, crate::fork::PUBLIC_KEY)? {
-            crate::fork::finish_key_swap(&side_dir(path), &public)?;
+        if let Some(public) = meta::get(&app, crate::fork::PUBLIC_KEY)? {
+            crate::fork::finish_key_swap(&SideDir::of(path), &public)?;
         }
         let uuid = Uuid::parse_str(&id).map_err(|_| Error::Invalid(format!("bad database_uuid {id:?}")))?;
-        let last = meta_get(&app, "clock")?.and_then(|s| clock::parse_id(&s));
+        let last = meta::get(&app, "clock")?.and_then(|s| clock::parse_id(&s));
         let max_drift_ms = opts.max_drift_ms;
         let hlc = Hlc::new(opts.clock.clone(), &uuid, last, max_drift_ms);
         let sync = connect(path, &opts, false)?;
-        Ok(Replica { path: path.to_owned(), side: side_dir(path), app, sync, id, hlc, opts, key: None })
+        Ok(Replica { path: path.to_owned(), side: SideDir::of(path), app, sync, id, hlc, opts, key: None })
     }
 
     pub fn id(&self) -> &str {
@@ -200,21 +186,21 @@ impl Replica {
         &self.path
     }
 
-    pub(crate) fn side(&self) -> &Path {
+    pub(crate) fn side(&self) -> &SideDir {
         &self.side
     }
 
     pub fn name(&self) -> Result<String> {
-        Ok(meta_get(&self.app, "name")?.unwrap_or_default())
+        Ok(meta::get(&self.app, "name")?.unwrap_or_default())
     }
 
     pub fn bucket(&self) -> Result<Option<String>> {
-        meta_get(&self.app, "bucket")
+        meta::get(&self.app, "bucket")
     }
 
     pub fn set_bucket(&self, url: &str) -> Result<()> {
         crate::store::BucketUrl::parse(url)?;
-        meta_set(&self.app, "bucket", url)
+        meta::set(&self.app, "bucket", url)
     }
 
     /// Which way this replica syncs (see [`crate::direction`]).
@@ -233,7 +219,7 @@ impl Replica {
 
     pub(crate) fn signing_key(&mut self) -> Result<&SigningKey> {
         if self.key.is_none() {
-            self.key = Some(trust::load(&self.side.join("replica.key"))?);
+            self.key = Some(trust::load(&self.side.key())?);
         }
         Ok(self.key.as_ref().expect("just loaded"))
     }
@@ -284,7 +270,7 @@ impl Replica {
         self.hlc.observe_persisted(&tx)?;
         changelog::ingest(&tx, &mut self.hlc, &self.id)?;
         let changed: Vec<String> =
-            meta_get(&tx, changelog::REBUILD_KEY)?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+            meta::get(&tx, changelog::REBUILD_KEY)?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
         {
             let merger = Merger::new(&tx)?;
             for table in &changed {
@@ -323,7 +309,7 @@ impl Replica {
 
     /// This replica's changes not yet pushed.
     pub fn unpushed(&self) -> Result<i64> {
-        let through = meta_get(&self.sync, "push.through")?.unwrap_or_default();
+        let through = meta::PushState::load(&self.sync)?.through;
         Ok(self.sync.query_row(
             "SELECT count(*) FROM ZV_CHANGE WHERE id > ?1 AND author = ?2",
             [&through, &self.id],
@@ -337,7 +323,7 @@ impl Hlc {
     /// since this one loaded the clock: under the write lock, the stored state is the
     /// truth, so move past it before issuing more.
     pub(crate) fn observe_persisted(&mut self, conn: &Connection) -> Result<()> {
-        if let Some(id) = meta_get(conn, "clock")?.and_then(|s| clock::parse_id(&s)) {
+        if let Some(id) = meta::get(conn, "clock")?.and_then(|s| clock::parse_id(&s)) {
             self.observe(&id);
         }
         Ok(())

@@ -15,10 +15,11 @@
 //! the previous pointer a moment ago still finds its file.
 
 use crate::clock::{self, parse_id, stamp_of};
+use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::replica::Replica;
-use crate::sql::{ident, literal};
+use crate::sql::ident;
 use crate::store::{list_all, Got, PutMode, Store, StoreError};
 use crate::FORMAT;
 use rusqlite::{Connection, OptionalExtension};
@@ -72,12 +73,16 @@ impl Pointer {
         let source = &self.source_replica;
         let head_key = layout::head_key(source);
         let key = match store.get(&head_key, None).await {
-            Ok(Got::Found { bytes, .. }) => crate::head::Head::parse(&bytes, &head_key, source, None)?.body.public_key,
+            Ok(Got::Found { bytes, .. }) => {
+                let plain = codec::decode(Kind::Head, &bytes, &head_key)?;
+                crate::head::Head::parse(&plain, &head_key, source, None)?.body.public_key
+            }
             Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
                 let desc_key = layout::descriptor_key(source);
                 match store.get(&desc_key, None).await {
                     Ok(Got::Found { bytes, .. }) => {
-                        crate::head::Descriptor::parse(&bytes, &desc_key, source)?.public_key
+                        let plain = codec::decode(Kind::Descriptor, &bytes, &desc_key)?;
+                        crate::head::Descriptor::parse(&plain, &desc_key, source)?.public_key
                     }
                     Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
                         return Err(Error::bad(origin, format!("snapshot source {source} is not in the bucket")))
@@ -188,29 +193,25 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
            FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author;
          INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
            SELECT t.id, t.author FROM src.ZV_TRANSACTION t
-           WHERE (t.id, t.author) IN (SELECT transaction_id, author FROM main.ZV_CHANGE);
-         INSERT INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
-           SELECT id, name, public_key, batch_id, batch_sha256, last_change_id, change_count
-           FROM src.ZV_REPLICA WHERE public_key IS NOT NULL;",
+           WHERE (t.id, t.author) IN (SELECT transaction_id, author FROM main.ZV_CHANGE);",
     )?;
+    crate::peers::copy_to_snapshot(s)?;
     counts.changes = s.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
     // The source itself: its last pushed batch (read in this same transaction).
-    let meta = |k: &str| -> rusqlite::Result<Option<String>> {
-        s.query_row(&format!("SELECT value FROM src.ZV_METADATA WHERE key = {}", literal(k)), [], |r| r.get(0))
-            .optional()
-    };
-    let change_count: i64 = meta("push.change_count")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let name: Option<String> =
+        s.query_row("SELECT value FROM src.ZV_METADATA WHERE key = 'name'", [], |r| r.get(0)).optional()?;
+    let pushed = crate::meta::PushState::load_in(s, "src")?;
     s.execute(
         "INSERT OR REPLACE INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         rusqlite::params![
             r.id(),
-            meta("name")?,
+            name,
             public_key,
-            meta("push.batch_id")?,
-            meta("push.sha256")?,
-            meta("push.through")?,
-            change_count
+            pushed.batch_id,
+            pushed.sha256,
+            (!pushed.through.is_empty()).then_some(pushed.through),
+            pushed.change_count
         ],
     )?;
     counts.cursors = s.query_row("SELECT count(*) FROM main.ZV_CURSOR", [], |r| r.get(0))?;
@@ -225,7 +226,9 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
 pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
     let key = layout::snapshot_pointer_key();
     match store.get(&key, None).await {
-        Ok(Got::Found { bytes, etag }) => Ok(Some((Pointer::parse(&bytes, &key)?, etag))),
+        Ok(Got::Found { bytes, etag }) => {
+            Ok(Some((Pointer::parse(&codec::decode(Kind::SnapshotPointer, &bytes, &key)?, &key)?, etag)))
+        }
         Ok(Got::NotModified) => Ok(None),
         Err(StoreError::NotFound(_)) => Ok(None),
         Err(e) => Err(e.into()),
@@ -239,7 +242,7 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
     // Clones check the snapshot's signature against the key the source publishes.
     crate::sync::publish_descriptor(r, store).await?;
     let snapshot_id = r.hlc.tick().to_string();
-    let path = r.side().join(format!("snapshot-{snapshot_id}.db"));
+    let path = r.side().file(&format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
     let counts = match counts {
         Ok(c) => c,
@@ -249,8 +252,9 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
         }
     };
     // Hashed and uploaded from the file: a snapshot is as big as the database.
+    codec::encode_file(Kind::Snapshot, &path)?;
     let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-    let sha256 = crate::store::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
+    let sha256 = codec::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
     let key = layout::snapshot_key(&snapshot_id);
     let pointer = Pointer {
         format: FORMAT,
@@ -275,8 +279,9 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
                 Some((_, etag)) => PutMode::Update(etag),
                 None => PutMode::Create,
             };
-            let body = serde_json::to_vec_pretty(&pointer).expect("serializes");
-            match store.put(&layout::snapshot_pointer_key(), body, mode).await {
+            let body = codec::encode(Kind::SnapshotPointer, serde_json::to_vec_pretty(&pointer).expect("serializes"))?;
+            match crate::store::update_or_recognise(store, &layout::snapshot_pointer_key(), body, mode, |_| false).await
+            {
                 Ok(_) => true,
                 // Another compactor moved the pointer meanwhile: its snapshot is newer.
                 Err(StoreError::PreconditionFailed(_)) => false,

@@ -6,13 +6,13 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn literal(text: &str) -> String {
+        format!("'{}'", text.replace('\'', "''"))
+    }
 
     #[test]
     fn quoting_survives_hostile_names() {

@@ -1,8 +1,9 @@
 //! What `dimple status` and `dimple replicas` report.
 
 use crate::error::Result;
+use crate::meta;
 use crate::problems::{self, Problem};
-use crate::replica::{meta_get, Replica};
+use crate::replica::Replica;
 use crate::track;
 use crate::trust::{self, TrustMode};
 use serde::Serialize;
@@ -36,10 +37,10 @@ pub fn status(r: &Replica) -> Result<Status> {
         bucket: r.bucket()?,
         tracked_tables: track::tracked_names(conn)?,
         pending_changes: r.unpushed()? + r.pending_captured()?,
-        last_sync: meta_get(conn, "last_sync")?,
-        last_push_batch: meta_get(conn, "push.batch_id")?,
+        last_sync: meta::get(conn, "last_sync")?,
+        last_push_batch: meta::PushState::load(conn)?.batch_id,
         changes_in_log: conn.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0))?,
-        replicas_known: conn.query_row("SELECT count(*) FROM ZV_REPLICA", [], |r| r.get(0))?,
+        replicas_known: crate::peers::count(conn)?,
         problems: problems::list(conn)?,
         agent: crate::agent::inspect(r.path()),
         trust_mode: trust::mode(conn)?,
@@ -52,7 +53,7 @@ pub struct ReplicaInfo {
     pub id: String,
     pub name: Option<String>,
     pub key_fingerprint: Option<String>,
-    pub trust: String,
+    pub trust: crate::peers::Trust,
     pub cursor: Option<String>,
     pub last_change_id: Option<String>,
     pub change_count: i64,
@@ -61,23 +62,20 @@ pub struct ReplicaInfo {
 }
 
 pub fn replicas(r: &Replica) -> Result<Vec<ReplicaInfo>> {
-    let mut stmt = r.conn().prepare(
-        "SELECT id, name, public_key, trust, batch_id, last_change_id, change_count, first_seen, last_seen FROM ZV_REPLICA ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        Ok(ReplicaInfo {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            key_fingerprint: row.get::<_, Option<String>>(2)?.map(|k| crate::trust::fingerprint(&k)),
-            trust: row.get(3)?,
-            cursor: row.get(4)?,
-            last_change_id: row.get(5)?,
-            change_count: row.get(6)?,
-            first_seen: row.get(7)?,
-            last_seen: row.get(8)?,
+    Ok(crate::peers::list(r.conn())?
+        .into_iter()
+        .map(|p| ReplicaInfo {
+            key_fingerprint: p.public_key.as_deref().map(crate::trust::fingerprint),
+            id: p.id,
+            name: p.name,
+            trust: p.trust,
+            cursor: p.batch_id,
+            last_change_id: p.last_change_id,
+            change_count: p.change_count,
+            first_seen: p.first_seen,
+            last_seen: p.last_seen,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        .collect())
 }
 
 /// Replicas whose verified heads are held by explicit trust mode.
@@ -85,8 +83,5 @@ pub fn waiting_for_trust(r: &Replica) -> Result<Vec<String>> {
     if trust::mode(r.conn())? != TrustMode::Explicit {
         return Ok(Vec::new());
     }
-    let mut stmt =
-        r.conn().prepare("SELECT id FROM ZV_REPLICA WHERE trust = ?1 AND public_key IS NOT NULL ORDER BY id")?;
-    let ids = stmt.query_map([trust::PINNED], |row| row.get(0))?;
-    Ok(ids.collect::<Result<_, _>>()?)
+    crate::peers::waiting_for_trust(r.conn())
 }

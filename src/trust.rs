@@ -63,7 +63,7 @@ pub fn verify(public_b64: &str, msg: &[u8], sig_b64: &str) -> std::result::Resul
 
 /// A short fingerprint of a public key for people to compare.
 pub fn fingerprint(public_b64: &str) -> String {
-    crate::batch::sha256_hex(public_b64.as_bytes())[..16].to_owned()
+    crate::codec::sha256_hex(public_b64.as_bytes())[..16].to_owned()
 }
 
 /// Whether a replica seen for the first time is applied at once (`pinned`: its key is
@@ -99,13 +99,14 @@ impl TrustMode {
     }
 }
 
-/// A replica's trust as kept in `ZV_REPLICA.trust`.
-pub const PINNED: &str = "pinned";
-pub const TRUSTED: &str = "trusted";
-pub const REVOKED: &str = "revoked";
+/// A replica's trust (kept by [`crate::peers`]).
+pub use crate::peers::Trust;
+pub const PINNED: Trust = Trust::Pinned;
+pub const TRUSTED: Trust = Trust::Trusted;
+pub const REVOKED: Trust = Trust::Revoked;
 
 pub fn mode(conn: &rusqlite::Connection) -> Result<TrustMode> {
-    crate::replica::meta_get(conn, MODE_KEY)?.as_deref().unwrap_or("pinned").parse()
+    crate::meta::get(conn, MODE_KEY)?.as_deref().unwrap_or("pinned").parse()
 }
 
 /// Sets the mode. Replicas already applied under `pinned` become `trusted` when the
@@ -114,32 +115,17 @@ pub fn mode(conn: &rusqlite::Connection) -> Result<TrustMode> {
 /// many were promoted.
 pub fn set_mode(conn: &rusqlite::Connection, mode: TrustMode) -> Result<usize> {
     let tx = conn.unchecked_transaction()?;
-    crate::replica::meta_set(&tx, MODE_KEY, mode.as_str())?;
+    crate::meta::set(&tx, MODE_KEY, mode.as_str())?;
     let promoted = match mode {
-        TrustMode::Explicit => {
-            tx.execute("UPDATE ZV_REPLICA SET trust = ?1 WHERE trust = ?2 AND batch_id IS NOT NULL", [TRUSTED, PINNED])?
-        }
+        TrustMode::Explicit => crate::peers::trust_applied(&tx)?,
         TrustMode::Pinned => 0,
     };
     tx.commit()?;
     Ok(promoted)
 }
 
-/// Sets the trust of the one known replica whose id starts with `id` (`trusted` or
-/// `revoked`) and returns its full id. Unknown ids are refused rather than recorded,
-/// so a typo cannot pre-authorise a replica nobody has seen.
-pub fn set_replica(conn: &rusqlite::Connection, id: &str, state: &str) -> Result<String> {
-    let mut stmt = conn.prepare("SELECT id FROM ZV_REPLICA WHERE substr(id, 1, length(?1)) = ?1")?;
-    let ids: Vec<String> = stmt.query_map([id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
-    let full = match ids.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            return Err(Error::Invalid(format!(
-                "no replica {id:?} has been seen in the bucket yet; run `dimple pull` first (see `dimple replicas`)"
-            )))
-        }
-        _ => return Err(Error::Invalid(format!("{id:?} matches {} replicas; give more of the id", ids.len()))),
-    };
-    conn.execute("UPDATE ZV_REPLICA SET trust = ?2 WHERE id = ?1", [&full, state])?;
-    Ok(full)
+/// Sets the trust of the one known replica whose id starts with `id` and returns
+/// its full id (see [`crate::peers::set_trust`]).
+pub fn set_replica(conn: &rusqlite::Connection, id: &str, state: Trust) -> Result<String> {
+    crate::peers::set_trust(conn, id, state)
 }

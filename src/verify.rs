@@ -116,10 +116,45 @@ pub struct Published {
 pub struct Comparison {
     pub replica: String,
     pub name: String,
-    /// `same`, `different`, or `not comparable (different cursors)`.
-    pub verdict: String,
+    pub verdict: Verdict,
     /// Tables whose digests differ (when comparable).
     pub tables: Vec<String>,
+}
+
+/// The outcome of comparing digests with another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Same cursors and the same tables.
+    #[serde(rename = "same")]
+    Same,
+    /// Same cursors, different tables: divergence.
+    #[serde(rename = "different")]
+    Different,
+    /// The two hold different changes, so their tables may differ legitimately.
+    #[serde(rename = "not comparable (different cursors)")]
+    NotComparable,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Same => "same",
+            Verdict::Different => "different",
+            Verdict::NotComparable => "not comparable (different cursors)",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Verdict {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// The log's view of one table: entity id -> attribute -> winning encoded value.
@@ -335,7 +370,7 @@ pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
                 *a ^= b;
             }
         }
-        let sha256 = acc.iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = crate::codec::hex(&acc);
         out.insert(table, TableDigest { rows: rows.len() as u64, sha256 });
     }
     Ok(out)
@@ -344,10 +379,7 @@ pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
 /// Last change id applied per author, this replica's own included.
 pub fn cursor_vector(r: &Replica) -> Result<BTreeMap<String, String>> {
     let conn = &r.sync;
-    let mut out: BTreeMap<String, String> = conn
-        .prepare("SELECT id, last_change_id FROM ZV_REPLICA WHERE last_change_id IS NOT NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let mut out = crate::peers::applied_through(conn)?;
     let own: Option<String> =
         conn.query_row("SELECT max(id) FROM ZV_CHANGE WHERE author = ?1", [r.id()], |r| r.get(0))?;
     if let Some(own) = own {
@@ -379,7 +411,7 @@ pub async fn publish(r: &Replica, store: &dyn Store, mine: &Published) -> Result
     if !r.direction()?.pushes() {
         return Ok(false);
     }
-    let bytes = serde_json::to_vec_pretty(mine).expect("serializes");
+    let bytes = crate::codec::encode(crate::codec::Kind::Digest, serde_json::to_vec_pretty(mine).expect("serializes"))?;
     store.put(&layout::digest_key(r.id()), bytes, PutMode::Overwrite).await?;
     Ok(true)
 }
@@ -400,15 +432,16 @@ pub async fn compare(r: &Replica, store: &dyn Store, mine: &Published) -> Result
         if bytes.len() > 16 * 1024 * 1024 {
             return Err(Error::bad(&meta.key, "digest object is too large"));
         }
+        let plain = crate::codec::decode(crate::codec::Kind::Digest, &bytes, &meta.key)?;
         let theirs: Published =
-            serde_json::from_slice(&bytes).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
+            serde_json::from_slice(&plain).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
         let (verdict, tables) = if theirs.cursors != mine.cursors {
-            ("not comparable (different cursors)".to_owned(), Vec::new())
+            (Verdict::NotComparable, Vec::new())
         } else {
             let names: std::collections::BTreeSet<&String> = mine.tables.keys().chain(theirs.tables.keys()).collect();
             let differing: Vec<String> =
                 names.into_iter().filter(|t| mine.tables.get(*t) != theirs.tables.get(*t)).cloned().collect();
-            (if differing.is_empty() { "same" } else { "different" }.to_owned(), differing)
+            (if differing.is_empty() { Verdict::Same } else { Verdict::Different }, differing)
         };
         out.push(Comparison { replica: id.to_owned(), name: theirs.name, verdict, tables });
     }

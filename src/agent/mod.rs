@@ -286,7 +286,7 @@ impl Loop {
                 }
                 self.file.state = Phase::BackingOff;
                 self.file.last_error = Some(e.to_string());
-                self.file.last_error_kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned));
+                self.file.last_error_kind = Some(kind);
                 report.error = Some((kind, e.to_string()));
                 report.retry_in = Some(delay);
                 report.failures = failures;

@@ -6,14 +6,11 @@
 //! harmless: `dimple status` trusts it only while the lock is held.
 
 use crate::error::{Error, Result};
-use crate::replica::side_dir;
+use crate::sidedir::SideDir;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-const LOCK: &str = "agent.lock";
-const STATE: &str = "agent.json";
 
 /// Held for the agent's whole life: proof that it is the only agent for its database.
 #[derive(Debug)]
@@ -30,9 +27,9 @@ impl AgentLock {
 
 /// Takes `<db>.dimple/agent.lock`, or says which agent holds it.
 pub fn lock(db: &Path) -> Result<AgentLock> {
-    let dir = side_dir(db);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let path = dir.join(LOCK);
+    let side = SideDir::of(db);
+    std::fs::create_dir_all(side.path()).map_err(|e| Error::io(side.path(), e))?;
+    let path = side.agent_lock();
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -64,7 +61,7 @@ pub fn lock(db: &Path) -> Result<AgentLock> {
 
 /// Whether some process holds the agent lock of `db` right now.
 pub fn lock_held(db: &Path) -> bool {
-    let Ok(file) = File::open(side_dir(db).join(LOCK)) else { return false };
+    let Ok(file) = File::open(SideDir::of(db).agent_lock()) else { return false };
     match file.try_lock() {
         Ok(()) => {
             let _ = file.unlock();
@@ -104,8 +101,8 @@ pub struct AgentState {
     pub last_sync: Option<String>,
     pub last_push: Option<String>,
     pub last_error: Option<String>,
-    /// `ErrorKind` of `last_error`, snake_case.
-    pub last_error_kind: Option<String>,
+    /// What kind of error `last_error` is (snake_case in the file).
+    pub last_error_kind: Option<crate::error::ErrorKind>,
     pub consecutive_failures: u32,
     pub next_attempt: Option<String>,
     pub pending_changes: i64,
@@ -113,16 +110,15 @@ pub struct AgentState {
 
 /// Replaces `agent.json` whole (temp file + rename), so a reader never sees half.
 pub fn write(db: &Path, st: &AgentState) -> Result<()> {
-    let dir = side_dir(db);
-    let tmp = dir.join(format!(".{STATE}.tmp-{}", std::process::id()));
-    let dest = dir.join(STATE);
+    let dest = SideDir::of(db).agent_state();
+    let tmp = dest.with_file_name(format!(".agent.json.tmp-{}", std::process::id()));
     let bytes = serde_json::to_vec_pretty(st).expect("serializes");
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))
 }
 
 pub fn read(db: &Path) -> Option<AgentState> {
-    let bytes = std::fs::read(side_dir(db).join(STATE)).ok()?;
+    let bytes = std::fs::read(SideDir::of(db).agent_state()).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

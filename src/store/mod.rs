@@ -16,12 +16,14 @@
 //! stacks the wrappers (`Metered` outside `Retrying` counts syncs, inside counts
 //! round trips).
 
+mod conditional;
 pub mod faulty;
 mod local;
 mod metered;
 mod retry;
 mod s3;
 
+pub use conditional::{create_or_accept, update_or_recognise, Written};
 pub use local::LocalStore;
 pub use metered::{Metered, RequestStats};
 pub use retry::{RetryPolicy, Retrying};
@@ -108,13 +110,7 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// sha256 of a file, read in pieces: files here can be as big as a database.
-pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
+pub use crate::codec::file_sha256;
 
 /// Every key under `prefix` after `start_after`, following pages.
 pub async fn list_all(store: &dyn Store, prefix: &str, start_after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {

@@ -1,0 +1,75 @@
+//! `<db>.dimple/`: the replica's private files beside its database, every path in
+//! one place. The directory is owner-only (0700): it holds the private key.
+//!
+//! ```text
+//! replica.key        the ed25519 private key (0600), never uploaded or logged
+//! replica.key.next   a new key while `dimple fork` swaps it in
+//! outbox/            the batch of an in-flight push
+//! spool/             pulled batches waiting to be verified and applied
+//! agent.lock         held by the running agent
+//! agent.json         the agent's last state, for `dimple status`
+//! snapshot-*.db, clone-*.db   snapshot files being written or loaded
+//! ```
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideDir(PathBuf);
+
+impl SideDir {
+    /// The side directory of database `db`.
+    pub fn of(db: &Path) -> SideDir {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(".dimple");
+        SideDir(db.with_file_name(name))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Creates the directory, owner-only.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.0).map_err(|e| Error::io(&self.0, e))?;
+        std::fs::set_permissions(&self.0, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| Error::io(&self.0, e))
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.0.join("replica.key")
+    }
+
+    pub fn next_key(&self) -> PathBuf {
+        self.0.join("replica.key.next")
+    }
+
+    /// The outbox directory, created when missing.
+    pub fn outbox(&self) -> Result<PathBuf> {
+        self.subdir("outbox")
+    }
+
+    /// The spool directory, created when missing.
+    pub fn spool(&self) -> Result<PathBuf> {
+        self.subdir("spool")
+    }
+
+    pub fn agent_lock(&self) -> PathBuf {
+        self.0.join("agent.lock")
+    }
+
+    pub fn agent_state(&self) -> PathBuf {
+        self.0.join("agent.json")
+    }
+
+    /// A working file directly in the directory (snapshots being written, loaded).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.0.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+}

@@ -1,0 +1,62 @@
+//! Moving batches between a replica and the bucket, one job per module:
+//! - [`push`]: the push state machine: build a batch and its signed head, save them
+//!   as the in-flight push, upload the batch (create-only), then the head (If-Match
+//!   on the ETag we last wrote), then move the local cursor;
+//! - [`pull`]: one paged LIST of `replicas/`, a GET only for heads whose ETag
+//!   changed, trust decisions, and per replica the chain then the apply;
+//! - [`chain`]: fetching a replica's new batches and verifying the hash chain from
+//!   its signed head back to our cursor;
+//! - [`apply`]: per-change checks, then the atomic apply of one batch together with
+//!   its cursor.
+//!
+//! A replica whose objects are bad gets a problem row and keeps its cursor; the
+//! others sync on. The protocol is written down in docs/protocol.md.
+
+mod apply;
+mod chain;
+mod pull;
+mod push;
+
+pub use apply::MAX_VALUE_KEY;
+pub use pull::pull;
+pub(crate) use push::publish_descriptor;
+pub use push::push;
+
+use crate::error::Result;
+use crate::replica::Replica;
+use crate::store::{RequestStats, Store};
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PushReport {
+    pub batches: usize,
+    pub changes: usize,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PullReport {
+    pub replicas_seen: usize,
+    pub batches: usize,
+    pub changes: usize,
+    /// Problems recorded by this pull, one line each.
+    pub problems: Vec<String>,
+    /// Replicas whose changes are held until someone runs `dimple trust` (explicit
+    /// trust mode): their heads verified, their keys are pinned, nothing applied.
+    pub waiting_for_trust: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SyncReport {
+    pub pull: PullReport,
+    pub push: PushReport,
+    pub requests: RequestStats,
+}
+
+/// Pull, then push.
+pub async fn sync(r: &mut Replica, store: &crate::store::Metered<dyn Store>) -> Result<SyncReport> {
+    let before = store.stats();
+    let pull = pull(r, store).await?;
+    let push = push(r, store).await?;
+    crate::meta::set(&r.sync, "last_sync", &crate::clock::rfc3339(r.hlc.now_ms()))?;
+    Ok(SyncReport { pull, push, requests: store.stats().since(&before) })
+}

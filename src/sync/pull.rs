@@ -1,0 +1,139 @@
+//! Pull: other replicas' new batches into this one.
+//!
+//! One paged LIST of `replicas/` gives every head with its ETag; a head is read
+//! only when its ETag changed. Each replica is then handled on its own: its head
+//! verified against the pinned key, its trust decided, its chain fetched and
+//! verified back to our cursor ([`super::chain`]), and its batches applied oldest
+//! first ([`super::apply`]). A replica whose objects are bad gets a problem and
+//! keeps its cursor; the others sync on.
+
+use super::{apply, chain, PullReport};
+use crate::clock;
+use crate::codec::{self, Kind};
+use crate::error::{Error, Result};
+use crate::head::{Head, MAX_JSON_BYTES};
+use crate::layout::{self, ReplicaObject};
+use crate::peers::{self, Trust};
+use crate::problems;
+use crate::replica::Replica;
+use crate::store::{list_all, Got, ObjectMeta, Store, StoreError};
+use crate::trust::{self, TrustMode};
+use std::collections::BTreeMap;
+
+pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
+    r.refresh_schema()?;
+    r.capture()?;
+    if !r.direction()?.pulls() {
+        return Ok(PullReport::default()); // push-only: remote changes are never applied
+    }
+    let listing = list_all(store, layout::REPLICAS_PREFIX, None).await?;
+    let mut heads: BTreeMap<String, Option<ObjectMeta>> = BTreeMap::new();
+    for meta in listing {
+        match layout::parse_replica_key(&meta.key) {
+            Some(ReplicaObject::Head(id)) => {
+                heads.insert(id.to_owned(), Some(meta));
+            }
+            Some(ReplicaObject::Descriptor(id)) => {
+                heads.entry(id.to_owned()).or_default();
+            }
+            None => {}
+        }
+    }
+    let mut report = PullReport { replicas_seen: heads.len(), ..Default::default() };
+    let now = clock::rfc3339(r.hlc.now_ms());
+    let mode = trust::mode(&r.sync)?;
+    for (id, head) in heads {
+        if id == r.id() {
+            continue;
+        }
+        peers::seen(&r.sync, &id, &now)?;
+        let Some(head) = head else { continue };
+        match pull_replica(r, store, &id, &head, mode, &mut report).await {
+            Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
+            Ok(Pulled::Held) => {
+                problems::clear(&r.sync, &id)?;
+                report.waiting_for_trust.push(id.clone());
+            }
+            Ok(Pulled::Revoked) => {}
+            Err(Error::BadData { origin, reason }) => {
+                problems::record(&r.sync, &id, &origin, &reason, &now)?;
+                report.problems.push(format!("{origin}: {reason}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+/// What became of one replica's head.
+enum Pulled {
+    /// Everything up to the head is applied (or nothing was new).
+    Applied,
+    /// Verified and pinned, but explicit trust mode holds its changes.
+    Held,
+    /// Revoked: not even read.
+    Revoked,
+}
+
+async fn pull_replica(
+    r: &mut Replica,
+    store: &dyn Store,
+    id: &str,
+    head_meta: &ObjectMeta,
+    mode: TrustMode,
+    report: &mut PullReport,
+) -> Result<Pulled> {
+    let known = peers::get(&r.sync, id)?.unwrap_or_default();
+    if known.trust == Trust::Revoked {
+        return Ok(Pulled::Revoked);
+    }
+    if known.head_etag.as_deref() == Some(head_meta.etag.as_str()) {
+        return Ok(Pulled::Applied);
+    }
+    let head_key = layout::head_key(id);
+    if head_meta.size > MAX_JSON_BYTES as u64 {
+        // Refused from the listing alone: no point downloading it.
+        let size = head_meta.size;
+        return Err(Error::bad(&head_key, format!("head is {size} bytes, more than the {MAX_JSON_BYTES} allowed")));
+    }
+    let (bytes, etag) = match store.get(&head_key, known.head_etag.as_deref()).await {
+        Ok(Got::Found { bytes, etag }) => (bytes, etag),
+        Ok(Got::NotModified) => return Ok(Pulled::Applied),
+        Err(StoreError::NotFound(_)) => return Ok(Pulled::Applied), // deleted since the listing
+        Err(e) => return Err(e.into()),
+    };
+    let plain = codec::decode(Kind::Head, &bytes, &head_key)?;
+    let head = Head::parse(&plain, &head_key, id, known.public_key.as_deref())?.body;
+    if known.public_key.is_none() {
+        peers::pin(&r.sync, id, &head.public_key, &head.name)?;
+    }
+    // The head etag is not stored while held, so the first pull after `trust` reads
+    // the head again and applies.
+    if mode == TrustMode::Explicit && known.trust != Trust::Trusted {
+        return Ok(Pulled::Held);
+    }
+    if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
+        peers::head_applied(&r.sync, id, &etag, None)?;
+        return Ok(Pulled::Applied);
+    }
+    if let Some(last) = &known.last_change_id {
+        if head.last_change_id <= *last {
+            return Err(Error::bad(
+                &head_key,
+                format!(
+                    "head is older than one already applied (ends at {}, we have {last}): replayed or rolled back",
+                    head.last_change_id
+                ),
+            ));
+        }
+    }
+    let chain = chain::fetch(r, store, id, &head, &known).await?;
+    for link in chain.iter().rev() {
+        let n = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
+        report.batches += 1;
+        report.changes += n;
+        let _ = std::fs::remove_file(&link.path);
+    }
+    peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;
+    Ok(Pulled::Applied)
+}

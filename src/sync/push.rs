@@ -1,0 +1,184 @@
+//! Push: this replica's new changes to the bucket, crash-safe at every step.
+//!
+//! The batch file and the signed head are saved as the in-flight push before
+//! anything is uploaded, so a crash or a timeout at any point is finished by the
+//! next push with the very same bytes; nothing is uploaded twice under different
+//! ids. The batch is created first and the head written second, so no reader ever
+//! sees a head that names a missing batch.
+
+use super::PushReport;
+use crate::batch;
+use crate::changelog;
+use crate::clock;
+use crate::codec::{self, Kind};
+use crate::error::{Error, Result};
+use crate::head::{Descriptor, Head, HeadBody};
+use crate::layout;
+use crate::meta::{self, Inflight, PushState};
+use crate::replica::Replica;
+use crate::store::{self, PutMode, Store, StoreError};
+use crate::FORMAT;
+use rusqlite::TransactionBehavior;
+
+pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
+    r.capture()?;
+    if !r.direction()?.pushes() {
+        return Ok(PushReport::default()); // pull-only: not a single put
+    }
+    publish_descriptor(r, store).await?;
+    let mut report = PushReport::default();
+    if let Some(inf) = Inflight::load(&r.sync)? {
+        report.changes += inf.changes;
+        report.batches += 1;
+        complete(r, store, inf).await?;
+    }
+    let dir = r.side().outbox()?;
+    loop {
+        let me = r.id().to_owned();
+        let state = PushState::load(&r.sync)?;
+        let changes = changelog::own_changes_after(&r.sync, &me, &state.through, r.opts.batch_changes)?;
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
+        let batch_id = r.hlc.tick().to_string();
+        let txns = changes.iter().map(|c| &c.transaction_id).collect::<std::collections::BTreeSet<_>>().len();
+        let header = batch::Header {
+            format: FORMAT,
+            replica: me.clone(),
+            batch_id: batch_id.clone(),
+            prev_batch_id: state.batch_id.clone(),
+            prev_sha256: state.sha256.clone(),
+            first_change_id: first.id.clone(),
+            last_change_id: last.id.clone(),
+            transaction_count: txns as i64,
+            change_count: changes.len() as i64,
+        };
+        let bytes = batch::write(&dir.join(format!("{batch_id}.db")), &header, &changes)?;
+        let sha256 = codec::sha256_hex(&bytes);
+        let (batch_count, change_count) = (state.batch_count + 1, state.change_count + changes.len() as i64);
+        let body = HeadBody {
+            format: FORMAT,
+            replica: me.clone(),
+            name: r.name()?,
+            public_key: r.public_key()?,
+            batch_key: layout::batch_key(&me, &batch_id),
+            batch_id: batch_id.clone(),
+            sha256: sha256.clone(),
+            first_change_id: first.id.clone(),
+            last_change_id: last.id.clone(),
+            batch_count,
+            change_count,
+            updated_at: clock::rfc3339(r.hlc.now_ms()),
+            recent_batch_ids: recent_after(&state, &batch_id),
+        };
+        let head = Head::sign(body, r.signing_key()?);
+        let inf = Inflight {
+            batch_id,
+            sha256,
+            through: last.id.clone(),
+            changes: changes.len(),
+            batch_count,
+            change_count,
+            head: String::from_utf8(head.to_bytes()).expect("JSON is UTF-8"),
+        };
+        {
+            let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            inf.save(&tx)?;
+            changelog::save_clock(&tx, &r.hlc)?;
+            tx.commit()?;
+        }
+        report.batches += 1;
+        report.changes += inf.changes;
+        complete(r, store, inf).await?;
+    }
+    Ok(report)
+}
+
+/// The head's list of recent batch ids once `newest` is pushed.
+fn recent_after(state: &PushState, newest: &str) -> Vec<String> {
+    let mut ids = state.recent.clone();
+    ids.push(newest.to_owned());
+    let excess = ids.len().saturating_sub(crate::head::RECENT_BATCHES);
+    ids.drain(..excess);
+    ids
+}
+
+/// Finishes an in-flight push: batch, then head, then the local cursor.
+async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<()> {
+    let me = r.id().to_owned();
+    let path = r.side().outbox()?.join(format!("{}.db", inf.batch_id));
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let key = layout::batch_key(&me, &inf.batch_id);
+    // Our earlier attempt may have landed; different bytes mean someone else wrote
+    // under our id.
+    match store::create_or_accept(store, &key, bytes, |b| codec::sha256_hex(b) == inf.sha256).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
+        Err(e) => return Err(e.into()),
+    }
+    let state = PushState::load(&r.sync)?;
+    let head_key = layout::head_key(&me);
+    let mode = match &state.head_etag {
+        Some(etag) => PutMode::Update(etag.clone()),
+        None => PutMode::Create,
+    };
+    let head = codec::encode(Kind::Head, inf.head.clone().into_bytes())?;
+    // Our previous head rewritten with a new ETag (restored from a backup, copied
+    // back by hand) means nobody else wrote under our id: go on.
+    let public_key = r.public_key()?;
+    let ours = |b: &[u8]| is_our_last_head(b, &head_key, &me, &public_key, &state);
+    let etag = match store::update_or_recognise(store, &head_key, head, mode, ours).await {
+        Ok(w) => w.etag().to_owned(),
+        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
+        Err(e) => return Err(e.into()),
+    };
+    let done = PushState {
+        through: inf.through.clone(),
+        batch_id: Some(inf.batch_id.clone()),
+        sha256: Some(inf.sha256.clone()),
+        head_etag: Some(etag),
+        batch_count: inf.batch_count,
+        change_count: inf.change_count,
+        recent: recent_after(&state, &inf.batch_id),
+    };
+    let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    done.save(&tx)?;
+    Inflight::clear(&tx)?;
+    tx.commit()?;
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Whether `stored` is a head signed with our key naming the last batch we pushed.
+fn is_our_last_head(stored: &[u8], head_key: &str, me: &str, public_key: &str, state: &PushState) -> bool {
+    let Ok(plain) = codec::decode(Kind::Head, stored, head_key) else { return false };
+    let Ok(head) = Head::parse(&plain, head_key, me, Some(public_key)) else { return false };
+    state.batch_id.as_deref() == Some(head.body.batch_id.as_str())
+}
+
+pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
+    if meta::descriptor_published(&r.sync)?.is_some() {
+        return Ok(());
+    }
+    let me = r.id().to_owned();
+    let d = Descriptor {
+        format: FORMAT,
+        replica: me.clone(),
+        name: r.name()?,
+        public_key: r.public_key()?,
+        created_at: meta::get(&r.sync, "created_at")?.unwrap_or_default(),
+    };
+    let key = layout::descriptor_key(&me);
+    let bytes = codec::encode(Kind::Descriptor, serde_json::to_vec_pretty(&d).expect("serializes"))?;
+    // Already there: ours when it carries our key (an earlier attempt, or the
+    // descriptor of a database copied before it ever pushed).
+    let ours = |b: &[u8]| {
+        codec::decode(Kind::Descriptor, b, &key)
+            .and_then(|plain| Descriptor::parse(&plain, &key, &me))
+            .is_ok_and(|theirs| theirs.public_key == d.public_key)
+    };
+    match store::create_or_accept(store, &key, bytes, ours).await {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
+        Err(e) => return Err(e.into()),
+    }
+    meta::set_descriptor_published(&r.sync, &clock::rfc3339(r.hlc.now_ms()))
+}
