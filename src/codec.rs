@@ -10,7 +10,7 @@
 //! reader checks them before decoding anything.
 
 use crate::error::{Error, Result};
-use sha2::{Digest, Sha256};
+pub use crate::hash::{file_sha256, hex, sha256_hex};
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -84,26 +84,6 @@ fn unpack_batch<'b>(stored: &'b [u8], origin: &str) -> Result<Cow<'b, [u8]>> {
         return Err(Error::bad(origin, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
     }
     Ok(Cow::Owned(out))
-}
-
-/// Lowercase hex sha256: the form every hash in the bucket takes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// sha256 of a file, read in pieces: files here can be as big as a database.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[cfg(test)]

@@ -26,14 +26,9 @@ use crate::merge::{Change, Merger, CHANGE_COLUMNS};
 use crate::meta::{self, PushState};
 use crate::peers::{self, Peer, Trust};
 use crate::replica::Replica;
-use crate::sidedir::SideDir;
 use crate::trust;
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
-
-/// `ZV_METADATA` key: the public key of the replica's current key pair, recorded by
-/// a fork before the new key file is moved into place.
-pub const PUBLIC_KEY: &str = "public_key";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ForkReport {
@@ -134,7 +129,7 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         PushState::forget(&tx)?;
         meta::set(&tx, "database_uuid", &new)?;
         meta::set(&tx, "forked_from", &old)?;
-        meta::set(&tx, PUBLIC_KEY, &new_public)?;
+        meta::set(&tx, meta::PUBLIC_KEY, &new_public)?;
         if let Some(name) = name {
             meta::set(&tx, "name", name)?;
         }
@@ -146,21 +141,6 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
     // under the new one.
     let outbox = side.outbox()?;
     std::fs::remove_dir_all(&outbox).map_err(|e| Error::io(&outbox, e))?;
-    finish_key_swap(&side, &new_public)?;
+    side.finish_key_swap(&new_public)?;
     Ok((Replica::open(&path, opts)?, report))
-}
-
-/// Moves a fork's new key into place when the database already names it.
-pub fn finish_key_swap(side: &SideDir, public: &str) -> Result<()> {
-    let (key, next) = (side.key(), side.next_key());
-    if !next.exists() {
-        return Ok(());
-    }
-    if trust::public_b64(&trust::load(&next)?) == public {
-        std::fs::rename(&next, &key).map_err(|e| Error::io(&key, e))?;
-    } else {
-        // Left by a fork that crashed before its commit: the database kept the old key.
-        std::fs::remove_file(&next).map_err(|e| Error::io(&next, e))?;
-    }
-    Ok(())
 }

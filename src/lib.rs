@@ -26,7 +26,7 @@
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `clock`: the hybrid logical clock and UUIDv7 ids
 //! - `value`: exact encoding of SQLite values
-//! - `codec`: the bytes of every object in the bucket, and their hashes
+//! - `codec`: the bytes of every object in the bucket; `hash`: sha256 as hex
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
 //! - `sync`: push, pull, the chain of batches, the atomic apply
 //! - `problems`: refused input, rows that cannot sync (docs/trust.md)
@@ -53,6 +53,7 @@ pub mod direction;
 pub mod error;
 pub mod export;
 pub mod fork;
+pub mod hash;
 pub mod head;
 pub mod layout;
 pub mod merge;

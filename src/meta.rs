@@ -24,6 +24,10 @@ pub fn delete(conn: &Connection, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// `ZV_METADATA` key: the public key of the replica's current key pair, recorded by
+/// a fork before the new key file is moved into place (see [`crate::fork`]).
+pub const PUBLIC_KEY: &str = "public_key";
+
 /// Where this replica's own chain stands in the bucket, as of its last completed push.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushState {

@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::meta;
 use rusqlite::{Connection, TransactionBehavior};
 
+/// dimple's tables in a replica, as `init` creates them (idempotent).
+pub const SCHEMA: &str = include_str!("../schema/local.sql");
+
 const KEY: &str = "local_schema";
 /// The local schema version `schema/local.sql` creates.
 pub const CURRENT: i64 = 2;
@@ -60,7 +63,7 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
          ALTER TABLE ZV_TRANSACTION RENAME TO ZV_OLD_TRANSACTION;
          ALTER TABLE ZV_CLOCK RENAME TO ZV_OLD_CLOCK;",
     )?;
-    tx.execute_batch(crate::replica::SCHEMA)?;
+    tx.execute_batch(SCHEMA)?;
     tx.execute_batch(
         "INSERT INTO ZV_TRANSACTION(id, author) SELECT id, author FROM ZV_OLD_TRANSACTION;
          INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub(crate) const SCHEMA: &str = include_str!("../schema/local.sql");
-
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 256 << 20;
 
@@ -130,7 +128,7 @@ impl Replica {
         let name = name.map(str::to_owned).unwrap_or_else(default_name);
         let now = clock::rfc3339(opts.clock.now_ms());
         let tx = app.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(crate::migrate::SCHEMA)?;
         for (k, v) in [
             ("database_uuid", id.as_str()),
             ("format", &FORMAT.to_string()),
@@ -167,8 +165,8 @@ impl Replica {
             )));
         }
         crate::migrate::upgrade(&mut app)?;
-        if let Some(public) = meta::get(&app, crate::fork::PUBLIC_KEY)? {
-            crate::fork::finish_key_swap(&SideDir::of(path), &public)?;
+        if let Some(public) = meta::get(&app, meta::PUBLIC_KEY)? {
+            SideDir::of(path).finish_key_swap(&public)?;
         }
         let uuid = Uuid::parse_str(&id).map_err(|_| Error::Invalid(format!("bad database_uuid {id:?}")))?;
         let last = meta::get(&app, "clock")?.and_then(|s| clock::parse_id(&s));

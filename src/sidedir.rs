@@ -67,6 +67,21 @@ impl SideDir {
         self.0.join(name)
     }
 
+    /// Finishes a fork's key swap (see [`crate::fork`]): moves `replica.key.next`
+    /// into place when it is the key the database names (`public`), removes it when
+    /// it is not (a fork that crashed before its commit).
+    pub fn finish_key_swap(&self, public: &str) -> Result<()> {
+        let (key, next) = (self.key(), self.next_key());
+        if !next.exists() {
+            return Ok(());
+        }
+        if crate::trust::public_b64(&crate::trust::load(&next)?) == public {
+            std::fs::rename(&next, &key).map_err(|e| Error::io(&key, e))
+        } else {
+            std::fs::remove_file(&next).map_err(|e| Error::io(&next, e))
+        }
+    }
+
     fn subdir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.0.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

@@ -110,7 +110,7 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-pub use crate::codec::file_sha256;
+pub use crate::hash::file_sha256;
 
 /// Every key under `prefix` after `start_after`, following pages.
 pub async fn list_all(store: &dyn Store, prefix: &str, start_after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
