@@ -1,49 +1,14 @@
--- dimple's tables inside a replica. Applied by `dimple init` (idempotent).
--- The first three are the seed's (names and columns kept); the rest are dimple's own.
+-- dimple's tables inside a replica. Applied by `dimple init` (idempotent), after
+-- log.sql. ZV_METADATA and the log tables are the seed's (names and columns kept,
+-- columns added); the rest are dimple's own.
 
 CREATE TABLE IF NOT EXISTS ZV_METADATA (
     key TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
 );
 
--- One row per transaction in the merged log, local or remote. author = replica id.
--- Ids are unique per author, not across the group: a member that reuses another
--- member's ids makes transactions and changes of its own, and can neither take the
--- other's ids away nor put words in its mouth (see docs/protocol.md, "Identity").
-CREATE TABLE IF NOT EXISTS ZV_TRANSACTION (
-    id TEXT NOT NULL,
-    author TEXT NOT NULL,
-    PRIMARY KEY (id, author)
-) WITHOUT ROWID;
-
--- The complete merged change log. Values are the exact encodings of src/value.rs;
--- attribute '*' is the row itself: new_value 'true' = inserted, 'false' = deleted.
--- The seed's seven columns, then the author of the change's transaction: a change
--- is identified by (id, author), and the merge orders changes by (id, author).
--- WITHOUT ROWID: the key is the table, so each applied change is one b-tree insert.
-CREATE TABLE IF NOT EXISTS ZV_CHANGE (
-    id TEXT NOT NULL,
-    transaction_id TEXT NOT NULL,
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    attribute TEXT NOT NULL,
-    old_value TEXT,
-    new_value TEXT,
-    author TEXT NOT NULL,
-    PRIMARY KEY (id, author),
-    FOREIGN KEY (transaction_id, author) REFERENCES ZV_TRANSACTION(id, author)
-) WITHOUT ROWID;
-
--- The winning change per (entity, attribute): the merge state, kept so that applying
--- a change costs one point lookup instead of a scan of the log.
-CREATE TABLE IF NOT EXISTS ZV_CLOCK (
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    attribute TEXT NOT NULL,
-    change_id TEXT NOT NULL,
-    author TEXT NOT NULL,
-    PRIMARY KEY (entity_type, entity_id, attribute)
-) WITHOUT ROWID;
+-- The change log (ZV_TRANSACTION, ZV_CHANGE, ZV_CLOCK) is defined in log.sql,
+-- applied before this file; snapshots hold the same tables.
 
 -- Writes captured by triggers wait for ids in one table per tracked table,
 -- ZV_PENDING_<table> (created by `track`, see src/track.rs): triggers may run in

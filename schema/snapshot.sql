@@ -1,6 +1,7 @@
 -- One snapshot file (snapshots/<snapshot_id>.db): the state of a replica's tracked
 -- tables plus what a new replica needs to go on merging from there. The tracked
 -- tables themselves are stored under their own names, created by ZV_SCHEMA.sql.
+-- Applied after log.sql.
 
 CREATE TABLE ZV_SNAPSHOT (
     format INTEGER NOT NULL,
@@ -27,34 +28,8 @@ CREATE TABLE ZV_CURSOR (
     change_count INTEGER NOT NULL DEFAULT 0
 );
 
--- The merge state: the winning change per (entity, attribute) and those changes
--- (losers are left out: they can never win again).
--- Changes are identified by (id, author), as in the local log (schema/local.sql).
--- Snapshots written before the author columns existed have none: readers then take
--- the author from ZV_TRANSACTION (ids were unique across the group there).
-CREATE TABLE ZV_CLOCK (
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    attribute TEXT NOT NULL,
-    change_id TEXT NOT NULL,
-    author TEXT NOT NULL,
-    PRIMARY KEY (entity_type, entity_id, attribute)
-) WITHOUT ROWID;
-
-CREATE TABLE ZV_TRANSACTION (
-    id TEXT NOT NULL,
-    author TEXT NOT NULL,
-    PRIMARY KEY (id, author)
-) WITHOUT ROWID;
-
-CREATE TABLE ZV_CHANGE (
-    id TEXT NOT NULL,
-    transaction_id TEXT NOT NULL,
-    entity_type TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    attribute TEXT NOT NULL,
-    old_value TEXT,
-    new_value TEXT,
-    author TEXT NOT NULL,
-    PRIMARY KEY (id, author)
-) WITHOUT ROWID;
+-- The merge state follows, from log.sql: ZV_CLOCK (the winning change per
+-- (entity, attribute)), ZV_CHANGE and ZV_TRANSACTION (those changes and their
+-- transactions; losers can never win again and are left out). Snapshots written
+-- before the author columns existed have none: readers then take the author from
+-- ZV_TRANSACTION (ids were unique across the group there).

@@ -204,10 +204,9 @@ fn load_attached(
              INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
         }
         (true, false) => {
-            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
-               SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author FROM snap.ZV_CHANGE;
-             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id, author)
-               SELECT entity_type, entity_id, attribute, change_id, author FROM snap.ZV_CLOCK;"
+            // Same tables on both sides (schema/log.sql), so whole rows copy across.
+            "INSERT OR IGNORE INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
+             INSERT OR REPLACE INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
         }
         // A snapshot from before changes carried their author: ids were unique across
         // the group then, so the transaction (or the change) names it.

@@ -10,7 +10,7 @@ use crate::meta;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// dimple's tables in a replica, as `init` creates them (idempotent).
-pub const SCHEMA: &str = include_str!("../schema/local.sql");
+pub const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/local.sql"));
 
 const KEY: &str = "local_schema";
 /// The local schema version `schema/local.sql` creates.

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) const SCHEMA: &str = include_str!("../schema/snapshot.sql");
+pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
 
 /// Pointers and snapshots larger than these are refused unread.
 pub const MAX_POINTER_BYTES: usize = 64 * 1024;
@@ -146,7 +146,9 @@ struct Counts {
 fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts> {
     let _ = std::fs::remove_file(path);
     let s = Connection::open(path)?;
-    s.execute_batch("PRAGMA journal_mode=MEMORY; PRAGMA page_size=4096;")?;
+    // Changes are copied before their transactions: the snapshot is ours, whole or
+    // not at all, so its foreign key is not checked row by row.
+    s.execute_batch("PRAGMA journal_mode=MEMORY; PRAGMA page_size=4096; PRAGMA foreign_keys=OFF;")?;
     s.execute_batch(SCHEMA)?;
     s.execute("ATTACH ?1 AS src", [r.path().display().to_string()])?;
     s.busy_timeout(r.opts.busy_timeout)?;
@@ -188,9 +190,7 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     }
     s.execute_batch(
         "INSERT INTO main.ZV_CLOCK SELECT entity_type, entity_id, attribute, change_id, author FROM src.ZV_CLOCK;
-         INSERT INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
-           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, c.author
-           FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author;
+         INSERT INTO main.ZV_CHANGE SELECT c.* FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author;
          INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
            SELECT t.id, t.author FROM src.ZV_TRANSACTION t
            WHERE (t.id, t.author) IN (SELECT transaction_id, author FROM main.ZV_CHANGE);",

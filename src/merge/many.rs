@@ -106,7 +106,7 @@ mod tests {
 
     fn replica() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(include_str!("../../schema/local.sql")).unwrap();
+        c.execute_batch(crate::migrate::SCHEMA).unwrap();
         c.execute_batch(
             "CREATE TABLE t(id TEXT PRIMARY KEY, a, b DEFAULT 'dflt');
              INSERT INTO ZV_TRACKED VALUES ('t', '[\"id\"]', '[\"a\",\"b\"]', 'now');

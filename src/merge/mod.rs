@@ -96,9 +96,6 @@ pub struct Merger<'c> {
     per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
 }
 
-const INSERT_LOG: &str =
-    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author) DO NOTHING";
 const SET_CLOCK: &str =
     "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author) VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author = excluded.author";
@@ -120,7 +117,9 @@ impl<'c> Merger<'c> {
         Ok(Merger {
             conn,
             tables,
-            log: RefCell::new(conn.prepare(INSERT_LOG)?),
+            log: RefCell::new(conn.prepare(&format!(
+                "INSERT INTO ZV_CHANGE({CHANGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author) DO NOTHING"
+            ))?),
             clock: RefCell::new(conn.prepare(SET_CLOCK)?),
             clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
             per_table: RefCell::default(),
