@@ -1,7 +1,6 @@
 //! `dimple`: thin entry point. One line of error on stderr, an exit code by kind.
 
 mod cli;
-mod cli_boot;
 
 use clap::Parser;
 use dimple::ErrorKind;
@@ -10,7 +9,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The agent runs unattended: its default log says what it did, not only what failed.
-    let default_filter = if matches!(cli.command, cli::Command::Agent { .. }) { "info" } else { "warn" };
+    let default_filter = if cli.command.is_agent() { "info" } else { "warn" };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             // The AWS SDK warns about every credential source it tries (instance

@@ -45,7 +45,7 @@ impl Trust {
 
 impl std::fmt::Display for Trust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -1,11 +1,8 @@
-//! Commands for bootstrap and data movement: export/import, direction, verify,
-//! compact, clone. Kept apart from `cli.rs` so each file stays one screenful of
-//! dispatch; they share its helpers.
+//! The data itself: export, import, verify, compact, clone.
 
-use crate::cli::{open, print_json, JsonFlag, StoreArgs};
+use super::{normalize_bucket, open, print_json, store_for, warn_problems, JsonFlag, StoreArgs};
 use anyhow::Result;
 use clap::Subcommand;
-use dimple::direction::Direction;
 use dimple::export::{self, Format};
 use std::path::PathBuf;
 
@@ -25,7 +22,7 @@ impl From<FileFormat> for Format {
 }
 
 #[derive(Subcommand)]
-pub enum BootCommand {
+pub enum DataCommand {
     /// Write each tracked table to DIR/<table>.csv or .json (values in dimple's exact encoding).
     Export {
         db: PathBuf,
@@ -87,18 +84,11 @@ pub enum BootCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
-    /// Show or set which way this replica syncs: push, pull or both.
-    Direction {
-        db: PathBuf,
-        direction: Option<Direction>,
-        #[command(flatten)]
-        json: JsonFlag,
-    },
 }
 
-pub async fn run(cmd: BootCommand) -> Result<()> {
+pub async fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
-        BootCommand::Export { db, format, out, json } => {
+        DataCommand::Export { db, format, out, json } => {
             let r = open(&db)?;
             let files = export::export(&r, &out, format.into())?;
             if json.json {
@@ -109,7 +99,7 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                 }
             }
         }
-        BootCommand::Import { db, table, file, format, json } => {
+        DataCommand::Import { db, table, file, format, json } => {
             let mut r = open(&db)?;
             let n = export::import(&mut r, &table, &file, format.map(Into::into))?;
             if json.json {
@@ -118,10 +108,10 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                 println!("imported {n} rows into {table}");
             }
         }
-        BootCommand::Verify { db, repair, local, store, json } => verify(db, repair, local, store, json.json).await?,
-        BootCommand::Compact { db, keep_days, store, json } => {
+        DataCommand::Verify { db, repair, local, store, json } => verify(db, repair, local, store, json.json).await?,
+        DataCommand::Compact { db, keep_days, store, json } => {
             let mut r = open(&db)?;
-            let s = crate::cli::store_for(&r, &store).await?;
+            let s = store_for(&r, &store).await?;
             let grace = std::time::Duration::from_secs(keep_days * 24 * 3600);
             let report = dimple::snapshot::compact(&mut r, &s, grace).await?;
             if json.json {
@@ -142,8 +132,8 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                 }
             }
         }
-        BootCommand::Clone { url, db, name, store, json } => {
-            let url = crate::cli::normalize_bucket(&url)?;
+        DataCommand::Clone { url, db, name, store, json } => {
+            let url = normalize_bucket(&url)?;
             let s = dimple::open_store(&url, store.endpoint.as_deref()).await?;
             let bar = progress_bar();
             let show = |step: &str| {
@@ -170,19 +160,7 @@ pub async fn run(cmd: BootCommand) -> Result<()> {
                     "then pulled {} changes in {} batches; replica {}",
                     report.pull.changes, report.pull.batches, report.replica
                 );
-                crate::cli::warn_problems(&report.pull.problems);
-            }
-        }
-        BootCommand::Direction { db, direction, json } => {
-            let r = open(&db)?;
-            if let Some(d) = direction {
-                r.set_direction(d)?;
-            }
-            let d = r.direction()?;
-            if json.json {
-                print_json(&serde_json::json!({"direction": d}))?;
-            } else {
-                println!("{d}");
+                warn_problems(&report.pull.problems);
             }
         }
     }
@@ -197,7 +175,7 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
     let repaired = if repair && !diffs.is_empty() { verify::repair(&mut r, &diffs)? } else { 0 };
     let mut comparisons = Vec::new();
     if !local && r.bucket()?.is_some() {
-        let s = crate::cli::store_for(&r, &store).await?;
+        let s = store_for(&r, &store).await?;
         let mine = verify::snapshot_digest(&mut r)?;
         // A digest of rows known to be wrong would only mislead the others.
         if diffs.iter().all(|d| repair && d.repairable()) {

@@ -1,0 +1,164 @@
+//! The `dimple` command line: parse, run one command, report. One file per command
+//! family, each with its arguments, its run and its output:
+//! - `setup`: init, track, untrack, direction, fork
+//! - `sync`: push, pull, sync
+//! - `report`: status, log, replicas
+//! - `trust`: trust
+//! - `data`: export, import, verify, compact, clone
+//! - `agent`: the background agent
+//!
+//! This file holds what they share: common arguments, opening a replica and its
+//! store, JSON output.
+
+mod agent;
+mod data;
+mod report;
+mod setup;
+mod sync;
+mod trust;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use dimple::{Options, Replica};
+use std::path::Path;
+
+#[derive(Parser)]
+#[command(name = "dimple", version, about = "Offline-first SQLite replicas that sync through an object-storage bucket")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log lines on stderr as text or JSON (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Setup(setup::SetupCommand),
+    #[command(flatten)]
+    Sync(sync::SyncCommand),
+    #[command(flatten)]
+    Report(report::ReportCommand),
+    #[command(flatten)]
+    Data(data::DataCommand),
+    /// Keep databases in sync in the background: push local writes within a second,
+    /// pull every interval, retry failures with backoff. Each database syncs on its
+    /// own. Stop with SIGINT or SIGTERM.
+    Agent(agent::AgentArgs),
+    /// Trust a replica (its changes are applied from the next pull), revoke it, or
+    /// set the group's trust mode. Revoking stops further changes; those already
+    /// applied stay. See docs/trust.md.
+    #[command(arg_required_else_help = true)]
+    Trust(trust::TrustArgs),
+}
+
+impl Command {
+    /// The agent runs unattended: its default log says what it did, not only what failed.
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Command::Agent(_))
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Setup(cmd) => setup::run(cmd).await,
+        Command::Sync(cmd) => sync::run(cmd).await,
+        Command::Report(cmd) => report::run(cmd),
+        Command::Data(cmd) => data::run(cmd).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Trust(args) => trust::run(args),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// S3 endpoint for MinIO-like servers (default: AWS_ENDPOINT_URL or AWS).
+    #[arg(long, env = "DIMPLE_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn open(db: &Path) -> Result<Replica> {
+    Ok(Replica::open(db, Options::default())?)
+}
+
+/// Checks a bucket location; plain relative paths are stored absolute, so the bucket
+/// stays the same wherever dimple runs from.
+fn normalize_bucket(url: &str) -> Result<String> {
+    Ok(dimple::store::BucketUrl::parse(url).map_err(dimple::Error::from)?.canonical())
+}
+
+async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
+    let url = r.bucket()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no bucket; run `dimple init {} --bucket URL` on a new database",
+            r.path().display(),
+            r.path().display()
+        )
+    })?;
+    Ok(dimple::open_store(&url, args.endpoint.as_deref()).await?)
+}
+
+fn warn_problems(problems: &[String]) {
+    for p in problems {
+        eprintln!("warning: refused {p}");
+    }
+}
+
+fn warn_waiting(db: &Path, ids: &[String]) {
+    for id in ids {
+        eprintln!("note: replica {id} is waiting for trust: run `dimple trust {} {id}`", db.display());
+    }
+}
+
+/// `pinned` or `explicit` (docs/trust.md).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrustModeArg {
+    Pinned,
+    Explicit,
+}
+
+impl From<TrustModeArg> for dimple::trust::TrustMode {
+    fn from(m: TrustModeArg) -> Self {
+        match m {
+            TrustModeArg::Pinned => dimple::trust::TrustMode::Pinned,
+            TrustModeArg::Explicit => dimple::trust::TrustMode::Explicit,
+        }
+    }
+}
+
+/// `push`, `pull` or `both`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectionArg {
+    Push,
+    Pull,
+    Both,
+}
+
+impl From<DirectionArg> for dimple::direction::Direction {
+    fn from(d: DirectionArg) -> Self {
+        match d {
+            DirectionArg::Push => dimple::direction::Direction::Push,
+            DirectionArg::Pull => dimple::direction::Direction::Pull,
+            DirectionArg::Both => dimple::direction::Direction::Both,
+        }
+    }
+}
