@@ -15,6 +15,7 @@
 //! an interrupted push is finished by the next one from its saved in-flight state.
 
 pub mod backoff;
+mod each;
 pub mod state;
 
 use crate::clock;
@@ -22,14 +23,15 @@ use crate::error::{ErrorKind, Result};
 use crate::replica::Replica;
 use crate::store::{Metered, Store};
 use backoff::{jittered, Backoff, BackoffPolicy};
-use state::{AgentLock, AgentState, Phase};
+use state::{AgentState, Phase};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-pub use state::{inspect, lock, lock_held, AgentStatus};
+pub use each::{run_each, OpenStore, Target};
+pub use state::{inspect, lock, lock_held, AgentLock, AgentStatus};
 
 /// The CLI's default `--interval`: a minute's staleness at worst on a laptop, and 120
 /// LISTs an hour per device, which costs nothing on any bucket.
@@ -78,6 +80,8 @@ pub enum Step {
 /// One step's outcome.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The database the step was for.
+    pub db: std::path::PathBuf,
     pub step: Step,
     pub started: Instant,
     pub pulled: usize,
@@ -97,6 +101,7 @@ struct Loop {
     dirty: Option<(Instant, Instant)>,
     data_version: Option<i64>,
     file: AgentState,
+    db: std::path::PathBuf,
 }
 
 /// Runs the agent for `r` until `shutdown` completes. Returns an error only if the
@@ -127,6 +132,7 @@ async fn run_inner(
         next_sync: now,
         dirty: None,
         data_version: None,
+        db: db.clone(),
         file: AgentState {
             pid: std::process::id(),
             state: Phase::Running,
@@ -242,7 +248,16 @@ impl Loop {
         let now = Instant::now();
         let now_ms = r.opts.clock.now_ms();
         let wall = clock::rfc3339(now_ms);
-        let mut report = Report { step, started, pulled: 0, pushed: 0, error: None, failures: 0, retry_in: None };
+        let mut report = Report {
+            db: self.db.clone(),
+            step,
+            started,
+            pulled: 0,
+            pushed: 0,
+            error: None,
+            failures: 0,
+            retry_in: None,
+        };
         match out {
             Ok((pulled, pushed)) => {
                 if self.backoff.failures() > 0 {

@@ -1,6 +1,6 @@
 //! `dimple agent`: keep databases in sync in the background.
 
-use super::{open, store_for, StoreArgs};
+use super::{bucket_of, open, StoreArgs};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -18,7 +18,6 @@ pub struct AgentArgs {
 pub async fn run(args: AgentArgs) -> Result<()> {
     let AgentArgs { dbs, interval, store } = args;
     use dimple::agent;
-    use futures::FutureExt;
     use tokio::signal::unix::{signal, SignalKind};
     if !(interval.is_finite() && interval > 0.0) {
         anyhow::bail!("--interval must be a positive number of seconds, got {interval}");
@@ -28,23 +27,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let shutdown = async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("shutdown requested");
-    }
-    .shared();
+    };
+    // Locks and replicas first, on this thread: a database another agent holds, or
+    // one that is not a replica, stops the command before anything runs.
     let mut targets = Vec::new();
     for db in &dbs {
         let lock = agent::lock(db)?;
-        let r = open(db)?;
-        let s = store_for(&r, &store).await?;
-        targets.push((r, s, Some(lock)));
+        let replica = open(db)?;
+        let (url, endpoint) = (bucket_of(&replica)?, store.endpoint.clone());
+        let open_store: agent::OpenStore =
+            Box::new(move || Box::pin(async move { dimple::open_store(&url, endpoint.as_deref()).await }));
+        targets.push(agent::Target { replica, lock, open_store });
     }
     let cfg = agent::Config { interval: std::time::Duration::from_secs_f64(interval), ..Default::default() };
-    let runs = targets
-        .iter_mut()
-        .map(|(r, s, lock)| agent::run(r, s, lock.take().expect("one run per lock"), cfg.clone(), shutdown.clone()));
-    for result in futures::future::join_all(runs).await {
-        result?;
-    }
-    Ok(())
+    Ok(agent::run_each(targets, cfg, shutdown).await?)
 }
 
 /// The agent part of `dimple status`.

@@ -106,15 +106,19 @@ fn normalize_bucket(url: &str) -> Result<String> {
     Ok(dimple::store::BucketUrl::parse(url).map_err(dimple::Error::from)?.canonical())
 }
 
-async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
-    let url = r.bucket()?.ok_or_else(|| {
+/// The replica's bucket URL, or what to do when it has none.
+fn bucket_of(r: &Replica) -> Result<String> {
+    r.bucket()?.ok_or_else(|| {
         anyhow::anyhow!(
             "{} has no bucket; run `dimple init {} --bucket URL` on a new database",
             r.path().display(),
             r.path().display()
         )
-    })?;
-    Ok(dimple::open_store(&url, args.endpoint.as_deref()).await?)
+    })
+}
+
+async fn store_for(r: &Replica, args: &StoreArgs) -> Result<dimple::store::Metered<dyn dimple::store::Store>> {
+    Ok(dimple::open_store(&bucket_of(r)?, args.endpoint.as_deref()).await?)
 }
 
 fn warn_problems(problems: &[String]) {

@@ -3,6 +3,7 @@
 
 mod backoff;
 mod harness;
+mod independence;
 mod outage;
 
 use anyhow::Result;
