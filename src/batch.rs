@@ -64,7 +64,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
             let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             for c in changes {
                 txn.execute(params![c.transaction_id, header.replica])?;
-                chg.execute(&c.as_row()[..7])?;
+                chg.execute(c.as_row())?;
             }
         }
         conn.execute_batch("COMMIT")?;

@@ -246,8 +246,8 @@ pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
 /// stopping once `limit` changes are gathered.
 pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {} FROM ZV_CHANGE WHERE id > ?1 AND author = ?2 ORDER BY id",
-        crate::merge::CHANGE_COLUMNS
+        "{} WHERE c.id > ?1 AND c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2) ORDER BY c.id",
+        crate::merge::SELECT_CHANGES
     ))?;
     let mut rows = stmt.query(params![after, me])?;
     let mut out: Vec<Change> = Vec::new();
@@ -261,7 +261,8 @@ pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize)
     Ok(out)
 }
 
-/// A change from a row whose first columns are [`crate::merge::CHANGE_COLUMNS`].
+/// A change from a row of [`crate::merge::SELECT_CHANGES`] (the seed's seven
+/// columns, then the author's replica id).
 pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
     Ok(Change {
         id: r.get(0)?,
@@ -291,11 +292,10 @@ pub struct LogEntry {
 }
 
 pub fn history(conn: &Connection, entity: Option<(&str, &str)>, limit: usize) -> Result<Vec<LogEntry>> {
-    let sql =
-        "SELECT c.id, c.transaction_id, t.author, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
+    let sql = "SELECT c.id, c.transaction_id, a.id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value,
                       EXISTS (SELECT 1 FROM ZV_CLOCK k WHERE k.entity_type = c.entity_type AND k.entity_id = c.entity_id
-                              AND k.attribute = c.attribute AND k.change_id = c.id AND k.author = c.author)
-               FROM ZV_CHANGE c JOIN ZV_TRANSACTION t ON t.id = c.transaction_id AND t.author = c.author
+                              AND k.attribute = c.attribute AND k.change_id = c.id AND k.author_n = c.author_n)
+               FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
                WHERE (?1 IS NULL OR (c.entity_type = ?1 AND c.entity_id = ?2))
                ORDER BY c.id DESC LIMIT ?3";
     let (t, e) = entity.unzip();

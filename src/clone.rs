@@ -186,36 +186,45 @@ fn load_attached(
         "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;",
     )?;
     let with_authors: bool = tx.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('ZV_CHANGE', 'snap') WHERE name = 'author'",
+        "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_AUTHOR'",
         [],
         |r| r.get(0),
     )?;
     let empty: bool = tx.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)",
+        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)
+            AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)",
         [],
         |r| r.get(0),
     )?;
     let copy = match (with_authors, empty) {
-        // Same shape on both sides, empty destination, foreign keys off: SQLite
-        // copies these b-trees page by page instead of row by row (its "transfer
-        // optimization"), the bulk of a clone's time.
+        // Same tables on both sides (schema/log.sql), empty destination, foreign keys
+        // off: SQLite copies these b-trees page by page instead of row by row (its
+        // "transfer optimization"), the bulk of a clone's time.
         (true, true) => {
-            "INSERT INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
+            "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
+             INSERT INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
              INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
         }
+        // Author numbers are private to each file: map them through the ids.
         (true, false) => {
-            // Same tables on both sides (schema/log.sql), so whole rows copy across.
-            "INSERT OR IGNORE INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
-             INSERT OR REPLACE INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
+            "INSERT OR IGNORE INTO main.ZV_AUTHOR(id) SELECT id FROM snap.ZV_AUTHOR;
+             INSERT OR IGNORE INTO main.ZV_CHANGE
+               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, m.n
+               FROM snap.ZV_CHANGE c JOIN snap.ZV_AUTHOR s ON s.n = c.author_n JOIN main.ZV_AUTHOR m ON m.id = s.id;
+             INSERT OR REPLACE INTO main.ZV_CLOCK
+               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, m.n
+               FROM snap.ZV_CLOCK k JOIN snap.ZV_AUTHOR s ON s.n = k.author_n JOIN main.ZV_AUTHOR m ON m.id = s.id;"
         }
         // A snapshot from before changes carried their author: ids were unique across
         // the group then, so the transaction (or the change) names it.
         (false, _) => {
-            "INSERT OR IGNORE INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
-               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, t.author
-               FROM snap.ZV_CHANGE c JOIN snap.ZV_TRANSACTION t ON t.id = c.transaction_id;
-             INSERT OR REPLACE INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id, author)
-               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author
+            "INSERT OR IGNORE INTO main.ZV_AUTHOR(id) SELECT DISTINCT author FROM snap.ZV_TRANSACTION;
+             INSERT OR IGNORE INTO main.ZV_CHANGE
+               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, m.n
+               FROM snap.ZV_CHANGE c JOIN snap.ZV_TRANSACTION t ON t.id = c.transaction_id
+               JOIN main.ZV_AUTHOR m ON m.id = t.author;
+             INSERT OR REPLACE INTO main.ZV_CLOCK
+               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author_n
                FROM snap.ZV_CLOCK k JOIN main.ZV_CHANGE c ON c.id = k.change_id;"
         }
     };

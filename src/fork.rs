@@ -22,7 +22,7 @@
 use crate::changelog;
 use crate::clock::{self, Hlc};
 use crate::error::{Error, Result};
-use crate::merge::{Change, Merger, CHANGE_COLUMNS};
+use crate::merge::{Change, Merger, SELECT_CHANGES};
 use crate::meta::{self, PushState};
 use crate::peers::{self, Peer, Trust};
 use crate::replica::Replica;
@@ -62,14 +62,16 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         let pushed = PushState::load(&tx)?;
         let through = pushed.through.clone();
         let unpushed: Vec<Change> = tx
-            .prepare(&format!("SELECT {CHANGE_COLUMNS} FROM ZV_CHANGE WHERE author = ?1 AND id > ?2 ORDER BY id"))?
+            .prepare(&format!(
+                "{SELECT_CHANGES} WHERE c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND c.id > ?2 ORDER BY c.id"
+            ))?
             .query_map(params![old, through], changelog::row_to_change)?
             .collect::<Result<_, _>>()?;
         {
             let merger = Merger::new(&tx)?;
             let mut is_winner = tx.prepare(
                 "SELECT 1 FROM ZV_CLOCK WHERE entity_type = ?1 AND entity_id = ?2 AND attribute = ?3
-                 AND change_id = ?4 AND author = ?5",
+                 AND change_id = ?4 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?5)",
             )?;
             let (mut old_txn, mut new_txn): (Option<String>, Option<String>) = (None, None);
             for c in &unpushed {
@@ -81,7 +83,10 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
                     .query_row(params![c.entity_type, c.entity_id, c.attribute, c.id, old], |_| Ok(()))
                     .optional()?
                     .is_some();
-                tx.execute("DELETE FROM ZV_CHANGE WHERE id = ?1 AND author = ?2", params![c.id, old])?;
+                tx.execute(
+                    "DELETE FROM ZV_CHANGE WHERE id = ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)",
+                    params![c.id, old],
+                )?;
                 if !wins {
                     report.superseded += 1;
                     continue;
@@ -105,7 +110,8 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         }
         tx.execute(
             "DELETE FROM ZV_TRANSACTION WHERE author = ?1
-             AND NOT EXISTS (SELECT 1 FROM ZV_CHANGE c WHERE c.transaction_id = ZV_TRANSACTION.id AND c.author = ?1)",
+             AND NOT EXISTS (SELECT 1 FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
+                             WHERE c.transaction_id = ZV_TRANSACTION.id AND a.id = ?1)",
             [&old],
         )?;
         // The old id is now another replica, applied up to what this copy pushed.

@@ -45,7 +45,7 @@ fn version_of(conn: &Connection) -> Result<i64> {
         // the author columns (a replica made by this dimple before its first write).
         None => {
             let has_author: bool = conn.query_row(
-                "SELECT count(*) > 0 FROM pragma_table_info('ZV_CHANGE') WHERE name = 'author'",
+                "SELECT count(*) > 0 FROM pragma_table_info('ZV_CHANGE') WHERE name = 'author_n'",
                 [],
                 |r| r.get(0),
             )?;
@@ -54,8 +54,8 @@ fn version_of(conn: &Connection) -> Result<i64> {
     }
 }
 
-/// Version 2: changes and clock entries carry the author of their transaction, and
-/// ids are unique per author (issue 9: one member reusing another's ids must not
+/// Version 2: changes and clock entries carry the author of their transaction (as a
+/// `ZV_AUTHOR` number), and ids are unique per author (issue 9: one member reusing another's ids must not
 /// take them away from it).
 fn authors_in_the_log(tx: &Connection) -> Result<()> {
     tx.execute_batch(
@@ -66,11 +66,12 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(
         "INSERT INTO ZV_TRANSACTION(id, author) SELECT id, author FROM ZV_OLD_TRANSACTION;
-         INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author)
-           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, t.author
-           FROM ZV_OLD_CHANGE c JOIN ZV_OLD_TRANSACTION t ON t.id = c.transaction_id;
-         INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author)
-           SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author
+         INSERT OR IGNORE INTO ZV_AUTHOR(id) SELECT DISTINCT author FROM ZV_OLD_TRANSACTION ORDER BY author;
+         INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author_n)
+           SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.n
+           FROM ZV_OLD_CHANGE c JOIN ZV_OLD_TRANSACTION t ON t.id = c.transaction_id JOIN ZV_AUTHOR a ON a.id = t.author;
+         INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n)
+           SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author_n
            FROM ZV_OLD_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id;",
     )?;
     let lost: i64 = tx.query_row(

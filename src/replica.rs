@@ -309,7 +309,7 @@ impl Replica {
     pub fn unpushed(&self) -> Result<i64> {
         let through = meta::PushState::load(&self.sync)?.through;
         Ok(self.sync.query_row(
-            "SELECT count(*) FROM ZV_CHANGE WHERE id > ?1 AND author = ?2",
+            "SELECT count(*) FROM ZV_CHANGE WHERE id > ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)",
             [&through, &self.id],
             |r| r.get(0),
         )?)

@@ -189,11 +189,12 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
         counts.tables += 1;
     }
     s.execute_batch(
-        "INSERT INTO main.ZV_CLOCK SELECT entity_type, entity_id, attribute, change_id, author FROM src.ZV_CLOCK;
-         INSERT INTO main.ZV_CHANGE SELECT c.* FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author;
+        "INSERT INTO main.ZV_AUTHOR SELECT * FROM src.ZV_AUTHOR;
+         INSERT INTO main.ZV_CLOCK SELECT * FROM src.ZV_CLOCK;
+         INSERT INTO main.ZV_CHANGE SELECT c.* FROM src.ZV_CLOCK k JOIN src.ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n;
          INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
            SELECT t.id, t.author FROM src.ZV_TRANSACTION t
-           WHERE (t.id, t.author) IN (SELECT transaction_id, author FROM main.ZV_CHANGE);",
+           WHERE (t.id, t.author) IN (SELECT c.transaction_id, a.id FROM main.ZV_CHANGE c JOIN main.ZV_AUTHOR a ON a.n = c.author_n);",
     )?;
     crate::peers::copy_to_snapshot(s)?;
     counts.changes = s.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;

@@ -162,10 +162,11 @@ type Winners = BTreeMap<String, HashMap<String, Option<String>>>;
 
 fn winners(conn: &Connection, table: &str) -> Result<Winners> {
     // SQLite takes the bare columns from the row holding the max: the merge order
-    // is (id, author), and ids are fixed-length canonical text, so `id || author`
-    // sorts the same way.
+    // is id, then author id, and ids are fixed-length canonical text, so
+    // `id || author id` sorts the same way.
     let mut stmt = conn.prepare(
-        "SELECT entity_id, attribute, new_value, max(id || author) FROM ZV_CHANGE WHERE entity_type = ?1 GROUP BY entity_id, attribute",
+        "SELECT c.entity_id, c.attribute, c.new_value, max(c.id || a.id) FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
+         WHERE c.entity_type = ?1 GROUP BY c.entity_id, c.attribute",
     )?;
     let mut rows = stmt.query([table])?;
     let mut out = Winners::new();
@@ -326,7 +327,8 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
         }
         // Re-insert from the log's winners (columns never written keep their default).
         let mut stmt = tx.prepare(
-            "SELECT attribute, new_value, max(id || author) FROM ZV_CHANGE WHERE entity_type = ?1 AND entity_id = ?2 GROUP BY attribute",
+            "SELECT c.attribute, c.new_value, max(c.id || a.id) FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
+             WHERE c.entity_type = ?1 AND c.entity_id = ?2 GROUP BY c.attribute",
         )?;
         let w: HashMap<String, Option<String>> =
             stmt.query_map([table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
@@ -380,8 +382,11 @@ pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
 pub fn cursor_vector(r: &Replica) -> Result<BTreeMap<String, String>> {
     let conn = &r.sync;
     let mut out = crate::peers::applied_through(conn)?;
-    let own: Option<String> =
-        conn.query_row("SELECT max(id) FROM ZV_CHANGE WHERE author = ?1", [r.id()], |r| r.get(0))?;
+    let own: Option<String> = conn.query_row(
+        "SELECT max(id) FROM ZV_CHANGE WHERE author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1)",
+        [r.id()],
+        |r| r.get(0),
+    )?;
     if let Some(own) = own {
         out.insert(r.id().to_owned(), own);
     }

@@ -230,7 +230,10 @@ mod tests {
                     // Every change is in the log, and each clock entry is the greatest (id, author).
                     let logged: i64 = c.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0)).unwrap();
                     assert_eq!(logged as usize, changes.len(), "round {round}");
-                    let mut stmt = c.prepare("SELECT entity_id, attribute, change_id, author FROM ZV_CLOCK").unwrap();
+                    let mut stmt = c.prepare(
+                        "SELECT k.entity_id, k.attribute, k.change_id, a.id FROM ZV_CLOCK k JOIN ZV_AUTHOR a ON a.n = k.author_n",
+                    )
+                    .unwrap();
                     let clock = stmt
                         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)))
                         .unwrap()

@@ -25,8 +25,9 @@ use rusqlite::{params, Connection, Statement};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// One row of `ZV_CHANGE`: the seed's seven columns and the author of its
-/// transaction (in a batch, always the replica that signed it).
+/// One change: the seed's seven `ZV_CHANGE` columns and the replica id of its
+/// author (in a batch, always the replica that signed it; in the log, stored as
+/// its `ZV_AUTHOR` number).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub id: String,
@@ -39,14 +40,20 @@ pub struct Change {
     pub author: String,
 }
 
-/// `ZV_CHANGE`'s columns in table order: every statement that reads or writes whole
-/// changes uses this list, and [`Change::as_row`] binds in the same order.
-pub const CHANGE_COLUMNS: &str = "id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author";
+/// The seed's seven `ZV_CHANGE` columns in table order; [`Change::as_row`] binds
+/// in the same order.
+pub const CHANGE_COLUMNS: &str = "id, transaction_id, entity_type, entity_id, attribute, old_value, new_value";
+
+/// Reads whole changes from the log with their author's replica id, in the order
+/// [`crate::changelog::row_to_change`] expects: append `WHERE`/`ORDER BY` on `c`
+/// (the change) and `a` (its author).
+pub const SELECT_CHANGES: &str =
+    "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
+     FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n";
 
 impl Change {
-    /// The eight `ZV_CHANGE` columns in table order, for binding to `VALUES (?1..?8)`;
-    /// a batch file stores the first seven (its author is its signer).
-    pub fn as_row(&self) -> [&dyn rusqlite::ToSql; 8] {
+    /// The seed's seven columns, for binding to `VALUES (?1..?7)`.
+    pub fn as_row(&self) -> [&dyn rusqlite::ToSql; 7] {
         [
             &self.id,
             &self.transaction_id,
@@ -55,7 +62,6 @@ impl Change {
             &self.attribute,
             &self.old_value,
             &self.new_value,
-            &self.author,
         ]
     }
 }
@@ -94,17 +100,27 @@ pub struct Merger<'c> {
     clock: RefCell<Statement<'c>>,
     clock_if_newer: RefCell<Statement<'c>>,
     per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
+    /// Replica id -> its `ZV_AUTHOR` number.
+    authors: RefCell<HashMap<String, i64>>,
 }
 
+const INSERT_LOG: &str =
+    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author_n)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author_n) DO NOTHING";
 const SET_CLOCK: &str =
-    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author = excluded.author";
+    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author_n = excluded.author_n";
 /// One seek instead of a read and a write: the row changes only when the change is
-/// the new winner (no clock yet, or an older one, ordered by (id, author)).
+/// the new winner (no clock yet, or an older one, ordered by id, then author id).
+/// Authors are compared by their replica ids, the same on every replica; that
+/// comparison runs only for two changes with one id, which only a hostile member
+/// makes.
 const SET_CLOCK_IF_NEWER: &str =
-    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author = excluded.author
-     WHERE (excluded.change_id, excluded.author) > (ZV_CLOCK.change_id, ZV_CLOCK.author)";
+    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author_n = excluded.author_n
+     WHERE excluded.change_id > ZV_CLOCK.change_id
+        OR (excluded.change_id = ZV_CLOCK.change_id
+            AND (SELECT id FROM ZV_AUTHOR WHERE n = excluded.author_n) > (SELECT id FROM ZV_AUTHOR WHERE n = ZV_CLOCK.author_n))";
 
 impl<'c> Merger<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -117,13 +133,24 @@ impl<'c> Merger<'c> {
         Ok(Merger {
             conn,
             tables,
-            log: RefCell::new(conn.prepare(&format!(
-                "INSERT INTO ZV_CHANGE({CHANGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author) DO NOTHING"
-            ))?),
+            log: RefCell::new(conn.prepare(INSERT_LOG)?),
             clock: RefCell::new(conn.prepare(SET_CLOCK)?),
             clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
             per_table: RefCell::default(),
+            authors: RefCell::default(),
         })
+    }
+
+    /// The `ZV_AUTHOR` number of replica `id`, numbered on first sight.
+    fn author_n(&self, id: &str) -> Result<i64> {
+        if let Some(n) = self.authors.borrow().get(id) {
+            return Ok(*n);
+        }
+        self.conn.prepare_cached("INSERT OR IGNORE INTO ZV_AUTHOR(id) VALUES (?1)")?.execute([id])?;
+        let n: i64 =
+            self.conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
+        self.authors.borrow_mut().insert(id.to_owned(), n);
+        Ok(n)
     }
 
     pub fn table(&self, name: &str) -> Option<&TableInfo> {
@@ -133,8 +160,8 @@ impl<'c> Merger<'c> {
     /// Records a change this replica made: it is newer than everything applied, and
     /// its effect is already in the table.
     pub fn record_local(&self, c: &Change) -> Result<()> {
-        self.insert_log(c)?;
-        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, c.author])?;
+        let n = self.insert_log(c)?.1;
+        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, n])?;
         Ok(())
     }
 
@@ -152,22 +179,25 @@ impl<'c> Merger<'c> {
     /// Stores a remote change in the log and moves the clock when it wins; the
     /// table is left to the caller.
     fn merge_log(&self, c: &Change) -> Result<Outcome> {
-        if !self.insert_log(c)? {
+        let (new, n) = self.insert_log(c)?;
+        if !new {
             return Ok(Outcome::Duplicate);
         }
         // (id, author) is unique (the log just took this one), so "not newer" means older.
-        let won = self.clock_if_newer.borrow_mut().execute(params![
-            c.entity_type,
-            c.entity_id,
-            c.attribute,
-            c.id,
-            c.author
-        ])? == 1;
+        let won =
+            self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, n])? == 1;
         Ok(if won { Outcome::Won } else { Outcome::Lost })
     }
 
-    fn insert_log(&self, c: &Change) -> Result<bool> {
-        Ok(self.log.borrow_mut().execute(c.as_row())? == 1)
+    /// Stores `c` in the log; returns whether it was new, and its author's number.
+    fn insert_log(&self, c: &Change) -> Result<(bool, i64)> {
+        let n = self.author_n(&c.author)?;
+        let mut stmt = self.log.borrow_mut();
+        for (i, v) in c.as_row().iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, v)?;
+        }
+        stmt.raw_bind_parameter(8, n)?;
+        Ok((stmt.raw_execute()? == 1, n))
     }
 
     /// Runs `f` on the statement for (`info`, `op`), preparing it the first time.
@@ -271,7 +301,7 @@ impl<'c> Merger<'c> {
 
     fn winners(&self, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT k.attribute, c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author = k.author
+            "SELECT k.attribute, c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n
              WHERE k.entity_type = ?1 AND k.entity_id = ?2",
         )?;
         let rows = stmt.query_map(params![table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?;

@@ -19,7 +19,7 @@ fn downgrade_to_v1(path: &std::path::Path) {
              CREATE TABLE v1_clock(entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, attribute TEXT NOT NULL,
                change_id TEXT NOT NULL, PRIMARY KEY (entity_type, entity_id, attribute)) WITHOUT ROWID;
              INSERT INTO v1_clock SELECT entity_type, entity_id, attribute, change_id FROM ZV_CLOCK;
-             DROP TABLE ZV_CLOCK; DROP TABLE ZV_CHANGE; DROP TABLE ZV_TRANSACTION;
+             DROP TABLE ZV_CLOCK; DROP TABLE ZV_CHANGE; DROP TABLE ZV_TRANSACTION; DROP TABLE ZV_AUTHOR;
              ALTER TABLE v1_tx RENAME TO ZV_TRANSACTION;
              ALTER TABLE v1_change RENAME TO ZV_CHANGE;
              ALTER TABLE v1_clock RENAME TO ZV_CLOCK;
@@ -57,7 +57,7 @@ fn a_version_1_replica_is_upgraded_on_open_and_keeps_syncing() -> TestResult {
     let mut a = g.reopen("a");
     let after: Vec<(String, String, Option<String>)> = a
         .conn()
-        .prepare("SELECT id, author, new_value FROM ZV_CHANGE ORDER BY id")?
+        .prepare("SELECT c.id, a.id, c.new_value FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n ORDER BY c.id")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     assert_eq!(after, before, "every change kept, with its transaction's author");
@@ -94,7 +94,7 @@ fn an_upgrade_that_fails_midway_leaves_the_replica_as_it_was() -> TestResult {
     assert!(err.to_string().contains("cannot upgrade the change log"), "{err}");
     let c = open_plain(&g.db("a"));
     let cols: i64 =
-        c.query_row("SELECT count(*) FROM pragma_table_info('ZV_CHANGE') WHERE name = 'author'", [], |r| r.get(0))?;
+        c.query_row("SELECT count(*) FROM pragma_table_info('ZV_CHANGE') WHERE name = 'author_n'", [], |r| r.get(0))?;
     assert_eq!(cols, 0, "still the version-1 tables");
     assert_eq!(c.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get::<_, i64>(0))?, before);
     let leftovers: i64 =

@@ -121,7 +121,13 @@ fn a_transaction_id_reused_from_another_replica_stays_the_reusers_own() {
     assert!(s.has("a2"), "a's own write applies");
     assert_eq!(changes_of(&s.b, &c_txn, s.c.id()), c_changes, "c's transaction is untouched");
     let a2_author: String =
-        s.b.conn().query_row("SELECT author FROM ZV_CHANGE WHERE entity_id = 'a2' LIMIT 1", [], |r| r.get(0)).unwrap();
+        s.b.conn()
+            .query_row(
+                "SELECT a.id FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n WHERE c.entity_id = 'a2' LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
     assert_eq!(a2_author, s.a.id());
     s.later_change_syncs(false);
 }
@@ -129,7 +135,10 @@ fn a_transaction_id_reused_from_another_replica_stays_the_reusers_own() {
 /// (id, new_value) of the changes of transaction `txn` by `author` in `r`'s log.
 fn changes_of(r: &Replica, txn: &str, author: &str) -> Vec<(String, Option<String>)> {
     r.conn()
-        .prepare("SELECT id, new_value FROM ZV_CHANGE WHERE transaction_id = ?1 AND author = ?2 ORDER BY id")
+        .prepare(
+            "SELECT c.id, c.new_value FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
+             WHERE c.transaction_id = ?1 AND a.id = ?2 ORDER BY c.id",
+        )
         .unwrap()
         .query_map([txn, author], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
