@@ -247,7 +247,7 @@ pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
 pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
     let mut stmt = conn.prepare_cached(&format!(
         "{} WHERE c.id > ?1 AND c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2) ORDER BY c.id",
-        crate::merge::SELECT_CHANGES
+        *crate::merge::SELECT_CHANGES
     ))?;
     let mut rows = stmt.query(params![after, me])?;
     let mut out: Vec<Change> = Vec::new();

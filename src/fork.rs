@@ -63,7 +63,8 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         let through = pushed.through.clone();
         let unpushed: Vec<Change> = tx
             .prepare(&format!(
-                "{SELECT_CHANGES} WHERE c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND c.id > ?2 ORDER BY c.id"
+                "{} WHERE c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND c.id > ?2 ORDER BY c.id",
+                *SELECT_CHANGES
             ))?
             .query_map(params![old, through], changelog::row_to_change)?
             .collect::<Result<_, _>>()?;

@@ -47,9 +47,10 @@ pub const CHANGE_COLUMNS: &str = "id, transaction_id, entity_type, entity_id, at
 /// Reads whole changes from the log with their author's replica id, in the order
 /// [`crate::changelog::row_to_change`] expects: append `WHERE`/`ORDER BY` on `c`
 /// (the change) and `a` (its author).
-pub const SELECT_CHANGES: &str =
-    "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
-     FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n";
+pub static SELECT_CHANGES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let cols: Vec<String> = CHANGE_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
+    format!("SELECT {}, a.id FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n", cols.join(", "))
+});
 
 impl Change {
     /// The seed's seven columns, for binding to `VALUES (?1..?7)`.
@@ -104,9 +105,6 @@ pub struct Merger<'c> {
     authors: RefCell<HashMap<String, i64>>,
 }
 
-const INSERT_LOG: &str =
-    "INSERT INTO ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author_n)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id, author_n) DO NOTHING";
 const SET_CLOCK: &str =
     "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n) VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author_n = excluded.author_n";
@@ -133,7 +131,10 @@ impl<'c> Merger<'c> {
         Ok(Merger {
             conn,
             tables,
-            log: RefCell::new(conn.prepare(INSERT_LOG)?),
+            log: RefCell::new(conn.prepare(&format!(
+                "INSERT INTO ZV_CHANGE({CHANGE_COLUMNS}, author_n) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id, author_n) DO NOTHING"
+            ))?),
             clock: RefCell::new(conn.prepare(SET_CLOCK)?),
             clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
             per_table: RefCell::default(),
