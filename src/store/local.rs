@@ -5,7 +5,8 @@
 //! directory. Conditional replaces take an advisory lock on `.dimple-store.lock`, so
 //! two processes on one machine cannot both win an `Update` race. The ETag of a file
 //! is derived from its inode, size and mtime: every put makes a new inode, so the
-//! ETag changes on every write without reading the content.
+//! ETag changes on every write without reading the content. All file-system work
+//! runs on tokio's blocking pool, not on the executor's threads.
 
 use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
 }
@@ -139,9 +141,24 @@ fn sync_dir(dir: &Path) -> StoreResult<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
 }
 
-#[async_trait]
-impl Store for LocalStore {
-    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+impl LocalStore {
+    /// Runs file-system work on tokio's blocking pool, never on an executor thread (a
+    /// slow disk or an fsync must not stall other tasks); inline outside a runtime.
+    async fn off_executor<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LocalStore) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let me = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(move || f(&me))
+                .await
+                .map_err(|e| StoreError::Io(format!("file-system task failed: {e}")))?,
+            Err(_) => f(&me),
+        }
+    }
+
+    fn list_blocking(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
         // Walk the deepest directory that the prefix names, then filter by prefix.
         let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
         let mut all = Vec::new();
@@ -153,7 +170,7 @@ impl Store for LocalStore {
         Ok((all, more))
     }
 
-    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
+    fn get_blocking(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
         let path = self.path(key)?;
         // Open first, then stat the open file: the ETag then belongs to the bytes read.
         let mut f = match File::open(&path) {
@@ -174,16 +191,7 @@ impl Store for LocalStore {
         Ok(Got::Found { bytes, etag })
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
-        self.put_blocking(key, &bytes, &mode)
-    }
-
-    async fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> StoreResult<String> {
-        let mut f = File::open(path).map_err(|e| io_err(path, e))?;
-        self.put_from(key, &mut f, &mode)
-    }
-
-    async fn get_to_file(&self, key: &str, dest: &Path) -> StoreResult<u64> {
+    fn get_to_file_blocking(&self, key: &str, dest: &Path) -> StoreResult<u64> {
         let path = self.path(key)?;
         match fs::copy(&path, dest) {
             Ok(n) => Ok(n),
@@ -192,13 +200,50 @@ impl Store for LocalStore {
         }
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
+    fn delete_blocking(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&path, e)),
         }
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
+        let (prefix, after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.off_executor(move |s| s.list_blocking(&prefix, after.as_deref())).await
+    }
+
+    async fn get(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
+        let (key, inm) = (key.to_owned(), if_none_match.map(str::to_owned));
+        self.off_executor(move |s| s.get_blocking(&key, inm.as_deref())).await
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
+        let key = key.to_owned();
+        self.off_executor(move |s| s.put_blocking(&key, &bytes, &mode)).await
+    }
+
+    async fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> StoreResult<String> {
+        let (key, path) = (key.to_owned(), path.to_owned());
+        self.off_executor(move |s| {
+            let mut f = File::open(&path).map_err(|e| io_err(&path, e))?;
+            s.put_from(&key, &mut f, &mode)
+        })
+        .await
+    }
+
+    async fn get_to_file(&self, key: &str, dest: &Path) -> StoreResult<u64> {
+        let (key, dest) = (key.to_owned(), dest.to_owned());
+        self.off_executor(move |s| s.get_to_file_blocking(&key, &dest)).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let key = key.to_owned();
+        self.off_executor(move |s| s.delete_blocking(&key)).await
     }
 
     fn describe(&self) -> String {

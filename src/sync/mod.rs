@@ -11,6 +11,12 @@
 //!
 //! A replica whose objects are bad gets a problem row and keeps its cursor; the
 //! others sync on. The protocol is written down in docs/protocol.md.
+//!
+//! The SQLite work of a push or a pull runs between awaits, on the thread that
+//! polls it: the agent gives every database a thread and runtime of its own
+//! ([`crate::agent::run_each`]), so one database's long apply never holds up
+//! another's sync. An app that embeds dimple in a shared runtime should do the
+//! same, or call from `spawn_blocking`.
 
 mod apply;
 mod chain;
