@@ -9,7 +9,7 @@ use crate::track::{self, TableInfo, ROW};
 use crate::value;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 /// Gives ids to everything the triggers captured since the last call and records it
 /// as one transaction authored by `me`. Runs inside the caller's write transaction:
@@ -30,12 +30,13 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         .prepare_cached("SELECT tbl, columns FROM ZV_TRACKED ORDER BY tbl")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut w = Recorder { conn, merger: Merger::new(conn)?, hlc, me, txn: None, n: 0, bad_keys: BTreeMap::new() };
+    let mut w = Recorder { conn, merger: Merger::new(conn)?, hlc, me, txn: None, n: 0, bad_keys: BTreeSet::new() };
     let mut recorded = Vec::with_capacity(tracked.len());
     for (tbl, columns) in tracked {
         let columns: Vec<String> = serde_json::from_str(&columns)
             .map_err(|e| Error::Invalid(format!("ZV_TRACKED columns of {tbl} are corrupt: {e}")))?;
-        let info = track::inspect(conn, &tbl)?;
+        // The merger has just read every tracked table's schema: no second look.
+        let info = w.merger.table(&tbl).cloned();
         w.pending(&tbl, info.as_ref(), &columns)?;
         recorded.push((tbl, info, columns));
     }
@@ -92,8 +93,8 @@ struct Recorder<'a, 'c> {
     me: &'a str,
     txn: Option<String>,
     n: usize,
-    /// Per table: how many captured writes had a key that cannot sync.
-    bad_keys: BTreeMap<String, usize>,
+    /// Tables where a captured write had a key that cannot sync.
+    bad_keys: BTreeSet<String>,
 }
 
 impl Recorder<'_, '_> {
@@ -125,7 +126,7 @@ impl Recorder<'_, '_> {
     fn entity_id(&mut self, tbl: &str, info: Option<&TableInfo>, raw: &Value) -> Option<String> {
         let id = entity_id_of(raw).filter(|id| info.is_none_or(|info| key_values(info, id).is_ok()));
         if id.is_none() {
-            *self.bad_keys.entry(tbl.to_owned()).or_default() += 1;
+            self.bad_keys.insert(tbl.to_owned());
         }
         id
     }
@@ -211,7 +212,7 @@ impl Recorder<'_, '_> {
     fn report_bad_keys(&self, tables: &[(String, Option<TableInfo>, Vec<String>)]) -> Result<()> {
         let conn = self.conn;
         let now = crate::clock::rfc3339(self.hlc.now_ms());
-        for tbl in self.bad_keys.keys() {
+        for tbl in &self.bad_keys {
             let reason = "rows whose key is NULL, a blob, or not of the key column's type cannot sync; give them a proper key (the count says how many times dimple met one)";
             crate::problems::record_local(conn, self.me, &bad_key_origin(tbl), reason, &now)?;
         }
@@ -221,7 +222,7 @@ impl Recorder<'_, '_> {
             .collect::<Result<_, _>>()?;
         for (tbl, info, _) in tables {
             let origin = bad_key_origin(tbl);
-            if !open.contains(&origin) || self.bad_keys.contains_key(tbl) {
+            if !open.contains(&origin) || self.bad_keys.contains(tbl) {
                 continue;
             }
             let left = match info {

@@ -17,7 +17,7 @@
 //! Everything in the database changes in one transaction. The new private key is
 //! written beside the old one first and moved into place after the commit; the
 //! database records its public key, so a crash in between is finished on the next
-//! open (see [`crate::Replica`]'s key loading).
+//! open ([`crate::sidedir::SideDir::finish_key_swap`]).
 
 use crate::changelog;
 use crate::clock::{self, Hlc};

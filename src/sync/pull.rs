@@ -21,8 +21,8 @@ use crate::trust::{self, TrustMode};
 use std::collections::BTreeMap;
 
 pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
+    // Captures local writes too (before any remote change is applied).
     r.refresh_schema()?;
-    r.capture()?;
     if !r.direction()?.pulls() {
         return Ok(PullReport::default()); // push-only: remote changes are never applied
     }

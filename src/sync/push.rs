@@ -16,7 +16,7 @@ use crate::head::{Descriptor, Head, HeadBody};
 use crate::layout;
 use crate::meta::{self, Inflight, PushState};
 use crate::replica::Replica;
-use crate::store::{self, PutMode, Store, StoreError};
+use crate::store::{self, PutMode, Store, StoreError, Written};
 use crate::FORMAT;
 use rusqlite::TransactionBehavior;
 
@@ -109,11 +109,8 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
     let key = layout::batch_key(&me, &inf.batch_id);
     // Our earlier attempt may have landed; different bytes mean someone else wrote
     // under our id.
-    match store::create_or_accept(store, &key, bytes, |b| codec::sha256_hex(b) == inf.sha256).await {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
-        Err(e) => return Err(e.into()),
-    }
+    let landed = store::create_or_accept(store, &key, bytes, |b| codec::sha256_hex(b) == inf.sha256).await;
+    ours_or_conflict(landed, &me)?;
     let state = PushState::load(&r.sync)?;
     let head_key = layout::head_key(&me);
     let mode = match &state.head_etag {
@@ -125,11 +122,8 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
     // back by hand) means nobody else wrote under our id: go on.
     let public_key = r.public_key()?;
     let ours = |b: &[u8]| is_our_last_head(b, &head_key, &me, &public_key, &state);
-    let etag = match store::update_or_recognise(store, &head_key, head, mode, ours).await {
-        Ok(w) => w.etag().to_owned(),
-        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
-        Err(e) => return Err(e.into()),
-    };
+    let landed = store::update_or_recognise(store, &head_key, head, mode, ours).await;
+    let etag = ours_or_conflict(landed, &me)?.etag().to_owned();
     let done = PushState {
         through: inf.through.clone(),
         batch_id: Some(inf.batch_id.clone()),
@@ -145,6 +139,14 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
     tx.commit()?;
     let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// A write under our id that met someone else's object: another device claims it.
+fn ours_or_conflict(landed: std::result::Result<Written, StoreError>, me: &str) -> Result<Written> {
+    match landed {
+        Err(StoreError::PreconditionFailed(_)) => Err(Error::ReplicaConflict(me.to_owned())),
+        other => Ok(other?),
+    }
 }
 
 /// Whether `stored` is a head signed with our key naming the last batch we pushed.
@@ -175,10 +177,6 @@ pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Re
             .and_then(|plain| Descriptor::parse(&plain, &key, &me))
             .is_ok_and(|theirs| theirs.public_key == d.public_key)
     };
-    match store::create_or_accept(store, &key, bytes, ours).await {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => return Err(Error::ReplicaConflict(me)),
-        Err(e) => return Err(e.into()),
-    }
+    ours_or_conflict(store::create_or_accept(store, &key, bytes, ours).await, &me)?;
     meta::set_descriptor_published(&r.sync, &clock::rfc3339(r.hlc.now_ms()))
 }
