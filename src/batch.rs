@@ -31,13 +31,13 @@ pub use crate::codec::sha256_hex;
 
 /// The SQLite file inside a stored batch (see [`crate::codec`]).
 pub fn unpack<'b>(stored: &'b [u8], origin: &str) -> Result<std::borrow::Cow<'b, [u8]>> {
-    codec::decode(Kind::Batch, stored, origin)
+    codec::Codec::Plain.decode(Kind::Batch, origin, stored)
 }
 
 /// Writes a batch to `path` (replacing it) as it is stored in the bucket, and
 /// returns those bytes. `changes` are whole transactions in id order, all authored
 /// by `header.replica`.
-pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>> {
+pub fn write(path: &Path, header: &Header, changes: &[Change], codec: &codec::Codec) -> Result<Vec<u8>> {
     let sqlite = path.with_extension("sqlite");
     let _ = std::fs::remove_file(&sqlite);
     {
@@ -70,7 +70,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change]) -> Result<Vec<u8>
         conn.execute_batch("COMMIT")?;
     }
     let raw = std::fs::read(&sqlite).map_err(|e| Error::io(&sqlite, e))?;
-    let stored = codec::encode(Kind::Batch, raw)?;
+    let stored = codec.encode(Kind::Batch, &crate::layout::batch_key(&header.replica, &header.batch_id), raw)?;
     std::fs::write(path, &stored).map_err(|e| Error::io(path, e))?;
     let _ = std::fs::remove_file(&sqlite);
     Ok(stored)

@@ -47,11 +47,34 @@ pub async fn clone(
     store: &dyn Store,
     progress: Progress<'_>,
 ) -> Result<(Replica, CloneReport)> {
+    clone_with_keys(url, db, name, opts, store, progress, None).await
+}
+
+/// [`clone`] of an encrypted group, with its keys (from [`crate::group::unlock`]).
+/// Without keys, an encrypted bucket is refused before anything is created.
+pub async fn clone_with_keys(
+    url: &str,
+    db: &Path,
+    name: Option<&str>,
+    opts: Options,
+    store: &dyn Store,
+    progress: Progress<'_>,
+    keys: Option<crate::seal::Keyring>,
+) -> Result<(Replica, CloneReport)> {
+    if keys.is_none() && crate::group::detect(store).await?.is_some() {
+        return Err(Error::Invalid(
+            "this bucket holds an encrypted group: clone with --passphrase-file FILE (or DIMPLE_PASSPHRASE), or `dimple init DB --bucket URL` and have a member grant this device".to_owned(),
+        ));
+    }
     let mut r = Replica::init(db, Some(url), name, opts)?;
+    if let Some(keys) = keys {
+        crate::group::adopt(&mut r, store, keys).await?;
+    }
+    let codec = crate::group::prepare(&mut r, store, false).await?;
     progress("reading snapshots/LATEST.json");
-    let pointer = snapshot::latest(store).await?.map(|(p, _)| p);
+    let pointer = snapshot::latest(store, &codec).await?.map(|(p, _)| p);
     if let Some(p) = &pointer {
-        p.verify_source(store, &crate::layout::snapshot_pointer_key()).await?;
+        p.verify_source(store, &codec, &crate::layout::snapshot_pointer_key()).await?;
     }
     let mut report = CloneReport {
         replica: r.id().to_owned(),
@@ -64,7 +87,7 @@ pub async fn clone(
     match pointer {
         Some(p) => {
             progress(&format!("downloading snapshot {} ({} bytes)", p.snapshot_id, p.size));
-            let path = download(&r, store, &p).await?;
+            let path = download(&r, store, &codec, &p).await?;
             progress("loading snapshot");
             let loaded = load(&mut r, &path);
             let _ = std::fs::remove_file(&path);
@@ -82,7 +105,7 @@ pub async fn clone(
     Ok((r, report))
 }
 
-async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::path::PathBuf> {
+async fn download(r: &Replica, store: &dyn Store, codec: &crate::codec::Codec, p: &Pointer) -> Result<std::path::PathBuf> {
     // Streamed to disk and hashed from there: a snapshot is as big as the database.
     let path = r.side().file(&format!("clone-{}.db", p.snapshot_id));
     let size = match store.get_to_file(&p.key, &path).await {
@@ -98,7 +121,7 @@ async fn download(r: &Replica, store: &dyn Store, p: &Pointer) -> Result<std::pa
             format!("snapshot sha256 is {sha}, but LATEST.json says {}: altered or replaced", p.sha256),
         ));
     }
-    if let Err(e) = crate::codec::decode_file(crate::codec::Kind::Snapshot, &path, &p.key) {
+    if let Err(e) = codec.decode_file(crate::codec::Kind::Snapshot, &p.key, &path) {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }

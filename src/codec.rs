@@ -1,18 +1,22 @@
 //! The one place where the bytes of an object stored in the bucket are made, read
-//! and hashed. Every object dimple writes goes through [`encode`] (or
-//! [`encode_file`]) and every object it reads through [`decode`] (or
-//! [`decode_file`]), so a new object kind, or a new layer such as encryption, is a
-//! change here and nowhere else.
+//! and hashed. Every object dimple writes goes through [`Codec::encode`] (or
+//! [`Codec::encode_file`]) and every object it reads through [`Codec::decode`] (or
+//! [`Codec::decode_file`]), so a new object kind or a new layer is a change here
+//! and nowhere else.
 //!
-//! Today: batches are zstd frames holding the SQLite file (readers also take the
-//! plain file, see docs/format.md); every other object is stored as it is made.
-//! Hashes in heads, chains and snapshot pointers are of the stored bytes, so a
-//! reader checks them before decoding anything.
+//! Batches are zstd frames holding the SQLite file (readers also take the plain
+//! file, see docs/format.md); every other object is stored as it is made. In an
+//! encrypted group ([`Codec::Sealed`]) every object is then sealed with the group
+//! key ([`crate::seal`]), bound to its key in the bucket. Hashes in heads, chains
+//! and snapshot pointers are of the stored bytes, so a reader checks them before
+//! decoding anything.
 
 use crate::error::{Error, Result};
 pub use crate::hash::{file_sha256, hex, sha256_hex};
+use crate::seal::{self, Keyring};
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What an object is, which decides how its bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,8 @@ pub enum Kind {
     SnapshotPointer,
     /// `digests/<replica>.json`
     Digest,
+    /// `members/<replica>.json` (encrypted groups only)
+    Member,
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
@@ -37,36 +43,83 @@ const ZSTD_LEVEL: i32 = 3;
 /// become an unbounded file).
 pub const MAX_UNPACKED: u64 = 1 << 30;
 
-/// The bytes to store for an object of `kind` whose content is `plain`.
-pub fn encode(kind: Kind, plain: Vec<u8>) -> Result<Vec<u8>> {
-    match kind {
-        Kind::Batch => zstd::bulk::compress(&plain, ZSTD_LEVEL)
-            .map_err(|e| Error::Invalid(format!("cannot compress a batch: {e}"))),
-        _ => Ok(plain),
+/// How this replica's group stores objects: in the clear, or sealed with the
+/// group's keys.
+#[derive(Debug, Clone, Default)]
+pub enum Codec {
+    #[default]
+    Plain,
+    Sealed(Arc<Keyring>),
+}
+
+impl Codec {
+    /// The bytes to store under `key` for an object of `kind` whose content is `plain`.
+    pub fn encode(&self, kind: Kind, key: &str, plain: Vec<u8>) -> Result<Vec<u8>> {
+        let packed = match kind {
+            Kind::Batch => zstd::bulk::compress(&plain, ZSTD_LEVEL)
+                .map_err(|e| Error::Invalid(format!("cannot compress a batch: {e}")))?,
+            _ => plain,
+        };
+        match self {
+            Codec::Plain => Ok(packed),
+            Codec::Sealed(ring) => seal::seal(ring, key, &packed),
+        }
+    }
+
+    /// The content of the object of `kind` stored under `key`. Input from the
+    /// bucket is untrusted: whatever cannot be decoded is refused as bad data.
+    pub fn decode<'b>(&self, kind: Kind, key: &str, stored: &'b [u8]) -> Result<Cow<'b, [u8]>> {
+        let packed = match self {
+            Codec::Plain if seal::is_sealed(stored) => return Err(not_in_group(key)),
+            Codec::Plain => Cow::Borrowed(stored),
+            Codec::Sealed(ring) => Cow::Owned(seal::open(ring, key, stored)?),
+        };
+        match (kind, packed) {
+            (Kind::Batch, Cow::Borrowed(b)) => unpack_batch(b, key),
+            (Kind::Batch, Cow::Owned(b)) => Ok(Cow::Owned(unpack_batch(&b, key)?.into_owned())),
+            (_, packed) => Ok(packed),
+        }
+    }
+
+    /// Turns the file at `path` (the content of the object stored under `key`)
+    /// into its stored form, in place, in bounded memory.
+    pub fn encode_file(&self, kind: Kind, key: &str, path: &Path) -> Result<()> {
+        debug_assert_eq!(kind, Kind::Snapshot, "only snapshots travel as files");
+        match self {
+            Codec::Plain => Ok(()),
+            Codec::Sealed(ring) => seal::seal_file(ring, key, path),
+        }
+    }
+
+    /// Turns the stored object downloaded to `path` into its content, in place.
+    pub fn decode_file(&self, kind: Kind, key: &str, path: &Path) -> Result<()> {
+        debug_assert_eq!(kind, Kind::Snapshot, "only snapshots travel as files");
+        match self {
+            Codec::Plain => {
+                let mut head = [0u8; 8];
+                let n = std::fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .map_err(|e| Error::io(path, e))?;
+                if seal::is_sealed(&head[..n]) {
+                    return Err(not_in_group(key));
+                }
+                Ok(())
+            }
+            Codec::Sealed(ring) => seal::open_file(ring, key, path),
+        }
+    }
+
+    /// The key epoch a stored object was sealed under (None in the clear).
+    pub fn epoch_of(&self, stored: &[u8]) -> Option<uuid::Uuid> {
+        match self {
+            Codec::Plain => None,
+            Codec::Sealed(_) => seal::epoch_of(stored),
+        }
     }
 }
 
-/// The content of a stored object of `kind` read from `origin`. Input from the
-/// bucket is untrusted: whatever cannot be decoded is refused as bad data.
-pub fn decode<'b>(kind: Kind, stored: &'b [u8], origin: &str) -> Result<Cow<'b, [u8]>> {
-    match kind {
-        Kind::Batch => unpack_batch(stored, origin),
-        _ => Ok(Cow::Borrowed(stored)),
-    }
-}
-
-/// Turns the file at `path` (an object's content) into its stored form, in place.
-pub fn encode_file(kind: Kind, path: &Path) -> Result<()> {
-    debug_assert_eq!(kind, Kind::Snapshot, "only snapshots travel as files");
-    let _ = path;
-    Ok(())
-}
-
-/// Turns the stored object downloaded to `path` into its content, in place.
-pub fn decode_file(kind: Kind, path: &Path, origin: &str) -> Result<()> {
-    debug_assert_eq!(kind, Kind::Snapshot, "only snapshots travel as files");
-    let _ = (path, origin);
-    Ok(())
+fn not_in_group(key: &str) -> Error {
+    Error::bad(key, "encrypted with a group key, but this replica is not in an encrypted group")
 }
 
 /// The SQLite file inside a stored batch: unpacked when compressed, as is otherwise
@@ -93,10 +146,23 @@ mod tests {
     #[test]
     fn a_batch_is_stored_compressed_and_read_back_in_either_form() {
         let plain = b"SQLite format 3\0 and the rest of a batch".repeat(50);
-        let stored = encode(Kind::Batch, plain.clone()).unwrap();
+        let stored = Codec::Plain.encode(Kind::Batch, "b", plain.clone()).unwrap();
         assert!(stored.starts_with(&ZSTD_MAGIC) && stored.len() < plain.len());
-        assert_eq!(decode(Kind::Batch, &stored, "b").unwrap().as_ref(), &plain[..]);
-        assert!(matches!(decode(Kind::Batch, &plain, "b").unwrap(), Cow::Borrowed(_)));
+        assert_eq!(Codec::Plain.decode(Kind::Batch, "b", &stored).unwrap().as_ref(), &plain[..]);
+        assert!(matches!(Codec::Plain.decode(Kind::Batch, "b", &plain).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_sealed_batch_is_compressed_then_sealed_and_refused_by_a_plain_reader() {
+        let mut ring = Keyring::new(uuid::Uuid::from_u128(9));
+        ring.insert(uuid::Uuid::from_u128(1), seal::GroupKey::random());
+        let sealed = Codec::Sealed(Arc::new(ring));
+        let plain = b"SQLite format 3\0 and the rest of a batch".repeat(50);
+        let stored = sealed.encode(Kind::Batch, "b", plain.clone()).unwrap();
+        assert!(seal::is_sealed(&stored) && stored.len() < plain.len(), "compressed before it is sealed");
+        assert_eq!(sealed.decode(Kind::Batch, "b", &stored).unwrap().as_ref(), &plain[..]);
+        assert!(matches!(Codec::Plain.decode(Kind::Batch, "b", &stored), Err(Error::BadData { .. })));
+        assert!(matches!(sealed.decode(Kind::Batch, "b", &plain), Err(Error::BadData { .. })), "plaintext refused");
     }
 
     #[test]

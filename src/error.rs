@@ -31,6 +31,9 @@ pub enum Error {
     NotInitialized(String),
     #[error("replica id {0} is in use by another device: its head changed under us (was this database copied?); run `dimple fork DB` to go on as a new replica that keeps and pushes this copy's unpushed writes")]
     ReplicaConflict(String),
+    /// An encrypted group's device that holds no group key yet.
+    #[error("{0}")]
+    AwaitingKey(String),
     #[error("bad data from {origin}: {reason}")]
     BadData { origin: String, reason: String },
 }
@@ -47,6 +50,8 @@ impl Error {
             Error::Store(StoreError::Refused(_)) => ErrorKind::Invalid,
             Error::Store(_) => ErrorKind::Internal,
             Error::ReplicaConflict(_) => ErrorKind::Conflict,
+            // Retried by the agent: a member's grant ends the wait.
+            Error::AwaitingKey(_) => ErrorKind::Unavailable,
             Error::BadData { .. } => ErrorKind::Data,
         }
     }

@@ -8,6 +8,16 @@
 //! snapshots/<snapshot_id>.db           immutable compacted state (compact, clone)
 //! snapshots/LATEST.json                pointer to the newest complete snapshot
 //! ```
+//!
+//! An encrypted group adds (docs/trust.md):
+//!
+//! ```text
+//! group.json                           the group's id (in the clear: marks the bucket encrypted)
+//! members/<replica_id>.json            a member's card: its keys, sealed with the group key
+//! join/<replica_id>.json               a device waiting for the group key: its public keys, signed
+//! grants/<replica_id>/<epoch>.json     the group's keys wrapped to one member's exchange key
+//! grants/passphrase/<epoch>.json       the group's keys wrapped to a key derived from the passphrase
+//! ```
 
 pub const REPLICAS_PREFIX: &str = "replicas/";
 pub const DESCRIPTOR: &str = "replica.json";
@@ -49,6 +59,37 @@ pub fn snapshot_pointer_key() -> String {
 /// The snapshot id of a listed `snapshots/<id>.db` key, if it is exactly that.
 pub fn parse_snapshot_key(key: &str) -> Option<&str> {
     let id = key.strip_prefix(SNAPSHOTS_PREFIX)?.strip_suffix(".db")?;
+    is_canonical_uuid(id).then_some(id)
+}
+
+pub const GROUP: &str = "group.json";
+pub const MEMBERS_PREFIX: &str = "members/";
+pub const JOIN_PREFIX: &str = "join/";
+pub const GRANTS_PREFIX: &str = "grants/";
+/// The grants directory of the passphrase (not a replica id, so never a member's).
+pub const PASSPHRASE: &str = "passphrase";
+
+pub fn member_key(replica: &str) -> String {
+    format!("{MEMBERS_PREFIX}{replica}.json")
+}
+
+pub fn join_key(replica: &str) -> String {
+    format!("{JOIN_PREFIX}{replica}.json")
+}
+
+/// `grants/<holder>/`: `holder` is a replica id or [`PASSPHRASE`].
+pub fn grants_prefix(holder: &str) -> String {
+    format!("{GRANTS_PREFIX}{holder}/")
+}
+
+pub fn grant_key(holder: &str, epoch: &str) -> String {
+    format!("{GRANTS_PREFIX}{holder}/{epoch}.json")
+}
+
+/// The id in a listed `<prefix><id>.json` key (members/, join/, grants/<holder>/),
+/// if it is exactly that.
+pub fn parse_id_key<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
+    let id = key.strip_prefix(prefix)?.strip_suffix(".json")?;
     is_canonical_uuid(id).then_some(id)
 }
 

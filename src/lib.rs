@@ -28,6 +28,8 @@
 //! - `value`: exact encoding of SQLite values
 //! - `codec`: the bytes of every object in the bucket; `hash`: sha256 as hex
 //! - `batch`, `head`, `trust`: the bucket's objects, signatures and keys
+//! - `seal`, `group`: encrypted groups: the sealed envelope, who holds the keys
+//!   and how a device comes to (`secret`: owner-only key files)
 //! - `sync`: push, pull, the chain of batches, the atomic apply
 //! - `problems`: refused input, rows that cannot sync (docs/trust.md)
 //! - `meta`: dimple's own state in `ZV_METADATA` (typed push state)
@@ -53,6 +55,7 @@ pub mod direction;
 pub mod error;
 pub mod export;
 pub mod fork;
+pub mod group;
 pub mod hash;
 pub mod head;
 pub mod layout;
@@ -62,6 +65,8 @@ pub mod migrate;
 pub mod peers;
 pub mod problems;
 pub mod replica;
+pub mod seal;
+mod secret;
 pub mod sidedir;
 pub mod snapshot;
 mod sql;

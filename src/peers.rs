@@ -164,6 +164,16 @@ pub fn add(conn: &Connection, p: &Peer) -> Result<()> {
     Ok(())
 }
 
+/// Revokes `id`, recording it when it was never seen (an encrypted group's rekey
+/// names members this replica may not have met yet).
+pub fn revoke(conn: &Connection, id: &str, now: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO ZV_REPLICA(id, first_seen, trust) VALUES (?1, ?2, ?3) ON CONFLICT DO UPDATE SET trust = ?3",
+        params![id, now, Trust::Revoked.as_str()],
+    )?;
+    Ok(())
+}
+
 /// Replicas whose verified heads are held by explicit trust mode.
 pub fn waiting_for_trust(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT id FROM ZV_REPLICA WHERE trust = ?1 AND public_key IS NOT NULL ORDER BY id")?;

@@ -65,6 +65,8 @@ pub struct Replica {
     pub(crate) hlc: Hlc,
     pub(crate) opts: Options,
     key: Option<SigningKey>,
+    /// How bucket objects are stored (see [`crate::group`]), once known.
+    pub(crate) codec: Option<crate::codec::Codec>,
 }
 
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
@@ -173,7 +175,7 @@ impl Replica {
         let max_drift_ms = opts.max_drift_ms;
         let hlc = Hlc::new(opts.clock.clone(), &uuid, last, max_drift_ms);
         let sync = connect(path, &opts, false)?;
-        Ok(Replica { path: path.to_owned(), side: SideDir::of(path), app, sync, id, hlc, opts, key: None })
+        Ok(Replica { path: path.to_owned(), side: SideDir::of(path), app, sync, id, hlc, opts, key: None, codec: None })
     }
 
     pub fn id(&self) -> &str {

@@ -4,6 +4,8 @@
 //! ```text
 //! replica.key        the ed25519 private key (0600), never uploaded or logged
 //! replica.key.next   a new key while `dimple fork` swaps it in
+//! exchange.key       the X25519 key the group's keys are wrapped to (0600; encrypted groups)
+//! group.keys         the group's keys, one per epoch (0600; encrypted groups), never uploaded as is
 //! outbox/            the batch of an in-flight push
 //! spool/             pulled batches waiting to be verified and applied
 //! agent.lock         held by the running agent
@@ -42,6 +44,14 @@ impl SideDir {
 
     pub fn next_key(&self) -> PathBuf {
         self.0.join("replica.key.next")
+    }
+
+    pub fn exchange_key(&self) -> PathBuf {
+        self.0.join("exchange.key")
+    }
+
+    pub fn group_keys(&self) -> PathBuf {
+        self.0.join("group.keys")
     }
 
     /// The outbox directory, created when missing.

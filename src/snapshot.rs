@@ -15,7 +15,7 @@
 //! the previous pointer a moment ago still finds its file.
 
 use crate::clock::{self, parse_id, stamp_of};
-use crate::codec::{self, Kind};
+use crate::codec::{self, Codec, Kind};
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::replica::Replica;
@@ -65,7 +65,7 @@ impl Pointer {
 
     /// Checks that the pointer is signed by the key its source replica signs its
     /// head with. Costs one GET (the source's head).
-    pub async fn verify_source(&self, store: &dyn Store, origin: &str) -> Result<()> {
+    pub async fn verify_source(&self, store: &dyn Store, codec: &Codec, origin: &str) -> Result<()> {
         crate::trust::verify(&self.public_key, &self.signing_bytes(), &self.signature)
             .map_err(|r| Error::bad(origin, format!("snapshot pointer signature: {r}")))?;
         // The source's key as it publishes it: in its signed head, or, for a replica
@@ -74,14 +74,14 @@ impl Pointer {
         let head_key = layout::head_key(source);
         let key = match store.get(&head_key, None).await {
             Ok(Got::Found { bytes, .. }) => {
-                let plain = codec::decode(Kind::Head, &bytes, &head_key)?;
+                let plain = codec.decode(Kind::Head, &head_key, &bytes)?;
                 crate::head::Head::parse(&plain, &head_key, source, None)?.body.public_key
             }
             Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
                 let desc_key = layout::descriptor_key(source);
                 match store.get(&desc_key, None).await {
                     Ok(Got::Found { bytes, .. }) => {
-                        let plain = codec::decode(Kind::Descriptor, &bytes, &desc_key)?;
+                        let plain = codec.decode(Kind::Descriptor, &desc_key, &bytes)?;
                         crate::head::Descriptor::parse(&plain, &desc_key, source)?.public_key
                     }
                     Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => {
@@ -224,11 +224,11 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
 }
 
 /// The current pointer and its ETag, if any.
-pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
+pub async fn latest(store: &dyn Store, codec: &Codec) -> Result<Option<(Pointer, String)>> {
     let key = layout::snapshot_pointer_key();
     match store.get(&key, None).await {
         Ok(Got::Found { bytes, etag }) => {
-            Ok(Some((Pointer::parse(&codec::decode(Kind::SnapshotPointer, &bytes, &key)?, &key)?, etag)))
+            Ok(Some((Pointer::parse(&codec.decode(Kind::SnapshotPointer, &key, &bytes)?, &key)?, etag)))
         }
         Ok(Got::NotModified) => Ok(None),
         Err(StoreError::NotFound(_)) => Ok(None),
@@ -241,7 +241,20 @@ pub async fn latest(store: &dyn Store) -> Result<Option<(Pointer, String)>> {
 pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Result<CompactReport> {
     r.capture()?;
     // Clones check the snapshot's signature against the key the source publishes.
-    crate::sync::publish_descriptor(r, store).await?;
+    let codec = crate::group::prepare(r, store, false).await?;
+    crate::sync::publish_descriptor(r, store, &codec).await?;
+    write_and_point(r, store, &codec, grace).await
+}
+
+/// The snapshot of `r` as the first object of another group's bucket (`dimple
+/// encrypt`): `r` stays where it is; new devices clone from this.
+pub async fn seed(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<CompactReport> {
+    r.capture()?;
+    crate::sync::put_descriptor(r, store, codec).await?;
+    write_and_point(r, store, codec, Duration::MAX).await
+}
+
+async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grace: Duration) -> Result<CompactReport> {
     let snapshot_id = r.hlc.tick().to_string();
     let path = r.side().file(&format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
@@ -253,10 +266,13 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
         }
     };
     // Hashed and uploaded from the file: a snapshot is as big as the database.
-    codec::encode_file(Kind::Snapshot, &path)?;
+    let key = layout::snapshot_key(&snapshot_id);
+    if let Err(e) = codec.encode_file(Kind::Snapshot, &key, &path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     let sha256 = codec::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
-    let key = layout::snapshot_key(&snapshot_id);
     let pointer = Pointer {
         format: FORMAT,
         snapshot_id: snapshot_id.clone(),
@@ -272,7 +288,7 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
     let uploaded = store.put_file(&key, &path, PutMode::Create).await;
     let _ = std::fs::remove_file(&path);
     uploaded?;
-    let current = latest(store).await?;
+    let current = latest(store, codec).await?;
     let published = match &current {
         Some((p, _)) if p.snapshot_id >= snapshot_id => false,
         _ => {
@@ -280,8 +296,10 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
                 Some((_, etag)) => PutMode::Update(etag),
                 None => PutMode::Create,
             };
-            let body = codec::encode(Kind::SnapshotPointer, serde_json::to_vec_pretty(&pointer).expect("serializes"))?;
-            match crate::store::update_or_recognise(store, &layout::snapshot_pointer_key(), body, mode, |_| false).await
+            let pointer_key = layout::snapshot_pointer_key();
+            let body =
+                codec.encode(Kind::SnapshotPointer, &pointer_key, serde_json::to_vec_pretty(&pointer).expect("serializes"))?;
+            match crate::store::update_or_recognise(store, &pointer_key, body, mode, |_| false).await
             {
                 Ok(_) => true,
                 // Another compactor moved the pointer meanwhile: its snapshot is newer.
@@ -290,7 +308,7 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
             }
         }
     };
-    let deleted = collect_garbage(r, store, grace).await?;
+    let deleted = collect_garbage(r, store, codec, grace).await?;
     Ok(CompactReport {
         snapshot_id,
         key,
@@ -305,8 +323,8 @@ pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Res
 }
 
 /// Deletes snapshots older than `grace` that LATEST.json does not point at.
-async fn collect_garbage(r: &Replica, store: &dyn Store, grace: Duration) -> Result<Vec<String>> {
-    let keep = latest(store).await?.map(|(p, _)| p.snapshot_id);
+async fn collect_garbage(r: &Replica, store: &dyn Store, codec: &Codec, grace: Duration) -> Result<Vec<String>> {
+    let keep = latest(store, codec).await?.map(|(p, _)| p.snapshot_id);
     let cutoff = r.opts.clock.now_ms().saturating_sub(grace.as_millis() as u64);
     let mut deleted = Vec::new();
     for meta in list_all(store, layout::SNAPSHOTS_PREFIX, None).await? {

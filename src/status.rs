@@ -26,6 +26,8 @@ pub struct Status {
     pub trust_mode: TrustMode,
     /// Replicas seen but held until `dimple trust` (explicit mode only).
     pub waiting_for_trust: Vec<String>,
+    /// The encrypted group, when the replica is in one.
+    pub encryption: Option<crate::group::GroupStatus>,
 }
 
 pub fn status(r: &Replica) -> Result<Status> {
@@ -45,6 +47,7 @@ pub fn status(r: &Replica) -> Result<Status> {
         agent: crate::agent::inspect(r.path()),
         trust_mode: trust::mode(conn)?,
         waiting_for_trust: waiting_for_trust(r)?,
+        encryption: crate::group::status(r)?,
     })
 }
 

@@ -412,17 +412,20 @@ pub fn snapshot_digest(r: &mut Replica) -> Result<Published> {
 }
 
 /// Uploads `mine` to `digests/<id>.json` (not for pull-only replicas: they write nothing).
-pub async fn publish(r: &Replica, store: &dyn Store, mine: &Published) -> Result<bool> {
+pub async fn publish(r: &mut Replica, store: &dyn Store, mine: &Published) -> Result<bool> {
     if !r.direction()?.pushes() {
         return Ok(false);
     }
-    let bytes = crate::codec::encode(crate::codec::Kind::Digest, serde_json::to_vec_pretty(mine).expect("serializes"))?;
-    store.put(&layout::digest_key(r.id()), bytes, PutMode::Overwrite).await?;
+    let codec = crate::group::prepare(r, store, false).await?;
+    let key = layout::digest_key(r.id());
+    let bytes = codec.encode(crate::codec::Kind::Digest, &key, serde_json::to_vec_pretty(mine).expect("serializes"))?;
+    store.put(&key, bytes, PutMode::Overwrite).await?;
     Ok(true)
 }
 
 /// Compares `mine` with every other replica's published digest.
-pub async fn compare(r: &Replica, store: &dyn Store, mine: &Published) -> Result<Vec<Comparison>> {
+pub async fn compare(r: &mut Replica, store: &dyn Store, mine: &Published) -> Result<Vec<Comparison>> {
+    let codec = crate::group::prepare(r, store, false).await?;
     let mut out = Vec::new();
     for meta in list_all(store, layout::DIGESTS_PREFIX, None).await? {
         let Some(id) = layout::parse_digest_key(&meta.key) else { continue };
@@ -437,7 +440,7 @@ pub async fn compare(r: &Replica, store: &dyn Store, mine: &Published) -> Result
         if bytes.len() > 16 * 1024 * 1024 {
             return Err(Error::bad(&meta.key, "digest object is too large"));
         }
-        let plain = crate::codec::decode(crate::codec::Kind::Digest, &bytes, &meta.key)?;
+        let plain = codec.decode(crate::codec::Kind::Digest, &meta.key, &bytes)?;
         let theirs: Published =
             serde_json::from_slice(&plain).map_err(|e| Error::bad(&meta.key, format!("malformed digest: {e}")))?;
         let (verdict, tables) = if theirs.cursors != mine.cursors {

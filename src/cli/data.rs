@@ -79,6 +79,9 @@ pub enum DataCommand {
         /// A name for people (default: this machine's host name).
         #[arg(long)]
         name: Option<String>,
+        /// The passphrase of an encrypted group.
+        #[command(flatten)]
+        passphrase: super::PassphraseArgs,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -132,9 +135,13 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
                 }
             }
         }
-        DataCommand::Clone { url, db, name, store, json } => {
+        DataCommand::Clone { url, db, name, passphrase, store, json } => {
             let url = normalize_bucket(&url)?;
             let s = dimple::open_store(&url, store.endpoint.as_deref()).await?;
+            let keys = match passphrase.read(false)? {
+                Some(p) => Some(dimple::group::unlock(&s, &p).await?),
+                None => None,
+            };
             let bar = progress_bar();
             let show = |step: &str| {
                 if let Some(b) = &bar {
@@ -142,7 +149,8 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
                 }
             };
             let (_, report) =
-                dimple::clone::clone(&url, &db, name.as_deref(), dimple::Options::default(), &s, &show).await?;
+                dimple::clone::clone_with_keys(&url, &db, name.as_deref(), dimple::Options::default(), &s, &show, keys)
+                    .await?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -179,9 +187,9 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
         let mine = verify::snapshot_digest(&mut r)?;
         // A digest of rows known to be wrong would only mislead the others.
         if diffs.iter().all(|d| repair && d.repairable()) {
-            verify::publish(&r, &s, &mine).await?;
+            verify::publish(&mut r, &s, &mine).await?;
         }
-        comparisons = verify::compare(&r, &s, &mine).await?;
+        comparisons = verify::compare(&mut r, &s, &mine).await?;
     }
     let diverged = diffs.iter().any(|d| !repair || !d.repairable())
         || comparisons.iter().any(|c| c.verdict == dimple::verify::Verdict::Different);

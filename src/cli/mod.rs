@@ -1,6 +1,6 @@
 //! The `dimple` command line: parse, run one command, report. One file per command
 //! family, each with its arguments, its run and its output:
-//! - `setup`: init, track, untrack, direction, fork
+//! - `setup`: init, track, untrack, direction, fork, rekey, encrypt
 //! - `sync`: push, pull, sync
 //! - `report`: status, log, replicas
 //! - `trust`: trust
@@ -73,7 +73,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Report(cmd) => report::run(cmd),
         Command::Data(cmd) => data::run(cmd).await,
         Command::Agent(args) => agent::run(args).await,
-        Command::Trust(args) => trust::run(args),
+        Command::Trust(args) => trust::run(args).await,
     }
 }
 
@@ -89,6 +89,45 @@ pub struct StoreArgs {
     /// S3 endpoint for MinIO-like servers (default: AWS_ENDPOINT_URL or AWS).
     #[arg(long, env = "DIMPLE_ENDPOINT")]
     pub endpoint: Option<String>,
+}
+
+/// Where the group passphrase comes from: a file, `DIMPLE_PASSPHRASE`, or the
+/// terminal; never an argument (it would show in `ps` and shell history).
+#[derive(clap::Args)]
+pub struct PassphraseArgs {
+    /// Read the group passphrase from FILE (its first line). DIMPLE_PASSPHRASE also
+    /// gives it.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// Ask for the group passphrase on the terminal.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    pub ask_passphrase: bool,
+}
+
+impl PassphraseArgs {
+    /// The passphrase, if one was given; `confirm` asks twice on a terminal (a new
+    /// passphrase mistyped once would lock the group out).
+    pub fn read(&self, confirm: bool) -> Result<Option<String>> {
+        let p = if let Some(f) = &self.passphrase_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read the passphrase file {}: {e}", f.display()))?;
+            text.lines().next().unwrap_or("").to_owned()
+        } else if self.ask_passphrase {
+            let p = rpassword::prompt_password("group passphrase: ")?;
+            if confirm && rpassword::prompt_password("again: ")? != p {
+                anyhow::bail!("the two passphrases differ");
+            }
+            p
+        } else if let Ok(p) = std::env::var("DIMPLE_PASSPHRASE") {
+            p
+        } else {
+            return Ok(None);
+        };
+        if p.is_empty() {
+            anyhow::bail!("the group passphrase is empty");
+        }
+        Ok(Some(p))
+    }
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {

@@ -60,6 +60,14 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
                 println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
             }
             println!("trust     {}", st.trust_mode.as_str());
+            match &st.encryption {
+                None => println!("encrypted no"),
+                Some(g) if g.waiting_for_member => println!(
+                    "encrypted waiting for a member: this device holds no group key yet; on a member run `dimple trust <its db> {}`",
+                    st.replica
+                ),
+                Some(g) => println!("encrypted group {} ({} key epochs)", g.group, g.key_epochs),
+            }
             for id in &st.waiting_for_trust {
                 println!("waiting   {id}: waiting for trust: run `dimple trust {} {id}`", db.display());
             }

@@ -1,6 +1,6 @@
 //! Setting a replica up: init, track, untrack, direction, fork.
 
-use super::{normalize_bucket, open, print_json, DirectionArg, JsonFlag, TrustModeArg};
+use super::{normalize_bucket, open, print_json, store_for, DirectionArg, JsonFlag, PassphraseArgs, StoreArgs, TrustModeArg};
 use anyhow::Result;
 use clap::Subcommand;
 use dimple::{Options, Replica};
@@ -24,6 +24,45 @@ pub enum SetupCommand {
         /// on first sight. `explicit`: hold them until `dimple trust DB REPLICA_ID`.
         #[arg(long, value_enum, default_value_t = TrustModeArg::Pinned)]
         trust: TrustModeArg,
+        /// Start an encrypted group in this (empty) bucket: the bucket stores what
+        /// it cannot read. With a passphrase, devices that know it join by
+        /// themselves; others join when a member runs `dimple trust`.
+        #[arg(long, requires = "bucket")]
+        encrypt: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Start a new key epoch of an encrypted group: every member but the revoked
+    /// ones gets the new key; revoked devices read nothing written from now on.
+    Rekey {
+        db: PathBuf,
+        /// A member to remove from the group (repeatable).
+        #[arg(long, value_name = "REPLICA_ID")]
+        revoke: Vec<String>,
+        /// Wrap the new epoch to this passphrase too (without one, the new epoch
+        /// has no passphrase: devices join by grant).
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Seed a new encrypted group at URL (an empty bucket or prefix) with this
+    /// replica's current state; devices then move with `dimple clone URL NEW.db`
+    /// and the passphrase. DB itself stays in its group.
+    Encrypt {
+        db: PathBuf,
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -58,23 +97,128 @@ pub enum SetupCommand {
     },
 }
 
+/// What `init` does about encryption, decided before the database is touched.
+enum Plan {
+    Plain(Option<dimple::store::Metered<dyn dimple::store::Store>>),
+    Create(dimple::store::Metered<dyn dimple::store::Store>),
+    Join(dimple::store::Metered<dyn dimple::store::Store>, dimple::seal::Keyring),
+    Request(dimple::store::Metered<dyn dimple::store::Store>, String),
+}
+
 pub async fn run(cmd: SetupCommand) -> Result<()> {
     match cmd {
-        SetupCommand::Init { db, bucket, name, direction, trust, out } => {
+        SetupCommand::Init { db, bucket, name, direction, trust, encrypt, passphrase, store, out } => {
             let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
+            let passphrase = passphrase.read(encrypt)?;
+            // Decided against the bucket before anything local is created: a wrong
+            // passphrase or an unusable bucket leaves no database behind.
+            let plan = match &bucket {
+                None if passphrase.is_some() => anyhow::bail!("a passphrase needs --bucket"),
+                None => Plan::Plain(None),
+                Some(url) => {
+                    let s = dimple::open_store(url, store.endpoint.as_deref()).await?;
+                    if encrypt {
+                        dimple::group::ensure_empty(&s).await?;
+                        Plan::Create(s)
+                    } else {
+                        match dimple::group::detect(&s).await {
+                            Ok(Some(_)) if passphrase.is_some() => {
+                                let keys = dimple::group::unlock(&s, passphrase.as_deref().unwrap_or_default()).await?;
+                                Plan::Join(s, keys)
+                            }
+                            Ok(Some(group)) => Plan::Request(s, group),
+                            Ok(None) if passphrase.is_some() => anyhow::bail!(
+                                "this bucket holds no encrypted group; add --encrypt to start one"
+                            ),
+                            Ok(None) => Plan::Plain(Some(s)),
+                            // Offline: the first sync checks the bucket instead.
+                            Err(e) if e.is_retryable() && passphrase.is_none() => {
+                                eprintln!("note: could not reach the bucket ({e}); the first sync checks it");
+                                Plan::Plain(None)
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+            };
             let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
             let (direction, trust) =
                 (dimple::direction::Direction::from(direction), dimple::trust::TrustMode::from(trust));
             r.set_direction(direction)?;
             dimple::trust::set_mode(r.conn(), trust)?;
+            let fingerprint = dimple::trust::fingerprint(&r.public_key()?);
+            let encryption = match plan {
+                Plan::Plain(checked) => {
+                    if checked.is_some() {
+                        dimple::group::mark_plain(&r)?;
+                    }
+                    "none"
+                }
+                Plan::Create(s) => {
+                    dimple::group::create(&mut r, &s, passphrase.as_deref()).await?;
+                    "created"
+                }
+                Plan::Join(s, keys) => {
+                    dimple::group::adopt(&mut r, &s, keys).await?;
+                    "joined"
+                }
+                Plan::Request(s, group) => {
+                    dimple::group::request(&mut r, &s, &group).await?;
+                    "waiting for a member"
+                }
+            };
             let info = serde_json::json!({
                 "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "direction": direction,
-                "trust_mode": trust.as_str(), "key_fingerprint": dimple::trust::fingerprint(&r.public_key()?),
+                "trust_mode": trust.as_str(), "key_fingerprint": fingerprint, "encryption": encryption,
             });
             if out.json {
                 print_json(&info)?;
             } else {
                 println!("initialised {} as replica {} ({})", db.display(), r.id(), r.name()?);
+                match encryption {
+                    "created" => println!("started an encrypted group in {}", r.bucket()?.unwrap_or_default()),
+                    "joined" => println!("joined the encrypted group with the passphrase"),
+                    "waiting for a member" => println!(
+                        "waiting for a member: the group is encrypted; on a member run `dimple trust <its db> {}` (key fingerprint {fingerprint})",
+                        r.id()
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        SetupCommand::Rekey { db, revoke, passphrase, store, out } => {
+            let passphrase = passphrase.read(true)?;
+            let mut r = open(&db)?;
+            let s = store_for(&r, &store).await?;
+            let done = dimple::group::rekey(&mut r, &s, &revoke, passphrase.as_deref()).await?;
+            if out.json {
+                print_json(&done)?;
+            } else {
+                println!(
+                    "new key epoch {}: granted to {} other members{}; revoked {}",
+                    done.epoch,
+                    done.granted.len(),
+                    if done.passphrase { " and the passphrase" } else { "" },
+                    if done.revoked.is_empty() { "none".to_owned() } else { done.revoked.join(", ") }
+                );
+            }
+        }
+        SetupCommand::Encrypt { db, to, passphrase, store, out } => {
+            let Some(passphrase) = passphrase.read(true)? else {
+                anyhow::bail!("the new group needs a passphrase (--passphrase-file, --ask-passphrase or DIMPLE_PASSPHRASE): devices join it by cloning with it")
+            };
+            let to = normalize_bucket(&to)?;
+            let mut r = open(&db)?;
+            let s = dimple::open_store(&to, store.endpoint.as_deref()).await?;
+            let (group, report) = dimple::group::seed(&mut r, &s, &passphrase).await?;
+            if out.json {
+                print_json(&serde_json::json!({"group": group, "bucket": to, "snapshot": report}))?;
+            } else {
+                println!(
+                    "started encrypted group {group} at {to} with a snapshot of {} ({} rows); on each device: `dimple clone {to} NEW.db --passphrase-file FILE`",
+                    db.display(),
+                    report.rows
+                );
             }
         }
         SetupCommand::Track { db, table, allow_integer_key } => {

@@ -1,6 +1,6 @@
 //! `dimple trust`: trust or revoke a replica, or set the group's trust mode.
 
-use super::{open, TrustModeArg};
+use super::{open, store_for, StoreArgs, TrustModeArg};
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -17,11 +17,30 @@ pub struct TrustArgs {
     /// (replicas already applied become trusted).
     #[arg(long, value_enum, conflicts_with_all = ["replica_id", "revoke"])]
     mode: Option<TrustModeArg>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
-pub fn run(args: TrustArgs) -> Result<()> {
-    let TrustArgs { db, replica_id, revoke, mode } = args;
-    let r = open(&db)?;
+pub async fn run(args: TrustArgs) -> Result<()> {
+    let TrustArgs { db, replica_id, revoke, mode, store } = args;
+    let mut r = open(&db)?;
+    let encrypted = dimple::group::group_of(&r)?.is_some();
+    if let (Some(id), false, true) = (&replica_id, revoke, encrypted) {
+        // In an encrypted group, trusting a waiting device grants it the keys.
+        let s = store_for(&r, &store).await?;
+        match dimple::group::grant(&mut r, &s, id).await {
+            Ok(g) => {
+                println!(
+                    "granted the group key to {} (key fingerprint {}): it reads and writes from its next sync",
+                    g.replica, g.key_fingerprint
+                );
+                return Ok(());
+            }
+            // Not waiting: an ordinary member to trust.
+            Err(dimple::Error::Invalid(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(mode) = mode {
         let mode = dimple::trust::TrustMode::from(mode);
         let promoted = dimple::trust::set_mode(r.conn(), mode)?;
@@ -34,6 +53,9 @@ pub fn run(args: TrustArgs) -> Result<()> {
         let full = dimple::trust::set_replica(r.conn(), &id, state)?;
         if revoke {
             println!("revoked {full}: its further changes are not applied (those already applied stay)");
+            if encrypted {
+                println!("it can still read the group: run `dimple rekey {} --revoke {full}`", db.display());
+            }
         } else {
             println!("trusted {full}: its changes are applied from the next pull");
         }

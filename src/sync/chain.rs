@@ -2,7 +2,7 @@
 //! its signed head and back to the batch we applied last.
 
 use crate::batch;
-use crate::codec::{self, Kind};
+use crate::codec::{self, Codec, Kind};
 use crate::error::{Error, Result};
 use crate::head::HeadBody;
 use crate::layout;
@@ -35,7 +35,7 @@ struct Fetched {
     decoded: Result<()>,
 }
 
-async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<Fetched> {
+async fn download(store: &dyn Store, codec: &Codec, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<Fetched> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
@@ -48,7 +48,7 @@ async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max
         return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
     }
     let path = spool.join(format!("{id}-{batch_id}.db"));
-    let (file, decoded) = match codec::decode(Kind::Batch, &bytes, &key) {
+    let (file, decoded) = match codec.decode(Kind::Batch, &key, &bytes) {
         Ok(sqlite) => (sqlite, Ok(())),
         Err(e) => (std::borrow::Cow::Borrowed(&bytes[..]), Err(e)),
     };
@@ -60,7 +60,14 @@ async fn download(store: &dyn Store, spool: &Path, id: &str, batch_id: &str, max
 /// chain from the head back to the cursor. Batches the head lists are fetched
 /// concurrently first; the walk then checks each link (and fetches, one by one, any
 /// older batch the head did not list). Returns the links newest first.
-pub async fn fetch(r: &Replica, store: &dyn Store, id: &str, head: &HeadBody, known: &Peer) -> Result<Vec<Link>> {
+pub async fn fetch(
+    r: &Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    id: &str,
+    head: &HeadBody,
+    known: &Peer,
+) -> Result<Vec<Link>> {
     let spool = r.side().spool()?;
     let recent = &head.recent_batch_ids;
     let listed = match known.batch_id.as_ref().and_then(|b| recent.iter().position(|x| x == b)) {
@@ -71,7 +78,7 @@ pub async fn fetch(r: &Replica, store: &dyn Store, id: &str, head: &HeadBody, kn
     let mut prefetched: HashMap<String, Fetched> = HashMap::new();
     let mut downloads = futures::stream::iter(listed.iter().map(|b| {
         let spool = &spool;
-        async move { download(store, spool, id, b, max).await.map(|d| (b.clone(), d)) }
+        async move { download(store, codec, spool, id, b, max).await.map(|d| (b.clone(), d)) }
     }))
     .buffer_unordered(FETCH_CONCURRENCY);
     while let Some(done) = downloads.next().await {
@@ -84,7 +91,7 @@ pub async fn fetch(r: &Replica, store: &dyn Store, id: &str, head: &HeadBody, kn
         let key = layout::batch_key(id, &want_id);
         let Fetched { path, sha256: sha, decoded } = match prefetched.remove(&want_id) {
             Some(d) => d,
-            None => download(store, &spool, id, &want_id, max).await?,
+            None => download(store, codec, &spool, id, &want_id, max).await?,
         };
         if sha != want_sha {
             return Err(Error::bad(

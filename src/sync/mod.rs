@@ -25,7 +25,7 @@ mod push;
 
 pub use apply::MAX_VALUE_KEY;
 pub use pull::pull;
-pub(crate) use push::publish_descriptor;
+pub(crate) use push::{publish_descriptor, put_descriptor};
 pub use push::push;
 
 use crate::error::Result;

@@ -9,7 +9,7 @@
 
 use super::{apply, chain, PullReport};
 use crate::clock;
-use crate::codec::{self, Kind};
+use crate::codec::{Codec, Kind};
 use crate::error::{Error, Result};
 use crate::head::{Head, MAX_JSON_BYTES};
 use crate::layout::{self, ReplicaObject};
@@ -26,6 +26,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     if !r.direction()?.pulls() {
         return Ok(PullReport::default()); // push-only: remote changes are never applied
     }
+    let codec = crate::group::prepare(r, store, true).await?;
     let listing = list_all(store, layout::REPLICAS_PREFIX, None).await?;
     let mut heads: BTreeMap<String, Option<ObjectMeta>> = BTreeMap::new();
     for meta in listing {
@@ -48,7 +49,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         }
         peers::seen(&r.sync, &id, &now)?;
         let Some(head) = head else { continue };
-        match pull_replica(r, store, &id, &head, mode, &mut report).await {
+        match pull_replica(r, store, &codec, &id, &head, mode, &mut report).await {
             Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
             Ok(Pulled::Held) => {
                 problems::clear(&r.sync, &id)?;
@@ -78,6 +79,7 @@ enum Pulled {
 async fn pull_replica(
     r: &mut Replica,
     store: &dyn Store,
+    codec: &Codec,
     id: &str,
     head_meta: &ObjectMeta,
     mode: TrustMode,
@@ -102,8 +104,20 @@ async fn pull_replica(
         Err(StoreError::NotFound(_)) => return Ok(Pulled::Applied), // deleted since the listing
         Err(e) => return Err(e.into()),
     };
-    let plain = codec::decode(Kind::Head, &bytes, &head_key)?;
+    let plain = codec.decode(Kind::Head, &head_key, &bytes)?;
     let head = Head::parse(&plain, &head_key, id, known.public_key.as_deref())?.body;
+    // The bucket can put back an older head of this replica whole, seal and all:
+    // one sealed under an epoch older than one already read from it is a replay.
+    let epoch = codec.epoch_of(&bytes);
+    let epoch_meta = format!("epoch.{id}");
+    if let (Some(epoch), Some(seen)) = (epoch, crate::meta::get(&r.sync, &epoch_meta)?) {
+        if epoch.to_string() < seen {
+            return Err(Error::bad(
+                &head_key,
+                format!("head sealed under key epoch {epoch}, older than the epoch {seen} already read from this replica: replayed"),
+            ));
+        }
+    }
     if known.public_key.is_none() {
         peers::pin(&r.sync, id, &head.public_key, &head.name)?;
     }
@@ -127,7 +141,7 @@ async fn pull_replica(
             ));
         }
     }
-    let chain = chain::fetch(r, store, id, &head, &known).await?;
+    let chain = chain::fetch(r, store, codec, id, &head, &known).await?;
     for link in chain.iter().rev() {
         let n = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
         report.batches += 1;
@@ -135,5 +149,8 @@ async fn pull_replica(
         let _ = std::fs::remove_file(&link.path);
     }
     peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;
+    if let Some(epoch) = epoch {
+        crate::meta::set(&r.sync, &epoch_meta, &epoch.to_string())?;
+    }
     Ok(Pulled::Applied)
 }

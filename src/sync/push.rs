@@ -10,7 +10,7 @@ use super::PushReport;
 use crate::batch;
 use crate::changelog;
 use crate::clock;
-use crate::codec::{self, Kind};
+use crate::codec::{self, Codec, Kind};
 use crate::error::{Error, Result};
 use crate::head::{Descriptor, Head, HeadBody};
 use crate::layout;
@@ -25,12 +25,13 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     if !r.direction()?.pushes() {
         return Ok(PushReport::default()); // pull-only: not a single put
     }
-    publish_descriptor(r, store).await?;
+    let codec = crate::group::prepare(r, store, false).await?;
+    publish_descriptor(r, store, &codec).await?;
     let mut report = PushReport::default();
     if let Some(inf) = Inflight::load(&r.sync)? {
         report.changes += inf.changes;
         report.batches += 1;
-        complete(r, store, inf).await?;
+        complete(r, store, inf, &codec).await?;
     }
     let dir = r.side().outbox()?;
     loop {
@@ -51,7 +52,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
             transaction_count: txns as i64,
             change_count: changes.len() as i64,
         };
-        let bytes = batch::write(&dir.join(format!("{batch_id}.db")), &header, &changes)?;
+        let bytes = batch::write(&dir.join(format!("{batch_id}.db")), &header, &changes, &codec)?;
         let sha256 = codec::sha256_hex(&bytes);
         let (batch_count, change_count) = (state.batch_count + 1, state.change_count + changes.len() as i64);
         let body = HeadBody {
@@ -87,7 +88,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         }
         report.batches += 1;
         report.changes += inf.changes;
-        complete(r, store, inf).await?;
+        complete(r, store, inf, &codec).await?;
     }
     Ok(report)
 }
@@ -102,7 +103,7 @@ fn recent_after(state: &PushState, newest: &str) -> Vec<String> {
 }
 
 /// Finishes an in-flight push: batch, then head, then the local cursor.
-async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<()> {
+async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight, codec: &Codec) -> Result<()> {
     let me = r.id().to_owned();
     let path = r.side().outbox()?.join(format!("{}.db", inf.batch_id));
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -117,11 +118,13 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight) -> Result<(
         Some(etag) => PutMode::Update(etag.clone()),
         None => PutMode::Create,
     };
-    let head = codec::encode(Kind::Head, inf.head.clone().into_bytes())?;
+    // Sealed afresh on each attempt (a new nonce): the head is recognised as ours
+    // by what it says, not by its bytes.
+    let head = codec.encode(Kind::Head, &head_key, inf.head.clone().into_bytes())?;
     // Our previous head rewritten with a new ETag (restored from a backup, copied
     // back by hand) means nobody else wrote under our id: go on.
     let public_key = r.public_key()?;
-    let ours = |b: &[u8]| is_our_last_head(b, &head_key, &me, &public_key, &state);
+    let ours = |b: &[u8]| is_our_last_head(codec, b, &head_key, &me, &public_key, &state);
     let landed = store::update_or_recognise(store, &head_key, head, mode, ours).await;
     let etag = ours_or_conflict(landed, &me)?.etag().to_owned();
     let done = PushState {
@@ -150,16 +153,22 @@ fn ours_or_conflict(landed: std::result::Result<Written, StoreError>, me: &str) 
 }
 
 /// Whether `stored` is a head signed with our key naming the last batch we pushed.
-fn is_our_last_head(stored: &[u8], head_key: &str, me: &str, public_key: &str, state: &PushState) -> bool {
-    let Ok(plain) = codec::decode(Kind::Head, stored, head_key) else { return false };
+fn is_our_last_head(codec: &Codec, stored: &[u8], head_key: &str, me: &str, public_key: &str, state: &PushState) -> bool {
+    let Ok(plain) = codec.decode(Kind::Head, head_key, stored) else { return false };
     let Ok(head) = Head::parse(&plain, head_key, me, Some(public_key)) else { return false };
     state.batch_id.as_deref() == Some(head.body.batch_id.as_str())
 }
 
-pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Result<()> {
+pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<()> {
     if meta::descriptor_published(&r.sync)?.is_some() {
         return Ok(());
     }
+    put_descriptor(r, store, codec).await?;
+    meta::set_descriptor_published(&r.sync, &clock::rfc3339(r.hlc.now_ms()))
+}
+
+/// Writes `replica.json` (create-only; an earlier copy with our key is accepted).
+pub(crate) async fn put_descriptor(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<()> {
     let me = r.id().to_owned();
     let d = Descriptor {
         format: FORMAT,
@@ -169,14 +178,15 @@ pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store) -> Re
         created_at: meta::get(&r.sync, "created_at")?.unwrap_or_default(),
     };
     let key = layout::descriptor_key(&me);
-    let bytes = codec::encode(Kind::Descriptor, serde_json::to_vec_pretty(&d).expect("serializes"))?;
+    let bytes = codec.encode(Kind::Descriptor, &key, serde_json::to_vec_pretty(&d).expect("serializes"))?;
     // Already there: ours when it carries our key (an earlier attempt, or the
     // descriptor of a database copied before it ever pushed).
     let ours = |b: &[u8]| {
-        codec::decode(Kind::Descriptor, b, &key)
+        codec
+            .decode(Kind::Descriptor, &key, b)
             .and_then(|plain| Descriptor::parse(&plain, &key, &me))
             .is_ok_and(|theirs| theirs.public_key == d.public_key)
     };
     ours_or_conflict(store::create_or_accept(store, &key, bytes, ours).await, &me)?;
-    meta::set_descriptor_published(&r.sync, &clock::rfc3339(r.hlc.now_ms()))
+    Ok(())
 }

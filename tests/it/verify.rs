@@ -87,19 +87,19 @@ fn digests_match_at_equal_cursors_and_are_not_compared_at_different_ones() -> Te
     let db = verify::snapshot_digest(&mut b)?;
     assert_eq!(da.cursors, db.cursors);
     assert_eq!(da.tables, db.tables);
-    block_on(verify::publish(&a, &store, &da))?;
-    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    block_on(verify::publish(&mut a, &store, &da))?;
+    let cmp = block_on(verify::compare(&mut b, &store, &db))?;
     assert_eq!(cmp.len(), 1);
     assert_eq!(cmp[0].verdict, "same");
     // A row changed behind b's back: same cursors, different digest.
     behind_the_back(&g, "b").execute("UPDATE t SET a = 99 WHERE id = 'k3'", [])?;
     let db = verify::snapshot_digest(&mut b)?;
-    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    let cmp = block_on(verify::compare(&mut b, &store, &db))?;
     assert_eq!((cmp[0].verdict.as_str(), cmp[0].tables.clone()), ("different", vec!["t".to_owned()]));
     // A new local change moves b's cursors: nothing to compare with.
     b.conn().execute("INSERT INTO t VALUES ('k4', 4, 'w', 0.5)", [])?;
     let db = verify::snapshot_digest(&mut b)?;
-    let cmp = block_on(verify::compare(&b, &store, &db))?;
+    let cmp = block_on(verify::compare(&mut b, &store, &db))?;
     assert_eq!(cmp[0].verdict, "not comparable (different cursors)");
     Ok(())
 }

@@ -47,7 +47,7 @@ fn forge(
     let path = s.g.dir.path().join(format!("forged-{batch_id}.db"));
     // Forged batches travel as plain SQLite (readers take both forms), so the
     // attack can edit the file itself.
-    let stored = batch::write(&path, &header, &changes).unwrap();
+    let stored = batch::write(&path, &header, &changes, &dimple::codec::Codec::Plain).unwrap();
     std::fs::write(&path, batch::unpack(&stored, "forge").unwrap()).unwrap();
     edit_file(&path);
     let bytes = std::fs::read(&path).unwrap();
