@@ -241,7 +241,8 @@ mod tests {
             new_value: Some("true".into()),
             author: id.clone(),
         };
-        let stored = write(&dir.path().join("b.db"), &header, std::slice::from_ref(&change)).unwrap();
+        let stored =
+            write(&dir.path().join("b.db"), &header, std::slice::from_ref(&change), &codec::Codec::Plain).unwrap();
         assert!(stored.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]), "a zstd frame");
         assert_eq!(std::fs::read(dir.path().join("b.db")).unwrap(), stored, "the outbox holds what is uploaded");
         let sqlite = unpack(&stored, "b").unwrap().into_owned();

@@ -105,7 +105,12 @@ pub async fn clone_with_keys(
     Ok((r, report))
 }
 
-async fn download(r: &Replica, store: &dyn Store, codec: &crate::codec::Codec, p: &Pointer) -> Result<std::path::PathBuf> {
+async fn download(
+    r: &Replica,
+    store: &dyn Store,
+    codec: &crate::codec::Codec,
+    p: &Pointer,
+) -> Result<std::path::PathBuf> {
     // Streamed to disk and hashed from there: a snapshot is as big as the database.
     let path = r.side().file(&format!("clone-{}.db", p.snapshot_id));
     let size = match store.get_to_file(&p.key, &path).await {

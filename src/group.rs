@@ -162,7 +162,7 @@ fn ring_from_map(group: &str, epochs: &BTreeMap<String, String>) -> Option<Keyri
 
 /// The group this replica belongs to, if it is in an encrypted one.
 pub fn group_of(r: &Replica) -> Result<Option<String>> {
-    crate::meta::get(r.conn(), GROUP_META)
+    crate::meta::get(&r.sync, GROUP_META)
 }
 
 /// The keys this device holds (empty while it waits for a grant).
@@ -172,7 +172,9 @@ pub fn keyring(r: &Replica) -> Result<Keyring> {
     };
     let path = r.side().group_keys();
     match secret::read(&path, "the group key file")? {
-        None => Ok(Keyring::new(Uuid::parse_str(&group).map_err(|_| Error::Invalid(format!("bad group id {group:?}")))?)),
+        None => {
+            Ok(Keyring::new(Uuid::parse_str(&group).map_err(|_| Error::Invalid(format!("bad group id {group:?}")))?))
+        }
         Some(text) => {
             let file: KeyFile = serde_json::from_str(&text)
                 .map_err(|e| Error::Invalid(format!("{}: not a dimple key file: {e}", path.display())))?;
@@ -243,7 +245,10 @@ fn verified<T: Serialize + for<'de> Deserialize<'de>>(
 fn parse_card(bytes: &[u8], origin: &str, replica: &str) -> Result<Card> {
     let c: Card = verified(bytes, origin, |c: &Card| &c.public_key)?;
     if c.replica != replica || c.format != FORMAT {
-        return Err(Error::bad(origin, format!("card names replica {} (format {}), stored as {replica}", c.replica, c.format)));
+        return Err(Error::bad(
+            origin,
+            format!("card names replica {} (format {}), stored as {replica}", c.replica, c.format),
+        ));
     }
     Ok(c)
 }
@@ -387,7 +392,11 @@ pub async fn create(r: &mut Replica, store: &dyn Store, passphrase: Option<&str>
 /// `dimple encrypt`: a new encrypted group in `store` (an empty bucket or prefix),
 /// seeded with a snapshot of `r`'s current state. `r` itself stays in its group;
 /// devices move by cloning the new one with the passphrase.
-pub async fn seed(r: &mut Replica, store: &dyn Store, passphrase: &str) -> Result<(String, crate::snapshot::CompactReport)> {
+pub async fn seed(
+    r: &mut Replica,
+    store: &dyn Store,
+    passphrase: &str,
+) -> Result<(String, crate::snapshot::CompactReport)> {
     let ring = start(r, store, Some(passphrase)).await?;
     let group = ring.group.to_string();
     let report = crate::snapshot::seed(r, store, &Codec::Sealed(Arc::new(ring))).await?;
@@ -460,7 +469,7 @@ pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
 /// Makes `r` a member holding `ring`: keys saved, its card published.
 pub async fn adopt(r: &mut Replica, store: &dyn Store, ring: Keyring) -> Result<()> {
     save_keyring(r, &ring)?;
-    crate::meta::set(r.conn(), GROUP_META, &ring.group.to_string())?;
+    crate::meta::set(&r.sync, GROUP_META, &ring.group.to_string())?;
     r.codec = Some(Codec::Sealed(Arc::new(ring)));
     publish_card(r, store).await
 }
@@ -468,7 +477,7 @@ pub async fn adopt(r: &mut Replica, store: &dyn Store, ring: Keyring) -> Result<
 /// Joins the group in the bucket without its keys: a signed join request for a
 /// member to grant. Returns the key fingerprint people compare.
 pub async fn request(r: &mut Replica, store: &dyn Store, group: &str) -> Result<String> {
-    crate::meta::set(r.conn(), GROUP_META, group)?;
+    crate::meta::set(&r.sync, GROUP_META, group)?;
     let c = card(r)?;
     let fingerprint = trust::fingerprint(&c.public_key);
     let bytes = sign(r, c)?;
@@ -477,7 +486,7 @@ pub async fn request(r: &mut Replica, store: &dyn Store, group: &str) -> Result<
 }
 
 async fn publish_card(r: &mut Replica, store: &dyn Store) -> Result<()> {
-    if crate::meta::get(r.conn(), CARD_META)?.is_some() {
+    if crate::meta::get(&r.sync, CARD_META)?.is_some() {
         return Ok(());
     }
     let key = layout::member_key(r.id());
@@ -485,7 +494,7 @@ async fn publish_card(r: &mut Replica, store: &dyn Store) -> Result<()> {
     let signed = sign(r, c)?;
     let bytes = r.codec()?.encode(Kind::Member, &key, signed)?;
     store.put(&key, bytes, PutMode::Overwrite).await?;
-    crate::meta::set(r.conn(), CARD_META, &clock::rfc3339(r.opts.clock.now_ms()))?;
+    crate::meta::set(&r.sync, CARD_META, &clock::rfc3339(r.opts.clock.now_ms()))?;
     // Granted: the request has done its job.
     match store.delete(&layout::join_key(r.id())).await {
         Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
@@ -495,7 +504,7 @@ async fn publish_card(r: &mut Replica, store: &dyn Store) -> Result<()> {
 
 /// Records that the bucket was found to hold no encrypted group (`init` looked).
 pub fn mark_plain(r: &Replica) -> Result<()> {
-    crate::meta::set(r.conn(), CHECKED_META, &clock::rfc3339(r.opts.clock.now_ms()))
+    crate::meta::set(&r.sync, CHECKED_META, &clock::rfc3339(r.opts.clock.now_ms()))
 }
 
 /// The codec to read and write the bucket with, settled against the bucket: a
@@ -504,14 +513,14 @@ pub fn mark_plain(r: &Replica) -> Result<()> {
 /// once) and is told plainly when it holds no key yet.
 pub async fn prepare(r: &mut Replica, store: &dyn Store, refresh: bool) -> Result<Codec> {
     let Some(group) = group_of(r)? else {
-        if crate::meta::get(r.conn(), CHECKED_META)?.is_none() {
+        if crate::meta::get(&r.sync, CHECKED_META)?.is_none() {
             if detect(store).await?.is_some() {
                 return Err(Error::Invalid(format!(
                     "the bucket holds an encrypted group, but {} is not in it: make a new replica with `dimple init NEW.db --bucket URL --passphrase-file FILE` (or without a passphrase, then `dimple trust` on a member)",
                     r.path().display()
                 )));
             }
-            crate::meta::set(r.conn(), CHECKED_META, &clock::rfc3339(r.opts.clock.now_ms()))?;
+            crate::meta::set(&r.sync, CHECKED_META, &clock::rfc3339(r.opts.clock.now_ms()))?;
         }
         return Ok(Codec::Plain);
     };
@@ -545,12 +554,12 @@ async fn accept_grants(r: &mut Replica, store: &dyn Store, group: &str) -> Resul
                     ring.insert(*e, k.clone());
                 }
                 for id in revoked.iter().filter(|id| **id != me && layout::is_canonical_uuid(id)) {
-                    peers::revoke(r.conn(), id, &now)?;
+                    peers::revoke(&r.sync, id, &now)?;
                 }
-                problems::clear(r.conn(), &granter)?;
+                problems::clear(&r.sync, &granter)?;
             }
             Err(Error::BadData { origin, reason }) => {
-                problems::record(r.conn(), &me, &origin, &reason, &now)?;
+                problems::record(&r.sync, &me, &origin, &reason, &now)?;
             }
             Err(e) => return Err(e),
         }
@@ -578,12 +587,15 @@ fn open_grant(
     if !layout::is_canonical_uuid(&g.granter) {
         return Err(Error::bad(key, "grant names a malformed granter"));
     }
-    match peers::get(r.conn(), &g.granter)? {
+    match peers::get(&r.sync, &g.granter)? {
         Some(p) if p.trust == Trust::Revoked => {
             return Err(Error::bad(key, format!("granted by {}, which is revoked here", g.granter)))
         }
         Some(p) if p.public_key.as_deref().is_some_and(|k| k != g.granter_key) => {
-            return Err(Error::bad(key, format!("granted by {} with a key other than the one pinned for it", g.granter)))
+            return Err(Error::bad(
+                key,
+                format!("granted by {} with a key other than the one pinned for it", g.granter),
+            ))
         }
         _ => {}
     }
@@ -611,9 +623,9 @@ fn open_grant(
     }
     if ring.is_empty() {
         // First grant: its granter is trusted on first use.
-        peers::seen(r.conn(), &g.granter, &clock::rfc3339(r.opts.clock.now_ms()))?;
-        if peers::get(r.conn(), &g.granter)?.is_some_and(|p| p.public_key.is_none()) {
-            peers::pin(r.conn(), &g.granter, &g.granter_key, "")?;
+        peers::seen(&r.sync, &g.granter, &clock::rfc3339(r.opts.clock.now_ms()))?;
+        if peers::get(&r.sync, &g.granter)?.is_some_and(|p| p.public_key.is_none()) {
+            peers::pin(&r.sync, &g.granter, &g.granter_key, "")?;
         }
     }
     Ok((granted, g.revoked, g.granter))
@@ -676,22 +688,27 @@ pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Grant
                 "no device {id:?} is waiting for the group key (its `dimple init` publishes the request)"
             )))
         }
-        _ => return Err(Error::Invalid(format!("{id:?} matches {} waiting devices; give more of the id", matching.len()))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{id:?} matches {} waiting devices; give more of the id",
+                matching.len()
+            )))
+        }
     };
     let key = layout::join_key(&full);
     let (bytes, _) = get_bytes(store, &key).await?;
     let c = parse_card(&bytes, &key, &full)?;
     let now = clock::rfc3339(r.opts.clock.now_ms());
-    peers::seen(r.conn(), &full, &now)?;
-    match peers::get(r.conn(), &full)?.and_then(|p| p.public_key) {
+    peers::seen(&r.sync, &full, &now)?;
+    match peers::get(&r.sync, &full)?.and_then(|p| p.public_key) {
         Some(pinned) if pinned != c.public_key => {
             return Err(Error::bad(&key, "join request carries a key other than the one pinned for this replica"))
         }
         Some(_) => {}
-        None => peers::pin(r.conn(), &full, &c.public_key, "")?,
+        None => peers::pin(&r.sync, &full, &c.public_key, "")?,
     }
     put_grant(r, store, &ring, &c, &[]).await?;
-    peers::set_trust(r.conn(), &full, Trust::Trusted)?;
+    peers::set_trust(&r.sync, &full, Trust::Trusted)?;
     Ok(Granted { replica: full, key_fingerprint: trust::fingerprint(&c.public_key) })
 }
 
@@ -755,7 +772,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         if c.replica == me || revoked.contains(&c.replica) {
             continue;
         }
-        match peers::get(r.conn(), &c.replica)? {
+        match peers::get(&r.sync, &c.replica)? {
             Some(p) if p.trust == Trust::Revoked => continue,
             Some(p) if p.public_key.as_deref().is_some_and(|k| k != c.public_key) => continue,
             _ => {}
@@ -768,7 +785,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
     }
     let now = clock::rfc3339(r.opts.clock.now_ms());
     for id in &revoked {
-        peers::revoke(r.conn(), id, &now)?;
+        peers::revoke(&r.sync, id, &now)?;
     }
     // Only now: if a grant failed above, nobody seals under an epoch others lack.
     save_keyring(r, &ring)?;

@@ -109,15 +109,17 @@ pub fn is_sealed(stored: &[u8]) -> bool {
 
 /// The epoch a sealed object names (unauthenticated until it opens).
 pub fn epoch_of(stored: &[u8]) -> Option<Uuid> {
-    is_sealed(stored).then(|| stored.get(MAGIC.len()..MAGIC.len() + 16)).flatten().map(|b| {
-        Uuid::from_bytes(b.try_into().expect("16 bytes"))
-    })
+    is_sealed(stored)
+        .then(|| stored.get(MAGIC.len()..MAGIC.len() + 16))
+        .flatten()
+        .map(|b| Uuid::from_bytes(b.try_into().expect("16 bytes")))
 }
 
 /// Seals `plain` as the object stored under `name`.
 pub fn seal(ring: &Keyring, name: &str, plain: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(HEADER + plain.len() + TAG * (1 + plain.len() / CHUNK));
-    seal_stream(ring, name, &mut &plain[..], &mut out).map_err(|e| Error::Invalid(format!("cannot seal {name}: {e}")))?;
+    seal_stream(ring, name, &mut &plain[..], &mut out)
+        .map_err(|e| Error::Invalid(format!("cannot seal {name}: {e}")))?;
     Ok(out)
 }
 
@@ -217,7 +219,10 @@ fn open_stream(ring: &Keyring, name: &str, input: &mut dyn Read, out: &mut dyn W
     let nonce: [u8; NONCE] = header[24..].try_into().expect("19 bytes");
     let aad = aad(&ring.group, &epoch, name);
     let mut dec = DecryptorBE32::from_aead(XChaCha20Poly1305::new((&key.0).into()), (&nonce).into());
-    let forged = || bad("does not authenticate under the group key: altered, truncated, moved from another key, or forged".to_owned());
+    let forged = || {
+        bad("does not authenticate under the group key: altered, truncated, moved from another key, or forged"
+            .to_owned())
+    };
     let (mut cur, mut next) = (vec![0u8; CHUNK + TAG], vec![0u8; CHUNK + TAG]);
     let mut n = fill(input, &mut cur).map_err(read)?;
     loop {
@@ -266,7 +271,8 @@ mod tests {
             let mut stored = seal(&r, "k", &vec![7u8; len]).unwrap();
             let i = at.index(stored.len());
             if cut { stored.truncate(i) } else { stored[i] ^= 1 << bit }
-            prop_assert!(matches!(open(&r, "k", &stored), Err(Error::BadData { .. })));
+            let refused = matches!(open(&r, "k", &stored), Err(Error::BadData { .. }));
+            prop_assert!(refused);
         }
 
         #[test]

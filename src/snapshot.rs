@@ -297,10 +297,12 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
                 None => PutMode::Create,
             };
             let pointer_key = layout::snapshot_pointer_key();
-            let body =
-                codec.encode(Kind::SnapshotPointer, &pointer_key, serde_json::to_vec_pretty(&pointer).expect("serializes"))?;
-            match crate::store::update_or_recognise(store, &pointer_key, body, mode, |_| false).await
-            {
+            let body = codec.encode(
+                Kind::SnapshotPointer,
+                &pointer_key,
+                serde_json::to_vec_pretty(&pointer).expect("serializes"),
+            )?;
+            match crate::store::update_or_recognise(store, &pointer_key, body, mode, |_| false).await {
                 Ok(_) => true,
                 // Another compactor moved the pointer meanwhile: its snapshot is newer.
                 Err(StoreError::PreconditionFailed(_)) => false,

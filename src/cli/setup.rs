@@ -1,6 +1,8 @@
 //! Setting a replica up: init, track, untrack, direction, fork.
 
-use super::{normalize_bucket, open, print_json, store_for, DirectionArg, JsonFlag, PassphraseArgs, StoreArgs, TrustModeArg};
+use super::{
+    normalize_bucket, open, print_json, store_for, DirectionArg, JsonFlag, PassphraseArgs, StoreArgs, TrustModeArg,
+};
 use anyhow::Result;
 use clap::Subcommand;
 use dimple::{Options, Replica};
@@ -105,6 +107,43 @@ enum Plan {
     Request(dimple::store::Metered<dyn dimple::store::Store>, String),
 }
 
+async fn plan(bucket: Option<&str>, encrypt: bool, passphrase: Option<&str>, endpoint: Option<&str>) -> Result<Plan> {
+    let Some(url) = bucket else {
+        if passphrase.is_some() {
+            anyhow::bail!("a passphrase needs --bucket");
+        }
+        return Ok(Plan::Plain(None));
+    };
+    let explicit = encrypt || passphrase.is_some();
+    let s = match dimple::open_store(url, endpoint).await {
+        Ok(s) => s,
+        Err(e) if !explicit => {
+            eprintln!("note: could not open the bucket ({e}); the first sync checks it");
+            return Ok(Plan::Plain(None));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if encrypt {
+        dimple::group::ensure_empty(&s).await?;
+        return Ok(Plan::Create(s));
+    }
+    Ok(match (dimple::group::detect(&s).await, passphrase) {
+        (Ok(Some(_)), Some(p)) => {
+            let keys = dimple::group::unlock(&s, p).await?;
+            Plan::Join(s, keys)
+        }
+        (Ok(Some(group)), None) => Plan::Request(s, group),
+        (Ok(None), Some(_)) => anyhow::bail!("this bucket holds no encrypted group; add --encrypt to start one"),
+        (Ok(None), None) => Plan::Plain(Some(s)),
+        // Offline or not yet usable: the first sync checks it.
+        (Err(e), None) => {
+            eprintln!("note: could not check the bucket ({e}); the first sync checks it");
+            Plan::Plain(None)
+        }
+        (Err(e), Some(_)) => return Err(e.into()),
+    })
+}
+
 pub async fn run(cmd: SetupCommand) -> Result<()> {
     match cmd {
         SetupCommand::Init { db, bucket, name, direction, trust, encrypt, passphrase, store, out } => {
@@ -112,35 +151,7 @@ pub async fn run(cmd: SetupCommand) -> Result<()> {
             let passphrase = passphrase.read(encrypt)?;
             // Decided against the bucket before anything local is created: a wrong
             // passphrase or an unusable bucket leaves no database behind.
-            let plan = match &bucket {
-                None if passphrase.is_some() => anyhow::bail!("a passphrase needs --bucket"),
-                None => Plan::Plain(None),
-                Some(url) => {
-                    let s = dimple::open_store(url, store.endpoint.as_deref()).await?;
-                    if encrypt {
-                        dimple::group::ensure_empty(&s).await?;
-                        Plan::Create(s)
-                    } else {
-                        match dimple::group::detect(&s).await {
-                            Ok(Some(_)) if passphrase.is_some() => {
-                                let keys = dimple::group::unlock(&s, passphrase.as_deref().unwrap_or_default()).await?;
-                                Plan::Join(s, keys)
-                            }
-                            Ok(Some(group)) => Plan::Request(s, group),
-                            Ok(None) if passphrase.is_some() => anyhow::bail!(
-                                "this bucket holds no encrypted group; add --encrypt to start one"
-                            ),
-                            Ok(None) => Plan::Plain(Some(s)),
-                            // Offline: the first sync checks the bucket instead.
-                            Err(e) if e.is_retryable() && passphrase.is_none() => {
-                                eprintln!("note: could not reach the bucket ({e}); the first sync checks it");
-                                Plan::Plain(None)
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-            };
+            let plan = plan(bucket.as_deref(), encrypt, passphrase.as_deref(), store.endpoint.as_deref()).await?;
             let mut r = Replica::init(&db, bucket.as_deref(), name.as_deref(), Options::default())?;
             let (direction, trust) =
                 (dimple::direction::Direction::from(direction), dimple::trust::TrustMode::from(trust));

@@ -35,7 +35,14 @@ struct Fetched {
     decoded: Result<()>,
 }
 
-async fn download(store: &dyn Store, codec: &Codec, spool: &Path, id: &str, batch_id: &str, max: usize) -> Result<Fetched> {
+async fn download(
+    store: &dyn Store,
+    codec: &Codec,
+    spool: &Path,
+    id: &str,
+    batch_id: &str,
+    max: usize,
+) -> Result<Fetched> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,

@@ -25,8 +25,8 @@ mod push;
 
 pub use apply::MAX_VALUE_KEY;
 pub use pull::pull;
-pub(crate) use push::{publish_descriptor, put_descriptor};
 pub use push::push;
+pub(crate) use push::{publish_descriptor, put_descriptor};
 
 use crate::error::Result;
 use crate::replica::Replica;

@@ -153,7 +153,14 @@ fn ours_or_conflict(landed: std::result::Result<Written, StoreError>, me: &str) 
 }
 
 /// Whether `stored` is a head signed with our key naming the last batch we pushed.
-fn is_our_last_head(codec: &Codec, stored: &[u8], head_key: &str, me: &str, public_key: &str, state: &PushState) -> bool {
+fn is_our_last_head(
+    codec: &Codec,
+    stored: &[u8],
+    head_key: &str,
+    me: &str,
+    public_key: &str,
+    state: &PushState,
+) -> bool {
     let Ok(plain) = codec.decode(Kind::Head, head_key, stored) else { return false };
     let Ok(head) = Head::parse(&plain, head_key, me, Some(public_key)) else { return false };
     state.batch_id.as_deref() == Some(head.body.batch_id.as_str())

@@ -22,6 +22,10 @@ fn writer(g: &Group) -> Replica {
         // One dimple transaction per write, so the push needs several batches.
         r.capture().unwrap();
     }
+    // The one-time look for an encrypted group in the bucket (a GET that finds
+    // nothing, so an after-effect fault there would go unnoticed, harmlessly) is
+    // done here: the faults below land on the push's own calls.
+    block_on(dimple::group::prepare(&mut r, &g.store(), false)).unwrap();
     r
 }
 

@@ -7,6 +7,7 @@ mod concurrency;
 mod convergence;
 mod crash;
 mod direction;
+mod encryption;
 mod export;
 mod fidelity;
 mod fuzz;
