@@ -1,5 +1,7 @@
 //! Push and pull of 100k changes through the S3 test server on loopback and through
-//! a local directory, side by side: changes per second and requests used.
+//! a local directory, each in the clear and in an encrypted group, side by side:
+//! changes per second, requests used and bytes uploaded per change (median of 3
+//! runs each, the variants interleaved so that drift in the machine hits all alike).
 //!
 //! `cargo bench --bench transfer`. Uses the S3 server at DIMPLE_TEST_S3_ENDPOINT, or
 //! starts the test server itself (scripts/s3-server) and stops it afterwards.
@@ -39,29 +41,62 @@ struct Figures {
     bytes_per_change: f64,
 }
 
-fn run(name: &str, bucket: &str, store: Metered<dyn Store>) -> Figures {
+const PASSPHRASE: &str = "bench passphrase";
+
+/// One push by a fresh writer and one pull by a fresh reader through `store`, a
+/// fresh bucket or prefix at `bucket`; in an encrypted group when `sealed`.
+fn run(name: &str, bucket: &str, store: Metered<dyn Store>, sealed: bool) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let mut w = writer(dir.path(), bucket);
+    if sealed {
+        rt.block_on(dimple::group::create(&mut w, &store, Some(PASSPHRASE))).unwrap();
+    } else {
+        rt.block_on(dimple::group::prepare(&mut w, &store, false)).unwrap();
+    }
     let changes = w.unpushed().unwrap() as f64;
+    let before_push = store.stats();
     let t = Instant::now();
     rt.block_on(dimple::push(&mut w, &store)).unwrap();
     let push = t.elapsed().as_secs_f64();
     let after_push = store.stats();
     let mut r = Replica::init(&dir.path().join("r.db"), Some(bucket), Some("reader"), Options::default()).unwrap();
+    if sealed {
+        let keys = rt.block_on(dimple::group::unlock(&store, PASSPHRASE)).unwrap();
+        rt.block_on(dimple::group::adopt(&mut r, &store, keys)).unwrap();
+    }
     r.conn().execute_batch("CREATE TABLE t(id TEXT PRIMARY KEY, a INTEGER, b TEXT, c REAL, d TEXT)").unwrap();
     r.track("t", false).unwrap();
+    let before_pull = store.stats();
     let t = Instant::now();
     let report = rt.block_on(dimple::pull(&mut r, &store)).unwrap();
     let pull = t.elapsed().as_secs_f64();
     assert_eq!(report.changes as f64, changes, "{name}: pulled everything");
-    let pulled = store.stats().since(&after_push);
+    let pushed = after_push.since(&before_push);
+    let pulled = store.stats().since(&before_pull);
     Figures {
         push_rate: changes / push,
-        push_requests: after_push.total,
+        push_requests: pushed.total,
         pull_rate: changes / pull,
         pull_requests: pulled.total,
-        bytes_per_change: after_push.bytes_up as f64 / changes,
+        bytes_per_change: pushed.bytes_up as f64 / changes,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The median of each figure over the runs.
+fn summary(runs: &[Figures]) -> Figures {
+    let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+    Figures {
+        push_rate: m(|f| f.push_rate),
+        push_requests: runs[0].push_requests,
+        pull_rate: m(|f| f.pull_rate),
+        pull_requests: runs[0].pull_requests,
+        bytes_per_change: m(|f| f.bytes_per_change),
     }
 }
 
@@ -78,26 +113,60 @@ fn main() {
         "http://127.0.0.1:9000".to_owned()
     });
     let local_dir = tempfile::tempdir().unwrap();
-    let local_url = local_dir.path().join("bucket").display().to_string();
     let rt = rt();
-    let local = rt.block_on(dimple::open_store(&local_url, None)).unwrap();
     let bucket = format!("bench-{:08x}", rand::random::<u32>());
-    let s3_url = format!("s3://{bucket}/transfer");
-    let s3 = rt.block_on(async {
-        let raw = dimple::store::S3Store::open(&s3_url, Some(&endpoint)).await.unwrap();
+    rt.block_on(async {
+        let raw = dimple::store::S3Store::open(&format!("s3://{bucket}/x"), Some(&endpoint)).await.unwrap();
         raw.client().create_bucket().bucket(&bucket).send().await.unwrap();
-        dimple::open_store(&s3_url, Some(&endpoint)).await.unwrap()
     });
-    let l = run("local", &local_url, local);
-    let s = run("s3", &s3_url, s3);
+    // Every run gets a fresh prefix: an encrypted group needs an empty one.
+    let mut runs: [Vec<Figures>; 4] = Default::default();
+    for round in 0..3 {
+        for (i, (s3, sealed)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+            let name =
+                format!("{}-{}-{round}", if s3 { "s3" } else { "local" }, if sealed { "sealed" } else { "plain" });
+            let url =
+                if s3 { format!("s3://{bucket}/{name}") } else { local_dir.path().join(&name).display().to_string() };
+            let store = rt.block_on(dimple::open_store(&url, if s3 { Some(endpoint.as_str()) } else { None })).unwrap();
+            runs[i].push(run(&name, &url, store, sealed));
+        }
+    }
     if started {
         let _ = Command::new("bash").arg(root.join("scripts/s3-server")).arg("stop").output();
     }
-    println!("push and pull of {} changes (one writer, one fresh reader)", ROWS * 5);
-    println!("{:<28} {:>14} {:>14}", "", "local dir", "S3 (loopback)");
-    println!("{:<28} {:>14.0} {:>14.0}", "push, changes/s", l.push_rate, s.push_rate);
-    println!("{:<28} {:>14} {:>14}", "push, requests", l.push_requests, s.push_requests);
-    println!("{:<28} {:>14.0} {:>14.0}", "pull, changes/s", l.pull_rate, s.pull_rate);
-    println!("{:<28} {:>14} {:>14}", "pull, requests", l.pull_requests, s.pull_requests);
-    println!("{:<28} {:>14.1} {:>14.1}", "uploaded bytes per change", l.bytes_per_change, s.bytes_per_change);
+    let [l, le, s, se] = runs.map(|r| summary(&r));
+    println!("push and pull of {} changes (one writer, one fresh reader; median of 3)", ROWS * 5);
+    println!(
+        "{:<28} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
+        "", "local dir", "encrypted", "ratio", "S3 (loop)", "encrypted", "ratio"
+    );
+    let rate = |what: &str, f: fn(&Figures) -> f64| {
+        println!(
+            "{what:<28} {:>12.0} {:>12.0} {:>7.2}x {:>12.0} {:>12.0} {:>7.2}x",
+            f(&l),
+            f(&le),
+            f(&le) / f(&l),
+            f(&s),
+            f(&se),
+            f(&se) / f(&s)
+        )
+    };
+    rate("push, changes/s", |f| f.push_rate);
+    rate("pull, changes/s", |f| f.pull_rate);
+    let count = |what: &str, f: fn(&Figures) -> u64| {
+        println!("{what:<28} {:>12} {:>12} {:>8} {:>12} {:>12}", f(&l), f(&le), "", f(&s), f(&se))
+    };
+    count("push, requests", |f| f.push_requests);
+    count("pull, requests", |f| f.pull_requests);
+    println!(
+        "{:<28} {:>12.2} {:>12.2} {:>+7.2}B {:>12.2} {:>12.2} {:>+7.2}B",
+        "uploaded bytes per change",
+        l.bytes_per_change,
+        le.bytes_per_change,
+        le.bytes_per_change - l.bytes_per_change,
+        s.bytes_per_change,
+        se.bytes_per_change,
+        se.bytes_per_change - s.bytes_per_change
+    );
+    println!("goal (issue 11): encrypted at least 0.9x the plaintext throughput, bytes per change within +2 B");
 }

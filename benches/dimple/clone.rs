@@ -54,9 +54,17 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
     assert_eq!(pushed.changes, rows * 10);
 }
 
-/// Runs a clone child; returns (seconds, peak RSS in MB).
-fn clone_child(bucket: &str, db: &Path) -> (f64, f64) {
-    let out = Command::new(std::env::current_exe().unwrap()).arg(CHILD_ARG).arg(bucket).arg(db).output().unwrap();
+const PASSPHRASE: &str = "bench passphrase";
+
+/// Runs a clone child (with the passphrase of an encrypted group when `sealed`);
+/// returns (seconds, peak RSS in MB).
+fn clone_child(bucket: &str, db: &Path, sealed: bool) -> (f64, f64) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg(CHILD_ARG).arg(bucket).arg(db);
+    if sealed {
+        cmd.env("DIMPLE_PASSPHRASE", PASSPHRASE);
+    }
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "clone child failed: {}", String::from_utf8_lossy(&out.stderr));
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     let field = |name: &str| -> f64 {
@@ -94,7 +102,7 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     let replay_db = dir.join("replay.db");
     rusqlite::Connection::open(&replay_db).unwrap().execute_batch(TABLE).unwrap();
     eprintln!("clone: full replay of {total} changes (child process)");
-    let (replay_s, replay_mb) = clone_child(&bucket, &replay_db);
+    let (replay_s, replay_mb) = clone_child(&bucket, &replay_db, false);
 
     // The replayed clone has everything: it writes the snapshot.
     let rt = runtime();
@@ -104,10 +112,22 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
 
     let snap_db = dir.join("from-snapshot.db");
     eprintln!("clone: from the snapshot (child process)");
-    let (snap_s, snap_mb) = clone_child(&bucket, &snap_db);
+    let (snap_s, snap_mb) = clone_child(&bucket, &snap_db, false);
     let (a, b) = (rows_of(&replay_db), rows_of(&snap_db));
     assert_eq!(a.len(), WRITERS * rows, "every row was cloned");
     assert!(a == b, "both clones hold the same table");
+
+    // The same state as an encrypted group (`dimple encrypt`), cloned from its
+    // sealed snapshot.
+    let sealed_dir = dir.join("sealed-bucket");
+    std::fs::create_dir_all(&sealed_dir).unwrap();
+    let sealed_bucket = format!("file://{}", sealed_dir.display());
+    let sealed_store = rt.block_on(dimple::open_store(&sealed_bucket, None)).unwrap();
+    rt.block_on(dimple::group::seed(&mut source, &sealed_store, PASSPHRASE)).unwrap();
+    let sealed_db = dir.join("from-sealed-snapshot.db");
+    eprintln!("clone: from the encrypted snapshot (child process)");
+    let (sealed_s, sealed_mb) = clone_child(&sealed_bucket, &sealed_db, true);
+    assert!(rows_of(&sealed_db) == a, "the encrypted clone holds the same table");
 
     let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
     table.section(&format!(
@@ -130,6 +150,14 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         "< 200 MB",
         at_scale(snap_mb.max(replay_mb) < 200.0),
     );
+    table.row(
+        "encrypted snapshot clone vs plaintext snapshot clone",
+        secs(sealed_s),
+        secs(snap_s),
+        format!("{:.2}x the time, {sealed_mb:.0} MB peak", sealed_s / snap_s),
+        "< 10 s, < 200 MB",
+        at_scale(sealed_s < 10.0 && sealed_mb < 200.0),
+    );
     table.note(&format!("(bucket built in {build:.0} s)"));
 }
 
@@ -139,8 +167,18 @@ pub fn child(args: &[String]) {
     let rt = runtime();
     let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
     let t = Instant::now();
+    // The passphrase's Argon2id is part of an encrypted clone's time.
+    let keys = std::env::var("DIMPLE_PASSPHRASE").ok().map(|p| rt.block_on(dimple::group::unlock(&store, &p)).unwrap());
     let (_r, report) = rt
-        .block_on(dimple::clone::clone(bucket, Path::new(db), Some("clone"), Options::default(), &store, &|_| {}))
+        .block_on(dimple::clone::clone_with_keys(
+            bucket,
+            Path::new(db),
+            Some("clone"),
+            Options::default(),
+            &store,
+            &|_| {},
+            keys,
+        ))
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert!(report.pull.problems.is_empty(), "clone problems: {:?}", report.pull.problems);

@@ -649,3 +649,45 @@ fn the_group_key_file_is_owner_only_and_never_uploaded() -> TestResult {
     assert!(err.to_string().contains("chmod 600"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_group_in_the_clear_moves_to_encryption_through_a_seeded_snapshot() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    write(&a, "a1");
+    write(&b, "b1");
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    sync(&g, &mut a);
+    // The new group lives under another prefix of the same bucket directory.
+    let url = g.dir.path().join("sealed").display().to_string();
+    let sealed = block_on(dimple::open_store(&url, None))?;
+    let (_, report) = block_on(group::seed(&mut a, &sealed, PASS))?;
+    assert_eq!(report.rows, 2);
+    assert!(group::group_of(&a)?.is_none(), "the seeding replica stays in its group");
+    for (key, bytes) in objects(&sealed) {
+        let clear = ["group.json", "grants/"].iter().any(|p| key.starts_with(p));
+        assert!(clear || dimple::seal::is_sealed(&bytes), "{key} is sealed");
+    }
+    // Seeding twice into the same place is refused: it is a group already.
+    assert!(matches!(block_on(group::seed(&mut a, &sealed, PASS)), Err(Error::Invalid(_))));
+    for name in ["a2", "b2"] {
+        let keys = block_on(group::unlock(&sealed, PASS))?;
+        let (mut r, _) = block_on(dimple::clone::clone_with_keys(
+            &url,
+            &g.db(name),
+            Some(name),
+            g.opts(),
+            &sealed,
+            &|_| {},
+            Some(keys),
+        ))?;
+        assert!(has(&r, "a1") && has(&r, "b1"), "{name} holds the old group's state");
+        write(&r, &format!("{name}-new"));
+        block_on(dimple::sync(&mut r, &sealed))?;
+    }
+    let mut a2 = g.reopen("a2");
+    block_on(dimple::sync(&mut a2, &sealed))?;
+    assert!(has(&a2, "a2-new") && has(&a2, "b2-new"), "the moved devices sync in the new group");
+    Ok(())
+}
