@@ -135,7 +135,8 @@ fn main() {
         let _ = Command::new("bash").arg(root.join("scripts/s3-server")).arg("stop").output();
     }
     for (name, r) in ["local", "local encrypted", "S3", "S3 encrypted"].iter().zip(&runs) {
-        let each = |f: fn(&Figures) -> f64| r.iter().map(|x| format!("{:.0}k", f(x) / 1000.0)).collect::<Vec<_>>().join(" ");
+        let each =
+            |f: fn(&Figures) -> f64| r.iter().map(|x| format!("{:.0}k", f(x) / 1000.0)).collect::<Vec<_>>().join(" ");
         println!("{name:<16} push {}   pull {}", each(|f| f.push_rate), each(|f| f.pull_rate));
     }
     let [l, le, s, se] = runs.map(|r| summary(&r));

@@ -134,6 +134,9 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
             },
         )?;
         PushState::forget(&tx)?;
+        // In an encrypted group the new id needs a member card of its own, or a
+        // rekey would leave it out.
+        crate::group::forget_card(&tx)?;
         meta::set(&tx, "database_uuid", &new)?;
         meta::set(&tx, "forked_from", &old)?;
         meta::set(&tx, meta::PUBLIC_KEY, &new_public)?;

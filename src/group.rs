@@ -502,6 +502,11 @@ async fn publish_card(r: &mut Replica, store: &dyn Store) -> Result<()> {
     }
 }
 
+/// A fork's new id publishes its own card (see [`crate::fork`]).
+pub(crate) fn forget_card(conn: &rusqlite::Connection) -> Result<()> {
+    crate::meta::delete(conn, CARD_META)
+}
+
 /// Records that the bucket was found to hold no encrypted group (`init` looked).
 pub fn mark_plain(r: &Replica) -> Result<()> {
     crate::meta::set(&r.sync, CHECKED_META, &clock::rfc3339(r.opts.clock.now_ms()))

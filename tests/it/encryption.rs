@@ -691,3 +691,82 @@ fn a_group_in_the_clear_moves_to_encryption_through_a_seeded_snapshot() -> TestR
     assert!(has(&a2, "a2-new") && has(&a2, "b2-new"), "the moved devices sync in the new group");
     Ok(())
 }
+
+#[test]
+fn a_forked_member_publishes_its_new_card_and_is_kept_by_a_rekey() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let b = join(&g, "b");
+    sync(&g, &mut a);
+    let old = b.id().to_owned();
+    let (mut b, _) = dimple::fork::fork(b, None)?;
+    write(&b, "b-forked");
+    sync(&g, &mut b);
+    assert!(g.bucket().join(layout::member_key(b.id())).exists(), "the new id has a card");
+    let done = block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    assert!(done.granted.contains(&b.id().to_owned()) && done.granted.contains(&old), "{done:?}");
+    write(&a, "after");
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    assert!(has(&b, "after") && has(&a, "b-forked"));
+    Ok(())
+}
+
+/// The walkthrough of docs/trust.md, through the command line.
+#[test]
+fn the_command_line_creates_joins_grants_and_rekeys() -> TestResult {
+    let g = Group::new();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dimple"))
+            .args(args)
+            .env_remove("DIMPLE_PASSPHRASE")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let pass = g.dir.path().join("pass");
+    std::fs::write(&pass, format!("{PASS}\n"))?;
+    let (bucket, pass) = (g.bucket_url(), pass.to_str().unwrap().to_owned());
+    let db = |n: &str| g.db(n).to_str().unwrap().to_owned();
+    for n in ["laptop", "phone", "tablet"] {
+        open_plain(&g.db(n)).execute_batch(TABLE_SQL)?;
+    }
+    let (code, out, err) = run(&["init", &db("laptop"), "--bucket", &bucket, "--encrypt", "--passphrase-file", &pass]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("started an encrypted group"), "{out}");
+    let (code, out, err) = run(&["init", &db("phone"), "--bucket", &bucket, "--passphrase-file", &pass]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("joined the encrypted group"), "{out}");
+    let (code, out, _) = run(&["init", &db("tablet"), "--bucket", &bucket, "--json"]);
+    assert_eq!(code, 0);
+    let info: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(info["encryption"], "waiting for a member");
+    let tablet = info["replica"].as_str().unwrap().to_owned();
+    for n in ["laptop", "phone", "tablet"] {
+        assert_eq!(run(&["track", &db(n), "t"]).0, 0);
+    }
+    open_plain(&g.db("laptop")).execute("INSERT INTO t VALUES ('n1', 1, 'secret', 0.5)", [])?;
+    assert_eq!(run(&["sync", &db("laptop")]).0, 0);
+    let (code, _, err) = run(&["sync", &db("tablet")]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("waiting for a member") && err.lines().count() == 1, "{err}");
+    let (_, out, _) = run(&["status", &db("tablet")]);
+    assert!(out.contains("encrypted waiting for a member"), "{out}");
+    let (code, out, err) = run(&["trust", &db("laptop"), &tablet]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("granted the group key"), "{out}");
+    for n in ["tablet", "phone"] {
+        let (code, _, err) = run(&["sync", &db(n)]);
+        assert_eq!(code, 0, "{n}: {err}");
+        assert!(has(&g.reopen(n), "n1"), "{n} reads the laptop's row");
+    }
+    let phone = Replica::open(&g.db("phone"), g.opts())?.id().to_owned();
+    let (code, out, err) = run(&["rekey", &db("laptop"), "--revoke", &phone]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("granted to 1 other members") && out.contains(&phone), "{out}");
+    Ok(())
+}
