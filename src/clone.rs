@@ -8,9 +8,9 @@
 //! then pull: each replica's pull walks back from its head only to the snapshot's
 //! cursor batch, so only the tail is downloaded.
 //!
-//! Without a snapshot: a full replay. The schema then comes from the database
-//! itself: tables that already exist in DB are tracked; changes for any other table
-//! are kept in the log and applied when it is created and tracked (SPEC 4).
+//! Without a snapshot: a full replay. Tables that already exist in DB are tracked;
+//! the others are created from the schemas the replicas publish (a clone follows
+//! the group's schema, see [`crate::schema`]), and their held changes applied.
 
 use crate::clock::parse_id;
 use crate::error::{Error, Result};
@@ -67,6 +67,8 @@ pub async fn clone_with_keys(
         ));
     }
     let mut r = Replica::init(db, Some(url), name, opts)?;
+    // A clone's database is dimple's: it follows the group's schema.
+    crate::schema::set_policy(&r.sync, crate::schema::Policy::Follow)?;
     if let Some(keys) = keys {
         crate::group::adopt(&mut r, store, keys).await?;
     }
@@ -157,12 +159,9 @@ fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(sqlerr)?;
     for (tbl, sql) in &tables {
-        // The one piece of remote SQL dimple runs: it must be exactly one CREATE TABLE
-        // of the table it names, and never one of dimple's own.
-        let head = sql.trim_start().get(..12).unwrap_or_default();
-        if !head.eq_ignore_ascii_case("CREATE TABLE") || tbl.starts_with("ZV_") || tbl.starts_with("sqlite_") {
-            return Err(Error::bad(origin, format!("schema of {tbl:?} is not a CREATE TABLE statement")));
-        }
+        // Remote SQL: run only once checked to be one plain CREATE TABLE of the
+        // table it names, and never one of dimple's own (see crate::ddl).
+        crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
     Ok(tables)
 }

@@ -137,6 +137,7 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         // In an encrypted group the new id needs a member card of its own, or a
         // rekey would leave it out.
         crate::group::forget_card(&tx)?;
+        crate::schema::forget_published(&tx)?;
         meta::set(&tx, "database_uuid", &new)?;
         meta::set(&tx, "forked_from", &old)?;
         meta::set(&tx, meta::PUBLIC_KEY, &new_public)?;

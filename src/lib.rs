@@ -24,6 +24,8 @@
 //! - `changelog`: captured writes into changes with ids; reading the log
 //! - `merge`: last-writer-wins and writing winners into tables
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
+//! - `schema`: the tracked tables' shape as it travels (publish, compare, follow);
+//!   `ddl`: checking remote CREATE TABLE and building ADD COLUMN
 //! - `clock`: the hybrid logical clock and UUIDv7 ids
 //! - `value`: exact encoding of SQLite values
 //! - `codec`: the bytes of every object in the bucket; `hash`: sha256 as hex
@@ -51,6 +53,7 @@ pub mod changelog;
 pub mod clock;
 pub mod clone;
 pub mod codec;
+pub mod ddl;
 pub mod direction;
 pub mod error;
 pub mod export;
@@ -65,6 +68,7 @@ pub mod migrate;
 pub mod peers;
 pub mod problems;
 pub mod replica;
+pub mod schema;
 pub mod seal;
 mod secret;
 pub mod sidedir;

@@ -28,6 +28,9 @@ pub struct Status {
     pub waiting_for_trust: Vec<String>,
     /// The encrypted group, when the replica is in one.
     pub encryption: Option<crate::group::GroupStatus>,
+    pub schema_policy: crate::schema::Policy,
+    /// Tables and columns other replicas have and this one lacks (`dimple schema`).
+    pub schema_missing: usize,
 }
 
 pub fn status(r: &Replica) -> Result<Status> {
@@ -48,6 +51,11 @@ pub fn status(r: &Replica) -> Result<Status> {
         trust_mode: trust::mode(conn)?,
         waiting_for_trust: waiting_for_trust(r)?,
         encryption: crate::group::status(r)?,
+        schema_policy: crate::schema::policy(conn)?,
+        schema_missing: {
+            let d = crate::schema::diff(conn)?;
+            d.missing_tables.len() + d.missing_columns.len()
+        },
     })
 }
 

@@ -2,7 +2,7 @@
 //! family, each with its arguments, its run and its output:
 //! - `setup`: init, track, untrack, direction, fork, rekey, encrypt
 //! - `sync`: push, pull, sync
-//! - `report`: status, log, replicas
+//! - `report`: status, log, replicas, schema
 //! - `trust`: trust
 //! - `data`: export, import, verify, compact, clone
 //! - `agent`: the background agent
@@ -169,6 +169,22 @@ fn warn_problems(problems: &[String]) {
 fn warn_waiting(db: &Path, ids: &[String]) {
     for id in ids {
         eprintln!("note: replica {id} is waiting for trust: run `dimple trust {} {id}`", db.display());
+    }
+}
+
+/// `follow` or `manual` (docs/schema.md).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaPolicyArg {
+    Follow,
+    Manual,
+}
+
+impl From<SchemaPolicyArg> for dimple::schema::Policy {
+    fn from(p: SchemaPolicyArg) -> Self {
+        match p {
+            SchemaPolicyArg::Follow => dimple::schema::Policy::Follow,
+            SchemaPolicyArg::Manual => dimple::schema::Policy::Manual,
+        }
     }
 }
 

@@ -15,6 +15,17 @@ pub enum ReportCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// The group's schema against this replica's: tables and columns other
+    /// replicas have and this one lacks (with the DDL that adds them), and
+    /// differences never applied by themselves. Sets the policy with --policy.
+    Schema {
+        db: PathBuf,
+        /// `follow`: create what the group adds; `manual`: only report it.
+        #[arg(long, value_enum)]
+        policy: Option<super::SchemaPolicyArg>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// The merged change history, oldest first.
     Log {
         db: PathBuf,
@@ -60,6 +71,14 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
                 println!("problem   {} {}: {} (x{}, last {})", p.replica, p.object_key, p.reason, p.count, p.last_at);
             }
             println!("trust     {}", st.trust_mode.as_str());
+            match st.schema_missing {
+                0 => println!("schema    {} policy, in step with the group", st.schema_policy.as_str()),
+                n => println!(
+                    "schema    {} policy, {n} tables or columns the group has are missing here: run `dimple schema {}`",
+                    st.schema_policy.as_str(),
+                    db.display()
+                ),
+            }
             match &st.encryption {
                 None => println!("encrypted no"),
                 Some(g) if g.waiting_for_member => println!(
@@ -72,6 +91,54 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
                 println!("waiting   {id}: waiting for trust: run `dimple trust {} {id}`", db.display());
             }
             super::agent::print_status(&st.agent);
+        }
+        ReportCommand::Schema { db, policy, out } => {
+            let r = open(&db)?;
+            if let Some(p) = policy {
+                dimple::schema::set_policy(r.conn(), p.into())?;
+            }
+            let policy = dimple::schema::policy(r.conn())?;
+            let diff = dimple::schema::diff(r.conn())?;
+            if out.json {
+                return print_json(&serde_json::json!({"policy": policy, "diff": diff}));
+            }
+            println!("policy    {}", policy.as_str());
+            let known: std::collections::HashMap<String, String> =
+                status::replicas(&r)?.into_iter().filter_map(|i| Some((i.id, i.name?))).collect();
+            let names = |ids: &[String]| {
+                ids.iter().map(|i| known.get(i).cloned().unwrap_or_else(|| i.clone())).collect::<Vec<_>>().join(", ")
+            };
+            if diff.is_empty() {
+                println!("in step   this replica has every table and column the group has");
+            }
+            for t in &diff.missing_tables {
+                println!("missing   table {} (on {}):\n          {};", t.table, names(&t.replicas), t.ddl);
+            }
+            for t in &diff.untracked {
+                println!("untracked table {} exists here; the next pull tracks it", t.table);
+            }
+            for c in &diff.missing_columns {
+                match &c.ddl {
+                    Ok(sql) => println!(
+                        "missing   column {}.{} (on {}):\n          {sql};",
+                        c.table,
+                        c.column.name,
+                        names(&c.replicas)
+                    ),
+                    Err(why) => {
+                        println!("missing   column {}.{} (on {}): {why}", c.table, c.column.name, names(&c.replicas))
+                    }
+                }
+            }
+            for c in &diff.conflicts {
+                println!(
+                    "conflict  {}: {} here, {} on {}; never applied by itself",
+                    c.what,
+                    c.here,
+                    c.there,
+                    names(std::slice::from_ref(&c.replica))
+                );
+            }
         }
         ReportCommand::Log { db, entity, limit, out } => {
             let r = open(&db)?;

@@ -1,7 +1,8 @@
 //! Setting a replica up: init, track, untrack, direction, fork.
 
 use super::{
-    normalize_bucket, open, print_json, store_for, DirectionArg, JsonFlag, PassphraseArgs, StoreArgs, TrustModeArg,
+    normalize_bucket, open, print_json, store_for, DirectionArg, JsonFlag, PassphraseArgs, SchemaPolicyArg, StoreArgs,
+    TrustModeArg,
 };
 use anyhow::Result;
 use clap::Subcommand;
@@ -26,6 +27,12 @@ pub enum SetupCommand {
         /// on first sight. `explicit`: hold them until `dimple trust DB REPLICA_ID`.
         #[arg(long, value_enum, default_value_t = TrustModeArg::Pinned)]
         trust: TrustModeArg,
+        /// What to do about tables and columns other replicas have and this one
+        /// lacks: `follow` creates them, `manual` reports them (the app migrates).
+        /// Default: `follow` for a database with no tables yet, `manual` for one an
+        /// app already uses.
+        #[arg(long, value_enum)]
+        schema: Option<SchemaPolicyArg>,
         /// Start an encrypted group in this (empty) bucket: the bucket stores what
         /// it cannot read. With a passphrase, devices that know it join by
         /// themselves; others join when a member runs `dimple trust`.
@@ -99,6 +106,23 @@ pub enum SetupCommand {
     },
 }
 
+/// Whether `db` already holds tables of an app (then its schema is the app's to
+/// migrate, and `init` defaults to the manual schema policy).
+fn app_tables(db: &std::path::Path) -> Result<bool> {
+    if !db.exists() {
+        return Ok(false);
+    }
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    Ok(n > 0)
+}
+
 /// What `init` does about encryption, decided before the database is touched.
 enum Plan {
     Plain(Option<dimple::store::Metered<dyn dimple::store::Store>>),
@@ -146,8 +170,13 @@ async fn plan(bucket: Option<&str>, encrypt: bool, passphrase: Option<&str>, end
 
 pub async fn run(cmd: SetupCommand) -> Result<()> {
     match cmd {
-        SetupCommand::Init { db, bucket, name, direction, trust, encrypt, passphrase, store, out } => {
+        SetupCommand::Init { db, bucket, name, direction, trust, schema, encrypt, passphrase, store, out } => {
             let bucket = bucket.as_deref().map(normalize_bucket).transpose()?;
+            let policy = match schema {
+                Some(p) => p.into(),
+                None if app_tables(&db)? => dimple::schema::Policy::Manual,
+                None => dimple::schema::Policy::Follow,
+            };
             let passphrase = passphrase.read(encrypt)?;
             // Decided against the bucket before anything local is created: a wrong
             // passphrase or an unusable bucket leaves no database behind.
@@ -157,6 +186,7 @@ pub async fn run(cmd: SetupCommand) -> Result<()> {
                 (dimple::direction::Direction::from(direction), dimple::trust::TrustMode::from(trust));
             r.set_direction(direction)?;
             dimple::trust::set_mode(r.conn(), trust)?;
+            dimple::schema::set_policy(r.conn(), policy)?;
             let fingerprint = dimple::trust::fingerprint(&r.public_key()?);
             let encryption = match plan {
                 Plan::Plain(checked) => {
@@ -181,6 +211,7 @@ pub async fn run(cmd: SetupCommand) -> Result<()> {
             let info = serde_json::json!({
                 "replica": r.id(), "name": r.name()?, "bucket": r.bucket()?, "direction": direction,
                 "trust_mode": trust.as_str(), "key_fingerprint": fingerprint, "encryption": encryption,
+                "schema_policy": policy,
             });
             if out.json {
                 print_json(&info)?;

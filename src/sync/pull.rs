@@ -29,6 +29,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     let codec = crate::group::prepare(r, store, true).await?;
     let listing = list_all(store, layout::REPLICAS_PREFIX, None).await?;
     let mut heads: BTreeMap<String, Option<ObjectMeta>> = BTreeMap::new();
+    let mut schemas: BTreeMap<String, ObjectMeta> = BTreeMap::new();
     for meta in listing {
         match layout::parse_replica_key(&meta.key) {
             Some(ReplicaObject::Head(id)) => {
@@ -36,6 +37,9 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             }
             Some(ReplicaObject::Descriptor(id)) => {
                 heads.entry(id.to_owned()).or_default();
+            }
+            Some(ReplicaObject::Schema(id)) => {
+                schemas.insert(id.to_owned(), meta);
             }
             None => {}
         }
@@ -48,8 +52,20 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             continue;
         }
         peers::seen(&r.sync, &id, &now)?;
-        let Some(head) = head else { continue };
-        match pull_replica(r, store, &codec, &id, &head, mode, &mut report).await {
+        let pulled = match &head {
+            Some(head) => pull_replica(r, store, &codec, &id, head, mode, &mut report).await,
+            // No head yet (nothing pushed): only its schema may be new.
+            None if schemas.contains_key(&id) && schema_readable(r, &id, mode)? => Ok(Pulled::Applied),
+            None => continue,
+        };
+        // Its schema, from a replica whose changes this one applies.
+        let pulled = match (pulled, schemas.get(&id)) {
+            (Ok(Pulled::Applied), Some(meta)) => {
+                crate::schema::fetch(r, store, &codec, &id, meta).await.map(|()| Pulled::Applied)
+            }
+            (other, _) => other,
+        };
+        match pulled {
             Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
             Ok(Pulled::Held) => {
                 problems::clear(&r.sync, &id)?;
@@ -63,7 +79,18 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             Err(e) => return Err(e),
         }
     }
+    crate::schema::settle(r)?;
     Ok(report)
+}
+
+/// Whether the schema of a replica that has no head yet is read: it would be
+/// applied, were it to push.
+fn schema_readable(r: &Replica, id: &str, mode: TrustMode) -> Result<bool> {
+    Ok(match peers::get(&r.sync, id)?.unwrap_or_default().trust {
+        Trust::Revoked => false,
+        Trust::Trusted => true,
+        Trust::Pinned => mode == TrustMode::Pinned,
+    })
 }
 
 /// What became of one replica's head.

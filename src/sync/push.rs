@@ -27,6 +27,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     }
     let codec = crate::group::prepare(r, store, false).await?;
     publish_descriptor(r, store, &codec).await?;
+    crate::schema::publish(r, store, &codec).await?;
     let mut report = PushReport::default();
     if let Some(inf) = Inflight::load(&r.sync)? {
         report.changes += inf.changes;

@@ -16,6 +16,7 @@ mod merge_rules;
 mod requests;
 mod s3_store;
 mod schema;
+mod schema_travels;
 mod snapshot;
 mod store_contract;
 mod support;
