@@ -44,7 +44,8 @@
 //! - `fork`: a copied database goes on as a new replica, keeping its writes
 //! - `verify`: tables against the log, digests against other replicas
 //! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
-//! - `agent`: the background sync loop, its lock and state file
+//! - `agent`: the background sync loop, its lock and state file, metrics, budget
+//! - `config`: `dimple.toml` for the agent; `doctor`: checks a bucket's server
 //! - `sidedir`: the replica's private files beside its database
 
 pub mod agent;
@@ -53,8 +54,10 @@ pub mod changelog;
 pub mod clock;
 pub mod clone;
 pub mod codec;
+pub mod config;
 pub mod ddl;
 pub mod direction;
+pub mod doctor;
 pub mod error;
 pub mod export;
 pub mod fork;

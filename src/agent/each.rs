@@ -26,6 +26,8 @@ pub struct Target {
     pub replica: Replica,
     pub lock: AgentLock,
     pub open_store: OpenStore,
+    /// This database's own settings (a config file's entry); None: the shared ones.
+    pub cfg: Option<Config>,
 }
 
 /// How long after `grace` shutdown waits for agents that are still busy.
@@ -39,9 +41,10 @@ pub async fn run_each(targets: Vec<Target>, cfg: Config, shutdown: impl Future<O
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<Result<()>>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<()>>();
     let n = targets.len();
-    for Target { mut replica, lock, open_store } in targets {
+    let grace = targets.iter().filter_map(|t| t.cfg.as_ref().map(|c| c.grace)).fold(cfg.grace, Duration::max);
+    for Target { mut replica, lock, open_store, cfg: own } in targets {
         let (cfg, mut stop_rx, started_tx, done_tx) =
-            (cfg.clone(), stop_rx.clone(), started_tx.clone(), done_tx.clone());
+            (own.unwrap_or_else(|| cfg.clone()), stop_rx.clone(), started_tx.clone(), done_tx.clone());
         let name = format!("agent {}", lock.db().display());
         std::thread::Builder::new()
             .name(name)
@@ -87,7 +90,7 @@ pub async fn run_each(targets: Vec<Target>, cfg: Config, shutdown: impl Future<O
         }
     }
     let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + cfg.grace + MARGIN;
+    let deadline = tokio::time::Instant::now() + grace + MARGIN;
     loop {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(Err(e))) => {

@@ -15,7 +15,9 @@
 //! an interrupted push is finished by the next one from its saved in-flight state.
 
 pub mod backoff;
+pub mod budget;
 mod each;
+pub mod metrics;
 pub mod state;
 
 use crate::clock;
@@ -25,6 +27,7 @@ use crate::store::{Metered, Store};
 use backoff::{jittered, Backoff, BackoffPolicy};
 use state::{AgentState, Phase};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -54,6 +57,32 @@ pub struct Config {
     pub grace: Duration,
     /// Where each step's outcome goes (tests, embedding apps).
     pub reports: Option<UnboundedSender<Report>>,
+    /// Called after a pull applied remote changes (`--on-change`).
+    pub on_change: Option<OnChange>,
+    /// Where each step is counted (`--metrics-addr`).
+    pub metrics: Option<Arc<metrics::Metrics>>,
+    /// At most this many requests an hour for this database (see [`budget`]).
+    pub max_requests_per_hour: Option<u64>,
+}
+
+/// What an app is told after remote changes were applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub db: std::path::PathBuf,
+    /// The tables the applied changes touch, sorted.
+    pub tables: Vec<String>,
+    pub changes: usize,
+}
+
+/// A callback run after remote changes were applied, on the database's agent
+/// thread: it should return quickly (hand the work to another thread).
+#[derive(Clone)]
+pub struct OnChange(pub Arc<dyn Fn(&Changed) + Send + Sync>);
+
+impl std::fmt::Debug for OnChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnChange(..)")
+    }
 }
 
 impl Default for Config {
@@ -67,6 +96,9 @@ impl Default for Config {
             backoff: BackoffPolicy::default(),
             grace: Duration::from_secs(3),
             reports: None,
+            on_change: None,
+            metrics: None,
+            max_requests_per_hour: None,
         }
     }
 }
@@ -102,6 +134,9 @@ struct Loop {
     data_version: Option<i64>,
     file: AgentState,
     db: std::path::PathBuf,
+    budget: Option<budget::Budget>,
+    /// The budget moved the coming sync later.
+    postponed: bool,
 }
 
 /// Runs the agent for `r` until `shutdown` completes. Returns an error only if the
@@ -133,6 +168,8 @@ async fn run_inner(
         dirty: None,
         data_version: None,
         db: db.clone(),
+        budget: cfg.max_requests_per_hour.map(|n| budget::Budget::new(n, now)),
+        postponed: false,
         file: AgentState {
             pid: std::process::id(),
             state: Phase::Running,
@@ -146,6 +183,8 @@ async fn run_inner(
             consecutive_failures: 0,
             next_attempt: Some(wall),
             pending_changes: pending(r).unwrap_or(0),
+            max_requests_per_hour: cfg.max_requests_per_hour,
+            pull_interval_secs: None,
         },
     };
     state::write(&db, &lp.file)?;
@@ -161,6 +200,7 @@ async fn run_inner(
         }
         let Some(step) = lp.due(r, &cfg) else { continue };
         let started = Instant::now();
+        let before = store.stats();
         let (outcome, stop) = {
             let work = do_step(r, store, step);
             tokio::pin!(work);
@@ -174,7 +214,7 @@ async fn run_inner(
             }
         };
         match outcome {
-            Some(out) => lp.record(r, &cfg, step, started, out),
+            Some(out) => lp.record(r, &cfg, step, started, out, store.stats().since(&before)),
             None => tracing::warn!("shutdown interrupted a {step:?}; the next run finishes it"),
         }
         if stop {
@@ -198,11 +238,17 @@ fn pending(r: &Replica) -> Result<i64> {
     Ok(r.pending_captured()? + r.unpushed()?)
 }
 
-/// (pulled, pushed) changes.
-async fn do_step(r: &mut Replica, store: &Metered<dyn Store>, step: Step) -> Result<(usize, usize)> {
+/// What a step did.
+#[derive(Debug, Default)]
+struct Done {
+    pull: crate::PullReport,
+    push: crate::PushReport,
+}
+
+async fn do_step(r: &mut Replica, store: &Metered<dyn Store>, step: Step) -> Result<Done> {
     match step {
-        Step::Sync => crate::sync(r, store).await.map(|s| (s.pull.changes, s.push.changes)),
-        Step::Push => crate::push(r, store).await.map(|p| (0, p.changes)),
+        Step::Sync => crate::sync(r, store).await.map(|s| Done { pull: s.pull, push: s.push }),
+        Step::Push => crate::push(r, store).await.map(|push| Done { push, ..Done::default() }),
     }
 }
 
@@ -223,7 +269,17 @@ impl Loop {
             Err(e) => tracing::debug!(error = %e, "cannot read data_version"),
         }
         if now >= self.next_sync {
-            return Some(Step::Sync);
+            let ready = self.budget.as_mut().map_or(now, |b| b.ready_at(now, Step::Sync));
+            if ready <= now {
+                if !std::mem::take(&mut self.postponed) {
+                    self.file.pull_interval_secs = None;
+                }
+                return Some(Step::Sync);
+            }
+            // Over budget: the pull waits (and says so in status and metrics).
+            self.postponed = true;
+            self.next_sync = ready;
+            self.file.pull_interval_secs = Some(ready.duration_since(now).as_secs_f64() + cfg.interval.as_secs_f64());
         }
         if self.backoff.failures() > 0 {
             return None; // the retry will push too
@@ -231,6 +287,11 @@ impl Loop {
         let (first, last) = self.dirty?;
         if now.duration_since(last) < cfg.debounce && now.duration_since(first) < cfg.max_delay {
             return None;
+        }
+        if let Some(b) = self.budget.as_mut() {
+            if b.ready_at(now, Step::Push) > now && now.duration_since(first) < budget::MAX_PUSH_DELAY {
+                return None;
+            }
         }
         self.dirty = None;
         // Our own commits bump data_version too; only real local changes are worth a push.
@@ -244,8 +305,48 @@ impl Loop {
         }
     }
 
-    fn record(&mut self, r: &Replica, cfg: &Config, step: Step, started: Instant, out: Result<(usize, usize)>) {
+    fn record(
+        &mut self,
+        r: &Replica,
+        cfg: &Config,
+        step: Step,
+        started: Instant,
+        out: Result<Done>,
+        used: crate::store::RequestStats,
+    ) {
         let now = Instant::now();
+        if let Some(b) = self.budget.as_mut() {
+            b.spend(now, step, used.total);
+        }
+        let name = self.db.display().to_string();
+        if let Some(m) = &cfg.metrics {
+            let (pulled, pushed, pulled_batches, pushed_batches) = match &out {
+                Ok(d) => (d.pull.changes, d.push.changes, d.pull.batches, d.push.batches),
+                Err(_) => (0, 0, 0, 0),
+            };
+            m.step(
+                &name,
+                &metrics::StepFigures {
+                    pulled,
+                    pushed,
+                    pulled_batches,
+                    pushed_batches,
+                    requests: used,
+                    error_kind: out.as_ref().err().map(|e| e.kind()),
+                    seconds: now.duration_since(started).as_secs_f64(),
+                    pulls: step == Step::Sync,
+                },
+            );
+            if let Ok(n) = crate::problems::list(r.conn()) {
+                m.set_problems(&name, n.len() as i64);
+            }
+        }
+        if let (Some(f), Ok(d)) = (&cfg.on_change, &out) {
+            if d.pull.changes > 0 {
+                (f.0)(&Changed { db: self.db.clone(), tables: d.pull.tables.clone(), changes: d.pull.changes });
+            }
+        }
+        let out = out.map(|d| (d.pull.changes, d.push.changes));
         let now_ms = r.opts.clock.now_ms();
         let wall = clock::rfc3339(now_ms);
         let mut report = Report {
@@ -314,6 +415,10 @@ impl Loop {
         match pending(r) {
             Ok(n) => self.file.pending_changes = n,
             Err(e) => tracing::debug!(error = %e, "cannot count pending changes"),
+        }
+        if let Some(m) = &cfg.metrics {
+            m.set_pending(&name, self.file.pending_changes);
+            m.set_pull_interval(&name, self.file.pull_interval_secs.unwrap_or(cfg.interval.as_secs_f64()));
         }
         if let Some(tx) = &cfg.reports {
             let _ = tx.send(report);

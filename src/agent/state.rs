@@ -106,6 +106,12 @@ pub struct AgentState {
     pub consecutive_failures: u32,
     pub next_attempt: Option<String>,
     pub pending_changes: i64,
+    /// The request budget, if any (`--max-requests-per-hour`).
+    #[serde(default)]
+    pub max_requests_per_hour: Option<u64>,
+    /// Set when the budget stretched the time between pulls: the current one.
+    #[serde(default)]
+    pub pull_interval_secs: Option<f64>,
 }
 
 /// Replaces `agent.json` whole (temp file + rename), so a reader never sees half.

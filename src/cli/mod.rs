@@ -23,7 +23,11 @@ use dimple::{Options, Replica};
 use std::path::Path;
 
 #[derive(Parser)]
-#[command(name = "dimple", version, about = "Offline-first SQLite replicas that sync through an object-storage bucket")]
+#[command(
+    name = "dimple",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DIMPLE_COMMIT"), ")"),
+    about = "Offline-first SQLite replicas that sync through an object-storage bucket"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -57,6 +61,25 @@ pub enum Command {
     /// applied stay. See docs/trust.md.
     #[command(arg_required_else_help = true)]
     Trust(trust::TrustArgs),
+    /// Check that a bucket's server does what dimple relies on (in a scratch
+    /// prefix it removes): one line per check; exit 1 if dimple cannot run there safely.
+    Doctor {
+        url: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Check a config file for `dimple agent --config`.
+    #[command(subcommand)]
+    Config(agent::ConfigCommand),
+    /// Print a shell completion script: `dimple completions bash > /etc/bash_completion.d/dimple`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `dimple man > dimple.1; man ./dimple.1`.
+    Man,
 }
 
 impl Command {
@@ -74,6 +97,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => data::run(cmd).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Trust(args) => trust::run(args).await,
+        Command::Config(cmd) => agent::config(cmd),
+        Command::Doctor { url, store, json } => doctor(&url, store.endpoint.as_deref(), json.json).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "dimple", &mut out);
+            print_raw(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            print_raw(&out)
+        }
     }
 }
 
@@ -127,6 +162,44 @@ impl PassphraseArgs {
             anyhow::bail!("the group passphrase is empty");
         }
         Ok(Some(p))
+    }
+}
+
+async fn doctor(url: &str, endpoint: Option<&str>, json: bool) -> Result<()> {
+    let url = normalize_bucket(url)?;
+    let store = dimple::open_store(&url, endpoint).await?;
+    let skew = if url.starts_with("s3://") {
+        let s3 = dimple::store::S3Store::open(&url, endpoint).await.map_err(dimple::Error::from)?;
+        s3.clock_skew_ms(&format!("doctor-clock-{:016x}", rand::random::<u64>())).await.ok()
+    } else {
+        None
+    };
+    let checks = dimple::doctor::run(&store, skew).await;
+    if json {
+        print_json(&checks)?;
+    } else {
+        for c in &checks {
+            let mark = match c.outcome {
+                dimple::doctor::Outcome::Pass => "pass",
+                dimple::doctor::Outcome::Warn => "warn",
+                dimple::doctor::Outcome::Fail => "FAIL",
+            };
+            println!("{mark}  {}: {}", c.name, c.detail);
+        }
+    }
+    let failed = checks.iter().filter(|c| c.outcome == dimple::doctor::Outcome::Fail).count();
+    if failed > 0 {
+        anyhow::bail!("dimple cannot run safely on {url}: {failed} check(s) failed");
+    }
+    Ok(())
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`) is fine.
+fn print_raw(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -20,6 +20,7 @@ mod conditional;
 pub mod faulty;
 mod local;
 mod metered;
+pub mod quirky;
 mod retry;
 mod s3;
 

@@ -106,6 +106,26 @@ impl S3Store {
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    /// The server's clock minus this machine's, in ms (to within a second: S3
+    /// keeps Last-Modified in whole seconds), from an object written at `key` and
+    /// removed again (`dimple doctor`).
+    pub async fn clock_skew_ms(&self, key: &str) -> StoreResult<i64> {
+        use crate::clock::Clock;
+        let before = crate::clock::SystemClock.now_ms() as i64;
+        self.put(key, b"clock".to_vec(), PutMode::Overwrite).await?;
+        let after = crate::clock::SystemClock.now_ms() as i64;
+        let full = self.full_key(key);
+        let head = self.client.head_object().bucket(&self.bucket).key(&full).send().await;
+        let _ = self.delete(key).await;
+        let head = head.map_err(|e| map_err("head", &full, e).1)?;
+        let server = head
+            .last_modified()
+            .map(|t| t.secs() * 1000)
+            .ok_or_else(|| StoreError::Io(format!("head {full}: no Last-Modified")))?;
+        // Last-Modified is truncated to the second: compare with the middle of it.
+        Ok(server + 500 - (before + after) / 2)
+    }
 }
 
 fn unquote(etag: &str) -> String {
@@ -353,6 +373,10 @@ impl Store for S3Store {
             Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
                 Err(StoreError::PreconditionFailed(m))
             }
+            // Some servers (a MinIO release) answer a failed If-None-Match with 304.
+            Err((Class::NotModified, StoreError::Unavailable(m))) if mode != PutMode::Overwrite => {
+                Err(StoreError::PreconditionFailed(m))
+            }
             // Rare: let the in-memory path handle the fallback and its warning.
             Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {
                 let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
@@ -400,6 +424,10 @@ impl Store for S3Store {
             Ok(resp) => resp,
             // AWS answers If-Match on a missing key with 404; the contract says 412.
             Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
+                return Err(StoreError::PreconditionFailed(m))
+            }
+            // Some servers (a MinIO release) answer a failed If-None-Match with 304.
+            Err((Class::NotModified, StoreError::Unavailable(m))) if mode != PutMode::Overwrite => {
                 return Err(StoreError::PreconditionFailed(m))
             }
             Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {

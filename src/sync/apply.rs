@@ -19,8 +19,15 @@ use std::path::Path;
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
 
 /// Checks every change of a downloaded batch of replica `id`, then applies it in
-/// one transaction together with the replica's cursor. Returns how many changes.
-pub fn apply_batch(r: &mut Replica, id: &str, path: &Path, key: &str, sha: &str) -> Result<usize> {
+/// one transaction together with the replica's cursor. Returns how many changes,
+/// and the tables they touch.
+pub fn apply_batch(
+    r: &mut Replica,
+    id: &str,
+    path: &Path,
+    key: &str,
+    sha: &str,
+) -> Result<(usize, std::collections::BTreeSet<String>)> {
     let batch = batch::open(path, key, id)?;
     let changes = batch.changes()?;
     let known = peers::get(&r.sync, id)?.unwrap_or_default();
@@ -59,7 +66,7 @@ pub fn apply_batch(r: &mut Replica, id: &str, path: &Path, key: &str, sha: &str)
     let h = &batch.header;
     peers::batch_applied(&tx, id, &h.batch_id, sha, &h.last_change_id, changes.len() as i64)?;
     tx.commit()?;
-    Ok(changes.len())
+    Ok((changes.len(), changes.iter().map(|c| c.entity_type.clone()).collect()))
 }
 
 /// Refuses a change that is malformed or too far in the future, before anything of

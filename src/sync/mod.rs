@@ -44,6 +44,8 @@ pub struct PullReport {
     pub replicas_seen: usize,
     pub batches: usize,
     pub changes: usize,
+    /// The tables the applied changes touch, sorted.
+    pub tables: Vec<String>,
     /// Problems recorded by this pull, one line each.
     pub problems: Vec<String>,
     /// Replicas whose changes are held until someone runs `dimple trust` (explicit

@@ -80,6 +80,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         }
     }
     crate::schema::settle(r)?;
+    report.tables.sort();
     Ok(report)
 }
 
@@ -170,9 +171,14 @@ async fn pull_replica(
     }
     let chain = chain::fetch(r, store, codec, id, &head, &known).await?;
     for link in chain.iter().rev() {
-        let n = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
+        let (n, tables) = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
         report.batches += 1;
         report.changes += n;
+        for t in tables {
+            if !report.tables.contains(&t) {
+                report.tables.push(t);
+            }
+        }
         let _ = std::fs::remove_file(&link.path);
     }
     peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;

@@ -2,6 +2,7 @@
 //! that write with plain SQL. (The in-process backoff test is in `agent/backoff.rs`.)
 
 mod backoff;
+mod fleet;
 mod harness;
 mod independence;
 mod outage;

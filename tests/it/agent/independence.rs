@@ -62,8 +62,18 @@ fn a_database_stuck_in_blocking_work_delays_no_other_and_not_the_shutdown() -> R
         Box::pin(async move { Ok(Metered::new(Box::new(LocalStore::open(&root2)?) as Box<dyn Store>)) })
     });
     let targets = vec![
-        Target { replica: Replica::open(&slow, Default::default())?, lock: agent::lock(&slow)?, open_store: open_slow },
-        Target { replica: Replica::open(&fast, Default::default())?, lock: agent::lock(&fast)?, open_store: open_fast },
+        Target {
+            replica: Replica::open(&slow, Default::default())?,
+            lock: agent::lock(&slow)?,
+            open_store: open_slow,
+            cfg: None,
+        },
+        Target {
+            replica: Replica::open(&fast, Default::default())?,
+            lock: agent::lock(&fast)?,
+            open_store: open_fast,
+            cfg: None,
+        },
     ];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
     let cfg = Config {
