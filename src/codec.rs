@@ -35,8 +35,6 @@ pub enum Kind {
     Digest,
     /// `members/<replica>.json` (encrypted groups only)
     Member,
-    /// `replicas/<replica>/schema.json`
-    Schema,
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];

@@ -113,7 +113,10 @@ fn canonical(body: &HeadBody) -> Vec<u8> {
     serde_json::to_vec(body).expect("heads serialize")
 }
 
-/// `replica.json`: who a replica is, for people and for `dimple replicas`.
+/// `replica.json`: who a replica is, for people and for `dimple replicas`, and
+/// the schema of its tracked tables (signed on its own, see [`crate::schema`]).
+/// Readers ignore fields they do not know, so builds from before the schema
+/// travelled read it as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
     pub format: i64,
@@ -121,13 +124,17 @@ pub struct Descriptor {
     pub name: String,
     pub public_key: String,
     pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
 }
 
 impl Descriptor {
     pub fn parse(bytes: &[u8], origin: &str, replica: &str) -> Result<Descriptor> {
         let bad = |r: String| Error::bad(origin, r);
-        if bytes.len() > MAX_JSON_BYTES {
-            return Err(bad(format!("descriptor is {} bytes, more than the {MAX_JSON_BYTES} allowed", bytes.len())));
+        // It carries the schema of every tracked table: more room than a head.
+        let max = crate::schema::MAX_SCHEMA_BYTES;
+        if bytes.len() > max {
+            return Err(bad(format!("descriptor is {} bytes, more than the {max} allowed", bytes.len())));
         }
         let d: Descriptor = serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed replica.json: {e}")))?;
         if d.format != FORMAT {

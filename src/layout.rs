@@ -1,9 +1,8 @@
 //! Every bucket key dimple reads or writes is built here, and only here.
 //!
 //! ```text
-//! replicas/<replica_id>/replica.json   descriptor (format, id, name, public key)
+//! replicas/<replica_id>/replica.json   descriptor (format, id, name, public key, signed schema)
 //! replicas/<replica_id>/LATEST.json    signed head: newest batch and its sha256
-//! replicas/<replica_id>/schema.json    signed schema of its tracked tables (docs/schema.md)
 //! batches/<replica_id>/<batch_id>.db   immutable batch files
 //! digests/<replica_id>.json            per-table state digests at a cursor vector (verify)
 //! snapshots/<snapshot_id>.db           immutable compacted state (compact, clone)
@@ -23,7 +22,6 @@
 pub const REPLICAS_PREFIX: &str = "replicas/";
 pub const DESCRIPTOR: &str = "replica.json";
 pub const HEAD: &str = "LATEST.json";
-pub const SCHEMA: &str = "schema.json";
 
 pub fn descriptor_key(replica: &str) -> String {
     format!("{REPLICAS_PREFIX}{replica}/{DESCRIPTOR}")
@@ -31,10 +29,6 @@ pub fn descriptor_key(replica: &str) -> String {
 
 pub fn head_key(replica: &str) -> String {
     format!("{REPLICAS_PREFIX}{replica}/{HEAD}")
-}
-
-pub fn schema_key(replica: &str) -> String {
-    format!("{REPLICAS_PREFIX}{replica}/{SCHEMA}")
 }
 
 pub fn batch_key(replica: &str, batch_id: &str) -> String {
@@ -104,7 +98,6 @@ pub fn parse_id_key<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
 pub enum ReplicaObject<'a> {
     Descriptor(&'a str),
     Head(&'a str),
-    Schema(&'a str),
 }
 
 /// Parses a listed key. Keys that are not exactly ours (extra path segments, other
@@ -118,7 +111,6 @@ pub fn parse_replica_key(key: &str) -> Option<ReplicaObject<'_>> {
     match file {
         DESCRIPTOR => Some(ReplicaObject::Descriptor(id)),
         HEAD => Some(ReplicaObject::Head(id)),
-        SCHEMA => Some(ReplicaObject::Schema(id)),
         _ => None,
     }
 }

@@ -1,12 +1,15 @@
 //! The schema travels with the data: each replica publishes the shape of its
 //! tracked tables, and each replica compares the group's with its own.
 //!
-//! `replicas/<id>/schema.json` holds, signed with the replica's key (and sealed in
-//! an encrypted group), every tracked table's `CREATE TABLE` as SQLite stores it,
-//! its key and its columns, under a version that grows with each change. A push
-//! writes it when the local shape changed (a new tracked table, a column the app
-//! added: [`crate::changelog::ingest`] notices those by itself). A pull reads a
-//! replica's copy only when its ETag changed.
+//! The replica's descriptor, `replicas/<id>/replica.json` (sealed in an encrypted
+//! group), carries under `schema` a body signed with the replica's key: every
+//! tracked table's `CREATE TABLE` as SQLite stores it, its key and its columns,
+//! under a version that grows with each change. A push rewrites the descriptor when
+//! the local shape changed (a new tracked table, a column the app added:
+//! [`crate::changelog::ingest`] notices those by itself). A pull reads a replica's
+//! descriptor only when its ETag, in the LIST it makes anyway, changed: the schema
+//! adds no object to list, so a no-op sync among R replicas still costs
+//! ceil(2R/1000) LISTs.
 //!
 //! What the group has and this replica lacks is then settled by the replica's
 //! policy ([`Policy`]): `follow` creates new tables and adds new columns itself
@@ -35,7 +38,7 @@ use std::collections::BTreeMap;
 pub const POLICY_META: &str = "schema_policy";
 /// `ZV_METADATA`: the version and hash of the schema this replica last published.
 const PUBLISHED_META: &str = "schema.published";
-/// A published schema larger than this is refused unread.
+/// A descriptor (with its schema) larger than this is refused unread.
 pub const MAX_SCHEMA_BYTES: usize = 1 << 20;
 
 /// What a replica does about tables and columns the group has and it lacks.
@@ -89,7 +92,7 @@ pub struct TableShape {
     pub columns: Vec<Column>,
 }
 
-/// `replicas/<id>/schema.json` (its body; the object adds the signature).
+/// The signed body under `schema` in `replica.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Published {
@@ -144,9 +147,11 @@ pub async fn publish(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Resul
         tables,
     };
     let signature = trust::sign(r.signing_key()?, &serde_json::to_vec(&body).expect("serializes"));
-    let key = layout::schema_key(r.id());
-    let plain = serde_json::to_vec_pretty(&Signed { body, signature }).expect("serializes");
-    store.put(&key, codec.encode(Kind::Schema, &key, plain)?, PutMode::Overwrite).await?;
+    let signed = serde_json::to_value(Signed { body, signature }).expect("serializes");
+    let key = layout::descriptor_key(r.id());
+    let plain = serde_json::to_vec_pretty(&crate::sync::descriptor(r, Some(signed))?).expect("serializes");
+    // Only this replica writes its descriptor (created once by its first push).
+    store.put(&key, codec.encode(Kind::Descriptor, &key, plain)?, PutMode::Overwrite).await?;
     crate::meta::set(&r.sync, PUBLISHED_META, &format!("{} {hash}", version + 1))?;
     Ok(true)
 }
@@ -156,15 +161,12 @@ pub(crate) fn forget_published(conn: &Connection) -> Result<()> {
     crate::meta::delete(conn, PUBLISHED_META)
 }
 
-/// Parses and verifies a published schema read from `origin` for `replica`, whose
-/// pinned key is `pinned` (None on first sight: its own key is checked against
-/// itself, and the caller pins it).
-pub fn parse(bytes: &[u8], origin: &str, replica: &str, pinned: Option<&str>) -> Result<Published> {
+/// Parses and verifies a published schema (the `schema` value of a descriptor)
+/// read from `origin` for `replica`, whose pinned key is `pinned` (None on first
+/// sight: its own key is checked against itself, and the caller pins it).
+pub fn parse(value: serde_json::Value, origin: &str, replica: &str, pinned: Option<&str>) -> Result<Published> {
     let bad = |r: String| Error::bad(origin, r);
-    if bytes.len() > MAX_SCHEMA_BYTES {
-        return Err(bad(format!("schema is {} bytes, more than the {MAX_SCHEMA_BYTES} allowed", bytes.len())));
-    }
-    let s: Signed = serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed schema: {e}")))?;
+    let s: Signed = serde_json::from_value(value).map_err(|e| bad(format!("malformed schema: {e}")))?;
     let key = pinned.unwrap_or(&s.body.public_key);
     if key != s.body.public_key {
         return Err(bad(format!(
@@ -187,8 +189,10 @@ pub fn parse(bytes: &[u8], origin: &str, replica: &str, pinned: Option<&str>) ->
 /// What this replica knows of another's schema (`ZV_METADATA`, one key each).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Known {
+    /// The descriptor's ETag when it was read.
     etag: String,
-    schema: Published,
+    /// None: its descriptor has no schema (a build from before it travelled).
+    schema: Option<Published>,
     /// `table.column`s its earlier versions had and a later one lacks.
     disappeared: Vec<String>,
 }
@@ -201,18 +205,19 @@ fn known(conn: &Connection, replica: &str) -> Result<Option<Known>> {
     Ok(crate::meta::get(conn, &known_key(replica))?.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
-/// Reads `replica`'s published schema when its ETag (from the listing) changed.
+/// Reads `replica`'s descriptor, and the schema in it, when its ETag (from the
+/// listing) changed.
 pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str, meta: &ObjectMeta) -> Result<()> {
     let before = known(&r.sync, replica)?;
     if before.as_ref().is_some_and(|k| k.etag == meta.etag) {
         return Ok(());
     }
     let pinned = peers::get(&r.sync, replica)?.and_then(|p| p.public_key);
-    let key = layout::schema_key(replica);
+    let key = layout::descriptor_key(replica);
     if meta.size > MAX_SCHEMA_BYTES as u64 {
         return Err(Error::bad(
             &key,
-            format!("schema is {} bytes, more than the {MAX_SCHEMA_BYTES} allowed", meta.size),
+            format!("replica.json is {} bytes, more than the {MAX_SCHEMA_BYTES} allowed", meta.size),
         ));
     }
     let (bytes, etag) = match store.get(&key, None).await {
@@ -220,24 +225,30 @@ pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str,
         Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let plain = codec.decode(Kind::Schema, &key, &bytes)?;
-    let schema = parse(&plain, &key, replica, pinned.as_deref())?;
+    let plain = codec.decode(Kind::Descriptor, &key, &bytes)?;
+    let descriptor = crate::head::Descriptor::parse(&plain, &key, replica)?;
+    let Some(value) = descriptor.schema else {
+        let disappeared = before.map(|b| b.disappeared).unwrap_or_default();
+        let k = Known { etag, schema: None, disappeared };
+        return crate::meta::set(&r.sync, &known_key(replica), &serde_json::to_string(&k).expect("serializes"));
+    };
+    let schema = parse(value, &key, replica, pinned.as_deref())?;
     if pinned.is_none() {
         peers::pin(&r.sync, replica, &schema.public_key, "")?;
     }
     let mut disappeared = Vec::new();
-    if let Some(old) = &before {
-        if schema.version < old.schema.version {
+    if let Some((old, old_schema)) = before.as_ref().and_then(|b| b.schema.as_ref().map(|s| (b, s))) {
+        if schema.version < old_schema.version {
             return Err(Error::bad(
                 &key,
                 format!(
                     "schema version {} is older than version {} already read: replayed",
-                    schema.version, old.schema.version
+                    schema.version, old_schema.version
                 ),
             ));
         }
         disappeared = old.disappeared.clone();
-        for t in &old.schema.tables {
+        for t in &old_schema.tables {
             let Some(now) = schema.tables.iter().find(|n| n.name == t.name) else { continue };
             for c in &t.columns {
                 let gone = format!("{}.{}", t.name, c.name);
@@ -247,7 +258,7 @@ pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str,
             }
         }
     }
-    let k = Known { etag, schema, disappeared };
+    let k = Known { etag, schema: Some(schema), disappeared };
     crate::meta::set(&r.sync, &known_key(replica), &serde_json::to_string(&k).expect("serializes"))
 }
 
@@ -341,7 +352,8 @@ pub fn diff(conn: &Connection) -> Result<Diff> {
                 there: "dropped or renamed (a later schema version no longer has it)".to_owned(),
             });
         }
-        for t in &k.schema.tables {
+        let Some(schema) = &k.schema else { continue };
+        for t in &schema.tables {
             if let Some(other) = tables.get(&t.name).map(|(s, _)| s) {
                 if other.key != t.key {
                     d.conflicts.push(Conflict {
@@ -474,16 +486,16 @@ pub fn settle(r: &mut Replica) -> Result<Diff> {
         }
     }
     for (replica, reason) in failed {
-        problems::record(&r.sync, &replica, &layout::schema_key(&replica), &reason, &now)?;
+        problems::record(&r.sync, &replica, &layout::descriptor_key(&replica), &reason, &now)?;
     }
     let left = if changed { diff(&r.sync)? } else { d };
     for c in &left.conflicts {
         let reason = format!("schema of {}: {} here, {} there; not applied (docs/schema.md)", c.what, c.here, c.there);
-        problems::record(&r.sync, &c.replica, &layout::schema_key(&c.replica), &reason, &now)?;
+        problems::record(&r.sync, &c.replica, &layout::descriptor_key(&c.replica), &reason, &now)?;
     }
     for c in &left.missing_columns {
         if let Err(why) = &c.ddl {
-            problems::record(&r.sync, &c.replicas[0], &layout::schema_key(&c.replicas[0]), why, &now)?;
+            problems::record(&r.sync, &c.replicas[0], &layout::descriptor_key(&c.replicas[0]), why, &now)?;
         }
     }
     Ok(left)

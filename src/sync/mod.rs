@@ -26,7 +26,7 @@ mod push;
 pub use apply::MAX_VALUE_KEY;
 pub use pull::pull;
 pub use push::push;
-pub(crate) use push::{publish_descriptor, put_descriptor};
+pub(crate) use push::{descriptor, publish_descriptor, put_descriptor};
 
 use crate::error::Result;
 use crate::replica::Replica;

@@ -37,8 +37,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             }
             Some(ReplicaObject::Descriptor(id)) => {
                 heads.entry(id.to_owned()).or_default();
-            }
-            Some(ReplicaObject::Schema(id)) => {
+                // The descriptor carries the replica's schema.
                 schemas.insert(id.to_owned(), meta);
             }
             None => {}
@@ -54,7 +53,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         peers::seen(&r.sync, &id, &now)?;
         let pulled = match &head {
             Some(head) => pull_replica(r, store, &codec, &id, head, mode, &mut report).await,
-            // No head yet (nothing pushed): only its schema may be new.
+            // No head yet (nothing pushed): only its schema (descriptor) may be new.
             None if schemas.contains_key(&id) && schema_readable(r, &id, mode)? => Ok(Pulled::Applied),
             None => continue,
         };

@@ -175,16 +175,22 @@ pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store, codec
     meta::set_descriptor_published(&r.sync, &clock::rfc3339(r.hlc.now_ms()))
 }
 
-/// Writes `replica.json` (create-only; an earlier copy with our key is accepted).
-pub(crate) async fn put_descriptor(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<()> {
-    let me = r.id().to_owned();
-    let d = Descriptor {
+/// This replica's `replica.json`, with `schema` (signed) when given.
+pub(crate) fn descriptor(r: &mut Replica, schema: Option<serde_json::Value>) -> Result<Descriptor> {
+    Ok(Descriptor {
         format: FORMAT,
-        replica: me.clone(),
+        replica: r.id().to_owned(),
         name: r.name()?,
         public_key: r.public_key()?,
         created_at: meta::get(&r.sync, "created_at")?.unwrap_or_default(),
-    };
+        schema,
+    })
+}
+
+/// Writes `replica.json` (create-only; an earlier copy with our key is accepted).
+pub(crate) async fn put_descriptor(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<()> {
+    let me = r.id().to_owned();
+    let d = descriptor(r, None)?;
     let key = layout::descriptor_key(&me);
     let bytes = codec.encode(Kind::Descriptor, &key, serde_json::to_vec_pretty(&d).expect("serializes"))?;
     // Already there: ours when it carries our key (an earlier attempt, or the

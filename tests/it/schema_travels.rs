@@ -178,8 +178,10 @@ fn publish_as(g: &Group, r: &Replica, version: i64, tables: Vec<schema::TableSha
     let public_key = dimple::trust::public_b64(&key);
     let body = Published { format: dimple::FORMAT, replica: r.id().to_owned(), public_key, version, tables };
     let signature = dimple::trust::sign(&key, &serde_json::to_vec(&body).unwrap());
-    let bytes = serde_json::to_vec(&serde_json::json!({"body": body, "signature": signature})).unwrap();
-    std::fs::write(g.bucket().join(layout::schema_key(r.id())), bytes).unwrap();
+    let path = g.bucket().join(layout::descriptor_key(r.id()));
+    let mut descriptor: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    descriptor["schema"] = serde_json::json!({"body": body, "signature": signature});
+    std::fs::write(path, serde_json::to_vec(&descriptor).unwrap()).unwrap();
 }
 
 fn shape(name: &str, sql: &str) -> schema::TableShape {
@@ -231,7 +233,7 @@ fn each_hostile_ddl_shape_is_refused_with_nothing_executed() -> TestResult {
         assert_eq!(user_objects(f.conn()), before, "{sql}: nothing was created");
         let problems = dimple::status::status(&f)?.problems;
         assert!(
-            problems.iter().any(|p| p.replica == a.id() && p.object_key == layout::schema_key(a.id())),
+            problems.iter().any(|p| p.replica == a.id() && p.object_key == layout::descriptor_key(a.id())),
             "{sql}: refused as a problem of the publisher: {problems:?}"
         );
         let d = schema::diff(f.conn())?;
@@ -250,17 +252,21 @@ fn a_schema_signed_by_another_key_or_an_older_version_is_refused() -> TestResult
         sync(&g, r);
     }
     // b signs a schema and puts it under a's name.
-    let forged = std::fs::read(g.bucket().join(layout::schema_key(b.id())))?;
-    let saved = std::fs::read(g.bucket().join(layout::schema_key(a.id())))?;
-    std::fs::write(g.bucket().join(layout::schema_key(a.id())), &forged)?;
+    let forged = std::fs::read(g.bucket().join(layout::descriptor_key(b.id())))?;
+    let saved = std::fs::read(g.bucket().join(layout::descriptor_key(a.id())))?;
+    std::fs::write(g.bucket().join(layout::descriptor_key(a.id())), &forged)?;
     let report = sync(&g, &mut f);
-    assert!(report.pull.problems.iter().any(|p| p.contains(&layout::schema_key(a.id()))), "{:?}", report.pull.problems);
-    std::fs::write(g.bucket().join(layout::schema_key(a.id())), &saved)?;
+    assert!(
+        report.pull.problems.iter().any(|p| p.contains(&layout::descriptor_key(a.id()))),
+        "{:?}",
+        report.pull.problems
+    );
+    std::fs::write(g.bucket().join(layout::descriptor_key(a.id())), &saved)?;
     a.conn().execute_batch("ALTER TABLE t ADD COLUMN late TEXT")?;
     sync(&g, &mut a);
     sync(&g, &mut f);
     // The version before the new column, put back: a replay.
-    std::fs::write(g.bucket().join(layout::schema_key(a.id())), &saved)?;
+    std::fs::write(g.bucket().join(layout::descriptor_key(a.id())), &saved)?;
     let report = sync(&g, &mut f);
     assert!(report.pull.problems.iter().any(|p| p.contains("replayed")), "{:?}", report.pull.problems);
     Ok(())
