@@ -38,7 +38,7 @@
 //! - `peers`: the other replicas (`ZV_REPLICA`): keys, trust, cursors
 //! - `store`: the bucket as a key space (local directory, S3, retries, fault
 //!   injection, metering); `layout`: every bucket key
-//! - `status`: what `dimple status` reports
+//! - `status`: what `dimple status` reports; `retention`: pruning superseded history
 //! - `direction`: push-only, pull-only or both
 //! - `export`: tracked tables to and from CSV/JSON files
 //! - `fork`: a copied database goes on as a new replica, keeping its writes
@@ -71,6 +71,7 @@ pub mod migrate;
 pub mod peers;
 pub mod problems;
 pub mod replica;
+pub mod retention;
 pub mod schema;
 pub mod seal;
 mod secret;

@@ -29,6 +29,9 @@ pub struct Status {
     /// The encrypted group, when the replica is in one.
     pub encryption: Option<crate::group::GroupStatus>,
     pub schema_policy: crate::schema::Policy,
+    /// How long superseded history is kept, and from when it is complete.
+    pub retention: crate::retention::Retention,
+    pub history_complete_from: Option<String>,
     /// Tables and columns other replicas have and this one lacks (`dimple schema`).
     pub schema_missing: usize,
 }
@@ -52,6 +55,8 @@ pub fn status(r: &Replica) -> Result<Status> {
         waiting_for_trust: waiting_for_trust(r)?,
         encryption: crate::group::status(r)?,
         schema_policy: crate::schema::policy(conn)?,
+        retention: crate::retention::get(conn)?,
+        history_complete_from: crate::retention::complete_from(conn)?,
         schema_missing: {
             let d = crate::schema::diff(conn)?;
             d.missing_tables.len() + d.missing_columns.len()

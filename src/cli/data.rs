@@ -72,6 +72,17 @@ pub enum DataCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Drop superseded changes older than the retention (default 30 days) from the
+    /// local log now (a sync does it hourly); the winning change of every row and
+    /// column, and everything newer, stay. --keep sets the retention first.
+    Prune {
+        db: PathBuf,
+        /// Days of superseded history to keep, or `all`.
+        #[arg(long, value_name = "DAYS|all")]
+        keep: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Make DB a new replica of the bucket at URL: latest snapshot, then the batches after it.
     Clone {
         url: String,
@@ -133,6 +144,24 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
                 for k in &report.deleted {
                     println!("deleted {k}");
                 }
+            }
+        }
+        DataCommand::Prune { db, keep, json } => {
+            let mut r = open(&db)?;
+            if let Some(k) = keep {
+                dimple::retention::set(r.conn(), k.parse::<dimple::retention::Retention>()?)?;
+            }
+            let pruned = dimple::retention::prune(&mut r)?;
+            if json.json {
+                print_json(&pruned)?;
+            } else {
+                println!(
+                    "pruned {} superseded changes ({} transactions); keeping {}; history complete from {}",
+                    pruned.changes,
+                    pruned.transactions,
+                    dimple::retention::get(r.conn())?,
+                    pruned.complete_from.as_deref().unwrap_or("the start")
+                );
             }
         }
         DataCommand::Clone { url, db, name, passphrase, store, json } => {

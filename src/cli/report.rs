@@ -64,6 +64,10 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
             println!("pending   {} changes", st.pending_changes);
             println!("last sync {}", st.last_sync.as_deref().unwrap_or("never"));
             println!("log       {} changes from {} other replicas", st.changes_in_log, st.replicas_known);
+            match &st.history_complete_from {
+                Some(t) => println!("history   keeps {}; complete from {t}", st.retention),
+                None => println!("history   keeps {}; complete", st.retention),
+            }
             if st.problems.is_empty() {
                 println!("problems  none");
             }
@@ -151,6 +155,11 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
             let log = dimple::changelog::history(r.conn(), entity, limit)?;
             if out.json {
                 return print_json(&log);
+            }
+            if let Some(t) = dimple::retention::complete_from(r.conn())? {
+                println!(
+                    "(history complete from {t}: older superseded changes were pruned; `dimple prune --keep all` keeps them from now on)"
+                );
             }
             let names: std::collections::HashMap<String, String> =
                 status::replicas(&r)?.into_iter().filter_map(|i| Some((i.id, i.name?))).collect();

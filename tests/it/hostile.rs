@@ -330,16 +330,21 @@ fn a_head_of_an_unknown_format_is_refused() {
     );
 }
 
-/// `replica.json` is for people: pull never reads it (the signed head carries the
-/// name and the key, and reading descriptors would cost a request per replica). So a
-/// malformed, empty or huge one does no harm: `a2` still arrives. Where it is read
-/// (a push checking who owns an id), `Descriptor::parse` refuses it with a reason.
+/// `replica.json` is for people, and carries the replica's signed schema
+/// (docs/schema.md). A malformed, empty or huge one is a problem of that replica
+/// (its schema cannot be read), and harms nothing else: `a2` and `c2` still
+/// arrive, and `Descriptor::parse` says why.
 fn descriptor_attack(bytes: Vec<u8>, phrase: &str) {
     let mut s = Scene::new();
     let key = layout::descriptor_key(s.a.id());
+    let good = s.get(&key);
     s.put(&key, bytes.clone());
     let report = s.pull();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().all(|p| p.starts_with(&key) && p.contains(phrase)) && report.problems.len() == 1,
+        "{:?}",
+        report.problems
+    );
     assert!(s.has("a2") && s.has("c2"));
     match Descriptor::parse(&bytes, &key, s.a.id()) {
         Err(dimple::Error::BadData { origin, reason }) => {
@@ -348,20 +353,22 @@ fn descriptor_attack(bytes: Vec<u8>, phrase: &str) {
         }
         other => panic!("{other:?}"),
     }
+    // Recovery: the descriptor is put back.
+    s.put(&key, good);
     s.later_change_syncs(true);
 }
 
 #[test]
-fn a_malformed_replica_json_is_ignored_by_pull_and_refused_by_parse() {
+fn a_malformed_replica_json_is_a_problem_and_harms_nothing_else() {
     descriptor_attack(b"{\"format\": 1, \"replica\": ".to_vec(), "malformed replica.json");
 }
 
 #[test]
-fn an_empty_replica_json_is_ignored_by_pull_and_refused_by_parse() {
+fn an_empty_replica_json_is_a_problem_and_harms_nothing_else() {
     descriptor_attack(Vec::new(), "malformed replica.json");
 }
 
 #[test]
-fn a_huge_replica_json_is_ignored_by_pull_and_refused_by_parse() {
-    descriptor_attack(vec![b'{'; 100 * 1024], "more than the 65536 allowed");
+fn a_huge_replica_json_is_a_problem_and_harms_nothing_else() {
+    descriptor_attack(vec![b'{'; 2 << 20], "more than the 1048576 allowed");
 }

@@ -14,6 +14,7 @@ mod fuzz;
 mod hostile;
 mod merge_rules;
 mod requests;
+mod retention;
 mod s3_store;
 mod schema;
 mod schema_travels;
