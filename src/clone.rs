@@ -107,7 +107,7 @@ pub async fn clone_with_keys(
     Ok((r, report))
 }
 
-async fn download(
+pub(crate) async fn download(
     r: &Replica,
     store: &dyn Store,
     codec: &crate::codec::Codec,
@@ -143,7 +143,7 @@ fn user_tables(conn: &Connection) -> Result<Vec<String>> {
 }
 
 /// Checks a downloaded snapshot and returns its tables' (name, CREATE TABLE).
-fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
     let format: Option<i64> =

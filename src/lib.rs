@@ -50,6 +50,7 @@
 
 pub mod agent;
 pub mod batch;
+pub mod catchup;
 pub mod changelog;
 pub mod clock;
 pub mod clone;

@@ -132,6 +132,11 @@ pub struct CompactReport {
     /// Whether LATEST.json now points at this snapshot (false: a newer one exists).
     pub published: bool,
     pub deleted: Vec<String>,
+    /// Batches deleted because the snapshot covers them (`compact --prune`).
+    pub pruned_batches: Vec<String>,
+    /// The cursor (replica, batch id) of every author the snapshot reflects.
+    #[serde(skip)]
+    pub covered: Vec<(String, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -239,11 +244,59 @@ pub async fn latest(store: &dyn Store, codec: &Codec) -> Result<Option<(Pointer,
 /// Writes a snapshot of `r` to the bucket, points LATEST.json at it, and deletes
 /// snapshots superseded for longer than `grace`.
 pub async fn compact(r: &mut Replica, store: &dyn Store, grace: Duration) -> Result<CompactReport> {
+    compact_with(r, store, grace, false).await
+}
+
+/// [`compact`], and with `prune_batches` the batches the new snapshot covers and
+/// older than `grace` are deleted too: the bucket stops growing. A replica whose
+/// cursor falls behind them catches up from the snapshot ([`crate::catchup`]).
+pub async fn compact_with(
+    r: &mut Replica,
+    store: &dyn Store,
+    grace: Duration,
+    prune_batches: bool,
+) -> Result<CompactReport> {
     r.capture()?;
     // Clones check the snapshot's signature against the key the source publishes.
     let codec = crate::group::prepare(r, store, false).await?;
     crate::sync::publish_descriptor(r, store, &codec).await?;
-    write_and_point(r, store, &codec, grace).await
+    let mut report = write_and_point(r, store, &codec, grace).await?;
+    if prune_batches && report.published {
+        report.pruned_batches = prune_covered(r, store, &report.covered, grace).await?;
+    }
+    Ok(report)
+}
+
+/// Deletes every batch at or before a covered cursor and older than `grace`
+/// (create-only objects are deleted, never rewritten).
+async fn prune_covered(
+    r: &Replica,
+    store: &dyn Store,
+    covered: &[(String, String)],
+    grace: Duration,
+) -> Result<Vec<String>> {
+    let cutoff = r.opts.clock.now_ms().saturating_sub(grace.as_millis() as u64);
+    let mut deleted = Vec::new();
+    for (replica, cursor) in covered {
+        if !layout::is_canonical_uuid(replica) {
+            continue;
+        }
+        for meta in list_all(store, &format!("batches/{replica}/"), None).await? {
+            let Some(batch_id) =
+                meta.key.strip_prefix(&format!("batches/{replica}/")).and_then(|k| k.strip_suffix(".db"))
+            else {
+                continue;
+            };
+            let Some(uuid) = parse_id(batch_id) else { continue };
+            if batch_id <= cursor.as_str() && stamp_of(&uuid).ms < cutoff {
+                match store.delete(&meta.key).await {
+                    Ok(()) | Err(StoreError::NotFound(_)) => deleted.push(meta.key),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// The snapshot of `r` as the first object of another group's bucket (`dimple
@@ -265,6 +318,14 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
             return Err(e);
         }
     };
+    // What the snapshot covers, read before it is sealed.
+    let covered: Vec<(String, String)> = Connection::open(&path)
+        .and_then(|c| {
+            c.prepare("SELECT replica, batch_id FROM ZV_CURSOR WHERE batch_id IS NOT NULL")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .map_err(Error::from)?;
     // Hashed and uploaded from the file: a snapshot is as big as the database.
     let key = layout::snapshot_key(&snapshot_id);
     if let Err(e) = codec.encode_file(Kind::Snapshot, &key, &path) {
@@ -321,6 +382,8 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
         cursors: counts.cursors,
         published,
         deleted,
+        pruned_batches: Vec::new(),
+        covered,
     })
 }
 

@@ -64,9 +64,14 @@ pub enum DataCommand {
     /// Write a snapshot of this replica's state to the bucket (for fast clones).
     Compact {
         db: PathBuf,
-        /// Delete superseded snapshots older than this many days.
+        /// Delete superseded snapshots older than this many days (and, with
+        /// --prune, covered batches older than it).
         #[arg(long, default_value_t = 7)]
         keep_days: u64,
+        /// Also delete the batches the new snapshot covers, older than --keep-days:
+        /// the bucket stops growing. Replicas behind them catch up from the snapshot.
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -123,11 +128,11 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
             }
         }
         DataCommand::Verify { db, repair, local, store, json } => verify(db, repair, local, store, json.json).await?,
-        DataCommand::Compact { db, keep_days, store, json } => {
+        DataCommand::Compact { db, keep_days, prune, store, json } => {
             let mut r = open(&db)?;
             let s = store_for(&r, &store).await?;
             let grace = std::time::Duration::from_secs(keep_days * 24 * 3600);
-            let report = dimple::snapshot::compact(&mut r, &s, grace).await?;
+            let report = dimple::snapshot::compact_with(&mut r, &s, grace, prune).await?;
             if json.json {
                 print_json(&serde_json::json!({"compact": report, "requests": s.stats()}))?;
             } else {
@@ -143,6 +148,9 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
                 );
                 for k in &report.deleted {
                     println!("deleted {k}");
+                }
+                if prune {
+                    println!("pruned {} batches the snapshot covers", report.pruned_batches.len());
                 }
             }
         }

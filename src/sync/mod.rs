@@ -46,6 +46,11 @@ pub struct PullReport {
     pub changes: usize,
     /// The tables the applied changes touch, sorted.
     pub tables: Vec<String>,
+    /// Replicas whose pruned batches were made up for from the newest snapshot.
+    pub caught_up: Vec<String>,
+    /// The snapshot is fetched at most once per pull, for whichever replica needs it.
+    #[serde(skip)]
+    pub(crate) tried_snapshot: bool,
     /// Problems recorded by this pull, one line each.
     pub problems: Vec<String>,
     /// Replicas whose changes are held until someone runs `dimple trust` (explicit

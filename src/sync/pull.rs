@@ -168,7 +168,26 @@ async fn pull_replica(
             ));
         }
     }
-    let chain = chain::fetch(r, store, codec, id, &head, &known).await?;
+    let chain = match chain::fetch(r, store, codec, id, &head, &known).await {
+        // Batches pruned by compaction: the newest snapshot covers them.
+        Err(Error::BadData { origin, reason })
+            if reason.contains("missing from the chain") && !report.tried_snapshot =>
+        {
+            report.tried_snapshot = true;
+            let moved = crate::catchup::from_snapshot(r, store, codec).await?;
+            report.caught_up.extend(moved.iter().cloned());
+            if !moved.iter().any(|m| m == id) {
+                return Err(Error::BadData { origin, reason });
+            }
+            let known = peers::get(&r.sync, id)?.unwrap_or_default();
+            if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
+                peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;
+                return Ok(Pulled::Applied);
+            }
+            chain::fetch(r, store, codec, id, &head, &known).await?
+        }
+        other => other?,
+    };
     for link in chain.iter().rev() {
         let (n, tables) = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
         report.batches += 1;

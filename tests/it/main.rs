@@ -2,6 +2,7 @@
 
 mod agent;
 mod bad_input;
+mod bounded;
 mod capture;
 mod concurrency;
 mod convergence;

@@ -1,0 +1,139 @@
+//! Catching up from the newest snapshot when the batches a replica still needs
+//! were pruned by `dimple compact --prune` (docs/bootstrap.md).
+//!
+//! A snapshot holds, per (row, column), the winning change and every cursor it
+//! reflects. Merging those winners into a replica that is behind gives the state
+//! that replaying the pruned batches would have given (last-writer-wins keeps the
+//! greatest change per column, whatever the order), so the replica merges them like
+//! any remote changes, moves its cursors forward to the snapshot's, and walks the
+//! chains from there. Its own writes, pushed or not, stay in its log and win or lose
+//! as they would have. Only authors this replica accepts are taken from the
+//! snapshot: not revoked, trusted in an explicit group, and with the key pinned here
+//! if there is one; the others stay where they are (and their problem with them).
+
+use crate::clone;
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::merge::{Change, Merger};
+use crate::peers::{self, Trust};
+use crate::replica::Replica;
+use crate::snapshot;
+use crate::store::Store;
+use crate::trust::TrustMode;
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+/// Merges the newest snapshot into `r` for the authors it accepts. Returns the
+/// replicas whose cursor moved forward (empty: the snapshot did not help).
+pub async fn from_snapshot(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Vec<String>> {
+    let Some((pointer, _)) = snapshot::latest(store, codec).await? else { return Ok(Vec::new()) };
+    pointer.verify_source(store, codec, &crate::layout::snapshot_pointer_key()).await?;
+    let path = clone::download(r, store, codec, &pointer).await?;
+    let out = merge_file(r, &path, &pointer.key);
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<Vec<String>> {
+    clone::inspect(path, origin)?;
+    r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
+    let out = merge_attached(r, origin);
+    r.sync.execute_batch("DETACH snap")?;
+    out
+}
+
+fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
+    let me = r.id().to_owned();
+    let mode = crate::trust::mode(&r.sync)?;
+    let with_authors: bool = r.sync.query_row(
+        "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_AUTHOR'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !with_authors {
+        return Ok(Vec::new()); // a snapshot of an older build: replay is the only way
+    }
+    type Cursor = (String, Option<String>, Option<String>, Option<String>, Option<String>, i64);
+    let cursors: Vec<Cursor> = r
+        .sync
+        .prepare(
+            "SELECT replica, public_key, batch_id, batch_sha256, last_change_id, change_count FROM snap.ZV_CURSOR",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut moved = Vec::new();
+    for (id, key, batch_id, sha, last, count) in cursors {
+        if id == me {
+            continue;
+        }
+        let known = peers::get(&r.sync, &id)?.unwrap_or_default();
+        let accepted = match known.trust {
+            Trust::Revoked => false,
+            Trust::Trusted => true,
+            Trust::Pinned => mode == TrustMode::Pinned,
+        };
+        let same_key = known.public_key.is_none() || known.public_key == key;
+        let ahead = match (&last, &known.last_change_id) {
+            (Some(theirs), Some(ours)) => theirs > ours,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if accepted && same_key && ahead && key.is_some() {
+            moved.push((id, key, batch_id, sha, last, count));
+        }
+    }
+    if moved.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    r.hlc.observe_persisted(&tx)?;
+    crate::changelog::ingest(&tx, &mut r.hlc, &me)?;
+    let now = crate::clock::rfc3339(r.opts.clock.now_ms());
+    {
+        let mut stmt = tx.prepare(
+            "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
+             FROM snap.ZV_CHANGE c JOIN snap.ZV_AUTHOR a ON a.n = c.author_n
+             WHERE a.id = ?1 AND c.id <= ?2 ORDER BY c.id",
+        )?;
+        let merger = Merger::new(&tx)?;
+        let mut txn = tx.prepare_cached("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
+        for (id, key, batch_id, sha, last, count) in &moved {
+            let last = last.as_deref().unwrap_or_default();
+            let changes: Vec<Change> = stmt
+                .query_map(params![id, last], |row| {
+                    Ok(Change {
+                        id: row.get(0)?,
+                        transaction_id: row.get(1)?,
+                        entity_type: row.get(2)?,
+                        entity_id: row.get(3)?,
+                        attribute: row.get(4)?,
+                        old_value: row.get(5)?,
+                        new_value: row.get(6)?,
+                        author: row.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            for c in &changes {
+                txn.execute(params![c.transaction_id, id])?;
+            }
+            merger
+                .apply_many(&changes)
+                .map_err(|e| Error::bad(origin, format!("cannot merge the snapshot's changes of {id}: {e}")))?;
+            peers::seen(&tx, id, &now)?;
+            if peers::get(&tx, id)?.is_some_and(|p| p.public_key.is_none()) {
+                peers::pin(&tx, id, key.as_deref().unwrap_or_default(), "")?;
+            }
+            let applied: Option<i64> =
+                tx.query_row("SELECT change_count FROM ZV_REPLICA WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+            tx.execute(
+                "UPDATE ZV_REPLICA SET batch_id = ?2, batch_sha256 = ?3, last_change_id = ?4, change_count = ?5, head_etag = NULL WHERE id = ?1",
+                params![id, batch_id, sha, last, applied.unwrap_or(0).max(*count)],
+            )?;
+        }
+    }
+    if let Some(newest) = moved.iter().filter_map(|m| m.4.as_deref().and_then(crate::clock::parse_id)).max() {
+        r.hlc.observe(&newest);
+    }
+    crate::changelog::save_clock(&tx, &r.hlc)?;
+    tx.commit()?;
+    Ok(moved.into_iter().map(|m| m.0).collect())
+}

@@ -1,0 +1,111 @@
+//! A bucket that stops growing: `compact --prune` deletes the batches the new
+//! snapshot covers (after a grace period), and a replica behind them catches up
+//! from the snapshot by itself, losing nothing (docs/bootstrap.md).
+
+use crate::support::*;
+use dimple::Replica;
+use std::time::Duration;
+
+fn sync(g: &Group, r: &mut Replica) -> dimple::SyncReport {
+    let report = block_on(dimple::sync(r, &g.store())).unwrap();
+    g.clock.advance(3);
+    report
+}
+
+fn batches(g: &Group) -> usize {
+    let dir = g.bucket().join("batches");
+    std::fs::read_dir(&dir).map(|d| d.map(|e| std::fs::read_dir(e.unwrap().path()).unwrap().count()).sum()).unwrap_or(0)
+}
+
+fn compact_and_prune(g: &Group, r: &mut Replica, grace: Duration) -> dimple::snapshot::CompactReport {
+    block_on(dimple::snapshot::compact_with(r, &g.store(), grace, true)).unwrap()
+}
+
+#[test]
+fn a_replica_behind_pruned_batches_catches_up_from_the_snapshot_and_keeps_its_writes() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    for i in 0..3 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", rusqlite::params![format!("early{i}"), i])?;
+        sync(&g, &mut a);
+    }
+    sync(&g, &mut b);
+    // b goes offline with a write of its own; a goes on, then compacts and prunes.
+    b.conn().execute("INSERT INTO t VALUES ('from-b', 7, 'offline', 1.5)", [])?;
+    b.conn().execute("UPDATE t SET b = 'b was here' WHERE id = 'early0'", [])?;
+    b.capture()?;
+    for i in 0..5 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'y', 0.5)", rusqlite::params![format!("later{i}"), i])?;
+        a.conn().execute("UPDATE t SET a = a + 100 WHERE id = 'early1'", [])?;
+        sync(&g, &mut a);
+    }
+    let report = compact_and_prune(&g, &mut a, Duration::ZERO);
+    assert_eq!(report.pruned_batches.len(), 8, "every batch a pushed is covered: {:?}", report.pruned_batches);
+    assert_eq!(batches(&g), 0);
+    // More after the snapshot: b needs these from the chain.
+    a.conn().execute("INSERT INTO t VALUES ('after-snapshot', 1, 'z', 0.5)", [])?;
+    sync(&g, &mut a);
+    let back = sync(&g, &mut b);
+    assert!(back.pull.problems.is_empty(), "{:?}", back.pull.problems);
+    assert_eq!(back.pull.caught_up, vec![a.id().to_owned()]);
+    sync(&g, &mut a);
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"), "b caught up and a got b's writes");
+    let early0_b: String = a.conn().query_row("SELECT b FROM t WHERE id = 'early0'", [], |r| r.get(0))?;
+    assert_eq!(early0_b, "b was here", "the offline write kept its place in last-writer-wins");
+    assert!(dimple::verify::check(&mut b)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn batches_younger_than_the_grace_period_are_kept() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    sync(&g, &mut a);
+    let report = compact_and_prune(&g, &mut a, Duration::from_secs(7 * 86_400));
+    assert!(report.pruned_batches.is_empty());
+    assert_eq!(batches(&g), 1);
+    g.clock.advance(8 * 86_400_000);
+    let report = compact_and_prune(&g, &mut a, Duration::from_secs(7 * 86_400));
+    assert_eq!(report.pruned_batches.len(), 1);
+    Ok(())
+}
+
+/// 20 rounds of updates over a few rows, compaction every 5 rounds: the bucket
+/// holds the newest snapshot and the batches after it, not the whole history, and
+/// both a fresh clone and a replica last synced long ago end up equal.
+#[test]
+fn compaction_with_pruning_keeps_the_bucket_bounded() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut w2) = (g.replica("a"), g.replica("w2"));
+    let mut old = g.replica("old");
+    for i in 0..10 {
+        a.conn().execute("INSERT INTO t VALUES (?1, 0, 'x', 0.5)", [format!("k{i}")])?;
+    }
+    sync(&g, &mut a);
+    sync(&g, &mut old);
+    let mut most = 0;
+    for round in 1..=20 {
+        for (n, w) in [&mut a, &mut w2].into_iter().enumerate() {
+            w.conn().execute(
+                "UPDATE t SET a = ?1 WHERE id = ?2",
+                rusqlite::params![round, format!("k{}", (round + n) % 10)],
+            )?;
+            sync(&g, w);
+        }
+        if round % 5 == 0 {
+            sync(&g, &mut a);
+            compact_and_prune(&g, &mut a, Duration::ZERO);
+        }
+        most = most.max(batches(&g));
+    }
+    assert!(most <= 2 * 5 + 2, "at most the batches of five rounds per writer between compactions: {most}");
+    sync(&g, &mut w2);
+    sync(&g, &mut a);
+    let report = sync(&g, &mut old);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert_eq!(rows(old.conn(), "t"), rows(a.conn(), "t"));
+    let (c, _) = block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &g.store(), &|_| {}))?;
+    assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
