@@ -35,6 +35,13 @@ pub fn record_local(conn: &Connection, me: &str, origin: &str, reason: &str, now
     upsert(conn, me, origin, reason, now)
 }
 
+/// The replicas that have problems now.
+pub fn replicas(conn: &Connection) -> Result<std::collections::BTreeSet<String>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT replica FROM ZV_PROBLEM")?;
+    let ids = stmt.query_map([], |r| r.get(0))?;
+    Ok(ids.collect::<rusqlite::Result<_>>()?)
+}
+
 /// A replica that synced cleanly has no problems left.
 pub fn clear(conn: &Connection, replica: &str) -> Result<()> {
     conn.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1", [replica])?;

@@ -36,6 +36,8 @@ use std::collections::BTreeMap;
 
 /// `ZV_METADATA`: this replica's schema policy.
 pub const POLICY_META: &str = "schema_policy";
+/// `ZV_METADATA`: the local shape and policy at the last settle.
+const SETTLED_META: &str = "schema.settled";
 /// `ZV_METADATA`: the version and hash of the schema this replica last published.
 const PUBLISHED_META: &str = "schema.published";
 /// A descriptor (with its schema) larger than this is refused unread.
@@ -201,17 +203,23 @@ fn known_key(replica: &str) -> String {
     format!("schema.of.{replica}")
 }
 
+/// The descriptor ETag last read, kept apart so a no-op pull compares one string
+/// instead of parsing a schema.
+fn etag_key(replica: &str) -> String {
+    format!("schema.etag.{replica}")
+}
+
 fn known(conn: &Connection, replica: &str) -> Result<Option<Known>> {
     Ok(crate::meta::get(conn, &known_key(replica))?.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
 /// Reads `replica`'s descriptor, and the schema in it, when its ETag (from the
-/// listing) changed.
-pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str, meta: &ObjectMeta) -> Result<()> {
-    let before = known(&r.sync, replica)?;
-    if before.as_ref().is_some_and(|k| k.etag == meta.etag) {
-        return Ok(());
+/// listing) changed. Returns whether it read one.
+pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str, meta: &ObjectMeta) -> Result<bool> {
+    if crate::meta::get(&r.sync, &etag_key(replica))?.as_deref() == Some(meta.etag.as_str()) {
+        return Ok(false);
     }
+    let before = known(&r.sync, replica)?;
     let pinned = peers::get(&r.sync, replica)?.and_then(|p| p.public_key);
     let key = layout::descriptor_key(replica);
     if meta.size > MAX_SCHEMA_BYTES as u64 {
@@ -222,7 +230,7 @@ pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str,
     }
     let (bytes, etag) = match store.get(&key, None).await {
         Ok(Got::Found { bytes, etag }) => (bytes, etag),
-        Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => return Ok(()),
+        Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
     let plain = codec.decode(Kind::Descriptor, &key, &bytes)?;
@@ -230,7 +238,8 @@ pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str,
     let Some(value) = descriptor.schema else {
         let disappeared = before.map(|b| b.disappeared).unwrap_or_default();
         let k = Known { etag, schema: None, disappeared };
-        return crate::meta::set(&r.sync, &known_key(replica), &serde_json::to_string(&k).expect("serializes"));
+        save_known(r, replica, &k)?;
+        return Ok(true);
     };
     let schema = parse(value, &key, replica, pinned.as_deref())?;
     if pinned.is_none() {
@@ -259,7 +268,16 @@ pub async fn fetch(r: &Replica, store: &dyn Store, codec: &Codec, replica: &str,
         }
     }
     let k = Known { etag, schema: Some(schema), disappeared };
-    crate::meta::set(&r.sync, &known_key(replica), &serde_json::to_string(&k).expect("serializes"))
+    save_known(r, replica, &k)?;
+    Ok(true)
+}
+
+fn save_known(r: &Replica, replica: &str, k: &Known) -> Result<()> {
+    let tx = r.sync.unchecked_transaction()?;
+    crate::meta::set(&tx, &known_key(replica), &serde_json::to_string(k).expect("serializes"))?;
+    crate::meta::set(&tx, &etag_key(replica), &k.etag)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// A table the group tracks and this replica does not have.
@@ -443,6 +461,31 @@ pub fn diff(conn: &Connection) -> Result<Diff> {
         }
     }
     Ok(d)
+}
+
+/// [`settle`] when something may have changed: a schema was read in this pull (or
+/// problems were there to clear), or the local shape (or the policy) differs from
+/// the last settle. A no-op pull among
+/// thousands of replicas then parses no schema at all.
+pub fn settle_if_changed(r: &mut Replica, schemas_read: bool) -> Result<()> {
+    let stamp = settle_stamp(&r.sync)?;
+    let last = crate::meta::get(&r.sync, SETTLED_META)?;
+    if !schemas_read && last.as_deref() == Some(stamp.as_str()) {
+        return Ok(());
+    }
+    settle(r)?;
+    // After settling, the shape may have changed (tables created, columns added).
+    let stamp = settle_stamp(&r.sync)?;
+    crate::meta::set(&r.sync, SETTLED_META, &stamp)
+}
+
+/// What a settle depends on locally: the tracked shape, the policy, and which
+/// tables exist (an app creating a table the group tracks).
+fn settle_stamp(conn: &Connection) -> Result<String> {
+    let tables: Option<String> =
+        conn.query_row("SELECT group_concat(name, ',') FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+    let state = (local(conn)?, policy(conn)?.as_str(), tables);
+    Ok(crate::hash::sha256_hex(&serde_json::to_vec(&state).expect("serializes")))
 }
 
 /// Settles the group's schema against this replica's after a pull: tracks the

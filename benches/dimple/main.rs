@@ -4,20 +4,22 @@
 //! Groups: `capture` (write-time cost of the triggers, and cr-sqlite side by side),
 //! `apply` (a fresh replica pulling 1M changes, timed and memory-measured in a child
 //! process), `batch` (bytes per change uploaded), `requests` (a no-op sync among 50
-//! replicas). With no argument every group runs. Set `DIMPLE_BENCH_SCALE=0.1` for a
+//! replicas), `clone` (a snapshot clone of 1M changes, plain and encrypted), `many`
+//! (10,000 replicas: a fresh pull and a no-op sync). With no argument every group runs. Set `DIMPLE_BENCH_SCALE=0.1` for a
 //! quick run at a tenth of the sizes (the goals then do not apply).
 
 mod apply;
 mod capture;
 mod clone;
 mod crsqlite;
+mod many;
 mod netcost;
 mod report;
 
 use report::Table;
 use std::time::Instant;
 
-const GROUPS: [&str; 5] = ["capture", "apply", "batch", "requests", "clone"];
+const GROUPS: [&str; 6] = ["capture", "apply", "batch", "requests", "clone", "many"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -71,6 +73,9 @@ fn main() {
     }
     if run("clone") {
         clone::run(&tmp_path, scale, &mut table);
+    }
+    if run("many") {
+        many::run(&tmp_path, scale, &mut table);
     }
     println!();
     table.print();

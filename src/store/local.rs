@@ -98,33 +98,6 @@ impl LocalStore {
         f.lock().map_err(|e| io_err(&path, e))?;
         Ok(f)
     }
-
-    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> StoreResult<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err(dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            if name.starts_with(TMP_PREFIX) || name == LOCK_FILE {
-                continue;
-            }
-            let key = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&entry.path(), e)),
-            };
-            if meta.is_dir() {
-                self.walk(&entry.path(), &key, out)?;
-            } else {
-                out.push(ObjectMeta { key, etag: Self::etag(&meta), size: meta.len() });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A directory the user cannot write is a set-up error to fix, not an internal one.
@@ -159,15 +132,75 @@ impl LocalStore {
     }
 
     fn list_blocking(&self, prefix: &str, start_after: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, bool)> {
-        // Walk the deepest directory that the prefix names, then filter by prefix.
+        // Walk the deepest directory that the prefix names, in key order, and stop
+        // one past a page: a page costs what it returns, not the whole tree.
         let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let mut all = Vec::new();
-        self.walk(&self.root.join(dir_rel), dir_rel, &mut all)?;
-        all.retain(|m| m.key.starts_with(prefix) && start_after.is_none_or(|a| m.key.as_str() > a));
-        all.sort_by(|a, b| a.key.cmp(&b.key));
-        let more = all.len() > LIST_PAGE;
-        all.truncate(LIST_PAGE);
-        Ok((all, more))
+        let mut page = Vec::new();
+        let want = LIST_PAGE + 1;
+        self.walk_sorted(&self.root.join(dir_rel), dir_rel, prefix, start_after, &mut page, want)?;
+        let more = page.len() > LIST_PAGE;
+        page.truncate(LIST_PAGE);
+        Ok((page, more))
+    }
+
+    /// Appends to `out`, in byte order of their keys, the objects under `dir`
+    /// (key `rel`) whose key starts with `prefix` and comes after `after`, until
+    /// `out` holds `limit`. Subtrees wholly before `after` are not read.
+    fn walk_sorted(
+        &self,
+        dir: &Path,
+        rel: &str,
+        prefix: &str,
+        after: Option<&str>,
+        out: &mut Vec<ObjectMeta>,
+        limit: usize,
+    ) -> StoreResult<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(dir, e)),
+        };
+        // (sort key, key, is_dir): a directory sorts as "name/", so that "a/x"
+        // comes after "a.json" as the bytes of the keys say.
+        let mut children = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if name.starts_with(TMP_PREFIX) || name == LOCK_FILE {
+                continue;
+            }
+            let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let is_dir = match entry.file_type() {
+                Ok(t) => t.is_dir(),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path(), e)),
+            };
+            let sort = if is_dir { format!("{key}/") } else { key.clone() };
+            children.push((sort, key, is_dir));
+        }
+        children.sort();
+        for (sort, key, is_dir) in children {
+            if out.len() >= limit {
+                return Ok(());
+            }
+            if is_dir {
+                // Everything under it starts with "key/".
+                let relevant = sort.starts_with(prefix) || prefix.starts_with(&sort);
+                let not_all_before = after.is_none_or(|a| a.starts_with(&sort) || sort.as_str() > a);
+                if relevant && not_all_before {
+                    self.walk_sorted(&self.root.join(&key), &key, prefix, after, out, limit)?;
+                }
+            } else if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
+                let path = self.root.join(&key);
+                let meta = match fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&path, e)),
+                };
+                out.push(ObjectMeta { key, etag: Self::etag(&meta), size: meta.len() });
+            }
+        }
+        Ok(())
     }
 
     fn get_blocking(&self, key: &str, if_none_match: Option<&str>) -> StoreResult<Got> {
@@ -248,5 +281,32 @@ impl Store for LocalStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(s: &LocalStore, prefix: &str, after: Option<&str>) -> Vec<String> {
+        s.list_blocking(prefix, after).unwrap().0.into_iter().map(|m| m.key).collect()
+    }
+
+    #[test]
+    fn listing_follows_the_byte_order_of_keys_across_directories_and_resumes_after_any_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        let all = ["r/a.json", "r/a/x", "r/a/y/z", "r/a0", "r/b/c", "r/b/d", "s/q"];
+        for k in all.iter().rev() {
+            s.put_blocking(k, b"x", &PutMode::Overwrite).unwrap();
+        }
+        let mut want: Vec<&str> = all.iter().copied().filter(|k| k.starts_with("r/")).collect();
+        want.sort();
+        assert_eq!(keys(&s, "r/", None), want);
+        for (i, after) in want.iter().enumerate() {
+            assert_eq!(keys(&s, "r/", Some(after)), want[i + 1..], "after {after}");
+        }
+        assert_eq!(keys(&s, "r/a/", None), ["r/a/x", "r/a/y/z"]);
+        assert_eq!(keys(&s, "r/b/c", None), ["r/b/c"]);
     }
 }

@@ -46,11 +46,30 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     let mut report = PullReport { replicas_seen: heads.len(), ..Default::default() };
     let now = clock::rfc3339(r.hlc.now_ms());
     let mode = trust::mode(&r.sync)?;
+    // Bookkeeping for every replica in one transaction, and problems cleared only
+    // where there are some: a no-op pull among thousands of replicas writes little.
+    {
+        let me = r.id().to_owned();
+        let tx = r.sync.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for id in heads.keys().filter(|id| **id != me) {
+            peers::seen(&tx, id, &now)?;
+        }
+        tx.commit()?;
+    }
+    let with_problems = problems::replicas(&r.sync)?;
+    // Schema conflicts are recorded as problems by the settle below: when problems
+    // are cleared, the settle runs again to record those that remain.
+    let mut schemas_read = !with_problems.is_empty();
+    let clear = |r: &Replica, id: &str| -> Result<()> {
+        if with_problems.contains(id) {
+            problems::clear(&r.sync, id)?;
+        }
+        Ok(())
+    };
     for (id, head) in heads {
         if id == r.id() {
             continue;
         }
-        peers::seen(&r.sync, &id, &now)?;
         let pulled = match &head {
             Some(head) => pull_replica(r, store, &codec, &id, head, mode, &mut report).await,
             // No head yet (nothing pushed): only its schema (descriptor) may be new.
@@ -59,15 +78,19 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         };
         // Its schema, from a replica whose changes this one applies.
         let pulled = match (pulled, schemas.get(&id)) {
-            (Ok(Pulled::Applied), Some(meta)) => {
-                crate::schema::fetch(r, store, &codec, &id, meta).await.map(|()| Pulled::Applied)
-            }
+            (Ok(Pulled::Applied), Some(meta)) => match crate::schema::fetch(r, store, &codec, &id, meta).await {
+                Ok(read) => {
+                    schemas_read |= read;
+                    Ok(Pulled::Applied)
+                }
+                Err(e) => Err(e),
+            },
             (other, _) => other,
         };
         match pulled {
-            Ok(Pulled::Applied) => problems::clear(&r.sync, &id)?,
+            Ok(Pulled::Applied) => clear(r, &id)?,
             Ok(Pulled::Held) => {
-                problems::clear(&r.sync, &id)?;
+                clear(r, &id)?;
                 report.waiting_for_trust.push(id.clone());
             }
             Ok(Pulled::Revoked) => {}
@@ -78,7 +101,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             Err(e) => return Err(e),
         }
     }
-    crate::schema::settle(r)?;
+    crate::schema::settle_if_changed(r, schemas_read)?;
     report.tables.sort();
     Ok(report)
 }

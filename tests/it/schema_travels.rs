@@ -327,3 +327,20 @@ fn an_old_replica_that_never_migrates_keeps_syncing_the_columns_it_has() -> Test
     assert_eq!(theirs, ours, "every column the old replica has is in step");
     Ok(())
 }
+
+#[test]
+fn a_table_the_app_creates_alone_is_tracked_by_the_next_pull() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut m) = (g.replica("a"), g.replica("m"));
+    a.conn().execute_batch(
+        "CREATE TABLE labels(id TEXT PRIMARY KEY, label TEXT); INSERT INTO labels VALUES ('l1', 'x');",
+    )?;
+    a.track("labels", false)?;
+    sync(&g, &mut a);
+    sync(&g, &mut m);
+    sync(&g, &mut m); // nothing new: the settle is skipped
+    open_plain(&g.db("m")).execute_batch("CREATE TABLE labels(id TEXT PRIMARY KEY, label TEXT)")?;
+    sync(&g, &mut m);
+    assert_eq!(rows(m.conn(), "labels"), rows(a.conn(), "labels"));
+    Ok(())
+}
