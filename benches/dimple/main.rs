@@ -5,10 +5,12 @@
 //! `apply` (a fresh replica pulling 1M changes, timed and memory-measured in a child
 //! process), `batch` (bytes per change uploaded), `requests` (a no-op sync among 50
 //! replicas), `clone` (a snapshot clone of 1M changes, plain and encrypted), `many`
-//! (10,000 replicas: a fresh pull and a no-op sync). With no argument every group runs. Set `DIMPLE_BENCH_SCALE=0.1` for a
+//! (10,000 replicas: a fresh pull and a no-op sync), `bounded` (20 rounds of 100k
+//! updates with `compact --prune`). With no argument every group runs. Set `DIMPLE_BENCH_SCALE=0.1` for a
 //! quick run at a tenth of the sizes (the goals then do not apply).
 
 mod apply;
+mod bounded;
 mod capture;
 mod clone;
 mod crsqlite;
@@ -19,7 +21,7 @@ mod report;
 use report::Table;
 use std::time::Instant;
 
-const GROUPS: [&str; 6] = ["capture", "apply", "batch", "requests", "clone", "many"];
+const GROUPS: [&str; 7] = ["capture", "apply", "batch", "requests", "clone", "many", "bounded"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,6 +78,9 @@ fn main() {
     }
     if run("many") {
         many::run(&tmp_path, scale, &mut table);
+    }
+    if run("bounded") {
+        bounded::run(&tmp_path, scale, &mut table);
     }
     println!();
     table.print();
