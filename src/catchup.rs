@@ -15,12 +15,11 @@ use crate::clone;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::merge::{Change, Merger};
-use crate::peers::{self, Trust};
+use crate::peers;
 use crate::replica::Replica;
 use crate::snapshot;
 use crate::store::Store;
-use crate::trust::TrustMode;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, TransactionBehavior};
 
 /// Merges the newest snapshot into `r` for the authors it accepts. Returns the
 /// replicas whose cursor moved forward (empty: the snapshot did not help).
@@ -66,11 +65,7 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
             continue;
         }
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
-        let accepted = match known.trust {
-            Trust::Revoked => false,
-            Trust::Trusted => true,
-            Trust::Pinned => mode == TrustMode::Pinned,
-        };
+        let accepted = known.trust.applied_in(mode);
         let same_key = known.public_key.is_none() || known.public_key == key;
         let ahead = match (&last, &known.last_change_id) {
             (Some(theirs), Some(ours)) => theirs > ours,
@@ -122,12 +117,7 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
             if peers::get(&tx, id)?.is_some_and(|p| p.public_key.is_none()) {
                 peers::pin(&tx, id, key.as_deref().unwrap_or_default(), "")?;
             }
-            let applied: Option<i64> =
-                tx.query_row("SELECT change_count FROM ZV_REPLICA WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-            tx.execute(
-                "UPDATE ZV_REPLICA SET batch_id = ?2, batch_sha256 = ?3, last_change_id = ?4, change_count = ?5, head_etag = NULL WHERE id = ?1",
-                params![id, batch_id, sha, last, applied.unwrap_or(0).max(*count)],
-            )?;
+            peers::cursor_moved_to(&tx, id, batch_id.as_deref(), sha.as_deref(), last, *count)?;
         }
     }
     if let Some(newest) = moved.iter().filter_map(|m| m.4.as_deref().and_then(crate::clock::parse_id)).max() {

@@ -35,7 +35,8 @@ use crate::replica::Replica;
 use crate::seal::{GroupKey, Keyring};
 use crate::secret;
 use crate::store::{get_bytes, list_all, Got, PutMode, Store, StoreError};
-use crate::{trust, FORMAT};
+use crate::trust::{self, Signed};
+use crate::FORMAT;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -69,14 +70,6 @@ const KDF_MAX_ITERATIONS: u32 = 16;
 pub struct GroupFile {
     pub format: i64,
     pub group: String,
-}
-
-/// An object signed by a replica key: the body's canonical JSON is what is signed.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Signed<T> {
-    body: T,
-    signature: String,
 }
 
 /// A device's public keys: a join request (in the clear) or a member card (sealed).
@@ -223,8 +216,7 @@ fn card(r: &mut Replica) -> Result<Card> {
 }
 
 fn sign<T: Serialize>(r: &mut Replica, body: T) -> Result<Vec<u8>> {
-    let signature = trust::sign(r.signing_key()?, &serde_json::to_vec(&body).expect("serializes"));
-    Ok(serde_json::to_vec_pretty(&Signed { body, signature }).expect("serializes"))
+    Ok(serde_json::to_vec_pretty(&Signed::new(r.signing_key()?, body)).expect("serializes"))
 }
 
 /// Parses a signed object and checks its signature against the key it names.
@@ -237,8 +229,7 @@ fn verified<T: Serialize + for<'de> Deserialize<'de>>(
         return Err(Error::bad(origin, format!("{} bytes, more than the {MAX_JSON_BYTES} allowed", bytes.len())));
     }
     let s: Signed<T> = serde_json::from_slice(bytes).map_err(|e| Error::bad(origin, format!("malformed: {e}")))?;
-    let msg = serde_json::to_vec(&s.body).expect("serializes");
-    trust::verify(key_of(&s.body), &msg, &s.signature).map_err(|e| Error::bad(origin, format!("signature: {e}")))?;
+    s.verify(key_of(&s.body)).map_err(|e| Error::bad(origin, format!("signature: {e}")))?;
     Ok(s.body)
 }
 

@@ -21,6 +21,15 @@ pub enum Trust {
 }
 
 impl Trust {
+    /// Whether a replica in this state has its changes applied in a group of `mode`.
+    pub fn applied_in(self, mode: crate::trust::TrustMode) -> bool {
+        match self {
+            Trust::Revoked => false,
+            Trust::Trusted => true,
+            Trust::Pinned => mode == crate::trust::TrustMode::Pinned,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Trust::Pinned => "pinned",
@@ -139,6 +148,24 @@ pub fn batch_applied(
     conn.execute(
         "UPDATE ZV_REPLICA SET batch_id = ?2, batch_sha256 = ?3, last_change_id = ?4, change_count = change_count + ?5 WHERE id = ?1",
         params![id, batch_id, sha256, last_change_id, changes],
+    )?;
+    Ok(())
+}
+
+/// Moves a replica's cursor forward to a snapshot's (a catch-up): the batches
+/// before it are reflected by the snapshot. The head is read again next pull.
+pub fn cursor_moved_to(
+    conn: &Connection,
+    id: &str,
+    batch_id: Option<&str>,
+    sha256: Option<&str>,
+    last_change_id: &str,
+    change_count: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE ZV_REPLICA SET batch_id = ?2, batch_sha256 = ?3, last_change_id = ?4,
+                change_count = max(change_count, ?5), head_etag = NULL WHERE id = ?1",
+        params![id, batch_id, sha256, last_change_id, change_count],
     )?;
     Ok(())
 }

@@ -29,7 +29,8 @@ use crate::peers::{self, Trust};
 use crate::problems;
 use crate::replica::Replica;
 use crate::store::{Got, ObjectMeta, PutMode, Store, StoreError};
-use crate::{clock, track, trust, FORMAT};
+use crate::trust::{self, Signed};
+use crate::{clock, track, FORMAT};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -106,13 +107,6 @@ pub struct Published {
     pub tables: Vec<TableShape>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Signed {
-    body: Published,
-    signature: String,
-}
-
 /// The tracked tables as this replica has them now.
 pub fn local(conn: &Connection) -> Result<Vec<TableShape>> {
     let mut out = Vec::new();
@@ -148,8 +142,7 @@ pub async fn publish(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Resul
         version: version + 1,
         tables,
     };
-    let signature = trust::sign(r.signing_key()?, &serde_json::to_vec(&body).expect("serializes"));
-    let signed = serde_json::to_value(Signed { body, signature }).expect("serializes");
+    let signed = serde_json::to_value(Signed::new(r.signing_key()?, body)).expect("serializes");
     let key = layout::descriptor_key(r.id());
     let plain = serde_json::to_vec_pretty(&crate::sync::descriptor(r, Some(signed))?).expect("serializes");
     // Only this replica writes its descriptor (created once by its first push).
@@ -168,7 +161,7 @@ pub(crate) fn forget_published(conn: &Connection) -> Result<()> {
 /// sight: its own key is checked against itself, and the caller pins it).
 pub fn parse(value: serde_json::Value, origin: &str, replica: &str, pinned: Option<&str>) -> Result<Published> {
     let bad = |r: String| Error::bad(origin, r);
-    let s: Signed = serde_json::from_value(value).map_err(|e| bad(format!("malformed schema: {e}")))?;
+    let s: Signed<Published> = serde_json::from_value(value).map_err(|e| bad(format!("malformed schema: {e}")))?;
     let key = pinned.unwrap_or(&s.body.public_key);
     if key != s.body.public_key {
         return Err(bad(format!(
@@ -177,8 +170,7 @@ pub fn parse(value: serde_json::Value, origin: &str, replica: &str, pinned: Opti
             trust::fingerprint(key)
         )));
     }
-    trust::verify(key, &serde_json::to_vec(&s.body).expect("serializes"), &s.signature)
-        .map_err(|e| bad(format!("schema signature: {e}")))?;
+    s.verify(key).map_err(|e| bad(format!("schema signature: {e}")))?;
     if s.body.format != FORMAT {
         return Err(bad(format!("unknown schema format {}", s.body.format)));
     }

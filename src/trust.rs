@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub fn generate(path: &Path) -> Result<SigningKey> {
@@ -24,17 +24,9 @@ pub fn generate(path: &Path) -> Result<SigningKey> {
 }
 
 pub fn load(path: &Path) -> Result<SigningKey> {
-    let meta = fs::metadata(path).map_err(|e| {
-        Error::Invalid(format!("{}: replica key missing ({e}); a replica cannot push without its key", path.display()))
+    let text = crate::secret::read(path, "replica key")?.ok_or_else(|| {
+        Error::Invalid(format!("{}: replica key missing; a replica cannot push without its key", path.display()))
     })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(Error::Invalid(format!(
-            "{}: replica key is readable by others; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let bytes: [u8; 32] = B64
         .decode(text.trim())
         .ok()
@@ -59,6 +51,28 @@ pub fn verify(public_b64: &str, msg: &[u8], sig_b64: &str) -> std::result::Resul
     let sig: [u8; 64] =
         B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or("signature is not 64 bytes of base64")?;
     pk.verify(msg, &Signature::from_bytes(&sig)).map_err(|_| "signature does not verify".to_owned())
+}
+
+/// An object signed by a replica key: `{"body": ..., "signature": ...}`, the
+/// signature over the body's compact JSON (serde_json). Grants, join requests,
+/// member cards and published schemas all take this form.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed<T> {
+    pub body: T,
+    pub signature: String,
+}
+
+impl<T: serde::Serialize> Signed<T> {
+    pub fn new(key: &SigningKey, body: T) -> Signed<T> {
+        let signature = sign(key, &serde_json::to_vec(&body).expect("bodies serialize"));
+        Signed { body, signature }
+    }
+
+    /// Checks the signature against a base64 public key; every failure is a reason.
+    pub fn verify(&self, public_b64: &str) -> std::result::Result<(), String> {
+        verify(public_b64, &serde_json::to_vec(&self.body).expect("bodies serialize"), &self.signature)
+    }
 }
 
 /// A short fingerprint of a public key for people to compare.

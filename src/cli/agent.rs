@@ -62,12 +62,8 @@ fn replica_bucket(db: &Path) -> std::result::Result<Option<String>, String> {
     }
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| format!("{}: {e}", db.display()))?;
-    let get = |key: &str| -> rusqlite::Result<Option<String>> {
-        use rusqlite::OptionalExtension;
-        conn.query_row("SELECT value FROM ZV_METADATA WHERE key = ?1", [key], |r| r.get(0)).optional()
-    };
-    match get("database_uuid") {
-        Ok(Some(_)) => get("bucket").map_err(|e| format!("{}: {e}", db.display())),
+    match dimple::meta::get(&conn, "database_uuid") {
+        Ok(Some(_)) => dimple::meta::get(&conn, "bucket").map_err(|e| format!("{}: {e}", db.display())),
         _ => Err(format!("{}: not a dimple replica (run `dimple init` first)", db.display())),
     }
 }

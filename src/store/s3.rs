@@ -211,6 +211,21 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A failed conditional PUT as the contract has it: a precondition failure (412).
+/// AWS answers If-Match on a missing key with 404; one MinIO release answers a
+/// failed If-None-Match with 304.
+fn failed_condition(mode: &PutMode, failed: (Class, StoreError)) -> (Class, StoreError) {
+    match failed {
+        (Class::NotFound, StoreError::NotFound(m)) if matches!(mode, PutMode::Update(_)) => {
+            (Class::Precondition, StoreError::PreconditionFailed(m))
+        }
+        (Class::NotModified, StoreError::Unavailable(m)) if *mode != PutMode::Overwrite => {
+            (Class::Precondition, StoreError::PreconditionFailed(m))
+        }
+        other => other,
+    }
+}
+
 /// Turns an SDK error into a [`StoreError`]. Messages carry the operation, the key,
 /// the HTTP status and the S3 error code/message: never request headers, which hold
 /// the signature and possibly a session token.
@@ -365,18 +380,11 @@ impl Store for S3Store {
             PutMode::Create => req.if_none_match("*"),
             PutMode::Update(etag) => req.if_match(quote(etag)),
         };
-        match req.send().await.map_err(|e| map_err("put", &full, e)) {
+        match req.send().await.map_err(|e| failed_condition(&mode, map_err("put", &full, e))) {
             Ok(resp) => resp
                 .e_tag()
                 .map(unquote)
                 .ok_or_else(|| StoreError::Io(format!("put {full}: the server returned no ETag"))),
-            Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
-                Err(StoreError::PreconditionFailed(m))
-            }
-            // Some servers (a MinIO release) answer a failed If-None-Match with 304.
-            Err((Class::NotModified, StoreError::Unavailable(m))) if mode != PutMode::Overwrite => {
-                Err(StoreError::PreconditionFailed(m))
-            }
             // Rare: let the in-memory path handle the fallback and its warning.
             Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {
                 let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
@@ -420,16 +428,8 @@ impl Store for S3Store {
             PutMode::Create => req.if_none_match("*"),
             PutMode::Update(etag) => req.if_match(quote(etag)),
         };
-        let resp = match req.send().await.map_err(|e| map_err("put", &full, e)) {
+        let resp = match req.send().await.map_err(|e| failed_condition(&mode, map_err("put", &full, e))) {
             Ok(resp) => resp,
-            // AWS answers If-Match on a missing key with 404; the contract says 412.
-            Err((Class::NotFound, StoreError::NotFound(m))) if matches!(mode, PutMode::Update(_)) => {
-                return Err(StoreError::PreconditionFailed(m))
-            }
-            // Some servers (a MinIO release) answer a failed If-None-Match with 304.
-            Err((Class::NotModified, StoreError::Unavailable(m))) if mode != PutMode::Overwrite => {
-                return Err(StoreError::PreconditionFailed(m))
-            }
             Err((Class::Unsupported, _)) if mode != PutMode::Overwrite => {
                 tracing::warn!(
                     store = %self.describe(),
@@ -467,6 +467,16 @@ impl Store for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_condition_in_any_of_its_server_dialects_is_a_precondition_failure() {
+        let nf = || (Class::NotFound, StoreError::NotFound("k".into()));
+        let nm = || (Class::NotModified, StoreError::Unavailable("HTTP 304".into()));
+        assert!(matches!(failed_condition(&PutMode::Update("e".into()), nf()).1, StoreError::PreconditionFailed(_)));
+        assert!(matches!(failed_condition(&PutMode::Create, nm()).1, StoreError::PreconditionFailed(_)));
+        assert!(matches!(failed_condition(&PutMode::Create, nf()).1, StoreError::NotFound(_)));
+        assert!(matches!(failed_condition(&PutMode::Overwrite, nm()).1, StoreError::Unavailable(_)));
+    }
 
     #[test]
     fn bucket_urls_split_into_bucket_and_slash_terminated_prefix() {

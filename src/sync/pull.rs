@@ -59,7 +59,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     let with_problems = problems::replicas(&r.sync)?;
     // Schema conflicts are recorded as problems by the settle below: when problems
     // are cleared, the settle runs again to record those that remain.
-    let mut schemas_read = !with_problems.is_empty();
+    let mut resettle = !with_problems.is_empty();
     let clear = |r: &Replica, id: &str| -> Result<()> {
         if with_problems.contains(id) {
             problems::clear(&r.sync, id)?;
@@ -80,7 +80,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         let pulled = match (pulled, schemas.get(&id)) {
             (Ok(Pulled::Applied), Some(meta)) => match crate::schema::fetch(r, store, &codec, &id, meta).await {
                 Ok(read) => {
-                    schemas_read |= read;
+                    resettle |= read;
                     Ok(Pulled::Applied)
                 }
                 Err(e) => Err(e),
@@ -101,7 +101,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             Err(e) => return Err(e),
         }
     }
-    crate::schema::settle_if_changed(r, schemas_read)?;
+    crate::schema::settle_if_changed(r, resettle)?;
     report.tables.sort();
     Ok(report)
 }
@@ -109,11 +109,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
 /// Whether the schema of a replica that has no head yet is read: it would be
 /// applied, were it to push.
 fn schema_readable(r: &Replica, id: &str, mode: TrustMode) -> Result<bool> {
-    Ok(match peers::get(&r.sync, id)?.unwrap_or_default().trust {
-        Trust::Revoked => false,
-        Trust::Trusted => true,
-        Trust::Pinned => mode == TrustMode::Pinned,
-    })
+    Ok(peers::get(&r.sync, id)?.unwrap_or_default().trust.applied_in(mode))
 }
 
 /// What became of one replica's head.
@@ -173,7 +169,7 @@ async fn pull_replica(
     }
     // The head etag is not stored while held, so the first pull after `trust` reads
     // the head again and applies.
-    if mode == TrustMode::Explicit && known.trust != Trust::Trusted {
+    if !known.trust.applied_in(mode) {
         return Ok(Pulled::Held);
     }
     if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
