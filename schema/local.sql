@@ -48,3 +48,16 @@ CREATE TABLE IF NOT EXISTS ZV_PROBLEM (
     count INTEGER NOT NULL DEFAULT 1,
     UNIQUE (replica, object_key, reason)
 );
+
+-- Values stored out of line (docs/attachments.md) that this replica's rows lack:
+-- a lazy replica's, or ones whose bytes could not be fetched yet. The row holds
+-- NULL meanwhile; ref is the value's reference as the log holds it. An entry whose
+-- ref is no longer the cell's winner waits for nothing and is ignored.
+CREATE TABLE IF NOT EXISTS ZV_BLOB_MISSING (
+    tbl TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    attribute TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (tbl, entity_id, attribute)
+) WITHOUT ROWID;

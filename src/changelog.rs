@@ -30,7 +30,16 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         .prepare_cached("SELECT tbl, columns FROM ZV_TRACKED ORDER BY tbl")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut w = Recorder { conn, merger: Merger::new(conn)?, hlc, me, txn: None, n: 0, bad_keys: BTreeSet::new() };
+    let mut w = Recorder {
+        conn,
+        merger: Merger::new(conn)?,
+        capture: crate::blob::Capture::load(conn)?,
+        hlc,
+        me,
+        txn: None,
+        n: 0,
+        bad_keys: BTreeSet::new(),
+    };
     let mut recorded = Vec::with_capacity(tracked.len());
     for (tbl, columns) in tracked {
         let columns: Vec<String> = serde_json::from_str(&columns)
@@ -89,6 +98,8 @@ pub fn bad_key_origin(table: &str) -> String {
 struct Recorder<'a, 'c> {
     conn: &'c Connection,
     merger: Merger<'c>,
+    /// Values at or above its threshold become references (docs/attachments.md).
+    capture: crate::blob::Capture,
     hlc: &'a mut Hlc,
     me: &'a str,
     txn: Option<String>,
@@ -132,15 +143,36 @@ impl Recorder<'_, '_> {
     }
 
     /// Turns `tbl`'s pending rows (written with the column list `columns`) into changes.
+    ///
+    /// A value at or above the capture threshold is not selected: SQLite would
+    /// load it whole. The query says only that it is big (and whether TEXT), and
+    /// [`crate::blob::Capture::stream`] reads it from the pending row in pieces.
     fn pending(&mut self, tbl: &str, info: Option<&TableInfo>, columns: &[String]) -> Result<()> {
-        let pending = ident(&track::pending_table(tbl));
-        let cols: String = (0..columns.len()).map(|i| format!(", c{i}")).collect();
+        let pending_name = track::pending_table(tbl);
+        let pending = ident(&pending_name);
+        let names: Vec<String> = ["old".to_owned(), "new".to_owned()]
+            .into_iter()
+            .chain((0..columns.len()).map(|i| format!("c{i}")))
+            .collect();
+        let small: String = names.iter().map(|c| format!(", iif(octet_length({c}) >= ?1, NULL, {c})")).collect();
+        let big: String =
+            names.iter().map(|c| format!(", iif(octet_length({c}) >= ?1, typeof({c}) = 'text', NULL)")).collect();
         let conn = self.conn;
-        let mut stmt = conn.prepare(&format!("SELECT seq, op, pk, col, old, new{cols} FROM {pending} ORDER BY seq"))?;
-        let mut rows = stmt.query([])?;
+        let mut stmt = conn.prepare(&format!("SELECT seq, op, pk, col{small}{big} FROM {pending} ORDER BY seq"))?;
+        let threshold = i64::try_from(self.capture.threshold).unwrap_or(i64::MAX);
+        let mut rows = stmt.query([threshold])?;
+        let flags = 4 + names.len();
+        // The stored form of value `j` of `names` (0 old, 1 new, 2.. columns).
+        let stored = |w: &Self, r: &rusqlite::Row<'_>, j: usize, seq: i64, keep: bool| -> Result<String> {
+            match r.get::<_, Option<bool>>(flags + j)? {
+                None => Ok(value::encode(&r.get::<_, Value>(4 + j)?)),
+                Some(text) => Ok(w.capture.stream(conn, &pending_name, &names[j], seq, text, keep)?.encode()),
+            }
+        };
         let mut last_seq = None;
         while let Some(r) = rows.next()? {
-            last_seq = Some(r.get::<_, i64>(0)?);
+            let seq = r.get::<_, i64>(0)?;
+            last_seq = Some(seq);
             let op: i64 = r.get(1)?;
             let Some(entity_id) = self.entity_id(tbl, info, &r.get(2)?) else { continue };
             match op {
@@ -148,7 +180,8 @@ impl Recorder<'_, '_> {
                     self.record(tbl, &entity_id, ROW, None, ALIVE.to_owned())?;
                     // An insert's columns have no old value (SQL NULL, unlike JSON null).
                     for (i, c) in columns.iter().enumerate() {
-                        self.record(tbl, &entity_id, c, None, value::encode(&r.get::<_, Value>(6 + i)?))?;
+                        let v = stored(self, r, 2 + i, seq, true)?;
+                        self.record(tbl, &entity_id, c, None, v)?;
                     }
                 }
                 track::OP_DELETE => self.record(tbl, &entity_id, ROW, None, DEAD.to_owned())?,
@@ -160,7 +193,8 @@ impl Recorder<'_, '_> {
                             columns.len()
                         ))
                     })?;
-                    let (old, new) = (value::encode(&r.get::<_, Value>(4)?), value::encode(&r.get::<_, Value>(5)?));
+                    // The old value is history, never sent on its own: only hashed.
+                    let (old, new) = (stored(self, r, 0, seq, false)?, stored(self, r, 1, seq, true)?);
                     self.record(tbl, &entity_id, c, Some(old), new)?;
                 }
                 _ => return Err(Error::Invalid(format!("captured write {last_seq:?} of {tbl} has unknown op {op}"))),
@@ -197,13 +231,26 @@ impl Recorder<'_, '_> {
         while let Some(r) = rows.next()? {
             let Some(entity_id) = self.entity_id(&info.name, Some(info), &r.get(0)?) else { continue };
             for (j, &i) in added.iter().enumerate() {
-                let v = value::encode(&r.get::<_, Value>(1 + j)?);
+                let v = self.stored(r.get::<_, Value>(1 + j)?)?;
                 if v != defaults[j] {
                     self.record(&info.name, &entity_id, &info.columns[i], None, v)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The stored form of a value already in memory: a reference when it is big.
+    fn stored(&self, v: Value) -> Result<String> {
+        match &v {
+            Value::Blob(b) if b.len() as u64 >= self.capture.threshold => {
+                Ok(self.capture.bytes(b, false, true)?.encode())
+            }
+            Value::Text(t) if t.len() as u64 >= self.capture.threshold => {
+                Ok(self.capture.bytes(t.as_bytes(), true, true)?.encode())
+            }
+            _ => Ok(value::encode(&v)),
+        }
     }
 
     /// A row whose key cannot sync is never left out silently: it becomes a problem

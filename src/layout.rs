@@ -7,6 +7,8 @@
 //! digests/<replica_id>.json            per-table state digests at a cursor vector (verify)
 //! snapshots/<snapshot_id>.db           immutable compacted state (compact, clone)
 //! snapshots/LATEST.json                pointer to the newest complete snapshot
+//! blobs/<name>                         a large value stored out of line (docs/attachments.md):
+//!                                      name = its sha256, or a keyed hash of it when encrypted
 //! ```
 //!
 //! An encrypted group adds (docs/trust.md):
@@ -60,6 +62,18 @@ pub fn snapshot_pointer_key() -> String {
 pub fn parse_snapshot_key(key: &str) -> Option<&str> {
     let id = key.strip_prefix(SNAPSHOTS_PREFIX)?.strip_suffix(".db")?;
     is_canonical_uuid(id).then_some(id)
+}
+
+pub const BLOBS_PREFIX: &str = "blobs/";
+
+pub fn blob_key(name: &str) -> String {
+    format!("{BLOBS_PREFIX}{name}")
+}
+
+/// The name in a listed `blobs/<name>` key, if it is exactly that (64 hex digits).
+pub fn parse_blob_key(key: &str) -> Option<&str> {
+    let name = key.strip_prefix(BLOBS_PREFIX)?;
+    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(name)
 }
 
 pub const GROUP: &str = "group.json";

@@ -47,9 +47,12 @@
 //! - `agent`: the background sync loop, its lock and state file, metrics, budget
 //! - `config`: `dimple.toml` for the agent; `doctor`: checks a bucket's server
 //! - `sidedir`: the replica's private files beside its database
+//! - `blob`: large values stored out of line (capture, resumable transfer, lazy
+//!   fetch, garbage collection)
 
 pub mod agent;
 pub mod batch;
+pub mod blob;
 pub mod catchup;
 pub mod changelog;
 pub mod clock;
@@ -89,7 +92,7 @@ pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
 pub use replica::{Options, Replica};
-pub use sync::{pull, push, sync, PullReport, PushReport, SyncReport};
+pub use sync::{fetch, pull, push, sync, PullReport, PushReport, SyncReport};
 
 /// The bucket and batch format this build reads and writes (SPEC 5).
 pub const FORMAT: i64 = 1;

@@ -14,7 +14,7 @@ pub const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!
 
 const KEY: &str = "local_schema";
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 2;
+pub const CURRENT: i64 = 3;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -30,8 +30,13 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Another process may have upgraded while we waited for the lock.
-    if version_of(&tx)? < 2 {
+    let at = version_of(&tx)?;
+    if at < 2 {
         authors_in_the_log(&tx)?;
+    }
+    if at < 3 {
+        // Version 3: ZV_BLOB_MISSING (attachments); only a table added.
+        tx.execute_batch(include_str!("../schema/local.sql"))?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;

@@ -92,6 +92,22 @@ impl Keyring {
     }
 }
 
+/// The name under which a value stored out of line goes into the bucket
+/// (`blobs/<name>`): a keyed hash of its sha256, so that equal values share one
+/// object across the group while the bucket cannot tell which known file a name
+/// holds. Keyed with the group's first epoch key, which every member holds (a
+/// rekey must not rename every blob); a member revoked since could still test
+/// names, but never read what a later epoch sealed.
+pub fn blob_name(ring: &Keyring, sha256_hex: &str) -> Result<String> {
+    let (_, first) =
+        ring.epochs().next().ok_or_else(|| Error::Invalid("no group key to name a value with".to_owned()))?;
+    let kdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(ring.group.as_bytes()), &first.0);
+    let mut name = [0u8; 32];
+    let info = [b"dimple blob name\0".as_slice(), sha256_hex.as_bytes()].concat();
+    kdf.expand(&info, &mut name).expect("32 bytes is a valid HKDF length");
+    Ok(crate::hash::hex(&name))
+}
+
 fn aad(group: &Uuid, epoch: &Uuid, name: &str) -> Vec<u8> {
     let mut a = Vec::with_capacity(44 + name.len());
     a.extend_from_slice(b"dimple/1");

@@ -8,6 +8,8 @@
 //! group.keys         the group's keys, one per epoch (0600; encrypted groups), never uploaded as is
 //! outbox/            the batch of an in-flight push
 //! spool/             pulled batches waiting to be verified and applied
+//! blobs/out/         large values captured here, until the batch naming them is pushed
+//! blobs/in/          large values downloaded, until written into their rows
 //! agent.lock         held by the running agent
 //! agent.json         the agent's last state, for `dimple status`
 //! snapshot-*.db, clone-*.db   snapshot files being written or loaded
@@ -62,6 +64,17 @@ impl SideDir {
     /// The spool directory, created when missing.
     pub fn spool(&self) -> Result<PathBuf> {
         self.subdir("spool")
+    }
+
+    /// Large values captured here and not yet pushed (see [`crate::blob`]), created
+    /// when missing.
+    pub fn blobs_out(&self) -> Result<PathBuf> {
+        self.subdir("blobs/out")
+    }
+
+    /// Large values downloaded and checked, waiting to be written into rows.
+    pub fn blobs_in(&self) -> Result<PathBuf> {
+        self.subdir("blobs/in")
     }
 
     pub fn agent_lock(&self) -> PathBuf {

@@ -134,6 +134,8 @@ pub struct CompactReport {
     pub deleted: Vec<String>,
     /// Batches deleted because the snapshot covers them (`compact --prune`).
     pub pruned_batches: Vec<String>,
+    /// Values stored out of line that nothing references any more (`compact --prune`).
+    pub blobs: crate::blob::gc::Collected,
     /// The cursor (replica, batch id) of every author the snapshot reflects.
     #[serde(skip)]
     pub covered: Vec<(String, String)>,
@@ -264,6 +266,9 @@ pub async fn compact_with(
     if prune_batches && report.published {
         report.pruned_batches = prune_covered(r, store, &report.covered, grace).await?;
     }
+    if prune_batches {
+        report.blobs = crate::blob::gc::collect(r, store, &codec, grace).await?;
+    }
     Ok(report)
 }
 
@@ -383,6 +388,7 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
         published,
         deleted,
         pruned_batches: Vec::new(),
+        blobs: Default::default(),
         covered,
     })
 }

@@ -34,6 +34,41 @@ pub struct Status {
     pub history_complete_from: Option<String>,
     /// Tables and columns other replicas have and this one lacks (`dimple schema`).
     pub schema_missing: usize,
+    /// Large values stored out of line (docs/attachments.md).
+    pub blobs: BlobStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlobStatus {
+    pub fetch: crate::blob::Fetch,
+    pub threshold: u64,
+    /// Captured here, waiting for the push.
+    pub to_upload: crate::blob::Missing,
+    /// Other replicas' values this replica lacks (rows hold NULL meanwhile).
+    pub missing: crate::blob::Missing,
+    /// The first of them: table, row key, column.
+    pub missing_cells: Vec<(String, String, String)>,
+}
+
+fn blob_status(r: &Replica) -> Result<BlobStatus> {
+    let conn = r.conn();
+    let missing = crate::blob::missing(conn)?;
+    let mut to_upload = crate::blob::Missing::default();
+    if let Ok(entries) = std::fs::read_dir(r.side().path().join("blobs/out")) {
+        for e in entries.flatten() {
+            if e.file_name().len() == 64 {
+                to_upload.count += 1;
+                to_upload.bytes += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    Ok(BlobStatus {
+        fetch: crate::blob::fetch_policy(conn)?,
+        threshold: crate::blob::threshold(conn)?,
+        to_upload,
+        missing: crate::blob::Missing { count: missing.len() as u64, bytes: missing.iter().map(|m| m.r.size).sum() },
+        missing_cells: missing.into_iter().take(20).map(|m| (m.table, m.entity_id, m.attribute)).collect(),
+    })
 }
 
 pub fn status(r: &Replica) -> Result<Status> {
@@ -61,6 +96,7 @@ pub fn status(r: &Replica) -> Result<Status> {
             let d = crate::schema::diff(conn)?;
             d.missing_tables.len() + d.missing_columns.len()
         },
+        blobs: blob_status(r)?,
     })
 }
 

@@ -5,6 +5,11 @@
 //! text as JSON strings; blobs as `{"blob":"<base64>"}`; infinite reals as
 //! `{"real":"inf"}` / `{"real":"-inf"}`. Every storage class survives the round trip.
 //!
+//! A value stored out of line (docs/attachments.md) is a reference instead:
+//! `{"blobref":"<sha256 hex>:<size>"}` for a BLOB, `{"textref":"..."}` for TEXT,
+//! naming the sha256 of its bytes and their number. [`decode`] refuses references
+//! (they are not a value one can hold); [`decode_stored`] returns them.
+//!
 //! Reals are written as the shortest text that reads back to the same 64 bits, and
 //! read with serde_json's `float_roundtrip` parser: its default parser is off by one
 //! unit in the last place for some values, which once made REALs change in transit.
@@ -13,6 +18,66 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rusqlite::types::Value;
 use serde_json::Value as Json;
+
+/// The largest value SQLite stores (`SQLITE_MAX_LENGTH` of the bundled build):
+/// a reference to anything bigger is refused.
+pub const MAX_SIZE: u64 = 1_000_000_000;
+
+/// A value stored out of line: the sha256 of its bytes, their number, and whether
+/// it is TEXT (UTF-8 bytes) or a BLOB.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ref {
+    /// Lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    pub text: bool,
+}
+
+impl Ref {
+    pub fn encode(&self) -> String {
+        format!(r#"{{"{}":"{}:{}"}}"#, if self.text { "textref" } else { "blobref" }, self.sha256, self.size)
+    }
+
+    fn parse(tag: &str, body: &str) -> Option<Ref> {
+        let text = match tag {
+            "blobref" => false,
+            "textref" => true,
+            _ => return None,
+        };
+        let (sha, size) = body.split_once(':')?;
+        let hex_ok = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let size_ok = !size.is_empty() && size.len() <= 10 && size.bytes().all(|b| b.is_ascii_digit());
+        let size: u64 = size.parse().ok()?;
+        (hex_ok && size_ok && size <= MAX_SIZE).then(|| Ref { sha256: sha.to_owned(), size, text })
+    }
+}
+
+/// A stored value: held in the text itself, or out of line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Inline(Value),
+    Ref(Ref),
+}
+
+/// Decodes a value as stored in the log or a batch, references included.
+pub fn decode_stored(s: &str) -> Result<Stored, String> {
+    if s.starts_with(r#"{"blobref":"#) || s.starts_with(r#"{"textref":"#) {
+        let json: Json = serde_json::from_str(s).map_err(|e| format!("bad value encoding {:?}: {e}", clip(s)))?;
+        let r = match &json {
+            Json::Object(o) if o.len() == 1 => match o.iter().next() {
+                Some((tag, Json::String(body))) => Ref::parse(tag, body),
+                _ => None,
+            },
+            _ => None,
+        };
+        // Exactly the text `Ref::encode` writes: one encoding per reference.
+        return match r {
+            Some(r) if r.encode() == s => Ok(Stored::Ref(r)),
+            _ => Err(format!("bad value reference {:?}", clip(s))),
+        };
+    }
+    decode(s).map(Stored::Inline)
+}
 
 pub fn encode(v: &Value) -> String {
     match v {
@@ -46,7 +111,7 @@ pub fn decode(s: &str) -> Result<Value, String> {
 /// and only tagged objects (blobs, infinities) need the full decode.
 pub fn check(s: &str) -> Result<(), String> {
     match s.as_bytes().first() {
-        Some(b'{') => decode(s).map(|_| ()),
+        Some(b'{') => decode_stored(s).map(|_| ()),
         Some(b'"' | b'-' | b'0'..=b'9' | b'n') => serde_json::from_str::<serde::de::IgnoredAny>(s)
             .map(|_| ())
             .map_err(|e| format!("bad value encoding {:?}: {e}", clip(s))),
@@ -131,6 +196,39 @@ mod tests {
         fn arbitrary_text_and_bytes_round_trip_exactly(t in ".*", b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             proptest::prop_assert_eq!(decode(&encode(&Value::Text(t.clone()))), Ok(Value::Text(t)));
             proptest::prop_assert_eq!(decode(&encode(&Value::Blob(b.clone()))), Ok(Value::Blob(b)));
+        }
+    }
+
+    proptest::proptest! {
+        /// Attachments: every reference reads back as itself, and the plain decoder
+        /// never takes one for a value.
+        #[test]
+        fn references_round_trip_and_are_never_values(sha in proptest::collection::vec(proptest::prelude::any::<u8>(), 32), size in 0..=MAX_SIZE, text: bool) {
+            let r = Ref { sha256: crate::hash::hex(&sha), size, text };
+            let enc = r.encode();
+            proptest::prop_assert_eq!(decode_stored(&enc), Ok(Stored::Ref(r)));
+            proptest::prop_assert_eq!(check(&enc), Ok(()));
+            proptest::prop_assert!(decode(&enc).is_err());
+        }
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        let sha = "ab".repeat(32);
+        for bad in [
+            format!(r#"{{"blobref":"{}:1"}}"#, "AB".repeat(32)),
+            format!(r#"{{"blobref":"{}:1"}}"#, "ab".repeat(31)),
+            format!(r#"{{"blobref":"{sha}:"}}"#),
+            format!(r#"{{"blobref":"{sha}:-1"}}"#),
+            format!(r#"{{"blobref":"{sha}:01"}}"#),
+            format!(r#"{{"blobref":"{sha}:{}"}}"#, MAX_SIZE + 1),
+            format!(r#"{{"blobref":"{sha}:1","x":1}}"#),
+            format!(r#"{{"blobref": "{sha}:1"}}"#),
+            format!(r#"{{"blobref":"{sha}"}}"#),
+            format!(r#"{{"fileref":"{sha}:1"}}"#),
+        ] {
+            assert!(decode_stored(&bad).is_err(), "{bad}");
+            assert!(check(&bad).is_err(), "{bad}");
         }
     }
 

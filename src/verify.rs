@@ -219,6 +219,36 @@ fn decode(s: Option<&str>) -> Result<Value> {
     s.map(|s| value::decode(s).map_err(|e| Error::bad("change log", e))).transpose().map(|v| v.unwrap_or(Value::Null))
 }
 
+/// Whether `found` is the value `r` refers to (same storage class, size and
+/// sha256), or NULL where the value is known to be missing here.
+fn holds(conn: &Connection, cell: (&str, &str, &str), r: &value::Ref, found: &Value) -> Result<bool> {
+    let bytes = match found {
+        Value::Blob(b) if !r.text => b.as_slice(),
+        Value::Text(t) if r.text => t.as_bytes(),
+        Value::Null => {
+            let marked: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3 AND ref = ?4",
+                rusqlite::params![cell.0, cell.1, cell.2, r.encode()],
+                |row| row.get(0),
+            )?;
+            return Ok(marked);
+        }
+        _ => return Ok(false),
+    };
+    Ok(bytes.len() as u64 == r.size && crate::hash::sha256_hex(bytes) == r.sha256)
+}
+
+/// A found value as a difference shows it: large ones by size and hash.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Blob(b) if b.len() > 1024 => format!("<{} bytes, sha256 {}>", b.len(), crate::hash::sha256_hex(b)),
+        Value::Text(t) if t.len() > 1024 => {
+            format!("<{} bytes of text, sha256 {}>", t.len(), crate::hash::sha256_hex(t.as_bytes()))
+        }
+        v => value::encode(v),
+    }
+}
+
 /// Compares every tracked table with the log.
 pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
     r.capture()?;
@@ -251,6 +281,18 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
                     let w = w.expect("alive implies winners");
                     for (col, found) in info.columns.iter().zip(vals) {
                         let Some(enc) = w.get(col) else { continue };
+                        if let Some(r) = crate::blob::reference(enc.as_deref()) {
+                            if !holds(conn, (&table, &entity_id, col), &r, found)? {
+                                out.push(Difference::Column {
+                                    table: table.clone(),
+                                    entity_id: entity_id.clone(),
+                                    column: col.clone(),
+                                    expected: r.encode(),
+                                    found: shown(found),
+                                });
+                            }
+                            continue;
+                        }
                         let want = decode(enc.as_deref())?;
                         let same = value::encode(&want) == value::encode(found)
                             || value::encode(&coerce(conn, affs.get(col).copied().unwrap_or(Affinity::Blob), &want)?)
@@ -261,7 +303,7 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
                                 entity_id: entity_id.clone(),
                                 column: col.clone(),
                                 expected: value::encode(&want),
-                                found: value::encode(found),
+                                found: shown(found),
                             });
                         }
                     }
@@ -300,6 +342,7 @@ fn orphans(conn: &Connection, table: &str) -> Result<Vec<Difference>> {
 /// Writes the log's truth over `diffs` on the trigger-less connection (not captured).
 /// Returns how many rows were rewritten.
 pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
+    let now = crate::clock::rfc3339(r.hlc.now_ms());
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = std::collections::BTreeSet::new();
     for d in diffs {
@@ -337,6 +380,16 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
         for c in &info.columns {
             if let Some(v) = w.get(c) {
                 names.push(ident(c));
+                // A value stored out of line is NULL until the next fetch brings it
+                // back from the bucket (its bytes were only in this row).
+                if let Some(rf) = crate::blob::reference(v.as_deref()) {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO ZV_BLOB_MISSING(tbl, entity_id, attribute, ref, since) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![table, entity_id, c, rf.encode(), now],
+                    )?;
+                    vals.push(Value::Null);
+                    continue;
+                }
                 vals.push(decode(v.as_deref())?);
             }
         }

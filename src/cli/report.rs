@@ -83,6 +83,19 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
                     db.display()
                 ),
             }
+            let b = &st.blobs;
+            println!(
+                "blobs     {} fetch, out of line from {} bytes; {} to upload ({} bytes); {} missing here ({} bytes)",
+                b.fetch.as_str(),
+                b.threshold,
+                b.to_upload.count,
+                b.to_upload.bytes,
+                b.missing.count,
+                b.missing.bytes
+            );
+            for (t, k, c) in &b.missing_cells {
+                println!("missing   {t} {k} {c}: run `dimple fetch {} --table {t} --row '{k}'`", db.display());
+            }
             match &st.encryption {
                 None => println!("encrypted no"),
                 Some(g) if g.waiting_for_member => println!(

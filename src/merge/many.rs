@@ -75,21 +75,21 @@ impl<'c> Merger<'c> {
                 Some(ALIVE) if t.died => {
                     self.delete(info, &key)?;
                     if whole {
-                        self.write_row(info, &key, true, from_batch)?;
+                        self.write_row(info, entity_id, &key, true, from_batch)?;
                     } else {
                         self.materialize(info, entity_id, &key)?;
                     }
                 }
                 Some(ALIVE) if !self.row_exists(info, &key)? => {
                     if whole {
-                        self.write_row(info, &key, true, from_batch)?;
+                        self.write_row(info, entity_id, &key, true, from_batch)?;
                     } else {
                         self.materialize(info, entity_id, &key)?;
                     }
                 }
                 Some(ALIVE) | None => {
                     for (i, v) in &t.columns {
-                        self.update_column(info, &key, *i, *v)?;
+                        self.update_column(info, entity_id, &key, *i, *v)?;
                     }
                 }
                 _ => self.delete(info, &key)?,

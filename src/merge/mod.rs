@@ -14,12 +14,12 @@
 //! - changes for tables or columns not tracked here are kept in the log and in
 //!   `ZV_CLOCK`, and reach the table when it is tracked ([`Merger::rebuild`]).
 
+mod blobs;
 mod many;
 
 use crate::error::{Error, Result};
 use crate::sql::ident;
 use crate::track::{self, Affinity, TableInfo, ROW};
-use crate::value;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, Statement};
 use std::cell::RefCell;
@@ -103,6 +103,9 @@ pub struct Merger<'c> {
     per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
     /// Replica id -> its `ZV_AUTHOR` number.
     authors: RefCell<HashMap<String, i64>>,
+    /// Where the bytes of values stored out of line wait ([`crate::blob`]); None
+    /// in memory, where every such value is missing.
+    side: Option<crate::sidedir::SideDir>,
 }
 
 const SET_CLOCK: &str =
@@ -139,6 +142,7 @@ impl<'c> Merger<'c> {
             clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
             per_table: RefCell::default(),
             authors: RefCell::default(),
+            side: crate::blob::side_of(conn),
         })
     }
 
@@ -229,14 +233,22 @@ impl<'c> Merger<'c> {
                 self.delete(info, &key)?;
             }
         } else if let Some(i) = info.columns.iter().position(|col| *col == c.attribute) {
-            self.update_column(info, &key, i, c.new_value.as_deref())?;
+            self.update_column(info, &c.entity_id, &key, i, c.new_value.as_deref())?;
         }
         Ok(())
     }
 
     /// Sets column `i` of the row (nothing when there is no such row).
-    fn update_column(&self, info: &TableInfo, key: &[Value], i: usize, value: Option<&str>) -> Result<()> {
-        let v = decode(value)?;
+    fn update_column(
+        &self,
+        info: &TableInfo,
+        entity_id: &str,
+        key: &[Value],
+        i: usize,
+        value: Option<&str>,
+    ) -> Result<()> {
+        let mut fills = Vec::new();
+        let v = self.bind(i, value, &mut fills)?;
         let sql = || {
             format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(&info.columns[i]), key_where(info, 2))
         };
@@ -247,7 +259,7 @@ impl<'c> Merger<'c> {
             }
             stmt.raw_execute()
         })?;
-        Ok(())
+        self.fill(info, entity_id, key, fills)
     }
 
     fn delete(&self, info: &TableInfo, key: &[Value]) -> Result<()> {
@@ -266,7 +278,7 @@ impl<'c> Merger<'c> {
     fn materialize(&self, info: &TableInfo, entity_id: &str, key: &[Value]) -> Result<()> {
         let winners = self.winners(&info.name, entity_id)?;
         let alive = winners.get(ROW).is_some_and(|v| v.as_deref() == Some(ALIVE));
-        self.write_row(info, key, alive, |i| winners.get(info.columns[i].as_str()).map(|v| v.as_deref()))
+        self.write_row(info, entity_id, key, alive, |i| winners.get(info.columns[i].as_str()).map(|v| v.as_deref()))
     }
 
     /// Writes a row from its winners: `column(i)` is the winning value of column i,
@@ -274,6 +286,7 @@ impl<'c> Merger<'c> {
     fn write_row<'v>(
         &self,
         info: &TableInfo,
+        entity_id: &str,
         key: &[Value],
         alive: bool,
         column: impl Fn(usize) -> Option<Option<&'v str>>,
@@ -281,13 +294,14 @@ impl<'c> Merger<'c> {
         if !alive {
             return self.delete(info, key);
         }
-        let mut values: Vec<Value> = key.to_vec();
+        let mut values: Vec<blobs::Bind> = key.iter().cloned().map(blobs::Bind::Value).collect();
         let mut present = Vec::with_capacity(info.columns.len());
+        let mut fills = Vec::new();
         for i in 0..info.columns.len() {
             let v = column(i);
             present.push(v.is_some());
             if let Some(v) = v {
-                values.push(decode(v)?);
+                values.push(self.bind(i, v, &mut fills)?);
             }
         }
         let sql = || upsert_sql(info, &present);
@@ -297,7 +311,7 @@ impl<'c> Merger<'c> {
         } else {
             self.conn.prepare(&sql())?.execute(rusqlite::params_from_iter(&values))?;
         }
-        Ok(())
+        self.fill(info, entity_id, key, fills)
     }
 
     fn winners(&self, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
@@ -343,13 +357,6 @@ fn upsert_sql(info: &TableInfo, present: &[bool]) -> String {
         ident(&info.name),
         names.join(", ")
     )
-}
-
-fn decode(v: Option<&str>) -> Result<Value> {
-    match v {
-        None => Ok(Value::Null),
-        Some(s) => value::decode(s).map_err(|e| Error::bad("change log", e)),
-    }
 }
 
 fn key_where(info: &TableInfo, first_param: usize) -> String {

@@ -4,7 +4,7 @@
 //! how; `Fault::AfterEffect` lets a put land and then reports a failure, which is
 //! what a timed-out request that reached the server looks like to the client.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -156,6 +156,42 @@ impl<S: Store> Store for Faulty<S> {
         let f = self.plan.next();
         before(f, key).await?;
         after(f, key, self.inner.get_to_file(key, path).await)
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.stat(key).await)
+    }
+
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.multipart_start(key).await)
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.multipart_put(key, upload, number, bytes).await)
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.multipart_parts(key, upload).await)
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.multipart_finish(key, upload, parts).await)
+    }
+
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.multipart_abort(key, upload).await)
     }
 
     fn describe(&self) -> String {

@@ -8,10 +8,10 @@
 //! ETag changes on every write without reading the content. All file-system work
 //! runs on tokio's blocking pool, not on the executor's threads.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
 use async_trait::async_trait;
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -110,6 +110,10 @@ fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+fn modified_ms(meta: &fs::Metadata) -> u64 {
+    (meta.mtime().max(0) as u64) * 1000 + meta.mtime_nsec().max(0) as u64 / 1_000_000
+}
+
 fn sync_dir(dir: &Path) -> StoreResult<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, e))
 }
@@ -197,7 +201,12 @@ impl LocalStore {
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
                     Err(e) => return Err(io_err(&path, e)),
                 };
-                out.push(ObjectMeta { key, etag: Self::etag(&meta), size: meta.len() });
+                out.push(ObjectMeta {
+                    key,
+                    etag: Self::etag(&meta),
+                    size: meta.len(),
+                    modified_ms: modified_ms(&meta),
+                });
             }
         }
         Ok(())
@@ -231,6 +240,58 @@ impl LocalStore {
             Err(e) if e.kind() == ErrorKind::NotFound && !path.exists() => Err(StoreError::NotFound(key.to_owned())),
             Err(e) => Err(io_err(dest, e)),
         }
+    }
+
+    /// A multipart upload's parts wait in `.tmp-multipart/<upload>/` (hidden from
+    /// listings like every `.tmp-` name) until the finish joins them.
+    fn upload_dir(&self, upload: &str) -> StoreResult<PathBuf> {
+        if upload.is_empty() || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Refused(format!("invalid upload id {upload:?}")));
+        }
+        Ok(self.root.join(format!("{TMP_PREFIX}multipart")).join(upload))
+    }
+
+    fn part_path(&self, upload: &str, number: u32) -> StoreResult<PathBuf> {
+        Ok(self.upload_dir(upload)?.join(format!("{number:05}")))
+    }
+
+    fn parts_blocking(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        let dir = self.upload_dir(upload)?;
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!("{key}: no multipart upload {upload}")))
+            }
+            Err(e) => return Err(io_err(&dir, e)),
+        };
+        let mut parts = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&dir, e))?;
+            let Some(number) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let meta = entry.metadata().map_err(|e| io_err(&entry.path(), e))?;
+            parts.push(Part { number, size: meta.len(), etag: Self::etag(&meta) });
+        }
+        parts.sort_by_key(|p| p.number);
+        Ok(parts)
+    }
+
+    fn finish_blocking(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        let have = self.parts_blocking(key, upload)?;
+        let mut files = Vec::with_capacity(parts.len());
+        for p in parts {
+            if !have.iter().any(|h| h.number == p.number && h.etag == p.etag) {
+                return Err(StoreError::Refused(format!("{key}: part {} of upload {upload} is not stored", p.number)));
+            }
+            let path = self.part_path(upload, p.number)?;
+            files.push(File::open(&path).map_err(|e| io_err(&path, e))?);
+        }
+        let mut joined: Box<dyn std::io::Read> = Box::new(std::io::empty());
+        for f in files {
+            joined = Box::new(joined.chain(f));
+        }
+        let etag = self.put_from(key, &mut joined, &PutMode::Overwrite)?;
+        let _ = fs::remove_dir_all(self.upload_dir(upload)?);
+        Ok(etag)
     }
 
     fn delete_blocking(&self, key: &str) -> StoreResult<()> {
@@ -277,6 +338,64 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
         self.off_executor(move |s| s.delete_blocking(&key)).await
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let key = key.to_owned();
+        self.off_executor(move |s| {
+            let path = s.path(&key)?;
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    Ok(Some(ObjectMeta { etag: Self::etag(&m), size: m.len(), modified_ms: modified_ms(&m), key }))
+                }
+                Ok(_) => Ok(None),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err(&path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        self.path(key)?;
+        let upload = format!("{:032x}", rand::random::<u128>());
+        let dir = self.upload_dir(&upload)?;
+        self.off_executor(move |_| fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))).await?;
+        Ok(upload)
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        let path = self.part_path(upload, number)?;
+        let key = key.to_owned();
+        self.off_executor(move |_| {
+            if !path.parent().is_some_and(Path::exists) {
+                return Err(StoreError::NotFound(format!("{key}: no such multipart upload")));
+            }
+            let tmp = path.with_extension("part");
+            fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path)).map_err(|e| io_err(&path, e))?;
+            let meta = fs::metadata(&path).map_err(|e| io_err(&path, e))?;
+            Ok(Self::etag(&meta))
+        })
+        .await
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        let (key, upload) = (key.to_owned(), upload.to_owned());
+        self.off_executor(move |s| s.parts_blocking(&key, &upload)).await
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        let (key, upload, parts) = (key.to_owned(), upload.to_owned(), parts.to_vec());
+        self.off_executor(move |s| s.finish_blocking(&key, &upload, &parts)).await
+    }
+
+    async fn multipart_abort(&self, _key: &str, upload: &str) -> StoreResult<()> {
+        let dir = self.upload_dir(upload)?;
+        self.off_executor(move |_| match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&dir, e)),
+            _ => Ok(()),
+        })
+        .await
     }
 
     fn describe(&self) -> String {

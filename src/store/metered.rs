@@ -1,6 +1,6 @@
 //! Request accounting: the one place that counts what a sync costs.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreResult};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreResult};
 use async_trait::async_trait;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -117,6 +117,38 @@ impl<S: Store + ?Sized> Store for Metered<S> {
         let size = self.inner.get_to_file(key, path).await?;
         self.counters.bytes_down.fetch_add(size, Relaxed);
         Ok(size)
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.counters.head.fetch_add(1, Relaxed);
+        self.inner.stat(key).await
+    }
+
+    // Multipart requests are POSTs and PUTs: counted as puts, the parts' bytes as up.
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        self.counters.put.fetch_add(1, Relaxed);
+        self.inner.multipart_start(key).await
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        self.counters.put.fetch_add(1, Relaxed);
+        self.counters.bytes_up.fetch_add(bytes.len() as u64, Relaxed);
+        self.inner.multipart_put(key, upload, number, bytes).await
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        self.counters.list.fetch_add(1, Relaxed);
+        self.inner.multipart_parts(key, upload).await
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        self.counters.put.fetch_add(1, Relaxed);
+        self.inner.multipart_finish(key, upload, parts).await
+    }
+
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        self.counters.delete.fetch_add(1, Relaxed);
+        self.inner.multipart_abort(key, upload).await
     }
 
     fn describe(&self) -> String {

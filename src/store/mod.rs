@@ -42,7 +42,23 @@ pub struct ObjectMeta {
     pub key: String,
     pub etag: String,
     pub size: u64,
+    /// When the object was last written, in ms since the epoch by the store's
+    /// clock (0 when the store does not say). Garbage collection ages blobs by it.
+    pub modified_ms: u64,
 }
+
+/// One finished part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// From 1.
+    pub number: u32,
+    pub size: u64,
+    pub etag: String,
+}
+
+/// Parts of a multipart upload are at least this big (S3 refuses smaller ones,
+/// except the last).
+pub const MIN_PART: u64 = 5 << 20;
 
 #[derive(Debug)]
 pub enum Got {
@@ -106,6 +122,37 @@ pub trait Store: Send + Sync {
     async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
         let bytes = std::fs::read(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         self.put(key, bytes, mode).await
+    }
+    /// The object under `key`, or None. This default lists its key.
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let (page, _) = self.list_page(key, None).await?;
+        Ok(page.into_iter().find(|m| m.key == key))
+    }
+    /// Starts a multipart upload to `key`, returning its upload id. Large values
+    /// ([`crate::blob`]) travel this way so that a lost connection or a crash costs
+    /// at most the part in flight. Backends without it refuse.
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        Err(StoreError::Refused(format!("{key}: multipart uploads are not supported by {}", self.describe())))
+    }
+    /// Uploads part `number` (from 1) of an upload; returns its ETag.
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        let _ = (upload, number, bytes);
+        Err(StoreError::Refused(format!("{key}: multipart uploads are not supported by {}", self.describe())))
+    }
+    /// The parts of an upload that the store holds; NotFound when the upload is
+    /// gone (finished, aborted or expired).
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        let _ = upload;
+        Err(StoreError::NotFound(format!("{key}: no multipart upload")))
+    }
+    /// Joins `parts` into the object under `key` (replacing it); returns its ETag.
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        let _ = (upload, parts);
+        Err(StoreError::Refused(format!("{key}: multipart uploads are not supported by {}", self.describe())))
+    }
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        let _ = (key, upload);
+        Ok(())
     }
     /// Human-readable location, without secrets.
     fn describe(&self) -> String;
@@ -226,6 +273,24 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
         (**self).put_file(key, path, mode).await
+    }
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        (**self).stat(key).await
+    }
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        (**self).multipart_start(key).await
+    }
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        (**self).multipart_put(key, upload, number, bytes).await
+    }
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        (**self).multipart_parts(key, upload).await
+    }
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        (**self).multipart_finish(key, upload, parts).await
+    }
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        (**self).multipart_abort(key, upload).await
     }
     fn describe(&self) -> String {
         (**self).describe()

@@ -8,7 +8,7 @@
 //! object is read back: if it holds exactly our bytes, the write is ours and
 //! succeeds with the current ETag instead of being reported as a conflict.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use rand::Rng;
 use std::future::Future;
@@ -144,6 +144,32 @@ impl<S: Store + ?Sized> Store for Retrying<S> {
 
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
         self.run(key, || self.inner.get_to_file(key, path)).await.0
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.run(key, || self.inner.stat(key)).await.0
+    }
+
+    // Every multipart step is safe to repeat: a part re-sent replaces itself, and a
+    // finish that landed is recognised by the caller ([`crate::blob`]) by its object.
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        self.run(key, || self.inner.multipart_start(key)).await.0
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        self.run(key, || self.inner.multipart_put(key, upload, number, bytes.clone())).await.0
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        self.run(key, || self.inner.multipart_parts(key, upload)).await.0
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        self.run(key, || self.inner.multipart_finish(key, upload, parts)).await.0
+    }
+
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        self.run(key, || self.inner.multipart_abort(key, upload)).await.0
     }
 
     fn describe(&self) -> String {

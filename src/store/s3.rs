@@ -10,7 +10,7 @@
 //! LIST, a GET or a PUT can be handed back unchanged. S3 ETags of simple uploads are
 //! the MD5 of the content: writing identical bytes again keeps the ETag.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreError, StoreResult, LIST_PAGE};
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -157,7 +157,7 @@ enum Class {
 /// retry or re-read will fix; `RequestTimeout` is a 400 worth retrying).
 fn classify(status: u16, code: Option<&str>) -> Class {
     match code {
-        Some("NoSuchKey") => return Class::NotFound,
+        Some("NoSuchKey" | "NoSuchUpload") => return Class::NotFound,
         Some("NotImplemented") => return Class::Unsupported,
         Some("PreconditionFailed" | "ConditionalRequestConflict") => return Class::Precondition,
         Some(
@@ -332,6 +332,7 @@ impl Store for S3Store {
                 key: key.to_owned(),
                 etag: obj.e_tag().map(unquote).unwrap_or_default(),
                 size: obj.size().unwrap_or(0).max(0) as u64,
+                modified_ms: obj.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0).max(0) as u64,
             });
         }
         Ok((page, resp.is_truncated().unwrap_or(false)))
@@ -450,6 +451,119 @@ impl Store for S3Store {
             Ok(_) => Ok(()),
             Err(e) => match map_err("delete", &full, e) {
                 (Class::NotFound, StoreError::NotFound(_)) => Ok(()),
+                (_, err) => Err(err),
+            },
+        }
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let full = self.full_key(key);
+        match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+            Ok(resp) => Ok(Some(ObjectMeta {
+                key: key.to_owned(),
+                etag: resp.e_tag().map(unquote).unwrap_or_default(),
+                size: resp.content_length().unwrap_or(0).max(0) as u64,
+                modified_ms: resp.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0).max(0) as u64,
+            })),
+            Err(e) => match map_err("head", &full, e) {
+                (Class::NotFound, _) => Ok(None),
+                (_, err) => Err(err),
+            },
+        }
+    }
+
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| map_err("start upload", &full, e).1)?;
+        resp.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Io(format!("start upload {full}: the server returned no upload id")))
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .part_number(number as i32)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| map_err("upload part", &full, e).1)?;
+        resp.e_tag().map(unquote).ok_or_else(|| StoreError::Io(format!("upload part {full}: no ETag returned")))
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        let full = self.full_key(key);
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let resp = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| map_err("list parts", &full, e).1)?;
+            for p in resp.parts() {
+                parts.push(Part {
+                    number: p.part_number().unwrap_or(0).max(0) as u32,
+                    size: p.size().unwrap_or(0).max(0) as u64,
+                    etag: p.e_tag().map(unquote).unwrap_or_default(),
+                });
+            }
+            match (resp.is_truncated(), resp.next_part_number_marker()) {
+                (Some(true), Some(m)) if !m.is_empty() => marker = Some(m.to_owned()),
+                _ => break,
+            }
+        }
+        parts.sort_by_key(|p| p.number);
+        Ok(parts)
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let full = self.full_key(key);
+        let done = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| CompletedPart::builder().part_number(p.number as i32).e_tag(quote(&p.etag)).build())
+                    .collect(),
+            ))
+            .build();
+        let resp = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload)
+            .multipart_upload(done)
+            .send()
+            .await
+            .map_err(|e| map_err("finish upload", &full, e).1)?;
+        Ok(resp.e_tag().map(unquote).unwrap_or_default())
+    }
+
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        let full = self.full_key(key);
+        match self.client.abort_multipart_upload().bucket(&self.bucket).key(&full).upload_id(upload).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err("abort upload", &full, e) {
+                (Class::NotFound, _) => Ok(()),
                 (_, err) => Err(err),
             },
         }

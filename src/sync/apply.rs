@@ -18,16 +18,14 @@ use std::path::Path;
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
 
-/// Checks every change of a downloaded batch of replica `id`, then applies it in
-/// one transaction together with the replica's cursor. Returns how many changes,
-/// and the tables they touch.
-pub fn apply_batch(
-    r: &mut Replica,
-    id: &str,
-    path: &Path,
-    key: &str,
-    sha: &str,
-) -> Result<(usize, std::collections::BTreeSet<String>)> {
+/// A downloaded batch whose every change passed the checks, not applied yet.
+pub struct Checked {
+    pub header: batch::Header,
+    pub changes: Vec<Change>,
+}
+
+/// Checks every change of a downloaded batch of replica `id`.
+pub fn check_batch(r: &Replica, id: &str, path: &Path, key: &str) -> Result<Checked> {
     let batch = batch::open(path, key, id)?;
     let changes = batch.changes()?;
     let known = peers::get(&r.sync, id)?.unwrap_or_default();
@@ -43,6 +41,19 @@ pub fn apply_batch(
     for c in &changes {
         check_change(r, key, c, cap)?;
     }
+    Ok(Checked { header: batch.header, changes })
+}
+
+/// Applies a checked batch in one transaction together with the replica's cursor.
+/// Returns how many changes, and the tables they touch.
+pub fn commit_batch(
+    r: &mut Replica,
+    id: &str,
+    checked: Checked,
+    key: &str,
+    sha: &str,
+) -> Result<(usize, std::collections::BTreeSet<String>)> {
+    let Checked { header, changes } = checked;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
@@ -63,7 +74,7 @@ pub fn apply_batch(
         r.hlc.observe(&last);
     }
     changelog::save_clock(&tx, &r.hlc)?;
-    let h = &batch.header;
+    let h = &header;
     peers::batch_applied(&tx, id, &h.batch_id, sha, &h.last_change_id, changes.len() as i64)?;
     tx.commit()?;
     Ok((changes.len(), changes.iter().map(|c| c.entity_type.clone()).collect()))

@@ -37,6 +37,9 @@ use serde::Serialize;
 pub struct PushReport {
     pub batches: usize,
     pub changes: usize,
+    /// Values stored out of line that this push uploaded (those the bucket held
+    /// already are not counted).
+    pub blobs: crate::blob::Moved,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -56,6 +59,10 @@ pub struct PullReport {
     /// Replicas whose changes are held until someone runs `dimple trust` (explicit
     /// trust mode): their heads verified, their keys are pinned, nothing applied.
     pub waiting_for_trust: Vec<String>,
+    /// Values stored out of line that this pull downloaded.
+    pub blobs: crate::blob::Moved,
+    /// Values this replica lacks after the pull (lazy, or not in the bucket).
+    pub blobs_missing: crate::blob::Missing,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -63,6 +70,18 @@ pub struct SyncReport {
     pub pull: PullReport,
     pub push: PushReport,
     pub requests: RequestStats,
+}
+
+/// Downloads values stored out of line that this replica lacks (a lazy replica's,
+/// or ones not fetched yet) and writes them into their rows: all of them, or only
+/// those of one row (`only` = table and entity id, as `dimple log` shows it).
+pub async fn fetch(
+    r: &mut Replica,
+    store: &dyn Store,
+    only: Option<(&str, &str)>,
+) -> Result<crate::blob::transfer::Fetched> {
+    let codec = crate::group::prepare(r, store, true).await?;
+    crate::blob::transfer::fetch_missing(r, store, &codec, only).await
 }
 
 /// Pull, then push.

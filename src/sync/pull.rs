@@ -102,6 +102,15 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         }
     }
     crate::schema::settle_if_changed(r, resettle)?;
+    // Values still missing here (rebuilt tables, an earlier lazy policy, a blob
+    // that was not there): fetched now unless this replica is lazy.
+    if crate::blob::fetch_policy(&r.sync)? == crate::blob::Fetch::Eager {
+        let fetched = crate::blob::transfer::fetch_missing(r, store, &codec, None).await?;
+        report.blobs.add(fetched.moved);
+        report.problems.extend(fetched.problems);
+    }
+    crate::blob::transfer::clear_in(r);
+    report.blobs_missing = crate::blob::missing_summary(&r.sync)?;
     report.tables.sort();
     Ok(report)
 }
@@ -208,7 +217,11 @@ async fn pull_replica(
         other => other?,
     };
     for link in chain.iter().rev() {
-        let (n, tables) = apply::apply_batch(r, id, &link.path, &link.key, &link.sha256)?;
+        let checked = apply::check_batch(r, id, &link.path, &link.key)?;
+        // Values stored out of line are downloaded and checked before any of the
+        // batch is applied.
+        report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.changes).await?);
+        let (n, tables) = apply::commit_batch(r, id, checked, &link.key, &link.sha256)?;
         report.batches += 1;
         report.changes += n;
         for t in tables {

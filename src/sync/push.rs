@@ -40,6 +40,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         let state = PushState::load(&r.sync)?;
         let changes = changelog::own_changes_after(&r.sync, &me, &state.through, r.opts.batch_changes)?;
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
+        // Every value the batch stores out of line is in the bucket before the batch.
+        report.blobs.add(crate::blob::transfer::send(r, store, &codec, &changes).await?);
         let batch_id = r.hlc.tick().to_string();
         let txns = changes.iter().map(|c| &c.transaction_id).collect::<std::collections::BTreeSet<_>>().len();
         let header = batch::Header {
@@ -91,6 +93,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         report.changes += inf.changes;
         complete(r, store, inf, &codec).await?;
     }
+    crate::blob::transfer::sweep_out(r, &PushState::load(&r.sync)?.through)?;
     Ok(report)
 }
 

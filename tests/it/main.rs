@@ -1,6 +1,7 @@
 //! One integration-test binary (one link of aws-sdk-s3), one module per subject.
 
 mod agent;
+mod attachments;
 mod bad_input;
 mod bounded;
 mod capture;

@@ -1,0 +1,439 @@
+//! Moving values stored out of line between this replica and `blobs/`.
+//!
+//! Everything streams through files: uploads read the captured file in parts,
+//! downloads go to a file that is decoded and hashed in pieces before any row sees
+//! it. A value of [`MULTIPART_FROM`] or more is uploaded in [`PART`]-sized parts;
+//! the upload id is kept beside the file (`<sha256>.upload`), so after a crash or a
+//! lost connection the next push asks the store which parts it holds and sends
+//! only the rest.
+
+use super::{local_file, reference, Moved};
+use crate::codec::{Codec, Kind};
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::merge::{Change, Merger};
+use crate::replica::Replica;
+use crate::store::{Part, PutMode, Store, StoreError};
+use crate::track::ROW;
+use crate::value::Ref;
+use futures::{StreamExt, TryStreamExt};
+use rusqlite::OptionalExtension;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Size of each part of a multipart upload (S3 needs at least 5 MiB).
+pub const PART: u64 = 8 << 20;
+/// Values at least this big (as stored) are uploaded in parts.
+pub const MULTIPART_FROM: u64 = 2 * PART;
+/// Values, or parts of one value, in flight at once: memory stays under
+/// CONCURRENCY parts.
+const CONCURRENCY: usize = 4;
+/// A progress bar is drawn (on a terminal) for transfers at least this big.
+const PROGRESS_FROM: u64 = 32 << 20;
+
+/// The bucket key of the value `r`: its sha256, or in an encrypted group a keyed
+/// hash of it ([`crate::seal::blob_name`]).
+pub fn object_key(codec: &Codec, r: &Ref) -> Result<String> {
+    Ok(layout::blob_key(&match codec {
+        Codec::Plain => r.sha256.clone(),
+        Codec::Sealed(ring) => crate::seal::blob_name(ring, &r.sha256)?,
+    }))
+}
+
+/// Bytes moved, drawn as a bar on stderr when it is a terminal and the transfer is big.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(total: u64, what: &str) -> Progress {
+        use std::io::IsTerminal;
+        if total < PROGRESS_FROM || !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+        {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_owned());
+        Progress(Some(bar))
+    }
+
+    fn inc(&self, n: u64) {
+        if let Some(b) = &self.0 {
+            b.inc(n);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Uploads every value `changes` reference that the bucket does not hold yet:
+/// called before the batch naming them is written, so no replica ever reads a
+/// reference whose bytes are not there.
+pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, changes: &[Change]) -> Result<Moved> {
+    let refs: BTreeSet<Ref> = changes.iter().filter_map(|c| reference(c.new_value.as_deref())).collect();
+    if refs.is_empty() {
+        return Ok(Moved::default());
+    }
+    let out = r.side().blobs_out()?;
+    let total = refs.iter().map(|r| r.size).sum();
+    let progress = Progress::new(total, "uploading values");
+    let sent: Vec<Moved> = futures::stream::iter(refs.iter().map(|rf| send_one(store, codec, &out, rf, &progress)))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut moved = Moved::default();
+    sent.into_iter().for_each(|m| moved.add(m));
+    Ok(moved)
+}
+
+async fn send_one(store: &dyn Store, codec: &Codec, out: &Path, rf: &Ref, progress: &Progress) -> Result<Moved> {
+    let key = object_key(codec, rf)?;
+    let file = out.join(&rf.sha256);
+    let have = std::fs::metadata(&file).is_ok_and(|m| m.len() == rf.size);
+    // Content-addressed: whoever stored it first stored the same value.
+    if store.stat(&key).await?.is_some() {
+        progress.inc(rf.size);
+        return Ok(Moved::default());
+    }
+    if !have {
+        return Err(Error::Invalid(format!(
+            "the bytes of a value stored out of line ({}, {} bytes) are neither in the bucket nor in {}; \
+             write the value again, or run `dimple verify --repair`",
+            rf.sha256,
+            rf.size,
+            out.display()
+        )));
+    }
+    let source = match codec {
+        Codec::Plain => file.clone(),
+        Codec::Sealed(_) => {
+            // Sealed once and kept until uploaded: a resumed upload sends the same bytes.
+            let sealed = file.with_extension("sealed");
+            if !sealed.exists() {
+                let tmp = file.with_extension("sealing-copy");
+                std::fs::copy(&file, &tmp).map_err(|e| Error::io(&tmp, e))?;
+                codec.encode_file(Kind::Blob, &key, &tmp)?;
+                std::fs::rename(&tmp, &sealed).map_err(|e| Error::io(&sealed, e))?;
+            }
+            sealed
+        }
+    };
+    let size = std::fs::metadata(&source).map_err(|e| Error::io(&source, e))?.len();
+    if size >= MULTIPART_FROM {
+        multipart(store, &key, &source, size, &file.with_extension("upload"), progress).await?;
+    } else {
+        store.put_file(&key, &source, PutMode::Overwrite).await?;
+        progress.inc(rf.size);
+    }
+    if source != file {
+        let _ = std::fs::remove_file(&source);
+    }
+    Ok(Moved { count: 1, bytes: size })
+}
+
+/// The upload in progress for one value, kept beside its file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UploadState {
+    key: String,
+    upload: String,
+    size: u64,
+}
+
+async fn multipart(
+    store: &dyn Store,
+    key: &str,
+    source: &Path,
+    size: u64,
+    state_path: &Path,
+    progress: &Progress,
+) -> Result<()> {
+    let saved: Option<UploadState> = std::fs::read(state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<UploadState>(&b).ok())
+        .filter(|s| s.key == key && s.size == size);
+    let resumed = match saved {
+        Some(s) => match store.multipart_parts(key, &s.upload).await {
+            Ok(parts) => Some((s.upload, parts)),
+            Err(StoreError::NotFound(_)) => None, // finished, aborted or expired
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    let (upload, held) = match resumed {
+        Some(r) => r,
+        None => {
+            let upload = store.multipart_start(key).await?;
+            let state = UploadState { key: key.to_owned(), upload: upload.clone(), size };
+            crate::secret::write(state_path, &serde_json::to_string(&state).expect("serializes"))?;
+            (upload, Vec::new())
+        }
+    };
+    let count = size.div_ceil(PART) as u32;
+    let part_len = |n: u32| PART.min(size - (n as u64 - 1) * PART);
+    let mut done: Vec<Part> =
+        held.into_iter().filter(|p| (1..=count).contains(&p.number) && p.size == part_len(p.number)).collect();
+    progress.inc(done.iter().map(|p| p.size).sum());
+    let todo: Vec<u32> = (1..=count).filter(|n| !done.iter().any(|p| p.number == *n)).collect();
+    let upload_ref = upload.as_str();
+    let sent: Vec<Part> = futures::stream::iter(todo.into_iter().map(|n| async move {
+        let len = part_len(n);
+        let bytes = read_part(source, (n as u64 - 1) * PART, len)?;
+        let etag = store.multipart_put(key, upload_ref, n, bytes).await?;
+        progress.inc(len);
+        Ok::<_, Error>(Part { number: n, size: len, etag })
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .try_collect()
+    .await?;
+    done.extend(sent);
+    done.sort_by_key(|p| p.number);
+    match store.multipart_finish(key, &upload, &done).await {
+        Ok(_) => {}
+        // A finish that landed before its answer was lost: the upload is gone and
+        // the object is there.
+        Err(StoreError::NotFound(_)) if store.stat(key).await?.is_some_and(|m| m.size == size) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let _ = std::fs::remove_file(state_path);
+    Ok(())
+}
+
+fn read_part(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    f.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+/// What became of one download.
+enum Got {
+    Here(Moved),
+    /// Not in the bucket (deleted, or never uploaded by a faulty writer).
+    Absent,
+}
+
+/// Downloads the value `rf` into `dir/<sha256>`, checked: its size and sha256
+/// must be the reference's, or it is refused as bad data from the bucket.
+async fn download(store: &dyn Store, codec: &Codec, dir: &Path, rf: &Ref, progress: &Progress) -> Result<Got> {
+    let dest = dir.join(&rf.sha256);
+    if std::fs::metadata(&dest).is_ok_and(|m| m.len() == rf.size) {
+        return Ok(Got::Here(Moved::default()));
+    }
+    let key = object_key(codec, rf)?;
+    let tmp = dir.join(format!("{}.{:08x}.part", rf.sha256, rand::random::<u32>()));
+    let n = match store.get_to_file(&key, &tmp).await {
+        Ok(n) => n,
+        Err(StoreError::NotFound(_)) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Got::Absent);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    progress.inc(rf.size);
+    let checked = codec.decode_file(Kind::Blob, &key, &tmp).and_then(|()| {
+        let (sha, size) = hash_file(&tmp)?;
+        if size != rf.size || sha != rf.sha256 {
+            return Err(Error::bad(
+                &key,
+                format!(
+                    "its bytes do not match the reference: {size} bytes with sha256 {sha}, where the change says {} bytes with sha256 {}",
+                    rf.size, rf.sha256
+                ),
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    Ok(Got::Here(Moved { count: 1, bytes: n }))
+}
+
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let size = std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok((crate::hash::hex(&h.finalize()), size))
+}
+
+/// Before a pulled batch is applied (eager replicas): downloads and checks every
+/// value it references that will win here, so that a value whose bytes do not
+/// match refuses the batch before any of it is applied. A value that is not in
+/// the bucket is applied as missing (see [`fetch_missing`]).
+pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, changes: &[Change]) -> Result<Moved> {
+    if super::fetch_policy(&r.sync)? == super::Fetch::Lazy {
+        return Ok(Moved::default());
+    }
+    // The batch's last reference per cell: an earlier one is overwritten by it.
+    let mut last: BTreeMap<(&str, &str, &str), (&str, Option<Ref>)> = BTreeMap::new();
+    for c in changes.iter().filter(|c| c.attribute != ROW) {
+        last.insert((&c.entity_type, &c.entity_id, &c.attribute), (&c.id, reference(c.new_value.as_deref())));
+    }
+    let side = r.side();
+    let mut wanted = BTreeSet::new();
+    let mut winner = r.sync.prepare_cached(
+        "SELECT change_id FROM ZV_CLOCK WHERE entity_type = ?1 AND entity_id = ?2 AND attribute = ?3",
+    )?;
+    for ((t, e, a), (id, rf)) in last {
+        let Some(rf) = rf else { continue };
+        let current: Option<String> = winner.query_row([t, e, a], |row| row.get(0)).optional()?;
+        if current.is_some_and(|cur| cur.as_str() >= id) || local_file(side, &rf).is_some() {
+            continue; // loses here, or its bytes are here already
+        }
+        wanted.insert(rf);
+    }
+    drop(winner);
+    if wanted.is_empty() {
+        return Ok(Moved::default());
+    }
+    let dir = side.blobs_in()?;
+    let progress = Progress::new(wanted.iter().map(|r| r.size).sum(), "downloading values");
+    let got: Vec<Got> = futures::stream::iter(wanted.iter().map(|rf| download(store, codec, &dir, rf, &progress)))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut moved = Moved::default();
+    for g in got {
+        if let Got::Here(m) = g {
+            moved.add(m);
+        }
+    }
+    Ok(moved)
+}
+
+/// What [`fetch_missing`] did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Fetched {
+    pub moved: Moved,
+    /// Cells filled.
+    pub filled: u64,
+    /// Values still missing (not in the bucket, or refused: see `problems`).
+    pub still_missing: u64,
+    pub problems: Vec<String>,
+}
+
+/// Downloads the values missing here (all of them, or one row's) and writes them
+/// into their cells. A value whose bytes do not match its reference is recorded as
+/// a problem of the replica that wrote it and stays missing.
+pub async fn fetch_missing(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    only: Option<(&str, &str)>,
+) -> Result<Fetched> {
+    let all = super::missing(&r.sync)?;
+    let list: Vec<_> = all.into_iter().filter(|m| only.is_none_or(|(t, e)| m.table == t && m.entity_id == e)).collect();
+    let mut report = Fetched::default();
+    if list.is_empty() {
+        return Ok(report);
+    }
+    let side = r.side().clone();
+    let dir = side.blobs_in()?;
+    let refs: BTreeSet<&Ref> = list.iter().map(|m| &m.r).filter(|rf| local_file(&side, rf).is_none()).collect();
+    let progress = Progress::new(refs.iter().map(|r| r.size).sum(), "downloading values");
+    let results: Vec<(&Ref, Result<Got>)> = futures::stream::iter(refs.into_iter().map(|rf| {
+        let (dir, progress) = (&dir, &progress);
+        async move { (rf, download(store, codec, dir, rf, progress).await) }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await;
+    drop(progress);
+    let now = crate::clock::rfc3339(r.hlc.now_ms());
+    for (rf, result) in results {
+        match result {
+            Ok(Got::Here(m)) => report.moved.add(m),
+            Ok(Got::Absent) => {}
+            Err(Error::BadData { origin, reason }) => {
+                for m in list.iter().filter(|m| &m.r == rf) {
+                    crate::problems::record(&r.sync, &m.author, &origin, &reason, &now)?;
+                }
+                report.problems.push(format!("{origin}: {reason}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let tx = r.sync.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let merger = Merger::new(&tx)?;
+        for m in &list {
+            match local_file(&side, &m.r) {
+                Some(file) => {
+                    if merger.fill_missing(&m.table, &m.entity_id, &m.attribute, &m.r, &file)? {
+                        report.filled += 1;
+                    }
+                }
+                None => report.still_missing += 1,
+            }
+        }
+    }
+    tx.commit()?;
+    clear_in(r);
+    Ok(report)
+}
+
+/// Forgets downloaded values once they are in their rows (a crash leaves nothing
+/// that the next pull does not clear).
+pub fn clear_in(r: &Replica) {
+    let dir: PathBuf = r.side().path().join("blobs/in");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Deletes captured values no unpushed change of this replica names any more.
+pub fn sweep_out(r: &Replica, pushed_through: &str) -> Result<()> {
+    let dir = r.side().path().join("blobs/out");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    let me = r.id().to_owned();
+    let mut wanted = r.sync.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM ZV_CHANGE WHERE id > ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)
+                        AND new_value IN (?3, ?4))",
+    )?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let (sha, ext) = name.split_once('.').unwrap_or((name.as_str(), ""));
+        if sha.len() != 64 {
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path()); // a capture that crashed before its rename
+            }
+            continue;
+        }
+        let base = dir.join(sha);
+        if !ext.is_empty() {
+            if !base.exists() {
+                let _ = std::fs::remove_file(e.path()); // a sealed copy or an upload left behind
+            }
+            continue;
+        }
+        let size = e.metadata().map_or(0, |m| m.len());
+        let blob = Ref { sha256: sha.to_owned(), size, text: false }.encode();
+        let text = Ref { sha256: sha.to_owned(), size, text: true }.encode();
+        let needed: bool = wanted.query_row(rusqlite::params![pushed_through, me, blob, text], |row| row.get(0))?;
+        if !needed {
+            for x in ["sealed", "upload"] {
+                let _ = std::fs::remove_file(dir.join(format!("{sha}.{x}")));
+            }
+            let _ = std::fs::remove_file(&base);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Writing values stored out of line into rows (docs/attachments.md).
+//!
+//! The row write binds a zero-filled BLOB of the value's size (SQLite writes its
+//! pages without holding it in memory), then the bytes are streamed into it from
+//! the checked file through incremental blob I/O, and a TEXT value is turned back
+//! into TEXT in place. Memory stays at one piece whatever the size. A table
+//! without rowid has no blob handle: its values are written whole.
+//!
+//! A value whose bytes are not here (a lazy replica, a blob not fetched yet) leaves
+//! the cell NULL and an entry in `ZV_BLOB_MISSING`, which the fetch fills later.
+
+use super::Merger;
+use crate::error::{Error, Result};
+use crate::sql::ident;
+use crate::track::TableInfo;
+use crate::value::{self, Ref, Stored};
+use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::{params, DatabaseName, OptionalExtension, ToSql};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A value bound into a table write.
+pub(super) enum Bind {
+    Value(Value),
+    /// Zeros of this length, filled after the row is written.
+    Zero(u64),
+}
+
+impl ToSql for Bind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            Bind::Value(v) => v.to_sql(),
+            // `value::MAX_SIZE` keeps every checked size within an i32.
+            Bind::Zero(n) => Ok(ToSqlOutput::ZeroBlob(i32::try_from(*n).unwrap_or(i32::MAX))),
+        }
+    }
+}
+
+/// A cell to finish once its row is written.
+pub(super) struct Fill {
+    column: usize,
+    r: Ref,
+    /// The checked bytes, when this replica has them.
+    file: Option<PathBuf>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl Merger<'_> {
+    /// The bind for stored value `v` of column `column`; a reference adds a fill.
+    pub(super) fn bind(&self, column: usize, v: Option<&str>, fills: &mut Vec<Fill>) -> Result<Bind> {
+        let Some(s) = v else { return Ok(Bind::Value(Value::Null)) };
+        match value::decode_stored(s).map_err(|e| Error::bad("change log", e))? {
+            Stored::Inline(v) => Ok(Bind::Value(v)),
+            Stored::Ref(r) => {
+                let file = self.side.as_ref().and_then(|side| crate::blob::local_file(side, &r));
+                let bind = if file.is_some() { Bind::Zero(r.size) } else { Bind::Value(Value::Null) };
+                fills.push(Fill { column, r, file });
+                Ok(bind)
+            }
+        }
+    }
+
+    /// Finishes the out-of-line cells of a row just written.
+    pub(super) fn fill(&self, info: &TableInfo, entity_id: &str, key: &[Value], fills: Vec<Fill>) -> Result<()> {
+        for f in fills {
+            let column = &info.columns[f.column];
+            let Some(file) = &f.file else {
+                if self.row_exists(info, key)? {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO ZV_BLOB_MISSING(tbl, entity_id, attribute, ref, since)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            info.name,
+                            entity_id,
+                            column,
+                            f.r.encode(),
+                            crate::clock::rfc3339(now_ms())
+                        ])?;
+                }
+                continue;
+            };
+            self.write_bytes(info, key, column, &f.r, file)?;
+            self.conn
+                .prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
+                .execute(params![info.name, entity_id, column])?;
+        }
+        Ok(())
+    }
+
+    /// Streams `file` (checked to hold `r`) into the cell, which holds zeros of its size.
+    fn write_bytes(&self, info: &TableInfo, key: &[Value], column: &str, r: &Ref, file: &Path) -> Result<()> {
+        let t = ident(&info.name);
+        let where_key = super::key_where(info, 1);
+        let rowid: Option<i64> = match self
+            .conn
+            .prepare_cached(&format!("SELECT rowid FROM {t} WHERE {where_key}"))
+            .and_then(|mut s| s.query_row(rusqlite::params_from_iter(key), |row| row.get(0)).optional())
+        {
+            Ok(id) => id,
+            // WITHOUT ROWID: no blob handle; the value is written whole.
+            Err(_) => {
+                let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+                let v = if r.text {
+                    Value::Text(String::from_utf8(bytes).map_err(|_| {
+                        Error::bad(crate::layout::blob_key(&r.sha256), "a TEXT value that is not UTF-8")
+                    })?)
+                } else {
+                    Value::Blob(bytes)
+                };
+                let sql = format!("UPDATE {t} SET {} = ?{} WHERE {where_key}", ident(column), key.len() + 1);
+                let mut params: Vec<&dyn ToSql> = key.iter().map(|k| k as &dyn ToSql).collect();
+                params.push(&v);
+                self.conn.prepare_cached(&sql)?.execute(params.as_slice())?;
+                return Ok(());
+            }
+        };
+        let Some(rowid) = rowid else { return Ok(()) };
+        {
+            let mut blob = self.conn.blob_open(DatabaseName::Main, &info.name, column, rowid, false)?;
+            if blob.len() as u64 != r.size {
+                return Err(Error::Invalid(format!(
+                    "{}.{column}: the cell does not hold room for the value",
+                    info.name
+                )));
+            }
+            let mut src = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = src.read(&mut buf).map_err(|e| Error::io(file, e))?;
+                if n == 0 {
+                    break;
+                }
+                blob.write_all(&buf[..n]).map_err(|e| Error::io(file, e))?;
+            }
+        }
+        if r.text {
+            self.conn
+                .prepare_cached(&format!("UPDATE {t} SET {c} = CAST({c} AS TEXT) WHERE rowid = ?1", c = ident(column)))?
+                .execute([rowid])?;
+        }
+        Ok(())
+    }
+
+    /// Writes a missing value into its cell now that its bytes are at `file`, if
+    /// `r` is still the cell's winner and the row is there. Returns whether it did.
+    pub fn fill_missing(&self, table: &str, entity_id: &str, attribute: &str, r: &Ref, file: &Path) -> Result<bool> {
+        let winner: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n
+                 WHERE k.entity_type = ?1 AND k.entity_id = ?2 AND k.attribute = ?3",
+            )?
+            .query_row(params![table, entity_id, attribute], |row| row.get(0))
+            .optional()?
+            .flatten();
+        let done = |m: &Self| -> Result<()> {
+            m.conn
+                .prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
+                .execute(params![table, entity_id, attribute])?;
+            Ok(())
+        };
+        let (Some(info), true) = (self.tables.get(table), winner.as_deref() == Some(r.encode().as_str())) else {
+            done(self)?;
+            return Ok(false);
+        };
+        let Some(column) = info.columns.iter().position(|c| c == attribute) else { return Ok(false) };
+        let key = super::key_values(info, entity_id)?;
+        if !self.row_exists(info, &key)? {
+            done(self)?;
+            return Ok(false);
+        }
+        let fills = vec![Fill { column, r: r.clone(), file: Some(file.to_path_buf()) }];
+        let sql =
+            format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(attribute), super::key_where(info, 2));
+        let zero = Bind::Zero(r.size);
+        let mut params: Vec<&dyn ToSql> = vec![&zero];
+        params.extend(key.iter().map(|k| k as &dyn ToSql));
+        self.conn.prepare_cached(&sql)?.execute(params.as_slice())?;
+        self.fill(info, entity_id, &key, fills)?;
+        Ok(true)
+    }
+}
+
+/// For `ZV_BLOB_MISSING.since`, which only informs the user.
+fn now_ms() -> u64 {
+    crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+}
