@@ -2,8 +2,9 @@
 //! of `dimple compact --prune`.
 //!
 //! A blob is deleted only when all of these hold:
-//! - no change in this replica's log names it (the winners of live rows and every
-//!   retained change, old values included), after a pull that applied every
+//! - no change in this replica's log sets it (the winners of live rows and every
+//!   retained change; an old value is a record of what was replaced, never
+//!   fetched, so it keeps nothing alive), after a pull that applied every
 //!   replica's batches (a pull that left problems or held replicas skips the
 //!   collection: their batches may name blobs this log does not);
 //! - the store last wrote it longer than the grace period ago. A writer uploads a
@@ -29,11 +30,10 @@ pub struct Collected {
     pub skipped: Option<String>,
 }
 
-/// The bucket keys of every value this replica's log references.
+/// The bucket keys of every value a change in this replica's log sets.
 pub fn referenced(r: &Replica, codec: &Codec) -> Result<HashSet<String>> {
     let mut stmt = r.sync.prepare(
-        "SELECT new_value FROM ZV_CHANGE WHERE substr(new_value, 1, 10) IN ('{\"blobref\"', '{\"textref\"')
-         UNION SELECT old_value FROM ZV_CHANGE WHERE substr(old_value, 1, 10) IN ('{\"blobref\"', '{\"textref\"')",
+        "SELECT DISTINCT new_value FROM ZV_CHANGE WHERE substr(new_value, 1, 10) IN ('{\"blobref\"', '{\"textref\"')",
     )?;
     let mut out = HashSet::new();
     for v in stmt.query_map([], |row| row.get::<_, String>(0))? {

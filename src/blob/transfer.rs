@@ -187,7 +187,7 @@ async fn multipart(
     let sent: Vec<Part> = futures::stream::iter(todo.into_iter().map(|n| async move {
         let len = part_len(n);
         let bytes = read_part(source, (n as u64 - 1) * PART, len)?;
-        let etag = store.multipart_put(key, upload_ref, n, bytes).await?;
+        let etag = store.multipart_put(key, upload_ref, n, bytes.into()).await?;
         progress.inc(len);
         Ok::<_, Error>(Part { number: n, size: len, etag })
     }))

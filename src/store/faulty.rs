@@ -170,7 +170,7 @@ impl<S: Store> Store for Faulty<S> {
         after(f, key, self.inner.multipart_start(key).await)
     }
 
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         let f = self.plan.next();
         before(f, key).await?;
         after(f, key, self.inner.multipart_put(key, upload, number, bytes).await)

@@ -364,7 +364,7 @@ impl Store for LocalStore {
         Ok(upload)
     }
 
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         let path = self.part_path(upload, number)?;
         let key = key.to_owned();
         self.off_executor(move |_| {

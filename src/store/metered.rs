@@ -130,7 +130,7 @@ impl<S: Store + ?Sized> Store for Metered<S> {
         self.inner.multipart_start(key).await
     }
 
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         self.counters.put.fetch_add(1, Relaxed);
         self.counters.bytes_up.fetch_add(bytes.len() as u64, Relaxed);
         self.inner.multipart_put(key, upload, number, bytes).await

@@ -135,7 +135,7 @@ pub trait Store: Send + Sync {
         Err(StoreError::Refused(format!("{key}: multipart uploads are not supported by {}", self.describe())))
     }
     /// Uploads part `number` (from 1) of an upload; returns its ETag.
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         let _ = (upload, number, bytes);
         Err(StoreError::Refused(format!("{key}: multipart uploads are not supported by {}", self.describe())))
     }
@@ -280,7 +280,7 @@ impl<S: Store + ?Sized> Store for Box<S> {
     async fn multipart_start(&self, key: &str) -> StoreResult<String> {
         (**self).multipart_start(key).await
     }
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         (**self).multipart_put(key, upload, number, bytes).await
     }
     async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {

@@ -156,7 +156,7 @@ impl<S: Store + ?Sized> Store for Retrying<S> {
         self.run(key, || self.inner.multipart_start(key)).await.0
     }
 
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         self.run(key, || self.inner.multipart_put(key, upload, number, bytes.clone())).await.0
     }
 

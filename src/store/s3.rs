@@ -487,7 +487,7 @@ impl Store for S3Store {
             .ok_or_else(|| StoreError::Io(format!("start upload {full}: the server returned no upload id")))
     }
 
-    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: Vec<u8>) -> StoreResult<String> {
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
         let full = self.full_key(key);
         let resp = self
             .client

@@ -3,7 +3,7 @@
 //! collected when nothing references them. One test per promise.
 
 use crate::support::*;
-use dimple::store::{list_all, Store};
+use dimple::store::{list_all, ObjectMeta, Part, PutMode, Store, StoreError};
 use dimple::{layout, Replica};
 use rand::{Rng, RngCore, SeedableRng};
 use rusqlite::types::Value;
@@ -213,4 +213,309 @@ fn a_lazy_replica_applies_the_row_without_the_value_and_fetches_it_on_demand() -
     sync(&g, &mut a);
     assert_eq!(data(&a, "p2"), Value::Blob(vec![0]));
     Ok(())
+}
+
+/// A store whose connection is lost after `allowed` parts of multipart uploads
+/// (those finish first: the failing calls wait for them), recording the part
+/// numbers it took.
+struct CutAfterParts {
+    inner: Box<dyn Store>,
+    allowed: i64,
+    started: std::sync::atomic::AtomicI64,
+    took: std::sync::Mutex<Vec<u32>>,
+    finished: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Store for CutAfterParts {
+    async fn list_page(&self, p: &str, a: Option<&str>) -> dimple::store::StoreResult<(Vec<ObjectMeta>, bool)> {
+        self.inner.list_page(p, a).await
+    }
+    async fn get(&self, k: &str, i: Option<&str>) -> dimple::store::StoreResult<dimple::store::Got> {
+        self.inner.get(k, i).await
+    }
+    async fn put(&self, k: &str, b: Vec<u8>, m: PutMode) -> dimple::store::StoreResult<String> {
+        self.inner.put(k, b, m).await
+    }
+    async fn delete(&self, k: &str) -> dimple::store::StoreResult<()> {
+        self.inner.delete(k).await
+    }
+    async fn put_file(&self, k: &str, p: &std::path::Path, m: PutMode) -> dimple::store::StoreResult<String> {
+        self.inner.put_file(k, p, m).await
+    }
+    async fn get_to_file(&self, k: &str, p: &std::path::Path) -> dimple::store::StoreResult<u64> {
+        self.inner.get_to_file(k, p).await
+    }
+    async fn stat(&self, k: &str) -> dimple::store::StoreResult<Option<ObjectMeta>> {
+        self.inner.stat(k).await
+    }
+    async fn multipart_start(&self, k: &str) -> dimple::store::StoreResult<String> {
+        self.inner.multipart_start(k).await
+    }
+    async fn multipart_put(&self, k: &str, u: &str, n: u32, b: bytes::Bytes) -> dimple::store::StoreResult<String> {
+        if self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.allowed {
+            loop {
+                let finished = self.finished.notified();
+                if self.took.lock().unwrap().len() as i64 >= self.allowed {
+                    return Err(StoreError::Unavailable("connection lost".into()));
+                }
+                finished.await;
+            }
+        }
+        let etag = self.inner.multipart_put(k, u, n, b).await?;
+        self.took.lock().unwrap().push(n);
+        self.finished.notify_waiters();
+        Ok(etag)
+    }
+    async fn multipart_parts(&self, k: &str, u: &str) -> dimple::store::StoreResult<Vec<Part>> {
+        self.inner.multipart_parts(k, u).await
+    }
+    async fn multipart_finish(&self, k: &str, u: &str, p: &[Part]) -> dimple::store::StoreResult<String> {
+        self.inner.multipart_finish(k, u, p).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn cut_after(g: &Group, allowed: i64) -> CutAfterParts {
+    CutAfterParts {
+        inner: g.raw_store(),
+        allowed,
+        started: 0.into(),
+        took: Default::default(),
+        finished: tokio::sync::Notify::new(),
+    }
+}
+
+fn a_cut_upload_resumes(backend: Backend) -> TestResult {
+    let Some(g) = Group::on(backend, "blobs-resume") else { return Ok(()) };
+    let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
+    let part = dimple::blob::transfer::PART as usize;
+    let big = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(5), 4 * part + 12_345);
+    a.conn().execute("INSERT INTO f VALUES ('big', 'x', NULL, ?1)", [&big])?;
+    let first = cut_after(&g, 2);
+    let failed = block_on(dimple::push(&mut a, &first));
+    assert!(failed.is_err(), "the push must fail when the connection is lost");
+    let took_first = first.took.lock().unwrap().clone();
+    assert_eq!(took_first.len(), 2, "{took_first:?}");
+    // The process dies here: a new one opens the replica and pushes again.
+    drop(a);
+    let mut a = Replica::open(&g.db("a"), g.opts())?;
+    let second = cut_after(&g, i64::MAX);
+    let pushed = block_on(dimple::push(&mut a, &second))?;
+    let took_second = second.took.lock().unwrap().clone();
+    assert_eq!(pushed.changes, 4, "the row marker and three columns");
+    let mut all: Vec<u32> = took_first.iter().chain(&took_second).copied().collect();
+    all.sort();
+    assert_eq!(all, vec![1, 2, 3, 4, 5], "every part sent exactly once: {took_first:?} then {took_second:?}");
+    sync(&g, &mut b);
+    let got: Vec<u8> = b.conn().query_row("SELECT data FROM f WHERE id = 'big'", [], |r| r.get(0))?;
+    assert!(got == big, "the value arrives bit for bit");
+    Ok(())
+}
+
+#[test]
+fn a_push_cut_mid_multipart_resumes_without_resending_finished_parts() -> TestResult {
+    a_cut_upload_resumes(Backend::Local)
+}
+
+#[test]
+fn a_push_cut_mid_multipart_resumes_without_resending_finished_parts_on_s3() -> TestResult {
+    a_cut_upload_resumes(Backend::S3)
+}
+
+/// Makes an object of the directory bucket look `hours` old.
+fn age(g: &Group, key: &str, hours: u32) {
+    let path = g.bucket().join(key);
+    let ok =
+        std::process::Command::new("touch").arg("-d").arg(format!("{hours} hours ago")).arg(&path).status().unwrap();
+    assert!(ok.success());
+}
+
+fn compact_prune(g: &Group, r: &mut Replica, grace_s: u64) -> dimple::snapshot::CompactReport {
+    block_on(dimple::snapshot::compact_with(r, &g.store(), std::time::Duration::from_secs(grace_s), true)).unwrap()
+}
+
+#[test]
+fn gc_keeps_every_referenced_blob_and_deletes_the_rest_after_the_grace_period() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let (x, y, z) = (random_bytes(&mut rng, 100_000), random_bytes(&mut rng, 100_000), random_bytes(&mut rng, 100_000));
+    a.conn().execute("INSERT INTO f VALUES ('r1', 'x', NULL, ?1), ('r2', 'y', NULL, ?2)", [&x, &y])?;
+    sync(&g, &mut a);
+    a.conn().execute("UPDATE f SET data = ?1 WHERE id = 'r1'", [&z])?;
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    // An object nothing references (a writer that died before its batch).
+    let orphan = random_bytes(&mut rng, 70_000);
+    let orphan_key = layout::blob_key(&sha(&orphan));
+    std::fs::write(g.bucket().join(&orphan_key), &orphan)?;
+    let key = |v: &[u8]| layout::blob_key(&sha(v));
+    for k in blob_keys(&g.store()) {
+        age(&g, &k, 2);
+    }
+    // Within the grace period nothing goes; X is still in the retained history.
+    let young = compact_prune(&g, &mut a, 3 * 3600);
+    assert!(young.blobs.deleted.is_empty(), "{:?}", young.blobs.deleted);
+    let kept = compact_prune(&g, &mut a, 3600);
+    assert_eq!(
+        kept.blobs.deleted,
+        vec![orphan_key.clone()],
+        "only the orphan: X is history still kept: {:?}",
+        kept.blobs
+    );
+    // Once X's change is pruned from the history, X goes too; Z (live) and Y (live) stay.
+    dimple::retention::set(a.conn(), dimple::retention::Retention::Days(0))?;
+    g.clock.advance(1000);
+    let pruned = dimple::retention::prune(&mut a)?;
+    assert!(pruned.changes >= 1);
+    let collected = compact_prune(&g, &mut a, 3600);
+    assert_eq!(collected.blobs.deleted, vec![key(&x)]);
+    let mut left = blob_keys(&g.store());
+    left.sort();
+    let mut live = vec![key(&y), key(&z)];
+    live.sort();
+    assert_eq!(left, live);
+    // A new replica gets every live value.
+    let mut c = files(&g, "c");
+    let report = sync(&g, &mut c);
+    assert_eq!(report.pull.blobs_missing.count, 0);
+    assert_eq!(rows(&c), rows(&b));
+    Ok(())
+}
+
+#[test]
+fn gc_under_concurrent_pushes_never_deletes_a_referenced_blob() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    // Old objects nothing references: the collector must delete them meanwhile.
+    let mut orphans = Vec::new();
+    for _ in 0..5 {
+        let o = random_bytes(&mut rng, 70_000);
+        let k = layout::blob_key(&sha(&o));
+        std::fs::create_dir_all(g.bucket().join(layout::BLOBS_PREFIX))?;
+        std::fs::write(g.bucket().join(&k), &o)?;
+        age(&g, &k, 2);
+        orphans.push(k);
+    }
+    let writer = {
+        let mut seeds = rand::rngs::StdRng::seed_from_u64(9);
+        let values: Vec<Vec<u8>> = (0..12)
+            .map(|_| {
+                let n = 80_000 + seeds.gen_range(0..5000);
+                random_bytes(&mut seeds, n)
+            })
+            .collect();
+        let store = g.store();
+        std::thread::spawn(move || -> Vec<Vec<u8>> {
+            for (i, v) in values.iter().enumerate() {
+                b.conn()
+                    .execute("INSERT INTO f VALUES (?1, 'w', NULL, ?2)", rusqlite::params![format!("w{i}"), v])
+                    .unwrap();
+                block_on(dimple::push(&mut b, &store)).unwrap();
+            }
+            values
+        })
+    };
+    let mut deleted = Vec::new();
+    while !writer.is_finished() {
+        deleted.extend(compact_prune(&g, &mut a, 60).blobs.deleted);
+    }
+    let values = writer.join().unwrap();
+    deleted.extend(compact_prune(&g, &mut a, 60).blobs.deleted);
+    deleted.sort();
+    orphans.sort();
+    assert_eq!(deleted, orphans, "exactly the old unreferenced objects");
+    let mut c = files(&g, "c");
+    let report = sync(&g, &mut c);
+    assert_eq!(report.pull.blobs_missing.count, 0, "every referenced blob is there");
+    for (i, v) in values.iter().enumerate() {
+        let got: Vec<u8> = c.conn().query_row("SELECT data FROM f WHERE id = ?1", [format!("w{i}")], |r| r.get(0))?;
+        assert!(&got == v, "w{i}");
+    }
+    Ok(())
+}
+
+/// Runs `dimple args` and returns its success, its peak resident memory in bytes
+/// as the kernel counts it, and its stderr. Started by a small Python process: a
+/// child forked from this (large) test process would report this process's peak.
+fn dimple_measured(args: &[&str]) -> (bool, u64, String) {
+    const MEASURE: &str = "import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+sys.stderr.buffer.write(p.stderr)
+print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = std::process::Command::new("python3")
+        .args(["-c", MEASURE, env!("CARGO_BIN_EXE_dimple")])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut it = stdout.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+    let (code, kib) = (it.next().unwrap(), it.next().unwrap());
+    (code == 0, kib * 1024, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Hashes a cell in pieces, so the test itself holds no copy of a huge value.
+fn cell_sha256(r: &Replica, id: &str) -> (String, u64) {
+    use sha2::Digest;
+    let rowid: i64 = r.conn().query_row("SELECT rowid FROM f WHERE id = ?1", [id], |row| row.get(0)).unwrap();
+    let mut blob = r.conn().blob_open(rusqlite::DatabaseName::Main, "f", "data", rowid, true).unwrap();
+    let mut h = sha2::Sha256::new();
+    let n = std::io::copy(&mut blob, &mut h).unwrap();
+    (dimple::hash::hex(&h.finalize()), n)
+}
+
+fn a_huge_value_syncs_in_bounded_memory(backend: Backend) -> TestResult {
+    let Some(g) = Group::on(backend, "blobs-huge") else { return Ok(()) };
+    let (a, b) = (files(&g, "a"), files(&g, "b"));
+    let size: usize = 200 << 20;
+    // Generated into a scratch table piece by piece, then copied by SQL (which the
+    // capture triggers see, unlike incremental blob writes).
+    a.conn()
+        .execute_batch(&format!("CREATE TEMP TABLE scratch(v BLOB); INSERT INTO scratch VALUES (zeroblob({size}))"))?;
+    {
+        let mut blob = a.conn().blob_open(rusqlite::DatabaseName::Temp, "scratch", "v", 1, false)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let mut piece = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            rng.fill_bytes(&mut piece);
+            std::io::Write::write_all(&mut blob, &piece)?;
+        }
+    }
+    a.conn().execute("INSERT INTO f SELECT 'huge', 'movie', NULL, v FROM temp.scratch", [])?;
+    a.conn().execute_batch("DROP TABLE temp.scratch")?;
+    let want = cell_sha256(&a, "huge");
+    drop((a, b));
+    let limit = 100 << 20;
+    let endpoint = match backend {
+        Backend::S3 => crate::store_contract::s3_support::endpoint()?,
+        Backend::Local => None,
+    };
+    for db in ["a", "b"] {
+        let path = g.db(db);
+        let mut args = vec!["sync", path.to_str().unwrap()];
+        if let Some(e) = &endpoint {
+            args.extend(["--endpoint", e]);
+        }
+        let (ok, peak, err) = dimple_measured(&args);
+        eprintln!("sync {db} on {backend:?}: peak {} MiB", peak >> 20);
+        assert!(ok, "sync {db}: {err}");
+        assert!(peak < limit, "sync {db} peaked at {} MiB for a {} MiB value", peak >> 20, size >> 20);
+    }
+    let b = Replica::open(&g.db("b"), g.opts())?;
+    assert_eq!(cell_sha256(&b, "huge"), want);
+    Ok(())
+}
+
+#[test]
+fn a_value_of_hundreds_of_megabytes_syncs_in_bounded_memory() -> TestResult {
+    a_huge_value_syncs_in_bounded_memory(Backend::Local)
+}
+
+#[test]
+fn a_value_of_hundreds_of_megabytes_syncs_in_bounded_memory_on_s3() -> TestResult {
+    a_huge_value_syncs_in_bounded_memory(Backend::S3)
 }
