@@ -6,10 +6,12 @@
 //! `cargo bench --bench transfer`. Uses the S3 server at DIMPLE_TEST_S3_ENDPOINT, or
 //! starts the test server itself (scripts/s3-server) and stops it afterwards.
 
+#[path = "support/s3.rs"]
+mod s3;
+
 use dimple::store::{Metered, Store};
 use dimple::{Options, Replica};
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 const ROWS: i64 = 20_000; // x 5 changes (row + 4 columns) = 100k changes
@@ -101,24 +103,11 @@ fn summary(runs: &[Figures]) -> Figures {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut started = false;
-    let endpoint = std::env::var("DIMPLE_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
-        let out = Command::new("bash").arg(root.join("scripts/s3-server")).arg("start").output().unwrap();
-        assert!(out.status.success(), "could not start the S3 test server: {}", String::from_utf8_lossy(&out.stderr));
-        started = true;
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testkey");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testsecret");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        "http://127.0.0.1:9000".to_owned()
-    });
+    let server = s3::Server::start();
+    let endpoint = server.endpoint.clone();
     let local_dir = tempfile::tempdir().unwrap();
     let rt = rt();
-    let bucket = format!("bench-{:08x}", rand::random::<u32>());
-    rt.block_on(async {
-        let raw = dimple::store::S3Store::open(&format!("s3://{bucket}/x"), Some(&endpoint)).await.unwrap();
-        raw.client().create_bucket().bucket(&bucket).send().await.unwrap();
-    });
+    let bucket = rt.block_on(server.bucket("bench"));
     // Every run gets a fresh prefix: an encrypted group needs an empty one.
     let mut runs: [Vec<Figures>; 4] = Default::default();
     for round in 0..5 {
@@ -131,9 +120,7 @@ fn main() {
             runs[i].push(run(&name, &url, store, sealed));
         }
     }
-    if started {
-        let _ = Command::new("bash").arg(root.join("scripts/s3-server")).arg("stop").output();
-    }
+    drop(server);
     for (name, r) in ["local", "local encrypted", "S3", "S3 encrypted"].iter().zip(&runs) {
         let each =
             |f: fn(&Figures) -> f64| r.iter().map(|x| format!("{:.0}k", f(x) / 1000.0)).collect::<Vec<_>>().join(" ");

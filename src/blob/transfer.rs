@@ -243,8 +243,16 @@ async fn download(store: &dyn Store, codec: &Codec, dir: &Path, rf: &Ref, progre
         }
     };
     progress.inc(rf.size);
-    let checked = codec.decode_file(Kind::Blob, &key, &tmp).and_then(|()| {
-        let (sha, size) = hash_file(&tmp)?;
+    // Decoding and hashing off the executor: other downloads go on meanwhile.
+    let (codec2, key2, tmp2) = (codec.clone(), key.clone(), tmp.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        codec2.decode_file(Kind::Blob, &key2, &tmp2)?;
+        hash_file(&tmp2)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("checking {key}: {e}")))
+    .and_then(|r| r)
+    .and_then(|(sha, size)| {
         if size != rf.size || sha != rf.sha256 {
             return Err(Error::bad(
                 &key,

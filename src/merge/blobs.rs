@@ -42,9 +42,14 @@ pub(super) struct Fill {
     r: Ref,
     /// The checked bytes, when this replica has them.
     file: Option<PathBuf>,
+    /// Bound whole with the row (small enough to hold): nothing left to stream.
+    bound: bool,
 }
 
 const CHUNK: usize = 1 << 20;
+/// Values up to this size are read and bound with the row: one write instead of
+/// zeros then bytes. Larger ones stream, so memory stays at this bound.
+const BIND_WHOLE_MAX: u64 = 16 << 20;
 
 impl Merger<'_> {
     /// The bind for stored value `v` of column `column`; a reference adds a fill.
@@ -54,8 +59,12 @@ impl Merger<'_> {
             Stored::Inline(v) => Ok(Bind::Value(v)),
             Stored::Ref(r) => {
                 let file = self.side.as_ref().and_then(|side| crate::blob::local_file(side, &r));
-                let bind = if file.is_some() { Bind::Zero(r.size) } else { Bind::Value(Value::Null) };
-                fills.push(Fill { column, r, file });
+                let (bind, bound) = match &file {
+                    Some(path) if r.size <= BIND_WHOLE_MAX => (Bind::Value(read_value(path, &r)?), true),
+                    Some(_) => (Bind::Zero(r.size), false),
+                    None => (Bind::Value(Value::Null), false),
+                };
+                fills.push(Fill { column, r, file, bound });
                 Ok(bind)
             }
         }
@@ -82,7 +91,9 @@ impl Merger<'_> {
                 }
                 continue;
             };
-            self.write_bytes(info, key, column, &f.r, file)?;
+            if !f.bound {
+                self.write_bytes(info, key, column, &f.r, file)?;
+            }
             self.conn
                 .prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
                 .execute(params![info.name, entity_id, column])?;
@@ -102,14 +113,7 @@ impl Merger<'_> {
             Ok(id) => id,
             // WITHOUT ROWID: no blob handle; the value is written whole.
             Err(_) => {
-                let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-                let v = if r.text {
-                    Value::Text(String::from_utf8(bytes).map_err(|_| {
-                        Error::bad(crate::layout::blob_key(&r.sha256), "a TEXT value that is not UTF-8")
-                    })?)
-                } else {
-                    Value::Blob(bytes)
-                };
+                let v = read_value(file, r)?;
                 let sql = format!("UPDATE {t} SET {} = ?{} WHERE {where_key}", ident(column), key.len() + 1);
                 let mut params: Vec<&dyn ToSql> = key.iter().map(|k| k as &dyn ToSql).collect();
                 params.push(&v);
@@ -172,7 +176,7 @@ impl Merger<'_> {
             done(self)?;
             return Ok(false);
         }
-        let fills = vec![Fill { column, r: r.clone(), file: Some(file.to_path_buf()) }];
+        let fills = vec![Fill { column, r: r.clone(), file: Some(file.to_path_buf()), bound: false }];
         let sql =
             format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(attribute), super::key_where(info, 2));
         let zero = Bind::Zero(r.size);
@@ -182,6 +186,19 @@ impl Merger<'_> {
         self.fill(info, entity_id, &key, fills)?;
         Ok(true)
     }
+}
+
+/// The value in `file` (checked to hold `r`), whole.
+fn read_value(file: &Path, r: &Ref) -> Result<Value> {
+    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    Ok(if r.text {
+        Value::Text(
+            String::from_utf8(bytes)
+                .map_err(|_| Error::bad(crate::layout::blob_key(&r.sha256), "a TEXT value that is not UTF-8"))?,
+        )
+    } else {
+        Value::Blob(bytes)
+    })
 }
 
 /// For `ZV_BLOB_MISSING.since`, which only informs the user.

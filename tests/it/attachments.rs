@@ -519,3 +519,29 @@ fn a_value_of_hundreds_of_megabytes_syncs_in_bounded_memory() -> TestResult {
 fn a_value_of_hundreds_of_megabytes_syncs_in_bounded_memory_on_s3() -> TestResult {
     a_huge_value_syncs_in_bounded_memory(Backend::S3)
 }
+
+#[test]
+fn in_an_encrypted_group_blobs_are_sealed_and_named_by_a_keyed_hash() -> TestResult {
+    let g = Group::new();
+    const PASS: &str = "a long enough passphrase for tests";
+    let mut a = files(&g, "a");
+    block_on(dimple::group::create(&mut a, &g.store(), Some(PASS)))?;
+    let keys = block_on(dimple::group::unlock(&g.store(), PASS))?;
+    let mut b = files(&g, "b");
+    block_on(dimple::group::adopt(&mut b, &g.store(), keys))?;
+    // Recognisable content: a marker repeated through a large value.
+    let marker = b"MARKER-7f3a9c";
+    let file: Vec<u8> = marker.iter().copied().cycle().take(300_000).collect();
+    a.conn().execute("INSERT INTO f VALUES ('p1', 'x', NULL, ?1), ('p2', 'y', NULL, ?1)", [&file])?;
+    let pushed = sync(&g, &mut a);
+    assert_eq!(pushed.push.blobs.count, 1, "stored once");
+    sync(&g, &mut b);
+    assert_eq!(rows(&a), rows(&b));
+    let keys = blob_keys(&g.store());
+    assert_eq!(keys.len(), 1);
+    assert_ne!(keys[0], layout::blob_key(&sha(&file)), "the name is not the content's plain hash");
+    let stored = std::fs::read(g.bucket().join(&keys[0]))?;
+    assert!(!stored.windows(marker.len()).any(|w| w == marker), "the bytes are sealed");
+    assert!(stored.starts_with(b"dimple\0E"), "in the envelope");
+    Ok(())
+}

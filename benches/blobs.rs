@@ -1,0 +1,183 @@
+//! Attachments: 100 values of 10 MiB pushed by one replica and pulled by a fresh
+//! one through the S3 test server on loopback, against copying the same bytes up
+//! and down with the AWS SDK alone (put_object / get_object from and to files, as
+//! many requests in flight as dimple uses), in the same run. Peak memory is the
+//! process's resident high-water mark over each phase (reset through
+//! /proc/self/clear_refs before it).
+//!
+//! `cargo bench --bench blobs`. Uses the S3 server at DIMPLE_TEST_S3_ENDPOINT, or
+//! starts the test server itself (scripts/s3-server) and stops it afterwards.
+
+#[path = "support/s3.rs"]
+mod s3;
+
+use aws_sdk_s3::primitives::ByteStream;
+use dimple::{Options, Replica};
+use futures::StreamExt;
+use rand::{RngCore, SeedableRng};
+use std::time::Instant;
+
+const VALUES: usize = 100;
+const SIZE: usize = 10 << 20;
+/// What dimple keeps in flight (blob::transfer's concurrency).
+const IN_FLIGHT: usize = 4;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+const TABLE: &str = "CREATE TABLE files(id TEXT PRIMARY KEY, name TEXT, data BLOB)";
+
+/// Resets the resident high-water mark of this process (Linux).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The resident high-water mark since the last reset, in MiB.
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() {
+    let server = s3::Server::start();
+    let rt = rt();
+    let bucket = rt.block_on(server.bucket("blobs"));
+    let dir = tempfile::tempdir().unwrap();
+    let mb = (VALUES * SIZE) as f64 / 1e6;
+
+    // The values, once as files (for the SDK) and once as rows (for dimple).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let files_dir = dir.path().join("files");
+    std::fs::create_dir_all(&files_dir).unwrap();
+    let url = format!("s3://{bucket}/group");
+    let mut w = Replica::init(&dir.path().join("w.db"), Some(&url), Some("writer"), Options::default()).unwrap();
+    w.conn().execute_batch(TABLE).unwrap();
+    w.track("files", false).unwrap();
+    let mut value = vec![0u8; SIZE];
+    for i in 0..VALUES {
+        rng.fill_bytes(&mut value);
+        std::fs::write(files_dir.join(format!("{i}")), &value).unwrap();
+        w.conn().execute("INSERT INTO files VALUES (?1, 'f', ?2)", rusqlite::params![format!("f{i}"), value]).unwrap();
+    }
+    drop(value);
+    w.capture().unwrap();
+
+    // The AWS SDK alone: the same bytes up, then down, IN_FLIGHT requests at a time.
+    let (sdk_up, sdk_down) = rt.block_on(async {
+        let conf =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&server.endpoint).load().await;
+        let client =
+            aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        let t = Instant::now();
+        futures::stream::iter((0..VALUES).map(|i| {
+            let (client, bucket, path) = (client.clone(), bucket.clone(), files_dir.join(format!("{i}")));
+            async move {
+                let body = ByteStream::from_path(&path).await.unwrap();
+                client.put_object().bucket(&bucket).key(format!("sdk/{i}")).body(body).send().await.unwrap();
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        let up = t.elapsed().as_secs_f64();
+        let down_dir = dir.path().join("down");
+        std::fs::create_dir_all(&down_dir).unwrap();
+        let t = Instant::now();
+        futures::stream::iter((0..VALUES).map(|i| {
+            let (client, bucket, path) = (client.clone(), bucket.clone(), down_dir.join(format!("{i}")));
+            async move {
+                use std::io::Write;
+                let mut resp = client.get_object().bucket(&bucket).key(format!("sdk/{i}")).send().await.unwrap();
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+                while let Some(chunk) = resp.body.try_next().await.unwrap() {
+                    f.write_all(&chunk).unwrap();
+                }
+                f.flush().unwrap();
+            }
+        }))
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        (up, t.elapsed().as_secs_f64())
+    });
+
+    // Plain SQLite writing the same values (a replica's settings: WAL, NORMAL).
+    let plain_s = {
+        let c = rusqlite::Connection::open(dir.path().join("plain.db")).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").unwrap();
+        c.execute_batch(TABLE).unwrap();
+        let t = Instant::now();
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..VALUES {
+            let v = std::fs::read(files_dir.join(format!("{i}"))).unwrap();
+            c.execute("INSERT INTO files VALUES (?1, 'f', ?2)", rusqlite::params![format!("f{i}"), v]).unwrap();
+        }
+        c.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+        t.elapsed().as_secs_f64()
+    };
+
+    // dimple: push by the writer, pull by a fresh reader.
+    let store = rt.block_on(dimple::open_store(&url, Some(&server.endpoint))).unwrap();
+    reset_peak();
+    let t = Instant::now();
+    let pushed = rt.block_on(dimple::push(&mut w, &store)).unwrap();
+    let push_s = t.elapsed().as_secs_f64();
+    let push_peak = peak_mib();
+    assert_eq!(pushed.blobs.count as usize, VALUES);
+    let mut r = Replica::init(&dir.path().join("r.db"), Some(&url), Some("reader"), Options::default()).unwrap();
+    r.conn().execute_batch(TABLE).unwrap();
+    r.track("files", false).unwrap();
+    reset_peak();
+    let t = Instant::now();
+    let pulled = rt.block_on(dimple::pull(&mut r, &store)).unwrap();
+    let pull_s = t.elapsed().as_secs_f64();
+    let pull_peak = peak_mib();
+    assert_eq!(pulled.blobs.count as usize, VALUES);
+    assert_eq!(pulled.blobs_missing.count, 0);
+    r.conn().execute("ATTACH ?1 AS w", [dir.path().join("w.db").display().to_string()]).unwrap();
+    let same: i64 = r
+        .conn()
+        .query_row("SELECT count(*) FROM files r JOIN w.files x ON x.id = r.id AND x.data = r.data", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(same as usize, VALUES, "every value arrived bit for bit");
+    drop(server);
+
+    let (dimple_up, dimple_down) = (mb / push_s, mb / pull_s);
+    let (base_up, base_down) = (mb / sdk_up, mb / sdk_down);
+    println!("{VALUES} values of {} MiB through the S3 test server on loopback ({IN_FLIGHT} in flight)", SIZE >> 20);
+    println!("{:<22} {:>12} {:>14} {:>8} {:>12}", "", "dimple MB/s", "AWS SDK MB/s", "ratio", "peak MiB");
+    println!(
+        "{:<22} {:>12.0} {:>14.0} {:>7.2}x {:>12.0}",
+        "push (upload)",
+        dimple_up,
+        base_up,
+        dimple_up / base_up,
+        push_peak
+    );
+    println!(
+        "{:<22} {:>12.0} {:>14.0} {:>7.2}x {:>12.0}",
+        "pull (download, apply)",
+        dimple_down,
+        base_down,
+        dimple_down / base_down,
+        pull_peak
+    );
+    println!(
+        "{:<22} {:>12.0} {:>14.0} {:>7.2}x {:>12}",
+        "pull vs SDK + SQLite",
+        dimple_down,
+        mb / (sdk_down + plain_s),
+        (sdk_down + plain_s) / pull_s,
+        ""
+    );
+    println!("(plain SQLite alone writes the same values at {:.0} MB/s)", mb / plain_s);
+    println!("goal (issue 14): at least 0.8x the SDK alone, peak memory under 100 MB");
+}

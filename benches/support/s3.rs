@@ -1,0 +1,45 @@
+//! The S3 server the benches talk to: DIMPLE_TEST_S3_ENDPOINT when set (as
+//! scripts/test sets it), otherwise the test server started here and stopped when
+//! the returned guard goes.
+
+use std::path::Path;
+use std::process::Command;
+
+pub struct Server {
+    pub endpoint: String,
+    started: bool,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        if let Ok(endpoint) = std::env::var("DIMPLE_TEST_S3_ENDPOINT") {
+            return Server { endpoint, started: false };
+        }
+        let out = Command::new("bash").arg(script()).arg("start").output().unwrap();
+        assert!(out.status.success(), "could not start the S3 test server: {}", String::from_utf8_lossy(&out.stderr));
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testkey");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testsecret");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        Server { endpoint: "http://127.0.0.1:9000".to_owned(), started: true }
+    }
+
+    /// A new bucket on the server.
+    pub async fn bucket(&self, name: &str) -> String {
+        let bucket = format!("{name}-{:08x}", rand::random::<u32>());
+        let raw = dimple::store::S3Store::open(&format!("s3://{bucket}/x"), Some(&self.endpoint)).await.unwrap();
+        raw.client().create_bucket().bucket(&bucket).send().await.unwrap();
+        bucket
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = Command::new("bash").arg(script()).arg("stop").output();
+        }
+    }
+}
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server")
+}
