@@ -545,3 +545,47 @@ fn in_an_encrypted_group_blobs_are_sealed_and_named_by_a_keyed_hash() -> TestRes
     assert!(stored.starts_with(b"dimple\0E"), "in the envelope");
     Ok(())
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dimple")).args(args).output().unwrap()
+}
+
+#[test]
+fn the_command_line_sets_lazy_fetches_on_demand_and_refuses_bad_settings() -> TestResult {
+    let g = Group::new();
+    let (mut a, phone) = (files(&g, "a"), files(&g, "phone"));
+    drop(phone);
+    let db = g.db("phone");
+    let db = db.to_str().unwrap();
+    let out = cli(&["blobs", db, "--fetch", "lazy"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fetch: lazy"));
+    // Bad settings: one line, exit 1, nothing changed.
+    let out = cli(&["blobs", db, "--threshold", "10"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("at least 1024"), "{err}");
+    let out = cli(&["fetch", db]);
+    assert_eq!(out.status.code(), Some(2), "a fetch names a row or --all");
+    let photo = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(11), 90_000);
+    a.conn().execute("INSERT INTO f VALUES ('p', 'photo', NULL, ?1)", [&photo])?;
+    sync(&g, &mut a);
+    let out = cli(&["sync", db]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 large values (90000 bytes) are not here yet"));
+    let out = cli(&["status", db]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("missing   f p data"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = cli(&["fetch", db, "--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fetched 1 values (90000 bytes) into 1 cells; 0 still missing")
+    );
+    let phone = Replica::open(&g.db("phone"), g.opts())?;
+    let got: Vec<u8> = phone.conn().query_row("SELECT data FROM f WHERE id = 'p'", [], |r| r.get(0))?;
+    assert!(got == photo);
+    Ok(())
+}
