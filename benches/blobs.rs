@@ -1,7 +1,11 @@
 //! Attachments: 100 values of 10 MiB pushed by one replica and pulled by a fresh
 //! one through the S3 test server on loopback, against copying the same bytes up
 //! and down with the AWS SDK alone (put_object / get_object from and to files, as
-//! many requests in flight as dimple uses), in the same run. Peak memory is the
+//! many requests in flight as dimple uses), in the same run. A pull also writes
+//! the values into rows, which the SDK alone does not: it is shown against the
+//! SDK's download plus plain SQLite inserting the same values, and the transfer
+//! alone (a reader that does not track the table) against the SDK's download.
+//! Peak memory is the
 //! process's resident high-water mark over each phase (reset through
 //! /proc/self/clear_refs before it).
 //!
@@ -140,6 +144,13 @@ fn main() {
     let pull_peak = peak_mib();
     assert_eq!(pulled.blobs.count as usize, VALUES);
     assert_eq!(pulled.blobs_missing.count, 0);
+    // The transfer alone: a reader that does not track the table downloads and
+    // checks every value (they would win) but writes no row.
+    let mut t_only = Replica::init(&dir.path().join("t.db"), Some(&url), Some("transfer"), Options::default()).unwrap();
+    let t = Instant::now();
+    let fetched = rt.block_on(dimple::pull(&mut t_only, &store)).unwrap();
+    let transfer_s = t.elapsed().as_secs_f64();
+    assert_eq!(fetched.blobs.count as usize, VALUES);
     r.conn().execute("ATTACH ?1 AS w", [dir.path().join("w.db").display().to_string()]).unwrap();
     let same: i64 = r
         .conn()
@@ -148,6 +159,7 @@ fn main() {
         })
         .unwrap();
     assert_eq!(same as usize, VALUES, "every value arrived bit for bit");
+    rt.block_on(server.drop_bucket(&bucket));
     drop(server);
 
     let (dimple_up, dimple_down) = (mb / push_s, mb / pull_s);
@@ -169,6 +181,14 @@ fn main() {
         base_down,
         dimple_down / base_down,
         pull_peak
+    );
+    println!(
+        "{:<22} {:>12.0} {:>14.0} {:>7.2}x {:>12}",
+        "pull, download+check",
+        mb / transfer_s,
+        base_down,
+        sdk_down / transfer_s,
+        ""
     );
     println!(
         "{:<22} {:>12.0} {:>14.0} {:>7.2}x {:>12}",

@@ -120,6 +120,7 @@ fn main() {
             runs[i].push(run(&name, &url, store, sealed));
         }
     }
+    rt.block_on(server.drop_bucket(&bucket));
     drop(server);
     for (name, r) in ["local", "local encrypted", "S3", "S3 encrypted"].iter().zip(&runs) {
         let each =

@@ -32,6 +32,27 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Empties and deletes a bucket made by [`Server::bucket`]: the test server's
+    /// volumes are few and small, and a bench writes gigabytes.
+    pub async fn drop_bucket(&self, bucket: &str) {
+        let raw = dimple::store::S3Store::open(&format!("s3://{bucket}/x"), Some(&self.endpoint)).await.unwrap();
+        let client = raw.client();
+        loop {
+            let page = client.list_objects_v2().bucket(bucket).send().await.unwrap();
+            if page.contents().is_empty() {
+                break;
+            }
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    let _ = client.delete_object().bucket(bucket).key(k).send().await;
+                }
+            }
+        }
+        let _ = client.delete_bucket().bucket(bucket).send().await;
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if self.started {

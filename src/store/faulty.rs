@@ -158,6 +158,12 @@ impl<S: Store> Store for Faulty<S> {
         after(f, key, self.inner.get_to_file(key, path).await)
     }
 
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        let f = self.plan.next();
+        before(f, key).await?;
+        after(f, key, self.inner.get_to_file_hashed(key, path).await)
+    }
+
     async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         let f = self.plan.next();
         before(f, key).await?;

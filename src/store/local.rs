@@ -335,6 +335,16 @@ impl Store for LocalStore {
         self.off_executor(move |s| s.get_to_file_blocking(&key, &dest)).await
     }
 
+    async fn get_to_file_hashed(&self, key: &str, dest: &Path) -> StoreResult<(u64, String)> {
+        let (key, dest) = (key.to_owned(), dest.to_owned());
+        self.off_executor(move |s| {
+            let n = s.get_to_file_blocking(&key, &dest)?;
+            let sha = super::file_sha256(&dest).map_err(|e| io_err(&dest, e))?;
+            Ok((n, sha))
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
         self.off_executor(move |s| s.delete_blocking(&key)).await

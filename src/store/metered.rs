@@ -119,6 +119,13 @@ impl<S: Store + ?Sized> Store for Metered<S> {
         Ok(size)
     }
 
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        self.counters.get.fetch_add(1, Relaxed);
+        let (size, sha) = self.inner.get_to_file_hashed(key, path).await?;
+        self.counters.bytes_down.fetch_add(size, Relaxed);
+        Ok((size, sha))
+    }
+
     async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         self.counters.head.fetch_add(1, Relaxed);
         self.inner.stat(key).await

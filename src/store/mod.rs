@@ -117,6 +117,14 @@ pub trait Store: Send + Sync {
         std::fs::write(path, &bytes).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         Ok(bytes.len() as u64)
     }
+    /// [`Store::get_to_file`], also returning the sha256 (hex) of the bytes, which
+    /// backends compute as the bytes arrive (large values are checked by it); this
+    /// default reads the file again.
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        let n = self.get_to_file(key, path).await?;
+        let sha = file_sha256(path).map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        Ok((n, sha))
+    }
     /// Uploads the file at `path` under the same preconditions as [`Store::put`].
     /// Backends stream it; this default reads it whole.
     async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
@@ -273,6 +281,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     async fn put_file(&self, key: &str, path: &std::path::Path, mode: PutMode) -> StoreResult<String> {
         (**self).put_file(key, path, mode).await
+    }
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        (**self).get_to_file_hashed(key, path).await
     }
     async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         (**self).stat(key).await

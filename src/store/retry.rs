@@ -146,6 +146,10 @@ impl<S: Store + ?Sized> Store for Retrying<S> {
         self.run(key, || self.inner.get_to_file(key, path)).await.0
     }
 
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        self.run(key, || self.inner.get_to_file_hashed(key, path)).await.0
+    }
+
     async fn stat(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         self.run(key, || self.inner.stat(key)).await.0
     }

@@ -286,6 +286,39 @@ fn missing_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl S3Store {
+    /// Streams an object into `path`, feeding `hasher` as the bytes arrive.
+    async fn download(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        mut hasher: Option<&mut sha2::Sha256>,
+    ) -> StoreResult<u64> {
+        use sha2::Digest;
+        use std::io::Write;
+        let full = self.full_key(key);
+        let mut resp = match self.client.get_object().bucket(&self.bucket).key(&full).send().await {
+            Ok(r) => r,
+            Err(e) => return Err(map_err("get", &full, e).1),
+        };
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        let mut size = 0u64;
+        while let Some(chunk) = resp
+            .body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("get {full}: body cut short: {e}")))?
+        {
+            file.write_all(&chunk).map_err(io)?;
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&chunk);
+            }
+            size += chunk.len() as u64;
+        }
+        file.flush().map_err(io)?;
+        Ok(size)
+    }
+
     /// The documented fallback for servers without conditional writes: read, compare,
     /// then write unconditionally. Correct for one writer per replica id (the normal
     /// case); two devices racing on one id may go undetected here.
@@ -396,26 +429,14 @@ impl Store for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, path: &std::path::Path) -> StoreResult<u64> {
-        use std::io::Write;
-        let full = self.full_key(key);
-        let mut resp = match self.client.get_object().bucket(&self.bucket).key(&full).send().await {
-            Ok(r) => r,
-            Err(e) => return Err(map_err("get", &full, e).1),
-        };
-        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
-        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-        let mut size = 0u64;
-        while let Some(chunk) = resp
-            .body
-            .try_next()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("get {full}: body cut short: {e}")))?
-        {
-            file.write_all(&chunk).map_err(io)?;
-            size += chunk.len() as u64;
-        }
-        file.flush().map_err(io)?;
-        Ok(size)
+        Ok(self.download(key, path, None).await?)
+    }
+
+    async fn get_to_file_hashed(&self, key: &str, path: &std::path::Path) -> StoreResult<(u64, String)> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        let size = self.download(key, path, Some(&mut hasher)).await?;
+        Ok((size, crate::hash::hex(&hasher.finalize())))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> StoreResult<String> {
