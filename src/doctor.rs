@@ -46,6 +46,7 @@ pub async fn run(store: &dyn Store, skew_ms: Option<i64>) -> Vec<Check> {
         checks.push(create_only(store, &prefix).await);
         checks.push(if_match(store, &prefix).await);
         checks.push(etags(store, &prefix).await);
+        checks.push(multipart(store, &prefix).await);
     }
     checks.push(match skew_ms {
         None => Check::new("clock skew", Outcome::Pass, "not measured for this store (a local directory uses this machine's clock)"),
@@ -94,6 +95,37 @@ async fn basics(store: &dyn Store, prefix: &str) -> Check {
     match steps.await {
         Ok(()) => Check::new(name, Outcome::Pass, "write, read, list and delete work"),
         Err(e) => Check::new(name, Outcome::Fail, e),
+    }
+}
+
+/// Large values (docs/attachments.md) of 16 MiB or more are uploaded in parts.
+async fn multipart(store: &dyn Store, prefix: &str) -> Check {
+    let name = "multipart upload";
+    let key = format!("{prefix}multipart");
+    let body = b"dimple doctor, in one part".to_vec();
+    let steps = async {
+        let upload = store.multipart_start(&key).await.map_err(|e| format!("start: {e}"))?;
+        let etag =
+            store.multipart_put(&key, &upload, 1, body.clone().into()).await.map_err(|e| format!("part: {e}"))?;
+        let parts = store.multipart_parts(&key, &upload).await.map_err(|e| format!("list parts: {e}"))?;
+        if !parts.iter().any(|p| p.number == 1 && p.size == body.len() as u64) {
+            let _ = store.multipart_abort(&key, &upload).await;
+            return Err("list parts: a stored part is not listed, so a cut upload would start over".to_owned());
+        }
+        let part = crate::store::Part { number: 1, size: body.len() as u64, etag };
+        store.multipart_finish(&key, &upload, &[part]).await.map_err(|e| format!("finish: {e}"))?;
+        match store.get(&key, None).await.map_err(|e| format!("read: {e}"))? {
+            Got::Found { bytes, .. } if bytes == body => Ok(()),
+            _ => Err("read: the joined object came back different".to_owned()),
+        }
+    };
+    match steps.await {
+        Ok(()) => Check::new(name, Outcome::Pass, "start, part, list parts and finish work"),
+        Err(e) => Check::new(
+            name,
+            Outcome::Warn,
+            format!("{e}: values of 16 MiB or more (attachments) cannot be pushed to this server"),
+        ),
     }
 }
 
@@ -236,7 +268,7 @@ mod tests {
         let store = LocalStore::open(dir.path()).unwrap();
         let checks = run(&store, Some(120)).await;
         assert!(checks.iter().all(|c| c.outcome == Outcome::Pass), "{checks:?}");
-        assert_eq!(checks.len(), 6);
+        assert_eq!(checks.len(), 7);
         assert!(list_all(&store, "", None).await.unwrap().is_empty(), "the scratch prefix is removed");
     }
 
@@ -248,6 +280,7 @@ mod tests {
             (Quirk::IgnoresIfMatch, "PUT with If-Match", Outcome::Fail),
             (Quirk::UnstableEtags, "ETag stability", Outcome::Warn),
             (Quirk::IgnoresStartAfter, "list order and paging", Outcome::Fail),
+            (Quirk::NoMultipart, "multipart upload", Outcome::Warn),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let store = Quirky::new(LocalStore::open(dir.path()).unwrap(), quirk);

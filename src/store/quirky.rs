@@ -1,7 +1,7 @@
 //! A store that misbehaves the way some S3-compatible servers do, for testing
 //! `dimple doctor` without those servers.
 
-use super::{Got, ObjectMeta, PutMode, Store, StoreError, StoreResult};
+use super::{Got, ObjectMeta, Part, PutMode, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,6 +17,8 @@ pub enum Quirk {
     UnstableEtags,
     /// LIST pages ignore `start_after` (every page starts over).
     IgnoresStartAfter,
+    /// No multipart uploads (a minimal S3 implementation).
+    NoMultipart,
 }
 
 pub struct Quirky<S> {
@@ -65,6 +67,29 @@ impl<S: Store> Store for Quirky<S> {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.inner.delete(key).await
+    }
+
+    async fn multipart_start(&self, key: &str) -> StoreResult<String> {
+        if self.quirk == Quirk::NoMultipart {
+            return Err(StoreError::Refused(format!("start upload {key}: HTTP 501 NotImplemented")));
+        }
+        self.inner.multipart_start(key).await
+    }
+
+    async fn multipart_put(&self, key: &str, upload: &str, number: u32, bytes: bytes::Bytes) -> StoreResult<String> {
+        self.inner.multipart_put(key, upload, number, bytes).await
+    }
+
+    async fn multipart_parts(&self, key: &str, upload: &str) -> StoreResult<Vec<Part>> {
+        self.inner.multipart_parts(key, upload).await
+    }
+
+    async fn multipart_finish(&self, key: &str, upload: &str, parts: &[Part]) -> StoreResult<String> {
+        self.inner.multipart_finish(key, upload, parts).await
+    }
+
+    async fn multipart_abort(&self, key: &str, upload: &str) -> StoreResult<()> {
+        self.inner.multipart_abort(key, upload).await
     }
 
     fn describe(&self) -> String {
