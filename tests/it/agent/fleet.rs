@@ -181,7 +181,8 @@ fn doctor_passes_on_the_s3_test_server() -> Result<()> {
     let url = store.describe().split(" at ").next().unwrap_or_default().trim_end_matches('/').to_owned();
     let (code, out, err) = dimple(&["doctor", &url, "--endpoint", &endpoint]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.lines().count(), 6, "{out}");
+    assert_eq!(out.lines().count(), 7, "{out}");
+    assert!(out.contains("pass  multipart upload"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pass  clock skew: ") && l.ends_with(" ms")), "measured: {out}");
     let left = rt.block_on(dimple::store::list_all(&store, "doctor-", None))?;
