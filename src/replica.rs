@@ -69,9 +69,27 @@ pub struct Replica {
     pub(crate) codec: Option<crate::codec::Codec>,
 }
 
+/// The longest busy timeout any replica of this process was opened with, in ms:
+/// what [`poll_busy`] waits for at most (SQLite's handler takes no state of ours).
+static BUSY_LIMIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Waits for the database lock in 1 ms steps. SQLite's own busy timeout backs off
+/// to 100 ms between tries, and an app committing in a tight loop frees the lock
+/// for microseconds at a time: with long sleeps dimple can miss every gap for the
+/// whole timeout and fail with "database is locked". Short steps catch the gaps.
+fn poll_busy(tries: i32) -> bool {
+    let limit = BUSY_LIMIT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if tries as u64 >= limit {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    true
+}
+
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
-    conn.busy_timeout(opts.busy_timeout)?;
+    BUSY_LIMIT_MS.fetch_max(opts.busy_timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    conn.busy_handler(Some(poll_busy))?;
     // Read the header now: a file that is not SQLite is the user's mistake (exit 1),
     // reported with its path, not an internal error from the first real query.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).map_err(|e| not_a_database(path, e))?;
