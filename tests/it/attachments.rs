@@ -589,3 +589,23 @@ fn the_command_line_sets_lazy_fetches_on_demand_and_refuses_bad_settings() -> Te
     assert!(got == photo);
     Ok(())
 }
+
+#[test]
+fn a_clone_from_a_snapshot_and_from_the_batches_carries_large_values() -> TestResult {
+    let g = Group::new();
+    let mut a = files(&g, "a");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let (early, late) = (random_bytes(&mut rng, 300_000), random_text(&mut rng, 200_000));
+    a.conn().execute("INSERT INTO f VALUES ('e', 'early', NULL, ?1)", [&early])?;
+    sync(&g, &mut a);
+    block_on(dimple::snapshot::compact(&mut a, &g.store(), std::time::Duration::from_secs(3600)))?;
+    // Written after the snapshot: arrives through a batch and its blob.
+    a.conn().execute("INSERT INTO f VALUES ('l', 'late', ?1, NULL)", [&late])?;
+    sync(&g, &mut a);
+    let (mut c, _) =
+        block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &g.store(), &|_| {}))?;
+    let report = sync(&g, &mut c);
+    assert_eq!(report.pull.blobs_missing.count, 0);
+    assert_eq!(rows(&c), rows(&a));
+    Ok(())
+}
