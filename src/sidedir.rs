@@ -18,6 +18,9 @@
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+const BLOBS_OUT: &str = "blobs/out";
+const BLOBS_IN: &str = "blobs/in";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SideDir(PathBuf);
 
@@ -69,12 +72,23 @@ impl SideDir {
     /// Large values captured here and not yet pushed (see [`crate::blob`]), created
     /// when missing.
     pub fn blobs_out(&self) -> Result<PathBuf> {
-        self.subdir("blobs/out")
+        self.subdir(BLOBS_OUT)
     }
 
-    /// Large values downloaded and checked, waiting to be written into rows.
+    /// Large values downloaded and checked, waiting to be written into rows,
+    /// created when missing.
     pub fn blobs_in(&self) -> Result<PathBuf> {
-        self.subdir("blobs/in")
+        self.subdir(BLOBS_IN)
+    }
+
+    /// [`SideDir::blobs_out`] without creating it (for reading).
+    pub fn blobs_out_path(&self) -> PathBuf {
+        self.0.join(BLOBS_OUT)
+    }
+
+    /// [`SideDir::blobs_in`] without creating it (for reading).
+    pub fn blobs_in_path(&self) -> PathBuf {
+        self.0.join(BLOBS_IN)
     }
 
     pub fn agent_lock(&self) -> PathBuf {

@@ -54,7 +54,7 @@ fn blob_status(r: &Replica) -> Result<BlobStatus> {
     let conn = r.conn();
     let missing = crate::blob::missing(conn)?;
     let mut to_upload = crate::blob::Missing::default();
-    if let Ok(entries) = std::fs::read_dir(r.side().path().join("blobs/out")) {
+    if let Ok(entries) = std::fs::read_dir(r.side().blobs_out_path()) {
         for e in entries.flatten() {
             if e.file_name().len() == 64 {
                 to_upload.count += 1;
@@ -66,7 +66,7 @@ fn blob_status(r: &Replica) -> Result<BlobStatus> {
         fetch: crate::blob::fetch_policy(conn)?,
         threshold: crate::blob::threshold(conn)?,
         to_upload,
-        missing: crate::blob::Missing { count: missing.len() as u64, bytes: missing.iter().map(|m| m.r.size).sum() },
+        missing: crate::blob::Missing::of(&missing),
         missing_cells: missing.into_iter().take(20).map(|m| (m.table, m.entity_id, m.attribute)).collect(),
     })
 }

@@ -383,10 +383,7 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
                 // A value stored out of line is NULL until the next fetch brings it
                 // back from the bucket (its bytes were only in this row).
                 if let Some(rf) = crate::blob::reference(v.as_deref()) {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO ZV_BLOB_MISSING(tbl, entity_id, attribute, ref, since) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![table, entity_id, c, rf.encode(), now],
-                    )?;
+                    crate::blob::mark_missing(&tx, table, entity_id, c, &rf, &now)?;
                     vals.push(Value::Null);
                     continue;
                 }

@@ -95,7 +95,7 @@ pub(crate) fn side_of(conn: &Connection) -> Option<SideDir> {
 /// Where the bytes of `r` are on this machine, if they are: captured here and not
 /// yet pushed, or downloaded and checked.
 pub fn local_file(side: &SideDir, r: &Ref) -> Option<PathBuf> {
-    [side.path().join("blobs/in"), side.path().join("blobs/out")]
+    [side.blobs_in_path(), side.blobs_out_path()]
         .into_iter()
         .map(|d| d.join(&r.sha256))
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == r.size))
@@ -112,7 +112,7 @@ pub struct Capture {
 impl Capture {
     pub fn load(conn: &Connection) -> Result<Capture> {
         Ok(match side_of(conn) {
-            Some(side) => Capture { threshold: threshold(conn)?, out: Some(side.path().join("blobs/out")) },
+            Some(side) => Capture { threshold: threshold(conn)?, out: Some(side.blobs_out_path()) },
             None => Capture { threshold: u64::MAX, out: None },
         })
     }
@@ -183,6 +183,12 @@ pub struct Moved {
     pub bytes: u64,
 }
 
+impl Missing {
+    pub fn of(values: &[MissingValue]) -> Missing {
+        Missing { count: values.len() as u64, bytes: values.iter().map(|m| m.r.size).sum() }
+    }
+}
+
 impl Moved {
     pub fn add(&mut self, other: Moved) {
         self.count += other.count;
@@ -235,8 +241,31 @@ pub fn missing(conn: &Connection) -> Result<Vec<MissingValue>> {
 }
 
 pub fn missing_summary(conn: &Connection) -> Result<Missing> {
-    let all = missing(conn)?;
-    Ok(Missing { count: all.len() as u64, bytes: all.iter().map(|m| m.r.size).sum() })
+    Ok(Missing::of(&missing(conn)?))
+}
+
+/// Records that cell (`table`, `entity_id`, `attribute`) lacks the value `r`: the
+/// one writer of `ZV_BLOB_MISSING`.
+pub fn mark_missing(
+    conn: &Connection,
+    table: &str,
+    entity_id: &str,
+    attribute: &str,
+    r: &Ref,
+    now: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO ZV_BLOB_MISSING(tbl, entity_id, attribute, ref, since) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![table, entity_id, attribute, r.encode(), now])?;
+    Ok(())
+}
+
+/// The cell waits for no value any more (written, or its wait ended).
+pub fn unmark_missing(conn: &Connection, table: &str, entity_id: &str, attribute: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
+        .execute([table, entity_id, attribute])?;
+    Ok(())
 }
 
 /// The references among stored values, for the push and the prefetch.

@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use rusqlite::OptionalExtension;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Size of each part of a multipart upload (S3 needs at least 5 MiB).
 pub const PART: u64 = 8 << 20;
@@ -107,7 +107,7 @@ async fn send_one(store: &dyn Store, codec: &Codec, out: &Path, rf: &Ref, progre
     if !have {
         return Err(Error::Invalid(format!(
             "the bytes of a value stored out of line ({}, {} bytes) are neither in the bucket nor in {}; \
-             write the value again, or run `dimple verify --repair`",
+             write the value again",
             rf.sha256,
             rf.size,
             out.display()
@@ -387,13 +387,10 @@ pub async fn fetch_missing(
     {
         let merger = Merger::new(&tx)?;
         for m in &list {
-            match local_file(&side, &m.r) {
-                Some(file) => {
-                    if merger.fill_missing(&m.table, &m.entity_id, &m.attribute, &m.r, &file)? {
-                        report.filled += 1;
-                    }
-                }
-                None => report.still_missing += 1,
+            if local_file(&side, &m.r).is_none() {
+                report.still_missing += 1;
+            } else if merger.fill_missing(&m.table, &m.entity_id, &m.attribute, &m.r)? {
+                report.filled += 1;
             }
         }
     }
@@ -405,7 +402,7 @@ pub async fn fetch_missing(
 /// Forgets downloaded values once they are in their rows (a crash leaves nothing
 /// that the next pull does not clear).
 pub fn clear_in(r: &Replica) {
-    let dir: PathBuf = r.side().path().join("blobs/in");
+    let dir = r.side().blobs_in_path();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());
@@ -415,7 +412,7 @@ pub fn clear_in(r: &Replica) {
 
 /// Deletes captured values no unpushed change of this replica names any more.
 pub fn sweep_out(r: &Replica, pushed_through: &str) -> Result<()> {
-    let dir = r.side().path().join("blobs/out");
+    let dir = r.side().blobs_out_path();
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
     let me = r.id().to_owned();
     let mut wanted = r.sync.prepare_cached(

@@ -74,29 +74,19 @@ impl Merger<'_> {
     pub(super) fn fill(&self, info: &TableInfo, entity_id: &str, key: &[Value], fills: Vec<Fill>) -> Result<()> {
         for f in fills {
             let column = &info.columns[f.column];
-            let Some(file) = &f.file else {
-                if self.row_exists(info, key)? {
-                    self.conn
-                        .prepare_cached(
-                            "INSERT OR REPLACE INTO ZV_BLOB_MISSING(tbl, entity_id, attribute, ref, since)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                            info.name,
-                            entity_id,
-                            column,
-                            f.r.encode(),
-                            crate::clock::rfc3339(now_ms())
-                        ])?;
+            match &f.file {
+                None if self.row_exists(info, key)? => {
+                    let now = crate::clock::rfc3339(now_ms());
+                    crate::blob::mark_missing(self.conn, &info.name, entity_id, column, &f.r, &now)?;
                 }
-                continue;
-            };
-            if !f.bound {
-                self.write_bytes(info, key, column, &f.r, file)?;
+                None => {}
+                Some(file) => {
+                    if !f.bound {
+                        self.write_bytes(info, key, column, &f.r, file)?;
+                    }
+                    crate::blob::unmark_missing(self.conn, &info.name, entity_id, column)?;
+                }
             }
-            self.conn
-                .prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
-                .execute(params![info.name, entity_id, column])?;
         }
         Ok(())
     }
@@ -148,9 +138,9 @@ impl Merger<'_> {
         Ok(())
     }
 
-    /// Writes a missing value into its cell now that its bytes are at `file`, if
-    /// `r` is still the cell's winner and the row is there. Returns whether it did.
-    pub fn fill_missing(&self, table: &str, entity_id: &str, attribute: &str, r: &Ref, file: &Path) -> Result<bool> {
+    /// Writes a missing value into its cell now that its bytes are here, if `r` is
+    /// still the cell's winner and the row is there. Returns whether it did.
+    pub fn fill_missing(&self, table: &str, entity_id: &str, attribute: &str, r: &Ref) -> Result<bool> {
         let winner: Option<String> = self
             .conn
             .prepare_cached(
@@ -160,30 +150,20 @@ impl Merger<'_> {
             .query_row(params![table, entity_id, attribute], |row| row.get(0))
             .optional()?
             .flatten();
-        let done = |m: &Self| -> Result<()> {
-            m.conn
-                .prepare_cached("DELETE FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3")?
-                .execute(params![table, entity_id, attribute])?;
-            Ok(())
-        };
-        let (Some(info), true) = (self.tables.get(table), winner.as_deref() == Some(r.encode().as_str())) else {
-            done(self)?;
+        let stored = r.encode();
+        let info = self.tables.get(table).filter(|_| winner.as_deref() == Some(stored.as_str()));
+        let Some(info) = info else {
+            crate::blob::unmark_missing(self.conn, table, entity_id, attribute)?;
             return Ok(false);
         };
         let Some(column) = info.columns.iter().position(|c| c == attribute) else { return Ok(false) };
         let key = super::key_values(info, entity_id)?;
         if !self.row_exists(info, &key)? {
-            done(self)?;
+            crate::blob::unmark_missing(self.conn, table, entity_id, attribute)?;
             return Ok(false);
         }
-        let fills = vec![Fill { column, r: r.clone(), file: Some(file.to_path_buf()), bound: false }];
-        let sql =
-            format!("UPDATE {} SET {} = ?1 WHERE {}", ident(&info.name), ident(attribute), super::key_where(info, 2));
-        let zero = Bind::Zero(r.size);
-        let mut params: Vec<&dyn ToSql> = vec![&zero];
-        params.extend(key.iter().map(|k| k as &dyn ToSql));
-        self.conn.prepare_cached(&sql)?.execute(params.as_slice())?;
-        self.fill(info, entity_id, &key, fills)?;
+        // The ordinary column write: it binds or streams the bytes and clears the mark.
+        self.update_column(info, entity_id, &key, column, Some(&stored))?;
         Ok(true)
     }
 }
