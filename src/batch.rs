@@ -8,7 +8,7 @@ use crate::clock::parse_id;
 use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
 use crate::merge::Change;
-use crate::{changelog, FORMAT};
+use crate::FORMAT;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
@@ -189,7 +189,7 @@ impl Batch {
         let mut rows = stmt.query([]).map_err(sqlerr)?;
         let mut out: Vec<Change> = Vec::with_capacity(self.header.change_count.clamp(0, 1 << 20) as usize);
         while let Some(r) = rows.next().map_err(sqlerr)? {
-            let c = changelog::row_to_change(r).map_err(sqlerr)?;
+            let c = crate::log::row_to_change(r).map_err(sqlerr)?;
             let has_txn: bool = r.get(8).map_err(sqlerr)?;
             if !has_txn {
                 return Err(bad(origin, format!("change {} names a transaction that is not in the batch", c.id)));

@@ -90,7 +90,6 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
              WHERE a.id = ?1 AND c.id <= ?2 ORDER BY c.id",
         )?;
         let merger = Merger::new(&tx)?;
-        let mut txn = tx.prepare_cached("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
         for (id, key, batch_id, sha, last, count) in &moved {
             let last = last.as_deref().unwrap_or_default();
             let changes: Vec<Change> = stmt
@@ -107,9 +106,6 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            for c in &changes {
-                txn.execute(params![c.transaction_id, id])?;
-            }
             merger
                 .apply_many(&changes)
                 .map_err(|e| Error::bad(origin, format!("cannot merge the snapshot's changes of {id}: {e}")))?;

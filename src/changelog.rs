@@ -112,13 +112,7 @@ impl Recorder<'_, '_> {
     fn record(&mut self, tbl: &str, entity_id: &str, attribute: &str, old: Option<String>, new: String) -> Result<()> {
         let txn_id = match &self.txn {
             Some(t) => t.clone(),
-            None => {
-                let t = self.hlc.tick().to_string();
-                self.conn
-                    .prepare_cached("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?
-                    .execute(params![t, self.me])?;
-                self.txn.insert(t).clone()
-            }
+            None => self.txn.insert(self.hlc.tick().to_string()).clone(),
         };
         self.n += 1;
         self.merger.record_local(&Change {
@@ -290,38 +284,10 @@ pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
     Ok(())
 }
 
-/// This replica's changes after `after` (a change id), whole transactions only,
-/// stopping once `limit` changes are gathered.
+/// This replica's changes after `after` (a change id) not pushed yet, whole
+/// transactions only, stopping once `limit` changes are gathered.
 pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{} WHERE c.id > ?1 AND c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2) ORDER BY c.id",
-        *crate::merge::SELECT_CHANGES
-    ))?;
-    let mut rows = stmt.query(params![after, me])?;
-    let mut out: Vec<Change> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let c = row_to_change(r)?;
-        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != c.transaction_id) {
-            break;
-        }
-        out.push(c);
-    }
-    Ok(out)
-}
-
-/// A change from a row of [`crate::merge::SELECT_CHANGES`] (the seed's seven
-/// columns, then the author's replica id).
-pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
-    Ok(Change {
-        id: r.get(0)?,
-        transaction_id: r.get(1)?,
-        entity_type: r.get(2)?,
-        entity_id: r.get(3)?,
-        attribute: r.get(4)?,
-        old_value: r.get(5)?,
-        new_value: r.get(6)?,
-        author: r.get(7)?,
-    })
+    crate::log::unpushed_after(conn, me, after, limit)
 }
 
 /// One line of `dimple log`.

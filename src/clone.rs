@@ -209,58 +209,34 @@ fn load_attached(
         track::install(&tx, &info, false, now)?;
         tracked.push(tbl.clone());
     }
-    tx.execute_batch(
-        "INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author) SELECT id, author FROM snap.ZV_TRANSACTION;",
-    )?;
     let with_authors: bool = tx.query_row(
         "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_AUTHOR'",
         [],
         |r| r.get(0),
     )?;
-    let empty: bool = tx.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_CHANGE) AND NOT EXISTS (SELECT 1 FROM main.ZV_CLOCK)
-            AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)",
-        [],
-        |r| r.get(0),
-    )?;
-    let copy = match (with_authors, empty) {
-        // Same tables on both sides (schema/log.sql), empty destination, foreign keys
-        // off: SQLite copies these b-trees page by page instead of row by row (its
-        // "transfer optimization"), the bulk of a clone's time.
-        (true, true) => {
-            "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
-             INSERT INTO main.ZV_CHANGE SELECT * FROM snap.ZV_CHANGE;
-             INSERT INTO main.ZV_CLOCK SELECT * FROM snap.ZV_CLOCK;"
-        }
-        // Author numbers are private to each file: map them through the ids.
-        (true, false) => {
-            "INSERT OR IGNORE INTO main.ZV_AUTHOR(id) SELECT id FROM snap.ZV_AUTHOR;
-             INSERT OR IGNORE INTO main.ZV_CHANGE
-               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, m.n
-               FROM snap.ZV_CHANGE c JOIN snap.ZV_AUTHOR s ON s.n = c.author_n JOIN main.ZV_AUTHOR m ON m.id = s.id;
-             INSERT OR REPLACE INTO main.ZV_CLOCK
-               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, m.n
-               FROM snap.ZV_CLOCK k JOIN snap.ZV_AUTHOR s ON s.n = k.author_n JOIN main.ZV_AUTHOR m ON m.id = s.id;"
-        }
-        // A snapshot from before changes carried their author: ids were unique across
-        // the group then, so the transaction (or the change) names it.
-        (false, _) => {
-            "INSERT OR IGNORE INTO main.ZV_AUTHOR(id) SELECT DISTINCT author FROM snap.ZV_TRANSACTION;
-             INSERT OR IGNORE INTO main.ZV_CHANGE
-               SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, m.n
-               FROM snap.ZV_CHANGE c JOIN snap.ZV_TRANSACTION t ON t.id = c.transaction_id
-               JOIN main.ZV_AUTHOR m ON m.id = t.author;
-             INSERT OR REPLACE INTO main.ZV_CLOCK
-               SELECT k.entity_type, k.entity_id, k.attribute, k.change_id, c.author_n
-               FROM snap.ZV_CLOCK k JOIN main.ZV_CHANGE c ON c.id = k.change_id;"
-        }
+    // The snapshot's text form into the compact log. A snapshot from before changes
+    // carried their author names none: ids were unique across the group then, so
+    // the transaction names it.
+    let author = if with_authors {
+        "(SELECT id FROM snap.ZV_AUTHOR WHERE n = c.author_n)"
+    } else {
+        "(SELECT author FROM snap.ZV_TRANSACTION WHERE id = c.transaction_id)"
     };
-    tx.execute_batch(copy)?;
+    crate::log::import(
+        &tx,
+        &format!(
+            "SELECT c.id AS id, c.transaction_id AS transaction_id, c.entity_type AS entity_type,
+                    c.entity_id AS entity_id, c.attribute AS attribute, c.old_value AS old_value,
+                    c.new_value AS new_value, {author} AS author
+             FROM snap.ZV_CHANGE c"
+        ),
+        origin,
+    )?;
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
-    let changes: u64 = tx.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
+    let changes = crate::log::count(&tx)? as u64;
     // Our ids must be greater than every id we now hold.
-    let max: Option<String> = tx.query_row("SELECT max(id) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
-    if let Some(id) = max.as_deref().and_then(parse_id) {
+    let max: Option<rusqlite::types::Value> = tx.query_row("SELECT max(id) FROM ZV_LOG", [], |r| r.get(0))?;
+    if let Some(id) = max.map(crate::log::id_string).as_deref().and_then(parse_id) {
         r.hlc.observe(&id);
     }
     changelog::save_clock(&tx, &r.hlc)?;

@@ -22,12 +22,12 @@
 use crate::changelog;
 use crate::clock::{self, Hlc};
 use crate::error::{Error, Result};
-use crate::merge::{Change, Merger, SELECT_CHANGES};
+use crate::merge::{Change, Merger};
 use crate::meta::{self, PushState};
 use crate::peers::{self, Peer, Trust};
 use crate::replica::Replica;
 use crate::trust;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,44 +61,25 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         let mut hlc = Hlc::new(opts.clock.clone(), &new_uuid, Some(r.hlc.state()), opts.max_drift_ms);
         let pushed = PushState::load(&tx)?;
         let through = pushed.through.clone();
-        let unpushed: Vec<Change> = tx
-            .prepare(&format!(
-                "{} WHERE c.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND c.id > ?2 ORDER BY c.id",
-                *SELECT_CHANGES
-            ))?
-            .query_map(params![old, through], changelog::row_to_change)?
-            .collect::<Result<_, _>>()?;
+        let unpushed: Vec<Change> = crate::log::unpushed_after(&tx, &old, &through, usize::MAX)?;
         {
             let merger = Merger::new(&tx)?;
-            let mut is_winner = tx.prepare(
-                "SELECT 1 FROM ZV_CLOCK WHERE entity_type = ?1 AND entity_id = ?2 AND attribute = ?3
-                 AND change_id = ?4 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?5)",
-            )?;
             let (mut old_txn, mut new_txn): (Option<String>, Option<String>) = (None, None);
             for c in &unpushed {
                 if old_txn.as_deref() != Some(c.transaction_id.as_str()) {
                     old_txn = Some(c.transaction_id.clone());
                     new_txn = None;
                 }
-                let wins = is_winner
-                    .query_row(params![c.entity_type, c.entity_id, c.attribute, c.id, old], |_| Ok(()))
-                    .optional()?
-                    .is_some();
-                tx.execute(
-                    "DELETE FROM ZV_CHANGE WHERE id = ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)",
-                    params![c.id, old],
-                )?;
+                let wins = crate::log::winner(&tx, &c.entity_type, &c.entity_id, &c.attribute)?
+                    .is_some_and(|w| w.id == c.id && w.author == old);
+                crate::log::remove_own(&tx, c)?;
                 if !wins {
                     report.superseded += 1;
                     continue;
                 }
                 let txn = match &new_txn {
                     Some(t) => t.clone(),
-                    None => {
-                        let t = hlc.tick().to_string();
-                        tx.execute("INSERT INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)", params![t, new])?;
-                        new_txn.insert(t).clone()
-                    }
+                    None => new_txn.insert(hlc.tick().to_string()).clone(),
                 };
                 merger.record_local(&Change {
                     id: hlc.tick().to_string(),
@@ -109,12 +90,7 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
                 report.kept += 1;
             }
         }
-        tx.execute(
-            "DELETE FROM ZV_TRANSACTION WHERE author = ?1
-             AND NOT EXISTS (SELECT 1 FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
-                             WHERE c.transaction_id = ZV_TRANSACTION.id AND a.id = ?1)",
-            [&old],
-        )?;
+        crate::log::drop_empty_transactions(&tx)?;
         // The old id is now another replica, applied up to what this copy pushed.
         let now = clock::rfc3339(opts.clock.now_ms());
         peers::add(

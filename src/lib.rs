@@ -69,6 +69,7 @@ pub mod group;
 pub mod hash;
 pub mod head;
 pub mod layout;
+pub mod log;
 pub mod merge;
 pub mod meta;
 pub mod migrate;

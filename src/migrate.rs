@@ -13,8 +13,12 @@ use rusqlite::{Connection, TransactionBehavior};
 pub const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/local.sql"));
 
 const KEY: &str = "local_schema";
+/// The change log's tables as replicas kept them up to version 3 (and as snapshots
+/// still carry them).
+const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
+
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 3;
+pub const CURRENT: i64 = 4;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -37,6 +41,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     if at < 3 {
         // Version 3: ZV_BLOB_MISSING (attachments); only a table added.
         tx.execute_batch(include_str!("../schema/local.sql"))?;
+    }
+    if at < 4 {
+        compact_log(&tx)?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
@@ -68,7 +75,7 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
          ALTER TABLE ZV_TRANSACTION RENAME TO ZV_OLD_TRANSACTION;
          ALTER TABLE ZV_CLOCK RENAME TO ZV_OLD_CLOCK;",
     )?;
-    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(WIRE_LOG)?;
     tx.execute_batch(
         "INSERT INTO ZV_TRANSACTION(id, author) SELECT id, author FROM ZV_OLD_TRANSACTION;
          INSERT OR IGNORE INTO ZV_AUTHOR(id) SELECT DISTINCT author FROM ZV_OLD_TRANSACTION ORDER BY author;
@@ -91,5 +98,56 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
         )));
     }
     tx.execute_batch("DROP TABLE ZV_OLD_CLOCK; DROP TABLE ZV_OLD_CHANGE; DROP TABLE ZV_OLD_TRANSACTION;")?;
+    Ok(())
+}
+
+/// Version 4: the change log in its compact form (schema/log.sql): ids as bytes,
+/// names and transactions numbered, no separate clock; the seed's tables become
+/// views with their columns. This replica's changes after the push cursor wait in
+/// the outbox. Nothing is lost: the step counts the changes on both sides and
+/// stops, changing nothing, when they differ.
+fn compact_log(tx: &Connection) -> Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE ZV_CHANGE RENAME TO ZV_V3_CHANGE;
+         ALTER TABLE ZV_TRANSACTION RENAME TO ZV_V3_TRANSACTION;
+         ALTER TABLE ZV_CLOCK RENAME TO ZV_V3_CLOCK;",
+    )?;
+    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    let moved = crate::log::import(
+        tx,
+        "SELECT c.id AS id, c.transaction_id AS transaction_id, c.entity_type AS entity_type,
+                c.entity_id AS entity_id, c.attribute AS attribute, c.old_value AS old_value,
+                c.new_value AS new_value, a.id AS author
+         FROM ZV_V3_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n",
+        "the change log",
+    )?;
+    let before: i64 = tx.query_row("SELECT count(*) FROM ZV_V3_CHANGE", [], |r| r.get(0))?;
+    if moved as i64 != before {
+        return Err(Error::Invalid(format!(
+            "cannot upgrade the change log: {before} changes, of which {moved} could be moved; nothing was changed"
+        )));
+    }
+    // Transactions that hold no change any more (history pruned) are kept too.
+    tx.execute_batch(&format!(
+        "INSERT OR IGNORE INTO ZV_AUTHOR(id) SELECT DISTINCT author FROM ZV_V3_TRANSACTION;
+         INSERT OR IGNORE INTO ZV_TX(id, author_n)
+           SELECT CASE WHEN length({b}) = 16 AND {t} = t.id THEN {b} ELSE t.id END, a.n
+           FROM ZV_V3_TRANSACTION t JOIN ZV_AUTHOR a ON a.id = t.author;",
+        b = crate::log::id_blob_sql("t.id"),
+        t = crate::log::id_text_sql(&crate::log::id_blob_sql("t.id")),
+    ))?;
+    let me: Option<String> = meta::get(tx, "database_uuid")?;
+    // Nothing pushed yet: every own change waits ("" gives the empty blob, the least).
+    let through = meta::PushState::load(tx)?.through;
+    tx.execute(
+        &format!(
+            "INSERT INTO ZV_OUTBOX(id, type_n, entity_id, attr_n)
+             SELECT l.id, l.type_n, l.entity_id, l.attr_n FROM ZV_LOG l
+             WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > {}",
+            crate::log::id_blob_sql("?2")
+        ),
+        rusqlite::params![me, through],
+    )?;
+    tx.execute_batch("DROP TABLE ZV_V3_CLOCK; DROP TABLE ZV_V3_CHANGE; DROP TABLE ZV_V3_TRANSACTION;")?;
     Ok(())
 }

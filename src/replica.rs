@@ -328,11 +328,7 @@ impl Replica {
     /// This replica's changes not yet pushed.
     pub fn unpushed(&self) -> Result<i64> {
         let through = meta::PushState::load(&self.sync)?.through;
-        Ok(self.sync.query_row(
-            "SELECT count(*) FROM ZV_CHANGE WHERE id > ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)",
-            [&through, &self.id],
-            |r| r.get(0),
-        )?)
+        crate::log::unpushed_count(&self.sync, &through)
     }
 }
 

@@ -91,34 +91,26 @@ pub fn prune(r: &mut Replica) -> Result<Pruned> {
         return Ok(Pruned { complete_from: complete_from(&r.sync)?, ..Pruned::default() });
     };
     let horizon_ms = now.saturating_sub(days * 86_400_000);
-    let horizon = clock::compose(Stamp { ms: horizon_ms, counter: 0 }, 0).to_string();
-    let me = r.id().to_owned();
+    let horizon = crate::log::id_value(&clock::compose(Stamp { ms: horizon_ms, counter: 0 }, 0).to_string());
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let through = meta::PushState::load(&tx)?.through;
+    // Superseded (a greater id in the cell, or the same id from a greater author),
+    // of a tracked table and column, and pushed (not in the outbox).
     let changes = tx.execute(
-        "DELETE FROM ZV_CHANGE
-         WHERE id < ?1
-           AND NOT EXISTS (SELECT 1 FROM ZV_CLOCK k
-                           WHERE k.entity_type = ZV_CHANGE.entity_type AND k.entity_id = ZV_CHANGE.entity_id
-                             AND k.attribute = ZV_CHANGE.attribute
-                             AND k.change_id = ZV_CHANGE.id AND k.author_n = ZV_CHANGE.author_n)
+        "DELETE FROM ZV_LOG AS l
+         WHERE l.id < ?1
+           AND EXISTS (SELECT 1 FROM ZV_LOG g
+                       WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
+                         AND (g.id > l.id OR (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n)
+                                              > (SELECT id FROM ZV_AUTHOR WHERE n = l.author_n)))
            AND EXISTS (SELECT 1 FROM ZV_TRACKED t
-                       WHERE t.tbl = ZV_CHANGE.entity_type
-                         AND (ZV_CHANGE.attribute = '*'
-                              OR ZV_CHANGE.attribute IN (SELECT value FROM json_each(t.columns))))
-           AND NOT (author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2) AND id > ?3)",
-        rusqlite::params![horizon, me, through],
+                       WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
+                         AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
+                              OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
+           AND NOT EXISTS (SELECT 1 FROM ZV_OUTBOX o
+                           WHERE o.id = l.id AND o.type_n = l.type_n AND o.entity_id = l.entity_id AND o.attr_n = l.attr_n)",
+        [horizon],
     )?;
-    let transactions = if changes > 0 {
-        tx.execute(
-            "DELETE FROM ZV_TRANSACTION
-             WHERE NOT EXISTS (SELECT 1 FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
-                               WHERE c.transaction_id = ZV_TRANSACTION.id AND a.id = ZV_TRANSACTION.author)",
-            [],
-        )?
-    } else {
-        0
-    };
+    let transactions = if changes > 0 { crate::log::drop_empty_transactions(&tx)? } else { 0 };
     // Complete from the newest horizon that removed something (RFC 3339 text
     // orders like time).
     let mut complete = complete_from(&tx)?;

@@ -82,7 +82,7 @@ pub fn status(r: &Replica) -> Result<Status> {
         pending_changes: r.unpushed()? + r.pending_captured()?,
         last_sync: meta::get(conn, "last_sync")?,
         last_push_batch: meta::PushState::load(conn)?.batch_id,
-        changes_in_log: conn.query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0))?,
+        changes_in_log: crate::log::count(conn)?,
         replicas_known: crate::peers::count(conn)?,
         problems: problems::list(conn)?,
         agent: crate::agent::inspect(r.path()),

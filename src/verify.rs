@@ -432,12 +432,7 @@ pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
 pub fn cursor_vector(r: &Replica) -> Result<BTreeMap<String, String>> {
     let conn = &r.sync;
     let mut out = crate::peers::applied_through(conn)?;
-    let own: Option<String> = conn.query_row(
-        "SELECT max(id) FROM ZV_CHANGE WHERE author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1)",
-        [r.id()],
-        |r| r.get(0),
-    )?;
-    if let Some(own) = own {
+    if let Some(own) = crate::log::last_id_of(conn, r.id())? {
         out.insert(r.id().to_owned(), own);
     }
     Ok(out)

@@ -217,24 +217,20 @@ pub struct MissingValue {
 /// The values missing here whose reference is still the winner of its cell, in
 /// rows that are alive (a cell written since, or a deleted row, waits for nothing).
 pub fn missing(conn: &Connection) -> Result<Vec<MissingValue>> {
-    let mut stmt = conn.prepare(
-        "SELECT m.tbl, m.entity_id, m.attribute, m.ref, a.id FROM ZV_BLOB_MISSING m
-         JOIN ZV_CLOCK k ON k.entity_type = m.tbl AND k.entity_id = m.entity_id AND k.attribute = m.attribute
-         JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n AND c.new_value = m.ref
-         JOIN ZV_AUTHOR a ON a.n = c.author_n
-         WHERE EXISTS (SELECT 1 FROM ZV_CLOCK rk JOIN ZV_CHANGE rc ON rc.id = rk.change_id AND rc.author_n = rk.author_n
-                       WHERE rk.entity_type = m.tbl AND rk.entity_id = m.entity_id AND rk.attribute = '*'
-                         AND rc.new_value = 'true')
-         ORDER BY m.tbl, m.entity_id, m.attribute",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get(4)?))
-    })?;
+    let entries: Vec<(String, String, String, String)> = conn
+        .prepare("SELECT tbl, entity_id, attribute, ref FROM ZV_BLOB_MISSING ORDER BY tbl, entity_id, attribute")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::new();
-    for row in rows {
-        let (table, entity_id, attribute, text, author) = row?;
+    for (table, entity_id, attribute, text) in entries {
+        let Some(w) = crate::log::winner(conn, &table, &entity_id, &attribute)? else { continue };
+        let alive = crate::log::winner(conn, &table, &entity_id, crate::track::ROW)?
+            .is_some_and(|row| row.new_value.as_deref() == Some(crate::merge::ALIVE));
+        if w.new_value.as_deref() != Some(text.as_str()) || !alive {
+            continue;
+        }
         if let Ok(crate::value::Stored::Ref(r)) = crate::value::decode_stored(&text) {
-            out.push(MissingValue { table, entity_id, attribute, r, author });
+            out.push(MissingValue { table, entity_id, attribute, r, author: w.author });
         }
     }
     Ok(out)

@@ -17,7 +17,6 @@ use crate::store::{Part, PutMode, Store, StoreError};
 use crate::track::ROW;
 use crate::value::Ref;
 use futures::{StreamExt, TryStreamExt};
-use rusqlite::OptionalExtension;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -301,18 +300,14 @@ pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, changes: &[
     }
     let side = r.side();
     let mut wanted = BTreeSet::new();
-    let mut winner = r.sync.prepare_cached(
-        "SELECT change_id FROM ZV_CLOCK WHERE entity_type = ?1 AND entity_id = ?2 AND attribute = ?3",
-    )?;
     for ((t, e, a), (id, rf)) in last {
         let Some(rf) = rf else { continue };
-        let current: Option<String> = winner.query_row([t, e, a], |row| row.get(0)).optional()?;
+        let current = crate::log::winner(&r.sync, t, e, a)?.map(|w| w.id);
         if current.is_some_and(|cur| cur.as_str() >= id) || local_file(side, &rf).is_some() {
             continue; // loses here, or its bytes are here already
         }
         wanted.insert(rf);
     }
-    drop(winner);
     if wanted.is_empty() {
         return Ok(Moved::default());
     }
@@ -411,14 +406,9 @@ pub fn clear_in(r: &Replica) {
 }
 
 /// Deletes captured values no unpushed change of this replica names any more.
-pub fn sweep_out(r: &Replica, pushed_through: &str) -> Result<()> {
+pub fn sweep_out(r: &Replica) -> Result<()> {
     let dir = r.side().blobs_out_path();
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
-    let me = r.id().to_owned();
-    let mut wanted = r.sync.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM ZV_CHANGE WHERE id > ?1 AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?2)
-                        AND new_value IN (?3, ?4))",
-    )?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let (sha, ext) = name.split_once('.').unwrap_or((name.as_str(), ""));
@@ -438,7 +428,7 @@ pub fn sweep_out(r: &Replica, pushed_through: &str) -> Result<()> {
         let size = e.metadata().map_or(0, |m| m.len());
         let blob = Ref { sha256: sha.to_owned(), size, text: false }.encode();
         let text = Ref { sha256: sha.to_owned(), size, text: true }.encode();
-        let needed: bool = wanted.query_row(rusqlite::params![pushed_through, me, blob, text], |row| row.get(0))?;
+        let needed = crate::log::unpushed_sets(&r.sync, &[&blob, &text])?;
         if !needed {
             for x in ["sealed", "upload"] {
                 let _ = std::fs::remove_file(dir.join(format!("{sha}.{x}")));

@@ -15,7 +15,7 @@ use crate::sql::ident;
 use crate::track::TableInfo;
 use crate::value::{self, Ref, Stored};
 use rusqlite::types::{ToSqlOutput, Value};
-use rusqlite::{params, DatabaseName, OptionalExtension, ToSql};
+use rusqlite::{DatabaseName, OptionalExtension, ToSql};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -141,15 +141,7 @@ impl Merger<'_> {
     /// Writes a missing value into its cell now that its bytes are here, if `r` is
     /// still the cell's winner and the row is there. Returns whether it did.
     pub fn fill_missing(&self, table: &str, entity_id: &str, attribute: &str, r: &Ref) -> Result<bool> {
-        let winner: Option<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n
-                 WHERE k.entity_type = ?1 AND k.entity_id = ?2 AND k.attribute = ?3",
-            )?
-            .query_row(params![table, entity_id, attribute], |row| row.get(0))
-            .optional()?
-            .flatten();
+        let winner = crate::log::winner(self.conn, table, entity_id, attribute)?.and_then(|w| w.new_value);
         let stored = r.encode();
         let info = self.tables.get(table).filter(|_| winner.as_deref() == Some(stored.as_str()));
         let Some(info) = info else {

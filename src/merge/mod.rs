@@ -18,10 +18,11 @@ mod blobs;
 mod many;
 
 use crate::error::{Error, Result};
+use crate::log::Log;
 use crate::sql::ident;
 use crate::track::{self, Affinity, TableInfo, ROW};
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, Statement};
+use rusqlite::{Connection, Statement};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -43,14 +44,6 @@ pub struct Change {
 /// The seed's seven `ZV_CHANGE` columns in table order; [`Change::as_row`] binds
 /// in the same order.
 pub const CHANGE_COLUMNS: &str = "id, transaction_id, entity_type, entity_id, attribute, old_value, new_value";
-
-/// Reads whole changes from the log with their author's replica id, in the order
-/// [`crate::changelog::row_to_change`] expects: append `WHERE`/`ORDER BY` on `c`
-/// (the change) and `a` (its author).
-pub static SELECT_CHANGES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let cols: Vec<String> = CHANGE_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect();
-    format!("SELECT {}, a.id FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n", cols.join(", "))
-});
 
 impl Change {
     /// The seed's seven columns, for binding to `VALUES (?1..?7)`.
@@ -97,31 +90,12 @@ enum Op {
 pub struct Merger<'c> {
     conn: &'c Connection,
     tables: HashMap<String, TableInfo>,
-    log: RefCell<Statement<'c>>,
-    clock: RefCell<Statement<'c>>,
-    clock_if_newer: RefCell<Statement<'c>>,
+    log: Log<'c>,
     per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
-    /// Replica id -> its `ZV_AUTHOR` number.
-    authors: RefCell<HashMap<String, i64>>,
     /// Where the bytes of values stored out of line wait ([`crate::blob`]); None
     /// in memory, where every such value is missing.
     side: Option<crate::sidedir::SideDir>,
 }
-
-const SET_CLOCK: &str =
-    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author_n = excluded.author_n";
-/// One seek instead of a read and a write: the row changes only when the change is
-/// the new winner (no clock yet, or an older one, ordered by id, then author id).
-/// Authors are compared by their replica ids, the same on every replica; that
-/// comparison runs only for two changes with one id, which only a hostile member
-/// makes.
-const SET_CLOCK_IF_NEWER: &str =
-    "INSERT INTO ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n) VALUES (?1, ?2, ?3, ?4, ?5)
-     ON CONFLICT DO UPDATE SET change_id = excluded.change_id, author_n = excluded.author_n
-     WHERE excluded.change_id > ZV_CLOCK.change_id
-        OR (excluded.change_id = ZV_CLOCK.change_id
-            AND (SELECT id FROM ZV_AUTHOR WHERE n = excluded.author_n) > (SELECT id FROM ZV_AUTHOR WHERE n = ZV_CLOCK.author_n))";
 
 impl<'c> Merger<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -134,28 +108,10 @@ impl<'c> Merger<'c> {
         Ok(Merger {
             conn,
             tables,
-            log: RefCell::new(conn.prepare(&format!(
-                "INSERT INTO ZV_CHANGE({CHANGE_COLUMNS}, author_n) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id, author_n) DO NOTHING"
-            ))?),
-            clock: RefCell::new(conn.prepare(SET_CLOCK)?),
-            clock_if_newer: RefCell::new(conn.prepare(SET_CLOCK_IF_NEWER)?),
+            log: Log::new(conn)?,
             per_table: RefCell::default(),
-            authors: RefCell::default(),
             side: crate::blob::side_of(conn),
         })
-    }
-
-    /// The `ZV_AUTHOR` number of replica `id`, numbered on first sight.
-    fn author_n(&self, id: &str) -> Result<i64> {
-        if let Some(n) = self.authors.borrow().get(id) {
-            return Ok(*n);
-        }
-        self.conn.prepare_cached("INSERT OR IGNORE INTO ZV_AUTHOR(id) VALUES (?1)")?.execute([id])?;
-        let n: i64 =
-            self.conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([id], |r| r.get(0))?;
-        self.authors.borrow_mut().insert(id.to_owned(), n);
-        Ok(n)
     }
 
     pub fn table(&self, name: &str) -> Option<&TableInfo> {
@@ -165,8 +121,7 @@ impl<'c> Merger<'c> {
     /// Records a change this replica made: it is newer than everything applied, and
     /// its effect is already in the table.
     pub fn record_local(&self, c: &Change) -> Result<()> {
-        let n = self.insert_log(c)?.1;
-        self.clock.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, n])?;
+        self.log.insert(c, true)?;
         Ok(())
     }
 
@@ -181,28 +136,11 @@ impl<'c> Merger<'c> {
         Ok(outcome)
     }
 
-    /// Stores a remote change in the log and moves the clock when it wins; the
-    /// table is left to the caller.
+    /// Stores a remote change in the log and says whether it is now its cell's
+    /// winner; the table is left to the caller.
     fn merge_log(&self, c: &Change) -> Result<Outcome> {
-        let (new, n) = self.insert_log(c)?;
-        if !new {
-            return Ok(Outcome::Duplicate);
-        }
-        // (id, author) is unique (the log just took this one), so "not newer" means older.
-        let won =
-            self.clock_if_newer.borrow_mut().execute(params![c.entity_type, c.entity_id, c.attribute, c.id, n])? == 1;
-        Ok(if won { Outcome::Won } else { Outcome::Lost })
-    }
-
-    /// Stores `c` in the log; returns whether it was new, and its author's number.
-    fn insert_log(&self, c: &Change) -> Result<(bool, i64)> {
-        let n = self.author_n(&c.author)?;
-        let mut stmt = self.log.borrow_mut();
-        for (i, v) in c.as_row().iter().enumerate() {
-            stmt.raw_bind_parameter(i + 1, v)?;
-        }
-        stmt.raw_bind_parameter(8, n)?;
-        Ok((stmt.raw_execute()? == 1, n))
+        let Some(stored) = self.log.insert(c, false)? else { return Ok(Outcome::Duplicate) };
+        Ok(if self.log.wins(&stored, &c.entity_id)? { Outcome::Won } else { Outcome::Lost })
     }
 
     /// Runs `f` on the statement for (`info`, `op`), preparing it the first time.
@@ -315,12 +253,7 @@ impl<'c> Merger<'c> {
     }
 
     fn winners(&self, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT k.attribute, c.new_value FROM ZV_CLOCK k JOIN ZV_CHANGE c ON c.id = k.change_id AND c.author_n = k.author_n
-             WHERE k.entity_type = ?1 AND k.entity_id = ?2",
-        )?;
-        let rows = stmt.query_map(params![table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        crate::log::winners(self.conn, table, entity_id)
     }
 
     /// Makes a table equal to what the log says, for every entity the log knows:
@@ -328,11 +261,7 @@ impl<'c> Merger<'c> {
     /// before are applied now.
     pub fn rebuild(&self, table: &str) -> Result<usize> {
         let Some(info) = self.tables.get(table) else { return Ok(0) };
-        let ids: Vec<String> = self
-            .conn
-            .prepare("SELECT DISTINCT entity_id FROM ZV_CLOCK WHERE entity_type = ?1")?
-            .query_map([table], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let ids = crate::log::entities(self.conn, table)?;
         for id in &ids {
             let key = key_values(info, id)?;
             self.materialize(info, id, &key)?;

@@ -12,7 +12,7 @@ use crate::peers;
 use crate::replica::Replica;
 use crate::track::ROW;
 use crate::value;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use std::path::Path;
 
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
@@ -60,14 +60,6 @@ pub fn commit_batch(
     changelog::ingest(&tx, &mut r.hlc, &me)?;
     {
         let merger = Merger::new(&tx)?;
-        let mut txn = tx.prepare_cached("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
-        let mut last_txn = "";
-        for c in &changes {
-            if c.transaction_id != last_txn {
-                txn.execute(params![c.transaction_id, id])?;
-                last_txn = &c.transaction_id;
-            }
-        }
         merger.apply_many(&changes).map_err(|e| local_refusal(key, e))?;
     }
     if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {

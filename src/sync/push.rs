@@ -93,7 +93,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         report.changes += inf.changes;
         complete(r, store, inf, &codec).await?;
     }
-    crate::blob::transfer::sweep_out(r, &PushState::load(&r.sync)?.through)?;
+    crate::blob::transfer::sweep_out(r)?;
     Ok(report)
 }
 

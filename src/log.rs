@@ -1,0 +1,457 @@
+//! The change log as a replica stores it (`schema/log.sql`): the one module that
+//! knows its compact form. Everything else speaks [`Change`] (the seed's text
+//! columns) and leaves the numbering of names, authors and transactions, the byte
+//! form of ids and the outbox of unpushed changes to this module.
+//!
+//! Why this form: a change in the seed's form cost about 125 bytes (two 36-character
+//! ids, the table and column names repeated) plus a clock row per cell with the same
+//! text again. Here a change is one row of `ZV_LOG` keyed by its cell, then its id:
+//! the changes of a cell lie together, and the newest is the winner, so no separate
+//! clock is kept and finding the winner is one seek.
+
+use crate::error::{Error, Result};
+use crate::merge::Change;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Statement};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// The SQL expression rendering the 16-byte id in column `col` as canonical text.
+pub fn id_text_sql(col: &str) -> String {
+    format!(
+        "lower(substr(hex({col}), 1, 8) || '-' || substr(hex({col}), 9, 4) || '-' || substr(hex({col}), 13, 4) \
+         || '-' || substr(hex({col}), 17, 4) || '-' || substr(hex({col}), 21))"
+    )
+}
+
+/// The SQL expression rendering a stored transaction id ([`id_value`]) as text.
+pub fn stored_id_text_sql(col: &str) -> String {
+    format!("CASE WHEN typeof({col}) = 'blob' THEN {} ELSE {col} END", id_text_sql(col))
+}
+
+/// The SQL expression turning canonical id text in `col` into its 16 bytes.
+pub fn id_blob_sql(col: &str) -> String {
+    format!("unhex(replace({col}, '-', ''))")
+}
+
+/// The stored form of an id: its 16 bytes when it is a canonical UUID (bytewise
+/// order is then the order of the text), else the text itself. Change ids are
+/// always canonical (checked before anything is applied); a transaction id from a
+/// batch is not checked, and is kept as it came.
+pub fn id_value(id: &str) -> Value {
+    if crate::layout::is_canonical_uuid(id) {
+        if let Ok(u) = uuid::Uuid::parse_str(id) {
+            return Value::Blob(u.as_bytes().to_vec());
+        }
+    }
+    Value::Text(id.to_owned())
+}
+
+/// The canonical text of a stored id ([`id_value`] backwards).
+pub fn id_string(v: Value) -> String {
+    match v {
+        Value::Blob(b) if b.len() == 16 => {
+            uuid::Uuid::from_slice(&b).map(|u| u.to_string()).unwrap_or_else(|_| crate::codec::hex(&b))
+        }
+        Value::Blob(b) => crate::codec::hex(&b),
+        Value::Text(t) => t,
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Null => String::new(),
+    }
+}
+
+/// The id in column `i`: bytes rendered as text, text as it is (an error, never a
+/// panic, when it is not UTF-8: batch files are remote input).
+fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Blob(b) => Ok(id_string(Value::Blob(b.to_vec()))),
+        _ => r.get(i),
+    }
+}
+
+/// The lower bound for "ids after `id`": empty text means "from the start".
+fn after_value(id: &str) -> Value {
+    if id.is_empty() {
+        Value::Blob(Vec::new())
+    } else {
+        id_value(id)
+    }
+}
+
+/// Reads whole changes in the seed's columns, in the order [`row_to_change`]
+/// expects: append joins or `WHERE`/`ORDER BY` on `l` (the log row).
+pub static SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
+     FROM ZV_LOG l JOIN ZV_NAME t ON t.n = l.type_n JOIN ZV_NAME c ON c.n = l.attr_n
+     JOIN ZV_TX x ON x.n = l.tx_n JOIN ZV_AUTHOR a ON a.n = l.author_n"
+        .to_owned()
+});
+
+/// A change from a row of [`SELECT`], or from a batch file's text columns in the
+/// same order.
+pub fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
+    Ok(Change {
+        id: id_at(r, 0)?,
+        transaction_id: id_at(r, 1)?,
+        entity_type: r.get(2)?,
+        entity_id: r.get(3)?,
+        attribute: r.get(4)?,
+        old_value: r.get(5)?,
+        new_value: r.get(6)?,
+        author: r.get(7)?,
+    })
+}
+
+/// Where a stored change lies: its cell and its key.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub type_n: i64,
+    pub attr_n: i64,
+    pub author_n: i64,
+    pub id: Value,
+}
+
+/// Writes changes into the log on one connection, with names, authors and
+/// transactions numbered once and remembered: this is the hot path of capture and
+/// of every pull.
+pub struct Log<'c> {
+    conn: &'c Connection,
+    names: RefCell<HashMap<String, i64>>,
+    authors: RefCell<HashMap<String, i64>>,
+    txs: RefCell<HashMap<(String, i64), i64>>,
+    insert: RefCell<Statement<'c>>,
+    outbox: RefCell<Statement<'c>>,
+    newer: RefCell<Statement<'c>>,
+}
+
+impl<'c> Log<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Self> {
+        Ok(Log {
+            conn,
+            names: RefCell::default(),
+            authors: RefCell::default(),
+            txs: RefCell::default(),
+            insert: RefCell::new(conn.prepare(
+                "INSERT INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+            )?),
+            outbox: RefCell::new(
+                conn.prepare("INSERT INTO ZV_OUTBOX(id, type_n, entity_id, attr_n) VALUES (?1, ?2, ?3, ?4)")?,
+            ),
+            // A greater id in the cell, or the same id from a greater author (only a
+            // member copying another's ids makes that): then the change does not win.
+            newer: RefCell::new(conn.prepare(
+                "SELECT EXISTS (SELECT 1 FROM ZV_LOG g
+                   WHERE g.type_n = ?1 AND g.entity_id = ?2 AND g.attr_n = ?3 AND g.id >= ?4
+                     AND (g.id > ?4 OR (g.author_n <> ?5 AND (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n)
+                                                           > (SELECT id FROM ZV_AUTHOR WHERE n = ?5))))",
+            )?),
+        })
+    }
+
+    /// The number of a table or column name, numbered on first sight.
+    pub fn name_n(&self, name: &str) -> Result<i64> {
+        if let Some(n) = self.names.borrow().get(name) {
+            return Ok(*n);
+        }
+        let n = intern(self.conn, "ZV_NAME", "name", name)?;
+        self.names.borrow_mut().insert(name.to_owned(), n);
+        Ok(n)
+    }
+
+    /// The `ZV_AUTHOR` number of replica `id`, numbered on first sight.
+    pub fn author_n(&self, id: &str) -> Result<i64> {
+        if let Some(n) = self.authors.borrow().get(id) {
+            return Ok(*n);
+        }
+        let n = intern(self.conn, "ZV_AUTHOR", "id", id)?;
+        self.authors.borrow_mut().insert(id.to_owned(), n);
+        Ok(n)
+    }
+
+    /// The `ZV_TX` number of transaction `id` of author `author_n`, recorded on
+    /// first sight.
+    pub fn tx_n(&self, id: &str, author_n: i64) -> Result<i64> {
+        let key = (id.to_owned(), author_n);
+        if let Some(n) = self.txs.borrow().get(&key) {
+            return Ok(*n);
+        }
+        let v = id_value(id);
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO ZV_TX(id, author_n) VALUES (?1, ?2)")?
+            .execute(params![v, author_n])?;
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT n FROM ZV_TX WHERE id = ?1 AND author_n = ?2")?
+            .query_row(params![v, author_n], |r| r.get(0))?;
+        self.txs.borrow_mut().insert(key, n);
+        Ok(n)
+    }
+
+    /// Stores `c`; None when the log already holds it. `own`: a change of this
+    /// replica, which also waits in the outbox for the next push.
+    pub fn insert(&self, c: &Change, own: bool) -> Result<Option<Stored>> {
+        let author_n = self.author_n(&c.author)?;
+        let s = Stored {
+            type_n: self.name_n(&c.entity_type)?,
+            attr_n: self.name_n(&c.attribute)?,
+            author_n,
+            id: id_value(&c.id),
+        };
+        let tx_n = self.tx_n(&c.transaction_id, author_n)?;
+        let new = self.insert.borrow_mut().execute(params![
+            s.type_n,
+            c.entity_id,
+            s.attr_n,
+            s.id,
+            author_n,
+            tx_n,
+            c.old_value,
+            c.new_value
+        ])? == 1;
+        if !new {
+            return Ok(None);
+        }
+        if own {
+            self.outbox.borrow_mut().execute(params![s.id, s.type_n, c.entity_id, s.attr_n])?;
+        }
+        Ok(Some(s))
+    }
+
+    /// Whether the stored change `s` of `entity_id` is its cell's winner.
+    pub fn wins(&self, s: &Stored, entity_id: &str) -> Result<bool> {
+        let newer: bool = self
+            .newer
+            .borrow_mut()
+            .query_row(params![s.type_n, entity_id, s.attr_n, s.id, s.author_n], |r| r.get(0))?;
+        Ok(!newer)
+    }
+}
+
+/// The number of `value` in an interning table (`n INTEGER PRIMARY KEY`, `col`
+/// UNIQUE), added when absent.
+fn intern(conn: &Connection, table: &str, col: &str, value: &str) -> Result<i64> {
+    if let Some(n) = conn
+        .prepare_cached(&format!("SELECT n FROM {table} WHERE {col} = ?1"))?
+        .query_row([value], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(n);
+    }
+    conn.prepare_cached(&format!("INSERT INTO {table}({col}) VALUES (?1)"))?.execute([value])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The number of a name already in the log, if any (lookups never add one).
+pub fn known_name(conn: &Connection, name: &str) -> Result<Option<i64>> {
+    Ok(conn.prepare_cached("SELECT n FROM ZV_NAME WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?)
+}
+
+/// The winning change of a cell: its id, its author's replica id and its new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Winner {
+    pub id: String,
+    pub author: String,
+    pub new_value: Option<String>,
+}
+
+/// Picks the winner among a cell's changes given as (id, author, value) in id
+/// order: the greatest id, and for one id the greatest author id.
+fn best(rows: Vec<(Value, String, Option<String>)>) -> Option<Winner> {
+    let mut best: Option<(Value, String, Option<String>)> = None;
+    for row in rows {
+        let better = match &best {
+            None => true,
+            Some(b) => match cmp_id(&row.0, &b.0) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Equal => row.1 > b.1,
+                std::cmp::Ordering::Less => false,
+            },
+        };
+        if better {
+            best = Some(row);
+        }
+    }
+    best.map(|(id, author, new_value)| Winner { id: id_string(id), author, new_value })
+}
+
+/// SQLite's order of stored ids (text before blob, each bytewise).
+fn cmp_id(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
+        (Value::Text(x), Value::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Text(_), Value::Blob(_)) => std::cmp::Ordering::Less,
+        (Value::Blob(_), Value::Text(_)) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// The winner of (`table`, `entity_id`, `attribute`), if the log has the cell.
+pub fn winner(conn: &Connection, table: &str, entity_id: &str, attribute: &str) -> Result<Option<Winner>> {
+    let (Some(t), Some(c)) = (known_name(conn, table)?, known_name(conn, attribute)?) else { return Ok(None) };
+    // The last id of the cell, with every change that shares it (one, unless a
+    // member copied another's id).
+    let rows = conn
+        .prepare_cached(
+            "SELECT l.id, a.id, l.new_value FROM ZV_LOG l JOIN ZV_AUTHOR a ON a.n = l.author_n
+             WHERE l.type_n = ?1 AND l.entity_id = ?2 AND l.attr_n = ?3
+               AND l.id = (SELECT max(id) FROM ZV_LOG WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3)",
+        )?
+        .query_map(params![t, entity_id, c], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(best(rows))
+}
+
+/// The winning value of every attribute of a row that the log has.
+pub fn winners(conn: &Connection, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
+    let Some(t) = known_name(conn, table)? else { return Ok(HashMap::new()) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.name, l.id, a.id, l.new_value FROM ZV_LOG l JOIN ZV_NAME c ON c.n = l.attr_n
+         JOIN ZV_AUTHOR a ON a.n = l.author_n
+         WHERE l.type_n = ?1 AND l.entity_id = ?2 ORDER BY l.attr_n",
+    )?;
+    let mut cells: HashMap<String, Vec<(Value, String, Option<String>)>> = HashMap::new();
+    let rows =
+        stmt.query_map(params![t, entity_id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    for row in rows {
+        let (attr, id, author, value) = row?;
+        cells.entry(attr).or_default().push((id, author, value));
+    }
+    Ok(cells.into_iter().filter_map(|(attr, rows)| best(rows).map(|w| (attr, w.new_value))).collect())
+}
+
+/// Every row id of `table` the log has a change for.
+pub fn entities(conn: &Connection, table: &str) -> Result<Vec<String>> {
+    let Some(t) = known_name(conn, table)? else { return Ok(Vec::new()) };
+    Ok(conn
+        .prepare("SELECT DISTINCT entity_id FROM ZV_LOG WHERE type_n = ?1")?
+        .query_map([t], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many changes the log holds.
+pub fn count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM ZV_LOG", [], |r| r.get(0))?)
+}
+
+/// This replica's changes after `after` (a change id; empty: all) not pushed yet,
+/// whole transactions only, stopping once `limit` changes are gathered.
+pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{} JOIN ZV_OUTBOX o ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
+         WHERE o.id > ?1 AND a.id = ?2 ORDER BY o.id",
+        *SELECT
+    ))?;
+    let mut rows = stmt.query(params![after_value(after), me])?;
+    let mut out: Vec<Change> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let c = row_to_change(r)?;
+        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != c.transaction_id) {
+            break;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// How many of this replica's changes after `after` wait for a push.
+pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM ZV_OUTBOX WHERE id > ?1", [after_value(after)], |r| r.get(0))?)
+}
+
+/// Whether a change of this replica not pushed yet sets one of `values`.
+pub fn unpushed_sets(conn: &Connection, values: &[&str]) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM ZV_OUTBOX o JOIN ZV_LOG l
+                          ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
+                        WHERE l.new_value IN (SELECT value FROM json_each(?1)))",
+    )?;
+    let list = serde_json::to_string(values).expect("strings serialize");
+    Ok(stmt.query_row([list], |r| r.get(0))?)
+}
+
+/// The push that carries the changes through `through` is complete: they leave the
+/// outbox.
+pub fn pushed(conn: &Connection, through: &str) -> Result<()> {
+    if !through.is_empty() {
+        conn.prepare_cached("DELETE FROM ZV_OUTBOX WHERE id <= ?1")?.execute([id_value(through)])?;
+    }
+    Ok(())
+}
+
+/// Takes `c` (a change of this replica, not pushed) out of the log and the outbox.
+pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
+    let id = id_value(&c.id);
+    conn.prepare_cached(
+        "DELETE FROM ZV_LOG WHERE type_n = (SELECT n FROM ZV_NAME WHERE name = ?1) AND entity_id = ?2
+           AND attr_n = (SELECT n FROM ZV_NAME WHERE name = ?3) AND id = ?4
+           AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?5)",
+    )?
+    .execute(params![c.entity_type, c.entity_id, c.attribute, id, c.author])?;
+    conn.prepare_cached("DELETE FROM ZV_OUTBOX WHERE id = ?1")?.execute([id])?;
+    Ok(())
+}
+
+/// The greatest id of a change by `author`.
+pub fn last_id_of(conn: &Connection, author: &str) -> Result<Option<String>> {
+    let v: Option<Value> = conn.query_row(
+        "SELECT max(id) FROM ZV_LOG WHERE author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1)",
+        [author],
+        |r| r.get(0),
+    )?;
+    Ok(v.filter(|v| *v != Value::Null).map(id_string))
+}
+
+/// Drops transactions no change names any more.
+pub fn drop_empty_transactions(conn: &Connection) -> Result<usize> {
+    Ok(conn.execute("DELETE FROM ZV_TX WHERE n NOT IN (SELECT tx_n FROM ZV_LOG)", [])?)
+}
+
+/// Loads changes in the text form into the log: `source` is a SELECT (of
+/// dimple's own making) giving (id, transaction_id, entity_type, entity_id,
+/// attribute, old_value, new_value, author) with the author as replica id text.
+/// Changes the log holds are skipped. Used to upgrade a log kept in the text form
+/// and to clone from a snapshot. Ids are checked to be canonical UUIDs first: a
+/// file that holds another id is refused whole, before anything is written.
+pub fn import(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
+    let bad: Option<String> = conn
+        .query_row(
+            &format!(
+                "SELECT id FROM ({source}) WHERE id IS NULL OR length({}) IS NOT 16 OR {} IS NOT id LIMIT 1",
+                id_blob_sql("id"),
+                id_text_sql(&id_blob_sql("id"))
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .map(|v: Option<String>| v.unwrap_or_default());
+    if let Some(id) = bad {
+        return Err(Error::bad(origin, format!("change id {id:?} is not a canonical UUID")));
+    }
+    // The transaction id is kept as bytes when canonical, as text otherwise
+    // (id_value); the same rule in SQL.
+    let tx_id = format!(
+        "CASE WHEN length({b}) = 16 AND {t} = transaction_id THEN {b} ELSE transaction_id END",
+        b = id_blob_sql("transaction_id"),
+        t = id_text_sql(&id_blob_sql("transaction_id"))
+    );
+    conn.execute_batch(&format!(
+        "INSERT OR IGNORE INTO ZV_AUTHOR(id) SELECT DISTINCT author FROM ({source});
+         INSERT OR IGNORE INTO ZV_NAME(name) SELECT entity_type FROM ({source}) UNION SELECT attribute FROM ({source});
+         INSERT OR IGNORE INTO ZV_TX(id, author_n)
+           SELECT DISTINCT {tx_id}, a.n FROM ({source}) s JOIN ZV_AUTHOR a ON a.id = s.author;"
+    ))?;
+    let n = conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
+             SELECT t.n, s.entity_id, c.n, {}, a.n, x.n, s.old_value, s.new_value
+             FROM ({source}) s JOIN ZV_NAME t ON t.name = s.entity_type JOIN ZV_NAME c ON c.name = s.attribute
+             JOIN ZV_AUTHOR a ON a.id = s.author JOIN ZV_TX x ON x.id = {tx_id} AND x.author_n = a.n",
+            id_blob_sql("s.id"),
+        ),
+        [],
+    )?;
+    Ok(n as u64)
+}
