@@ -120,6 +120,8 @@ pub struct Log<'c> {
     names: RefCell<HashMap<String, i64>>,
     authors: RefCell<HashMap<String, i64>>,
     txs: RefCell<HashMap<(String, i64), i64>>,
+    /// The last transaction asked for: a transaction's changes come one after another.
+    last_tx: RefCell<Option<(String, i64, i64)>>,
     insert: RefCell<Statement<'c>>,
     outbox: RefCell<Statement<'c>>,
     newer: RefCell<Statement<'c>>,
@@ -132,6 +134,7 @@ impl<'c> Log<'c> {
             names: RefCell::default(),
             authors: RefCell::default(),
             txs: RefCell::default(),
+            last_tx: RefCell::default(),
             insert: RefCell::new(conn.prepare(
                 "INSERT INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
@@ -173,9 +176,15 @@ impl<'c> Log<'c> {
     /// The `ZV_TX` number of transaction `id` of author `author_n`, recorded on
     /// first sight.
     pub fn tx_n(&self, id: &str, author_n: i64) -> Result<i64> {
+        if let Some((last, a, n)) = &*self.last_tx.borrow() {
+            if last == id && *a == author_n {
+                return Ok(*n);
+            }
+        }
         let key = (id.to_owned(), author_n);
-        if let Some(n) = self.txs.borrow().get(&key) {
-            return Ok(*n);
+        if let Some(n) = self.txs.borrow().get(&key).copied() {
+            *self.last_tx.borrow_mut() = Some((key.0, author_n, n));
+            return Ok(n);
         }
         let v = id_value(id);
         self.conn
@@ -186,6 +195,7 @@ impl<'c> Log<'c> {
             .prepare_cached("SELECT n FROM ZV_TX WHERE id = ?1 AND author_n = ?2")?
             .query_row(params![v, author_n], |r| r.get(0))?;
         self.txs.borrow_mut().insert(key, n);
+        *self.last_tx.borrow_mut() = Some((id.to_owned(), author_n, n));
         Ok(n)
     }
 

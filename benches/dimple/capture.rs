@@ -88,8 +88,10 @@ struct Tracked {
     ingest: f64,
     /// The push that follows: the batch built and written to a local-directory bucket.
     push: f64,
-    /// The file after the push, complete history.
+    /// The file after the push, complete history, and the bytes of its pages in
+    /// use (the rest are free pages the next writes reuse).
     file: u64,
+    in_use: u64,
     /// Bytes in use once history is pruned as the default retention does once the
     /// horizon has passed (only the winning changes stay).
     retained: u64,
@@ -118,12 +120,12 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
     let push = t.elapsed().as_secs_f64();
     assert_eq!(pushed.changes, n * 5);
-    let file = sizes(r.conn()).0;
+    let (file, in_use) = sizes(r.conn());
     dimple::retention::set(r.conn(), dimple::retention::Retention::Days(0)).unwrap();
     let pruned = dimple::retention::prune(&mut r).unwrap();
     assert_eq!(pruned.changes, n, "each update superseded one insert's value");
     let retained = sizes(r.conn()).1;
-    Tracked { times, ingest, push, file, retained }
+    Tracked { times, ingest, push, file, in_use, retained }
 }
 
 pub fn run(dir: &Path, scale: f64, table: &mut Table) {
@@ -197,6 +199,15 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         format!("{:.2}x", file as f64 / plain_size as f64),
         "<= 3x",
         within(file as f64 / plain_size as f64, 3.0),
+    );
+    let in_use = runs[0].in_use;
+    table.row(
+        "  pages in use (the rest: free pages, reused)",
+        mb(in_use),
+        mb(plain_size),
+        format!("{:.2}x", in_use as f64 / plain_size as f64),
+        "<= 3x",
+        within(in_use as f64 / plain_size as f64, 3.0),
     );
     let retained = runs[0].retained;
     table.row(

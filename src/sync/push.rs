@@ -94,6 +94,9 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         complete(r, store, inf, &codec).await?;
     }
     crate::blob::transfer::sweep_out(r)?;
+    if report.changes > 0 {
+        crate::replica::reclaim(&r.sync)?;
+    }
     Ok(report)
 }
 

@@ -250,3 +250,40 @@ fn a_row_whose_key_cannot_sync_is_a_visible_problem_and_never_fails_the_apps_wri
     assert_eq!(rows(b.conn(), "pair").len(), 1);
     Ok(())
 }
+
+/// The pending tables and the outbox empty after a burst of writes; in a database
+/// the app set to incremental auto-vacuum, dimple gives those pages back to the
+/// file system instead of leaving them free in the file.
+#[test]
+fn a_burst_of_writes_leaves_no_free_pages_when_the_app_chose_auto_vacuum() -> TestResult {
+    let free_after_burst = |auto_vacuum: bool| -> Result<(i64, i64), Box<dyn std::error::Error>> {
+        let g = Group::new();
+        let path = g.db("a");
+        {
+            let c = rusqlite::Connection::open(&path)?;
+            if auto_vacuum {
+                c.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
+            }
+            c.execute_batch(TABLE_SQL)?;
+        }
+        let mut r = dimple::Replica::init(&path, Some(&g.bucket_url()), Some("a"), g.opts())?;
+        r.track("t", false)?;
+        let tx = r.conn().unchecked_transaction()?;
+        for i in 0..40_000 {
+            tx.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![format!("row-{i:08}"), i, format!("text {i}"), i as f64],
+            )?;
+        }
+        tx.commit()?;
+        r.capture()?;
+        block_on(dimple::push(&mut r, &g.store()))?;
+        let q = |p: &str| r.conn().query_row(&format!("PRAGMA {p}"), [], |row| row.get::<_, i64>(0));
+        Ok((q("freelist_count")?, q("page_count")?))
+    };
+    let (free, pages) = free_after_burst(false)?;
+    assert!(free * 4 >= pages, "the burst leaves free pages without auto-vacuum: {free} of {pages}");
+    let (free, pages) = free_after_burst(true)?;
+    assert!(free * 20 < pages, "given back with incremental auto-vacuum: {free} of {pages} pages free");
+    Ok(())
+}
