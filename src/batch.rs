@@ -62,8 +62,13 @@ pub fn write(path: &Path, header: &Header, changes: &[Change], codec: &codec::Co
         {
             let mut txn = conn.prepare("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
             let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+            // A transaction's changes come together: its row is written once.
+            let mut last_txn = None;
             for c in changes {
-                txn.execute(params![c.transaction_id, header.replica])?;
+                if last_txn != Some(&c.transaction_id) {
+                    txn.execute(params![c.transaction_id, header.replica])?;
+                    last_txn = Some(&c.transaction_id);
+                }
                 chg.execute(c.as_row())?;
             }
         }

@@ -22,6 +22,8 @@
 //! - `replica`: opening a replica, tracking tables, the transaction API
 //! - `track`: key validation and the capture triggers
 //! - `changelog`: captured writes into changes with ids; reading the log
+//! - `log`: the change log's compact storage (names, authors, transactions
+//!   numbered; ids as bytes; keyed by cell), the outbox of unpushed changes
 //! - `merge`: last-writer-wins and writing winners into tables
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `schema`: the tracked tables' shape as it travels (publish, compare, follow);

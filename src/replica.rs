@@ -96,11 +96,6 @@ fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.set_prepared_statement_cache_capacity(256);
     if !triggers {
-        // dimple's own connection writes the log in cell order while changes come
-        // in id order: the b-tree is touched all over. SQLite's default 2 MiB page
-        // cache then rereads and rewrites the same pages through the kernel for
-        // every change; 32 MiB holds the working set of a large capture or pull.
-        conn.pragma_update(None, "cache_size", -32768)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
         // Remote changes arrive in id order, not in an order that satisfies the
         // app's foreign keys (a child may be merged before its parent).
