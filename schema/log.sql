@@ -1,8 +1,8 @@
 -- The change log as a replica keeps it (local schema version 4), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
 -- over it with their columns (below), so any SQLite client can read the log; dimple
--- itself reads and writes these tables (src/log.rs). A snapshot carries the text
--- form of wire_log.sql, a batch the seed's form of batch.sql.
+-- itself reads and writes these tables (src/log.rs). A snapshot carries the same
+-- tables (its winning changes only), a batch the seed's form of batch.sql.
 --
 -- What makes it compact:
 -- - ids are their 16 bytes (a BLOB), not 36 characters of text; bytewise order is

@@ -1,8 +1,9 @@
--- The change log as a snapshot carries it (applied by `compact` before
--- snapshot.sql): ids and names as text, one row per change. A replica kept these
--- same tables up to local schema version 3; version 4 keeps the log in the compact
--- form of log.sql, and these tables are what its views show. A batch file carries
--- the seed's form of ZV_TRANSACTION and ZV_CHANGE (batch.sql).
+-- The change log in its text form: ids and names as text, one row per change. A
+-- replica kept these tables up to local schema version 3, and snapshots carried
+-- them until then; both are still read (upgraded on open, converted on clone).
+-- Since version 4 replicas and snapshots keep the compact form of log.sql, whose
+-- views show these same columns. A batch file carries the seed's form of
+-- ZV_TRANSACTION and ZV_CHANGE (batch.sql).
 
 -- Every author (replica id) the log holds, numbered in this file only: changes and
 -- the clock name their author by number, a byte or two instead of 36. The merge

@@ -166,6 +166,88 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
     Ok(tables)
 }
 
+/// A snapshot's log into the replica's. A snapshot in the compact form
+/// (schema/log.sql, written since local schema version 4) is checked, then copied
+/// into the empty log page by page (SQLite's transfer optimization: the bulk of a
+/// clone's time otherwise). An older snapshot (the text form of
+/// schema/wire_log.sql, with or without an author number per change) is converted
+/// change by change.
+fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
+    let has = |table: &str| -> Result<bool> {
+        Ok(tx.query_row(
+            "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?)
+    };
+    if has("ZV_LOG")? {
+        check_compact(tx, origin)?;
+        let empty: bool = tx.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_LOG) AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)
+                AND NOT EXISTS (SELECT 1 FROM main.ZV_NAME) AND NOT EXISTS (SELECT 1 FROM main.ZV_TX)",
+            [],
+            |r| r.get(0),
+        )?;
+        if empty {
+            tx.execute_batch(
+                "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
+                 INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
+                 INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;
+                 INSERT INTO main.ZV_LOG SELECT * FROM snap.ZV_LOG;",
+            )?;
+            return Ok(());
+        }
+    }
+    // Numbers are private to each file: through the text (the snapshot's views,
+    // or its tables when it is older), with the author by replica id. A snapshot
+    // from before changes carried their author names none: ids were unique across
+    // the group then, so the transaction names it.
+    let author = if has("ZV_AUTHOR")? {
+        "(SELECT id FROM snap.ZV_AUTHOR WHERE n = c.author_n)"
+    } else {
+        "(SELECT author FROM snap.ZV_TRANSACTION WHERE id = c.transaction_id)"
+    };
+    crate::log::import(
+        tx,
+        &format!(
+            "SELECT c.id AS id, c.transaction_id AS transaction_id, c.entity_type AS entity_type,
+                    c.entity_id AS entity_id, c.attribute AS attribute, c.old_value AS old_value,
+                    c.new_value AS new_value, {author} AS author
+             FROM snap.ZV_CHANGE c"
+        ),
+        origin,
+    )?;
+    Ok(())
+}
+
+/// A compact log from a bucket is remote input: every id 16 bytes, every number
+/// naming a row of its table, every name and value text, before any of it is
+/// copied.
+fn check_compact(tx: &Connection, origin: &str) -> Result<()> {
+    let bad: Option<String> = tx
+        .query_row(
+            "SELECT 'a change whose id is not 16 bytes' FROM snap.ZV_LOG WHERE typeof(id) <> 'blob' OR length(id) <> 16
+             UNION ALL SELECT 'a change naming no table or column' FROM snap.ZV_LOG
+               WHERE type_n NOT IN (SELECT n FROM snap.ZV_NAME) OR attr_n NOT IN (SELECT n FROM snap.ZV_NAME)
+             UNION ALL SELECT 'a change naming no author or transaction' FROM snap.ZV_LOG
+               WHERE author_n NOT IN (SELECT n FROM snap.ZV_AUTHOR) OR tx_n NOT IN (SELECT n FROM snap.ZV_TX)
+             UNION ALL SELECT 'a change whose row id or value is not text' FROM snap.ZV_LOG
+               WHERE typeof(entity_id) <> 'text' OR typeof(old_value) NOT IN ('text', 'null')
+                  OR typeof(new_value) NOT IN ('text', 'null')
+             UNION ALL SELECT 'a transaction naming no author' FROM snap.ZV_TX WHERE author_n NOT IN (SELECT n FROM snap.ZV_AUTHOR)
+             UNION ALL SELECT 'a name or author that is not text' FROM snap.ZV_NAME WHERE typeof(name) <> 'text'
+             UNION ALL SELECT 'a name or author that is not text' FROM snap.ZV_AUTHOR WHERE typeof(id) <> 'text'
+             LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match bad {
+        Some(what) => Err(Error::bad(origin, format!("the snapshot's log holds {what}"))),
+        None => Ok(()),
+    }
+}
+
 /// Loads a snapshot into the fresh replica `r`: tables, merge state, cursors.
 /// Returns (rows, changes, tables tracked).
 fn load(r: &mut Replica, path: &Path) -> Result<(u64, u64, Vec<String>)> {
@@ -209,29 +291,7 @@ fn load_attached(
         track::install(&tx, &info, false, now)?;
         tracked.push(tbl.clone());
     }
-    let with_authors: bool = tx.query_row(
-        "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_AUTHOR'",
-        [],
-        |r| r.get(0),
-    )?;
-    // The snapshot's text form into the compact log. A snapshot from before changes
-    // carried their author names none: ids were unique across the group then, so
-    // the transaction names it.
-    let author = if with_authors {
-        "(SELECT id FROM snap.ZV_AUTHOR WHERE n = c.author_n)"
-    } else {
-        "(SELECT author FROM snap.ZV_TRANSACTION WHERE id = c.transaction_id)"
-    };
-    crate::log::import(
-        &tx,
-        &format!(
-            "SELECT c.id AS id, c.transaction_id AS transaction_id, c.entity_type AS entity_type,
-                    c.entity_id AS entity_id, c.attribute AS attribute, c.old_value AS old_value,
-                    c.new_value AS new_value, {author} AS author
-             FROM snap.ZV_CHANGE c"
-        ),
-        origin,
-    )?;
+    copy_log(&tx, origin)?;
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
     let changes = crate::log::count(&tx)? as u64;
     // Our ids must be greater than every id we now hold.
@@ -242,4 +302,132 @@ fn load_attached(
     changelog::save_clock(&tx, &r.hlc)?;
     tx.commit()?;
     Ok((rows, changes, tracked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Changes with generated text: ids in order, a few authors, transactions,
+    /// tables, rows and columns, values NULL or arbitrary text.
+    fn changes(seed: u64, n: usize) -> Vec<crate::merge::Change> {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|i| {
+                let author = format!("0190{:04x}-0000-7000-8000-{:012x}", next() % 3, 7);
+                let value = |v: u64| (!v.is_multiple_of(4)).then(|| format!("\"{}\u{e9}\\u0000{}\"", v, v % 97));
+                crate::merge::Change {
+                    id: format!("0190{:04x}-{:04x}-7000-8000-{:012x}", i / 65536, i % 65536, next() % 1000),
+                    transaction_id: format!("0190{:04x}-0000-7000-8000-{:012x}", i / 7, 1),
+                    entity_type: ["t", "u", "\u{1F600} table"][(next() % 3) as usize].to_owned(),
+                    entity_id: format!("row {}", next() % 50),
+                    attribute: ["*", "a", "b c", "\"d\""][(next() % 4) as usize].to_owned(),
+                    old_value: value(next()),
+                    new_value: value(next()),
+                    author,
+                }
+            })
+            .collect()
+    }
+
+    fn replica_tables() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(crate::migrate::SCHEMA).unwrap();
+        c
+    }
+
+    /// Every change of the seed's view, with its author's id, in a fixed order.
+    fn seen(c: &Connection, schema: &str) -> Vec<Vec<Option<String>>> {
+        let mut stmt = c
+            .prepare(&format!(
+                "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
+                 FROM {schema}.ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n ORDER BY 1, 8"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect()).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// A snapshot file holding `changes` in the compact form (as compaction writes
+    /// it now) or in the text form of earlier builds.
+    fn snapshot_file(dir: &Path, changes: &[crate::merge::Change], compact: bool) -> std::path::PathBuf {
+        let path = dir.join(if compact { "compact.db" } else { "text.db" });
+        let c = Connection::open(&path).unwrap();
+        if compact {
+            c.execute_batch(include_str!("../schema/log.sql")).unwrap();
+            let log = crate::log::Log::new(&c).unwrap();
+            for ch in changes {
+                log.insert(ch, false).unwrap();
+            }
+        } else {
+            c.execute_batch(include_str!("../schema/wire_log.sql")).unwrap();
+            for ch in changes {
+                c.execute("INSERT OR IGNORE INTO ZV_AUTHOR(id) VALUES (?1)", [&ch.author]).unwrap();
+                c.execute("INSERT OR IGNORE INTO ZV_TRANSACTION VALUES (?1, ?2)", [&ch.transaction_id, &ch.author])
+                    .unwrap();
+                let mut row = ch.as_row().to_vec();
+                let n: i64 = c.query_row("SELECT n FROM ZV_AUTHOR WHERE id = ?1", [&ch.author], |r| r.get(0)).unwrap();
+                row.push(&n);
+                c.execute("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)", row.as_slice()).unwrap();
+            }
+        }
+        path
+    }
+
+    /// A snapshot in either form gives the clone the same log, change for change,
+    /// whether the clone's log is empty (copied page by page) or not (converted).
+    #[test]
+    fn both_snapshot_forms_load_the_same_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = changes(0x5eed, 3000);
+        for compact in [true, false] {
+            let path = snapshot_file(dir.path(), &all, compact);
+            for already in [0, 10] {
+                let c = replica_tables();
+                {
+                    let log = crate::log::Log::new(&c).unwrap();
+                    for ch in &all[..already] {
+                        log.insert(ch, false).unwrap();
+                    }
+                }
+                c.execute("ATTACH ?1 AS snap", [path.display().to_string()]).unwrap();
+                assert_eq!(seen(&c, "snap").len(), all.len(), "the file holds every change");
+                copy_log(&c, "snapshots/x.db").unwrap();
+                assert_eq!(seen(&c, "main"), seen(&c, "snap"), "compact {compact}, {already} already here");
+                c.execute("DETACH snap", []).unwrap();
+            }
+        }
+    }
+
+    /// A compact log is remote input: bad ids, dangling numbers and values that are
+    /// not text are refused, naming what is wrong, before anything is copied.
+    #[test]
+    fn a_compact_snapshot_with_a_broken_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = changes(0xbad, 50);
+        let cases = [
+            ("UPDATE ZV_LOG SET id = substr(id, 1, 15) WHERE id = (SELECT min(id) FROM ZV_LOG)", "16 bytes"),
+            ("UPDATE ZV_LOG SET type_n = 999", "no table or column"),
+            ("DELETE FROM ZV_TX", "no author or transaction"),
+            ("UPDATE ZV_LOG SET new_value = x'00ff'", "not text"),
+        ];
+        for (i, (sabotage, why)) in cases.iter().enumerate() {
+            let path = snapshot_file(dir.path(), &all, true);
+            let broken = dir.path().join(format!("broken{i}.db"));
+            std::fs::copy(&path, &broken).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            Connection::open(&broken).unwrap().execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
+            let c = replica_tables();
+            c.execute("ATTACH ?1 AS snap", [broken.display().to_string()]).unwrap();
+            let err = copy_log(&c, "snapshots/x.db").unwrap_err().to_string();
+            assert!(err.contains(why), "{sabotage}: {err}");
+            let copied: i64 = c.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0)).unwrap();
+            assert_eq!(copied, 0, "nothing copied");
+        }
+    }
 }

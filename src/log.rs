@@ -112,6 +112,18 @@ pub struct Stored {
     pub id: Value,
 }
 
+/// A change's columns, borrowed.
+struct Parts<'a> {
+    id: &'a str,
+    transaction_id: &'a str,
+    entity_type: &'a str,
+    entity_id: &'a str,
+    attribute: &'a str,
+    old_value: Option<&'a str>,
+    new_value: Option<&'a str>,
+    author: &'a str,
+}
+
 /// Writes changes into the log on one connection, with names, authors and
 /// transactions numbered once and remembered: this is the hot path of capture and
 /// of every pull.
@@ -202,14 +214,31 @@ impl<'c> Log<'c> {
     /// Stores `c`; None when the log already holds it. `own`: a change of this
     /// replica, which also waits in the outbox for the next push.
     pub fn insert(&self, c: &Change, own: bool) -> Result<Option<Stored>> {
-        let author_n = self.author_n(&c.author)?;
+        self.insert_parts(
+            &Parts {
+                id: &c.id,
+                transaction_id: &c.transaction_id,
+                entity_type: &c.entity_type,
+                entity_id: &c.entity_id,
+                attribute: &c.attribute,
+                old_value: c.old_value.as_deref(),
+                new_value: c.new_value.as_deref(),
+                author: &c.author,
+            },
+            own,
+        )
+    }
+
+    /// [`Log::insert`] of a change whose text is borrowed.
+    fn insert_parts(&self, c: &Parts<'_>, own: bool) -> Result<Option<Stored>> {
+        let author_n = self.author_n(c.author)?;
         let s = Stored {
-            type_n: self.name_n(&c.entity_type)?,
-            attr_n: self.name_n(&c.attribute)?,
+            type_n: self.name_n(c.entity_type)?,
+            attr_n: self.name_n(c.attribute)?,
             author_n,
-            id: id_value(&c.id),
+            id: id_value(c.id),
         };
-        let tx_n = self.tx_n(&c.transaction_id, author_n)?;
+        let tx_n = self.tx_n(c.transaction_id, author_n)?;
         let new = self.insert.borrow_mut().execute(params![
             s.type_n,
             c.entity_id,
@@ -421,47 +450,49 @@ pub fn drop_empty_transactions(conn: &Connection) -> Result<usize> {
 /// Loads changes in the text form into the log: `source` is a SELECT (of
 /// dimple's own making) giving (id, transaction_id, entity_type, entity_id,
 /// attribute, old_value, new_value, author) with the author as replica id text.
-/// Changes the log holds are skipped. Used to upgrade a log kept in the text form
-/// and to clone from a snapshot. Ids are checked to be canonical UUIDs first: a
-/// file that holds another id is refused whole, before anything is written.
+/// Changes the log holds are skipped; returns how many were added. Used to upgrade
+/// a log kept in the text form and to clone from a snapshot. The source is read
+/// once, its text borrowed, never copied, and the page cache is made large enough
+/// for the log being built (the inserts land all over its b-tree). A change id
+/// that is not a canonical UUID refuses the whole file (the caller's transaction
+/// is then rolled back).
 pub fn import(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
-    let bad: Option<String> = conn
-        .query_row(
-            &format!(
-                "SELECT id FROM ({source}) WHERE id IS NULL OR length({}) IS NOT 16 OR {} IS NOT id LIMIT 1",
-                id_blob_sql("id"),
-                id_text_sql(&id_blob_sql("id"))
-            ),
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .map(|v: Option<String>| v.unwrap_or_default());
-    if let Some(id) = bad {
-        return Err(Error::bad(origin, format!("change id {id:?} is not a canonical UUID")));
-    }
-    // The transaction id is kept as bytes when canonical, as text otherwise
-    // (id_value); the same rule in SQL.
-    let tx_id = format!(
-        "CASE WHEN length({b}) = 16 AND {t} = transaction_id THEN {b} ELSE transaction_id END",
-        b = id_blob_sql("transaction_id"),
-        t = id_text_sql(&id_blob_sql("transaction_id"))
-    );
-    conn.execute_batch(&format!(
-        "INSERT OR IGNORE INTO ZV_AUTHOR(id) SELECT DISTINCT author FROM ({source});
-         INSERT OR IGNORE INTO ZV_NAME(name) SELECT entity_type FROM ({source}) UNION SELECT attribute FROM ({source});
-         INSERT OR IGNORE INTO ZV_TX(id, author_n)
-           SELECT DISTINCT {tx_id}, a.n FROM ({source}) s JOIN ZV_AUTHOR a ON a.id = s.author;"
+    let cache: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    let result = import_rows(conn, source, origin);
+    conn.pragma_update(None, "cache_size", cache)?;
+    result
+}
+
+fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
+    let log = Log::new(conn)?;
+    let bad = |e: rusqlite::types::FromSqlError| Error::bad(origin, format!("unreadable change: {e}"));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author FROM ({source})
+         ORDER BY entity_type, entity_id, attribute, id"
     ))?;
-    let n = conn.execute(
-        &format!(
-            "INSERT OR IGNORE INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
-             SELECT t.n, s.entity_id, c.n, {}, a.n, x.n, s.old_value, s.new_value
-             FROM ({source}) s JOIN ZV_NAME t ON t.name = s.entity_type JOIN ZV_NAME c ON c.name = s.attribute
-             JOIN ZV_AUTHOR a ON a.id = s.author JOIN ZV_TX x ON x.id = {tx_id} AND x.author_n = a.n",
-            id_blob_sql("s.id"),
-        ),
-        [],
-    )?;
-    Ok(n as u64)
+    let mut rows = stmt.query([])?;
+    let mut added = 0;
+    while let Some(r) = rows.next()? {
+        let text = |i: usize| -> Result<&str> { r.get_ref(i)?.as_str().map_err(bad) };
+        let maybe = |i: usize| -> Result<Option<&str>> { r.get_ref(i)?.as_str_or_null().map_err(bad) };
+        let id = text(0)?;
+        if !crate::layout::is_canonical_uuid(id) {
+            return Err(Error::bad(origin, format!("change id {id:?} is not a canonical UUID")));
+        }
+        let parts = Parts {
+            id,
+            transaction_id: text(1)?,
+            entity_type: text(2)?,
+            entity_id: text(3)?,
+            attribute: text(4)?,
+            old_value: maybe(5)?,
+            new_value: maybe(6)?,
+            author: text(7)?,
+        };
+        if log.insert_parts(&parts, false)?.is_some() {
+            added += 1;
+        }
+    }
+    Ok(added)
 }

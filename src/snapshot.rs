@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/wire_log.sql"), include_str!("../schema/snapshot.sql"));
+pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
 
 /// Pointers and snapshots larger than these are refused unread.
 pub const MAX_POINTER_BYTES: usize = 64 * 1024;
@@ -195,27 +195,22 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
         counts.rows += s.execute(&format!("INSERT INTO main.{0} SELECT * FROM src.{0}", ident(tbl)), [])? as u64;
         counts.tables += 1;
     }
-    // The snapshot carries the text form (schema/wire_log.sql): the winning change
-    // of every cell, the clock pointing at it, and their transactions.
-    s.execute_batch(&format!(
+    // The snapshot carries the log in the replica's compact form (schema/log.sql,
+    // whose views give the seed's tables): the winning change of every cell, and
+    // the names, authors and transactions they use. A clone copies these tables
+    // page by page.
+    s.execute_batch(
         "INSERT INTO main.ZV_AUTHOR SELECT * FROM src.ZV_AUTHOR;
-         INSERT INTO main.ZV_CHANGE(id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author_n)
-           SELECT {}, {}, t.name, l.entity_id, c.name, l.old_value, l.new_value, l.author_n
-           FROM src.ZV_LOG l JOIN src.ZV_NAME t ON t.n = l.type_n JOIN src.ZV_NAME c ON c.n = l.attr_n
-           JOIN src.ZV_TX x ON x.n = l.tx_n
+         INSERT INTO main.ZV_NAME SELECT * FROM src.ZV_NAME;
+         INSERT INTO main.ZV_LOG SELECT * FROM src.ZV_LOG l
            WHERE NOT EXISTS (SELECT 1 FROM src.ZV_LOG g
                              WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
                                AND (g.id > l.id OR (SELECT id FROM src.ZV_AUTHOR WHERE n = g.author_n)
                                                     > (SELECT id FROM src.ZV_AUTHOR WHERE n = l.author_n)));
-         INSERT INTO main.ZV_CLOCK(entity_type, entity_id, attribute, change_id, author_n)
-           SELECT entity_type, entity_id, attribute, id, author_n FROM main.ZV_CHANGE;
-         INSERT OR IGNORE INTO main.ZV_TRANSACTION(id, author)
-           SELECT DISTINCT c.transaction_id, a.id FROM main.ZV_CHANGE c JOIN main.ZV_AUTHOR a ON a.n = c.author_n;",
-        crate::log::id_text_sql("l.id"),
-        crate::log::stored_id_text_sql("x.id"),
-    ))?;
+         INSERT INTO main.ZV_TX SELECT * FROM src.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);",
+    )?;
     crate::peers::copy_to_snapshot(s)?;
-    counts.changes = s.query_row("SELECT count(*) FROM main.ZV_CHANGE", [], |r| r.get(0))?;
+    counts.changes = s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?;
     // The source itself: its last pushed batch (read in this same transaction).
     let name: Option<String> =
         s.query_row("SELECT value FROM src.ZV_METADATA WHERE key = 'name'", [], |r| r.get(0)).optional()?;
