@@ -80,6 +80,9 @@ impl<'c> Merger<'c> {
                         self.materialize(info, entity_id, &key)?;
                     }
                 }
+                // A winner for every column: the upsert leaves the same row whether
+                // or not it existed, without looking first.
+                Some(ALIVE) if whole => self.write_row(info, entity_id, &key, true, from_batch)?,
                 Some(ALIVE) if !self.row_exists(info, &key)? => {
                     if whole {
                         self.write_row(info, entity_id, &key, true, from_batch)?;
