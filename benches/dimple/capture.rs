@@ -190,34 +190,14 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         "<= 3x",
         within(rw, 3.0),
     );
-    let file = runs[0].file;
-    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
-    table.row(
-        "tracked file after the push, complete history",
-        mb(file),
-        mb(plain_size),
-        format!("{:.2}x", file as f64 / plain_size as f64),
-        "<= 3x",
-        within(file as f64 / plain_size as f64, 3.0),
-    );
-    let in_use = runs[0].in_use;
-    table.row(
-        "  pages in use (the rest: free pages, reused)",
-        mb(in_use),
-        mb(plain_size),
-        format!("{:.2}x", in_use as f64 / plain_size as f64),
-        "<= 3x",
-        within(in_use as f64 / plain_size as f64, 3.0),
-    );
-    let retained = runs[0].retained;
-    table.row(
-        "  in use once superseded history is pruned",
-        mb(retained),
-        mb(plain_size),
-        format!("{:.2}x", retained as f64 / plain_size as f64),
-        "<= 2x",
-        within(retained as f64 / plain_size as f64, 2.0),
-    );
+    let mut size_row = |what: &str, bytes: u64, goal: f64| {
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let ratio = bytes as f64 / plain_size as f64;
+        table.row(what, mb(bytes), mb(plain_size), format!("{ratio:.2}x"), &format!("<= {goal}x"), within(ratio, goal));
+    };
+    size_row("tracked file after the push, complete history", runs[0].file, 3.0);
+    size_row("  pages in use (the rest: free pages, reused)", runs[0].in_use, 3.0);
+    size_row("  in use once superseded history is pruned", runs[0].retained, 2.0);
     let so = match crsqlite::locate() {
         Ok(so) => so,
         Err(why) => return table.note(&format!("cr-sqlite: not available ({why})")),
