@@ -84,28 +84,31 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
     crate::changelog::ingest(&tx, &mut r.hlc, &me)?;
     let now = crate::clock::rfc3339(r.opts.clock.now_ms());
     {
-        let mut stmt = tx.prepare(
+        // A snapshot in the compact form is read from its tables (checked by
+        // `inspect`), not through the views, which print every id as text; an older
+        // one from its text tables. Either way the ids compare in their stored form.
+        let compact: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_LOG'",
+            [],
+            |row| row.get(0),
+        )?;
+        let mut stmt = tx.prepare(if compact {
+            "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
+             FROM snap.ZV_LOG l JOIN snap.ZV_NAME t ON t.n = l.type_n JOIN snap.ZV_NAME c ON c.n = l.attr_n
+             JOIN snap.ZV_TX x ON x.n = l.tx_n JOIN snap.ZV_AUTHOR a ON a.n = l.author_n
+             WHERE a.id = ?1 AND l.id <= ?2 ORDER BY l.id"
+        } else {
             "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
              FROM snap.ZV_CHANGE c JOIN snap.ZV_AUTHOR a ON a.n = c.author_n
-             WHERE a.id = ?1 AND c.id <= ?2 ORDER BY c.id",
-        )?;
+             WHERE a.id = ?1 AND c.id <= ?2 ORDER BY c.id"
+        })?;
         let merger = Merger::new(&tx)?;
         for (id, key, batch_id, sha, last, count) in &moved {
             let last = last.as_deref().unwrap_or_default();
-            let changes: Vec<Change> = stmt
-                .query_map(params![id, last], |row| {
-                    Ok(Change {
-                        id: row.get(0)?,
-                        transaction_id: row.get(1)?,
-                        entity_type: row.get(2)?,
-                        entity_id: row.get(3)?,
-                        attribute: row.get(4)?,
-                        old_value: row.get(5)?,
-                        new_value: row.get(6)?,
-                        author: row.get(7)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let bound =
+                if compact { crate::log::id_value(last) } else { rusqlite::types::Value::Text(last.to_owned()) };
+            let changes: Vec<Change> =
+                stmt.query_map(params![id, bound], crate::log::row_to_change)?.collect::<rusqlite::Result<_>>()?;
             merger
                 .apply_many(&changes)
                 .map_err(|e| Error::bad(origin, format!("cannot merge the snapshot's changes of {id}: {e}")))?;
