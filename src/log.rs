@@ -167,22 +167,12 @@ impl<'c> Log<'c> {
 
     /// The number of a table or column name, numbered on first sight.
     pub fn name_n(&self, name: &str) -> Result<i64> {
-        if let Some(n) = self.names.borrow().get(name) {
-            return Ok(*n);
-        }
-        let n = intern(self.conn, "ZV_NAME", "name", name)?;
-        self.names.borrow_mut().insert(name.to_owned(), n);
-        Ok(n)
+        remembered(&self.names, name, || intern(self.conn, "ZV_NAME", "name", name))
     }
 
     /// The `ZV_AUTHOR` number of replica `id`, numbered on first sight.
     pub fn author_n(&self, id: &str) -> Result<i64> {
-        if let Some(n) = self.authors.borrow().get(id) {
-            return Ok(*n);
-        }
-        let n = intern(self.conn, "ZV_AUTHOR", "id", id)?;
-        self.authors.borrow_mut().insert(id.to_owned(), n);
-        Ok(n)
+        remembered(&self.authors, id, || intern(self.conn, "ZV_AUTHOR", "id", id))
     }
 
     /// The `ZV_TX` number of transaction `id` of author `author_n`, recorded on
@@ -266,6 +256,16 @@ impl<'c> Log<'c> {
             .query_row(params![s.type_n, entity_id, s.attr_n, s.id, s.author_n], |r| r.get(0))?;
         Ok(!newer)
     }
+}
+
+/// `key`'s number from `memo`, or from `look` the first time.
+fn remembered(memo: &RefCell<HashMap<String, i64>>, key: &str, look: impl FnOnce() -> Result<i64>) -> Result<i64> {
+    if let Some(n) = memo.borrow().get(key) {
+        return Ok(*n);
+    }
+    let n = look()?;
+    memo.borrow_mut().insert(key.to_owned(), n);
+    Ok(n)
 }
 
 /// The number of `value` in an interning table (`n INTEGER PRIMARY KEY`, `col`
