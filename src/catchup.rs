@@ -43,12 +43,7 @@ fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<V
 fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
     let me = r.id().to_owned();
     let mode = crate::trust::mode(&r.sync)?;
-    let with_authors: bool = r.sync.query_row(
-        "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_AUTHOR'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !with_authors {
+    if !crate::sql::has_table(&r.sync, "snap", "ZV_AUTHOR")? {
         return Ok(Vec::new()); // a snapshot of an older build: replay is the only way
     }
     type Cursor = (String, Option<String>, Option<String>, Option<String>, Option<String>, i64);
@@ -87,11 +82,7 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
         // A snapshot in the compact form is read from its tables (checked by
         // `inspect`), not through the views, which print every id as text; an older
         // one from its text tables. Either way the ids compare in their stored form.
-        let compact: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = 'ZV_LOG'",
-            [],
-            |row| row.get(0),
-        )?;
+        let compact = crate::sql::has_table(&tx, "snap", "ZV_LOG")?;
         let mut stmt = tx.prepare(if compact {
             "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
              FROM snap.ZV_LOG l JOIN snap.ZV_NAME t ON t.n = l.type_n JOIN snap.ZV_NAME c ON c.n = l.attr_n

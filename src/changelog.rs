@@ -284,12 +284,6 @@ pub fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<()> {
     Ok(())
 }
 
-/// This replica's changes after `after` (a change id) not pushed yet, whole
-/// transactions only, stopping once `limit` changes are gathered.
-pub fn own_changes_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
-    crate::log::unpushed_after(conn, me, after, limit)
-}
-
 /// One line of `dimple log`.
 #[derive(Debug, serde::Serialize)]
 pub struct LogEntry {

@@ -163,10 +163,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         // table it names, and never one of dimple's own (see crate::ddl).
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
-    let compact: bool = conn
-        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'ZV_LOG'", [], |r| r.get(0))
-        .map_err(sqlerr)?;
-    if compact {
+    if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
     Ok(tables)
@@ -179,13 +176,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
 /// schema/wire_log.sql, with or without an author number per change) is converted
 /// change by change.
 fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
-    let has = |table: &str| -> Result<bool> {
-        Ok(tx.query_row(
-            "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )?)
-    };
+    let has = |table: &str| crate::sql::has_table(tx, "snap", table);
     if has("ZV_LOG")? {
         // Checked by `inspect` before the file was attached.
         let empty: bool = tx.query_row(

@@ -24,9 +24,16 @@ pub fn id_text_sql(col: &str) -> String {
     )
 }
 
-/// The SQL expression rendering a stored transaction id ([`id_value`]) as text.
-pub fn stored_id_text_sql(col: &str) -> String {
-    format!("CASE WHEN typeof({col}) = 'blob' THEN {} ELSE {col} END", id_text_sql(col))
+/// The SQL condition "the change `l` of `schema`'s ZV_LOG is superseded": its cell
+/// holds a greater id, or the same id from a greater author id (the merge rule,
+/// also in the ZV_CLOCK view of schema/log.sql and in [`Log::wins`]).
+pub fn superseded_sql(schema: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM {schema}.ZV_LOG g
+                 WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
+                   AND (g.id > l.id OR (SELECT id FROM {schema}.ZV_AUTHOR WHERE n = g.author_n)
+                                        > (SELECT id FROM {schema}.ZV_AUTHOR WHERE n = l.author_n)))"
+    )
 }
 
 /// The SQL expression turning canonical id text in `col` into its 16 bytes.
@@ -81,12 +88,9 @@ fn after_value(id: &str) -> Value {
 
 /// Reads whole changes in the seed's columns, in the order [`row_to_change`]
 /// expects: append joins or `WHERE`/`ORDER BY` on `l` (the log row).
-pub static SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
+pub const SELECT: &str = "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
      FROM ZV_LOG l JOIN ZV_NAME t ON t.n = l.type_n JOIN ZV_NAME c ON c.n = l.attr_n
-     JOIN ZV_TX x ON x.n = l.tx_n JOIN ZV_AUTHOR a ON a.n = l.author_n"
-        .to_owned()
-});
+     JOIN ZV_TX x ON x.n = l.tx_n JOIN ZV_AUTHOR a ON a.n = l.author_n";
 
 /// A change from a row of [`SELECT`], or from a batch file's text columns in the
 /// same order.
@@ -378,9 +382,8 @@ pub fn count(conn: &Connection) -> Result<i64> {
 /// whole transactions only, stopping once `limit` changes are gathered.
 pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "{} JOIN ZV_OUTBOX o ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
-         WHERE o.id > ?1 AND a.id = ?2 ORDER BY o.id",
-        *SELECT
+        "{SELECT} JOIN ZV_OUTBOX o ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
+         WHERE o.id > ?1 AND a.id = ?2 ORDER BY o.id"
     ))?;
     let mut rows = stmt.query(params![after_value(after), me])?;
     let mut out: Vec<Change> = Vec::new();

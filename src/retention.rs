@@ -96,18 +96,18 @@ pub fn prune(r: &mut Replica) -> Result<Pruned> {
     // Superseded (a greater id in the cell, or the same id from a greater author),
     // of a tracked table and column, and pushed (not in the outbox).
     let changes = tx.execute(
-        "DELETE FROM ZV_LOG AS l
+        &format!(
+            "DELETE FROM ZV_LOG AS l
          WHERE l.id < ?1
-           AND EXISTS (SELECT 1 FROM ZV_LOG g
-                       WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
-                         AND (g.id > l.id OR (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n)
-                                              > (SELECT id FROM ZV_AUTHOR WHERE n = l.author_n)))
+           AND {}
            AND EXISTS (SELECT 1 FROM ZV_TRACKED t
                        WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
                          AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
                               OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
            AND NOT EXISTS (SELECT 1 FROM ZV_OUTBOX o
                            WHERE o.id = l.id AND o.type_n = l.type_n AND o.entity_id = l.entity_id AND o.attr_n = l.attr_n)",
+            crate::log::superseded_sql("main")
+        ),
         [horizon],
     )?;
     let transactions = if changes > 0 { crate::log::drop_empty_transactions(&tx)? } else { 0 };

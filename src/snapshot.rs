@@ -199,16 +199,13 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     // whose views give the seed's tables): the winning change of every cell, and
     // the names, authors and transactions they use. A clone copies these tables
     // page by page.
-    s.execute_batch(
+    s.execute_batch(&format!(
         "INSERT INTO main.ZV_AUTHOR SELECT * FROM src.ZV_AUTHOR;
          INSERT INTO main.ZV_NAME SELECT * FROM src.ZV_NAME;
-         INSERT INTO main.ZV_LOG SELECT * FROM src.ZV_LOG l
-           WHERE NOT EXISTS (SELECT 1 FROM src.ZV_LOG g
-                             WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
-                               AND (g.id > l.id OR (SELECT id FROM src.ZV_AUTHOR WHERE n = g.author_n)
-                                                    > (SELECT id FROM src.ZV_AUTHOR WHERE n = l.author_n)));
+         INSERT INTO main.ZV_LOG SELECT * FROM src.ZV_LOG l WHERE NOT {};
          INSERT INTO main.ZV_TX SELECT * FROM src.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);",
-    )?;
+        crate::log::superseded_sql("src")
+    ))?;
     crate::peers::copy_to_snapshot(s)?;
     counts.changes = s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?;
     // The source itself: its last pushed batch (read in this same transaction).

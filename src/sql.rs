@@ -6,6 +6,16 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether database `schema` (`main`, or an attached file such as a snapshot) has
+/// a table named `name`: how dimple tells the forms of its own files apart.
+pub fn has_table(conn: &rusqlite::Connection, schema: &str, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        &format!("SELECT count(*) > 0 FROM {}.sqlite_master WHERE type = 'table' AND name = ?1", ident(schema)),
+        [name],
+        |r| r.get(0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -214,7 +214,7 @@ impl<'c> Merger<'c> {
     /// Writes the row as the log's winners say: inserted or updated when alive,
     /// deleted when not (or never inserted).
     fn materialize(&self, info: &TableInfo, entity_id: &str, key: &[Value]) -> Result<()> {
-        let winners = self.winners(&info.name, entity_id)?;
+        let winners = crate::log::winners(self.conn, &info.name, entity_id)?;
         let alive = winners.get(ROW).is_some_and(|v| v.as_deref() == Some(ALIVE));
         self.write_row(info, entity_id, key, alive, |i| winners.get(info.columns[i].as_str()).map(|v| v.as_deref()))
     }
@@ -250,10 +250,6 @@ impl<'c> Merger<'c> {
             self.conn.prepare(&sql())?.execute(rusqlite::params_from_iter(&values))?;
         }
         self.fill(info, entity_id, key, fills)
-    }
-
-    fn winners(&self, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
-        crate::log::winners(self.conn, table, entity_id)
     }
 
     /// Makes a table equal to what the log says, for every entity the log knows:

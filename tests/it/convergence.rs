@@ -213,7 +213,7 @@ fn applying_changes_in_any_order_or_twice_gives_the_same_table() -> TestResult {
         block_on(dimple::sync(r, &store))?;
     }
     let all: Vec<dimple::merge::Change> = {
-        let mut stmt = rs[0].conn().prepare(&dimple::log::SELECT)?;
+        let mut stmt = rs[0].conn().prepare(dimple::log::SELECT)?;
         let all = stmt.query_map([], dimple::log::row_to_change)?.collect::<Result<_, _>>()?;
         all
     };
