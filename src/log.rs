@@ -461,11 +461,7 @@ pub fn drop_empty_transactions(conn: &Connection) -> Result<usize> {
 /// that is not a canonical UUID refuses the whole file (the caller's transaction
 /// is then rolled back).
 pub fn import(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
-    let cache: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
-    conn.pragma_update(None, "cache_size", -65536)?;
-    let result = import_rows(conn, source, origin);
-    conn.pragma_update(None, "cache_size", cache)?;
-    result
+    crate::sql::with_cache(conn, crate::sql::BIG_CACHE_KIB, || import_rows(conn, source, origin))
 }
 
 fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {

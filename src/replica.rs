@@ -339,7 +339,8 @@ impl Replica {
     pub fn capture(&mut self) -> Result<usize> {
         let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.hlc.observe_persisted(&tx)?;
-        let n = changelog::ingest(&tx, &mut self.hlc, &self.id)?;
+        let n =
+            crate::sql::with_cache(&tx, crate::sql::BIG_CACHE_KIB, || changelog::ingest(&tx, &mut self.hlc, &self.id))?;
         tx.commit()?;
         if n > 0 {
             reclaim(&self.sync)?;
