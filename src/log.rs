@@ -72,7 +72,10 @@ pub fn id_string(v: Value) -> String {
 /// panic, when it is not UTF-8: batch files are remote input).
 fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
     match r.get_ref(i)? {
-        rusqlite::types::ValueRef::Blob(b) => Ok(id_string(Value::Blob(b.to_vec()))),
+        rusqlite::types::ValueRef::Blob(b) => match uuid::Uuid::from_slice(b) {
+            Ok(u) => Ok(u.to_string()),
+            Err(_) => Ok(id_string(Value::Blob(b.to_vec()))),
+        },
         _ => r.get(i),
     }
 }
@@ -380,19 +383,60 @@ pub fn count(conn: &Connection) -> Result<i64> {
 
 /// This replica's changes after `after` (a change id; empty: all) not pushed yet,
 /// whole transactions only, stopping once `limit` changes are gathered.
+///
+/// Names and transaction ids are looked up here, once each, rather than joined
+/// for every row: reading a push's changes was half its time, and the four joins
+/// a third of that.
 pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT} JOIN ZV_OUTBOX o ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
-         WHERE o.id > ?1 AND a.id = ?2 ORDER BY o.id"
-    ))?;
-    let mut rows = stmt.query(params![after_value(after), me])?;
+    let Some(me_n) = conn
+        .prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?
+        .query_row([me], |r| r.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(Vec::new()); // no change of this replica was ever recorded
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.id, l.tx_n, l.type_n, l.entity_id, l.attr_n, l.old_value, l.new_value
+         FROM ZV_OUTBOX o JOIN ZV_LOG l ON l.type_n = o.type_n AND l.entity_id = o.entity_id
+                                       AND l.attr_n = o.attr_n AND l.id = o.id AND l.author_n = ?2
+         WHERE o.id > ?1 ORDER BY o.id",
+    )?;
+    let mut names: HashMap<i64, String> = HashMap::new();
+    let mut name_of = |n: i64| -> Result<String> {
+        if let Some(name) = names.get(&n) {
+            return Ok(name.clone());
+        }
+        let name: String =
+            conn.prepare_cached("SELECT name FROM ZV_NAME WHERE n = ?1")?.query_row([n], |r| r.get(0))?;
+        names.insert(n, name.clone());
+        Ok(name)
+    };
+    let mut tx: Option<(i64, String)> = None;
+    let mut rows = stmt.query(params![after_value(after), me_n])?;
     let mut out: Vec<Change> = Vec::new();
     while let Some(r) = rows.next()? {
-        let c = row_to_change(r)?;
-        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != c.transaction_id) {
+        let tx_n: i64 = r.get(1)?;
+        let transaction_id = match &tx {
+            Some((n, id)) if *n == tx_n => id.clone(),
+            _ => {
+                let id =
+                    conn.prepare_cached("SELECT id FROM ZV_TX WHERE n = ?1")?.query_row([tx_n], |r| id_at(r, 0))?;
+                tx.insert((tx_n, id)).1.clone()
+            }
+        };
+        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != transaction_id) {
             break;
         }
-        out.push(c);
+        out.push(Change {
+            id: id_at(r, 0)?,
+            transaction_id,
+            entity_type: name_of(r.get(2)?)?,
+            entity_id: r.get(3)?,
+            attribute: name_of(r.get(4)?)?,
+            old_value: r.get(5)?,
+            new_value: r.get(6)?,
+            author: me.to_owned(),
+        });
     }
     Ok(out)
 }
