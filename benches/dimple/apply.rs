@@ -95,8 +95,8 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         rate(per_s),
         String::new(),
         String::new(),
-        ">= 250 k/s",
-        at_scale(per_s >= 250_000.0),
+        ">= 1M/s",
+        at_scale(per_s >= 1_000_000.0),
     );
     table.row(
         &format!("  per CPU-second (pull used {cpu:.2} s CPU in {secs_pull:.2} s)"),
@@ -120,8 +120,8 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         format!("{mb:.0} MB"),
         format!("{:.0} MB", start_kb / 1024.0),
         String::new(),
-        "< 200 MB",
-        at_scale(mb < 200.0),
+        "< 100 MB",
+        at_scale(mb < 100.0),
     );
     table.note(&format!(
         "(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"
