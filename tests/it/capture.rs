@@ -287,3 +287,47 @@ fn a_burst_of_writes_leaves_no_free_pages_when_the_app_chose_auto_vacuum() -> Te
     assert!(free * 20 < pages, "given back with incremental auto-vacuum: {free} of {pages} pages free");
     Ok(())
 }
+
+/// Captured writes are read, recorded and deleted a chunk at a time (4096), so
+/// that the pages a chunk frees take the log's next rows. A burst of several
+/// chunks, with inserts, updates and deletes falling on their edges in a random
+/// order, is recorded whole: one change per column written, nothing left pending,
+/// and the log's winners are the table.
+#[test]
+fn a_burst_of_many_chunks_of_writes_is_recorded_whole() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let app = open_plain(&g.db("a"));
+    let tx = app.unchecked_transaction()?;
+    let (mut expected, mut writes) = (0usize, 0usize);
+    let mut live = std::collections::BTreeSet::new();
+    for i in 0..15_000 {
+        let k = format!("k{}", rng.gen_range(0..4000));
+        writes += 1;
+        if !live.contains(&k) {
+            let (a, c): (i64, f64) = (rng.gen(), f64::from_bits(rng.gen::<u64>() & !(0x7ff << 52)));
+            tx.execute("INSERT INTO t VALUES (?1, ?2, ?3, ?4)", rusqlite::params![k, a, format!("t{i}"), c])?;
+            live.insert(k);
+            expected += 4; // the row and its three columns
+        } else if rng.gen_range(0..4) == 0 {
+            tx.execute("DELETE FROM t WHERE id = ?1", [&k])?;
+            live.remove(&k);
+            expected += 1;
+        } else {
+            tx.execute("UPDATE t SET b = ?2 WHERE id = ?1", rusqlite::params![k, format!("u{i}")])?;
+            expected += 1;
+        }
+    }
+    tx.commit()?;
+    assert!(writes > 3 * 4096, "the burst spans several chunks");
+    assert_eq!(r.pending_captured()?, writes as i64);
+    assert_eq!(r.capture()?, expected);
+    assert_eq!(r.pending_captured()?, 0);
+    let logged: i64 = r.conn().query_row("SELECT count(*) FROM ZV_CHANGE", [], |row| row.get(0))?;
+    assert_eq!(logged as usize, expected);
+    assert_eq!(model_of_log(r.conn(), &["a", "b", "c"]), rows(r.conn(), "t"));
+    assert_eq!(rows(r.conn(), "t").len(), live.len());
+    Ok(())
+}
