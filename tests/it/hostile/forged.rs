@@ -215,6 +215,49 @@ fn a_member_taking_anothers_next_transaction_and_change_ids_cannot_stop_its_chan
     future_ids_attack(true, true);
 }
 
+/// A change that names a transaction the batch does not hold: its author would be
+/// unknown.
+#[test]
+fn a_change_naming_a_transaction_the_batch_does_not_hold_is_refused() {
+    forged_attack(
+        no_edit,
+        no_edit,
+        |p| {
+            sql(
+                p,
+                "UPDATE ZV_CHANGE SET transaction_id = '01900000-0000-7000-8000-00000000abcd'
+                 WHERE id = (SELECT min(id) FROM ZV_CHANGE)",
+            )
+        },
+        "names a transaction that is not in the batch",
+    );
+}
+
+/// Change and transaction ids must be UUIDv7s: they order the merge.
+#[test]
+fn a_change_or_transaction_id_that_is_not_a_uuid_is_refused() {
+    let not_uuid = "not-a-uuid-but-36-characters-long!!!";
+    forged_attack(
+        no_edit,
+        no_edit,
+        |p| sql(p, &format!("UPDATE ZV_CHANGE SET id = '{not_uuid}' WHERE id = (SELECT max(id) FROM ZV_CHANGE)")),
+        &format!("change id {not_uuid:?} is not a UUIDv7 id"),
+    );
+    forged_attack(
+        no_edit,
+        no_edit,
+        |p| {
+            sql(
+                p,
+                &format!(
+                    "UPDATE ZV_TRANSACTION SET id = '{not_uuid}'; UPDATE ZV_CHANGE SET transaction_id = '{not_uuid}'"
+                ),
+            )
+        },
+        "is not a UUIDv7 id",
+    );
+}
+
 /// A batch of a future format, correctly chained and signed (a newer dimple).
 #[test]
 fn a_batch_of_an_unknown_format_is_refused() {
