@@ -17,12 +17,15 @@ pub fn has_table(conn: &rusqlite::Connection, schema: &str, name: &str) -> rusql
 }
 
 /// Page cache, in KiB, for a job that writes all over the change log: giving ids
-/// to a burst of captured writes, importing a log. SQLite's default (2 MiB) made
-/// most of those inserts read their page again (`cargo bench --bench dimple
-/// capture`: ids for 500k changes 3.5 s -> 1.9-2.5 s). Kept for the job only:
-/// an apply ran slower with it (156 k/s against 195-276 k/s) and its pages would
-/// count against the apply's memory goal.
+/// to a burst of captured writes (at most: see `Replica::capture`), importing a
+/// log. SQLite's default (2 MiB) made most of those inserts read their page again
+/// (`cargo bench --bench dimple capture`: ids for 500k changes 3.5 s -> 1.8-2.2 s).
+/// Kept for the job only: an apply ran slower with it (156 k/s against 195-276
+/// k/s) and its pages would count against the apply's memory goal.
 pub const BIG_CACHE_KIB: i64 = 65536;
+
+/// SQLite's own default page cache, in KiB.
+pub const DEFAULT_CACHE_KIB: i64 = 2000;
 
 /// Runs `job` with SQLite's page cache set to `kib`, then sets it back, which
 /// frees the pages over the old size.

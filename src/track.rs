@@ -312,6 +312,19 @@ pub fn pending_count(conn: &Connection, schema: &str) -> Result<i64> {
     Ok(n)
 }
 
+/// At least as many captured writes as wait in the pending tables, found without
+/// reading them: each table's span of sequence numbers.
+pub fn pending_span(conn: &Connection) -> Result<i64> {
+    let tables: Vec<String> =
+        conn.prepare_cached("SELECT tbl FROM ZV_TRACKED")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for t in tables {
+        let sql = format!("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM {}", ident(&pending_table(&t)));
+        n += conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+    }
+    Ok(n)
+}
+
 /// The column list recorded when the table was last (re)tracked.
 pub fn recorded_columns(conn: &Connection, table: &str) -> Result<Option<Vec<String>>> {
     let cols: Option<String> =
