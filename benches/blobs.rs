@@ -100,11 +100,12 @@ fn main() {
     w.capture().unwrap();
 
     // The AWS SDK alone: the same bytes up, then down, IN_FLIGHT requests at a time.
-    let (sdk_up, sdk_down) = rt.block_on(async {
+    let client = rt.block_on(async {
         let conf =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&server.endpoint).load().await;
-        let client =
-            aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build())
+    });
+    let (sdk_up, sdk_down) = rt.block_on(async {
         let t = Instant::now();
         futures::stream::iter((0..VALUES).map(|i| {
             let (client, bucket, path) = (client.clone(), bucket.clone(), files_dir.join(format!("{i}")));
@@ -155,11 +156,6 @@ fn main() {
     assert_eq!(pulled.blobs_missing.count, 0);
     // The transfer alone: a reader that does not track the table downloads and
     // checks every value (they would win) but writes no row.
-    let client = rt.block_on(async {
-        let conf =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&server.endpoint).load().await;
-        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build())
-    });
     let mut rounds: Vec<(f64, f64)> = Vec::new(); // (SDK seconds, dimple seconds)
     for round in 0..DOWNLOAD_ROUNDS {
         let down = dir.path().join(format!("down-{round}"));

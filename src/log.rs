@@ -57,10 +57,7 @@ pub fn id_value(id: &str) -> Value {
 /// The canonical text of a stored id ([`id_value`] backwards).
 pub fn id_string(v: Value) -> String {
     match v {
-        Value::Blob(b) if b.len() == 16 => {
-            uuid::Uuid::from_slice(&b).map(|u| u.to_string()).unwrap_or_else(|_| crate::codec::hex(&b))
-        }
-        Value::Blob(b) => crate::codec::hex(&b),
+        Value::Blob(b) => blob_id_string(&b),
         Value::Text(t) => t,
         Value::Integer(i) => i.to_string(),
         Value::Real(f) => f.to_string(),
@@ -68,14 +65,16 @@ pub fn id_string(v: Value) -> String {
     }
 }
 
+/// Stored id bytes as text: a UUID's canonical form, other bytes in hex.
+fn blob_id_string(b: &[u8]) -> String {
+    uuid::Uuid::from_slice(b).map(|u| u.to_string()).unwrap_or_else(|_| crate::codec::hex(b))
+}
+
 /// The id in column `i`: bytes rendered as text, text as it is (an error, never a
 /// panic, when it is not UTF-8: batch files are remote input).
 fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
     match r.get_ref(i)? {
-        rusqlite::types::ValueRef::Blob(b) => match uuid::Uuid::from_slice(b) {
-            Ok(u) => Ok(u.to_string()),
-            Err(_) => Ok(id_string(Value::Blob(b.to_vec()))),
-        },
+        rusqlite::types::ValueRef::Blob(b) => Ok(blob_id_string(b)),
         _ => r.get(i),
     }
 }

@@ -300,26 +300,25 @@ pub fn tracked_names(conn: &Connection) -> Result<Vec<String>> {
 /// Captured writes of every tracked table still waiting for ids, in the database
 /// `schema` ("main", or an attached one).
 pub fn pending_count(conn: &Connection, schema: &str) -> Result<i64> {
-    let tables: Vec<String> = conn
-        .prepare(&format!("SELECT tbl FROM {}.ZV_TRACKED", ident(schema)))?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut n = 0;
-    for t in tables {
-        let sql = format!("SELECT count(*) FROM {}.{}", ident(schema), ident(&pending_table(&t)));
-        n += conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
-    }
-    Ok(n)
+    sum_over_pending(conn, schema, "count(*)")
 }
 
 /// At least as many captured writes as wait in the pending tables, found without
 /// reading them: each table's span of sequence numbers.
 pub fn pending_span(conn: &Connection) -> Result<i64> {
-    let tables: Vec<String> =
-        conn.prepare_cached("SELECT tbl FROM ZV_TRACKED")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    sum_over_pending(conn, "main", "coalesce(max(seq) - min(seq) + 1, 0)")
+}
+
+/// The sum of `aggregate` over every tracked table's pending table in `schema`
+/// (one missing counts 0).
+fn sum_over_pending(conn: &Connection, schema: &str, aggregate: &str) -> Result<i64> {
+    let tables: Vec<String> = conn
+        .prepare_cached(&format!("SELECT tbl FROM {}.ZV_TRACKED", ident(schema)))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let mut n = 0;
     for t in tables {
-        let sql = format!("SELECT coalesce(max(seq) - min(seq) + 1, 0) FROM {}", ident(&pending_table(&t)));
+        let sql = format!("SELECT {aggregate} FROM {}.{}", ident(schema), ident(&pending_table(&t)));
         n += conn.query_row(&sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
     }
     Ok(n)
