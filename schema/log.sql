@@ -1,4 +1,4 @@
--- The change log as a replica keeps it (local schema version 4), applied by `init`
+-- The change log as a replica keeps it (local schema version 5), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
 -- over it with their columns (below), so any SQLite client can read the log; dimple
 -- itself reads and writes these tables (src/log.rs). A snapshot carries the same
@@ -53,14 +53,17 @@ CREATE TABLE IF NOT EXISTS ZV_LOG (
     PRIMARY KEY (type_n, entity_id, attr_n, id, author_n)
 ) WITHOUT ROWID;
 
--- This replica's own changes not pushed yet, by id: what the next push sends. An
--- entry goes once the push that carries it is complete.
+-- This replica's own changes not pushed yet, whole, in packets of up to 4096
+-- consecutive changes (zstd-compressed; the form is src/outbox.rs's): what the
+-- next push sends, without a second index of every change. A packet goes once the
+-- push that carries its last change is complete.
 CREATE TABLE IF NOT EXISTS ZV_OUTBOX (
-    id BLOB NOT NULL PRIMARY KEY,
-    type_n INTEGER NOT NULL,
-    entity_id TEXT NOT NULL,
-    attr_n INTEGER NOT NULL
-) WITHOUT ROWID;
+    n INTEGER PRIMARY KEY,
+    first_id BLOB NOT NULL,
+    last_id BLOB NOT NULL,
+    changes INTEGER NOT NULL,
+    packed BLOB NOT NULL
+);
 
 -- The seed's tables, as views with their columns (ids as canonical text; an id kept
 -- as text, which only a transaction id from a batch can be, as it is).

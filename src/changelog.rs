@@ -37,6 +37,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         hlc,
         me,
         txn: None,
+        outbox: crate::outbox::Packer::new(),
         n: 0,
         bad_keys: BTreeSet::new(),
     };
@@ -75,6 +76,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         crate::meta::set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
     }
     w.report_bad_keys(&recorded)?;
+    std::mem::take(&mut w.outbox).finish(conn)?;
     let n = w.n;
     if n > 0 {
         save_clock(conn, w.hlc)?;
@@ -106,6 +108,8 @@ struct Recorder<'a, 'c> {
     hlc: &'a mut Hlc,
     me: &'a str,
     txn: Option<String>,
+    /// The changes recorded, waiting for the push.
+    outbox: crate::outbox::Packer,
     n: usize,
     /// Tables where a captured write had a key that cannot sync.
     bad_keys: BTreeSet<String>,
@@ -118,7 +122,7 @@ impl Recorder<'_, '_> {
             None => self.txn.insert(self.hlc.tick().to_string()).clone(),
         };
         self.n += 1;
-        self.merger.record_local(&Change {
+        let c = Change {
             id: self.hlc.tick().to_string(),
             transaction_id: txn_id,
             entity_type: tbl.to_owned(),
@@ -127,7 +131,8 @@ impl Recorder<'_, '_> {
             old_value: old,
             new_value: Some(new),
             author: self.me.to_owned(),
-        })
+        };
+        self.merger.record_local(&c, &mut self.outbox)
     }
 
     /// The entity id of a captured key, or None (counted) when it cannot sync.

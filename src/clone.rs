@@ -360,7 +360,7 @@ mod tests {
             c.execute_batch(include_str!("../schema/log.sql")).unwrap();
             let log = crate::log::Log::new(&c).unwrap();
             for ch in changes {
-                log.insert(ch, false).unwrap();
+                log.insert(ch).unwrap();
             }
         } else {
             c.execute_batch(include_str!("../schema/wire_log.sql")).unwrap();
@@ -390,7 +390,7 @@ mod tests {
                 {
                     let log = crate::log::Log::new(&c).unwrap();
                     for ch in &all[..already] {
-                        log.insert(ch, false).unwrap();
+                        log.insert(ch).unwrap();
                     }
                 }
                 c.execute("ATTACH ?1 AS snap", [path.display().to_string()]).unwrap();

@@ -61,9 +61,12 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         let mut hlc = Hlc::new(opts.clock.clone(), &new_uuid, Some(r.hlc.state()), opts.max_drift_ms);
         let pushed = PushState::load(&tx)?;
         let through = pushed.through.clone();
-        let unpushed: Vec<Change> = crate::log::unpushed_after(&tx, &old, &through, usize::MAX)?;
+        let unpushed: Vec<Change> = crate::outbox::unpushed_after(&tx, &old, &through, usize::MAX)?;
+        // Read whole above; what is kept is recorded again under the new id.
+        crate::outbox::clear(&tx)?;
         {
             let merger = Merger::new(&tx)?;
+            let mut outbox = crate::outbox::Packer::new();
             let (mut old_txn, mut new_txn): (Option<String>, Option<String>) = (None, None);
             for c in &unpushed {
                 if old_txn.as_deref() != Some(c.transaction_id.as_str()) {
@@ -81,14 +84,13 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
                     Some(t) => t.clone(),
                     None => new_txn.insert(hlc.tick().to_string()).clone(),
                 };
-                merger.record_local(&Change {
-                    id: hlc.tick().to_string(),
-                    transaction_id: txn,
-                    author: new.clone(),
-                    ..c.clone()
-                })?;
+                merger.record_local(
+                    &Change { id: hlc.tick().to_string(), transaction_id: txn, author: new.clone(), ..c.clone() },
+                    &mut outbox,
+                )?;
                 report.kept += 1;
             }
+            outbox.finish(&tx)?;
         }
         crate::log::drop_empty_transactions(&tx)?;
         // The old id is now another replica, applied up to what this copy pushed.

@@ -75,6 +75,7 @@ pub mod log;
 pub mod merge;
 pub mod meta;
 pub mod migrate;
+pub mod outbox;
 pub mod peers;
 pub mod problems;
 pub mod replica;

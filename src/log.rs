@@ -1,7 +1,8 @@
 //! The change log as a replica stores it (`schema/log.sql`): the one module that
 //! knows its compact form. Everything else speaks [`Change`] (the seed's text
-//! columns) and leaves the numbering of names, authors and transactions, the byte
-//! form of ids and the outbox of unpushed changes to this module.
+//! columns) and leaves the numbering of names, authors and transactions and the
+//! byte form of ids to this module (the outbox of unpushed changes is
+//! [`crate::outbox`]'s).
 //!
 //! Why this form: a change in the seed's form cost about 125 bytes (two 36-character
 //! ids, the table and column names repeated) plus a clock row per cell with the same
@@ -79,15 +80,6 @@ fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
     }
 }
 
-/// The lower bound for "ids after `id`": empty text means "from the start".
-fn after_value(id: &str) -> Value {
-    if id.is_empty() {
-        Value::Blob(Vec::new())
-    } else {
-        id_value(id)
-    }
-}
-
 /// Reads whole changes in the seed's columns, in the order [`row_to_change`]
 /// expects: append joins or `WHERE`/`ORDER BY` on `l` (the log row).
 pub const SELECT: &str = "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
@@ -141,7 +133,6 @@ pub struct Log<'c> {
     /// The last transaction asked for: a transaction's changes come one after another.
     last_tx: RefCell<Option<(String, i64, i64)>>,
     insert: RefCell<Statement<'c>>,
-    outbox: RefCell<Statement<'c>>,
     newer: RefCell<Statement<'c>>,
 }
 
@@ -157,9 +148,6 @@ impl<'c> Log<'c> {
                 "INSERT INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
             )?),
-            outbox: RefCell::new(
-                conn.prepare("INSERT INTO ZV_OUTBOX(id, type_n, entity_id, attr_n) VALUES (?1, ?2, ?3, ?4)")?,
-            ),
             // A greater id in the cell, or the same id from a greater author (only a
             // member copying another's ids makes that): then the change does not win.
             newer: RefCell::new(conn.prepare(
@@ -207,26 +195,22 @@ impl<'c> Log<'c> {
         Ok(n)
     }
 
-    /// Stores `c`; None when the log already holds it. `own`: a change of this
-    /// replica, which also waits in the outbox for the next push.
-    pub fn insert(&self, c: &Change, own: bool) -> Result<Option<Stored>> {
-        self.insert_parts(
-            &Parts {
-                id: &c.id,
-                transaction_id: &c.transaction_id,
-                entity_type: &c.entity_type,
-                entity_id: &c.entity_id,
-                attribute: &c.attribute,
-                old_value: c.old_value.as_deref(),
-                new_value: c.new_value.as_deref(),
-                author: &c.author,
-            },
-            own,
-        )
+    /// Stores `c`; None when the log already holds it.
+    pub fn insert(&self, c: &Change) -> Result<Option<Stored>> {
+        self.insert_parts(&Parts {
+            id: &c.id,
+            transaction_id: &c.transaction_id,
+            entity_type: &c.entity_type,
+            entity_id: &c.entity_id,
+            attribute: &c.attribute,
+            old_value: c.old_value.as_deref(),
+            new_value: c.new_value.as_deref(),
+            author: &c.author,
+        })
     }
 
     /// [`Log::insert`] of a change whose text is borrowed.
-    fn insert_parts(&self, c: &Parts<'_>, own: bool) -> Result<Option<Stored>> {
+    fn insert_parts(&self, c: &Parts<'_>) -> Result<Option<Stored>> {
         let author_n = self.author_n(c.author)?;
         let s = Stored {
             type_n: self.name_n(c.entity_type)?,
@@ -245,13 +229,7 @@ impl<'c> Log<'c> {
             c.old_value,
             c.new_value
         ])? == 1;
-        if !new {
-            return Ok(None);
-        }
-        if own {
-            self.outbox.borrow_mut().execute(params![s.id, s.type_n, c.entity_id, s.attr_n])?;
-        }
-        Ok(Some(s))
+        Ok(new.then_some(s))
     }
 
     /// Whether the stored change `s` of `entity_id` is its cell's winner.
@@ -380,92 +358,8 @@ pub fn count(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("SELECT count(*) FROM ZV_LOG", [], |r| r.get(0))?)
 }
 
-/// This replica's changes after `after` (a change id; empty: all) not pushed yet,
-/// whole transactions only, stopping once `limit` changes are gathered.
-///
-/// Names and transaction ids are looked up here, once each, rather than joined
-/// for every row: reading a push's changes was half its time, and the four joins
-/// a third of that.
-pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
-    let Some(me_n) = conn
-        .prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?
-        .query_row([me], |r| r.get::<_, i64>(0))
-        .optional()?
-    else {
-        return Ok(Vec::new()); // no change of this replica was ever recorded
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT l.id, l.tx_n, l.type_n, l.entity_id, l.attr_n, l.old_value, l.new_value
-         FROM ZV_OUTBOX o JOIN ZV_LOG l ON l.type_n = o.type_n AND l.entity_id = o.entity_id
-                                       AND l.attr_n = o.attr_n AND l.id = o.id AND l.author_n = ?2
-         WHERE o.id > ?1 ORDER BY o.id",
-    )?;
-    let mut names: HashMap<i64, String> = HashMap::new();
-    let mut name_of = |n: i64| -> Result<String> {
-        if let Some(name) = names.get(&n) {
-            return Ok(name.clone());
-        }
-        let name: String =
-            conn.prepare_cached("SELECT name FROM ZV_NAME WHERE n = ?1")?.query_row([n], |r| r.get(0))?;
-        names.insert(n, name.clone());
-        Ok(name)
-    };
-    let mut tx: Option<(i64, String)> = None;
-    let mut rows = stmt.query(params![after_value(after), me_n])?;
-    let mut out: Vec<Change> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let tx_n: i64 = r.get(1)?;
-        let transaction_id = match &tx {
-            Some((n, id)) if *n == tx_n => id.clone(),
-            _ => {
-                let id =
-                    conn.prepare_cached("SELECT id FROM ZV_TX WHERE n = ?1")?.query_row([tx_n], |r| id_at(r, 0))?;
-                tx.insert((tx_n, id)).1.clone()
-            }
-        };
-        if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != transaction_id) {
-            break;
-        }
-        out.push(Change {
-            id: id_at(r, 0)?,
-            transaction_id,
-            entity_type: name_of(r.get(2)?)?,
-            entity_id: r.get(3)?,
-            attribute: name_of(r.get(4)?)?,
-            old_value: r.get(5)?,
-            new_value: r.get(6)?,
-            author: me.to_owned(),
-        });
-    }
-    Ok(out)
-}
-
-/// How many of this replica's changes after `after` wait for a push.
-pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
-    Ok(conn.query_row("SELECT count(*) FROM ZV_OUTBOX WHERE id > ?1", [after_value(after)], |r| r.get(0))?)
-}
-
-/// Whether a change of this replica not pushed yet sets one of `values`.
-pub fn unpushed_sets(conn: &Connection, values: &[&str]) -> Result<bool> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM ZV_OUTBOX o JOIN ZV_LOG l
-                          ON l.type_n = o.type_n AND l.entity_id = o.entity_id AND l.attr_n = o.attr_n AND l.id = o.id
-                        WHERE l.new_value IN (SELECT value FROM json_each(?1)))",
-    )?;
-    let list = serde_json::to_string(values).expect("strings serialize");
-    Ok(stmt.query_row([list], |r| r.get(0))?)
-}
-
-/// The push that carries the changes through `through` is complete: they leave the
-/// outbox.
-pub fn pushed(conn: &Connection, through: &str) -> Result<()> {
-    if !through.is_empty() {
-        conn.prepare_cached("DELETE FROM ZV_OUTBOX WHERE id <= ?1")?.execute([id_value(through)])?;
-    }
-    Ok(())
-}
-
-/// Takes `c` (a change of this replica, not pushed) out of the log and the outbox.
+/// Takes `c` (a change of this replica, not pushed) out of the log; the caller
+/// empties the outbox ([`crate::outbox::clear`]).
 pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
     let id = id_value(&c.id);
     conn.prepare_cached(
@@ -474,7 +368,6 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
            AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?5)",
     )?
     .execute(params![c.entity_type, c.entity_id, c.attribute, id, c.author])?;
-    conn.prepare_cached("DELETE FROM ZV_OUTBOX WHERE id = ?1")?.execute([id])?;
     Ok(())
 }
 
@@ -532,7 +425,7 @@ fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
             new_value: maybe(6)?,
             author: text(7)?,
         };
-        if log.insert_parts(&parts, false)?.is_some() {
+        if log.insert_parts(&parts)?.is_some() {
             added += 1;
         }
     }

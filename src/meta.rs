@@ -88,7 +88,7 @@ impl PushState {
     /// Saves the state; the changes through `through` leave the outbox with it.
     pub fn save(&self, conn: &Connection) -> Result<()> {
         set(conn, THROUGH, &self.through)?;
-        crate::log::pushed(conn, &self.through)?;
+        crate::outbox::pushed(conn, &self.through)?;
         for (k, v) in [(BATCH_ID, &self.batch_id), (SHA256, &self.sha256), (HEAD_ETAG, &self.head_etag)] {
             match v {
                 Some(v) => set(conn, k, v)?,

@@ -18,7 +18,7 @@ const KEY: &str = "local_schema";
 const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
 
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 4;
+pub const CURRENT: i64 = 5;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -44,6 +44,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     }
     if at < 4 {
         compact_log(&tx)?;
+    }
+    if at < 5 {
+        packed_outbox(&tx, at)?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
@@ -103,8 +106,8 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
 
 /// Version 4: the change log in its compact form (schema/log.sql): ids as bytes,
 /// names and transactions numbered, no separate clock; the seed's tables become
-/// views with their columns. This replica's changes after the push cursor wait in
-/// the outbox. Nothing is lost: the step counts the changes on both sides and
+/// views with their columns (version 5's step then puts this replica's changes
+/// after the push cursor in the outbox). Nothing is lost: the step counts the changes on both sides and
 /// stops, changing nothing, when they differ.
 fn compact_log(tx: &Connection) -> Result<()> {
     tx.execute_batch(
@@ -136,18 +139,42 @@ fn compact_log(tx: &Connection) -> Result<()> {
         b = crate::log::id_blob_sql("t.id"),
         t = crate::log::id_text_sql(&crate::log::id_blob_sql("t.id")),
     ))?;
-    let me: Option<String> = meta::get(tx, "database_uuid")?;
-    // Nothing pushed yet: every own change waits ("" gives the empty blob, the least).
-    let through = meta::PushState::load(tx)?.through;
-    tx.execute(
-        &format!(
-            "INSERT INTO ZV_OUTBOX(id, type_n, entity_id, attr_n)
-             SELECT l.id, l.type_n, l.entity_id, l.attr_n FROM ZV_LOG l
-             WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > {}",
-            crate::log::id_blob_sql("?2")
-        ),
-        rusqlite::params![me, through],
-    )?;
     tx.execute_batch("DROP TABLE ZV_V3_CLOCK; DROP TABLE ZV_V3_CHANGE; DROP TABLE ZV_V3_TRANSACTION;")?;
+    Ok(())
+}
+
+/// Version 5: the outbox holds unpushed changes whole, in packets
+/// (src/outbox.rs), instead of a row per change naming its place in the log. A
+/// version-4 outbox is read through the log, in id order, exactly as its push
+/// would have read it; a log that was in the text form until the step before
+/// has no outbox yet, and its changes after the push cursor are the ones waiting.
+/// The step stops, changing nothing, when an outbox entry has no change in the
+/// log.
+fn packed_outbox(tx: &Connection, from: i64) -> Result<()> {
+    let me: String = meta::get(tx, "database_uuid")?.unwrap_or_default();
+    if from < 4 {
+        let through = meta::PushState::load(tx)?.through;
+        crate::outbox::fill(
+            tx,
+            "WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > ?2 ORDER BY l.id",
+            &[&me, &crate::outbox::after_value(&through)],
+        )?;
+        return Ok(());
+    }
+    tx.execute_batch("ALTER TABLE ZV_OUTBOX RENAME TO ZV_V4_OUTBOX;")?;
+    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    let moved = crate::outbox::fill(
+        tx,
+        "JOIN ZV_V4_OUTBOX o ON o.id = l.id AND o.type_n = l.type_n AND o.entity_id = l.entity_id AND o.attr_n = l.attr_n
+         WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) ORDER BY o.id",
+        &[&me],
+    )?;
+    let before: u64 = tx.query_row("SELECT count(*) FROM ZV_V4_OUTBOX", [], |r| r.get(0))?;
+    if moved != before {
+        return Err(Error::Invalid(format!(
+            "cannot upgrade the outbox: {before} unpushed changes, of which {moved} are in the change log; nothing was changed"
+        )));
+    }
+    tx.execute_batch("DROP TABLE ZV_V4_OUTBOX;")?;
     Ok(())
 }

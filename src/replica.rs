@@ -364,7 +364,7 @@ impl Replica {
     /// This replica's changes not yet pushed.
     pub fn unpushed(&self) -> Result<i64> {
         let through = meta::PushState::load(&self.sync)?.through;
-        crate::log::unpushed_count(&self.sync, &through)
+        crate::outbox::unpushed_count(&self.sync, &through)
     }
 }
 

@@ -92,9 +92,12 @@ pub fn prune(r: &mut Replica) -> Result<Pruned> {
     };
     let horizon_ms = now.saturating_sub(days * 86_400_000);
     let horizon = crate::log::id_value(&clock::compose(Stamp { ms: horizon_ms, counter: 0 }, 0).to_string());
+    let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let through = crate::outbox::after_value(&crate::meta::PushState::load(&tx)?.through);
     // Superseded (a greater id in the cell, or the same id from a greater author),
-    // of a tracked table and column, and pushed (not in the outbox).
+    // of a tracked table and column, and pushed (not in the outbox: a change of
+    // this replica after the push cursor).
     let changes = tx.execute(
         &format!(
             "DELETE FROM ZV_LOG AS l
@@ -104,11 +107,10 @@ pub fn prune(r: &mut Replica) -> Result<Pruned> {
                        WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
                          AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
                               OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
-           AND NOT EXISTS (SELECT 1 FROM ZV_OUTBOX o
-                           WHERE o.id = l.id AND o.type_n = l.type_n AND o.entity_id = l.entity_id AND o.attr_n = l.attr_n)",
+           AND NOT (l.author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?2) AND l.id > ?3)",
             crate::log::superseded_sql("main")
         ),
-        [horizon],
+        rusqlite::params![horizon, me, through],
     )?;
     let transactions = if changes > 0 { crate::log::drop_empty_transactions(&tx)? } else { 0 };
     // Complete from the newest horizon that removed something (RFC 3339 text

@@ -414,6 +414,8 @@ pub fn clear_in(r: &Replica) {
 pub fn sweep_out(r: &Replica) -> Result<()> {
     let dir = r.side().blobs_out_path();
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    // The references unpushed changes make, read once (not once per file).
+    let mut needed: Option<std::collections::HashSet<String>> = None;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let (sha, ext) = name.split_once('.').unwrap_or((name.as_str(), ""));
@@ -433,7 +435,12 @@ pub fn sweep_out(r: &Replica) -> Result<()> {
         let size = e.metadata().map_or(0, |m| m.len());
         let blob = Ref { sha256: sha.to_owned(), size, text: false }.encode();
         let text = Ref { sha256: sha.to_owned(), size, text: true }.encode();
-        let needed = crate::log::unpushed_sets(&r.sync, &[&blob, &text])?;
+        if needed.is_none() {
+            let through = crate::meta::PushState::load(&r.sync)?.through;
+            needed =
+                Some(crate::outbox::unpushed_values(&r.sync, &through, |v| crate::blob::reference(Some(v)).is_some())?);
+        }
+        let needed = needed.as_ref().is_some_and(|n| n.contains(&blob) || n.contains(&text));
         if !needed {
             for x in ["sealed", "upload"] {
                 let _ = std::fs::remove_file(dir.join(format!("{sha}.{x}")));

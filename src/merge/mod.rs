@@ -119,9 +119,12 @@ impl<'c> Merger<'c> {
     }
 
     /// Records a change this replica made: it is newer than everything applied, and
-    /// its effect is already in the table.
-    pub fn record_local(&self, c: &Change) -> Result<()> {
-        self.log.insert(c, true)?;
+    /// its effect is already in the table. It waits for the push in `outbox`, which
+    /// the caller finishes before it commits.
+    pub fn record_local(&self, c: &Change, outbox: &mut crate::outbox::Packer) -> Result<()> {
+        if self.log.insert(c)?.is_some() {
+            outbox.add(self.conn, c)?;
+        }
         Ok(())
     }
 
@@ -139,7 +142,7 @@ impl<'c> Merger<'c> {
     /// Stores a remote change in the log and says whether it is now its cell's
     /// winner; the table is left to the caller.
     fn merge_log(&self, c: &Change) -> Result<Outcome> {
-        let Some(stored) = self.log.insert(c, false)? else { return Ok(Outcome::Duplicate) };
+        let Some(stored) = self.log.insert(c)? else { return Ok(Outcome::Duplicate) };
         Ok(if self.log.wins(&stored, &c.entity_id)? { Outcome::Won } else { Outcome::Lost })
     }
 

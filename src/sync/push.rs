@@ -38,7 +38,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     loop {
         let me = r.id().to_owned();
         let state = PushState::load(&r.sync)?;
-        let changes = crate::log::unpushed_after(&r.sync, &me, &state.through, r.opts.batch_changes)?;
+        let changes = crate::outbox::unpushed_after(&r.sync, &me, &state.through, r.opts.batch_changes)?;
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
         // Every value the batch stores out of line is in the bucket before the batch.
         report.blobs.add(crate::blob::transfer::send(r, store, &codec, &changes).await?);

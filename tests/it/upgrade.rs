@@ -29,6 +29,34 @@ fn downgrade_to_v3(path: &std::path::Path) {
     .unwrap();
 }
 
+/// Turns a current replica's outbox back into the version-4 shape: a row per
+/// change of this replica after the push cursor, naming its place in the log.
+fn downgrade_to_v4(path: &std::path::Path) {
+    open_plain(path)
+        .execute_batch(
+            "BEGIN;
+             DROP TABLE ZV_OUTBOX;
+             CREATE TABLE ZV_OUTBOX (id BLOB NOT NULL PRIMARY KEY, type_n INTEGER NOT NULL,
+                                     entity_id TEXT NOT NULL, attr_n INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO ZV_OUTBOX
+               SELECT l.id, l.type_n, l.entity_id, l.attr_n FROM ZV_LOG l
+               WHERE l.author_n = (SELECT a.n FROM ZV_AUTHOR a JOIN ZV_METADATA m ON m.value = a.id
+                                   WHERE m.key = 'database_uuid')
+                 AND l.id > coalesce((SELECT unhex(replace(value, '-', '')) FROM ZV_METADATA
+                                      WHERE key = 'push.through' AND value <> ''), x'');
+             UPDATE ZV_METADATA SET value = '4' WHERE key = 'local_schema';
+             COMMIT;",
+        )
+        .unwrap();
+}
+
+/// The old outbox's rows, as they are.
+fn v4_outbox(path: &std::path::Path) -> Vec<Vec<Value>> {
+    let c = open_plain(path);
+    let mut stmt = c.prepare("SELECT id, type_n, entity_id, attr_n FROM ZV_OUTBOX ORDER BY id").unwrap();
+    stmt.query_map([], |r| (0..4).map(|i| r.get::<_, Value>(i)).collect()).unwrap().map(Result::unwrap).collect()
+}
+
 /// Turns a current replica's log back into the version-1 shape: no author columns,
 /// ids unique across the group, no recorded version.
 fn downgrade_to_v1(path: &std::path::Path) {
@@ -96,7 +124,8 @@ fn a_version_1_replica_is_upgraded_on_open_and_keeps_syncing() -> TestResult {
     a.conn().execute("UPDATE t SET a = 2 WHERE id = 'b1'", [])?;
     block_on(dimple::sync(&mut a, &store))?;
     block_on(dimple::sync(&mut b, &store))?;
-    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    block_on(dimple::sync(&mut a, &store))?;
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     Ok(())
 }
 
@@ -229,6 +258,69 @@ fn a_version_3_log_is_compacted_on_open_keeping_every_change_and_unpushed_write(
     Ok(())
 }
 
+#[test]
+fn a_version_4_outbox_is_packed_on_open_and_every_unpushed_write_is_pushed() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0x0b0c_5eed, 60);
+    let me = a.id().to_owned();
+    let waiting = dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?;
+    assert!(a.unpushed()? > 0 && waiting.len() as i64 == a.unpushed()?, "the last round is not pushed yet");
+    drop(a);
+    downgrade_to_v4(&g.db("a"));
+    assert_eq!(v4_outbox(&g.db("a")).len(), waiting.len(), "the version-4 outbox names every unpushed change");
+    let before = dump(&g.db("a"));
+
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&g.db("a")), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&g.db("a")), before, "the log is untouched");
+    assert_eq!(
+        dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?,
+        waiting,
+        "every unpushed change waits, whole and in order"
+    );
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    let leftovers: i64 =
+        open_plain(&g.db("a"))
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'ZV_V4_%'", [], |r| r.get(0))?;
+    assert_eq!(leftovers, 0);
+
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    assert_eq!(a.unpushed()?, 0);
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
+    assert!(rows(b.conn(), "t") == model_of_log(b.conn(), &["a", "b", "c"]), "b's table is its log");
+    Ok(())
+}
+
+/// Opens `db` with the dimple binary (which upgrades it) and kills the process
+/// (SIGKILL) once the upgrade has written `grown` bytes to the WAL, long before it
+/// can commit.
+fn kill_upgrade_midway(db: &std::path::Path, grown: u64) -> TestResult {
+    let wal = db.with_extension("db-wal");
+    let wal_before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dimple"))
+        .arg("status")
+        .arg(db)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0).saturating_sub(wal_before);
+        if now > grown {
+            break;
+        }
+        assert!(child.try_wait()?.is_none(), "the upgrade finished before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "the upgrade never started writing");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
 /// The upgrade runs in one transaction: a process killed in the middle of it
 /// (SIGKILL, while it writes) leaves the version-3 tables whole, and the next open
 /// upgrades them.
@@ -253,28 +345,8 @@ fn an_upgrade_killed_midway_leaves_version_3_and_the_next_open_finishes_it() -> 
     downgrade_to_v3(&db);
     let before = dump(&db);
 
-    let wal = db.with_extension("db-wal");
-    let wal_before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dimple"))
-        .arg("status")
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    // Killed once the upgrade has written a good part of the new log (the WAL grows
-    // by several megabytes), long before it can commit.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let grown = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0).saturating_sub(wal_before);
-        if grown > 4 << 20 {
-            break;
-        }
-        assert!(child.try_wait()?.is_none(), "the upgrade finished before it could be killed");
-        assert!(std::time::Instant::now() < deadline, "the upgrade never started writing");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill()?;
-    child.wait()?;
+    // Killed once the upgrade has written a good part of the new log.
+    kill_upgrade_midway(&db, 4 << 20)?;
 
     assert_eq!(local_schema(&db), "3", "killed before its commit: still version 3");
     assert_eq!(dump(&db), before, "the version-3 log is whole");
@@ -282,5 +354,49 @@ fn an_upgrade_killed_midway_leaves_version_3_and_the_next_open_finishes_it() -> 
     assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
     assert_eq!(dump(&db), before);
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    Ok(())
+}
+
+/// The same for the outbox's step: killed while it writes the packets, the
+/// version-4 outbox is whole, and the next open packs it and pushes every change.
+#[test]
+fn an_outbox_upgrade_killed_midway_leaves_version_4_and_the_next_open_finishes_it() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0xfeed_f00d, 40);
+    // Many unpushed changes whose values do not compress, so that the packets
+    // take megabytes to write.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0ddba11);
+    let tx = a.conn().unchecked_transaction()?;
+    let keys: Vec<Value> = rows(&tx, "t").into_iter().take(20).map(|r| r[0].clone()).collect();
+    for i in 0..200_000 {
+        tx.execute(
+            "UPDATE t SET a = ?1 WHERE id = ?2",
+            rusqlite::params![(0..40).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>(), keys[i % keys.len()]],
+        )?;
+    }
+    tx.commit()?;
+    let mut a = a;
+    a.capture()?;
+    let me = a.id().to_owned();
+    let waiting = dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?;
+    drop(a);
+    let db = g.db("a");
+    downgrade_to_v4(&db);
+    let (log, outbox) = (dump(&db), v4_outbox(&db));
+
+    kill_upgrade_midway(&db, 4 << 20)?;
+
+    assert_eq!(local_schema(&db), "4", "killed before its commit: still version 4");
+    assert_eq!((dump(&db), v4_outbox(&db)), (log.clone(), outbox), "the log and the version-4 outbox are whole");
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&db), log);
+    assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     Ok(())
 }

@@ -26,7 +26,7 @@ fn forge(
     edit_file: impl FnOnce(&std::path::Path),
 ) -> String {
     let base = &s.a_base;
-    let mut changes = dimple::log::unpushed_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
+    let mut changes = dimple::outbox::unpushed_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
     edit_changes(&mut changes);
     s.g.clock.advance(1);
     let batch_id = dimple::clock::random_v7(&s.g.clock).to_string();
@@ -155,7 +155,7 @@ fn future_ids_attack(reuse_transaction: bool, reuse_changes: bool) {
     // `c` has written its next row and given it ids, but not pushed yet.
     s.c.conn().execute("INSERT INTO t VALUES ('c3', 3, 'honest', 0.25)", []).unwrap();
     s.c.capture().unwrap();
-    let c_next = dimple::log::unpushed_after(s.c.conn(), s.c.id(), "", 1_000_000).unwrap();
+    let c_next = dimple::outbox::unpushed_after(s.c.conn(), s.c.id(), "", 1_000_000).unwrap();
     let c_next: Vec<Change> = c_next.into_iter().filter(|c| c.entity_id == "c3").collect();
     let (c_txn, c_ids): (String, Vec<String>) =
         (c_next[0].transaction_id.clone(), c_next.iter().map(|c| c.id.clone()).collect());
