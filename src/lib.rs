@@ -23,7 +23,8 @@
 //! - `track`: key validation and the capture triggers
 //! - `changelog`: captured writes into changes with ids; reading the log
 //! - `log`: the change log's compact storage (names, authors, transactions
-//!   numbered; ids as bytes; keyed by cell), the outbox of unpushed changes
+//!   numbered; ids as bytes; keyed by cell)
+//! - `outbox`: this replica's changes waiting for the push, in packets
 //! - `merge`: last-writer-wins and writing winners into tables
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `schema`: the tracked tables' shape as it travels (publish, compare, follow);

@@ -107,8 +107,8 @@ fn authors_in_the_log(tx: &Connection) -> Result<()> {
 /// Version 4: the change log in its compact form (schema/log.sql): ids as bytes,
 /// names and transactions numbered, no separate clock; the seed's tables become
 /// views with their columns (version 5's step then puts this replica's changes
-/// after the push cursor in the outbox). Nothing is lost: the step counts the changes on both sides and
-/// stops, changing nothing, when they differ.
+/// after the push cursor in the outbox). Nothing is lost: the step counts the
+/// changes on both sides and stops, changing nothing, when they differ.
 fn compact_log(tx: &Connection) -> Result<()> {
     tx.execute_batch(
         "ALTER TABLE ZV_CHANGE RENAME TO ZV_V3_CHANGE;

@@ -105,8 +105,8 @@ fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
 }
 
 /// Captured writes wait in the pending tables, and changes for the next push in
-/// the outbox: after a burst of writes both are emptied, and their pages (as large
-/// as the burst) stay in the file as free pages, which later writes reuse. A
+/// the outbox (compressed): after a burst of writes both are emptied, and their
+/// pages stay in the file as free pages, which later writes reuse. A
 /// database the app set to incremental auto-vacuum gets them back once they are a
 /// quarter of the file and at least 4 MiB. dimple does not turn auto-vacuum on
 /// itself: it makes every insert of the app's slower (by about a third, measured
