@@ -26,8 +26,8 @@ pub fn version(so: &Path) -> String {
 }
 
 /// The capture group's writes on a CRR table, through a plain connection that loaded
-/// the extension.
-pub fn writes_on(so: &Path, db: &Path, n: usize) -> rusqlite::Result<Times> {
+/// the extension; then the file's bytes (its WAL checkpointed into it).
+pub fn writes_on(so: &Path, db: &Path, n: usize) -> rusqlite::Result<(Times, u64)> {
     let conn = Connection::open(db)?;
     // SAFETY: loading a native extension that we built ourselves from its source.
     unsafe {
@@ -41,10 +41,11 @@ pub fn writes_on(so: &Path, db: &Path, n: usize) -> rusqlite::Result<Times> {
     // which a current nightly build turns into SQLITE_NOMEM; name the schema instead.
     conn.query_row("SELECT crsql_as_crr('main', 't')", [], |_| Ok(()))?;
     let times = capture::writes(&conn, n);
+    let bytes = capture::sizes(&conn).0;
     conn.query_row("SELECT crsql_finalize()", [], |_| Ok(()))?;
-    Ok(times)
+    Ok((times, bytes))
 }
 
-pub fn writes(so: &Path, db: &Path, n: usize) -> Result<Times, String> {
+pub fn writes(so: &Path, db: &Path, n: usize) -> Result<(Times, u64), String> {
     writes_on(so, db, n).map_err(|e| format!("loading or using {}: {e}", so.display()))
 }
