@@ -154,11 +154,7 @@ fn packed_outbox(tx: &Connection, from: i64) -> Result<()> {
     let me: String = meta::get(tx, "database_uuid")?.unwrap_or_default();
     if from < 4 {
         let through = meta::PushState::load(tx)?.through;
-        crate::outbox::fill(
-            tx,
-            "WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > ?2 ORDER BY l.id",
-            &[&me, &crate::outbox::after_value(&through)],
-        )?;
+        crate::outbox::rebuild(tx, &me, &through)?;
         return Ok(());
     }
     tx.execute_batch("ALTER TABLE ZV_OUTBOX RENAME TO ZV_V4_OUTBOX;")?;

@@ -61,12 +61,25 @@ pub enum Difference {
         rowid: Option<i64>,
         parent: String,
     },
+    /// The outbox does not hold exactly this replica's changes after the push
+    /// cursor: the next push would leave some behind (or send some twice).
+    /// `--repair` rebuilds it from the log.
+    Outbox {
+        in_log: i64,
+        waiting: i64,
+    },
 }
 
 impl Difference {
     /// Whether `--repair` can fix it from the log (a bad key or an orphan needs the app).
     pub fn repairable(&self) -> bool {
-        matches!(self, Difference::MissingRow { .. } | Difference::ExtraRow { .. } | Difference::Column { .. })
+        matches!(
+            self,
+            Difference::MissingRow { .. }
+                | Difference::ExtraRow { .. }
+                | Difference::Column { .. }
+                | Difference::Outbox { .. }
+        )
     }
 }
 
@@ -89,6 +102,10 @@ impl std::fmt::Display for Difference {
                 Some(rowid) => write!(f, "{table} (rowid {rowid}): foreign key names no row of {parent}"),
                 None => write!(f, "{table}: a row's foreign key names no row of {parent}"),
             },
+            Difference::Outbox { in_log, waiting } => write!(
+                f,
+                "the outbox holds {waiting} changes for the next push, but the log has {in_log} of this replica's after the push cursor"
+            ),
         }
     }
 }
@@ -253,10 +270,27 @@ fn shown(v: &Value) -> String {
 pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
     r.capture()?;
     let conn = &r.sync;
+    let me = r.id().to_owned();
     conn.execute_batch("BEGIN")?;
-    let out = check_all(conn);
+    let out = check_all(conn).and_then(|mut out| {
+        out.extend(outbox(conn, &me)?);
+        Ok(out)
+    });
     conn.execute_batch("COMMIT")?;
     out
+}
+
+/// Whether the outbox holds as many changes as the log has of this replica's
+/// after the push cursor (no write left behind by the next push).
+fn outbox(conn: &Connection, me: &str) -> Result<Option<Difference>> {
+    let through = crate::meta::PushState::load(conn)?.through;
+    let in_log: i64 = conn.query_row(
+        "SELECT count(*) FROM ZV_LOG WHERE author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND id > ?2",
+        rusqlite::params![me, crate::outbox::after_value(&through)],
+        |r| r.get(0),
+    )?;
+    let waiting = crate::outbox::unpushed_count(conn, &through)?;
+    Ok((in_log != waiting).then_some(Difference::Outbox { in_log, waiting }))
 }
 
 fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
@@ -343,8 +377,13 @@ fn orphans(conn: &Connection, table: &str) -> Result<Vec<Difference>> {
 /// Returns how many rows were rewritten.
 pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
     let now = crate::clock::rfc3339(r.hlc.now_ms());
+    let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut done = std::collections::BTreeSet::new();
+    if diffs.iter().any(|d| matches!(d, Difference::Outbox { .. })) {
+        let through = crate::meta::PushState::load(&tx)?.through;
+        crate::outbox::rebuild(&tx, &me, &through)?;
+    }
     for d in diffs {
         let (Difference::MissingRow { table, entity_id }
         | Difference::ExtraRow { table, entity_id }

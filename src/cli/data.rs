@@ -241,6 +241,9 @@ async fn verify(db: PathBuf, repair: bool, local: bool, store: StoreArgs, json: 
         if repair && repaired > 0 {
             println!("repaired {repaired} rows from the change log");
         }
+        if repair && diffs.iter().any(|d| matches!(d, verify::Difference::Outbox { .. })) {
+            println!("rebuilt the outbox from the change log: the next push sends every change it left out");
+        }
         for c in &comparisons {
             let tables =
                 if c.tables.is_empty() { String::new() } else { format!(" (tables: {})", c.tables.join(", ")) };
