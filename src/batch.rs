@@ -38,6 +38,18 @@ pub fn unpack<'b>(stored: &'b [u8], origin: &str) -> Result<std::borrow::Cow<'b,
 /// returns those bytes. `changes` are whole transactions in id order, all authored
 /// by `header.replica`.
 pub fn write(path: &Path, header: &Header, changes: &[Change], codec: &codec::Codec) -> Result<Vec<u8>> {
+    write_with(path, header, codec, |add| changes.iter().try_for_each(add))
+}
+
+/// [`write`] with the changes fed one at a time by `fill`, which hands each to the
+/// function it is given: a push never holds a whole batch of changes in memory,
+/// however large the transaction (a burst of writes captured at once is one).
+pub fn write_with(
+    path: &Path,
+    header: &Header,
+    codec: &codec::Codec,
+    fill: impl FnOnce(&mut dyn FnMut(&Change) -> Result<()>) -> Result<()>,
+) -> Result<Vec<u8>> {
     let sqlite = path.with_extension("sqlite");
     let _ = std::fs::remove_file(&sqlite);
     {
@@ -66,19 +78,29 @@ pub fn write(path: &Path, header: &Header, changes: &[Change], codec: &codec::Co
             let mut txn = conn.prepare("INSERT OR IGNORE INTO ZV_TRANSACTION(id, author) VALUES (?1, ?2)")?;
             let mut chg = conn.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
             // A transaction's changes come together: its row is written once.
-            let mut last_txn = None;
-            for c in changes {
-                if last_txn != Some(&c.transaction_id) {
+            let mut last_txn: Option<String> = None;
+            let mut n: i64 = 0;
+            fill(&mut |c: &Change| {
+                if last_txn.as_deref() != Some(c.transaction_id.as_str()) {
                     txn.execute(params![c.transaction_id, header.replica])?;
-                    last_txn = Some(&c.transaction_id);
+                    last_txn = Some(c.transaction_id.clone());
                 }
                 chg.execute(c.as_row())?;
+                n += 1;
+                Ok(())
+            })?;
+            // The header was written from a first reading of the same changes.
+            if n != header.change_count {
+                return Err(Error::Invalid(format!(
+                    "batch {} was to hold {} changes but was given {n}",
+                    header.batch_id, header.change_count
+                )));
             }
         }
         conn.execute_batch("COMMIT")?;
     }
-    let raw = std::fs::read(&sqlite).map_err(|e| Error::io(&sqlite, e))?;
-    let stored = codec.encode(Kind::Batch, &crate::layout::batch_key(&header.replica, &header.batch_id), raw)?;
+    let key = crate::layout::batch_key(&header.replica, &header.batch_id);
+    let stored = codec.encode_batch_file(&key, &sqlite)?;
     std::fs::write(path, &stored).map_err(|e| Error::io(path, e))?;
     let _ = std::fs::remove_file(&sqlite);
     Ok(stored)

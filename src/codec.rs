@@ -68,6 +68,18 @@ impl Codec {
         }
     }
 
+    /// The bytes to store under `key` for the batch whose SQLite file is at `path`,
+    /// compressed as it is read: only the compressed form is ever in memory.
+    pub fn encode_batch_file(&self, key: &str, path: &Path) -> Result<Vec<u8>> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let packed = zstd::stream::encode_all(std::io::BufReader::new(file), ZSTD_LEVEL)
+            .map_err(|e| Error::Invalid(format!("cannot compress a batch: {e}")))?;
+        match self {
+            Codec::Plain => Ok(packed),
+            Codec::Sealed(ring) => seal::seal(ring, key, &packed),
+        }
+    }
+
     /// The content of the object of `kind` stored under `key`. Input from the
     /// bucket is untrusted: whatever cannot be decoded is refused as bad data.
     pub fn decode<'b>(&self, kind: Kind, key: &str, stored: &'b [u8]) -> Result<Cow<'b, [u8]>> {

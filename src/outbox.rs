@@ -246,6 +246,46 @@ fn packets_after(conn: &Connection, after: &str) -> Result<Vec<(i64, Vec<u8>)>> 
 /// at a transaction's end (a transaction is never split, so it may go over).
 pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
     let mut out: Vec<Change> = Vec::new();
+    each_unpushed(conn, me, after, Until::Limit(limit), |c| {
+        out.push(c.clone());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Where [`each_unpushed`] stops.
+#[derive(Debug, Clone, Copy)]
+pub enum Until<'a> {
+    /// At the end of the transaction during which `limit` changes are reached.
+    Limit(usize),
+    /// After the change with this id (the end found by a first reading).
+    Through(&'a str),
+}
+
+/// What [`each_unpushed`] went through: the span of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub first_id: String,
+    pub last_id: String,
+    pub changes: usize,
+    pub transactions: usize,
+}
+
+/// Hands this replica's changes after `after` to `f`, in id order, one packet in
+/// memory at a time, until `until`; None when no change waits. A push reads them
+/// twice this way (what the batch holds, then the batch itself) rather than
+/// keeping them: a burst captured at once is one transaction, and so one batch,
+/// however many changes it has.
+pub fn each_unpushed(
+    conn: &Connection,
+    me: &str,
+    after: &str,
+    until: Until<'_>,
+    mut f: impl FnMut(&Change) -> Result<()>,
+) -> Result<Option<Span>> {
+    let mut span: Option<Span> = None;
+    let mut transactions = std::collections::HashSet::new();
+    let mut last_tx = String::new();
     let mut stmt = conn.prepare_cached("SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n")?;
     let mut rows = stmt.query([after_value(after)])?;
     while let Some(r) = rows.next()? {
@@ -253,13 +293,32 @@ pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) ->
             if c.id.as_str() <= after {
                 continue;
             }
-            if out.len() >= limit && out.last().is_some_and(|l| l.transaction_id != c.transaction_id) {
-                return Ok(out);
+            if let Some(s) = &span {
+                let done = match until {
+                    Until::Limit(limit) => s.changes >= limit && c.transaction_id != last_tx,
+                    Until::Through(last) => s.last_id.as_str() >= last,
+                };
+                if done {
+                    return Ok(span);
+                }
             }
-            out.push(c);
+            f(&c)?;
+            if c.transaction_id != last_tx {
+                transactions.insert(c.transaction_id.clone());
+                last_tx.clone_from(&c.transaction_id);
+            }
+            let s = span.get_or_insert_with(|| Span {
+                first_id: c.id.clone(),
+                last_id: String::new(),
+                changes: 0,
+                transactions: 0,
+            });
+            s.last_id = c.id;
+            s.changes += 1;
+            s.transactions = transactions.len();
         }
     }
-    Ok(out)
+    Ok(span)
 }
 
 /// How many of this replica's changes after `after` wait for a push.
@@ -430,6 +489,45 @@ mod tests {
         assert_eq!(unpushed_count(&c, &all.last().unwrap().id).unwrap(), 0);
         let packets: i64 = c.query_row("SELECT count(*) FROM ZV_OUTBOX", [], |r| r.get(0)).unwrap();
         assert_eq!(packets, 0);
+    }
+
+    /// The push reads the outbox twice: the span a first reading found is what the
+    /// second hands over, even when more changes were captured in between.
+    #[test]
+    fn a_second_reading_through_the_first_ones_end_gives_the_same_changes() {
+        let c = conn();
+        let tx = |i: u64| uuid::Uuid::from_u128(u128::from(i / 10)).to_string();
+        let mut p = Packer::new();
+        for i in 1..=95 {
+            p.add(&c, &change(i, &tx(i), None, Some(format!("{i}")), false)).unwrap();
+        }
+        p.finish(&c).unwrap();
+        let mut first = Vec::new();
+        let span = each_unpushed(&c, "me", "", Until::Limit(25), |ch| {
+            first.push(ch.clone());
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        // 25 reached inside transaction 2 (i = 20..=29): it ends at i = 29.
+        assert_eq!((span.changes, span.transactions), (29, 3));
+        assert_eq!((span.first_id.as_str(), span.last_id.as_str()), (first[0].id.as_str(), first[28].id.as_str()));
+        // More is captured before the second reading.
+        let mut p = Packer::new();
+        for i in 96..=120 {
+            p.add(&c, &change(i, &tx(i), None, None, false)).unwrap();
+        }
+        p.finish(&c).unwrap();
+        let mut second = Vec::new();
+        let again = each_unpushed(&c, "me", "", Until::Through(&span.last_id), |ch| {
+            second.push(ch.clone());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((again, second), (Some(span), first));
+        let none =
+            each_unpushed(&c, "me", &change(120, "", None, None, false).id, Until::Limit(1), |_| Ok(())).unwrap();
+        assert_eq!(none, None, "nothing after the last change");
     }
 
     #[test]

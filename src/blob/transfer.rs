@@ -74,11 +74,10 @@ impl Drop for Progress {
     }
 }
 
-/// Uploads every value `changes` reference that the bucket does not hold yet:
+/// Uploads every value of `refs` (what a batch references) that the bucket does not hold yet:
 /// called before the batch naming them is written, so no replica ever reads a
 /// reference whose bytes are not there.
-pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, changes: &[Change]) -> Result<Moved> {
-    let refs: BTreeSet<Ref> = changes.iter().filter_map(|c| reference(c.new_value.as_deref())).collect();
+pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, refs: BTreeSet<Ref>) -> Result<Moved> {
     if refs.is_empty() {
         return Ok(Moved::default());
     }

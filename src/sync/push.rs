@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::head::{Descriptor, Head, HeadBody};
 use crate::layout;
 use crate::meta::{self, Inflight, PushState};
+use crate::outbox::{self, Until};
 use crate::replica::Replica;
 use crate::store::{self, PutMode, Store, StoreError, Written};
 use crate::FORMAT;
@@ -38,26 +39,33 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     loop {
         let me = r.id().to_owned();
         let state = PushState::load(&r.sync)?;
-        let changes = crate::outbox::unpushed_after(&r.sync, &me, &state.through, r.opts.batch_changes)?;
-        let (Some(first), Some(last)) = (changes.first(), changes.last()) else { break };
+        // Read twice, never held whole: first what the batch spans and the values
+        // it stores out of line, then the changes themselves into the batch file.
+        let mut refs = std::collections::BTreeSet::new();
+        let span = outbox::each_unpushed(&r.sync, &me, &state.through, Until::Limit(r.opts.batch_changes), |c| {
+            refs.extend(crate::blob::reference(c.new_value.as_deref()));
+            Ok(())
+        })?;
+        let Some(span) = span else { break };
         // Every value the batch stores out of line is in the bucket before the batch.
-        report.blobs.add(crate::blob::transfer::send(r, store, &codec, &changes).await?);
+        report.blobs.add(crate::blob::transfer::send(r, store, &codec, refs).await?);
         let batch_id = r.hlc.tick().to_string();
-        let txns = changes.iter().map(|c| &c.transaction_id).collect::<std::collections::BTreeSet<_>>().len();
         let header = batch::Header {
             format: FORMAT,
             replica: me.clone(),
             batch_id: batch_id.clone(),
             prev_batch_id: state.batch_id.clone(),
             prev_sha256: state.sha256.clone(),
-            first_change_id: first.id.clone(),
-            last_change_id: last.id.clone(),
-            transaction_count: txns as i64,
-            change_count: changes.len() as i64,
+            first_change_id: span.first_id.clone(),
+            last_change_id: span.last_id.clone(),
+            transaction_count: span.transactions as i64,
+            change_count: span.changes as i64,
         };
-        let bytes = batch::write(&dir.join(format!("{batch_id}.db")), &header, &changes, &codec)?;
+        let bytes = batch::write_with(&dir.join(format!("{batch_id}.db")), &header, &codec, |add| {
+            outbox::each_unpushed(&r.sync, &me, &state.through, Until::Through(&span.last_id), add).map(|_| ())
+        })?;
         let sha256 = codec::sha256_hex(&bytes);
-        let (batch_count, change_count) = (state.batch_count + 1, state.change_count + changes.len() as i64);
+        let (batch_count, change_count) = (state.batch_count + 1, state.change_count + span.changes as i64);
         let body = HeadBody {
             format: FORMAT,
             replica: me.clone(),
@@ -66,8 +74,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
             batch_key: layout::batch_key(&me, &batch_id),
             batch_id: batch_id.clone(),
             sha256: sha256.clone(),
-            first_change_id: first.id.clone(),
-            last_change_id: last.id.clone(),
+            first_change_id: span.first_id.clone(),
+            last_change_id: span.last_id.clone(),
             batch_count,
             change_count,
             updated_at: clock::rfc3339(r.hlc.now_ms()),
@@ -77,8 +85,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         let inf = Inflight {
             batch_id,
             sha256,
-            through: last.id.clone(),
-            changes: changes.len(),
+            through: span.last_id.clone(),
+            changes: span.changes,
             batch_count,
             change_count,
             head: String::from_utf8(head.to_bytes()).expect("JSON is UTF-8"),
