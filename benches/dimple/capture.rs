@@ -10,6 +10,8 @@ use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The hidden child mode that pushes, so that its peak RSS is the push's own.
+pub const PUSH_CHILD_ARG: &str = "__push-child";
 pub const CREATE: &str = "CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c REAL)";
 const RUNS: usize = 3;
 
@@ -86,8 +88,12 @@ struct Tracked {
     /// Ids for the captured writes (`Replica::capture`, what the agent or the next
     /// sync does).
     ingest: f64,
-    /// The push that follows: the batch built and written to a local-directory bucket.
+    /// The push that follows: the batch built and written to a local-directory
+    /// bucket, in a child process.
     push: f64,
+    /// The pushing process's peak RSS, and its RSS before the push (kB).
+    push_hwm_kb: u64,
+    push_start_kb: u64,
     /// The file after the push, complete history, and the bytes of its pages in
     /// use (the rest are free pages the next writes reuse).
     file: u64,
@@ -114,18 +120,42 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     let changes = r.capture().unwrap();
     assert_eq!(changes, n * 5, "every insert is 4 changes, every update 1");
     let ingest = t.elapsed().as_secs_f64();
-    let rt = crate::runtime();
-    let store = rt.block_on(dimple::open_store(&url, None)).unwrap();
-    let t = Instant::now();
-    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
-    let push = t.elapsed().as_secs_f64();
-    assert_eq!(pushed.changes, n * 5);
+    drop(r);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(PUSH_CHILD_ARG)
+        .arg(&url)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "push child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("push child said {line:?}"))
+    };
+    assert_eq!(field("changes") as usize, n * 5);
+    let (push, push_hwm_kb, push_start_kb) = (field("secs"), field("hwm_kb") as u64, field("start_kb") as u64);
+    let mut r = Replica::open(&path, Options::default()).unwrap();
     let (file, in_use) = sizes(r.conn());
     dimple::retention::set(r.conn(), dimple::retention::Retention::Days(0)).unwrap();
     let pruned = dimple::retention::prune(&mut r).unwrap();
     assert_eq!(pruned.changes, n, "each update superseded one insert's value");
     let retained = sizes(r.conn()).1;
-    Tracked { times, ingest, push, file, in_use, retained }
+    Tracked { times, ingest, push, push_hwm_kb, push_start_kb, file, in_use, retained }
+}
+
+/// The child: `__push-child BUCKET DB`. Prints one line of key=value figures.
+pub fn push_child(args: &[String]) {
+    let [bucket, db] = args else { panic!("usage: {PUSH_CHILD_ARG} BUCKET DB") };
+    let start_kb = crate::apply::status_kb("VmRSS");
+    let mut r = Replica::open(Path::new(db), Options::default()).unwrap();
+    let rt = crate::runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let t = Instant::now();
+    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!("changes={} secs={secs} hwm_kb={} start_kb={start_kb}", pushed.changes, crate::apply::status_kb("VmHWM"));
 }
 
 pub fn run(dir: &Path, scale: f64, table: &mut Table) {
@@ -181,6 +211,16 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         None,
     );
     table.row("  then: the push (batch built, local bucket)", secs(push), String::new(), String::new(), "", None);
+    let (hwm, start) =
+        (mid(runs.iter().map(|t| t.push_hwm_kb as f64)), mid(runs.iter().map(|t| t.push_start_kb as f64)));
+    table.row(
+        "  peak RSS of the pushing process (VmHWM)",
+        format!("{:.0} MB", hwm / 1024.0),
+        format!("{:.0} MB", start / 1024.0),
+        String::new(),
+        "",
+        None,
+    );
     let rw = whole / (base_i + base_u);
     table.row(
         "whole capture path: writes + ids + batch",

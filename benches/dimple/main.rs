@@ -30,6 +30,10 @@ fn main() {
         apply::child(&args[1..]);
         return;
     }
+    if args.first().map(String::as_str) == Some(capture::PUSH_CHILD_ARG) {
+        capture::push_child(&args[1..]);
+        return;
+    }
     if args.first().map(String::as_str) == Some(clone::CHILD_ARG) {
         clone::child(&args[1..]);
         return;
