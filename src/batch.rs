@@ -192,6 +192,20 @@ impl Batch {
     /// Every change in id order, after checking that each belongs to a transaction of
     /// this batch authored by its replica and that the header's counts and bounds are true.
     pub fn changes(&self) -> Result<Vec<Change>> {
+        let mut out: Vec<Change> = Vec::with_capacity(self.header.change_count.clamp(0, 1 << 20) as usize);
+        self.each_change(|c| {
+            out.push(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Batch::changes`] handed to `f` one at a time, never all in memory: a
+    /// batch can hold a whole burst of writes (one transaction is never split).
+    /// The header is checked against the contents at the end: a caller that acts
+    /// on the changes as they come must be able to undo it (a transaction it rolls
+    /// back) when this fails.
+    pub fn each_change(&self, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
         let origin = &self.origin;
         let sqlerr = |e: rusqlite::Error| bad(origin, format!("unreadable batch: {e}"));
         let foreign: Option<String> = self
@@ -221,9 +235,9 @@ impl Batch {
             )
             .map_err(sqlerr)?;
         let mut rows = stmt.query([&self.header.replica]).map_err(sqlerr)?;
-        let mut out: Vec<Change> = Vec::with_capacity(self.header.change_count.clamp(0, 1 << 20) as usize);
         // The transaction id of the change before, already found and parsed.
         let mut last_txn: Option<String> = None;
+        let (mut count, mut first, mut last): (i64, Option<String>, Option<String>) = (0, None, None);
         while let Some(r) = rows.next().map_err(sqlerr)? {
             let c = crate::log::row_to_change(r).map_err(sqlerr)?;
             if parse_id(&c.id).is_none() {
@@ -238,18 +252,22 @@ impl Batch {
                 }
                 last_txn = Some(c.transaction_id.clone());
             }
-            out.push(c);
+            count += 1;
+            if first.is_none() {
+                first = Some(c.id.clone());
+            }
+            last = Some(c.id.clone());
+            f(c)?;
         }
         let h = &self.header;
-        let (first, last) = (out.first().map(|c| c.id.as_str()), out.last().map(|c| c.id.as_str()));
-        if out.len() as i64 != h.change_count
+        if count != h.change_count
             || txns.len() as i64 != h.transaction_count
-            || first != Some(h.first_change_id.as_str())
-            || last != Some(h.last_change_id.as_str())
+            || first.as_deref() != Some(h.first_change_id.as_str())
+            || last.as_deref() != Some(h.last_change_id.as_str())
         {
             return Err(bad(origin, "batch header does not match its contents (counts or first/last change id)"));
         }
-        Ok(out)
+        Ok(())
     }
 }
 

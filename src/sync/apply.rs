@@ -18,16 +18,24 @@ use std::path::Path;
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
 
-/// A downloaded batch whose every change passed the checks, not applied yet.
+/// A downloaded batch whose every change passed the checks, not applied yet. Its
+/// changes stay in the batch file: one batch can hold a whole burst of writes.
 pub struct Checked {
     pub header: batch::Header,
-    pub changes: Vec<Change>,
+    batch: batch::Batch,
+    /// The tables its changes name.
+    pub tables: std::collections::BTreeSet<String>,
+    /// The values it stores out of line that would land in a row (for prefetch).
+    pub references: crate::blob::transfer::Referenced,
 }
+
+/// Changes merged at a time when a batch is applied (one transaction whatever its
+/// size): a batch of the default size is one piece.
+const APPLY_CHUNK: usize = 10_000;
 
 /// Checks every change of a downloaded batch of replica `id`.
 pub fn check_batch(r: &Replica, id: &str, path: &Path, key: &str) -> Result<Checked> {
     let batch = batch::open(path, key, id)?;
-    let changes = batch.changes()?;
     let known = peers::get(&r.sync, id)?.unwrap_or_default();
     if let Some(last) = &known.last_change_id {
         if batch.header.first_change_id <= *last {
@@ -38,10 +46,17 @@ pub fn check_batch(r: &Replica, id: &str, path: &Path, key: &str) -> Result<Chec
         Some(v) => v.parse().map_err(|_| Error::Invalid(format!("{MAX_VALUE_KEY} {v:?} is not a number of bytes")))?,
         None => r.opts.max_value_bytes,
     };
-    for c in &changes {
-        check_change(r, key, c, cap)?;
-    }
-    Ok(Checked { header: batch.header, changes })
+    let mut tables = std::collections::BTreeSet::new();
+    let mut references = crate::blob::transfer::Referenced::default();
+    batch.each_change(|c| {
+        check_change(r, key, &c, cap)?;
+        references.see(&c);
+        if !tables.contains(&c.entity_type) {
+            tables.insert(c.entity_type);
+        }
+        Ok(())
+    })?;
+    Ok(Checked { header: batch.header.clone(), batch, tables, references })
 }
 
 /// Applies a checked batch in one transaction together with the replica's cursor.
@@ -53,23 +68,36 @@ pub fn commit_batch(
     key: &str,
     sha: &str,
 ) -> Result<(usize, std::collections::BTreeSet<String>)> {
-    let Checked { header, changes } = checked;
+    let Checked { header, batch, tables, .. } = checked;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
     changelog::ingest(&tx, &mut r.hlc, &me)?;
     {
         let merger = Merger::new(&tx)?;
-        merger.apply_many(&changes).map_err(|e| local_refusal(key, e))?;
+        let mut chunk: Vec<Change> = Vec::with_capacity(APPLY_CHUNK.min(header.change_count.max(0) as usize));
+        let merge = |chunk: &mut Vec<Change>| -> Result<()> {
+            merger.apply_many(chunk).map_err(|e| local_refusal(key, e))?;
+            chunk.clear();
+            Ok(())
+        };
+        batch.each_change(|c| {
+            chunk.push(c);
+            if chunk.len() >= APPLY_CHUNK {
+                merge(&mut chunk)?;
+            }
+            Ok(())
+        })?;
+        merge(&mut chunk)?;
     }
-    if let Some(last) = changes.last().and_then(|c| parse_id(&c.id)) {
+    if let Some(last) = parse_id(&header.last_change_id) {
         r.hlc.observe(&last);
     }
     changelog::save_clock(&tx, &r.hlc)?;
     let h = &header;
-    peers::batch_applied(&tx, id, &h.batch_id, sha, &h.last_change_id, changes.len() as i64)?;
+    peers::batch_applied(&tx, id, &h.batch_id, sha, &h.last_change_id, h.change_count)?;
     tx.commit()?;
-    Ok((changes.len(), changes.iter().map(|c| c.entity_type.clone()).collect()))
+    Ok((h.change_count as usize, tables))
 }
 
 /// Refuses a change that is malformed or too far in the future, before anything of

@@ -220,7 +220,7 @@ async fn pull_replica(
         let checked = apply::check_batch(r, id, &link.path, &link.key)?;
         // Values stored out of line are downloaded and checked before any of the
         // batch is applied.
-        report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.changes).await?);
+        report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.references).await?);
         let (n, tables) = apply::commit_batch(r, id, checked, &link.key, &link.sha256)?;
         report.batches += 1;
         report.changes += n;

@@ -247,3 +247,41 @@ fn applying_changes_in_any_order_or_twice_gives_the_same_table() -> TestResult {
     }
     Ok(())
 }
+
+/// A burst captured at once is one transaction, and so one batch, however large:
+/// the puller reads it from the batch file and merges it 10,000 changes at a
+/// time. Random inserts, updates and deletes of few rows, so that one row's
+/// changes fall on both sides of those boundaries (and on the writer's side, on
+/// the outbox's packet ends), give the same table on both replicas, equal to the
+/// merge rules applied to the log.
+#[test]
+fn a_burst_larger_than_a_batch_arrives_whole_in_one_batch() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xb0257);
+    let tx = a.conn().unchecked_transaction()?;
+    for i in 0..14_000 {
+        let k = format!("k{}", rng.gen_range(0..2500));
+        match rng.gen_range(0..6) {
+            0 => tx.execute("DELETE FROM t WHERE id = ?1", [&k])?,
+            1 => tx.execute("UPDATE t SET c = ?2 WHERE id = ?1", rusqlite::params![k, rng.gen::<f64>()])?,
+            _ => tx.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET a = ?2, b = ?3",
+                rusqlite::params![k, i, format!("v{}", rng.gen::<u32>()), rng.gen::<f64>()],
+            )?,
+        };
+    }
+    tx.commit()?;
+    let changes = a.capture()?;
+    assert!(changes > 25_000, "{changes} changes: more than two apply chunks");
+    let pushed = block_on(dimple::push(&mut a, &store))?;
+    assert_eq!((pushed.changes, pushed.batches), (changes, 1), "one transaction, one batch");
+    let pulled = block_on(dimple::pull(&mut b, &store))?;
+    assert_eq!(pulled.changes, changes);
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "b has a's table");
+    assert!(rows(b.conn(), "t") == model_of_log(b.conn(), &["a", "b", "c"]), "b's table is its log's winners");
+    assert_eq!(dimple::verify::check(&mut b)?, vec![]);
+    Ok(())
+}
