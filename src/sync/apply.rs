@@ -18,11 +18,14 @@ use std::path::Path;
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
 
-/// A downloaded batch whose every change passed the checks, not applied yet. Its
-/// changes stay in the batch file: one batch can hold a whole burst of writes.
+/// A downloaded batch whose every change passed the checks, not applied yet. A
+/// batch of up to [`APPLY_CHUNK`] changes is kept in memory; a larger one (a whole
+/// burst of writes can be one batch) stays in its file and is read again.
 pub struct Checked {
     pub header: batch::Header,
     batch: batch::Batch,
+    /// The changes, when there are at most [`APPLY_CHUNK`] of them.
+    kept: Option<Vec<Change>>,
     /// The tables its changes name.
     pub tables: std::collections::BTreeSet<String>,
     /// The values it stores out of line that would land in a row (for prefetch).
@@ -48,15 +51,20 @@ pub fn check_batch(r: &Replica, id: &str, path: &Path, key: &str) -> Result<Chec
     };
     let mut tables = std::collections::BTreeSet::new();
     let mut references = crate::blob::transfer::Referenced::default();
+    let mut kept = Some(Vec::with_capacity(APPLY_CHUNK.min(batch.header.change_count.max(0) as usize)));
     batch.each_change(|c| {
         check_change(r, key, &c, cap)?;
         references.see(&c);
         if !tables.contains(&c.entity_type) {
-            tables.insert(c.entity_type);
+            tables.insert(c.entity_type.clone());
+        }
+        match &mut kept {
+            Some(v) if v.len() < APPLY_CHUNK => v.push(c),
+            _ => kept = None,
         }
         Ok(())
     })?;
-    Ok(Checked { header: batch.header.clone(), batch, tables, references })
+    Ok(Checked { header: batch.header.clone(), batch, kept, tables, references })
 }
 
 /// Applies a checked batch in one transaction together with the replica's cursor.
@@ -68,27 +76,32 @@ pub fn commit_batch(
     key: &str,
     sha: &str,
 ) -> Result<(usize, std::collections::BTreeSet<String>)> {
-    let Checked { header, batch, tables, .. } = checked;
+    let Checked { header, batch, kept, tables, .. } = checked;
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
     changelog::ingest(&tx, &mut r.hlc, &me)?;
     {
         let merger = Merger::new(&tx)?;
-        let mut chunk: Vec<Change> = Vec::with_capacity(APPLY_CHUNK.min(header.change_count.max(0) as usize));
         let merge = |chunk: &mut Vec<Change>| -> Result<()> {
             merger.apply_many(chunk).map_err(|e| local_refusal(key, e))?;
             chunk.clear();
             Ok(())
         };
-        batch.each_change(|c| {
-            chunk.push(c);
-            if chunk.len() >= APPLY_CHUNK {
+        match kept {
+            Some(mut all) => merge(&mut all)?,
+            None => {
+                let mut chunk: Vec<Change> = Vec::with_capacity(APPLY_CHUNK);
+                batch.each_change(|c| {
+                    chunk.push(c);
+                    if chunk.len() >= APPLY_CHUNK {
+                        merge(&mut chunk)?;
+                    }
+                    Ok(())
+                })?;
                 merge(&mut chunk)?;
             }
-            Ok(())
-        })?;
-        merge(&mut chunk)?;
+        }
     }
     if let Some(last) = parse_id(&header.last_change_id) {
         r.hlc.observe(&last);
