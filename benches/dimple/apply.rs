@@ -65,17 +65,9 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         r.track("items", false).unwrap();
     }
     eprintln!("apply: fresh replica pulls {total} changes (child process)");
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe).arg(CHILD_ARG).arg(&bucket).arg(&db).output().unwrap();
-    if !out.status.success() {
-        panic!("pull child failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
-            .unwrap_or_else(|| panic!("child said {line:?}"))
-    };
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg(CHILD_ARG).arg(&bucket).arg(&db);
+    let field = crate::child(cmd, "pull");
     let (changes, secs_pull, cpu, hwm_kb, start_kb) =
         (field("changes"), field("secs"), field("cpu"), field("hwm_kb"), field("start_kb"));
     assert_eq!(changes as usize, total, "the pull applied every change");

@@ -121,19 +121,9 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     assert_eq!(changes, n * 5, "every insert is 4 changes, every update 1");
     let ingest = t.elapsed().as_secs_f64();
     drop(r);
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg(PUSH_CHILD_ARG)
-        .arg(&url)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "push child failed: {}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |name: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
-            .unwrap_or_else(|| panic!("push child said {line:?}"))
-    };
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.arg(PUSH_CHILD_ARG).arg(&url).arg(&path);
+    let field = crate::child(cmd, "push");
     assert_eq!(field("changes") as usize, n * 5);
     let (push, push_hwm_kb, push_start_kb) = (field("secs"), field("hwm_kb") as u64, field("start_kb") as u64);
     let mut r = Replica::open(&path, Options::default()).unwrap();

@@ -64,14 +64,7 @@ fn clone_child(bucket: &str, db: &Path, sealed: bool) -> (f64, f64) {
     if sealed {
         cmd.env("DIMPLE_PASSPHRASE", PASSPHRASE);
     }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "clone child failed: {}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8_lossy(&out.stdout).to_string();
-    let field = |name: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
-            .unwrap_or_else(|| panic!("child said {line:?}"))
-    };
+    let field = crate::child(cmd, "clone");
     (field("secs"), field("hwm_kb") / 1024.0)
 }
 

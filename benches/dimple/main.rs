@@ -18,6 +18,21 @@ mod many;
 mod netcost;
 mod report;
 
+/// Runs this bench binary in one of its hidden child modes (`cmd` holds the mode
+/// and its arguments), so that its figures, peak RSS above all, are its own; returns
+/// the figure named `name` of the one `key=value` line it prints.
+pub fn child(mut cmd: std::process::Command, what: &str) -> impl Fn(&str) -> f64 {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{what} child failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let what = what.to_owned();
+    move |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(|v| v.parse().unwrap()))
+            .unwrap_or_else(|| panic!("{what} child said {line:?}"))
+    }
+}
+
 use report::Table;
 use std::time::Instant;
 
