@@ -95,6 +95,31 @@ impl Codec {
         }
     }
 
+    /// [`Codec::decode`] of a batch into the file at `path`, decompressed as it is
+    /// written: only the stored (compressed) bytes are in memory, not the SQLite
+    /// file, which can be tens of megabytes for one burst of writes.
+    pub fn decode_batch_to_file(&self, key: &str, stored: &[u8], path: &Path) -> Result<()> {
+        let packed = match self {
+            Codec::Plain if seal::is_sealed(stored) => return Err(not_in_group(key)),
+            Codec::Plain => Cow::Borrowed(stored),
+            Codec::Sealed(ring) => Cow::Owned(seal::open(ring, key, stored)?),
+        };
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        if !packed.starts_with(&ZSTD_MAGIC) {
+            std::io::Write::write_all(&mut out, &packed).map_err(|e| Error::io(path, e))?;
+        } else {
+            use std::io::Read;
+            let bad = |e: std::io::Error| Error::bad(key, format!("not a readable compressed batch: {e}"));
+            let decoder = zstd::stream::read::Decoder::with_buffer(&packed[..]).map_err(bad)?;
+            let n = std::io::copy(&mut decoder.take(MAX_UNPACKED + 1), &mut out).map_err(bad)?;
+            if n > MAX_UNPACKED {
+                return Err(Error::bad(key, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
+            }
+        }
+        std::io::Write::flush(&mut out).map_err(|e| Error::io(path, e))
+    }
+
     /// Turns the file at `path` (the content of the object stored under `key`)
     /// into its stored form, in place, in bounded memory.
     pub fn encode_file(&self, kind: Kind, key: &str, path: &Path) -> Result<()> {
@@ -159,6 +184,21 @@ fn unpack_batch<'b>(stored: &'b [u8], origin: &str) -> Result<Cow<'b, [u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_decoded_into_its_file_in_either_form_and_a_broken_frame_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let stored = Codec::Plain.encode(Kind::Batch, "b", plain.clone()).unwrap();
+        Codec::Plain.decode_batch_to_file("b", &stored, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), plain);
+        Codec::Plain.decode_batch_to_file("b", &plain, &path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), plain, "an uncompressed batch of an earlier build");
+        let cut = &stored[..stored.len() / 2];
+        let err = Codec::Plain.decode_batch_to_file("b", cut, &path).unwrap_err();
+        assert!(err.to_string().contains("not a readable compressed batch"), "{err}");
+    }
 
     #[test]
     fn a_batch_is_stored_compressed_and_read_back_in_either_form() {

@@ -2,7 +2,7 @@
 //! its signed head and back to the batch we applied last.
 
 use crate::batch;
-use crate::codec::{self, Codec, Kind};
+use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::head::HeadBody;
 use crate::layout;
@@ -55,11 +55,11 @@ async fn download(
         return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
     }
     let path = spool.join(format!("{id}-{batch_id}.db"));
-    let (file, decoded) = match codec.decode(Kind::Batch, &key, &bytes) {
-        Ok(sqlite) => (sqlite, Ok(())),
-        Err(e) => (std::borrow::Cow::Borrowed(&bytes[..]), Err(e)),
-    };
-    std::fs::write(&path, &*file).map_err(|e| Error::io(&path, e))?;
+    let decoded = codec.decode_batch_to_file(&key, &bytes, &path);
+    if decoded.is_err() {
+        // Kept as it came: it is refused for its hash first, if that is wrong.
+        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+    }
     Ok(Fetched { path, sha256: codec::sha256_hex(&bytes), decoded })
 }
 
