@@ -237,7 +237,7 @@ impl Batch {
         let mut rows = stmt.query([&self.header.replica]).map_err(sqlerr)?;
         // The transaction id of the change before, already found and parsed.
         let mut last_txn: Option<String> = None;
-        let (mut count, mut first, mut last): (i64, Option<String>, Option<String>) = (0, None, None);
+        let (mut count, mut first, mut last) = (0i64, None::<String>, String::new());
         while let Some(r) = rows.next().map_err(sqlerr)? {
             let c = crate::log::row_to_change(r).map_err(sqlerr)?;
             if parse_id(&c.id).is_none() {
@@ -256,14 +256,14 @@ impl Batch {
             if first.is_none() {
                 first = Some(c.id.clone());
             }
-            last = Some(c.id.clone());
+            last.clone_from(&c.id);
             f(c)?;
         }
         let h = &self.header;
         if count != h.change_count
             || txns.len() as i64 != h.transaction_count
             || first.as_deref() != Some(h.first_change_id.as_str())
-            || last.as_deref() != Some(h.last_change_id.as_str())
+            || last != h.last_change_id
         {
             return Err(bad(origin, "batch header does not match its contents (counts or first/last change id)"));
         }

@@ -58,37 +58,42 @@ impl Codec {
     /// The bytes to store under `key` for an object of `kind` whose content is `plain`.
     pub fn encode(&self, kind: Kind, key: &str, plain: Vec<u8>) -> Result<Vec<u8>> {
         let packed = match kind {
-            Kind::Batch => zstd::bulk::compress(&plain, ZSTD_LEVEL)
-                .map_err(|e| Error::Invalid(format!("cannot compress a batch: {e}")))?,
+            Kind::Batch => zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(cannot_compress)?,
             _ => plain,
         };
-        match self {
-            Codec::Plain => Ok(packed),
-            Codec::Sealed(ring) => seal::seal(ring, key, &packed),
-        }
+        self.seal(key, packed)
     }
 
     /// The bytes to store under `key` for the batch whose SQLite file is at `path`,
     /// compressed as it is read: only the compressed form is ever in memory.
     pub fn encode_batch_file(&self, key: &str, path: &Path) -> Result<Vec<u8>> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let packed = zstd::stream::encode_all(std::io::BufReader::new(file), ZSTD_LEVEL)
-            .map_err(|e| Error::Invalid(format!("cannot compress a batch: {e}")))?;
+        let packed = zstd::stream::encode_all(std::io::BufReader::new(file), ZSTD_LEVEL).map_err(cannot_compress)?;
+        self.seal(key, packed)
+    }
+
+    /// `packed` as stored under `key`: sealed in an encrypted group.
+    fn seal(&self, key: &str, packed: Vec<u8>) -> Result<Vec<u8>> {
         match self {
             Codec::Plain => Ok(packed),
             Codec::Sealed(ring) => seal::seal(ring, key, &packed),
         }
     }
 
+    /// The bytes inside the envelope of what is stored under `key` (the bytes
+    /// themselves in the clear, where a sealed object is refused).
+    fn open<'b>(&self, key: &str, stored: &'b [u8]) -> Result<Cow<'b, [u8]>> {
+        match self {
+            Codec::Plain if seal::is_sealed(stored) => Err(not_in_group(key)),
+            Codec::Plain => Ok(Cow::Borrowed(stored)),
+            Codec::Sealed(ring) => Ok(Cow::Owned(seal::open(ring, key, stored)?)),
+        }
+    }
+
     /// The content of the object of `kind` stored under `key`. Input from the
     /// bucket is untrusted: whatever cannot be decoded is refused as bad data.
     pub fn decode<'b>(&self, kind: Kind, key: &str, stored: &'b [u8]) -> Result<Cow<'b, [u8]>> {
-        let packed = match self {
-            Codec::Plain if seal::is_sealed(stored) => return Err(not_in_group(key)),
-            Codec::Plain => Cow::Borrowed(stored),
-            Codec::Sealed(ring) => Cow::Owned(seal::open(ring, key, stored)?),
-        };
-        match (kind, packed) {
+        match (kind, self.open(key, stored)?) {
             (Kind::Batch, Cow::Borrowed(b)) => unpack_batch(b, key),
             (Kind::Batch, Cow::Owned(b)) => Ok(Cow::Owned(unpack_batch(&b, key)?.into_owned())),
             (_, packed) => Ok(packed),
@@ -99,23 +104,13 @@ impl Codec {
     /// written: only the stored (compressed) bytes are in memory, not the SQLite
     /// file, which can be tens of megabytes for one burst of writes.
     pub fn decode_batch_to_file(&self, key: &str, stored: &[u8], path: &Path) -> Result<()> {
-        let packed = match self {
-            Codec::Plain if seal::is_sealed(stored) => return Err(not_in_group(key)),
-            Codec::Plain => Cow::Borrowed(stored),
-            Codec::Sealed(ring) => Cow::Owned(seal::open(ring, key, stored)?),
-        };
+        let packed = self.open(key, stored)?;
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let mut out = std::io::BufWriter::new(file);
-        if !packed.starts_with(&ZSTD_MAGIC) {
-            std::io::Write::write_all(&mut out, &packed).map_err(|e| Error::io(path, e))?;
+        if packed.starts_with(&ZSTD_MAGIC) {
+            unzstd_batch(&packed, key, &mut out)?;
         } else {
-            use std::io::Read;
-            let bad = |e: std::io::Error| Error::bad(key, format!("not a readable compressed batch: {e}"));
-            let decoder = zstd::stream::read::Decoder::with_buffer(&packed[..]).map_err(bad)?;
-            let n = std::io::copy(&mut decoder.take(MAX_UNPACKED + 1), &mut out).map_err(bad)?;
-            if n > MAX_UNPACKED {
-                return Err(Error::bad(key, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
-            }
+            std::io::Write::write_all(&mut out, &packed).map_err(|e| Error::io(path, e))?;
         }
         std::io::Write::flush(&mut out).map_err(|e| Error::io(path, e))
     }
@@ -164,21 +159,32 @@ fn not_in_group(key: &str) -> Error {
     Error::bad(key, "encrypted with a group key, but this replica is not in an encrypted group")
 }
 
+fn cannot_compress(e: std::io::Error) -> Error {
+    Error::Invalid(format!("cannot compress a batch: {e}"))
+}
+
 /// The SQLite file inside a stored batch: unpacked when compressed, as is otherwise
 /// (opening it then says whether it is a batch at all).
 fn unpack_batch<'b>(stored: &'b [u8], origin: &str) -> Result<Cow<'b, [u8]>> {
     if !stored.starts_with(&ZSTD_MAGIC) {
         return Ok(Cow::Borrowed(stored));
     }
+    let mut out = Vec::new();
+    unzstd_batch(stored, origin, &mut out)?;
+    Ok(Cow::Owned(out))
+}
+
+/// Unpacks the zstd frame of a batch into `out`, refusing a broken frame and one
+/// that unpacks to more than [`MAX_UNPACKED`] bytes.
+fn unzstd_batch(packed: &[u8], origin: &str, out: &mut impl std::io::Write) -> Result<()> {
     use std::io::Read;
     let bad = |e: std::io::Error| Error::bad(origin, format!("not a readable compressed batch: {e}"));
-    let decoder = zstd::stream::read::Decoder::with_buffer(stored).map_err(bad)?;
-    let mut out = Vec::new();
-    decoder.take(MAX_UNPACKED + 1).read_to_end(&mut out).map_err(bad)?;
-    if out.len() as u64 > MAX_UNPACKED {
+    let decoder = zstd::stream::read::Decoder::with_buffer(packed).map_err(bad)?;
+    let n = std::io::copy(&mut decoder.take(MAX_UNPACKED + 1), out).map_err(bad)?;
+    if n > MAX_UNPACKED {
         return Err(Error::bad(origin, format!("batch unpacks to more than {MAX_UNPACKED} bytes")));
     }
-    Ok(Cow::Owned(out))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -234,14 +234,6 @@ fn unpack(packed: &[u8], changes: i64, me: &str) -> Result<Vec<Change>> {
     Ok(out)
 }
 
-/// The packets holding a change after `after`, in order: (changes, packed).
-fn packets_after(conn: &Connection, after: &str) -> Result<Vec<(i64, Vec<u8>)>> {
-    Ok(conn
-        .prepare_cached("SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n")?
-        .query_map([after_value(after)], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?)
-}
-
 /// Up to about `limit` of this replica's changes after `after`, in id order, ending
 /// at a transaction's end (a transaction is never split, so it may go over).
 pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
@@ -351,13 +343,10 @@ pub fn unpushed_values(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<std::collections::HashSet<String>> {
     let mut out = std::collections::HashSet::new();
-    for (n, packed) in packets_after(conn, after)? {
-        for c in unpack(&packed, n, "")? {
-            if c.id.as_str() > after {
-                out.extend(c.new_value.filter(|v| wanted(v)));
-            }
-        }
-    }
+    each_unpushed(conn, "", after, Until::Limit(usize::MAX), |c| {
+        out.extend(c.new_value.as_deref().filter(|v| wanted(v)).map(str::to_owned));
+        Ok(())
+    })?;
     Ok(out)
 }
 
