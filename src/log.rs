@@ -134,6 +134,7 @@ pub struct Log<'c> {
     last_tx: RefCell<Option<(String, i64, i64)>>,
     insert: RefCell<Statement<'c>>,
     newer: RefCell<Statement<'c>>,
+    known: RefCell<Statement<'c>>,
 }
 
 impl<'c> Log<'c> {
@@ -156,6 +157,9 @@ impl<'c> Log<'c> {
                      AND (g.id > ?4 OR (g.author_n <> ?5 AND (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n)
                                                            > (SELECT id FROM ZV_AUTHOR WHERE n = ?5))))",
             )?),
+            known: RefCell::new(
+                conn.prepare("SELECT EXISTS (SELECT 1 FROM ZV_LOG WHERE type_n = ?1 AND entity_id = ?2)")?,
+            ),
         })
     }
 
@@ -232,6 +236,13 @@ impl<'c> Log<'c> {
         Ok(new.then_some(s))
     }
 
+    /// Whether the log holds any change of row `entity_id` of table number `type_n`.
+    /// A pull asks once per row: when it holds none, the winner of each of the
+    /// row's cells is found among the pulled changes alone, without a seek per change.
+    pub fn knows_entity(&self, type_n: i64, entity_id: &str) -> Result<bool> {
+        Ok(self.known.borrow_mut().query_row(params![type_n, entity_id], |r| r.get(0))?)
+    }
+
     /// Whether the stored change `s` of `entity_id` is its cell's winner.
     pub fn wins(&self, s: &Stored, entity_id: &str) -> Result<bool> {
         let newer: bool = self
@@ -240,6 +251,16 @@ impl<'c> Log<'c> {
             .query_row(params![s.type_n, entity_id, s.attr_n, s.id, s.author_n], |r| r.get(0))?;
         Ok(!newer)
     }
+}
+
+/// The merge order of two changes of one cell, (`id`, `author`) against
+/// (`other_id`, `other_author`): the id as the log stores and compares it (a
+/// canonical UUID's 16 bytes sort after any id kept as text, each kind bytewise),
+/// then the author's id text. The same rule as [`Log::wins`] and
+/// [`superseded_sql`], for a cell whose changes the caller holds in memory.
+pub fn merge_order(id: &str, author: &str, other_id: &str, other_author: &str) -> std::cmp::Ordering {
+    let stored = |id: &str| crate::layout::is_canonical_uuid(id);
+    (stored(id), id, author).cmp(&(stored(other_id), other_id, other_author))
 }
 
 /// `key`'s number from `memo`, or from `look` the first time.
@@ -430,4 +451,52 @@ fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
         }
     }
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An id as remote input may hold it: canonical UUIDs (stored as bytes) from a
+    /// few values, so that ties happen, and text that is not one.
+    fn any_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..4).prop_map(|i| format!("0190a000-0000-7000-8000-00000000000{i}")),
+            (0u8..4).prop_map(|i| format!("0190A000-0000-7000-8000-00000000000{i}")),
+            "[0-9a-z-]{0,6}",
+        ]
+    }
+
+    proptest! {
+        /// The winner a batch finds in memory is the one the log's seek finds.
+        #[test]
+        fn merge_order_picks_the_winner_the_log_picks(
+            changes in proptest::collection::vec((any_id(), "[a-c]{1,2}"), 1..12)
+        ) {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(crate::migrate::SCHEMA).unwrap();
+            let log = Log::new(&conn).unwrap();
+            let mut stored = Vec::new();
+            for (id, author) in &changes {
+                let c = Change {
+                    id: id.clone(),
+                    transaction_id: "tx".into(),
+                    entity_type: "t".into(),
+                    entity_id: "k".into(),
+                    attribute: "a".into(),
+                    old_value: None,
+                    new_value: Some("1".into()),
+                    author: author.clone(),
+                };
+                if let Some(s) = log.insert(&c).unwrap() {
+                    stored.push((s, id.as_str(), author.as_str()));
+                }
+            }
+            for (s, id, author) in &stored {
+                let greatest = stored.iter().all(|(_, i, a)| merge_order(id, author, i, a).is_ge());
+                prop_assert_eq!(log.wins(s, "k").unwrap(), greatest, "{} by {}", id, author);
+            }
+        }
+    }
 }

