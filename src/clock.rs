@@ -99,6 +99,25 @@ pub struct DriftError {
     pub max_ms: u64,
 }
 
+/// How far ahead of the wall clock an id may be ([`Hlc::drift`]).
+#[derive(Clone)]
+pub struct Drift {
+    clock: Arc<dyn Clock>,
+    max_ms: u64,
+}
+
+impl Drift {
+    /// Refuses an id that lies beyond the limit.
+    pub fn check(&self, id: &Uuid) -> Result<(), DriftError> {
+        let ms = stamp_of(id).ms;
+        let now = self.clock.now_ms();
+        if ms > now.saturating_add(self.max_ms) {
+            return Err(DriftError { id: id.to_string(), ahead_ms: ms - now, max_ms: self.max_ms });
+        }
+        Ok(())
+    }
+}
+
 pub struct Hlc {
     clock: Arc<dyn Clock>,
     last: Stamp,
@@ -130,12 +149,13 @@ impl Hlc {
 
     /// Refuses an id that lies beyond the drift limit; does not move the clock.
     pub fn check_drift(&self, id: &Uuid) -> Result<(), DriftError> {
-        let ms = stamp_of(id).ms;
-        let now = self.clock.now_ms();
-        if ms > now.saturating_add(self.max_drift_ms) {
-            return Err(DriftError { id: id.to_string(), ahead_ms: ms - now, max_ms: self.max_drift_ms });
-        }
-        Ok(())
+        self.drift().check(id)
+    }
+
+    /// The drift limit on its own: it reads only the wall clock, so a batch can be
+    /// checked against it on another thread while this clock moves on.
+    pub fn drift(&self) -> Drift {
+        Drift { clock: self.clock.clone(), max_ms: self.max_drift_ms }
     }
 
     /// Moves the clock past an applied remote id so later local ids sort after it.

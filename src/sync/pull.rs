@@ -216,8 +216,16 @@ async fn pull_replica(
         }
         other => other?,
     };
-    for link in chain.iter().rev() {
-        let checked = apply::check_batch(r, id, &link.path, &link.key)?;
+    // Each batch is checked on a thread of its own while the one before it is merged.
+    let links: Vec<&chain::Link> = chain.iter().rev().collect();
+    let start =
+        |checker: &apply::Checker, l: &chain::Link| apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone());
+    let mut checker = apply::Checker::new(r, id)?;
+    let mut ahead = links.first().map(|l| start(&checker, l));
+    for (i, link) in links.iter().enumerate() {
+        let checked = ahead.take().expect("each batch's check is started before it").finish()?;
+        checker = checker.after(&checked.header);
+        ahead = links.get(i + 1).map(|l| start(&checker, l));
         // Values stored out of line are downloaded and checked before any of the
         // batch is applied.
         report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.references).await?);

@@ -25,8 +25,20 @@ fn forge(
     edit_changes: impl FnOnce(&mut Vec<Change>),
     edit_file: impl FnOnce(&std::path::Path),
 ) -> String {
-    let base = &s.a_base;
-    let mut changes = dimple::outbox::unpushed_after(s.a.conn(), s.a.id(), &base.last_change_id, 100_000).unwrap();
+    forge_on(s, &s.a_base, &s.a_base.last_change_id, edit_header, edit_changes, edit_file).0
+}
+
+/// [`forge`] of `a`'s changes after id `from`, as the batch following `base`;
+/// returns its key and the head that names it.
+fn forge_on(
+    s: &Scene,
+    base: &HeadBody,
+    from: &str,
+    edit_header: impl FnOnce(&mut Header),
+    edit_changes: impl FnOnce(&mut Vec<Change>),
+    edit_file: impl FnOnce(&std::path::Path),
+) -> (String, HeadBody) {
+    let mut changes = dimple::outbox::unpushed_after(s.a.conn(), s.a.id(), from, 100_000).unwrap();
     edit_changes(&mut changes);
     s.g.clock.advance(1);
     let batch_id = dimple::clock::random_v7(&s.g.clock).to_string();
@@ -63,8 +75,8 @@ fn forge(
     };
     s.put(&key, bytes);
     let signing = dimple::trust::load(&dimple::replica::side_dir(s.a.path()).join("replica.key")).unwrap();
-    s.put(&layout::head_key(s.a.id()), Head::sign(body, &signing).to_bytes());
-    key
+    s.put(&layout::head_key(s.a.id()), Head::sign(body.clone(), &signing).to_bytes());
+    (key, body)
 }
 
 /// Runs a forged attack on the standard scene and checks refusal and recovery.
@@ -83,6 +95,26 @@ fn forged_attack(
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(s.has("a2") && dimple::status::status(&s.b).unwrap().problems.is_empty());
     s.later_change_syncs(false);
+}
+
+/// A batch's changes come after the last change of the batch before it. Here a
+/// second batch repeats the first one's changes, and both arrive in one pull (the
+/// second is checked while the first is merged): the first applies, the second is
+/// refused.
+#[test]
+fn a_batch_starting_before_the_end_of_the_batch_before_it_is_refused() {
+    let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+    let from = s.a_base.last_change_id.clone();
+    let (_, first) = forge_on(&s, &s.a_base, &from, no_edit, no_edit, |_| {});
+    let (second, _) = forge_on(&s, &first, &from, no_edit, no_edit, |_| {});
+    let report = s.pull();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    assert!(problem.starts_with(&format!("{second}: ")) && problem.contains("change ids go backwards"), "{problem}");
+    assert!(s.has("a2") && s.has("c2"), "the first batch and the honest replica applied");
+    let logged: i64 =
+        s.b.conn().query_row("SELECT count(*) FROM ZV_CHANGE WHERE entity_id = 'a2'", [], |r| r.get(0)).unwrap();
+    assert_eq!(logged as usize, 4, "a2's changes once: the row and its three columns");
 }
 
 fn sql(path: &std::path::Path, statement: &str) {
