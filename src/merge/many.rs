@@ -54,9 +54,11 @@ impl<'c> Merger<'c> {
     /// Merges `changes` (checked by the caller) and writes every touched row of a
     /// tracked table once. Returns how many changes won.
     pub fn apply_many(&self, changes: &[Change]) -> Result<usize> {
-        let mut order: Vec<(&str, &str)> = Vec::new();
-        let mut touched: HashMap<(&str, &str), Touched> = HashMap::new();
-        let mut seen: HashMap<(&str, &str), Seen> = HashMap::new();
+        // Sized for rows of a few changes each, so that the maps seldom grow.
+        let rows = changes.len() / 4 + 1;
+        let mut order: Vec<(&str, &str)> = Vec::with_capacity(rows);
+        let mut touched: HashMap<(&str, &str), Touched> = HashMap::with_capacity(rows);
+        let mut seen: HashMap<(&str, &str), Seen> = HashMap::with_capacity(rows);
         let mut won = 0;
         for c in changes {
             let row = (c.entity_type.as_str(), c.entity_id.as_str());
@@ -65,7 +67,9 @@ impl<'c> Merger<'c> {
                 Entry::Vacant(e) => {
                     // Asked before any change of the row is stored: the log as it was.
                     let known = self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)?;
-                    e.insert(Seen { known, best: Vec::new() })
+                    // One cell per column and the row's own, when the table is tracked here.
+                    let cells = self.tables.get(&c.entity_type).map_or(4, |t| t.columns.len() + 1);
+                    e.insert(Seen { known, best: Vec::with_capacity(if known { 0 } else { cells }) })
                 }
             };
             if self.merge_log_in(c, s)? != Outcome::Won {
@@ -80,7 +84,8 @@ impl<'c> Merger<'c> {
             }
             let t = touched.entry(row).or_insert_with(|| {
                 order.push(row);
-                Touched::default()
+                let columns = Vec::with_capacity(info.columns.len());
+                Touched { columns, ..Touched::default() }
             });
             match column {
                 None => {
