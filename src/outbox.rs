@@ -238,20 +238,11 @@ fn unpack(packed: &[u8], changes: i64, me: &str) -> Result<Vec<Change>> {
 /// at a transaction's end (a transaction is never split, so it may go over).
 pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) -> Result<Vec<Change>> {
     let mut out: Vec<Change> = Vec::new();
-    each_unpushed(conn, me, after, Until::Limit(limit), |c| {
+    each_unpushed(conn, me, after, limit, |c| {
         out.push(c.clone());
         Ok(())
     })?;
     Ok(out)
-}
-
-/// Where [`each_unpushed`] stops.
-#[derive(Debug, Clone, Copy)]
-pub enum Until<'a> {
-    /// At the end of the transaction during which `limit` changes are reached.
-    Limit(usize),
-    /// After the change with this id (the end found by a first reading).
-    Through(&'a str),
 }
 
 /// What [`each_unpushed`] went through: the span of a batch.
@@ -264,15 +255,15 @@ pub struct Span {
 }
 
 /// Hands this replica's changes after `after` to `f`, in id order, one packet in
-/// memory at a time, until `until`; None when no change waits. A push reads them
-/// twice this way (what the batch holds, then the batch itself) rather than
-/// keeping them: a burst captured at once is one transaction, and so one batch,
-/// however many changes it has.
+/// memory at a time, up to the end of the transaction during which `limit`
+/// changes are reached; None when no change waits. A push writes them into its
+/// batch file as they come rather than keeping them: a burst captured at once is
+/// one transaction, and so one batch, however many changes it has.
 pub fn each_unpushed(
     conn: &Connection,
     me: &str,
     after: &str,
-    until: Until<'_>,
+    limit: usize,
     mut f: impl FnMut(&Change) -> Result<()>,
 ) -> Result<Option<Span>> {
     let mut span: Option<Span> = None;
@@ -286,11 +277,7 @@ pub fn each_unpushed(
                 continue;
             }
             if let Some(s) = &span {
-                let done = match until {
-                    Until::Limit(limit) => s.changes >= limit && c.transaction_id != last_tx,
-                    Until::Through(last) => s.last_id.as_str() >= last,
-                };
-                if done {
+                if s.changes >= limit && c.transaction_id != last_tx {
                     return Ok(span);
                 }
             }
@@ -343,7 +330,7 @@ pub fn unpushed_values(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<std::collections::HashSet<String>> {
     let mut out = std::collections::HashSet::new();
-    each_unpushed(conn, "", after, Until::Limit(usize::MAX), |c| {
+    each_unpushed(conn, "", after, usize::MAX, |c| {
         out.extend(c.new_value.as_deref().filter(|v| wanted(v)).map(str::to_owned));
         Ok(())
     })?;
@@ -480,42 +467,28 @@ mod tests {
         assert_eq!(packets, 0);
     }
 
-    /// The push reads the outbox twice: the span a first reading found is what the
-    /// second hands over, even when more changes were captured in between.
+    /// A reading stops at the end of the transaction during which the limit is
+    /// reached, and its span says what it handed over.
     #[test]
-    fn a_second_reading_through_the_first_ones_end_gives_the_same_changes() {
+    fn a_reading_stops_at_the_end_of_the_transaction_that_reaches_the_limit() {
         let c = conn();
         let tx = |i: u64| uuid::Uuid::from_u128(u128::from(i / 10)).to_string();
         let mut p = Packer::new();
-        for i in 1..=95 {
+        for i in 1..=120 {
             p.add(&c, &change(i, &tx(i), None, Some(format!("{i}")), false)).unwrap();
         }
         p.finish(&c).unwrap();
         let mut first = Vec::new();
-        let span = each_unpushed(&c, "me", "", Until::Limit(25), |ch| {
+        let span = each_unpushed(&c, "me", "", 25, |ch| {
             first.push(ch.clone());
             Ok(())
         })
         .unwrap()
         .unwrap();
         // 25 reached inside transaction 2 (i = 20..=29): it ends at i = 29.
-        assert_eq!((span.changes, span.transactions), (29, 3));
+        assert_eq!((span.changes, span.transactions, first.len()), (29, 3, 29));
         assert_eq!((span.first_id.as_str(), span.last_id.as_str()), (first[0].id.as_str(), first[28].id.as_str()));
-        // More is captured before the second reading.
-        let mut p = Packer::new();
-        for i in 96..=120 {
-            p.add(&c, &change(i, &tx(i), None, None, false)).unwrap();
-        }
-        p.finish(&c).unwrap();
-        let mut second = Vec::new();
-        let again = each_unpushed(&c, "me", "", Until::Through(&span.last_id), |ch| {
-            second.push(ch.clone());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!((again, second), (Some(span), first));
-        let none =
-            each_unpushed(&c, "me", &change(120, "", None, None, false).id, Until::Limit(1), |_| Ok(())).unwrap();
+        let none = each_unpushed(&c, "me", &change(120, "", None, None, false).id, 1, |_| Ok(())).unwrap();
         assert_eq!(none, None, "nothing after the last change");
     }
 

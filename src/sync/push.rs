@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::head::{Descriptor, Head, HeadBody};
 use crate::layout;
 use crate::meta::{self, Inflight, PushState};
-use crate::outbox::{self, Until};
+use crate::outbox;
 use crate::replica::Replica;
 use crate::store::{self, PutMode, Store, StoreError, Written};
 use crate::FORMAT;
@@ -39,33 +39,34 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
     loop {
         let me = r.id().to_owned();
         let state = PushState::load(&r.sync)?;
-        // Read twice, never held whole: first what the batch spans and the values
-        // it stores out of line, then the changes themselves into the batch file.
+        // Read once, never held whole: the changes go into the batch file as they
+        // come, and the values they store out of line are noted on the way.
         let mut refs = std::collections::BTreeSet::new();
-        let span = outbox::each_unpushed(&r.sync, &me, &state.through, Until::Limit(r.opts.batch_changes), |c| {
-            refs.extend(crate::blob::reference(c.new_value.as_deref()));
-            Ok(())
+        let batch_id = r.hlc.tick().to_string();
+        let path = dir.join(format!("{batch_id}.db"));
+        let written = batch::write_with(&path, &me, &codec, |add| {
+            let span = outbox::each_unpushed(&r.sync, &me, &state.through, r.opts.batch_changes, |c| {
+                refs.extend(crate::blob::reference(c.new_value.as_deref()));
+                add(c)
+            })?;
+            Ok(span.map(|span| batch::Header {
+                format: FORMAT,
+                replica: me.clone(),
+                batch_id: batch_id.clone(),
+                prev_batch_id: state.batch_id.clone(),
+                prev_sha256: state.sha256.clone(),
+                first_change_id: span.first_id,
+                last_change_id: span.last_id,
+                transaction_count: span.transactions as i64,
+                change_count: span.changes as i64,
+            }))
         })?;
-        let Some(span) = span else { break };
+        let Some((header, bytes)) = written else { break };
+        let mut unsaved = Unsaved(Some(&path));
         // Every value the batch stores out of line is in the bucket before the batch.
         report.blobs.add(crate::blob::transfer::send(r, store, &codec, refs).await?);
-        let batch_id = r.hlc.tick().to_string();
-        let header = batch::Header {
-            format: FORMAT,
-            replica: me.clone(),
-            batch_id: batch_id.clone(),
-            prev_batch_id: state.batch_id.clone(),
-            prev_sha256: state.sha256.clone(),
-            first_change_id: span.first_id.clone(),
-            last_change_id: span.last_id.clone(),
-            transaction_count: span.transactions as i64,
-            change_count: span.changes as i64,
-        };
-        let bytes = batch::write_with(&dir.join(format!("{batch_id}.db")), &header, &codec, |add| {
-            outbox::each_unpushed(&r.sync, &me, &state.through, Until::Through(&span.last_id), add).map(|_| ())
-        })?;
         let sha256 = codec::sha256_hex(&bytes);
-        let (batch_count, change_count) = (state.batch_count + 1, state.change_count + span.changes as i64);
+        let (batch_count, change_count) = (state.batch_count + 1, state.change_count + header.change_count);
         let body = HeadBody {
             format: FORMAT,
             replica: me.clone(),
@@ -74,8 +75,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
             batch_key: layout::batch_key(&me, &batch_id),
             batch_id: batch_id.clone(),
             sha256: sha256.clone(),
-            first_change_id: span.first_id.clone(),
-            last_change_id: span.last_id.clone(),
+            first_change_id: header.first_change_id.clone(),
+            last_change_id: header.last_change_id.clone(),
             batch_count,
             change_count,
             updated_at: clock::rfc3339(r.hlc.now_ms()),
@@ -85,8 +86,8 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         let inf = Inflight {
             batch_id,
             sha256,
-            through: span.last_id.clone(),
-            changes: span.changes,
+            through: header.last_change_id.clone(),
+            changes: header.change_count as usize,
             batch_count,
             change_count,
             head: String::from_utf8(head.to_bytes()).expect("JSON is UTF-8"),
@@ -96,6 +97,7 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
             inf.save(&tx)?;
             changelog::save_clock(&tx, &r.hlc)?;
             tx.commit()?;
+            unsaved.0 = None;
         }
         report.batches += 1;
         report.changes += inf.changes;
@@ -106,6 +108,19 @@ pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
         crate::replica::reclaim(&r.sync)?;
     }
     Ok(report)
+}
+
+/// A batch file not (yet) saved as the in-flight push: removed when the push
+/// stops before that (its values failed to upload, say), as the next push builds
+/// its own.
+struct Unsaved<'p>(Option<&'p std::path::Path>);
+
+impl Drop for Unsaved<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// The head's list of recent batch ids once `newest` is pushed.

@@ -299,6 +299,11 @@ fn a_cut_upload_resumes(backend: Backend) -> TestResult {
     assert!(failed.is_err(), "the push must fail when the connection is lost");
     let took_first = first.took.lock().unwrap().clone();
     assert_eq!(took_first.len(), 2, "{took_first:?}");
+    // The batch file was built before its value failed to upload; it never became
+    // the in-flight push, so it is gone (the next push builds its own).
+    let outbox = dimple::replica::side_dir(a.path()).join("outbox");
+    let left: Vec<_> = std::fs::read_dir(&outbox)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "batch files left behind: {left:?}");
     // The process dies here: a new one opens the replica and pushes again.
     drop(a);
     let mut a = Replica::open(&g.db("a"), g.opts())?;
