@@ -27,7 +27,6 @@ use super::{key_values, Change, Merger, Outcome, ALIVE, DEAD};
 use crate::error::Result;
 use crate::log::merge_order;
 use crate::track::ROW;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 #[derive(Default)]
@@ -41,9 +40,14 @@ struct Touched<'a> {
 
 /// What the batch knows of one row it names.
 struct Seen<'a> {
-    /// The log held changes of this row before the batch: each change's winner
-    /// check is a seek into the log. Otherwise the batch's own changes are all
-    /// there is, and the winners so far are kept here.
+    /// How many of the batch's changes name the row.
+    changes: usize,
+    /// Whether the log was asked about the row yet (at its first change).
+    asked: bool,
+    /// The log held changes of this row before the batch, or the row has one
+    /// change here: each change's winner check is a seek into the log. Otherwise
+    /// the batch's own changes are all there is, and the winners so far are kept
+    /// here.
     known: bool,
     /// For a row the log did not know: per cell (attribute), the (id, author) of
     /// the batch's greatest change so far.
@@ -59,19 +63,25 @@ impl<'c> Merger<'c> {
         let mut order: Vec<(&str, &str)> = Vec::with_capacity(rows);
         let mut touched: HashMap<(&str, &str), Touched> = HashMap::with_capacity(rows);
         let mut seen: HashMap<(&str, &str), Seen> = HashMap::with_capacity(rows);
+        for c in changes {
+            let row = (c.entity_type.as_str(), c.entity_id.as_str());
+            let unasked = || Seen { changes: 0, asked: false, known: true, best: Vec::new() };
+            seen.entry(row).or_insert_with(unasked).changes += 1;
+        }
         let mut won = 0;
         for c in changes {
             let row = (c.entity_type.as_str(), c.entity_id.as_str());
-            let s = match seen.entry(row) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    // Asked before any change of the row is stored: the log as it was.
-                    let known = self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)?;
+            let s = seen.get_mut(&row).expect("every row was counted");
+            if !s.asked {
+                s.asked = true;
+                // A row with one change here costs a seek either way: only a row
+                // with more is asked about, before any of its changes is stored.
+                if s.changes > 1 && !self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)? {
+                    s.known = false;
                     // One cell per column and the row's own, when the table is tracked here.
-                    let cells = self.tables.get(&c.entity_type).map_or(4, |t| t.columns.len() + 1);
-                    e.insert(Seen { known, best: Vec::with_capacity(if known { 0 } else { cells }) })
+                    s.best.reserve(self.tables.get(&c.entity_type).map_or(4, |t| t.columns.len() + 1));
                 }
-            };
+            }
             if self.merge_log_in(c, s)? != Outcome::Won {
                 continue;
             }
