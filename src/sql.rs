@@ -20,8 +20,8 @@ pub fn has_table(conn: &rusqlite::Connection, schema: &str, name: &str) -> rusql
 /// to a burst of captured writes (at most: see `Replica::capture`), importing a
 /// log. SQLite's default (2 MiB) made most of those inserts read their page again
 /// (`cargo bench --bench dimple capture`: ids for 500k changes 3.5 s -> 1.8-2.2 s).
-/// Kept for the job only: an apply ran slower with it (156 k/s against 195-276
-/// k/s) and its pages would count against the apply's memory goal.
+/// Kept for the job only, so the memory goes back. An apply sizes its own, smaller
+/// (`sync::apply`).
 pub const BIG_CACHE_KIB: i64 = 65536;
 
 /// SQLite's own default page cache, in KiB.
