@@ -43,6 +43,40 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
     assert_eq!(pushed.changes, rows * 5);
 }
 
+/// Row numbers 0..rows in an order spread over the key space, as an app with
+/// random keys writes them (a fixed shuffle, the same in every run).
+fn shuffled(rows: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in (1..rows).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Writer `w` updates one column of each of its rows, in shuffled order and
+/// transactions of ROWS_PER_TXN, and pushes.
+fn updater(dir: &Path, bucket: &str, w: usize, rows: usize) {
+    let mut r = Replica::open(&dir.join(format!("writer{w}.db")), Options::default()).unwrap();
+    for part in shuffled(rows).chunks(ROWS_PER_TXN) {
+        r.transaction(|tx| {
+            let mut upd = tx.prepare_cached("UPDATE items SET qty = qty + 1 WHERE id = ?1")?;
+            for i in part {
+                upd.execute([format!("w{w}-{i:08}")])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
+    assert_eq!(pushed.changes, rows);
+}
+
 pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     let rows = scaled(50_000, scale);
     let total = WRITERS * rows * 5;
@@ -118,6 +152,54 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     table.note(&format!(
         "(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"
     ));
+
+    // Then the steady state: every writer updates one column of each of its rows,
+    // in an order spread over the keys, and the replica pulls those changes to rows
+    // it holds, each one a seek into a log of 1M changes.
+    for w in 0..WRITERS {
+        updater(&dir, &bucket, w, rows);
+    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg(CHILD_ARG).arg(&bucket).arg(&db);
+    let field = crate::child(cmd, "pull");
+    let (changes, secs_pull, hwm_kb) = (field("changes"), field("secs"), field("hwm_kb"));
+    assert_eq!(changes as usize, WRITERS * rows, "the pull applied every update");
+    let base = plain_updates(&dir.join("plain.db"), rows);
+    table.row(
+        &format!("then a pull of {} updates to rows it holds (keys in random order)", WRITERS * rows),
+        rate(changes / secs_pull),
+        String::new(),
+        String::new(),
+        "",
+        None,
+    );
+    table.row(
+        "  its time vs plain SQLite making the same updates",
+        secs(secs_pull),
+        secs(base),
+        format!("{:.1}x", secs_pull / base),
+        "",
+        None,
+    );
+    table.row("  its peak RSS (VmHWM)", format!("{:.0} MB", hwm_kb / 1024.0), String::new(), String::new(), "", None);
+}
+
+/// Plain SQLite making the updates of [`updater`] to the rows of [`plain_rows`],
+/// in one transaction.
+fn plain_updates(db: &Path, rows: usize) -> f64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let t = Instant::now();
+    c.execute_batch("BEGIN").unwrap();
+    {
+        let mut upd = c.prepare("UPDATE items SET qty = qty + 1 WHERE id = ?1").unwrap();
+        for w in 0..WRITERS {
+            for i in shuffled(rows) {
+                assert_eq!(upd.execute([format!("w{w}-{:08}", i * WRITERS + w)]).unwrap(), 1);
+            }
+        }
+    }
+    c.execute_batch("COMMIT").unwrap();
+    t.elapsed().as_secs_f64()
 }
 
 fn plain_rows(db: &Path, n: usize) -> f64 {
