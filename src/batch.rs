@@ -90,10 +90,14 @@ pub fn write_with(
             }
             Ok(Some(header))
         })();
-        let Some(header) = header? else {
-            drop(conn);
-            let _ = std::fs::remove_file(&sqlite);
-            return Ok(None);
+        // Nothing to write, or the changes could not be read: no file is left.
+        let header = match header {
+            Ok(Some(header)) => header,
+            other => {
+                drop(conn);
+                let _ = std::fs::remove_file(&sqlite);
+                return other.map(|_| None);
+            }
         };
         conn.execute(
             "INSERT INTO ZV_BATCH VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -202,7 +202,11 @@ impl Reader<'_> {
 }
 
 fn corrupt() -> Error {
-    Error::Invalid("the outbox (ZV_OUTBOX) is corrupt: a packet of unpushed changes cannot be read".into())
+    Error::Invalid(
+        "the outbox (ZV_OUTBOX) is corrupt: a packet of unpushed changes cannot be read \
+         (`dimple verify --repair` rebuilds it from the change log)"
+            .into(),
+    )
 }
 
 /// The changes of one packet, authored by `me`.
@@ -320,6 +324,22 @@ pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
         left = unpack(&packed, n, "")?.iter().filter(|c| c.id.as_str() > after).count() as i64;
     }
     Ok(whole + left)
+}
+
+/// How many changes after `after` the outbox holds in packets that can be read:
+/// what a push could send. `verify` compares it with the log, so a packet that
+/// cannot be read shows as changes left behind, which `--repair` rebuilds.
+pub fn readable_count(conn: &Connection, after: &str) -> Result<i64> {
+    let mut stmt = conn.prepare("SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n")?;
+    let mut rows = stmt.query([after_value(after)])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let Ok(packed) = r.get_ref(1)?.as_blob() else { continue };
+        if let Ok(changes) = unpack(packed, r.get(0)?, "") {
+            n += changes.iter().filter(|c| c.id.as_str() > after).count() as i64;
+        }
+    }
+    Ok(n)
 }
 
 /// The new values of this replica's changes not pushed yet that `wanted` picks

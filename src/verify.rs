@@ -281,7 +281,8 @@ pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
 }
 
 /// Whether the outbox holds as many changes as the log has of this replica's
-/// after the push cursor (no write left behind by the next push).
+/// after the push cursor, in packets that can be read (no write left behind by
+/// the next push).
 fn outbox(conn: &Connection, me: &str) -> Result<Option<Difference>> {
     let through = crate::meta::PushState::load(conn)?.through;
     let in_log: i64 = conn.query_row(
@@ -289,7 +290,7 @@ fn outbox(conn: &Connection, me: &str) -> Result<Option<Difference>> {
         rusqlite::params![me, crate::outbox::after_value(&through)],
         |r| r.get(0),
     )?;
-    let waiting = crate::outbox::unpushed_count(conn, &through)?;
+    let waiting = crate::outbox::readable_count(conn, &through)?;
     Ok((in_log != waiting).then_some(Difference::Outbox { in_log, waiting }))
 }
 

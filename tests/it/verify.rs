@@ -216,3 +216,61 @@ fn an_outbox_that_lost_changes_is_found_by_verify_and_rebuilt_by_repair() -> Tes
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "b has every write of a");
     Ok(())
 }
+
+/// A packet of the outbox that cannot be read (a damaged file): the push stops with
+/// a message that says what mends it, uploads nothing and leaves no batch file
+/// behind; `verify` finds the changes it would leave behind, and `--repair`
+/// rebuilds the outbox so the next push sends every one of them.
+#[test]
+fn an_outbox_packet_that_cannot_be_read_stops_the_push_until_repair_rebuilds_it() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    block_on(dimple::sync(&mut a, &store))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad0);
+    {
+        let tx = a.conn().unchecked_transaction()?;
+        for i in 0..500 {
+            let bytes: Vec<u8> = (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect();
+            tx.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![format!("k{i}"), bytes, rng.gen::<i64>().to_string(), rng.gen::<f64>()],
+            )?;
+        }
+        tx.commit()?;
+    }
+    a.capture()?;
+    let waiting = a.unpushed()?;
+    let packed: Vec<u8> = a.conn().query_row("SELECT packed FROM ZV_OUTBOX ORDER BY n LIMIT 1", [], |r| r.get(0))?;
+    let mut damaged = packed.clone();
+    let at = rng.gen_range(0..damaged.len());
+    damaged[at] ^= 1 << rng.gen_range(0..8);
+    damaged.truncate(damaged.len() - 1);
+    a.conn().execute("UPDATE ZV_OUTBOX SET packed = ?1 WHERE n = (SELECT min(n) FROM ZV_OUTBOX)", [damaged])?;
+    let objects = || -> Vec<String> {
+        let all = block_on(dimple::store::list_all(&*g.raw_store(), "", None)).unwrap();
+        all.into_iter().map(|m| format!("{} {}", m.key, m.etag)).collect()
+    };
+    let before = objects();
+
+    let err = block_on(dimple::push(&mut a, &store)).unwrap_err().to_string();
+    assert!(err.contains("outbox") && err.contains("verify --repair"), "{err}");
+    assert_eq!(objects(), before, "nothing was uploaded");
+    let outbox = dimple::replica::side_dir(a.path()).join("outbox");
+    let left: Vec<_> = std::fs::read_dir(&outbox)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    assert!(left.is_empty(), "files left behind: {left:?}");
+
+    let diffs = verify::check(&mut a)?;
+    assert!(
+        matches!(diffs.as_slice(), [Difference::Outbox { in_log, waiting: readable }] if *in_log == waiting && *readable < waiting),
+        "{diffs:?}"
+    );
+    verify::repair(&mut a, &diffs)?;
+    assert_eq!(verify::check(&mut a)?, vec![]);
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "b has every write of a");
+    assert_eq!(rows(b.conn(), "t").len(), 500);
+    Ok(())
+}
