@@ -37,10 +37,7 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
         })
         .unwrap();
     }
-    let rt = runtime();
-    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
-    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
-    assert_eq!(pushed.changes, rows * 5);
+    assert_eq!(crate::push_to(&mut r, bucket), rows * 5);
 }
 
 /// Row numbers 0..rows in an order spread over the key space, as an app with
@@ -71,10 +68,7 @@ fn updater(dir: &Path, bucket: &str, w: usize, rows: usize) {
         })
         .unwrap();
     }
-    let rt = runtime();
-    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
-    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
-    assert_eq!(pushed.changes, rows);
+    assert_eq!(crate::push_to(&mut r, bucket), rows);
 }
 
 pub fn run(dir: &Path, scale: f64, table: &mut Table) {

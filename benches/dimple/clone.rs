@@ -48,10 +48,7 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
             .unwrap();
         }
     }
-    let rt = runtime();
-    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
-    let pushed = rt.block_on(dimple::push(&mut r, &store)).unwrap();
-    assert_eq!(pushed.changes, rows * 10);
+    assert_eq!(crate::push_to(&mut r, bucket), rows * 10);
 }
 
 const PASSPHRASE: &str = "bench passphrase";

@@ -123,6 +123,13 @@ pub fn median<T: PartialOrd + Copy>(n: usize, mut f: impl FnMut() -> T) -> T {
 }
 
 /// A tokio runtime for dimple's async pull and push (the CLI uses a current-thread one).
+/// Pushes `r` to `bucket`; returns how many changes went up.
+pub fn push_to(r: &mut dimple::Replica, bucket: &str) -> usize {
+    let rt = runtime();
+    let store = rt.block_on(dimple::open_store(bucket, None)).unwrap();
+    rt.block_on(dimple::push(r, &store)).unwrap().changes
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
