@@ -135,7 +135,12 @@ pub struct Log<'c> {
     insert: RefCell<Statement<'c>>,
     newer: RefCell<Statement<'c>>,
     known: RefCell<Statement<'c>>,
+    /// [`Log::insert_all`]'s statement for [`ROWS_PER_INSERT`] rows, prepared on first use.
+    insert_many: RefCell<Option<Statement<'c>>>,
 }
+
+/// Changes stored by one statement in [`Log::insert_all`].
+const ROWS_PER_INSERT: usize = 32;
 
 impl<'c> Log<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -160,6 +165,7 @@ impl<'c> Log<'c> {
             known: RefCell::new(
                 conn.prepare("SELECT EXISTS (SELECT 1 FROM ZV_LOG WHERE type_n = ?1 AND entity_id = ?2)")?,
             ),
+            insert_many: RefCell::default(),
         })
     }
 
@@ -234,6 +240,43 @@ impl<'c> Log<'c> {
             c.new_value
         ])? == 1;
         Ok(new.then_some(s))
+    }
+
+    /// Stores `changes`, skipping any the log holds, [`ROWS_PER_INSERT`] to a
+    /// statement: for changes whose outcome the caller already knows (rows new to
+    /// the log), which need no answer per change.
+    pub fn insert_all(&self, changes: &[&Change]) -> Result<()> {
+        let mut pieces = changes.chunks_exact(ROWS_PER_INSERT);
+        for piece in &mut pieces {
+            let mut slot = self.insert_many.borrow_mut();
+            let stmt = match &mut *slot {
+                Some(stmt) => stmt,
+                None => {
+                    let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ");
+                    slot.insert(self.conn.prepare(&format!(
+                        "INSERT INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
+                         VALUES {rows} ON CONFLICT DO NOTHING"
+                    ))?)
+                }
+            };
+            for (i, c) in piece.iter().enumerate() {
+                let author_n = self.author_n(&c.author)?;
+                let at = i * 8;
+                stmt.raw_bind_parameter(at + 1, self.name_n(&c.entity_type)?)?;
+                stmt.raw_bind_parameter(at + 2, &c.entity_id)?;
+                stmt.raw_bind_parameter(at + 3, self.name_n(&c.attribute)?)?;
+                stmt.raw_bind_parameter(at + 4, id_value(&c.id))?;
+                stmt.raw_bind_parameter(at + 5, author_n)?;
+                stmt.raw_bind_parameter(at + 6, self.tx_n(&c.transaction_id, author_n)?)?;
+                stmt.raw_bind_parameter(at + 7, &c.old_value)?;
+                stmt.raw_bind_parameter(at + 8, &c.new_value)?;
+            }
+            stmt.raw_execute()?;
+        }
+        for c in pieces.remainder() {
+            self.insert(c)?;
+        }
+        Ok(())
     }
 
     /// Whether the log holds any change of row `entity_id` of table number `type_n`.
@@ -468,7 +511,47 @@ mod tests {
         ]
     }
 
+    fn log_rows(conn: &Connection) -> Vec<Vec<Value>> {
+        let mut stmt = conn.prepare("SELECT * FROM ZV_LOG ORDER BY 1, 2, 3, 4, 5").unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect()).unwrap().map(Result::unwrap).collect()
+    }
+
     proptest! {
+        /// Storing many changes a statement at a time leaves the log that storing
+        /// them one by one leaves, repeats included (each is stored once).
+        #[test]
+        fn insert_all_stores_what_insert_stores(
+            changes in proptest::collection::vec(
+                (0u8..40, "[a-c]", "[xy*]", proptest::option::of("[ -~]{0,8}"), 0u8..3),
+                0..100,
+            )
+        ) {
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|(id, entity, attribute, value, tx)| Change {
+                    id: format!("0190a000-0000-7000-8000-0000000000{id:02x}"),
+                    transaction_id: format!("0190a000-0000-7000-8000-00000000ff{tx:02x}"),
+                    entity_type: "t".into(),
+                    entity_id: entity,
+                    attribute,
+                    old_value: None,
+                    new_value: value,
+                    author: "me".into(),
+                })
+                .collect();
+            let (one, all) = (Connection::open_in_memory().unwrap(), Connection::open_in_memory().unwrap());
+            for conn in [&one, &all] {
+                conn.execute_batch(crate::migrate::SCHEMA).unwrap();
+            }
+            let log = Log::new(&one).unwrap();
+            for c in &changes {
+                log.insert(c).unwrap();
+            }
+            Log::new(&all).unwrap().insert_all(&changes.iter().collect::<Vec<_>>()).unwrap();
+            prop_assert_eq!(log_rows(&one), log_rows(&all));
+        }
+
         /// The winner a batch finds in memory is the one the log's seek finds.
         #[test]
         fn merge_order_picks_the_winner_the_log_picks(
