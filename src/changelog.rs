@@ -38,6 +38,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         me,
         txn: None,
         outbox: crate::outbox::Packer::new(),
+        unstored: Vec::with_capacity(STORE_AT_ONCE),
         n: 0,
         bad_keys: BTreeSet::new(),
     };
@@ -48,6 +49,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         // The merger has just read every tracked table's schema: no second look.
         let info = w.merger.table(&tbl).cloned();
         w.pending(&tbl, info.as_ref(), &columns)?;
+        w.store()?;
         recorded.push((tbl, info, columns));
     }
     let stale_triggers =
@@ -58,6 +60,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         let added: Vec<usize> = (0..info.columns.len()).filter(|&i| !columns.contains(&info.columns[i])).collect();
         if !added.is_empty() {
             w.added_columns(info, &added)?;
+            w.store()?;
             rebuild.push(tbl.clone());
         }
         if stale_triggers || &info.columns != columns {
@@ -75,6 +78,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         all.dedup();
         crate::meta::set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
     }
+    w.store()?;
     w.report_bad_keys(&recorded)?;
     std::mem::take(&mut w.outbox).finish(conn)?;
     let n = w.n;
@@ -83,6 +87,10 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// Changes stored in the log by one statement when captured writes get their ids
+/// (`dimple push` of 500k captured changes, ids included: 2.03 -> 1.93 s).
+const STORE_AT_ONCE: usize = 32;
 
 /// Captured writes read, turned into changes and deleted at a time.
 const PENDING_CHUNK: usize = 4096;
@@ -110,6 +118,9 @@ struct Recorder<'a, 'c> {
     txn: Option<String>,
     /// The changes recorded, waiting for the push.
     outbox: crate::outbox::Packer,
+    /// Changes made and not stored yet: they go into the log [`STORE_AT_ONCE`] to
+    /// a statement.
+    unstored: Vec<Change>,
     n: usize,
     /// Tables where a captured write had a key that cannot sync.
     bad_keys: BTreeSet<String>,
@@ -132,7 +143,18 @@ impl Recorder<'_, '_> {
             new_value: Some(new),
             author: self.me.to_owned(),
         };
-        self.merger.record_local(&c, &mut self.outbox)
+        self.unstored.push(c);
+        if self.unstored.len() >= STORE_AT_ONCE {
+            self.store()?;
+        }
+        Ok(())
+    }
+
+    /// Stores the changes made so far in the log and the outbox.
+    fn store(&mut self) -> Result<()> {
+        self.merger.record_local_all(&self.unstored, &mut self.outbox)?;
+        self.unstored.clear();
+        Ok(())
     }
 
     /// The entity id of a captured key, or None (counted) when it cannot sync.

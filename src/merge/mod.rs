@@ -128,6 +128,17 @@ impl<'c> Merger<'c> {
         Ok(())
     }
 
+    /// [`Merger::record_local`] of several changes, stored in the log a few to a
+    /// statement. Each id was just issued by this replica's clock, greater than
+    /// every id it issued or applied before, so none is in the log yet.
+    pub fn record_local_all(&self, cs: &[Change], outbox: &mut crate::outbox::Packer) -> Result<()> {
+        self.log.insert_all(&cs.iter().collect::<Vec<_>>())?;
+        for c in cs {
+            outbox.add(self.conn, c)?;
+        }
+        Ok(())
+    }
+
     /// Merges a change from another replica. The caller has checked its encoding.
     pub fn apply_remote(&self, c: &Change) -> Result<Outcome> {
         let outcome = self.merge_log(c)?;
