@@ -122,6 +122,21 @@ struct Parts<'a> {
     author: &'a str,
 }
 
+impl<'a> Parts<'a> {
+    fn of(c: &'a Change) -> Self {
+        Parts {
+            id: &c.id,
+            transaction_id: &c.transaction_id,
+            entity_type: &c.entity_type,
+            entity_id: &c.entity_id,
+            attribute: &c.attribute,
+            old_value: c.old_value.as_deref(),
+            new_value: c.new_value.as_deref(),
+            author: &c.author,
+        }
+    }
+}
+
 /// Writes changes into the log on one connection, with names, authors and
 /// transactions numbered once and remembered: this is the hot path of capture and
 /// of every pull.
@@ -207,20 +222,28 @@ impl<'c> Log<'c> {
 
     /// Stores `c`; None when the log already holds it.
     pub fn insert(&self, c: &Change) -> Result<Option<Stored>> {
-        self.insert_parts(&Parts {
-            id: &c.id,
-            transaction_id: &c.transaction_id,
-            entity_type: &c.entity_type,
-            entity_id: &c.entity_id,
-            attribute: &c.attribute,
-            old_value: c.old_value.as_deref(),
-            new_value: c.new_value.as_deref(),
-            author: &c.author,
-        })
+        self.insert_parts(&Parts::of(c))
     }
 
     /// [`Log::insert`] of a change whose text is borrowed.
     fn insert_parts(&self, c: &Parts<'_>) -> Result<Option<Stored>> {
+        let (s, tx_n) = self.numbered(c)?;
+        let new = self.insert.borrow_mut().execute(params![
+            s.type_n,
+            c.entity_id,
+            s.attr_n,
+            s.id,
+            s.author_n,
+            tx_n,
+            c.old_value,
+            c.new_value
+        ])? == 1;
+        Ok(new.then_some(s))
+    }
+
+    /// Where change `c` is stored (its names, author and id in their stored form),
+    /// and the number of its transaction: numbered on first sight.
+    fn numbered(&self, c: &Parts<'_>) -> Result<(Stored, i64)> {
         let author_n = self.author_n(c.author)?;
         let s = Stored {
             type_n: self.name_n(c.entity_type)?,
@@ -229,17 +252,7 @@ impl<'c> Log<'c> {
             id: id_value(c.id),
         };
         let tx_n = self.tx_n(c.transaction_id, author_n)?;
-        let new = self.insert.borrow_mut().execute(params![
-            s.type_n,
-            c.entity_id,
-            s.attr_n,
-            s.id,
-            author_n,
-            tx_n,
-            c.old_value,
-            c.new_value
-        ])? == 1;
-        Ok(new.then_some(s))
+        Ok((s, tx_n))
     }
 
     /// Stores `changes`, skipping any the log holds, [`ROWS_PER_INSERT`] to a
@@ -250,7 +263,7 @@ impl<'c> Log<'c> {
     /// of many rows can abort halfway (a NOT NULL column), so SQLite keeps a
     /// statement journal of every page it touches (760k writes for 500k captured
     /// changes). Every NOT NULL column is bound here with a value.
-    pub fn insert_all(&self, changes: &[&Change]) -> Result<()> {
+    pub fn insert_all<C: std::borrow::Borrow<Change>>(&self, changes: &[C]) -> Result<()> {
         let mut pieces = changes.chunks_exact(ROWS_PER_INSERT);
         for piece in &mut pieces {
             let mut slot = self.insert_many.borrow_mut();
@@ -265,21 +278,22 @@ impl<'c> Log<'c> {
                 }
             };
             for (i, c) in piece.iter().enumerate() {
-                let author_n = self.author_n(&c.author)?;
+                let c = Parts::of(c.borrow());
+                let (s, tx_n) = self.numbered(&c)?;
                 let at = i * 8;
-                stmt.raw_bind_parameter(at + 1, self.name_n(&c.entity_type)?)?;
-                stmt.raw_bind_parameter(at + 2, &c.entity_id)?;
-                stmt.raw_bind_parameter(at + 3, self.name_n(&c.attribute)?)?;
-                stmt.raw_bind_parameter(at + 4, id_value(&c.id))?;
-                stmt.raw_bind_parameter(at + 5, author_n)?;
-                stmt.raw_bind_parameter(at + 6, self.tx_n(&c.transaction_id, author_n)?)?;
-                stmt.raw_bind_parameter(at + 7, &c.old_value)?;
-                stmt.raw_bind_parameter(at + 8, &c.new_value)?;
+                stmt.raw_bind_parameter(at + 1, s.type_n)?;
+                stmt.raw_bind_parameter(at + 2, c.entity_id)?;
+                stmt.raw_bind_parameter(at + 3, s.attr_n)?;
+                stmt.raw_bind_parameter(at + 4, s.id)?;
+                stmt.raw_bind_parameter(at + 5, s.author_n)?;
+                stmt.raw_bind_parameter(at + 6, tx_n)?;
+                stmt.raw_bind_parameter(at + 7, c.old_value)?;
+                stmt.raw_bind_parameter(at + 8, c.new_value)?;
             }
             stmt.raw_execute()?;
         }
         for c in pieces.remainder() {
-            self.insert(c)?;
+            self.insert(c.borrow())?;
         }
         Ok(())
     }
@@ -553,7 +567,7 @@ mod tests {
             for c in &changes {
                 log.insert(c).unwrap();
             }
-            Log::new(&all).unwrap().insert_all(&changes.iter().collect::<Vec<_>>()).unwrap();
+            Log::new(&all).unwrap().insert_all(&changes).unwrap();
             prop_assert_eq!(log_rows(&one), log_rows(&all));
         }
 

@@ -249,6 +249,9 @@ pub fn unpushed_after(conn: &Connection, me: &str, after: &str, limit: usize) ->
     Ok(out)
 }
 
+/// The packets holding a change after `?1`, in order: (changes, packed).
+const PACKETS_AFTER: &str = "SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n";
+
 /// What [`each_unpushed`] went through: the span of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -273,7 +276,7 @@ pub fn each_unpushed(
     let mut span: Option<Span> = None;
     let mut transactions = std::collections::HashSet::new();
     let mut last_tx = String::new();
-    let mut stmt = conn.prepare_cached("SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n")?;
+    let mut stmt = conn.prepare_cached(PACKETS_AFTER)?;
     let mut rows = stmt.query([after_value(after)])?;
     while let Some(r) = rows.next()? {
         for c in unpack(r.get_ref(1)?.as_blob().map_err(|_| corrupt())?, r.get(0)?, me)? {
@@ -330,7 +333,7 @@ pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
 /// what a push could send. `verify` compares it with the log, so a packet that
 /// cannot be read shows as changes left behind, which `--repair` rebuilds.
 pub fn readable_count(conn: &Connection, after: &str) -> Result<i64> {
-    let mut stmt = conn.prepare("SELECT changes, packed FROM ZV_OUTBOX WHERE last_id > ?1 ORDER BY n")?;
+    let mut stmt = conn.prepare_cached(PACKETS_AFTER)?;
     let mut rows = stmt.query([after_value(after)])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {

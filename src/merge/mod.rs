@@ -132,7 +132,7 @@ impl<'c> Merger<'c> {
     /// statement. Each id was just issued by this replica's clock, greater than
     /// every id it issued or applied before, so none is in the log yet.
     pub fn record_local_all(&self, cs: &[Change], outbox: &mut crate::outbox::Packer) -> Result<()> {
-        self.log.insert_all(&cs.iter().collect::<Vec<_>>())?;
+        self.log.insert_all(cs)?;
         for c in cs {
             outbox.add(self.conn, c)?;
         }
