@@ -86,6 +86,10 @@ fn poll_busy(tries: i32) -> bool {
     true
 }
 
+/// The WAL file size a pull leaves at most ([`Replica::shrink_wal`]): what SQLite's
+/// default checkpoint interval of 1000 pages lets it reach.
+const WAL_KEPT_BYTES: i64 = 4 << 20;
+
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
     BUSY_LIMIT_MS.fetch_max(opts.busy_timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -222,6 +226,25 @@ impl Replica {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Gives back the space of a WAL grown past [`WAL_KEPT_BYTES`] (a pull lets it
+    /// grow to 64 MiB between checkpoints): checkpoints it and truncates it when no
+    /// other connection is using it right now. It never waits for one: an app
+    /// reading or writing at that moment keeps the file as it is, and SQLite starts
+    /// it over at a later checkpoint.
+    pub(crate) fn shrink_wal(&self) -> Result<()> {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        if std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() <= WAL_KEPT_BYTES as u64) {
+            return Ok(());
+        }
+        self.sync.busy_handler(None)?;
+        // When another connection is using the WAL, SQLite says so in the row
+        // (busy = 1), not as an error.
+        let done = self.sync.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.sync.busy_handler(Some(poll_busy))?;
+        Ok(done?)
     }
 
     pub fn path(&self) -> &Path {

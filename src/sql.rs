@@ -41,6 +41,15 @@ pub fn with_cache<T, E: From<rusqlite::Error>>(
     result
 }
 
+/// Sets how many WAL pages a commit on `conn` may leave before it checkpoints
+/// them into the database file (`PRAGMA wal_autocheckpoint`); returns the setting
+/// it replaced.
+pub fn checkpoint_every(conn: &rusqlite::Connection, pages: i64) -> rusqlite::Result<i64> {
+    let before: i64 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+    Ok(before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

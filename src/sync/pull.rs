@@ -21,6 +21,29 @@ use crate::trust::{self, TrustMode};
 use std::collections::BTreeMap;
 
 pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
+    // SQLite's default checkpoints the WAL into the file whenever it passes 1000
+    // pages, which a batch of 10k changes does at every commit: each checkpoint
+    // writes pages again that the next batch dirties anew, and syncs the file.
+    // While a pull applies, they come every APPLY_CHECKPOINT_PAGES instead.
+    let before = crate::sql::checkpoint_every(&r.sync, APPLY_CHECKPOINT_PAGES)?;
+    let pulled = pull_all(r, store).await;
+    let restored = crate::sql::checkpoint_every(&r.sync, before);
+    let report = pulled?;
+    restored?;
+    if report.changes > 0 {
+        r.shrink_wal()?;
+    }
+    Ok(report)
+}
+
+/// WAL pages between checkpoints while a pull applies batches (64 MiB of 4 KiB
+/// pages). A pull of 1.2M changes, alternating builds: 3.86-4.21 s with SQLite's
+/// 1000, 3.86-3.92 s with 4096, 3.61-3.81 s with this. The cost: an app that
+/// commits meanwhile runs SQLite's checkpoint of what has gathered, up to this
+/// much instead of about a batch. The space is given back after the pull.
+const APPLY_CHECKPOINT_PAGES: i64 = 16384;
+
+async fn pull_all(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     // Captures local writes too (before any remote change is applied).
     r.refresh_schema()?;
     if !r.direction()?.pulls() {

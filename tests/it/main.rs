@@ -26,3 +26,4 @@ mod support;
 mod trust;
 mod upgrade;
 mod verify;
+mod wal;
