@@ -33,8 +33,17 @@ use crate::log::merge_order;
 use crate::track::ROW;
 use std::collections::HashMap;
 
+/// What the batch holds of one row it names.
+struct Row<'a> {
+    seen: Seen<'a>,
+    /// Its winners to write, once it has one in a tracked table.
+    touched: Option<Touched<'a>>,
+}
+
 #[derive(Default)]
 struct Touched<'a> {
+    table: &'a str,
+    entity_id: &'a str,
     /// The last winning row state in the batch.
     row: Option<&'a str>,
     died: bool,
@@ -62,21 +71,29 @@ impl<'c> Merger<'c> {
     /// Merges `changes` (checked by the caller) and writes every touched row of a
     /// tracked table once. Returns how many changes won.
     pub fn apply_many(&self, changes: &[Change]) -> Result<usize> {
-        // Sized for rows of a few changes each, so that the maps seldom grow.
-        let rows = changes.len() / 4 + 1;
-        let mut order: Vec<(&str, &str)> = Vec::with_capacity(rows);
-        let mut touched: HashMap<(&str, &str), Touched> = HashMap::with_capacity(rows);
-        let mut seen: HashMap<(&str, &str), Seen> = HashMap::with_capacity(rows);
+        // Each change's row is looked up once, here; after this pass a change finds
+        // its row's state by index. (Hashing was about 5% of an apply, four lookups
+        // per change; a faster hasher than std's gained nothing measurable after.)
+        let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len() / 4 + 1);
+        let mut rows: Vec<Row> = Vec::with_capacity(changes.len() / 4 + 1);
+        let mut row_of: Vec<usize> = Vec::with_capacity(changes.len());
         for c in changes {
-            let row = (c.entity_type.as_str(), c.entity_id.as_str());
-            let unasked = || Seen { changes: 0, asked: false, known: true, best: Vec::new() };
-            seen.entry(row).or_insert_with(unasked).changes += 1;
+            let next = rows.len();
+            let i = *index.entry((c.entity_type.as_str(), c.entity_id.as_str())).or_insert(next);
+            if i == next {
+                let seen = Seen { changes: 0, asked: false, known: true, best: Vec::new() };
+                rows.push(Row { seen, touched: None });
+            }
+            rows[i].seen.changes += 1;
+            row_of.push(i);
         }
+        drop(index);
         let mut won = 0;
         let mut unstored: Vec<&Change> = Vec::new();
-        for c in changes {
-            let row = (c.entity_type.as_str(), c.entity_id.as_str());
-            let s = seen.get_mut(&row).expect("every row was counted");
+        // Rows with a winner to write, in the order of their first.
+        let mut order: Vec<usize> = Vec::new();
+        for (c, &i) in changes.iter().zip(&row_of) {
+            let Row { seen: s, touched } = &mut rows[i];
             if !s.asked {
                 s.asked = true;
                 // A row with one change here costs a seek either way: only a row
@@ -97,10 +114,10 @@ impl<'c> Merger<'c> {
             if c.attribute != ROW && column.is_none() {
                 continue; // a column this replica does not have (yet)
             }
-            let t = touched.entry(row).or_insert_with(|| {
-                order.push(row);
+            let t = touched.get_or_insert_with(|| {
+                order.push(i);
                 let columns = Vec::with_capacity(info.columns.len());
-                Touched { columns, ..Touched::default() }
+                Touched { table: &c.entity_type, entity_id: &c.entity_id, columns, ..Touched::default() }
             });
             match column {
                 None => {
@@ -115,8 +132,9 @@ impl<'c> Merger<'c> {
         }
         // Before any row is written: writing one may read its winners from the log.
         self.log.insert_all(&unstored)?;
-        for (table, entity_id) in order {
-            let (info, t) = (&self.tables[table], &touched[&(table, entity_id)]);
+        for i in order {
+            let t = rows[i].touched.as_ref().expect("a row in the order has a winner");
+            let (info, entity_id) = (&self.tables[t.table], t.entity_id);
             let key = key_values(info, entity_id)?;
             // When the batch holds a winner for every column, it knows the whole row:
             // no need to read the winners back from the log.
