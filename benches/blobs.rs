@@ -5,13 +5,16 @@
 //! the values into rows, which the SDK alone does not: it is shown against the
 //! SDK's download plus plain SQLite inserting the same values, and the transfer
 //! alone (a reader that does not track the table) against the SDK's download, in
-//! rounds that alternate the two (the median round is shown).
+//! rounds that alternate the two (the median round is shown). The same rounds
+//! time dimple's S3 store fetching the SDK's copies with and without the sha256
+//! taken as they arrive, to show what the check itself costs.
 //! Peak memory is the
 //! process's resident high-water mark over each phase (reset through
 //! /proc/self/clear_refs before it).
 //!
 //! `cargo bench --bench blobs`. Uses the S3 server at DIMPLE_TEST_S3_ENDPOINT, or
-//! starts the test server itself (scripts/s3-server) and stops it afterwards.
+//! starts the test server itself (scripts/s3-server, with volumes of 1 GiB) and
+//! stops it afterwards.
 
 #[path = "support/s3.rs"]
 mod s3;
@@ -69,6 +72,32 @@ async fn sdk_download(client: &aws_sdk_s3::Client, bucket: &str, down_dir: &std:
     .collect::<Vec<_>>()
     .await;
     t.elapsed().as_secs_f64()
+}
+
+/// Downloads the SDK's copies with dimple's S3 store (the bucket's root as its
+/// prefix), `hash`ing them as they arrive or not: the part of a pull's download
+/// that is the transfer alone, and the part that is the sha256 check.
+async fn store_download(store: &dimple::store::S3Store, down_dir: &std::path::Path, hash: bool) -> f64 {
+    use dimple::store::Store;
+    std::fs::create_dir_all(down_dir).unwrap();
+    let t = Instant::now();
+    futures::stream::iter((0..VALUES).map(|i| {
+        let path = down_dir.join(format!("{i}"));
+        async move {
+            let key = format!("sdk/{i}");
+            if hash {
+                store.get_to_file_hashed(&key, &path).await.unwrap();
+            } else {
+                store.get_to_file(&key, &path).await.unwrap();
+            }
+        }
+    }))
+    .buffer_unordered(IN_FLIGHT)
+    .collect::<Vec<_>>()
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(down_dir).unwrap();
+    secs
 }
 
 /// Rounds of the download comparison, alternating the SDK and dimple so that the
@@ -157,6 +186,9 @@ fn main() {
     // The transfer alone: a reader that does not track the table downloads and
     // checks every value (they would win) but writes no row.
     let mut rounds: Vec<(f64, f64)> = Vec::new(); // (SDK seconds, dimple seconds)
+    // (SDK seconds, the store's download alone, the store's download hashed)
+    let mut parts: Vec<(f64, f64, f64)> = Vec::new();
+    let raw = rt.block_on(dimple::store::S3Store::open(&format!("s3://{bucket}"), Some(&server.endpoint))).unwrap();
     for round in 0..DOWNLOAD_ROUNDS {
         let down = dir.path().join(format!("down-{round}"));
         let sdk_s = rt.block_on(sdk_download(&client, &bucket, &down));
@@ -170,7 +202,19 @@ fn main() {
         drop(t_only);
         let _ = std::fs::remove_file(&db);
         let _ = std::fs::remove_dir_all(dimple::replica::side_dir(&db));
+        let down = dir.path().join(format!("parts-{round}"));
+        let sdk_s = rt.block_on(sdk_download(&client, &bucket, &down));
+        std::fs::remove_dir_all(&down).unwrap();
+        let alone = rt.block_on(store_download(&raw, &down, false));
+        let hashed = rt.block_on(store_download(&raw, &down, true));
+        parts.push((sdk_s, alone, hashed));
     }
+    let ratio_median = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = parts.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (alone_ratio, hashed_ratio) = (ratio_median(&|p| p.0 / p.1), ratio_median(&|p| p.0 / p.2));
     rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
     let (round_sdk_s, transfer_s) = rounds[rounds.len() / 2];
     let round_ratios: Vec<String> = rounds.iter().map(|(sdk, d)| format!("{:.2}x", sdk / d)).collect();
@@ -224,6 +268,10 @@ fn main() {
     println!(
         "(download+check: the median of {DOWNLOAD_ROUNDS} rounds alternating the SDK and dimple, ratios {})",
         round_ratios.join(", ")
+    );
+    println!(
+        "(where the download's time goes, median of {DOWNLOAD_ROUNDS} rounds: dimple's S3 store fetching the SDK's copies \
+         to files runs at {alone_ratio:.2}x the SDK alone, and {hashed_ratio:.2}x when it also takes their sha256 as they arrive)"
     );
     println!("(plain SQLite alone writes the same values at {:.0} MB/s)", mb / plain_s);
     println!("goal (issue 14): at least 0.8x the SDK alone, peak memory under 100 MB");
