@@ -14,20 +14,31 @@ fn wal_bytes(db: &std::path::Path) -> u64 {
     std::fs::metadata(std::path::PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0)
 }
 
+/// A writer that pushed `batches` batches of 300 rows of 4 KiB of random text each.
+fn pushed_batches(
+    g: &Group,
+    store: &dimple::store::Metered<dyn dimple::store::Store>,
+    batches: usize,
+) -> Result<dimple::Replica, Box<dyn std::error::Error>> {
+    let mut w = g.replica("w");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    for batch in 0..batches {
+        for i in 0..300 {
+            let text: String = (0..4096).map(|_| rng.gen_range('!'..='~')).collect();
+            w.conn()
+                .execute("INSERT INTO t(id, b) VALUES (?1, ?2)", rusqlite::params![format!("{batch}-{i}"), text])?;
+        }
+        block_on(dimple::push(&mut w, store))?;
+    }
+    Ok(w)
+}
+
 #[test]
 fn a_pull_leaves_a_wal_of_at_most_4_mib() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut w = g.replica("w");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
-    // Eight batches of about 1.5 MB of random text: far more WAL than 4 MiB.
-    for batch in 0..8 {
-        for i in 0..300 {
-            let text: String = (0..4096).map(|_| rng.gen_range('!'..='~')).collect();
-            w.conn().execute("INSERT INTO t(id, b) VALUES (?1, ?2)", rusqlite::params![format!("{batch}-{i}"), text])?;
-        }
-        block_on(dimple::push(&mut w, &store))?;
-    }
+    // Eight batches of about 1.5 MB: far more WAL than 4 MiB.
+    let w = pushed_batches(&g, &store, 8)?;
     let mut r = g.replica("r");
     block_on(dimple::pull(&mut r, &store))?;
     assert_eq!(rows(r.conn(), "t"), rows(w.conn(), "t"));
@@ -40,15 +51,7 @@ fn a_pull_leaves_a_wal_of_at_most_4_mib() -> TestResult {
 fn a_pull_while_an_app_holds_a_read_open_neither_waits_for_it_nor_fails() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut w = g.replica("w");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
-    for batch in 0..4 {
-        for i in 0..300 {
-            let text: String = (0..4096).map(|_| rng.gen_range('!'..='~')).collect();
-            w.conn().execute("INSERT INTO t(id, b) VALUES (?1, ?2)", rusqlite::params![format!("{batch}-{i}"), text])?;
-        }
-        block_on(dimple::push(&mut w, &store))?;
-    }
+    let w = pushed_batches(&g, &store, 4)?;
     let mut r = g.replica("r");
     let app = open_plain(&g.db("r"));
     app.execute_batch("BEGIN")?;
