@@ -185,8 +185,9 @@ fn main() {
     assert_eq!(pulled.blobs_missing.count, 0);
     // The transfer alone: a reader that does not track the table downloads and
     // checks every value (they would win) but writes no row.
-    let mut rounds: Vec<(f64, f64)> = Vec::new(); // (SDK seconds, dimple seconds)
-                                                  // (SDK seconds, the store's download alone, the store's download hashed)
+    // (SDK seconds, dimple seconds)
+    let mut rounds: Vec<(f64, f64)> = Vec::new();
+    // (SDK seconds, the store's download alone, the store's download hashed)
     let mut parts: Vec<(f64, f64, f64)> = Vec::new();
     let raw = rt.block_on(dimple::store::S3Store::open(&format!("s3://{bucket}"), Some(&server.endpoint))).unwrap();
     for round in 0..DOWNLOAD_ROUNDS {
