@@ -125,6 +125,28 @@ fn the_same_file_in_two_rows_and_on_two_replicas_is_stored_once() -> TestResult 
 }
 
 #[test]
+fn a_table_tracked_after_its_values_were_pulled_gets_them_at_the_next_pull() -> TestResult {
+    let g = Group::new();
+    let mut a = files(&g, "a");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    for i in 0..3 {
+        let n = rng.gen_range(70_000..300_000);
+        let value = random_bytes(&mut rng, n);
+        a.conn().execute("INSERT INTO f VALUES (?1, 'x', NULL, ?2)", rusqlite::params![format!("r{i}"), value])?;
+    }
+    sync(&g, &mut a);
+    // The table exists on the second replica, but it is not tracked when the values
+    // arrive: the pull has no row to put them in.
+    let mut b = Replica::init(&g.db("b"), Some(&g.bucket_url()), Some("b"), g.opts())?;
+    b.conn().execute_batch(FILES_SQL)?;
+    sync(&g, &mut b);
+    b.track("f", false)?;
+    sync(&g, &mut b);
+    assert_eq!(rows(&b), rows(&a));
+    Ok(())
+}
+
+#[test]
 fn editing_another_column_of_the_row_uploads_no_blob_bytes() -> TestResult {
     let g = Group::new();
     let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
