@@ -232,19 +232,23 @@ impl Replica {
     /// grow to 64 MiB between checkpoints): checkpoints it and truncates it when no
     /// other connection is using it right now. It never waits for one: an app
     /// reading or writing at that moment keeps the file as it is, and SQLite starts
-    /// it over at a later checkpoint.
-    pub(crate) fn shrink_wal(&self) -> Result<()> {
+    /// it over at a later checkpoint. Housekeeping only: what the pull applied is
+    /// committed already, so a failure here is logged, not returned.
+    pub(crate) fn shrink_wal(&self) {
         let mut wal = self.path.as_os_str().to_owned();
         wal.push("-wal");
         if std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() <= WAL_KEPT_BYTES as u64) {
-            return Ok(());
+            return;
         }
-        self.sync.busy_handler(None)?;
         // When another connection is using the WAL, SQLite says so in the row
         // (busy = 1), not as an error.
-        let done = self.sync.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        self.sync.busy_handler(Some(poll_busy))?;
-        Ok(done?)
+        let done = self.sync.busy_handler(None).and_then(|()| {
+            let done = self.sync.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            self.sync.busy_handler(Some(poll_busy)).and(done)
+        });
+        if let Err(e) = done {
+            tracing::warn!(db = %self.path.display(), "could not give back the WAL's space after a pull: {e}");
+        }
     }
 
     pub fn path(&self) -> &Path {
