@@ -52,26 +52,40 @@ fn peak_mib() -> f64 {
     kib / 1024.0
 }
 
-/// Downloads the SDK's copies into `down_dir` with the SDK alone; returns the seconds.
-async fn sdk_download(client: &aws_sdk_s3::Client, bucket: &str, down_dir: &std::path::Path) -> f64 {
+/// Seconds to fetch the SDK's copies (`sdk/0`, `sdk/1`, ...) into files of
+/// `down_dir`, IN_FLIGHT at a time, each with `fetch(key, path)`; the files are
+/// removed after the clock stops.
+async fn timed_download<F, Fut>(down_dir: &std::path::Path, fetch: F) -> f64
+where
+    F: Fn(String, std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     std::fs::create_dir_all(down_dir).unwrap();
     let t = Instant::now();
-    futures::stream::iter((0..VALUES).map(|i| {
-        let (client, bucket, path) = (client.clone(), bucket.to_owned(), down_dir.join(format!("{i}")));
+    futures::stream::iter((0..VALUES).map(|i| fetch(format!("sdk/{i}"), down_dir.join(format!("{i}")))))
+        .buffer_unordered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(down_dir).unwrap();
+    secs
+}
+
+/// Downloads the SDK's copies with the SDK alone; returns the seconds.
+async fn sdk_download(client: &aws_sdk_s3::Client, bucket: &str, down_dir: &std::path::Path) -> f64 {
+    timed_download(down_dir, |key, path| {
+        let (client, bucket) = (client.clone(), bucket.to_owned());
         async move {
             use std::io::Write;
-            let mut resp = client.get_object().bucket(&bucket).key(format!("sdk/{i}")).send().await.unwrap();
+            let mut resp = client.get_object().bucket(&bucket).key(key).send().await.unwrap();
             let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
             while let Some(chunk) = resp.body.try_next().await.unwrap() {
                 f.write_all(&chunk).unwrap();
             }
             f.flush().unwrap();
         }
-    }))
-    .buffer_unordered(IN_FLIGHT)
-    .collect::<Vec<_>>()
-    .await;
-    t.elapsed().as_secs_f64()
+    })
+    .await
 }
 
 /// Downloads the SDK's copies with dimple's S3 store (the bucket's root as its
@@ -79,25 +93,14 @@ async fn sdk_download(client: &aws_sdk_s3::Client, bucket: &str, down_dir: &std:
 /// that is the transfer alone, and the part that is the sha256 check.
 async fn store_download(store: &dimple::store::S3Store, down_dir: &std::path::Path, hash: bool) -> f64 {
     use dimple::store::Store;
-    std::fs::create_dir_all(down_dir).unwrap();
-    let t = Instant::now();
-    futures::stream::iter((0..VALUES).map(|i| {
-        let path = down_dir.join(format!("{i}"));
-        async move {
-            let key = format!("sdk/{i}");
-            if hash {
-                store.get_to_file_hashed(&key, &path).await.unwrap();
-            } else {
-                store.get_to_file(&key, &path).await.unwrap();
-            }
+    timed_download(down_dir, |key, path| async move {
+        if hash {
+            store.get_to_file_hashed(&key, &path).await.unwrap();
+        } else {
+            store.get_to_file(&key, &path).await.unwrap();
         }
-    }))
-    .buffer_unordered(IN_FLIGHT)
-    .collect::<Vec<_>>()
-    .await;
-    let secs = t.elapsed().as_secs_f64();
-    std::fs::remove_dir_all(down_dir).unwrap();
-    secs
+    })
+    .await
 }
 
 /// Rounds of the download comparison, alternating the SDK and dimple so that the
@@ -193,7 +196,6 @@ fn main() {
     for round in 0..DOWNLOAD_ROUNDS {
         let down = dir.path().join(format!("down-{round}"));
         let sdk_s = rt.block_on(sdk_download(&client, &bucket, &down));
-        std::fs::remove_dir_all(&down).unwrap();
         let db = dir.path().join(format!("t{round}.db"));
         let mut t_only = Replica::init(&db, Some(&url), Some(&format!("transfer{round}")), Options::default()).unwrap();
         let t = Instant::now();
@@ -205,7 +207,6 @@ fn main() {
         let _ = std::fs::remove_dir_all(dimple::replica::side_dir(&db));
         let down = dir.path().join(format!("parts-{round}"));
         let sdk_s = rt.block_on(sdk_download(&client, &bucket, &down));
-        std::fs::remove_dir_all(&down).unwrap();
         let alone = rt.block_on(store_download(&raw, &down, false));
         let hashed = rt.block_on(store_download(&raw, &down, true));
         parts.push((sdk_s, alone, hashed));

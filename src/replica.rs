@@ -88,7 +88,7 @@ fn poll_busy(tries: i32) -> bool {
 
 /// The WAL file size a pull leaves at most ([`Replica::shrink_wal`]): what SQLite's
 /// default checkpoint interval of 1000 pages lets it reach.
-const WAL_KEPT_BYTES: i64 = 4 << 20;
+const WAL_KEPT_BYTES: u64 = 4 << 20;
 
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
@@ -237,18 +237,21 @@ impl Replica {
     pub(crate) fn shrink_wal(&self) {
         let mut wal = self.path.as_os_str().to_owned();
         wal.push("-wal");
-        if std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() <= WAL_KEPT_BYTES as u64) {
+        if std::fs::metadata(PathBuf::from(wal)).map_or(true, |m| m.len() <= WAL_KEPT_BYTES) {
             return;
         }
-        // When another connection is using the WAL, SQLite says so in the row
-        // (busy = 1), not as an error.
-        let done = self.sync.busy_handler(None).and_then(|()| {
-            let done = self.sync.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            self.sync.busy_handler(Some(poll_busy)).and(done)
-        });
-        if let Err(e) = done {
+        if let Err(e) = self.truncate_wal_unless_busy() {
             tracing::warn!(db = %self.path.display(), "could not give back the WAL's space after a pull: {e}");
         }
+    }
+
+    /// `wal_checkpoint(TRUNCATE)` without the busy handler. When another connection
+    /// is using the WAL, SQLite says so in the row (busy = 1), not as an error.
+    fn truncate_wal_unless_busy(&self) -> rusqlite::Result<()> {
+        self.sync.busy_handler(None)?;
+        let done = self.sync.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.sync.busy_handler(Some(poll_busy))?;
+        done
     }
 
     pub fn path(&self) -> &Path {

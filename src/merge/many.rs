@@ -35,6 +35,8 @@ use std::collections::HashMap;
 
 /// What the batch holds of one row it names.
 struct Row<'a> {
+    table: &'a str,
+    entity_id: &'a str,
     seen: Seen<'a>,
     /// Its winners to write, once it has one in a tracked table.
     touched: Option<Touched<'a>>,
@@ -42,8 +44,6 @@ struct Row<'a> {
 
 #[derive(Default)]
 struct Touched<'a> {
-    table: &'a str,
-    entity_id: &'a str,
     /// The last winning row state in the batch.
     row: Option<&'a str>,
     died: bool,
@@ -82,18 +82,17 @@ impl<'c> Merger<'c> {
             let i = *index.entry((c.entity_type.as_str(), c.entity_id.as_str())).or_insert(next);
             if i == next {
                 let seen = Seen { changes: 0, asked: false, known: true, best: Vec::new() };
-                rows.push(Row { seen, touched: None });
+                rows.push(Row { table: &c.entity_type, entity_id: &c.entity_id, seen, touched: None });
             }
             rows[i].seen.changes += 1;
             row_of.push(i);
         }
-        drop(index);
         let mut won = 0;
         let mut unstored: Vec<&Change> = Vec::new();
         // Rows with a winner to write, in the order of their first.
         let mut order: Vec<usize> = Vec::new();
         for (c, &i) in changes.iter().zip(&row_of) {
-            let Row { seen: s, touched } = &mut rows[i];
+            let Row { seen: s, touched, .. } = &mut rows[i];
             if !s.asked {
                 s.asked = true;
                 // A row with one change here costs a seek either way: only a row
@@ -117,7 +116,7 @@ impl<'c> Merger<'c> {
             let t = touched.get_or_insert_with(|| {
                 order.push(i);
                 let columns = Vec::with_capacity(info.columns.len());
-                Touched { table: &c.entity_type, entity_id: &c.entity_id, columns, ..Touched::default() }
+                Touched { columns, ..Touched::default() }
             });
             match column {
                 None => {
@@ -133,8 +132,9 @@ impl<'c> Merger<'c> {
         // Before any row is written: writing one may read its winners from the log.
         self.log.insert_all(&unstored)?;
         for i in order {
-            let t = rows[i].touched.as_ref().expect("a row in the order has a winner");
-            let (info, entity_id) = (&self.tables[t.table], t.entity_id);
+            let Row { table, entity_id, touched, .. } = &rows[i];
+            let t = touched.as_ref().expect("a row in the order has a winner");
+            let info = &self.tables[*table];
             let key = key_values(info, entity_id)?;
             // When the batch holds a winner for every column, it knows the whole row:
             // no need to read the winners back from the log.
