@@ -181,6 +181,9 @@ impl Capture {
 pub struct Moved {
     pub count: u64,
     pub bytes: u64,
+    /// Wall time of the transfers that moved them, in milliseconds: what a user
+    /// divides `bytes` by to see the throughput (`sync --json`).
+    pub millis: u64,
 }
 
 impl Missing {
@@ -193,6 +196,15 @@ impl Moved {
     pub fn add(&mut self, other: Moved) {
         self.count += other.count;
         self.bytes += other.bytes;
+        self.millis += other.millis;
+    }
+
+    /// The same, its `millis` the time since `started` when anything moved.
+    pub(crate) fn timed(mut self, started: std::time::Instant) -> Moved {
+        if self.count > 0 {
+            self.millis = started.elapsed().as_millis() as u64;
+        }
+        self
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, refs: BTreeSet<
         return Ok(Moved::default());
     }
     let out = r.side().blobs_out()?;
+    let started = std::time::Instant::now();
     let total = refs.iter().map(|r| r.size).sum();
     let progress = Progress::new(total, "uploading values");
     let sent: Vec<Moved> = futures::stream::iter(refs.iter().map(|rf| send_one(store, codec, &out, rf, &progress)))
@@ -90,7 +91,7 @@ pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, refs: BTreeSet<
         .await?;
     let mut moved = Moved::default();
     sent.into_iter().for_each(|m| moved.add(m));
-    Ok(moved)
+    Ok(moved.timed(started))
 }
 
 async fn send_one(store: &dyn Store, codec: &Codec, out: &Path, rf: &Ref, progress: &Progress) -> Result<Moved> {
@@ -135,7 +136,7 @@ async fn send_one(store: &dyn Store, codec: &Codec, out: &Path, rf: &Ref, progre
     if source != file {
         let _ = std::fs::remove_file(&source);
     }
-    Ok(Moved { count: 1, bytes: size })
+    Ok(Moved { count: 1, bytes: size, millis: 0 })
 }
 
 /// The upload in progress for one value, kept beside its file.
@@ -273,7 +274,7 @@ async fn download(store: &dyn Store, codec: &Codec, dir: &Path, rf: &Ref, progre
         return Err(e);
     }
     std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
-    Ok(Got::Here(Moved { count: 1, bytes: n }))
+    Ok(Got::Here(Moved { count: 1, bytes: n, millis: 0 }))
 }
 
 fn hash_file(path: &Path) -> Result<(String, u64)> {
@@ -326,8 +327,19 @@ pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, refs: &Refe
     }
     let side = r.side();
     let mut wanted = BTreeSet::new();
+    // Values of cells this replica has no column for are not fetched: the change
+    // waits in the log, and when the table is tracked or the column appears, the
+    // value is applied as missing and fetched by the next pull.
+    let mut columns: BTreeMap<&str, Option<crate::track::TableInfo>> = BTreeMap::new();
     for ((t, e, a), (id, rf)) in &refs.last {
         let Some(rf) = rf else { continue };
+        if !columns.contains_key(t.as_str()) {
+            let tracked = crate::track::recorded_columns(&r.sync, t)?.is_some();
+            columns.insert(t, if tracked { crate::track::inspect(&r.sync, t)? } else { None });
+        }
+        if !columns[t.as_str()].as_ref().is_some_and(|info| info.has_column(a)) {
+            continue;
+        }
         let current = crate::log::winner(&r.sync, t, e, a)?.map(|w| w.id);
         if current.is_some_and(|cur| cur.as_str() >= id.as_str()) || local_file(side, rf).is_some() {
             continue; // loses here, or its bytes are here already
@@ -338,6 +350,7 @@ pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, refs: &Refe
         return Ok(Moved::default());
     }
     let dir = side.blobs_in()?;
+    let started = std::time::Instant::now();
     let progress = Progress::new(wanted.iter().map(|r| r.size).sum(), "downloading values");
     let got: Vec<Got> = futures::stream::iter(wanted.iter().map(|rf| download(store, codec, &dir, rf, &progress)))
         .buffer_unordered(CONCURRENCY)
@@ -349,7 +362,7 @@ pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, refs: &Refe
             moved.add(m);
         }
     }
-    Ok(moved)
+    Ok(moved.timed(started))
 }
 
 /// What [`fetch_missing`] did.
@@ -381,6 +394,7 @@ pub async fn fetch_missing(
     let side = r.side().clone();
     let dir = side.blobs_in()?;
     let refs: BTreeSet<&Ref> = list.iter().map(|m| &m.r).filter(|rf| local_file(&side, rf).is_none()).collect();
+    let started = std::time::Instant::now();
     let progress = Progress::new(refs.iter().map(|r| r.size).sum(), "downloading values");
     let results: Vec<(&Ref, Result<Got>)> = futures::stream::iter(refs.into_iter().map(|rf| {
         let (dir, progress) = (&dir, &progress);
@@ -390,6 +404,7 @@ pub async fn fetch_missing(
     .collect()
     .await;
     drop(progress);
+    let millis = started.elapsed().as_millis() as u64;
     let now = crate::clock::rfc3339(r.hlc.now_ms());
     for (rf, result) in results {
         match result {
@@ -403,6 +418,9 @@ pub async fn fetch_missing(
             }
             Err(e) => return Err(e),
         }
+    }
+    if report.moved.count > 0 {
+        report.moved.millis = millis;
     }
     let tx = r.sync.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {

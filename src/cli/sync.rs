@@ -161,7 +161,11 @@ pub async fn run(cmd: SyncCommand) -> Result<()> {
 /// One line when values travelled out of line.
 fn say_blobs(verb: &str, moved: &dimple::blob::Moved) {
     if moved.count > 0 {
-        println!("{verb} {} large values ({} bytes)", moved.count, moved.bytes);
+        let rate = match moved.millis {
+            0 => String::new(),
+            ms => format!(" in {:.1} s, {:.0} MB/s", ms as f64 / 1e3, moved.bytes as f64 / 1e3 / ms as f64),
+        };
+        println!("{verb} {} large values ({} bytes){rate}", moved.count, moved.bytes);
     }
 }
 

@@ -124,24 +124,57 @@ fn the_same_file_in_two_rows_and_on_two_replicas_is_stored_once() -> TestResult 
     Ok(())
 }
 
-#[test]
-fn a_table_tracked_after_its_values_were_pulled_gets_them_at_the_next_pull() -> TestResult {
-    let g = Group::new();
-    let mut a = files(&g, "a");
+/// `n` rows of `f` on `a`, each holding a value of 70-300 kB in `data`; returns their bytes.
+fn insert_large_values(a: &Replica, n: usize) -> u64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
-    for i in 0..3 {
+    let mut bytes = 0;
+    for i in 0..n {
         let n = rng.gen_range(70_000..300_000);
         let value = random_bytes(&mut rng, n);
-        a.conn().execute("INSERT INTO f VALUES (?1, 'x', NULL, ?2)", rusqlite::params![format!("r{i}"), value])?;
+        bytes += value.len() as u64;
+        a.conn()
+            .execute("INSERT INTO f VALUES (?1, 'x', NULL, ?2)", rusqlite::params![format!("r{i}"), value])
+            .unwrap();
     }
+    bytes
+}
+
+#[test]
+fn values_of_a_table_this_replica_lacks_are_not_downloaded_until_the_app_creates_it() -> TestResult {
+    let g = Group::new();
+    let mut a = files(&g, "a");
+    let bytes = insert_large_values(&a, 3);
     sync(&g, &mut a);
-    // The table exists on the second replica, but it is not tracked when the values
-    // arrive: the pull has no row to put them in.
+    // The second replica's app has not created the table yet (manual schema
+    // policy): the changes wait in the log, and there is no row to put a value in.
     let mut b = Replica::init(&g.db("b"), Some(&g.bucket_url()), Some("b"), g.opts())?;
+    let before = sync(&g, &mut b);
+    assert_eq!(before.pull.changes, 12, "the changes are stored");
+    assert_eq!(before.pull.blobs.count, 0, "no value is downloaded for a table with no rows to fill");
+    // Created by the app: the next pull tracks it, applies the rows and fetches the values.
     b.conn().execute_batch(FILES_SQL)?;
-    sync(&g, &mut b);
+    let after = sync(&g, &mut b);
+    assert_eq!((after.pull.blobs.count, after.pull.blobs.bytes), (3, bytes));
+    assert_eq!(rows(&b), rows(&a));
+    Ok(())
+}
+
+#[test]
+fn values_of_a_column_this_replica_lacks_are_not_downloaded_until_the_app_adds_it() -> TestResult {
+    let g = Group::new();
+    let mut a = files(&g, "a");
+    let bytes = insert_large_values(&a, 2);
+    sync(&g, &mut a);
+    // The second replica's table has no `data` column yet (an older schema).
+    let mut b = Replica::init(&g.db("b"), Some(&g.bucket_url()), Some("b"), g.opts())?;
+    b.conn().execute_batch("CREATE TABLE f(id TEXT PRIMARY KEY, name TEXT, note TEXT)")?;
     b.track("f", false)?;
-    sync(&g, &mut b);
+    let before = sync(&g, &mut b);
+    assert_eq!(before.pull.changes, 8, "the changes are stored");
+    assert_eq!(before.pull.blobs.count, 0, "no value is downloaded for a column the table lacks");
+    b.conn().execute_batch("ALTER TABLE f ADD COLUMN data BLOB")?;
+    let after = sync(&g, &mut b);
+    assert_eq!((after.pull.blobs.count, after.pull.blobs.bytes), (2, bytes));
     assert_eq!(rows(&b), rows(&a));
     Ok(())
 }
@@ -614,6 +647,23 @@ fn the_command_line_sets_lazy_fetches_on_demand_and_refuses_bad_settings() -> Te
     let phone = Replica::open(&g.db("phone"), g.opts())?;
     let got: Vec<u8> = phone.conn().query_row("SELECT data FROM f WHERE id = 'p'", [], |r| r.get(0))?;
     assert!(got == photo);
+    // What moved, with the time it took: in words and in JSON.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let (scan, map) = (random_bytes(&mut rng, 120_000), random_bytes(&mut rng, 70_000));
+    a.conn().execute("INSERT INTO f VALUES ('s', 'scan', NULL, ?1)", [&scan])?;
+    drop(a);
+    let writer = g.db("a");
+    let writer = writer.to_str().unwrap();
+    let out = cli(&["sync", writer]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("uploaded 1 large values (120000 bytes)"), "{said}");
+    Replica::open(&g.db("a"), g.opts())?.conn().execute("INSERT INTO f VALUES ('m', 'map', NULL, ?1)", [&map])?;
+    let out = cli(&["sync", writer, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let up = &json["push"]["blobs"];
+    assert_eq!((up["count"].as_u64(), up["bytes"].as_u64()), (Some(1), Some(70_000)), "{json}");
+    assert!(up["millis"].is_u64(), "{json}");
     Ok(())
 }
 
