@@ -105,6 +105,8 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
 
     // Baseline: plain SQLite writing the same end state (the rows, one transaction).
     let base = plain_rows(&dir.join("plain.db"), WRITERS * rows);
+    let (read, read_n) = read_batches(&bucket_dir, &dir.join("batch-read.db"));
+    assert_eq!(read_n, total, "every change was read back");
     let per_s = changes / secs_pull;
     let at_scale = |ok: bool| if scale == 1.0 { Some(ok) } else { None };
     table.section(&format!(
@@ -131,6 +133,22 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         secs(secs_pull),
         secs(base),
         format!("{:.1}x", secs_pull / base),
+        "",
+        None,
+    );
+    table.row(
+        "  the batch format's floor: plain SQLite reading the changes",
+        secs(read),
+        String::new(),
+        rate(total as f64 / read),
+        "",
+        None,
+    );
+    table.row(
+        "  floor of the pull: reading them + inserting the rows",
+        rate(total as f64 / (read + base)),
+        String::new(),
+        String::new(),
         "",
         None,
     );
@@ -176,6 +194,36 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         None,
     );
     table.row("  its peak RSS (VmHWM)", format!("{:.0} MB", hwm_kb / 1024.0), String::new(), String::new(), "", None);
+}
+
+/// Seconds plain SQLite takes to read every change of every batch in the bucket
+/// (each file unpacked to `scratch` as a pull does, every column of `ZV_CHANGE`
+/// read as text), and their count: the part of a pull the format itself costs.
+fn read_batches(bucket: &Path, scratch: &Path) -> (f64, usize) {
+    let files: Vec<_> = std::fs::read_dir(bucket.join("batches"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    let t = Instant::now();
+    let (mut n, mut bytes) = (0, 0);
+    for f in files {
+        let stored = std::fs::read(&f).unwrap();
+        std::fs::write(scratch, &*dimple::batch::unpack(&stored, "bench").unwrap()).unwrap();
+        let c = rusqlite::Connection::open(scratch).unwrap();
+        let mut stmt = c.prepare("SELECT * FROM ZV_CHANGE ORDER BY id").unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..7 {
+                bytes += row.get_ref(i).unwrap().as_str_or_null().unwrap().map_or(0, str::len);
+            }
+            n += 1;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    let _ = std::fs::remove_file(scratch);
+    (secs, n)
 }
 
 /// Plain SQLite making the updates of [`updater`] to the rows of [`plain_rows`],

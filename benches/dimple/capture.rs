@@ -101,6 +101,8 @@ struct Tracked {
     /// Bytes in use once history is pruned as the default retention does once the
     /// horizon has passed (only the winning changes stay).
     retained: u64,
+    /// Plain SQLite writing the pushed batch's rows into a fresh batch file.
+    batch_rows: f64,
 }
 
 fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
@@ -132,8 +134,62 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     let pruned = dimple::retention::prune(&mut r).unwrap();
     assert_eq!(pruned.changes, n, "each update superseded one insert's value");
     let retained = sizes(r.conn()).1;
-    Tracked { times, ingest, push, push_hwm_kb, push_start_kb, file, in_use, retained }
+    let batch_rows = batch_rows(&bucket, &dir.join(format!("batch-rows-{run}.db")));
+    Tracked { times, ingest, push, push_hwm_kb, push_start_kb, file, in_use, retained, batch_rows }
 }
+
+/// Seconds plain SQLite takes to write the rows of the batch pushed to `bucket`
+/// into a fresh file of the batch format, as `batch::write_with` sets it up: the
+/// part of the push that the format itself costs, whatever dimple does around it.
+fn batch_rows(bucket: &Path, scratch: &Path) -> f64 {
+    let dir = bucket.join("batches");
+    let replica = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let stored = std::fs::read_dir(&replica).unwrap().next().unwrap().unwrap().path();
+    let bytes = std::fs::read(&stored).unwrap();
+    let sqlite = dimple::batch::unpack(&bytes, "bench").unwrap();
+    let source = scratch.with_extension("source");
+    std::fs::write(&source, &*sqlite).unwrap();
+    type Row = (String, String, String, String, String, Option<String>, Option<String>);
+    let (txns, changes): (Vec<(String, String)>, Vec<Row>) = {
+        let c = Connection::open(&source).unwrap();
+        let txns = c.prepare("SELECT id, author FROM ZV_TRANSACTION").unwrap();
+        let changes = c.prepare("SELECT * FROM ZV_CHANGE ORDER BY id").unwrap();
+        let collect_txns = |mut s: rusqlite::Statement| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        };
+        let collect_changes = |mut s: rusqlite::Statement| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        (collect_txns(txns), collect_changes(changes))
+    };
+    let _ = std::fs::remove_file(scratch);
+    let t = Instant::now();
+    let c = Connection::open(scratch).unwrap();
+    c.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA page_size=65536; BEGIN").unwrap();
+    c.execute_batch(BATCH_SCHEMA).unwrap();
+    {
+        let mut txn = c.prepare("INSERT INTO ZV_TRANSACTION VALUES (?1, ?2)").unwrap();
+        for row in &txns {
+            txn.execute(params![row.0, row.1]).unwrap();
+        }
+        let mut chg = c.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").unwrap();
+        for row in &changes {
+            chg.execute(params![row.0, row.1, row.2, row.3, row.4, row.5, row.6]).unwrap();
+        }
+    }
+    c.execute_batch("COMMIT").unwrap();
+    drop(c);
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(scratch);
+    let _ = std::fs::remove_file(&source);
+    secs
+}
+
+/// The batch file's schema, as dimple writes it.
+const BATCH_SCHEMA: &str = include_str!("../../schema/batch.sql");
 
 /// The child: `__push-child BUCKET DB`. Prints one line of key=value figures.
 pub fn push_child(args: &[String]) {
@@ -219,6 +275,24 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         format!("{rw:.2}x"),
         "<= 3x",
         within(rw, 3.0),
+    );
+    // What the batch format alone costs: the floor under the push.
+    let rows = mid(runs.iter().map(|t| t.batch_rows));
+    table.row(
+        &format!("  the batch format's floor: plain SQLite writing its {} rows", n * 5),
+        secs(rows),
+        String::new(),
+        rate((n * 5) as f64 / rows),
+        "",
+        None,
+    );
+    table.row(
+        "  floor of the path: tracked writes + those rows alone",
+        secs(dim_i + dim_u + rows),
+        secs(base_i + base_u),
+        format!("{:.2}x", (dim_i + dim_u + rows) / (base_i + base_u)),
+        "",
+        None,
     );
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let size_row = |table: &mut Table, what: &str, bytes: u64, goal: Option<f64>| {
