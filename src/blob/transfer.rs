@@ -299,6 +299,11 @@ pub struct Referenced {
 }
 
 impl Referenced {
+    /// Whether any cell ends with a reference: something a pull may download.
+    pub fn any(&self) -> bool {
+        self.last.values().any(|(_, rf)| rf.is_some())
+    }
+
     /// Takes note of `c`, the batch's next change.
     pub fn see(&mut self, c: &Change) {
         if c.attribute == ROW {

@@ -244,23 +244,46 @@ async fn pull_replica(
         |checker: &apply::Checker, l: &chain::Link| apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone());
     let mut checker = apply::Checker::new(r, id)?;
     let mut ahead = links.first().map(|l| start(&checker, l));
-    for (i, link) in links.iter().enumerate() {
-        let checked = ahead.take().expect("each batch's check is started before it").finish()?;
-        checker = checker.after(&checked.header);
-        ahead = links.get(i + 1).map(|l| start(&checker, l));
-        // Values stored out of line are downloaded and checked before any of the
-        // batch is applied.
-        report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.references).await?);
-        let (n, tables) = apply::commit_batch(r, id, checked, &link.key, &link.sha256)?;
-        report.batches += 1;
-        report.changes += n;
-        for t in tables {
-            if !report.tables.contains(&t) {
-                report.tables.push(t);
+    let mut group: Option<apply::Group> = None;
+    let applied = async {
+        for (i, link) in links.iter().enumerate() {
+            let checked = ahead.take().expect("each batch's check is started before it").finish()?;
+            checker = checker.after(&checked.header);
+            ahead = links.get(i + 1).map(|l| start(&checker, l));
+            // Values stored out of line are downloaded and checked before any of
+            // the batch is applied, with no transaction open meanwhile. This is
+            // the loop's only await: a pull dropped there (cancelled) leaves no
+            // transaction open on the replica's connection.
+            if checked.references.any() {
+                if let Some(g) = group.take() {
+                    g.commit(r)?;
+                }
+                report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.references).await?);
+            } else if group.as_ref().is_some_and(apply::Group::full) {
+                group.take().expect("checked above").commit(r)?;
             }
+            let g = match &mut group {
+                Some(g) => g,
+                None => group.insert(apply::Group::begin(r)?),
+            };
+            let (n, tables) = g.apply(r, id, checked, &link.key, &link.sha256)?;
+            report.batches += 1;
+            report.changes += n;
+            for t in tables {
+                if !report.tables.contains(&t) {
+                    report.tables.push(t);
+                }
+            }
+            let _ = std::fs::remove_file(&link.path);
         }
-        let _ = std::fs::remove_file(&link.path);
+        Ok::<_, Error>(())
     }
+    .await;
+    // The batches in the group are whole, also when a later one failed.
+    if let Some(g) = group {
+        g.commit(r)?;
+    }
+    applied?;
     peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;
     if let Some(epoch) = epoch {
         crate::meta::set(&r.sync, &epoch_meta, &epoch.to_string())?;

@@ -5,6 +5,7 @@ mod attachments;
 mod bad_input;
 mod bounded;
 mod capture;
+mod commits;
 mod concurrency;
 mod convergence;
 mod crash;

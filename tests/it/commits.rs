@@ -1,0 +1,117 @@
+//! How a pull commits (docs/protocol.md, pull step 4): consecutive batches share
+//! a transaction, each under a savepoint, so that a batch refused halfway leaves
+//! nothing of itself while the batches before it stay applied.
+
+use crate::support::*;
+use rand::{Rng, SeedableRng};
+
+/// The reader's table refuses names of `LIMIT` characters or more, which the
+/// writer's accepts: a batch can be refused here by a local constraint, after
+/// some of its changes were merged.
+const LIMIT: usize = 20;
+
+fn name(rng: &mut rand::rngs::StdRng, len: usize) -> String {
+    (0..len).map(|_| rng.gen_range('a'..='z')).collect()
+}
+
+#[test]
+fn a_batch_refused_halfway_leaves_nothing_of_itself_and_the_batches_before_it_applied() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let mut b = dimple::Replica::init(&g.db("b"), Some(&g.bucket_url()), Some("b"), g.opts())?;
+    b.conn().execute_batch(&format!(
+        "CREATE TABLE t(id TEXT PRIMARY KEY, a, b TEXT CHECK (length(b) < {LIMIT}), c REAL)"
+    ))?;
+    b.track("t", false)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let store = g.store();
+    // Batches of good rows, one push each, then one whose last row breaks the
+    // reader's constraint after good ones, then more good rows.
+    let before = rng.gen_range(2..6);
+    let mut expected = Vec::new();
+    for batch in 0..before {
+        for i in 0..rng.gen_range(1..20) {
+            let id = format!("ok-{batch}-{i}");
+            a.conn().execute("INSERT INTO t VALUES (?1, ?2, ?3, NULL)", rusqlite::params![id, i, name(&mut rng, 5)])?;
+            expected.push(id);
+        }
+        block_on(dimple::push(&mut a, &store))?;
+    }
+    for i in 0..rng.gen_range(1..20) {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, ?3, NULL)", rusqlite::params![format!("bad-{i}"), i, "x"])?;
+    }
+    let len = LIMIT + rng.gen_range(0..10);
+    let long = name(&mut rng, len);
+    a.conn().execute("INSERT INTO t VALUES ('zz-breaks', 0, ?1, NULL)", [long])?;
+    block_on(dimple::push(&mut a, &store))?;
+    a.conn().execute("INSERT INTO t VALUES ('after', 0, 'y', NULL)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+
+    for attempt in 0..2 {
+        let report = block_on(dimple::pull(&mut b, &store))?;
+        assert_eq!(report.problems.len(), 1, "attempt {attempt}: {:?}", report.problems);
+        assert!(report.problems[0].contains("cannot be applied here"), "{:?}", report.problems);
+        let held: Vec<String> =
+            b.conn().prepare("SELECT id FROM t ORDER BY id")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        expected.sort();
+        assert_eq!(held, expected, "attempt {attempt}: the batches before the refused one, and nothing else");
+    }
+    Ok(())
+}
+
+/// Whether another connection can start a write on `db` right now, without waiting.
+fn writable(db: &std::path::Path) -> bool {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let free = c.execute_batch("BEGIN IMMEDIATE").is_ok();
+    if free {
+        c.execute_batch("ROLLBACK").unwrap();
+    }
+    free
+}
+
+#[test]
+fn no_store_request_is_made_while_a_pull_holds_the_write_lock() -> TestResult {
+    use dimple::store::faulty::{Fault, Faulty};
+    use rand::RngCore;
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let store = g.store();
+    // Batches of plain rows and batches with values stored out of line (which a
+    // pull downloads between batches): a plain one, one with a value, then at random.
+    for batch in 0..6 {
+        let id = format!("r{batch}");
+        if batch == 1 || (batch > 1 && rng.gen_bool(0.5)) {
+            let mut value = vec![0u8; rng.gen_range(70_000..150_000)];
+            rng.fill_bytes(&mut value);
+            a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'v', NULL)", rusqlite::params![id, value])?;
+        } else {
+            a.conn().execute("INSERT INTO t VALUES (?1, 1, 'p', NULL)", [id])?;
+        }
+        block_on(dimple::push(&mut a, &store))?;
+    }
+    // Every store call of a pull in turn never returns; while it waits, an app
+    // can write.
+    let mut n = 0;
+    loop {
+        let _ = std::fs::remove_file(g.db("b"));
+        let _ = std::fs::remove_dir_all(dimple::replica::side_dir(&g.db("b")));
+        let mut b = g.replica("b");
+        let (faulty, plan) = Faulty::new(g.raw_store());
+        plan.fail_nth(n, Fault::Hang);
+        let waited = block_on(async {
+            tokio::select! {
+                out = dimple::pull(&mut b, &faulty) => { out.unwrap(); None }
+                _ = plan.hung() => Some(writable(&g.db("b"))),
+            }
+        });
+        match waited {
+            Some(free) => assert!(free, "store call {n} was made while the pull held the write lock"),
+            None => break,
+        }
+        n += 1;
+    }
+    assert!(n > 6, "the pull made {n} store calls");
+    Ok(())
+}
