@@ -139,10 +139,9 @@ impl Drop for Ahead {
     }
 }
 
-/// Batches of one replica applied in one SQLite transaction, each under a
-/// savepoint of its own together with the cursor that records it: a crash
-/// loses the group whole and the next pull applies it again; a batch refused
-/// halfway is rolled back to its savepoint, and the batches before it stay.
+/// Batches of one replica applied in one SQLite transaction, each together with
+/// the cursor that records it: a crash loses the group whole, and the next pull
+/// applies it again.
 ///
 /// One commit per batch wrote every page the batch dirtied to the WAL, and a
 /// batch of updates spread over the keys dirties most pages of the log and the
@@ -150,10 +149,19 @@ impl Drop for Ahead {
 /// updates in batches of 10k: a quarter of its time in commits). A group ends
 /// at [`GROUP_CHANGES`] changes or [`GROUP_OPEN`]: the app's writes wait while it
 /// is open.
+///
+/// No savepoint per batch: SQLite then copies every page a batch first touches
+/// to a statement journal, 12% of a fresh pull. A batch refused halfway rolls
+/// its whole group back instead ([`Group::rollback`]), and the caller applies
+/// the group's batches again one transaction each (see `sync::pull`).
 pub struct Group {
     changes: i64,
+    /// Batches applied in it so far.
+    pub batches: usize,
     opened: std::time::Instant,
-    /// The page cache to set back after the commit.
+    /// One batch only (the retry after a refusal).
+    single: bool,
+    /// The page cache to set back once the group ends.
     cache_before: i64,
 }
 
@@ -164,18 +172,19 @@ const GROUP_OPEN: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Group {
     /// Opens the transaction: captured local writes get their ids first, as
-    /// every transaction that applies remote changes does.
-    pub fn begin(r: &mut Replica) -> Result<Group> {
+    /// every transaction that applies remote changes does. A `single` group
+    /// takes one batch.
+    pub fn begin(r: &mut Replica, single: bool) -> Result<Group> {
         let cache_before: i64 = r.sync.query_row("PRAGMA cache_size", [], |row| row.get(0))?;
         r.sync.execute_batch("BEGIN IMMEDIATE")?;
-        let group = Group { changes: 0, opened: std::time::Instant::now(), cache_before };
+        let group = Group { changes: 0, batches: 0, opened: std::time::Instant::now(), single, cache_before };
         let me = r.id().to_owned();
         let started = (|| -> Result<()> {
             r.hlc.observe_persisted(&r.sync)?;
             changelog::ingest(&r.sync, &mut r.hlc, &me).map(drop)
         })();
         if let Err(e) = started {
-            let _ = r.sync.execute_batch("ROLLBACK");
+            group.rollback(r);
             return Err(e);
         }
         Ok(group)
@@ -183,11 +192,11 @@ impl Group {
 
     /// Whether the next batch should go to a new group.
     pub fn full(&self) -> bool {
-        self.changes >= GROUP_CHANGES || self.opened.elapsed() >= GROUP_OPEN
+        (self.single && self.batches > 0) || self.changes >= GROUP_CHANGES || self.opened.elapsed() >= GROUP_OPEN
     }
 
-    /// Applies one checked batch inside the group; on an error nothing of it
-    /// stays, and the batches before it are still there to commit.
+    /// Applies one checked batch inside the group. After an error, the group
+    /// must be rolled back: part of the batch may be in it.
     pub fn apply(
         &mut self,
         r: &mut Replica,
@@ -200,41 +209,45 @@ impl Group {
         // already holds reads and dirties a page of the log wherever that row's
         // changes lie, and with SQLite's default most of those pages were read
         // and written out again (a pull of 200k single-column updates of 20k rows:
-        // 2.1 -> 1.7 s, of which system time 0.8 -> 0.25 s). Set back after the
-        // commit, so that no dirty page is pushed out before it.
+        // 2.1 -> 1.7 s, of which system time 0.8 -> 0.25 s). Set back once the
+        // group ends, so that no dirty page is pushed out before its commit.
         let kib = (self.changes + checked.header.change_count)
             .saturating_mul(APPLY_CACHE_KIB_PER_CHANGE)
             .min(APPLY_CACHE_KIB);
         if kib > crate::sql::DEFAULT_CACHE_KIB {
             r.sync.pragma_update(None, "cache_size", -kib)?;
         }
-        r.sync.execute_batch("SAVEPOINT batch")?;
-        match apply_one(r, id, checked, key, sha) {
-            Ok(done) => {
-                r.sync.execute_batch("RELEASE batch")?;
-                self.changes += done.0 as i64;
-                Ok(done)
-            }
-            Err(e) => {
-                if r.sync.execute_batch("ROLLBACK TO batch; RELEASE batch").is_err() && !r.sync.is_autocommit() {
-                    // The savepoint is gone: nothing of the group can be trusted.
-                    let _ = r.sync.execute_batch("ROLLBACK");
-                }
-                Err(e)
-            }
-        }
+        let done = apply_one(r, id, checked, key, sha)?;
+        self.changes += done.0 as i64;
+        self.batches += 1;
+        Ok(done)
     }
 
-    /// Commits every batch applied in the group (after an error too: each one
-    /// there is whole).
+    /// Commits every batch applied in the group.
     pub fn commit(self, r: &mut Replica) -> Result<()> {
-        // SQLite may have rolled the transaction back itself (a full disk).
-        let committed = if r.sync.is_autocommit() { Ok(()) } else { r.sync.execute_batch("COMMIT") };
-        if committed.is_err() && !r.sync.is_autocommit() {
-            let _ = r.sync.execute_batch("ROLLBACK");
+        let committed = if r.sync.is_autocommit() {
+            // SQLite rolled the transaction back itself (a full disk, say).
+            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("SQLite rolled back the transaction applying the pulled batches".into()),
+            )))
+        } else {
+            r.sync.execute_batch("COMMIT").map_err(Error::from)
+        };
+        if committed.is_err() {
+            self.rollback(r);
+            return committed;
         }
         r.sync.pragma_update(None, "cache_size", self.cache_before)?;
-        Ok(committed?)
+        Ok(())
+    }
+
+    /// Undoes every batch of the group.
+    pub fn rollback(self, r: &mut Replica) {
+        if !r.sync.is_autocommit() {
+            let _ = r.sync.execute_batch("ROLLBACK");
+        }
+        let _ = r.sync.pragma_update(None, "cache_size", self.cache_before);
     }
 }
 

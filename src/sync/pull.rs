@@ -137,6 +137,123 @@ async fn pull_all(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     Ok(report)
 }
 
+/// Why [`apply_links`] stopped.
+struct Refused {
+    error: Error,
+    /// Batches committed before it stopped.
+    applied: usize,
+    /// The failing batch shared its transaction with batches now rolled back.
+    shared: bool,
+}
+
+/// The open [`apply::Group`] of [`apply_links`], with what it applied: added to
+/// the report once it commits.
+#[derive(Default)]
+struct Open {
+    group: Option<apply::Group>,
+    changes: usize,
+    tables: Vec<String>,
+    files: Vec<std::path::PathBuf>,
+    /// Batches committed so far.
+    applied: usize,
+}
+
+impl Open {
+    fn commit(&mut self, r: &mut Replica, report: &mut PullReport) -> Result<()> {
+        let Some(g) = self.group.take() else { return Ok(()) };
+        let batches = g.batches;
+        g.commit(r)?;
+        self.applied += batches;
+        report.batches += batches;
+        report.changes += std::mem::take(&mut self.changes);
+        for t in self.tables.drain(..) {
+            if !report.tables.contains(&t) {
+                report.tables.push(t);
+            }
+        }
+        for f in self.files.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(())
+    }
+
+    /// Stops with `error`: the batches in the group are whole, so they stay.
+    fn stop(mut self, r: &mut Replica, report: &mut PullReport, error: Error) -> Refused {
+        match self.commit(r, report) {
+            Ok(()) => Refused { error, applied: self.applied, shared: false },
+            Err(e) => Refused { error: e, applied: self.applied, shared: false },
+        }
+    }
+}
+
+/// Applies `links` oldest first, consecutive batches sharing a transaction
+/// ([`apply::Group`]; one each when `single`).
+async fn apply_links(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    id: &str,
+    links: &[&chain::Link],
+    single: bool,
+    report: &mut PullReport,
+) -> std::result::Result<(), Refused> {
+    let mut open = Open::default();
+    // Each batch is checked on a thread of its own while the one before it is merged.
+    let start =
+        |checker: &apply::Checker, l: &chain::Link| apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone());
+    let mut checker = match apply::Checker::new(r, id) {
+        Ok(c) => c,
+        Err(e) => return Err(open.stop(r, report, e)),
+    };
+    let mut ahead = links.first().map(|l| start(&checker, l));
+    for (i, link) in links.iter().enumerate() {
+        let checked = match ahead.take().expect("each batch's check is started before it").finish() {
+            Ok(checked) => checked,
+            Err(e) => return Err(open.stop(r, report, e)),
+        };
+        checker = checker.after(&checked.header);
+        ahead = links.get(i + 1).map(|l| start(&checker, l));
+        // Values stored out of line are downloaded and checked before any of the
+        // batch is applied, with no transaction open meanwhile. This is the
+        // loop's only await: a pull dropped there (cancelled) leaves no
+        // transaction open on the replica's connection.
+        let downloads = checked.references.any();
+        if downloads || open.group.as_ref().is_some_and(apply::Group::full) {
+            if let Err(e) = open.commit(r, report) {
+                return Err(open.stop(r, report, e));
+            }
+        }
+        if downloads {
+            match crate::blob::transfer::prefetch(r, store, codec, &checked.references).await {
+                Ok(moved) => report.blobs.add(moved),
+                Err(e) => return Err(open.stop(r, report, e)),
+            }
+        }
+        if open.group.is_none() {
+            match apply::Group::begin(r, single) {
+                Ok(g) => open.group = Some(g),
+                Err(e) => return Err(open.stop(r, report, e)),
+            }
+        }
+        let g = open.group.as_mut().expect("begun above");
+        match g.apply(r, id, checked, &link.key, &link.sha256) {
+            Ok((n, tables)) => {
+                open.changes += n;
+                open.tables.extend(tables);
+                open.files.push(link.path.clone());
+            }
+            Err(error) => {
+                // Part of this batch may be in the group: all of it goes.
+                let g = open.group.take().expect("applying in it");
+                let shared = g.batches > 0;
+                g.rollback(r);
+                return Err(Refused { error, applied: open.applied, shared });
+            }
+        }
+    }
+    open.commit(r, report).map_err(|e| Refused { error: e, applied: open.applied, shared: false })
+}
+
 /// Whether the schema of a replica that has no head yet is read: it would be
 /// applied, were it to push.
 fn schema_readable(r: &Replica, id: &str, mode: TrustMode) -> Result<bool> {
@@ -238,52 +355,22 @@ async fn pull_replica(
         }
         other => other?,
     };
-    // Each batch is checked on a thread of its own while the one before it is merged.
     let links: Vec<&chain::Link> = chain.iter().rev().collect();
-    let start =
-        |checker: &apply::Checker, l: &chain::Link| apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone());
-    let mut checker = apply::Checker::new(r, id)?;
-    let mut ahead = links.first().map(|l| start(&checker, l));
-    let mut group: Option<apply::Group> = None;
-    let applied = async {
-        for (i, link) in links.iter().enumerate() {
-            let checked = ahead.take().expect("each batch's check is started before it").finish()?;
-            checker = checker.after(&checked.header);
-            ahead = links.get(i + 1).map(|l| start(&checker, l));
-            // Values stored out of line are downloaded and checked before any of
-            // the batch is applied, with no transaction open meanwhile. This is
-            // the loop's only await: a pull dropped there (cancelled) leaves no
-            // transaction open on the replica's connection.
-            if checked.references.any() {
-                if let Some(g) = group.take() {
-                    g.commit(r)?;
-                }
-                report.blobs.add(crate::blob::transfer::prefetch(r, store, codec, &checked.references).await?);
-            } else if group.as_ref().is_some_and(apply::Group::full) {
-                group.take().expect("checked above").commit(r)?;
+    // A batch refused halfway rolls back the batches that shared its transaction:
+    // they are applied again one transaction each, up to the refused one.
+    let mut done = 0;
+    let mut single = false;
+    loop {
+        match apply_links(r, store, codec, id, &links[done..], single, report).await {
+            Ok(()) => break,
+            Err(Refused { error, applied, shared: true }) if !single => {
+                tracing::debug!("{error}: applying the batches of its transaction one at a time");
+                done += applied;
+                single = true;
             }
-            let g = match &mut group {
-                Some(g) => g,
-                None => group.insert(apply::Group::begin(r)?),
-            };
-            let (n, tables) = g.apply(r, id, checked, &link.key, &link.sha256)?;
-            report.batches += 1;
-            report.changes += n;
-            for t in tables {
-                if !report.tables.contains(&t) {
-                    report.tables.push(t);
-                }
-            }
-            let _ = std::fs::remove_file(&link.path);
+            Err(Refused { error, .. }) => return Err(error),
         }
-        Ok::<_, Error>(())
     }
-    .await;
-    // The batches in the group are whole, also when a later one failed.
-    if let Some(g) = group {
-        g.commit(r)?;
-    }
-    applied?;
     peers::head_applied(&r.sync, id, &etag, Some(&head.name))?;
     if let Some(epoch) = epoch {
         crate::meta::set(&r.sync, &epoch_meta, &epoch.to_string())?;

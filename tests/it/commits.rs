@@ -1,6 +1,6 @@
 //! How a pull commits (docs/protocol.md, pull step 4): consecutive batches share
-//! a transaction, each under a savepoint, so that a batch refused halfway leaves
-//! nothing of itself while the batches before it stay applied.
+//! a transaction, yet a batch refused halfway leaves nothing of itself while the
+//! batches before it stay applied, and no transaction is open across a request.
 
 use crate::support::*;
 use rand::{Rng, SeedableRng};
