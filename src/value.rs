@@ -19,9 +19,10 @@ use base64::Engine;
 use rusqlite::types::Value;
 use serde_json::Value as Json;
 
-/// The largest value SQLite stores (`SQLITE_MAX_LENGTH` of the bundled build):
-/// a reference to anything bigger is refused.
-pub const MAX_SIZE: u64 = 1_000_000_000;
+/// The largest value SQLite can store at all (2^31-1 bytes, the most
+/// `SQLITE_MAX_LENGTH` allows; dimple's builds set it, `.cargo/config.toml`): a
+/// reference to anything bigger is refused.
+pub const MAX_SIZE: u64 = i32::MAX as u64;
 
 /// A value stored out of line: the sha256 of its bytes, their number, and whether
 /// it is TEXT (UTF-8 bytes) or a BLOB.
@@ -147,6 +148,16 @@ fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundled_sqlite_holds_values_up_to_max_size_and_no_more() {
+        // zeroblob() refuses a length over SQLITE_MAX_LENGTH; length() counts its
+        // zeros without allocating them.
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let len = |n: u64| c.query_row("SELECT length(zeroblob(?1))", [n as i64], |r| r.get::<_, i64>(0));
+        assert_eq!(len(MAX_SIZE).unwrap() as u64, MAX_SIZE);
+        assert!(len(MAX_SIZE + 1).is_err());
+    }
 
     #[test]
     fn every_storage_class_round_trips_exactly() {

@@ -313,6 +313,16 @@ fn local_refusal(key: &str, e: Error) -> Error {
         Error::Sqlite(ref s) if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
             Error::bad(key, format!("batch cannot be applied here: {s}"))
         }
+        // A build of SQLite with a smaller SQLITE_MAX_LENGTH than dimple's own
+        // (an app embedding the library): a problem of that replica, not a pull
+        // that fails for everyone.
+        Error::Sqlite(ref s) if s.sqlite_error_code() == Some(rusqlite::ErrorCode::TooBig) => Error::bad(
+            key,
+            format!(
+                "batch cannot be applied here: {s}; this build's SQLite holds smaller values than dimple's \
+                 (build it with LIBSQLITE3_FLAGS=-DSQLITE_MAX_LENGTH=2147483647)"
+            ),
+        ),
         Error::BadData { reason, .. } => Error::bad(key, reason),
         e => e,
     }
