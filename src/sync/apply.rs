@@ -327,3 +327,55 @@ fn local_refusal(key: &str, e: Error) -> Error {
         e => e,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Options, Replica};
+    use rand::RngCore;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn a_value_larger_than_this_sqlite_holds_refuses_its_batch_as_a_problem_and_the_others_sync_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = dir.path().join("bucket");
+        std::fs::create_dir_all(&bucket).unwrap();
+        let url = format!("file://{}", bucket.display());
+        let replica = |name: &str| {
+            let path = dir.path().join(format!("{name}.db"));
+            let mut r = Replica::init(&path, Some(&url), Some(name), Options::default()).unwrap();
+            r.conn().execute_batch("CREATE TABLE f(id TEXT PRIMARY KEY, data BLOB)").unwrap();
+            r.track("f", false).unwrap();
+            r
+        };
+        let (mut big, mut small, mut reader) = (replica("big"), replica("small"), replica("reader"));
+        let store = block_on(crate::open_store(&url, None)).unwrap();
+        let mut value = vec![0u8; 100_001 + (rand::random::<u16>() as usize)];
+        rand::thread_rng().fill_bytes(&mut value);
+        big.conn().execute("INSERT INTO f VALUES ('big', ?1)", [&value]).unwrap();
+        small.conn().execute("INSERT INTO f VALUES ('small', x'00')", []).unwrap();
+        for r in [&mut big, &mut small] {
+            block_on(crate::push(r, &store)).unwrap();
+        }
+        // This reader's SQLite holds values of at most 100 kB, as the build of an
+        // app that embeds dimple might (SQLite's default is 1e9, dimple's 2^31-1).
+        // SAFETY: the handle is the reader's own open connection, used on this thread.
+        unsafe {
+            rusqlite::ffi::sqlite3_limit(reader.sync.handle(), rusqlite::ffi::SQLITE_LIMIT_LENGTH, 100_000);
+        }
+        let report = block_on(crate::pull(&mut reader, &store)).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0].contains("holds smaller values than dimple's"), "{:?}", report.problems);
+        let ids: Vec<String> = reader
+            .conn()
+            .prepare("SELECT id FROM f")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, ["small"]);
+    }
+}
