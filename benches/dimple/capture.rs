@@ -149,21 +149,14 @@ fn batch_rows(bucket: &Path, scratch: &Path) -> f64 {
     let sqlite = dimple::batch::unpack(&bytes, "bench").unwrap();
     let source = scratch.with_extension("source");
     std::fs::write(&source, &*sqlite).unwrap();
-    type Row = (String, String, String, String, String, Option<String>, Option<String>);
-    let (txns, changes): (Vec<(String, String)>, Vec<Row>) = {
+    let (txns, changes) = {
         let c = Connection::open(&source).unwrap();
-        let txns = c.prepare("SELECT id, author FROM ZV_TRANSACTION").unwrap();
-        let changes = c.prepare("SELECT * FROM ZV_CHANGE ORDER BY id").unwrap();
-        let collect_txns = |mut s: rusqlite::Statement| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        let read = |sql: &str, n: usize| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut stmt = c.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect()).unwrap();
+            rows.map(Result::unwrap).collect()
         };
-        let collect_changes = |mut s: rusqlite::Statement| {
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect()
-        };
-        (collect_txns(txns), collect_changes(changes))
+        (read("SELECT id, author FROM ZV_TRANSACTION", 2), read("SELECT * FROM ZV_CHANGE ORDER BY id", 7))
     };
     let _ = std::fs::remove_file(scratch);
     let t = Instant::now();
@@ -173,11 +166,11 @@ fn batch_rows(bucket: &Path, scratch: &Path) -> f64 {
     {
         let mut txn = c.prepare("INSERT INTO ZV_TRANSACTION VALUES (?1, ?2)").unwrap();
         for row in &txns {
-            txn.execute(params![row.0, row.1]).unwrap();
+            txn.execute(rusqlite::params_from_iter(row)).unwrap();
         }
         let mut chg = c.prepare("INSERT INTO ZV_CHANGE VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").unwrap();
         for row in &changes {
-            chg.execute(params![row.0, row.1, row.2, row.3, row.4, row.5, row.6]).unwrap();
+            chg.execute(rusqlite::params_from_iter(row)).unwrap();
         }
     }
     c.execute_batch("COMMIT").unwrap();

@@ -199,10 +199,10 @@ impl Moved {
         self.millis += other.millis;
     }
 
-    /// The same, its `millis` the time since `started` when anything moved.
-    pub(crate) fn timed(mut self, started: std::time::Instant) -> Moved {
+    /// The same, its `millis` what the transfers `took` when anything moved.
+    pub(crate) fn timed(mut self, took: std::time::Duration) -> Moved {
         if self.count > 0 {
-            self.millis = started.elapsed().as_millis() as u64;
+            self.millis = took.as_millis() as u64;
         }
         self
     }

@@ -91,7 +91,7 @@ pub async fn send(r: &Replica, store: &dyn Store, codec: &Codec, refs: BTreeSet<
         .await?;
     let mut moved = Moved::default();
     sent.into_iter().for_each(|m| moved.add(m));
-    Ok(moved.timed(started))
+    Ok(moved.timed(started.elapsed()))
 }
 
 async fn send_one(store: &dyn Store, codec: &Codec, out: &Path, rf: &Ref, progress: &Progress) -> Result<Moved> {
@@ -367,7 +367,7 @@ pub async fn prefetch(r: &Replica, store: &dyn Store, codec: &Codec, refs: &Refe
             moved.add(m);
         }
     }
-    Ok(moved.timed(started))
+    Ok(moved.timed(started.elapsed()))
 }
 
 /// What [`fetch_missing`] did.
@@ -409,7 +409,7 @@ pub async fn fetch_missing(
     .collect()
     .await;
     drop(progress);
-    let millis = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
     let now = crate::clock::rfc3339(r.hlc.now_ms());
     for (rf, result) in results {
         match result {
@@ -424,9 +424,7 @@ pub async fn fetch_missing(
             Err(e) => return Err(e),
         }
     }
-    if report.moved.count > 0 {
-        report.moved.millis = millis;
-    }
+    report.moved = report.moved.timed(took);
     let tx = r.sync.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let merger = Merger::new(&tx)?;

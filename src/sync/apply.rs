@@ -155,8 +155,8 @@ impl Drop for Ahead {
 /// its whole group back instead ([`Group::rollback`]), and the caller applies
 /// the group's batches again one transaction each (see `sync::pull`).
 pub struct Group {
-    changes: i64,
-    /// Batches applied in it so far.
+    /// Changes and batches applied in it so far.
+    pub changes: usize,
     pub batches: usize,
     opened: std::time::Instant,
     /// One batch only (the retry after a refusal).
@@ -166,7 +166,7 @@ pub struct Group {
 }
 
 /// A group takes no more batches once it holds this many changes.
-const GROUP_CHANGES: i64 = 100_000;
+const GROUP_CHANGES: usize = 100_000;
 /// ... or once it has been open this long.
 const GROUP_OPEN: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -195,8 +195,9 @@ impl Group {
         (self.single && self.batches > 0) || self.changes >= GROUP_CHANGES || self.opened.elapsed() >= GROUP_OPEN
     }
 
-    /// Applies one checked batch inside the group. After an error, the group
-    /// must be rolled back: part of the batch may be in it.
+    /// Applies one checked batch inside the group; returns the tables its changes
+    /// touch. After an error, the group must be rolled back: part of the batch
+    /// may be in it.
     pub fn apply(
         &mut self,
         r: &mut Replica,
@@ -204,14 +205,14 @@ impl Group {
         checked: Checked,
         key: &str,
         sha: &str,
-    ) -> Result<(usize, std::collections::BTreeSet<String>)> {
+    ) -> Result<std::collections::BTreeSet<String>> {
         // The page cache grows with the group: each change of a row the log
         // already holds reads and dirties a page of the log wherever that row's
         // changes lie, and with SQLite's default most of those pages were read
         // and written out again (a pull of 200k single-column updates of 20k rows:
         // 2.1 -> 1.7 s, of which system time 0.8 -> 0.25 s). Set back once the
         // group ends, so that no dirty page is pushed out before its commit.
-        let kib = (self.changes + checked.header.change_count)
+        let kib = (self.changes as i64 + checked.header.change_count)
             .saturating_mul(APPLY_CACHE_KIB_PER_CHANGE)
             .min(APPLY_CACHE_KIB);
         if kib > crate::sql::DEFAULT_CACHE_KIB {
@@ -246,9 +247,9 @@ impl Group {
         changelog::save_clock(&r.sync, &r.hlc)?;
         let h = &header;
         peers::batch_applied(&r.sync, id, &h.batch_id, sha, &h.last_change_id, h.change_count)?;
-        self.changes += h.change_count;
+        self.changes += h.change_count as usize;
         self.batches += 1;
-        Ok((h.change_count as usize, tables))
+        Ok(tables)
     }
 
     /// Commits every batch applied in the group.

@@ -151,7 +151,6 @@ struct Refused {
 #[derive(Default)]
 struct Open {
     group: Option<apply::Group>,
-    changes: usize,
     tables: Vec<String>,
     files: Vec<std::path::PathBuf>,
     /// Batches committed so far.
@@ -161,11 +160,11 @@ struct Open {
 impl Open {
     fn commit(&mut self, r: &mut Replica, report: &mut PullReport) -> Result<()> {
         let Some(g) = self.group.take() else { return Ok(()) };
-        let batches = g.batches;
+        let (batches, changes) = (g.batches, g.changes);
         g.commit(r)?;
         self.applied += batches;
         report.batches += batches;
-        report.changes += std::mem::take(&mut self.changes);
+        report.changes += changes;
         for t in self.tables.drain(..) {
             if !report.tables.contains(&t) {
                 report.tables.push(t);
@@ -237,8 +236,7 @@ async fn apply_links(
         }
         let g = open.group.as_mut().expect("begun above");
         match g.apply(r, id, checked, &link.key, &link.sha256) {
-            Ok((n, tables)) => {
-                open.changes += n;
+            Ok(tables) => {
                 open.tables.extend(tables);
                 open.files.push(link.path.clone());
             }
