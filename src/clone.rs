@@ -179,19 +179,7 @@ fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
     let has = |table: &str| crate::sql::has_table(tx, "snap", table);
     if has("ZV_LOG")? {
         // Checked by `inspect` before the file was attached.
-        let empty: bool = tx.query_row(
-            "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_LOG) AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)
-                AND NOT EXISTS (SELECT 1 FROM main.ZV_NAME) AND NOT EXISTS (SELECT 1 FROM main.ZV_TX)",
-            [],
-            |r| r.get(0),
-        )?;
-        if empty {
-            tx.execute_batch(
-                "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
-                 INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
-                 INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;
-                 INSERT INTO main.ZV_LOG SELECT * FROM snap.ZV_LOG;",
-            )?;
+        if crate::log::copy_from_snapshot(tx)? {
             return Ok(());
         }
     }
@@ -293,8 +281,7 @@ fn load_attached(
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
     let changes = crate::log::count(&tx)? as u64;
     // Our ids must be greater than every id we now hold.
-    let max: Option<rusqlite::types::Value> = tx.query_row("SELECT max(id) FROM ZV_LOG", [], |r| r.get(0))?;
-    if let Some(id) = max.map(crate::log::id_string).as_deref().and_then(parse_id) {
+    if let Some(id) = crate::log::greatest_id(&tx)?.as_deref().and_then(parse_id) {
         r.hlc.observe(&id);
     }
     changelog::save_clock(&tx, &r.hlc)?;

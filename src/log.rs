@@ -2,7 +2,12 @@
 //! knows its compact form. Everything else speaks [`Change`] (the seed's text
 //! columns) and leaves the numbering of names, authors and transactions and the
 //! byte form of ids to this module (the outbox of unpushed changes is
-//! [`crate::outbox`]'s).
+//! [`crate::outbox`]'s). Retention, snapshots, clones, `verify` and the blob
+//! collector reach the replica's log through the functions here, so a change of
+//! its layout (docs/design/log-per-row.md) is a change of this file, the schema
+//! and an upgrade step. Outside it, only the read-only views of the seed's tables
+//! and the snapshot format (a snapshot file carries these same tables, read by
+//! [`crate::clone`] and [`crate::catchup`]) name them.
 //!
 //! Why this form: a change in the seed's form cost about 125 bytes (two 36-character
 //! ids, the table and column names repeated) plus a clock row per cell with the same
@@ -28,7 +33,7 @@ pub fn id_text_sql(col: &str) -> String {
 /// The SQL condition "the change `l` of `schema`'s ZV_LOG is superseded": its cell
 /// holds a greater id, or the same id from a greater author id (the merge rule,
 /// also in the ZV_CLOCK view of schema/log.sql and in [`Log::wins`]).
-pub fn superseded_sql(schema: &str) -> String {
+fn superseded_sql(schema: &str) -> String {
     format!(
         "EXISTS (SELECT 1 FROM {schema}.ZV_LOG g
                  WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
@@ -462,6 +467,97 @@ pub fn last_id_of(conn: &Connection, author: &str) -> Result<Option<String>> {
         |r| r.get(0),
     )?;
     Ok(v.filter(|v| *v != Value::Null).map(id_string))
+}
+
+/// The greatest change id the log holds, of any author.
+pub fn greatest_id(conn: &Connection) -> Result<Option<String>> {
+    let v: Option<Value> = conn.query_row("SELECT max(id) FROM ZV_LOG", [], |r| r.get(0))?;
+    Ok(v.filter(|v| *v != Value::Null).map(id_string))
+}
+
+/// How many changes by `author` the log holds after id `after` (in its stored
+/// form, [`crate::outbox::after_value`]).
+pub fn count_by_after(conn: &Connection, author: &str, after: &Value) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM ZV_LOG WHERE author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND id > ?2",
+        params![author, after],
+        |r| r.get(0),
+    )?)
+}
+
+/// The filter, appended to [`SELECT`], for this replica's changes after a cursor,
+/// in id order: binds the replica id as ?1 and the cursor's stored form as ?2.
+pub const OWN_AFTER: &str = "WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > ?2 ORDER BY l.id";
+
+/// Every distinct new value in the log that starts with one of `prefixes`: how
+/// the blob collector finds the references the log still holds.
+pub fn new_values_starting_with(conn: &Connection, prefixes: &[&str]) -> Result<Vec<String>> {
+    if prefixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One scan of the log, whatever the number of prefixes.
+    let any = (1..=prefixes.len()).map(|i| format!("substr(new_value, 1, length(?{i})) = ?{i}")).collect::<Vec<_>>();
+    let mut stmt = conn.prepare(&format!("SELECT DISTINCT new_value FROM ZV_LOG WHERE {}", any.join(" OR ")))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(prefixes), |row| row.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes the changes that are superseded (a greater id in the cell, or the
+/// same id from a greater author), older than id `before` (stored form), of a
+/// tracked table and column, and not waiting in the outbox (a change of replica
+/// `me` after `through`, the push cursor's stored form). Returns how many; the
+/// caller drops the transactions left empty ([`drop_empty_transactions`]).
+pub fn prune_superseded(conn: &Connection, before: &Value, me: &str, through: &Value) -> Result<usize> {
+    Ok(conn.execute(
+        &format!(
+            "DELETE FROM ZV_LOG AS l
+         WHERE l.id < ?1
+           AND {}
+           AND EXISTS (SELECT 1 FROM ZV_TRACKED t
+                       WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
+                         AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
+                              OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
+           AND NOT (l.author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?2) AND l.id > ?3)",
+            superseded_sql("main")
+        ),
+        params![before, me, through],
+    )?)
+}
+
+/// Writes the winning change of every cell of the log of schema `from` into the
+/// snapshot being built (schema `main`, whose log tables are empty), with the
+/// names, authors and transactions they use. Returns how many changes.
+pub fn copy_winners(s: &Connection, from: &str) -> Result<u64> {
+    s.execute_batch(&format!(
+        "INSERT INTO main.ZV_AUTHOR SELECT * FROM {from}.ZV_AUTHOR;
+         INSERT INTO main.ZV_NAME SELECT * FROM {from}.ZV_NAME;
+         INSERT INTO main.ZV_LOG SELECT * FROM {from}.ZV_LOG l WHERE NOT {};
+         INSERT INTO main.ZV_TX SELECT * FROM {from}.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);",
+        superseded_sql(from)
+    ))?;
+    Ok(s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?)
+}
+
+/// Copies the checked log of a snapshot in the compact form (attached as `snap`)
+/// into this log when it is empty, page by page (SQLite's transfer optimization:
+/// the bulk of a clone's time otherwise). Returns false, copying nothing, when
+/// this log holds anything: the caller then imports change by change.
+pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
+    let empty: bool = conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_LOG) AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)
+            AND NOT EXISTS (SELECT 1 FROM main.ZV_NAME) AND NOT EXISTS (SELECT 1 FROM main.ZV_TX)",
+        [],
+        |r| r.get(0),
+    )?;
+    if empty {
+        conn.execute_batch(
+            "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
+             INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
+             INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;
+             INSERT INTO main.ZV_LOG SELECT * FROM snap.ZV_LOG;",
+        )?;
+    }
+    Ok(empty)
 }
 
 /// Drops transactions no change names any more.

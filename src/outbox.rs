@@ -388,11 +388,7 @@ pub fn after_value(id: &str) -> rusqlite::types::Value {
 /// after `through`, in id order (an upgrade from the text log, `verify --repair`).
 pub fn rebuild(conn: &Connection, me: &str, through: &str) -> Result<u64> {
     clear(conn)?;
-    fill(
-        conn,
-        "WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > ?2 ORDER BY l.id",
-        &[&me, &after_value(through)],
-    )
+    fill(conn, crate::log::OWN_AFTER, &[&me, &after_value(through)])
 }
 
 /// Fills the outbox with the log's changes that `rest` picks and orders (SQL of

@@ -98,20 +98,7 @@ pub fn prune(r: &mut Replica) -> Result<Pruned> {
     // Superseded (a greater id in the cell, or the same id from a greater author),
     // of a tracked table and column, and pushed (not in the outbox: a change of
     // this replica after the push cursor).
-    let changes = tx.execute(
-        &format!(
-            "DELETE FROM ZV_LOG AS l
-         WHERE l.id < ?1
-           AND {}
-           AND EXISTS (SELECT 1 FROM ZV_TRACKED t
-                       WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
-                         AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
-                              OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
-           AND NOT (l.author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?2) AND l.id > ?3)",
-            crate::log::superseded_sql("main")
-        ),
-        rusqlite::params![horizon, me, through],
-    )?;
+    let changes = crate::log::prune_superseded(&tx, &horizon, &me, &through)?;
     let transactions = if changes > 0 { crate::log::drop_empty_transactions(&tx)? } else { 0 };
     // Complete from the newest horizon that removed something (RFC 3339 text
     // orders like time).

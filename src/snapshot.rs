@@ -199,15 +199,8 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     // whose views give the seed's tables): the winning change of every cell, and
     // the names, authors and transactions they use. A clone copies these tables
     // page by page.
-    s.execute_batch(&format!(
-        "INSERT INTO main.ZV_AUTHOR SELECT * FROM src.ZV_AUTHOR;
-         INSERT INTO main.ZV_NAME SELECT * FROM src.ZV_NAME;
-         INSERT INTO main.ZV_LOG SELECT * FROM src.ZV_LOG l WHERE NOT {};
-         INSERT INTO main.ZV_TX SELECT * FROM src.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);",
-        crate::log::superseded_sql("src")
-    ))?;
+    counts.changes = crate::log::copy_winners(s, "src")?;
     crate::peers::copy_to_snapshot(s)?;
-    counts.changes = s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?;
     // The source itself: its last pushed batch (read in this same transaction).
     let name: Option<String> =
         s.query_row("SELECT value FROM src.ZV_METADATA WHERE key = 'name'", [], |r| r.get(0)).optional()?;

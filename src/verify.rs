@@ -285,11 +285,7 @@ pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
 /// the next push).
 fn outbox(conn: &Connection, me: &str) -> Result<Option<Difference>> {
     let through = crate::meta::PushState::load(conn)?.through;
-    let in_log: i64 = conn.query_row(
-        "SELECT count(*) FROM ZV_LOG WHERE author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND id > ?2",
-        rusqlite::params![me, crate::outbox::after_value(&through)],
-        |r| r.get(0),
-    )?;
+    let in_log = crate::log::count_by_after(conn, me, &crate::outbox::after_value(&through))?;
     let waiting = crate::outbox::readable_count(conn, &through)?;
     Ok((in_log != waiting).then_some(Difference::Outbox { in_log, waiting }))
 }

@@ -32,12 +32,9 @@ pub struct Collected {
 
 /// The bucket keys of every value a change in this replica's log sets.
 pub fn referenced(r: &Replica, codec: &Codec) -> Result<HashSet<String>> {
-    let mut stmt = r.sync.prepare(
-        "SELECT DISTINCT new_value FROM ZV_LOG WHERE substr(new_value, 1, 10) IN ('{\"blobref\"', '{\"textref\"')",
-    )?;
     let mut out = HashSet::new();
-    for v in stmt.query_map([], |row| row.get::<_, String>(0))? {
-        if let Some(rf) = super::reference(Some(&v?)) {
+    for v in crate::log::new_values_starting_with(&r.sync, &[r#"{"blobref""#, r#"{"textref""#])? {
+        if let Some(rf) = super::reference(Some(&v)) {
             out.insert(object_key(codec, &rf)?);
         }
     }
