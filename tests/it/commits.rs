@@ -1,6 +1,7 @@
 //! How a pull commits (docs/protocol.md, pull step 4): consecutive batches share
 //! a transaction, yet a batch refused halfway leaves nothing of itself while the
-//! batches before it stay applied, and no transaction is open across a request.
+//! batches before it stay applied, no transaction is open across a request, and
+//! a process killed inside such a transaction leaves none of its batches.
 
 use crate::support::*;
 use rand::{Rng, SeedableRng};
@@ -113,5 +114,104 @@ fn no_store_request_is_made_while_a_pull_holds_the_write_lock() -> TestResult {
         n += 1;
     }
     assert!(n > 6, "the pull made {n} store calls");
+    Ok(())
+}
+
+/// The changes of replica `of` that `db` holds, and the change count its cursor
+/// for `of` records, read from another connection while a pull may run.
+fn held_and_recorded(db: &std::path::Path, of: &str) -> (i64, i64, Option<String>, Option<String>) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let (held, newest): (i64, Option<String>) = c
+        .query_row(
+            "SELECT count(*), max(c.id) FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n WHERE a.id = ?1",
+            [of],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let (recorded, last): (i64, Option<String>) = c
+        .query_row(
+            "SELECT coalesce(max(change_count), 0), max(last_change_id) FROM ZV_REPLICA WHERE id = ?1",
+            [of],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (held, recorded, newest, last)
+}
+
+#[test]
+fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_the_rerun_applies_each_once(
+) -> TestResult {
+    use rand::RngCore;
+    let g = Group::new();
+    let opts = dimple::Options { batch_changes: 400, ..g.opts() };
+    let mut a = dimple::Replica::init(&g.db("a"), Some(&g.bucket_url()), Some("a"), opts)?;
+    a.conn().execute_batch(TABLE_SQL)?;
+    a.track("t", false)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    // Generated rows (arbitrary bytes, text and float bits), one dimple
+    // transaction per 100 rows: a batch each, and more changes than one group takes.
+    let transactions = rng.gen_range(300..340);
+    for tx in 0..transactions {
+        for i in 0..100 {
+            let mut blob = vec![0u8; rng.gen_range(0..48)];
+            rng.fill_bytes(&mut blob);
+            let text: String = (0..rng.gen_range(0..24)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect();
+            let real = f64::from_bits(rng.next_u64());
+            let real = if real.is_nan() { 0.25 } else { real };
+            a.conn().execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![format!("k{tx:03}-{i:03}"), blob, text, real],
+            )?;
+        }
+        a.capture()?;
+    }
+    let store = g.store();
+    let pushed = block_on(dimple::push(&mut a, &store))?;
+    assert!(pushed.batches >= 40, "{pushed:?}");
+    let writer = a.id().to_owned();
+    drop(g.replica("b"));
+
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let db = g.db("b");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut kills_in_a_group = 0;
+    loop {
+        let mut child = std::process::Command::new(bin)
+            .args(["pull", db.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let (_, before, ..) = held_and_recorded(&db, &writer);
+        // Killed once a group of this run committed and the next one holds the
+        // write lock: inside an open group, after others of the run.
+        let finished = loop {
+            assert!(std::time::Instant::now() < deadline, "the pull neither finished nor reached a group");
+            if child.try_wait()?.is_some() {
+                break true;
+            }
+            if held_and_recorded(&db, &writer).1 > before && !writable(&db) {
+                child.kill()?;
+                child.wait()?;
+                break false;
+            }
+        };
+        // Whatever the moment: the changes held are exactly those of the batches
+        // the cursor records, none of a batch it does not.
+        let (held, recorded, newest, last) = held_and_recorded(&db, &writer);
+        assert_eq!(held, recorded, "changes held against the changes of the batches recorded");
+        assert_eq!(newest, last, "the newest change held is the last of the last batch recorded");
+        if finished {
+            break;
+        }
+        kills_in_a_group += 1;
+    }
+    assert!(kills_in_a_group > 0, "no pull was killed inside a group");
+    // The rerun that finished delivered everything, each change once.
+    let b = g.reopen("b");
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
+    assert_eq!(held_and_recorded(&db, &writer).1, change_ids(a.conn()).len() as i64, "a batch was applied twice");
+    assert!(dimple::status::status(&b)?.problems.is_empty());
     Ok(())
 }
