@@ -173,31 +173,57 @@ impl Reader<'_> {
         Err(corrupt())
     }
 
-    fn text(&mut self, n: u64) -> Result<String> {
+    /// Reads text of `n` bytes into `out`, reusing its capacity.
+    fn text_into(&mut self, n: u64, out: &mut String) -> Result<()> {
         let n = usize::try_from(n).map_err(|_| corrupt())?;
-        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| corrupt())
+        out.clear();
+        out.push_str(std::str::from_utf8(self.bytes(n)?).map_err(|_| corrupt())?);
+        Ok(())
     }
 
-    fn str(&mut self) -> Result<String> {
+    fn str_into(&mut self, out: &mut String) -> Result<()> {
         let n = self.len()?;
-        self.text(n)
+        self.text_into(n, out)
     }
 
-    fn opt(&mut self) -> Result<Option<String>> {
+    fn opt_into(&mut self, out: &mut Option<String>) -> Result<()> {
         match self.len()? {
-            0 => Ok(None),
-            n => self.text(n - 1).map(Some),
+            0 => *out = None,
+            n => self.text_into(n - 1, out.get_or_insert_with(String::new))?,
         }
+        Ok(())
     }
 
-    /// An id, or None for [`SAME`].
-    fn id(&mut self) -> Result<Option<String>> {
+    /// Reads an id into `out`; false for [`SAME`] (`out` left as it is).
+    fn id_into(&mut self, out: &mut String) -> Result<bool> {
         match self.byte()? {
-            UUID => Ok(Some(uuid::Uuid::from_slice(self.bytes(16)?).map_err(|_| corrupt())?.to_string())),
-            TEXT => self.str().map(Some),
-            SAME => Ok(None),
+            UUID => {
+                let id = uuid::Uuid::from_slice(self.bytes(16)?).map_err(|_| corrupt())?;
+                out.clear();
+                out.push_str(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+                Ok(true)
+            }
+            TEXT => self.str_into(out).map(|()| true),
+            SAME => Ok(false),
             _ => Err(corrupt()),
         }
+    }
+
+    /// Reads the next change into `c` (its author left as it is), reusing its
+    /// strings: a push of 500k changes otherwise made 4M strings to free again.
+    /// `first`: the packet's first change, which cannot repeat a transaction.
+    fn change_into(&mut self, c: &mut Change, first: bool) -> Result<()> {
+        if !self.id_into(&mut c.id)? {
+            return Err(corrupt());
+        }
+        if !self.id_into(&mut c.transaction_id)? && first {
+            return Err(corrupt());
+        }
+        self.str_into(&mut c.entity_type)?;
+        self.str_into(&mut c.entity_id)?;
+        self.str_into(&mut c.attribute)?;
+        self.opt_into(&mut c.old_value)?;
+        self.opt_into(&mut c.new_value)
     }
 }
 
@@ -211,31 +237,67 @@ fn corrupt() -> Error {
 
 /// The changes of one packet, authored by `me`.
 fn unpack(packed: &[u8], changes: i64, me: &str) -> Result<Vec<Change>> {
-    let buf = zstd::bulk::decompress(packed, MAX_UNPACKED).map_err(|_| corrupt())?;
-    let mut r = Reader { buf: &buf, at: 0 };
-    let n = usize::try_from(changes).map_err(|_| corrupt())?;
-    let mut out: Vec<Change> = Vec::with_capacity(n.min(PACKET_CHANGES));
-    for _ in 0..n {
-        let id = r.id()?.ok_or_else(corrupt)?;
-        let transaction_id = match r.id()? {
-            Some(t) => t,
-            None => out.last().ok_or_else(corrupt)?.transaction_id.clone(),
-        };
-        out.push(Change {
-            id,
-            transaction_id,
-            entity_type: r.str()?,
-            entity_id: r.str()?,
-            attribute: r.str()?,
-            old_value: r.opt()?,
-            new_value: r.opt()?,
-            author: me.to_owned(),
-        });
-    }
-    if r.at != buf.len() {
-        return Err(corrupt());
-    }
+    let mut out = Vec::new();
+    Unpacker::new()?.each(packed, changes, me, |c| {
+        out.push(c.clone());
+        Ok(true)
+    })?;
     Ok(out)
+}
+
+/// Reads packets one change at a time into one reused [`Change`], with one zstd
+/// context and one buffer for all of them: what a push reads its outbox with.
+struct Unpacker {
+    zstd: zstd::bulk::Decompressor<'static>,
+    buf: Vec<u8>,
+    change: Change,
+}
+
+impl Unpacker {
+    fn new() -> Result<Self> {
+        let change = Change {
+            id: String::new(),
+            transaction_id: String::new(),
+            entity_type: String::new(),
+            entity_id: String::new(),
+            attribute: String::new(),
+            old_value: None,
+            new_value: None,
+            author: String::new(),
+        };
+        Ok(Unpacker { zstd: zstd::bulk::Decompressor::new().map_err(|_| corrupt())?, buf: Vec::new(), change })
+    }
+
+    /// Hands each of the packet's `changes` changes, authored by `me`, to `f`
+    /// until it returns false. The packet is checked whole only when read to its end.
+    fn each(
+        &mut self,
+        packed: &[u8],
+        changes: i64,
+        me: &str,
+        mut f: impl FnMut(&Change) -> Result<bool>,
+    ) -> Result<bool> {
+        let size = zstd::bulk::Decompressor::upper_bound(packed).unwrap_or(MAX_UNPACKED).min(MAX_UNPACKED);
+        self.buf.clear();
+        self.buf.reserve(size);
+        self.zstd.decompress_to_buffer(packed, &mut self.buf).map_err(|_| corrupt())?;
+        let mut r = Reader { buf: &self.buf, at: 0 };
+        let n = usize::try_from(changes).map_err(|_| corrupt())?;
+        let c = &mut self.change;
+        if c.author != me {
+            me.clone_into(&mut c.author);
+        }
+        for i in 0..n {
+            r.change_into(c, i == 0)?;
+            if !f(c)? {
+                return Ok(false);
+            }
+        }
+        if r.at != self.buf.len() {
+            return Err(corrupt());
+        }
+        Ok(true)
+    }
 }
 
 /// Up to about `limit` of this replica's changes after `after`, in id order, ending
@@ -276,19 +338,25 @@ pub fn each_unpushed(
     let mut span: Option<Span> = None;
     let mut transactions = std::collections::HashSet::new();
     let mut last_tx = String::new();
+    let mut unpacker = Unpacker::new()?;
     let mut stmt = conn.prepare_cached(PACKETS_AFTER)?;
     let mut rows = stmt.query([after_value(after)])?;
     while let Some(r) = rows.next()? {
-        for c in unpack(r.get_ref(1)?.as_blob().map_err(|_| corrupt())?, r.get(0)?, me)? {
+        let packed = r.get_ref(1)?.as_blob().map_err(|_| corrupt())?;
+        let mut failed = None;
+        let whole = unpacker.each(packed, r.get(0)?, me, |c| {
             if c.id.as_str() <= after {
-                continue;
+                return Ok(true);
             }
             if let Some(s) = &span {
                 if s.changes >= limit && c.transaction_id != last_tx {
-                    return Ok(span);
+                    return Ok(false);
                 }
             }
-            f(&c)?;
+            if let Err(e) = f(c) {
+                failed = Some(e);
+                return Ok(false);
+            }
             if c.transaction_id != last_tx {
                 transactions.insert(c.transaction_id.clone());
                 last_tx.clone_from(&c.transaction_id);
@@ -299,9 +367,16 @@ pub fn each_unpushed(
                 changes: 0,
                 transactions: 0,
             });
-            s.last_id = c.id;
+            s.last_id.clone_from(&c.id);
             s.changes += 1;
             s.transactions = transactions.len();
+            Ok(true)
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !whole {
+            return Ok(span);
         }
     }
     Ok(span)
