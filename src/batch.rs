@@ -222,7 +222,13 @@ impl Batch {
     /// The header is checked against the contents at the end: a caller that acts
     /// on the changes as they come must be able to undo it (a transaction it rolls
     /// back) when this fails.
-    pub fn each_change(&self, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+    pub fn each_change(&self, f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+        self.each_change_reusing(Vec::new(), f)
+    }
+
+    /// [`Batch::each_change`], each change read into one taken from `spare` while
+    /// it has any (their strings reused) and handed over to `f`.
+    pub fn each_change_reusing(&self, mut spare: Vec<Change>, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
         let origin = &self.origin;
         let sqlerr = |e: rusqlite::Error| bad(origin, format!("unreadable batch: {e}"));
         let foreign: Option<String> = self
@@ -256,7 +262,13 @@ impl Batch {
         let mut last_txn: Option<String> = None;
         let (mut count, mut first, mut last) = (0i64, None::<String>, String::new());
         while let Some(r) = rows.next().map_err(sqlerr)? {
-            let c = crate::log::row_to_change(r).map_err(sqlerr)?;
+            let c = match spare.pop() {
+                Some(mut c) => {
+                    crate::log::row_into_change(r, &mut c).map_err(sqlerr)?;
+                    c
+                }
+                None => crate::log::row_to_change(r).map_err(sqlerr)?,
+            };
             if parse_id(&c.id).is_none() {
                 return Err(bad(origin, format!("change id {:?} is not a UUIDv7 id", c.id)));
             }

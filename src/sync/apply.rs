@@ -74,8 +74,9 @@ impl Checker {
         Checker { after: Some(h.last_change_id.clone()), ..self.clone() }
     }
 
-    /// Checks every change of a downloaded batch.
-    pub fn check(&self, path: &Path, key: &str) -> Result<Checked> {
+    /// Checks every change of a downloaded batch, reading them into the changes
+    /// of `spare` (a batch applied before: see [`Group::apply`]) while it has any.
+    pub fn check(&self, path: &Path, key: &str, spare: Vec<Change>) -> Result<Checked> {
         let batch = batch::open(path, key, &self.id)?;
         if let Some(last) = &self.after {
             if batch.header.first_change_id <= *last {
@@ -85,7 +86,7 @@ impl Checker {
         let mut tables = std::collections::BTreeSet::new();
         let mut references = crate::blob::transfer::Referenced::default();
         let mut kept = Some(Vec::with_capacity(APPLY_CHUNK.min(batch.header.change_count.max(0) as usize)));
-        batch.each_change(|c| {
+        batch.each_change_reusing(spare, |c| {
             check_change(&self.drift, key, &c, self.cap)?;
             references.see(&c);
             if !tables.contains(&c.entity_type) {
@@ -110,15 +111,18 @@ pub struct Ahead {
 }
 
 impl Ahead {
-    pub fn start(checker: Checker, path: PathBuf, key: String) -> Ahead {
+    /// Starts checking the batch at `path`, reading it into the changes of
+    /// `spare` (see [`Checker::check`]).
+    pub fn start(checker: Checker, path: PathBuf, key: String, spare: Vec<Change>) -> Ahead {
         let (p, k) = (path.clone(), key.clone());
         let spawned = std::thread::Builder::new().name("dimple-check".into()).spawn({
             let checker = checker.clone();
-            move || checker.check(&p, &k)
+            move || checker.check(&p, &k, spare)
         });
         match spawned {
             Ok(handle) => Ahead { running: Some(handle), done: None },
-            Err(_) => Ahead { running: None, done: Some(checker.check(&path, &key)) },
+            // The spare changes went with the thread that never ran.
+            Err(_) => Ahead { running: None, done: Some(checker.check(&path, &key, Vec::new())) },
         }
     }
 
@@ -197,7 +201,8 @@ impl Group {
 
     /// Applies one checked batch inside the group; returns the tables its changes
     /// touch. After an error, the group must be rolled back: part of the batch
-    /// may be in it.
+    /// may be in it. The changes of a batch kept in memory are left in `spare`,
+    /// for the check of a later batch to read into ([`Checker::check`]).
     pub fn apply(
         &mut self,
         r: &mut Replica,
@@ -205,6 +210,7 @@ impl Group {
         checked: Checked,
         key: &str,
         sha: &str,
+        spare: &mut Vec<Change>,
     ) -> Result<std::collections::BTreeSet<String>> {
         // The page cache grows with the group: each change of a row the log
         // already holds reads and dirties a page of the log wherever that row's
@@ -227,7 +233,10 @@ impl Group {
                 Ok(())
             };
             match kept {
-                Some(mut all) => merge(&mut all)?,
+                Some(all) => {
+                    merger.apply_many(&all).map_err(|e| local_refusal(key, e))?;
+                    *spare = all;
+                }
                 None => {
                     let mut chunk: Vec<Change> = Vec::with_capacity(APPLY_CHUNK);
                     batch.each_change(|c| {

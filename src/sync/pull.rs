@@ -198,20 +198,23 @@ async fn apply_links(
 ) -> std::result::Result<(), Refused> {
     let mut open = Open::default();
     // Each batch is checked on a thread of its own while the one before it is merged.
-    let start =
-        |checker: &apply::Checker, l: &chain::Link| apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone());
+    let start = |checker: &apply::Checker, l: &chain::Link, spare| {
+        apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone(), spare)
+    };
+    // The changes of the batch applied last, whose strings the next check reuses.
+    let mut spare = Vec::new();
     let mut checker = match apply::Checker::new(r, id) {
         Ok(c) => c,
         Err(e) => return Err(open.stop(r, report, e)),
     };
-    let mut ahead = links.first().map(|l| start(&checker, l));
+    let mut ahead = links.first().map(|l| start(&checker, l, Vec::new()));
     for (i, link) in links.iter().enumerate() {
         let checked = match ahead.take().expect("each batch's check is started before it").finish() {
             Ok(checked) => checked,
             Err(e) => return Err(open.stop(r, report, e)),
         };
         checker = checker.after(&checked.header);
-        ahead = links.get(i + 1).map(|l| start(&checker, l));
+        ahead = links.get(i + 1).map(|l| start(&checker, l, std::mem::take(&mut spare)));
         // Values stored out of line are downloaded and checked before any of the
         // batch is applied, with no transaction open meanwhile. This is the
         // loop's only await: a pull dropped there (cancelled) leaves no
@@ -235,7 +238,7 @@ async fn apply_links(
             }
         }
         let g = open.group.as_mut().expect("begun above");
-        match g.apply(r, id, checked, &link.key, &link.sha256) {
+        match g.apply(r, id, checked, &link.key, &link.sha256, &mut spare) {
             Ok(tables) => {
                 open.tables.extend(tables);
                 open.files.push(link.path.clone());
