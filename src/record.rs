@@ -1,0 +1,344 @@
+//! The record of one row's winning changes (docs/design/log-per-row.md, step 1):
+//! the codec only, not used by the log yet.
+//!
+//! Why a record: the log keeps a row per change, and for the bench's workload
+//! the row key (23 bytes) and the 16-byte id of every change are most of its
+//! size. A record per table row holds the winner of each of its cells once, the
+//! row key once, and each id after the first as the difference from the one
+//! before it when both come from the same node (one transaction's ids differ
+//! only in their counter): a few bytes.
+//!
+//! The form, cells in ascending attribute number, each:
+//! - the attribute number (varint);
+//! - the id: tag 0 and its 16 bytes; tag 1 and the difference of its bits above
+//!   the node (varint) from the previous cell's id, when that id is smaller and
+//!   has the same node (tag 3 and two varints, high part first, for a difference
+//!   of 64 bits or more); tag 2 and its text (varint length, then the bytes), for
+//!   an id the log keeps as text ([`crate::log::id_value`]);
+//! - the author and transaction numbers (varints);
+//! - the old and the new value: varint 0 for none, else length + 1 and the bytes.
+//!
+//! Records are written by this replica only (a snapshot carries the log's
+//! tables), yet a broken one is refused with an error, never a panic: a file can
+//! be damaged.
+
+use crate::error::{Error, Result};
+
+/// A change id as the log stores it: 16 bytes, or text when it is not a
+/// canonical UUID.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Id {
+    Text(String),
+    Uuid([u8; 16]),
+}
+
+/// The winning change of one cell of a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    pub attr_n: u64,
+    pub id: Id,
+    pub author_n: u64,
+    pub tx_n: u64,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+const FULL: u8 = 0;
+const DELTA: u8 = 1;
+const TEXT: u8 = 2;
+const WIDE_DELTA: u8 = 3;
+
+/// The low bits of an id that name its node (`crate::clock`): ids of one node
+/// differ above them.
+const NODE_BITS: u32 = 32;
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            put_varint(out, v.len() as u64 + 1);
+            out.extend_from_slice(v.as_bytes());
+        }
+    }
+}
+
+/// Encodes `cells`, which must be in ascending attribute order with no
+/// attribute twice (the record is then the same bytes whatever order a caller
+/// built them in).
+pub fn encode(cells: &[Cell]) -> Vec<u8> {
+    debug_assert!(cells.windows(2).all(|w| w[0].attr_n < w[1].attr_n), "cells in attribute order");
+    let mut out = Vec::with_capacity(cells.len() * 24);
+    let mut prev: Option<u128> = None;
+    for c in cells {
+        put_varint(&mut out, c.attr_n);
+        match &c.id {
+            Id::Uuid(b) => {
+                let v = u128::from_be_bytes(*b);
+                match prev {
+                    Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
+                        let delta = (v - p) >> NODE_BITS;
+                        // The difference of two 96-bit prefixes fits in 96 bits,
+                        // nearly always in 64 (ids of one transaction: a few).
+                        match u64::try_from(delta) {
+                            Ok(d) => {
+                                out.push(DELTA);
+                                put_varint(&mut out, d);
+                            }
+                            Err(_) => {
+                                out.push(WIDE_DELTA);
+                                put_varint(&mut out, (delta >> 64) as u64);
+                                put_varint(&mut out, delta as u64);
+                            }
+                        }
+                    }
+                    _ => {
+                        out.push(FULL);
+                        out.extend_from_slice(b);
+                    }
+                }
+                prev = Some(v);
+            }
+            Id::Text(t) => {
+                out.push(TEXT);
+                put_varint(&mut out, t.len() as u64);
+                out.extend_from_slice(t.as_bytes());
+                prev = None;
+            }
+        }
+        put_varint(&mut out, c.author_n);
+        put_varint(&mut out, c.tx_n);
+        put_value(&mut out, c.old_value.as_deref());
+        put_value(&mut out, c.new_value.as_deref());
+    }
+    out
+}
+
+fn broken() -> Error {
+    Error::Invalid("a row record of the change log is damaged (`dimple verify` shows where)".into())
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(broken)?;
+        let b = &self.buf[self.at..end];
+        self.at = end;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.bytes(1)?[0];
+            if shift == 63 && b > 1 {
+                return Err(broken());
+            }
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                // One form per number: no trailing zero group.
+                if b == 0 && shift > 0 {
+                    return Err(broken());
+                }
+                return Ok(n);
+            }
+        }
+        Err(broken())
+    }
+
+    fn text(&mut self, n: u64) -> Result<String> {
+        let n = usize::try_from(n).map_err(|_| broken())?;
+        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| broken())
+    }
+
+    fn value(&mut self) -> Result<Option<String>> {
+        match self.varint()? {
+            0 => Ok(None),
+            n => self.text(n - 1).map(Some),
+        }
+    }
+}
+
+/// The cells of a record, in attribute order.
+pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
+    let mut r = Reader { buf: record, at: 0 };
+    let mut out: Vec<Cell> = Vec::new();
+    let mut prev: Option<u128> = None;
+    while r.at < record.len() {
+        let attr_n = r.varint()?;
+        if out.last().is_some_and(|c| c.attr_n >= attr_n) {
+            return Err(broken());
+        }
+        let id = match r.bytes(1)?[0] {
+            FULL => {
+                let b: [u8; 16] = r.bytes(16)?.try_into().expect("16 bytes");
+                let v = u128::from_be_bytes(b);
+                // One form per record: an id that could be a difference is one.
+                if prev.is_some_and(|p| v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0) {
+                    return Err(broken());
+                }
+                prev = Some(v);
+                Id::Uuid(b)
+            }
+            tag @ (DELTA | WIDE_DELTA) => {
+                let p = prev.ok_or_else(broken)?;
+                let delta = if tag == DELTA {
+                    u128::from(r.varint()?)
+                } else {
+                    let high = r.varint()?;
+                    if high == 0 {
+                        return Err(broken()); // one form per record: that is a DELTA
+                    }
+                    (u128::from(high) << 64) | u128::from(r.varint()?)
+                };
+                if delta == 0 || delta >> (128 - NODE_BITS) != 0 {
+                    return Err(broken());
+                }
+                let v = p.checked_add(delta << NODE_BITS).ok_or_else(broken)?;
+                prev = Some(v);
+                Id::Uuid(v.to_be_bytes())
+            }
+            TEXT => {
+                let n = r.varint()?;
+                prev = None;
+                Id::Text(r.text(n)?)
+            }
+            _ => return Err(broken()),
+        };
+        out.push(Cell {
+            attr_n,
+            id,
+            author_n: r.varint()?,
+            tx_n: r.varint()?,
+            old_value: r.value()?,
+            new_value: r.value()?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Ids as a row's cells hold them: many from one node and near each other
+    /// (one transaction), some from other nodes, some kept as text.
+    fn any_id() -> impl Strategy<Value = Id> {
+        let node = prop_oneof![Just(0x1234_abcdu32), any::<u32>()];
+        prop_oneof![
+            8 => (0u64..1 << 20, node).prop_map(|(counter, node)| {
+                let v = (0x0190_a000_0000_7000_8000_0000u128 + (u128::from(counter) << 8)) << NODE_BITS | u128::from(node);
+                Id::Uuid(v.to_be_bytes())
+            }),
+            1 => any::<[u8; 16]>().prop_map(Id::Uuid),
+            1 => "[0-9A-Za-z-]{0,40}".prop_map(Id::Text),
+        ]
+    }
+
+    fn any_cells() -> impl Strategy<Value = Vec<Cell>> {
+        proptest::collection::btree_map(
+            0u64..300,
+            (any_id(), 0u64..100_000, any::<u64>(), proptest::option::of(".{0,20}"), proptest::option::of(".{0,20}")),
+            0..12,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(attr_n, (id, author_n, tx_n, old_value, new_value))| Cell {
+                    attr_n,
+                    id,
+                    author_n,
+                    tx_n,
+                    old_value,
+                    new_value,
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// A record gives back the cells it was made of.
+        #[test]
+        fn a_record_decodes_to_the_cells_it_was_encoded_from(cells in any_cells()) {
+            prop_assert_eq!(decode(&encode(&cells)).unwrap(), cells);
+        }
+
+        /// Damaged bytes (a record with bytes changed, cut or added) are an error
+        /// or some cells, never a panic, and whatever decodes encodes back to the
+        /// same bytes: one form per record.
+        #[test]
+        fn damaged_bytes_decode_to_an_error_or_to_cells_that_encode_back_to_them(
+            cells in any_cells(),
+            changes in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 1..4),
+        ) {
+            let mut bytes = encode(&cells);
+            for (at, byte, how) in changes {
+                let at = at % (bytes.len() + 1);
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    2 => bytes.truncate(at),
+                    _ => bytes.insert(at, byte & 0x80),
+                }
+            }
+            if let Ok(cells) = decode(&bytes) {
+                prop_assert_eq!(encode(&cells), bytes);
+            }
+        }
+    }
+
+    /// A cell with NULL values, its id given as the bytes after the attribute.
+    fn raw_cell(attr_n: u8, id: &[u8]) -> Vec<u8> {
+        [&[attr_n][..], id, &[1, 1, 0, 0]].concat()
+    }
+
+    #[test]
+    fn a_number_written_with_a_trailing_zero_group_is_refused() {
+        let id = [&[FULL][..], &[7u8; 16]].concat();
+        assert!(decode(&raw_cell(2, &id)).is_ok());
+        let long = [&[0x82, 0x00][..], &id, &[1, 1, 0, 0]].concat();
+        assert!(decode(&long).is_err(), "2 written in two bytes");
+    }
+
+    #[test]
+    fn an_id_that_could_be_a_difference_written_in_full_is_refused() {
+        let a = (0x0190_a000_0000_7000_8000_0000u128 << NODE_BITS) | 0xabcd;
+        let b = a + (5 << NODE_BITS);
+        let full = |v: u128| [&[FULL][..], &v.to_be_bytes()].concat();
+        let canonical = encode(&decode(&[raw_cell(2, &full(a)), raw_cell(3, &[DELTA, 5])].concat()).unwrap());
+        assert_eq!(canonical, [raw_cell(2, &full(a)), raw_cell(3, &[DELTA, 5])].concat());
+        assert!(decode(&[raw_cell(2, &full(a)), raw_cell(3, &full(b))].concat()).is_err());
+        // From another node, or smaller, it can only be written in full.
+        assert!(decode(&[raw_cell(2, &full(a)), raw_cell(3, &full(b ^ 1))].concat()).is_ok());
+        assert!(decode(&[raw_cell(2, &full(b)), raw_cell(3, &full(a))].concat()).is_ok());
+    }
+
+    #[test]
+    fn ids_of_one_transaction_cost_a_few_bytes_after_the_first() {
+        let id = |counter: u128| {
+            Id::Uuid(((0x0190_a000_0000_7000_8000_0000u128 + counter) << NODE_BITS | 0xabcd).to_be_bytes())
+        };
+        let cell =
+            |attr_n, counter| Cell { attr_n, id: id(counter), author_n: 1, tx_n: 1, old_value: None, new_value: None };
+        let one = encode(&[cell(2, 1)]).len();
+        let four = encode(&[cell(2, 1), cell(3, 2), cell(4, 3), cell(5, 4)]).len();
+        // Attribute, tag, difference, author, transaction, two values: 7 bytes
+        // a cell, where the id alone is 16 in full.
+        assert_eq!(four - one, 3 * 7, "{one} bytes for one cell, {four} for four");
+    }
+}
