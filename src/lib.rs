@@ -25,7 +25,8 @@
 //! - `log`: the change log's compact storage (names, authors, transactions
 //!   numbered; ids as bytes; keyed by cell); `record`: the codec of a row's
 //!   winning changes in one record, the next layout's first step (not used yet)
-//! - `outbox`: this replica's changes waiting for the push, in packets
+//! - `outbox`: this replica's changes waiting for the push, in packets (`packed`:
+//!   the byte form of those packets and of `record`'s records)
 //! - `merge`: last-writer-wins and writing winners into tables
 //! - `migrate`: upgrades of dimple's own tables in an existing replica
 //! - `schema`: the tracked tables' shape as it travels (publish, compare, follow);
@@ -78,6 +79,7 @@ pub mod merge;
 pub mod meta;
 pub mod migrate;
 pub mod outbox;
+mod packed;
 pub mod peers;
 // Step 1 of docs/design/log-per-row.md: the codec alone, tested, not used by the log yet.
 pub mod problems;

@@ -62,9 +62,10 @@ impl Packer {
             put_id(&mut self.buf, &c.transaction_id);
             self.last_tx.clone_from(&c.transaction_id);
         }
-        put_str(&mut self.buf, &c.entity_type);
-        put_str(&mut self.buf, &c.entity_id);
-        put_str(&mut self.buf, &c.attribute);
+        use crate::packed::{put_opt, put_text};
+        put_text(&mut self.buf, &c.entity_type);
+        put_text(&mut self.buf, &c.entity_id);
+        put_text(&mut self.buf, &c.attribute);
         put_opt(&mut self.buf, c.old_value.as_deref());
         put_opt(&mut self.buf, c.new_value.as_deref());
         self.last_id.clone_from(&c.id);
@@ -105,29 +106,6 @@ const UUID: u8 = 2;
 /// The transaction of the change before.
 const SAME: u8 = 3;
 
-fn put_len(buf: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        buf.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    buf.push(n as u8);
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    put_len(buf, s.len() as u64);
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_opt(buf: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => put_len(buf, 0),
-        Some(s) => {
-            put_len(buf, s.len() as u64 + 1);
-            buf.extend_from_slice(s.as_bytes());
-        }
-    }
-}
-
 /// An id as its 16 bytes when it is a canonical UUID (always, for ids this
 /// replica makes), as text otherwise.
 fn put_id(buf: &mut Vec<u8>, id: &str) {
@@ -138,72 +116,25 @@ fn put_id(buf: &mut Vec<u8>, id: &str) {
         }
         _ => {
             buf.push(TEXT);
-            put_str(buf, id);
+            crate::packed::put_text(buf, id);
         }
     }
 }
 
 /// Reads a packet back; every malformation is an error, never a panic.
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
+struct Reader<'a>(crate::packed::Reader<'a>);
 
 impl Reader<'_> {
-    fn bytes(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(corrupt)?;
-        let b = &self.buf[self.at..end];
-        self.at = end;
-        Ok(b)
-    }
-
-    fn byte(&mut self) -> Result<u8> {
-        Ok(self.bytes(1)?[0])
-    }
-
-    fn len(&mut self) -> Result<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(n);
-            }
-        }
-        Err(corrupt())
-    }
-
-    /// Reads text of `n` bytes into `out`, reusing its capacity.
-    fn text_into(&mut self, n: u64, out: &mut String) -> Result<()> {
-        let n = usize::try_from(n).map_err(|_| corrupt())?;
-        out.clear();
-        out.push_str(std::str::from_utf8(self.bytes(n)?).map_err(|_| corrupt())?);
-        Ok(())
-    }
-
-    fn str_into(&mut self, out: &mut String) -> Result<()> {
-        let n = self.len()?;
-        self.text_into(n, out)
-    }
-
-    fn opt_into(&mut self, out: &mut Option<String>) -> Result<()> {
-        match self.len()? {
-            0 => *out = None,
-            n => self.text_into(n - 1, out.get_or_insert_with(String::new))?,
-        }
-        Ok(())
-    }
-
     /// Reads an id into `out`; false for [`SAME`] (`out` left as it is).
     fn id_into(&mut self, out: &mut String) -> Result<bool> {
-        match self.byte()? {
+        match self.0.byte().ok_or_else(corrupt)? {
             UUID => {
-                let id = uuid::Uuid::from_slice(self.bytes(16)?).map_err(|_| corrupt())?;
+                let id = uuid::Uuid::from_slice(self.0.bytes(16).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
                 out.clear();
                 out.push_str(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
                 Ok(true)
             }
-            TEXT => self.str_into(out).map(|()| true),
+            TEXT => self.0.text_into(out).ok_or_else(corrupt).map(|()| true),
             SAME => Ok(false),
             _ => Err(corrupt()),
         }
@@ -219,11 +150,13 @@ impl Reader<'_> {
         if !self.id_into(&mut c.transaction_id)? && first {
             return Err(corrupt());
         }
-        self.str_into(&mut c.entity_type)?;
-        self.str_into(&mut c.entity_id)?;
-        self.str_into(&mut c.attribute)?;
-        self.opt_into(&mut c.old_value)?;
-        self.opt_into(&mut c.new_value)
+        let r = &mut self.0;
+        r.text_into(&mut c.entity_type)
+            .and_then(|()| r.text_into(&mut c.entity_id))
+            .and_then(|()| r.text_into(&mut c.attribute))
+            .and_then(|()| r.opt_into(&mut c.old_value))
+            .and_then(|()| r.opt_into(&mut c.new_value))
+            .ok_or_else(corrupt)
     }
 }
 
@@ -281,7 +214,7 @@ impl Unpacker {
         self.buf.clear();
         self.buf.reserve(size);
         self.zstd.decompress_to_buffer(packed, &mut self.buf).map_err(|_| corrupt())?;
-        let mut r = Reader { buf: &self.buf, at: 0 };
+        let mut r = Reader(crate::packed::Reader::new(&self.buf));
         let n = usize::try_from(changes).map_err(|_| corrupt())?;
         let c = &mut self.change;
         if c.author != me {
@@ -293,7 +226,7 @@ impl Unpacker {
                 return Ok(false);
             }
         }
-        if r.at != self.buf.len() {
+        if !r.0.done() {
             return Err(corrupt());
         }
         Ok(true)

@@ -23,6 +23,7 @@
 //! be damaged.
 
 use crate::error::{Error, Result};
+use crate::packed::{put_opt, put_text, put_varint};
 
 /// A change id as the log stores it: 16 bytes, or text when it is not a
 /// canonical UUID.
@@ -51,28 +52,6 @@ const WIDE_DELTA: u8 = 3;
 /// The low bits of an id that name its node (`crate::clock`): ids of one node
 /// differ above them.
 const NODE_BITS: u32 = 32;
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, v: Option<&str>) {
-    match v {
-        None => out.push(0),
-        Some(v) => {
-            put_varint(out, v.len() as u64 + 1);
-            out.extend_from_slice(v.as_bytes());
-        }
-    }
-}
 
 /// Encodes `cells`, which must be in ascending attribute order with no
 /// attribute twice (the record is then the same bytes whatever order a caller
@@ -112,15 +91,14 @@ pub fn encode(cells: &[Cell]) -> Vec<u8> {
             }
             Id::Text(t) => {
                 out.push(TEXT);
-                put_varint(&mut out, t.len() as u64);
-                out.extend_from_slice(t.as_bytes());
+                put_text(&mut out, t);
                 prev = None;
             }
         }
         put_varint(&mut out, c.author_n);
         put_varint(&mut out, c.tx_n);
-        put_value(&mut out, c.old_value.as_deref());
-        put_value(&mut out, c.new_value.as_deref());
+        put_opt(&mut out, c.old_value.as_deref());
+        put_opt(&mut out, c.new_value.as_deref());
     }
     out
 }
@@ -129,64 +107,19 @@ fn broken() -> Error {
     Error::Invalid("a row record of the change log is damaged (`dimple verify` shows where)".into())
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(broken)?;
-        let b = &self.buf[self.at..end];
-        self.at = end;
-        Ok(b)
-    }
-
-    fn varint(&mut self) -> Result<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.bytes(1)?[0];
-            if shift == 63 && b > 1 {
-                return Err(broken());
-            }
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                // One form per number: no trailing zero group.
-                if b == 0 && shift > 0 {
-                    return Err(broken());
-                }
-                return Ok(n);
-            }
-        }
-        Err(broken())
-    }
-
-    fn text(&mut self, n: u64) -> Result<String> {
-        let n = usize::try_from(n).map_err(|_| broken())?;
-        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| broken())
-    }
-
-    fn value(&mut self) -> Result<Option<String>> {
-        match self.varint()? {
-            0 => Ok(None),
-            n => self.text(n - 1).map(Some),
-        }
-    }
-}
-
 /// The cells of a record, in attribute order.
 pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
-    let mut r = Reader { buf: record, at: 0 };
+    let mut r = crate::packed::Reader::new(record);
     let mut out: Vec<Cell> = Vec::new();
     let mut prev: Option<u128> = None;
-    while r.at < record.len() {
-        let attr_n = r.varint()?;
+    while !r.done() {
+        let attr_n = r.varint().ok_or_else(broken)?;
         if out.last().is_some_and(|c| c.attr_n >= attr_n) {
             return Err(broken());
         }
-        let id = match r.bytes(1)?[0] {
+        let id = match r.byte().ok_or_else(broken)? {
             FULL => {
-                let b: [u8; 16] = r.bytes(16)?.try_into().expect("16 bytes");
+                let b: [u8; 16] = r.bytes(16).ok_or_else(broken)?.try_into().expect("16 bytes");
                 let v = u128::from_be_bytes(b);
                 // One form per record: an id that could be a difference is one.
                 if prev.is_some_and(|p| v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0) {
@@ -198,13 +131,13 @@ pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
             tag @ (DELTA | WIDE_DELTA) => {
                 let p = prev.ok_or_else(broken)?;
                 let delta = if tag == DELTA {
-                    u128::from(r.varint()?)
+                    u128::from(r.varint().ok_or_else(broken)?)
                 } else {
-                    let high = r.varint()?;
+                    let high = r.varint().ok_or_else(broken)?;
                     if high == 0 {
                         return Err(broken()); // one form per record: that is a DELTA
                     }
-                    (u128::from(high) << 64) | u128::from(r.varint()?)
+                    (u128::from(high) << 64) | u128::from(r.varint().ok_or_else(broken)?)
                 };
                 if delta == 0 || delta >> (128 - NODE_BITS) != 0 {
                     return Err(broken());
@@ -214,20 +147,14 @@ pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
                 Id::Uuid(v.to_be_bytes())
             }
             TEXT => {
-                let n = r.varint()?;
                 prev = None;
-                Id::Text(r.text(n)?)
+                Id::Text(r.text().ok_or_else(broken)?)
             }
             _ => return Err(broken()),
         };
-        out.push(Cell {
-            attr_n,
-            id,
-            author_n: r.varint()?,
-            tx_n: r.varint()?,
-            old_value: r.value()?,
-            new_value: r.value()?,
-        });
+        let (author_n, tx_n) = (r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?);
+        let (old_value, new_value) = (r.opt().ok_or_else(broken)?, r.opt().ok_or_else(broken)?);
+        out.push(Cell { attr_n, id, author_n, tx_n, old_value, new_value });
     }
     Ok(out)
 }
