@@ -656,18 +656,32 @@ fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// An id as remote input may hold it: canonical UUIDs (stored as bytes) from a
     /// few values, so that ties happen, and text that is not one.
-    fn any_id() -> impl Strategy<Value = String> {
+    pub(crate) fn any_id() -> impl Strategy<Value = String> {
         prop_oneof![
             (0u8..4).prop_map(|i| format!("0190a000-0000-7000-8000-00000000000{i}")),
             (0u8..4).prop_map(|i| format!("0190A000-0000-7000-8000-00000000000{i}")),
             "[0-9a-z-]{0,6}",
         ]
+    }
+
+    /// A change of cell (t, k, a) with id `id`, by `author`, setting `value`.
+    pub(crate) fn cell_change(id: &str, author: &str, value: Option<String>) -> Change {
+        Change {
+            id: id.to_owned(),
+            transaction_id: "tx".into(),
+            entity_type: "t".into(),
+            entity_id: "k".into(),
+            attribute: "a".into(),
+            old_value: None,
+            new_value: value,
+            author: author.to_owned(),
+        }
     }
 
     fn log_rows(conn: &Connection) -> Vec<Vec<Value>> {
@@ -774,17 +788,7 @@ mod tests {
             let log = Log::new(&conn).unwrap();
             let mut stored = Vec::new();
             for (id, author) in &changes {
-                let c = Change {
-                    id: id.clone(),
-                    transaction_id: "tx".into(),
-                    entity_type: "t".into(),
-                    entity_id: "k".into(),
-                    attribute: "a".into(),
-                    old_value: None,
-                    new_value: Some("1".into()),
-                    author: author.clone(),
-                };
-                if let Some(s) = log.insert(&c).unwrap() {
+                if let Some(s) = log.insert(&cell_change(id, author, Some("1".into()))).unwrap() {
                     stored.push((s, id.as_str(), author.as_str()));
                 }
             }

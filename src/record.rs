@@ -300,17 +300,6 @@ mod tests {
         assert!(decode(&[raw_cell(2, &full(b)), raw_cell(3, &full(a))].concat()).is_ok());
     }
 
-    /// Ids as remote input may hold them (the log's own test's kind): a few
-    /// canonical UUIDs, so that ties happen, their uppercase forms (kept as
-    /// text), and text that is not one.
-    fn remote_id() -> impl Strategy<Value = String> {
-        prop_oneof![
-            (0u8..4).prop_map(|i| format!("0190a000-0000-7000-8000-00000000000{i}")),
-            (0u8..4).prop_map(|i| format!("0190A000-0000-7000-8000-00000000000{i}")),
-            "[0-9a-z-]{0,6}",
-        ]
-    }
-
     proptest! {
         /// Merged change by change into a record, a cell's changes leave as its
         /// winner the change the log's rule picks, and a merge wins exactly when
@@ -318,7 +307,10 @@ mod tests {
         /// the history, which keeps it, knows it is a repeat.)
         #[test]
         fn the_winner_a_record_keeps_is_the_one_the_log_picks(
-            changes in proptest::collection::vec((remote_id(), "[a-c]{1,2}", proptest::option::of("[ -~]{0,4}")), 1..12)
+            changes in proptest::collection::vec(
+                (crate::log::tests::any_id(), "[a-c]{1,2}", proptest::option::of("[ -~]{0,4}")),
+                1..12,
+            )
         ) {
             let conn = rusqlite::Connection::open_in_memory().unwrap();
             conn.execute_batch(crate::migrate::SCHEMA).unwrap();
@@ -327,17 +319,7 @@ mod tests {
             let author_n = |a: &str| authors.iter().position(|x| *x == a).unwrap() as u64;
             let mut cells = Vec::new();
             for (id, author, value) in &changes {
-                let c = crate::merge::Change {
-                    id: id.clone(),
-                    transaction_id: "tx".into(),
-                    entity_type: "t".into(),
-                    entity_id: "k".into(),
-                    attribute: "a".into(),
-                    old_value: None,
-                    new_value: value.clone(),
-                    author: author.clone(),
-                };
-                let in_log = match log.insert(&c).unwrap() {
+                let in_log = match log.insert(&crate::log::tests::cell_change(id, author, value.clone())).unwrap() {
                     None => Merged::Duplicate,
                     Some(stored) if log.wins(&stored, "k").unwrap() => Merged::Won(None),
                     Some(_) => Merged::Lost,
