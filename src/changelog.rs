@@ -132,10 +132,7 @@ struct Recorder<'a, 'c> {
 
 impl Recorder<'_, '_> {
     fn record(&mut self, tbl: &str, entity_id: &str, attribute: &str, old: Option<String>, new: String) -> Result<()> {
-        if self.txn.is_none() {
-            self.txn = Some(self.hlc.tick().to_string());
-        }
-        let txn_id = self.txn.as_ref().expect("just set");
+        let txn_id = &*self.txn.get_or_insert_with(|| self.hlc.tick().to_string());
         self.n += 1;
         let mut buf = uuid::Uuid::encode_buffer();
         let id: &str = self.hlc.tick().hyphenated().encode_lower(&mut buf);

@@ -113,9 +113,9 @@ pub fn row_into_change(r: &rusqlite::Row<'_>, c: &mut Change) -> rusqlite::Resul
     use rusqlite::types::ValueRef;
     fn text(r: &rusqlite::Row<'_>, i: usize, out: &mut String) -> rusqlite::Result<()> {
         match r.get_ref(i)? {
-            ValueRef::Text(t) if std::str::from_utf8(t).is_ok() => {
+            ValueRef::Text(t) if let Ok(s) = std::str::from_utf8(t) => {
                 out.clear();
-                out.push_str(std::str::from_utf8(t).expect("checked"));
+                out.push_str(s);
             }
             _ => *out = r.get(i)?,
         }
@@ -124,12 +124,7 @@ pub fn row_into_change(r: &rusqlite::Row<'_>, c: &mut Change) -> rusqlite::Resul
     fn maybe(r: &rusqlite::Row<'_>, i: usize, out: &mut Option<String>) -> rusqlite::Result<()> {
         match r.get_ref(i)? {
             ValueRef::Null => *out = None,
-            ValueRef::Text(t) if std::str::from_utf8(t).is_ok() => {
-                let s = out.get_or_insert_with(String::new);
-                s.clear();
-                s.push_str(std::str::from_utf8(t).expect("checked"));
-            }
-            _ => *out = r.get(i)?,
+            _ => text(r, i, out.get_or_insert_with(String::new))?,
         }
         Ok(())
     }
@@ -510,13 +505,18 @@ pub fn last_id_of(conn: &Connection, author: &str) -> Result<Option<String>> {
         [author],
         |r| r.get(0),
     )?;
-    Ok(v.filter(|v| *v != Value::Null).map(id_string))
+    Ok(some_id(v))
 }
 
 /// The greatest change id the log holds, of any author.
 pub fn greatest_id(conn: &Connection) -> Result<Option<String>> {
     let v: Option<Value> = conn.query_row("SELECT max(id) FROM ZV_LOG", [], |r| r.get(0))?;
-    Ok(v.filter(|v| *v != Value::Null).map(id_string))
+    Ok(some_id(v))
+}
+
+/// The text of a `max(id)`, None when there was none.
+fn some_id(v: Option<Value>) -> Option<String> {
+    v.filter(|v| *v != Value::Null).map(id_string)
 }
 
 /// How many changes by `author` the log holds after id `after` (in its stored

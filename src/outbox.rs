@@ -168,16 +168,6 @@ fn corrupt() -> Error {
     )
 }
 
-/// The changes of one packet, authored by `me`.
-fn unpack(packed: &[u8], changes: i64, me: &str) -> Result<Vec<Change>> {
-    let mut out = Vec::new();
-    Unpacker::new()?.each(packed, changes, me, |c| {
-        out.push(c.clone());
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
 /// Reads packets one change at a time into one reused [`Change`], with one zstd
 /// context and one buffer for all of them: what a push reads its outbox with.
 struct Unpacker {
@@ -231,6 +221,17 @@ impl Unpacker {
         }
         Ok(true)
     }
+
+    /// How many of the packet's `changes` changes come after `after`, the packet
+    /// read whole (an error when any of it cannot be read).
+    fn count_after(&mut self, packed: &[u8], changes: i64, after: &str) -> Result<i64> {
+        let mut n = 0;
+        self.each(packed, changes, "", |c| {
+            n += i64::from(c.id.as_str() > after);
+            Ok(true)
+        })?;
+        Ok(n)
+    }
 }
 
 /// Up to about `limit` of this replica's changes after `after`, in id order, ending
@@ -276,7 +277,6 @@ pub fn each_unpushed(
     let mut rows = stmt.query([after_value(after)])?;
     while let Some(r) = rows.next()? {
         let packed = r.get_ref(1)?.as_blob().map_err(|_| corrupt())?;
-        let mut failed = None;
         let whole = unpacker.each(packed, r.get(0)?, me, |c| {
             if c.id.as_str() <= after {
                 return Ok(true);
@@ -286,10 +286,7 @@ pub fn each_unpushed(
                     return Ok(false);
                 }
             }
-            if let Err(e) = f(c) {
-                failed = Some(e);
-                return Ok(false);
-            }
+            f(c)?;
             if c.transaction_id != last_tx {
                 transactions.insert(c.transaction_id.clone());
                 last_tx.clone_from(&c.transaction_id);
@@ -305,9 +302,6 @@ pub fn each_unpushed(
             s.transactions = transactions.len();
             Ok(true)
         })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         if !whole {
             return Ok(span);
         }
@@ -330,10 +324,10 @@ pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let mut left = 0;
-    if let Some((n, packed)) = straddling {
-        left = unpack(&packed, n, "")?.iter().filter(|c| c.id.as_str() > after).count() as i64;
-    }
+    let left = match straddling {
+        Some((n, packed)) => Unpacker::new()?.count_after(&packed, n, after)?,
+        None => 0,
+    };
     Ok(whole + left)
 }
 
@@ -343,12 +337,11 @@ pub fn unpushed_count(conn: &Connection, after: &str) -> Result<i64> {
 pub fn readable_count(conn: &Connection, after: &str) -> Result<i64> {
     let mut stmt = conn.prepare_cached(PACKETS_AFTER)?;
     let mut rows = stmt.query([after_value(after)])?;
+    let mut unpacker = Unpacker::new()?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
         let Ok(packed) = r.get_ref(1)?.as_blob() else { continue };
-        if let Ok(changes) = unpack(packed, r.get(0)?, "") {
-            n += changes.iter().filter(|c| c.id.as_str() > after).count() as i64;
-        }
+        n += unpacker.count_after(packed, r.get(0)?, after).unwrap_or(0);
     }
     Ok(n)
 }

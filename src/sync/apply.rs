@@ -227,14 +227,10 @@ impl Group {
         let Checked { header, batch, kept, tables, .. } = checked;
         {
             let merger = Merger::new(&r.sync)?;
-            let merge = |chunk: &mut Vec<Change>| -> Result<()> {
-                merger.apply_many(chunk).map_err(|e| local_refusal(key, e))?;
-                chunk.clear();
-                Ok(())
-            };
+            let merge = |chunk: &[Change]| merger.apply_many(chunk).map(drop).map_err(|e| local_refusal(key, e));
             match kept {
                 Some(all) => {
-                    merger.apply_many(&all).map_err(|e| local_refusal(key, e))?;
+                    merge(&all)?;
                     *spare = all;
                 }
                 None => {
@@ -242,11 +238,12 @@ impl Group {
                     batch.each_change(|c| {
                         chunk.push(c);
                         if chunk.len() >= APPLY_CHUNK {
-                            merge(&mut chunk)?;
+                            merge(&chunk)?;
+                            chunk.clear();
                         }
                         Ok(())
                     })?;
-                    merge(&mut chunk)?;
+                    merge(&chunk)?;
                 }
             }
         }

@@ -178,10 +178,8 @@ impl Open {
 
     /// Stops with `error`: the batches in the group are whole, so they stay.
     fn stop(mut self, r: &mut Replica, report: &mut PullReport, error: Error) -> Refused {
-        match self.commit(r, report) {
-            Ok(()) => Refused { error, applied: self.applied, shared: false },
-            Err(e) => Refused { error: e, applied: self.applied, shared: false },
-        }
+        let error = self.commit(r, report).err().unwrap_or(error);
+        Refused { error, applied: self.applied, shared: false }
     }
 }
 
