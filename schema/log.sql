@@ -1,17 +1,18 @@
--- The change log as a replica keeps it (local schema version 5), applied by `init`
+-- The change log as a replica keeps it (local schema version 6), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
--- over it with their columns (below), so any SQLite client can read the log; dimple
--- itself reads and writes these tables (src/log.rs). A snapshot carries the same
--- tables (its winning changes only), a batch the seed's form of batch.sql.
+-- over it with their columns (below); dimple itself reads and writes these tables
+-- (src/log.rs). A snapshot carries the log in the form of snapshot_log.sql (a row
+-- per change), a batch in the seed's form of batch.sql.
 --
 -- What makes it compact:
 -- - ids are their 16 bytes (a BLOB), not 36 characters of text; bytewise order is
 --   the order of the canonical text, so comparisons do not change;
 -- - table and column names are numbers (ZV_NAME), authors are numbers (ZV_AUTHOR),
 --   and a change names its transaction by number (ZV_TX);
--- - there is no separate clock: ZV_LOG is keyed by the cell first, so the changes
---   of one (table, row, column) lie side by side in id order and the winner is the
---   last of them, found with one seek.
+-- - a table row's winning changes are one record (ZV_ROW) holding the row key
+--   once, each id after the first as a difference of a few bytes: the winner of a
+--   cell is found with one seek, and a new row is one insert, not one per cell;
+-- - there is no separate clock: the records are the clock.
 
 -- Every author (replica id) the log holds, numbered in this file only. The merge
 -- orders authors by their id text, never by these numbers.
@@ -36,12 +37,28 @@ CREATE TABLE IF NOT EXISTS ZV_TX (
     UNIQUE (id, author_n)
 );
 
--- The complete merged change log, one row per change. Values are the exact
--- encodings of src/value.rs; attribute '*' is the row itself: new_value 'true' =
--- inserted, 'false' = deleted. Per (type_n, entity_id, attr_n) the change with the
--- greatest id wins, and for one id the greater author id text (two authors share
--- an id only when a member copied another's).
-CREATE TABLE IF NOT EXISTS ZV_LOG (
+-- The change log, per table row: `cells` holds the winning change of each of
+-- the row's cells (attribute '*' is the row itself: new_value 'true' = inserted,
+-- 'false' = deleted; the others are its columns), in the binary form of
+-- src/record.rs: attribute number, id, author and transaction numbers, old and
+-- new value. Values are the exact encodings of src/value.rs. Per (type_n,
+-- entity_id, attr_n) the change with the greatest id wins, and for one id the
+-- greater author id text (two authors share an id only when a member copied
+-- another's).
+CREATE TABLE IF NOT EXISTS ZV_ROW (
+    type_n INTEGER NOT NULL,
+    entity_id TEXT NOT NULL,
+    cells BLOB NOT NULL,
+    PRIMARY KEY (type_n, entity_id)
+) WITHOUT ROWID;
+
+-- Every change that is not its cell's winner (superseded), one row per change:
+-- the history, which retention prunes (src/retention.rs) and merging never reads
+-- except to see a repeat. Keyed by id first: ids grow with time, so a change
+-- superseded now lands at the end of the table (a pull of updates to rows all
+-- over the log writes to a few hot pages, not one cold page per change), and
+-- pruning what is older than a horizon removes the front.
+CREATE TABLE IF NOT EXISTS ZV_HISTORY (
     type_n INTEGER NOT NULL,
     entity_id TEXT NOT NULL,
     attr_n INTEGER NOT NULL,
@@ -50,7 +67,7 @@ CREATE TABLE IF NOT EXISTS ZV_LOG (
     tx_n INTEGER NOT NULL,
     old_value TEXT,
     new_value TEXT,
-    PRIMARY KEY (type_n, entity_id, attr_n, id, author_n)
+    PRIMARY KEY (id, author_n, type_n, entity_id, attr_n)
 ) WITHOUT ROWID;
 
 -- This replica's own changes not pushed yet, whole, in packets of up to 4096
@@ -64,6 +81,15 @@ CREATE TABLE IF NOT EXISTS ZV_OUTBOX (
     changes INTEGER NOT NULL,
     packed BLOB NOT NULL
 );
+
+-- Every change, winners and history, one row each. `dimple_cells` is a
+-- function dimple registers on its connections (src/record.rs); another SQLite
+-- client reads these views after `dimple::log::register` on its connection.
+CREATE VIEW IF NOT EXISTS ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
+    SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
+    FROM ZV_ROW r, dimple_cells(r.cells) c
+    UNION ALL
+    SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY;
 
 -- The seed's tables, as views with their columns (ids as canonical text; an id kept
 -- as text, which only a transaction id from a batch can be, as it is).
@@ -90,14 +116,10 @@ CREATE VIEW IF NOT EXISTS ZV_CHANGE
 
 -- The winning change per (entity, attribute).
 CREATE VIEW IF NOT EXISTS ZV_CLOCK (entity_type, entity_id, attribute, change_id, author_n) AS
-    SELECT t.name, l.entity_id, c.name,
-           CASE WHEN typeof(l.id) = 'blob' THEN
-             lower(substr(hex(l.id), 1, 8) || '-' || substr(hex(l.id), 9, 4) || '-' || substr(hex(l.id), 13, 4)
-                   || '-' || substr(hex(l.id), 17, 4) || '-' || substr(hex(l.id), 21))
-           ELSE l.id END,
-           l.author_n
-    FROM ZV_LOG l JOIN ZV_NAME t ON t.n = l.type_n JOIN ZV_NAME c ON c.n = l.attr_n
-    WHERE NOT EXISTS (
-        SELECT 1 FROM ZV_LOG g
-        WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
-          AND (g.id > l.id OR (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n) > (SELECT id FROM ZV_AUTHOR WHERE n = l.author_n)));
+    SELECT t.name, r.entity_id, n.name,
+           CASE WHEN typeof(c.id) = 'blob' THEN
+             lower(substr(hex(c.id), 1, 8) || '-' || substr(hex(c.id), 9, 4) || '-' || substr(hex(c.id), 13, 4)
+                   || '-' || substr(hex(c.id), 17, 4) || '-' || substr(hex(c.id), 21))
+           ELSE c.id END,
+           c.author_n
+    FROM ZV_ROW r, dimple_cells(r.cells) c JOIN ZV_NAME t ON t.n = r.type_n JOIN ZV_NAME n ON n.n = c.attr_n;

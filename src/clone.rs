@@ -279,9 +279,10 @@ fn load_attached(
     }
     copy_log(&tx, origin)?;
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
-    let changes = crate::log::count(&tx)? as u64;
+    let (changes, greatest) = crate::log::count_and_greatest_id(&tx)?;
+    let changes = changes as u64;
     // Our ids must be greater than every id we now hold.
-    if let Some(id) = crate::log::greatest_id(&tx)?.as_deref().and_then(parse_id) {
+    if let Some(id) = greatest.as_deref().and_then(parse_id) {
         r.hlc.observe(&id);
     }
     changelog::save_clock(&tx, &r.hlc)?;
@@ -323,6 +324,7 @@ mod tests {
 
     fn replica_tables() -> Connection {
         let c = Connection::open_in_memory().unwrap();
+        crate::log::register(&c).unwrap();
         c.execute_batch(crate::migrate::SCHEMA).unwrap();
         c
     }
@@ -344,11 +346,20 @@ mod tests {
         let path = dir.join(if compact { "compact.db" } else { "text.db" });
         let c = Connection::open(&path).unwrap();
         if compact {
-            c.execute_batch(include_str!("../schema/log.sql")).unwrap();
-            let log = crate::log::Log::new(&c).unwrap();
+            c.execute_batch(include_str!("../schema/snapshot_log.sql")).unwrap();
+            // Numbered by a replica's log, then written a row per change.
+            let scratch = replica_tables();
+            let log = crate::log::Log::new(&scratch).unwrap();
             for ch in changes {
-                log.insert(ch).unwrap();
+                log.merge(ch).unwrap();
             }
+            scratch.execute("ATTACH ?1 AS snap", [path.display().to_string()]).unwrap();
+            scratch
+                .execute_batch(
+                    "INSERT INTO snap.ZV_AUTHOR SELECT * FROM ZV_AUTHOR; INSERT INTO snap.ZV_NAME SELECT * FROM ZV_NAME;
+                     INSERT INTO snap.ZV_TX SELECT * FROM ZV_TX; INSERT INTO snap.ZV_LOG SELECT * FROM ZV_LOG;",
+                )
+                .unwrap();
         } else {
             c.execute_batch(include_str!("../schema/wire_log.sql")).unwrap();
             for ch in changes {
@@ -377,7 +388,7 @@ mod tests {
                 {
                     let log = crate::log::Log::new(&c).unwrap();
                     for ch in &all[..already] {
-                        log.insert(ch).unwrap();
+                        log.merge(ch).unwrap();
                     }
                 }
                 c.execute("ATTACH ?1 AS snap", [path.display().to_string()]).unwrap();

@@ -81,9 +81,7 @@ pub mod migrate;
 pub mod outbox;
 mod packed;
 pub mod peers;
-// Step 1 of docs/design/log-per-row.md: the codec alone, tested, not used by the log yet.
 pub mod problems;
-#[allow(dead_code)]
 mod record;
 pub mod replica;
 pub mod retention;

@@ -16,29 +16,26 @@
 //! clock is kept and finding the winner is one seek.
 
 use crate::error::{Error, Result};
-use crate::merge::Change;
+use crate::merge::{Change, Outcome};
+use crate::record::{self, Cell, Id, Merged};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Statement};
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+/// Makes the log's views readable on `conn` (an app's own connection, for
+/// example): `ZV_LOG` and the seed's `ZV_CHANGE` and `ZV_CLOCK` read the records
+/// through `dimple_cells`, a function each connection must have registered
+/// before it reads them. dimple's own connections have it.
+pub fn register(conn: &Connection) -> Result<()> {
+    Ok(record::register(conn)?)
+}
 
 /// The SQL expression rendering the 16-byte id in column `col` as canonical text.
 pub fn id_text_sql(col: &str) -> String {
     format!(
         "lower(substr(hex({col}), 1, 8) || '-' || substr(hex({col}), 9, 4) || '-' || substr(hex({col}), 13, 4) \
          || '-' || substr(hex({col}), 17, 4) || '-' || substr(hex({col}), 21))"
-    )
-}
-
-/// The SQL condition "the change `l` of `schema`'s ZV_LOG is superseded": its cell
-/// holds a greater id, or the same id from a greater author id (the merge rule,
-/// also in the ZV_CLOCK view of schema/log.sql and in [`Log::wins`]).
-fn superseded_sql(schema: &str) -> String {
-    format!(
-        "EXISTS (SELECT 1 FROM {schema}.ZV_LOG g
-                 WHERE g.type_n = l.type_n AND g.entity_id = l.entity_id AND g.attr_n = l.attr_n AND g.id >= l.id
-                   AND (g.id > l.id OR (SELECT id FROM {schema}.ZV_AUTHOR WHERE n = g.author_n)
-                                        > (SELECT id FROM {schema}.ZV_AUTHOR WHERE n = l.author_n)))"
     )
 }
 
@@ -145,13 +142,13 @@ pub fn row_into_change(r: &rusqlite::Row<'_>, c: &mut Change) -> rusqlite::Resul
     text(r, 7, &mut c.author)
 }
 
-/// Where a stored change lies: its cell and its key.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub type_n: i64,
-    pub attr_n: i64,
-    pub author_n: i64,
-    pub id: Value,
+/// Where a change is stored: its table, column and author numbers.
+#[derive(Debug, Clone, Copy)]
+struct Numbers {
+    type_n: i64,
+    attr_n: i64,
+    author_n: i64,
+    tx_n: i64,
 }
 
 /// A change's columns, borrowed.
@@ -181,6 +178,16 @@ impl<'a> Parts<'a> {
     }
 }
 
+/// A row's record while a merge works on it.
+#[derive(Debug)]
+struct Open {
+    cells: Vec<Cell>,
+    /// Whether `ZV_ROW` holds the row (then the record is updated, else inserted).
+    stored: bool,
+    /// Whether `cells` differ from what `ZV_ROW` holds.
+    changed: bool,
+}
+
 /// Writes changes into the log on one connection, with names, authors and
 /// transactions numbered once and remembered: this is the hot path of capture and
 /// of every pull.
@@ -188,18 +195,27 @@ pub struct Log<'c> {
     conn: &'c Connection,
     names: RefCell<HashMap<String, i64>>,
     authors: RefCell<HashMap<String, i64>>,
+    /// Replica ids by author number: asked only when two authors made one id.
+    author_ids: RefCell<HashMap<i64, String>>,
     txs: RefCell<HashMap<(String, i64), i64>>,
     /// The last transaction asked for: a transaction's changes come one after another.
     last_tx: RefCell<Option<(String, i64, i64)>>,
-    insert: RefCell<Statement<'c>>,
-    newer: RefCell<Statement<'c>>,
+    read: RefCell<Statement<'c>>,
+    add: RefCell<Statement<'c>>,
+    replace: RefCell<Statement<'c>>,
+    history: RefCell<Statement<'c>>,
     known: RefCell<Statement<'c>>,
-    /// [`Log::insert_all`]'s statement for [`ROWS_PER_INSERT`] rows, prepared on first use.
-    insert_many: RefCell<Option<Statement<'c>>>,
+    /// Records merged into by [`Log::merge_held`] and not written yet, by table
+    /// number and row id.
+    held: RefCell<HashMap<i64, HashMap<String, Open>>>,
 }
 
-/// Changes stored by one statement in [`Log::insert_all`].
-const ROWS_PER_INSERT: usize = 32;
+impl Open {
+    /// The record of a row `ZV_ROW` does not hold.
+    fn absent() -> Open {
+        Open { cells: Vec::new(), stored: false, changed: false }
+    }
+}
 
 impl<'c> Log<'c> {
     pub fn new(conn: &'c Connection) -> Result<Self> {
@@ -207,24 +223,21 @@ impl<'c> Log<'c> {
             conn,
             names: RefCell::default(),
             authors: RefCell::default(),
+            author_ids: RefCell::default(),
             txs: RefCell::default(),
             last_tx: RefCell::default(),
-            insert: RefCell::new(conn.prepare(
-                "INSERT INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-            )?),
-            // A greater id in the cell, or the same id from a greater author (only a
-            // member copying another's ids makes that): then the change does not win.
-            newer: RefCell::new(conn.prepare(
-                "SELECT EXISTS (SELECT 1 FROM ZV_LOG g
-                   WHERE g.type_n = ?1 AND g.entity_id = ?2 AND g.attr_n = ?3 AND g.id >= ?4
-                     AND (g.id > ?4 OR (g.author_n <> ?5 AND (SELECT id FROM ZV_AUTHOR WHERE n = g.author_n)
-                                                           > (SELECT id FROM ZV_AUTHOR WHERE n = ?5))))",
+            read: RefCell::new(conn.prepare("SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2")?),
+            add: RefCell::new(conn.prepare("INSERT INTO ZV_ROW(type_n, entity_id, cells) VALUES (?1, ?2, ?3)")?),
+            replace: RefCell::new(conn.prepare("UPDATE ZV_ROW SET cells = ?3 WHERE type_n = ?1 AND entity_id = ?2")?),
+            // OR IGNORE: a change the history holds is a repeat, kept once.
+            history: RefCell::new(conn.prepare(
+                "INSERT OR IGNORE INTO ZV_HISTORY(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?),
             known: RefCell::new(
-                conn.prepare("SELECT EXISTS (SELECT 1 FROM ZV_LOG WHERE type_n = ?1 AND entity_id = ?2)")?,
+                conn.prepare("SELECT EXISTS (SELECT 1 FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2)")?,
             ),
-            insert_many: RefCell::default(),
+            held: RefCell::default(),
         })
     }
 
@@ -264,82 +277,174 @@ impl<'c> Log<'c> {
         Ok(n)
     }
 
-    /// Stores `c`; None when the log already holds it.
-    pub fn insert(&self, c: &Change) -> Result<Option<Stored>> {
-        self.insert_parts(&Parts::of(c))
+    /// Merges `c` into the log: the winner of its cell now (the one it replaces
+    /// goes to the history), superseded (it goes to the history), or already held.
+    pub fn merge(&self, c: &Change) -> Result<Outcome> {
+        self.merge_parts(&Parts::of(c))
     }
 
-    /// [`Log::insert`] of a change whose text is borrowed.
-    fn insert_parts(&self, c: &Parts<'_>) -> Result<Option<Stored>> {
-        let (s, tx_n) = self.numbered(c)?;
-        let new = self.insert.borrow_mut().execute(params![
-            s.type_n,
-            c.entity_id,
-            s.attr_n,
-            s.id,
-            s.author_n,
-            tx_n,
-            c.old_value,
-            c.new_value
-        ])? == 1;
-        Ok(new.then_some(s))
+    /// [`Log::merge`] while records are held ([`Log::merge_held`]), of a row none
+    /// of them is: its record is read and written at once, while its page is in
+    /// the cache (a batch of updates to rows all over the log would otherwise
+    /// read each page twice).
+    pub fn merge_one(&self, c: &Change) -> Result<Outcome> {
+        self.merge_now(&Parts::of(c))
     }
 
-    /// Where change `c` is stored (its names, author and id in their stored form),
-    /// and the number of its transaction: numbered on first sight.
-    fn numbered(&self, c: &Parts<'_>) -> Result<(Stored, i64)> {
+    fn merge_now(&self, c: &Parts<'_>) -> Result<Outcome> {
+        let n = self.numbered(c)?;
+        let mut open = self.open(n.type_n, c.entity_id)?;
+        let outcome = self.merge_cell(&mut open, n.type_n, c.entity_id, cell_of(n, c))?;
+        self.close(n.type_n, c.entity_id, &open)?;
+        Ok(outcome)
+    }
+
+    /// [`Log::merge`], with the row's record kept in memory until [`Log::flush`]:
+    /// a batch that changes a row several times reads and writes its record once.
+    /// Nothing reads the log's records in between but this `Log`.
+    pub fn merge_held(&self, c: &Change) -> Result<Outcome> {
+        self.merge_parts_held(&Parts::of(c), false)
+    }
+
+    /// [`Log::merge_held`] of a change of a row the log does not hold (the
+    /// caller asked [`Log::knows_entity`]): its record is not looked for.
+    pub fn merge_held_new(&self, c: &Change) -> Result<Outcome> {
+        self.merge_parts_held(&Parts::of(c), true)
+    }
+
+    fn merge_parts_held(&self, c: &Parts<'_>, new: bool) -> Result<Outcome> {
+        let n = self.numbered(c)?;
+        let mut held = self.held.borrow_mut();
+        let rows = held.entry(n.type_n).or_default();
+        let open = match rows.get_mut(c.entity_id) {
+            Some(open) => open,
+            None => {
+                let open = if new { Open::absent() } else { self.open(n.type_n, c.entity_id)? };
+                rows.entry(c.entity_id.to_owned()).or_insert(open)
+            }
+        };
+        self.merge_cell(open, n.type_n, c.entity_id, cell_of(n, c))
+    }
+
+    /// Writes every record [`Log::merge_held`] changed, in key order.
+    pub fn flush(&self) -> Result<()> {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        let mut rows: Vec<(i64, String, Open)> =
+            held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, o)| (t, e, o))).collect();
+        rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (type_n, entity_id, open) in &rows {
+            self.close(*type_n, entity_id, open)?;
+        }
+        Ok(())
+    }
+
+    /// Drops records held and not flushed: after an error, whose transaction the
+    /// caller rolls back, they describe writes that never happened.
+    pub fn forget(&self) {
+        self.held.borrow_mut().clear();
+    }
+
+    fn merge_parts(&self, c: &Parts<'_>) -> Result<Outcome> {
+        self.forget();
+        self.merge_now(c)
+    }
+
+    /// The numbers of change `c`, each given on first sight.
+    fn numbered(&self, c: &Parts<'_>) -> Result<Numbers> {
         let author_n = self.author_n(c.author)?;
-        let s = Stored {
+        Ok(Numbers {
             type_n: self.name_n(c.entity_type)?,
             attr_n: self.name_n(c.attribute)?,
             author_n,
-            id: id_value(c.id),
-        };
-        let tx_n = self.tx_n(c.transaction_id, author_n)?;
-        Ok((s, tx_n))
+            tx_n: self.tx_n(c.transaction_id, author_n)?,
+        })
     }
 
-    /// Stores `changes`, skipping any the log holds, [`ROWS_PER_INSERT`] to a
-    /// statement: for changes whose outcome the caller already knows (rows new to
-    /// the log, changes this replica just made), which need no answer per change.
-    ///
-    /// `OR IGNORE` rather than `ON CONFLICT DO NOTHING`: with the latter a statement
-    /// of many rows can abort halfway (a NOT NULL column), so SQLite keeps a
-    /// statement journal of every page it touches (760k writes for 500k captured
-    /// changes). Every NOT NULL column is bound here with a value.
-    pub fn insert_all<C: std::borrow::Borrow<Change>>(&self, changes: &[C]) -> Result<()> {
-        let mut pieces = changes.chunks_exact(ROWS_PER_INSERT);
-        for piece in &mut pieces {
-            let mut slot = self.insert_many.borrow_mut();
-            let stmt = match &mut *slot {
-                Some(stmt) => stmt,
-                None => {
-                    let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ");
-                    slot.insert(self.conn.prepare(&format!(
-                        "INSERT OR IGNORE INTO ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
-                         VALUES {rows}"
-                    ))?)
-                }
-            };
-            for (i, c) in piece.iter().enumerate() {
-                let c = Parts::of(c.borrow());
-                let (s, tx_n) = self.numbered(&c)?;
-                let at = i * 8;
-                stmt.raw_bind_parameter(at + 1, s.type_n)?;
-                stmt.raw_bind_parameter(at + 2, c.entity_id)?;
-                stmt.raw_bind_parameter(at + 3, s.attr_n)?;
-                stmt.raw_bind_parameter(at + 4, s.id)?;
-                stmt.raw_bind_parameter(at + 5, s.author_n)?;
-                stmt.raw_bind_parameter(at + 6, tx_n)?;
-                stmt.raw_bind_parameter(at + 7, c.old_value)?;
-                stmt.raw_bind_parameter(at + 8, c.new_value)?;
-            }
-            stmt.raw_execute()?;
+    /// The record of a row, read.
+    fn open(&self, type_n: i64, entity_id: &str) -> Result<Open> {
+        let bytes: Option<Vec<u8>> =
+            self.read.borrow_mut().query_row(params![type_n, entity_id], |r| r.get(0)).optional()?;
+        Ok(match bytes {
+            Some(b) => Open { cells: record::decode(&b)?, stored: true, changed: false },
+            None => Open::absent(),
+        })
+    }
+
+    /// Writes a record back when a merge changed it.
+    fn close(&self, type_n: i64, entity_id: &str, open: &Open) -> Result<()> {
+        if !open.changed {
+            return Ok(());
         }
-        for c in pieces.remainder() {
-            self.insert(c.borrow())?;
-        }
+        let bytes = record::encode(&open.cells);
+        let stmt = if open.stored { &self.replace } else { &self.add };
+        stmt.borrow_mut().execute(params![type_n, entity_id, bytes])?;
         Ok(())
+    }
+
+    /// Merges `cell` into a row's open record, and into the history what it
+    /// supersedes or what supersedes it.
+    fn merge_cell(&self, open: &mut Open, type_n: i64, entity_id: &str, cell: Cell) -> Result<Outcome> {
+        let mut failed = None;
+        let merged = record::merge(&mut open.cells, cell, |a, b| match (self.author_id(a), self.author_id(b)) {
+            (Ok(a), Ok(b)) => a.cmp(&b),
+            (Err(e), _) | (_, Err(e)) => {
+                failed = Some(e);
+                std::cmp::Ordering::Equal
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(match merged {
+            Merged::Won(before) => {
+                open.changed = true;
+                if let Some(before) = before {
+                    self.to_history(type_n, entity_id, &before)?;
+                }
+                Outcome::Won
+            }
+            Merged::Duplicate => Outcome::Duplicate,
+            // A change the history holds already is a repeat.
+            Merged::Lost(cell) if self.to_history(type_n, entity_id, &cell)? => Outcome::Lost,
+            Merged::Lost(_) => Outcome::Duplicate,
+        })
+    }
+
+    /// Puts a superseded change into the history; false when it was there.
+    fn to_history(&self, type_n: i64, entity_id: &str, cell: &Cell) -> Result<bool> {
+        let added = self.history.borrow_mut().execute(params![
+            type_n,
+            entity_id,
+            cell.attr_n as i64,
+            stored_id(&cell.id),
+            cell.author_n as i64,
+            cell.tx_n as i64,
+            cell.old_value,
+            cell.new_value
+        ])?;
+        Ok(added == 1)
+    }
+
+    /// The replica id of author number `n`.
+    fn author_id(&self, n: u64) -> Result<String> {
+        if let Some(id) = self.author_ids.borrow().get(&(n as i64)) {
+            return Ok(id.clone());
+        }
+        let id: String =
+            self.conn.prepare_cached("SELECT id FROM ZV_AUTHOR WHERE n = ?1")?.query_row([n as i64], |r| r.get(0))?;
+        self.author_ids.borrow_mut().insert(n as i64, id.clone());
+        Ok(id)
+    }
+
+    /// Merges `changes`, each row's record read and written once however many of
+    /// its changes come: for changes whose outcome the caller already knows
+    /// (changes this replica just made), which need no answer per change.
+    pub fn insert_all<C: std::borrow::Borrow<Change>>(&self, changes: &[C]) -> Result<()> {
+        self.forget();
+        for c in changes {
+            self.merge_held(c.borrow())?;
+        }
+        self.flush()
     }
 
     /// Whether the log holds any change of row `entity_id` of table number `type_n`.
@@ -348,17 +453,27 @@ impl<'c> Log<'c> {
     pub fn knows_entity(&self, type_n: i64, entity_id: &str) -> Result<bool> {
         Ok(self.known.borrow_mut().query_row(params![type_n, entity_id], |r| r.get(0))?)
     }
+}
 
-    /// Whether the stored change `s` of `entity_id` is its cell's winner.
-    pub fn wins(&self, s: &Stored, entity_id: &str) -> Result<bool> {
-        let newer: bool = self
-            .newer
-            .borrow_mut()
-            .query_row(params![s.type_n, entity_id, s.attr_n, s.id, s.author_n], |r| r.get(0))?;
-        Ok(!newer)
+/// The cell change `c` (numbered `n`) would be in a record.
+fn cell_of(n: Numbers, c: &Parts<'_>) -> Cell {
+    Cell {
+        attr_n: n.attr_n as u64,
+        id: Id::of(c.id),
+        author_n: n.author_n as u64,
+        tx_n: n.tx_n as u64,
+        old_value: c.old_value.map(str::to_owned),
+        new_value: c.new_value.map(str::to_owned),
     }
 }
 
+/// An id of a record in the log's stored form ([`id_value`]).
+fn stored_id(id: &Id) -> Value {
+    match id {
+        Id::Uuid(b) => Value::Blob(b.to_vec()),
+        Id::Text(t) => Value::Text(t.clone()),
+    }
+}
 /// The merge order of two changes of one cell, (`id`, `author`) against
 /// (`other_id`, `other_author`): the id as the log stores and compares it (a
 /// canonical UUID's 16 bytes sort after any id kept as text, each kind bytewise),
@@ -406,129 +521,225 @@ pub struct Winner {
     pub new_value: Option<String>,
 }
 
-/// Picks the winner among a cell's changes given as (id, author, value) in id
-/// order: the greatest id, and for one id the greatest author id.
-fn best(rows: Vec<(Value, String, Option<String>)>) -> Option<Winner> {
-    let mut best: Option<(Value, String, Option<String>)> = None;
-    for row in rows {
-        let better = match &best {
-            None => true,
-            Some(b) => match cmp_id(&row.0, &b.0) {
-                std::cmp::Ordering::Greater => true,
-                std::cmp::Ordering::Equal => row.1 > b.1,
-                std::cmp::Ordering::Less => false,
-            },
-        };
-        if better {
-            best = Some(row);
-        }
-    }
-    best.map(|(id, author, new_value)| Winner { id: id_string(id), author, new_value })
+/// The cells of the record of (`table`, `entity_id`), with the table's number;
+/// None when the log has no change of the row.
+fn record_of(conn: &Connection, table: &str, entity_id: &str) -> Result<Option<Vec<Cell>>> {
+    let Some(t) = known_name(conn, table)? else { return Ok(None) };
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2")?
+        .query_row(params![t, entity_id], |r| r.get(0))
+        .optional()?;
+    bytes.map(|b| record::decode(&b)).transpose()
 }
 
-/// SQLite's order of stored ids (text before blob, each bytewise).
-fn cmp_id(a: &Value, b: &Value) -> std::cmp::Ordering {
-    match (a, b) {
-        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
-        (Value::Text(x), Value::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
-        (Value::Text(_), Value::Blob(_)) => std::cmp::Ordering::Less,
-        (Value::Blob(_), Value::Text(_)) => std::cmp::Ordering::Greater,
-        _ => std::cmp::Ordering::Equal,
+/// The replica id of author number `n` of this log.
+fn author_of(conn: &Connection, n: u64) -> Result<String> {
+    Ok(conn.prepare_cached("SELECT id FROM ZV_AUTHOR WHERE n = ?1")?.query_row([n as i64], |r| r.get(0))?)
+}
+
+/// The canonical text of a record's id.
+fn id_text(id: &Id) -> String {
+    match id {
+        Id::Uuid(b) => blob_id_string(b),
+        Id::Text(t) => t.clone(),
     }
 }
 
 /// The winner of (`table`, `entity_id`, `attribute`), if the log has the cell.
 pub fn winner(conn: &Connection, table: &str, entity_id: &str, attribute: &str) -> Result<Option<Winner>> {
-    let (Some(t), Some(c)) = (known_name(conn, table)?, known_name(conn, attribute)?) else { return Ok(None) };
-    // The last id of the cell, with every change that shares it (one, unless a
-    // member copied another's id).
-    let rows = conn
-        .prepare_cached(
-            "SELECT l.id, a.id, l.new_value FROM ZV_LOG l JOIN ZV_AUTHOR a ON a.n = l.author_n
-             WHERE l.type_n = ?1 AND l.entity_id = ?2 AND l.attr_n = ?3
-               AND l.id = (SELECT max(id) FROM ZV_LOG WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3)",
-        )?
-        .query_map(params![t, entity_id, c], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(best(rows))
+    let Some(attr_n) = known_name(conn, attribute)? else { return Ok(None) };
+    let Some(cells) = record_of(conn, table, entity_id)? else { return Ok(None) };
+    let Some(w) = cells.into_iter().find(|c| c.attr_n == attr_n as u64) else { return Ok(None) };
+    Ok(Some(Winner { id: id_text(&w.id), author: author_of(conn, w.author_n)?, new_value: w.new_value }))
 }
 
 /// The winning value of every attribute of a row that the log has.
 pub fn winners(conn: &Connection, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
-    let Some(t) = known_name(conn, table)? else { return Ok(HashMap::new()) };
-    let mut stmt = conn.prepare_cached(
-        "SELECT c.name, l.id, a.id, l.new_value FROM ZV_LOG l JOIN ZV_NAME c ON c.n = l.attr_n
-         JOIN ZV_AUTHOR a ON a.n = l.author_n
-         WHERE l.type_n = ?1 AND l.entity_id = ?2 ORDER BY l.attr_n",
-    )?;
-    let mut cells: HashMap<String, Vec<(Value, String, Option<String>)>> = HashMap::new();
-    let rows =
-        stmt.query_map(params![t, entity_id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-    for row in rows {
-        let (attr, id, author, value) = row?;
-        cells.entry(attr).or_default().push((id, author, value));
+    let Some(cells) = record_of(conn, table, entity_id)? else { return Ok(HashMap::new()) };
+    let mut out = HashMap::with_capacity(cells.len());
+    for c in cells {
+        let name: String =
+            conn.prepare_cached("SELECT name FROM ZV_NAME WHERE n = ?1")?.query_row([c.attr_n as i64], |r| r.get(0))?;
+        out.insert(name, c.new_value);
     }
-    Ok(cells.into_iter().filter_map(|(attr, rows)| best(rows).map(|w| (attr, w.new_value))).collect())
+    Ok(out)
 }
 
 /// Every row id of `table` the log has a change for.
 pub fn entities(conn: &Connection, table: &str) -> Result<Vec<String>> {
     let Some(t) = known_name(conn, table)? else { return Ok(Vec::new()) };
     Ok(conn
-        .prepare("SELECT DISTINCT entity_id FROM ZV_LOG WHERE type_n = ?1")?
+        .prepare("SELECT entity_id FROM ZV_ROW WHERE type_n = ?1")?
         .query_map([t], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?)
 }
-
 /// How many changes the log holds.
 pub fn count(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT count(*) FROM ZV_LOG", [], |r| r.get(0))?)
+    let history: i64 = conn.query_row("SELECT count(*) FROM ZV_HISTORY", [], |r| r.get(0))?;
+    let mut cells = 0;
+    each_winner_key(conn, |_| cells += 1)?;
+    Ok(history + cells)
 }
 
-/// Takes `c` (a change of this replica, not pushed) out of the log; the caller
-/// empties the outbox ([`crate::outbox::clear`]).
-pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
-    let id = id_value(&c.id);
-    conn.prepare_cached(
-        "DELETE FROM ZV_LOG WHERE type_n = (SELECT n FROM ZV_NAME WHERE name = ?1) AND entity_id = ?2
-           AND attr_n = (SELECT n FROM ZV_NAME WHERE name = ?3) AND id = ?4
-           AND author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?5)",
-    )?
-    .execute(params![c.entity_type, c.entity_id, c.attribute, id, c.author])?;
+/// Whether `id` sorts after the stored value `after` as SQLite compares them:
+/// any text before any blob, each bytewise (an empty cursor is `x''`).
+fn id_after(id: &Id, after: &Value) -> bool {
+    match (id, after) {
+        (Id::Uuid(b), Value::Blob(a)) => b.as_slice() > a.as_slice(),
+        (Id::Uuid(_), Value::Text(_)) => true,
+        (Id::Text(t), Value::Text(a)) => t.as_bytes() > a.as_bytes(),
+        (Id::Text(_), Value::Blob(_)) => false,
+        (_, Value::Null) => false,
+        // Numbers sort before text and blobs.
+        (_, Value::Integer(_) | Value::Real(_)) => true,
+    }
+}
+
+/// Calls `f` with the cell (values left out) of every winner of the log.
+fn each_winner_key(conn: &Connection, mut f: impl FnMut(&Cell)) -> Result<()> {
+    let mut stmt = conn.prepare("SELECT cells FROM ZV_ROW")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let bytes = r
+            .get_ref(0)?
+            .as_blob()
+            .map_err(|_| Error::Invalid("a row record of the change log is not bytes".into()))?;
+        for c in record::decode_keys(bytes)? {
+            f(&c);
+        }
+    }
     Ok(())
+}
+/// Takes `c` (a change of this replica, not pushed) out of the log; the caller
+/// empties the outbox ([`crate::outbox::clear`]). When `c` was its cell's
+/// winner, the best change of the cell's history takes its place.
+pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
+    let (Some(type_n), Some(attr_n)) = (known_name(conn, &c.entity_type)?, known_name(conn, &c.attribute)?) else {
+        return Ok(());
+    };
+    let author_n: Option<i64> = conn
+        .prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?
+        .query_row([&c.author], |r| r.get(0))
+        .optional()?;
+    let Some(author_n) = author_n else { return Ok(()) };
+    let cell_key = params![type_n, c.entity_id, attr_n];
+    conn.prepare_cached(
+        "DELETE FROM ZV_HISTORY WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3 AND id = ?4 AND author_n = ?5",
+    )?
+    .execute(params![type_n, c.entity_id, attr_n, id_value(&c.id), author_n])?;
+    let Some(mut cells) = record_of(conn, &c.entity_type, &c.entity_id)? else { return Ok(()) };
+    let id = Id::of(&c.id);
+    let Some(at) = cells.iter().position(|x| x.attr_n == attr_n as u64 && x.id == id && x.author_n == author_n as u64)
+    else {
+        return Ok(());
+    };
+    cells.remove(at);
+    let mut stmt = conn.prepare_cached(
+        "SELECT h.id, h.author_n, h.tx_n, h.old_value, h.new_value, a.id FROM ZV_HISTORY h
+         JOIN ZV_AUTHOR a ON a.n = h.author_n WHERE h.type_n = ?1 AND h.entity_id = ?2 AND h.attr_n = ?3",
+    )?;
+    let mut best: Option<(Cell, String)> = None;
+    let mut rows = stmt.query(cell_key)?;
+    while let Some(r) = rows.next()? {
+        let cell = Cell {
+            attr_n: attr_n as u64,
+            id: stored_to_id(r.get(0)?)?,
+            author_n: r.get::<_, i64>(1)? as u64,
+            tx_n: r.get::<_, i64>(2)? as u64,
+            old_value: r.get(3)?,
+            new_value: r.get(4)?,
+        };
+        let author: String = r.get(5)?;
+        if best.as_ref().is_none_or(|(b, a)| (&cell.id, &author) > (&b.id, a)) {
+            best = Some((cell, author));
+        }
+    }
+    drop(rows);
+    if let Some((next, _)) = best {
+        conn.prepare_cached(
+            "DELETE FROM ZV_HISTORY WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3 AND id = ?4 AND author_n = ?5",
+        )?
+        .execute(params![type_n, c.entity_id, attr_n, stored_id(&next.id), next.author_n as i64])?;
+        record::merge(&mut cells, next, |_, _| std::cmp::Ordering::Equal);
+    }
+    if cells.is_empty() {
+        conn.prepare_cached("DELETE FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2")?
+            .execute(params![type_n, c.entity_id])?;
+    } else {
+        conn.prepare_cached("UPDATE ZV_ROW SET cells = ?3 WHERE type_n = ?1 AND entity_id = ?2")?.execute(params![
+            type_n,
+            c.entity_id,
+            record::encode(&cells)
+        ])?;
+    }
+    Ok(())
+}
+
+/// A stored id ([`id_value`]) as a record holds it.
+fn stored_to_id(v: Value) -> Result<Id> {
+    match v {
+        Value::Blob(b) if b.len() == 16 => Ok(Id::Uuid(b.try_into().expect("16 bytes"))),
+        Value::Text(t) => Ok(Id::Text(t)),
+        _ => Err(Error::Invalid("a change id in the log is neither 16 bytes nor text".into())),
+    }
 }
 
 /// The greatest id of a change by `author`.
 pub fn last_id_of(conn: &Connection, author: &str) -> Result<Option<String>> {
-    let v: Option<Value> = conn.query_row(
-        "SELECT max(id) FROM ZV_LOG WHERE author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1)",
-        [author],
-        |r| r.get(0),
-    )?;
-    Ok(some_id(v))
+    let author_n: Option<i64> =
+        conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([author], |r| r.get(0)).optional()?;
+    let Some(author_n) = author_n else { return Ok(None) };
+    let history: Option<Value> =
+        conn.query_row("SELECT max(id) FROM ZV_HISTORY WHERE author_n = ?1", [author_n], |r| r.get(0))?;
+    greatest(conn, history, |c| c.author_n == author_n as u64)
 }
 
-/// The greatest change id the log holds, of any author.
-pub fn greatest_id(conn: &Connection) -> Result<Option<String>> {
-    let v: Option<Value> = conn.query_row("SELECT max(id) FROM ZV_LOG", [], |r| r.get(0))?;
-    Ok(some_id(v))
+/// How many changes the log holds and the greatest id among them, in one pass
+/// over the records.
+pub fn count_and_greatest_id(conn: &Connection) -> Result<(i64, Option<String>)> {
+    let (history, max): (i64, Option<Value>) =
+        conn.query_row("SELECT count(*), max(id) FROM ZV_HISTORY", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut best: Option<Id> = max.filter(|v| *v != Value::Null).map(stored_to_id).transpose()?;
+    let mut cells = 0;
+    each_winner_key(conn, |c| {
+        cells += 1;
+        if best.as_ref().is_none_or(|b| c.id > *b) {
+            best = Some(c.id.clone());
+        }
+    })?;
+    Ok((history + cells, best.as_ref().map(id_text)))
 }
 
-/// The text of a `max(id)`, None when there was none.
-fn some_id(v: Option<Value>) -> Option<String> {
-    v.filter(|v| *v != Value::Null).map(id_string)
+/// The greatest of the history's `max(id)` and the ids of the winners `which` picks.
+fn greatest(conn: &Connection, history: Option<Value>, which: impl Fn(&Cell) -> bool) -> Result<Option<String>> {
+    let mut best: Option<Id> = history.filter(|v| *v != Value::Null).map(stored_to_id).transpose()?;
+    each_winner_key(conn, |c| {
+        if which(c) && best.as_ref().is_none_or(|b| c.id > *b) {
+            best = Some(c.id.clone());
+        }
+    })?;
+    Ok(best.as_ref().map(id_text))
 }
 
 /// How many changes by `author` the log holds after id `after` (in its stored
 /// form, [`crate::outbox::after_value`]).
 pub fn count_by_after(conn: &Connection, author: &str, after: &Value) -> Result<i64> {
-    Ok(conn.query_row(
-        "SELECT count(*) FROM ZV_LOG WHERE author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND id > ?2",
-        params![author, after],
+    let author_n: Option<i64> =
+        conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([author], |r| r.get(0)).optional()?;
+    let Some(author_n) = author_n else { return Ok(0) };
+    let history: i64 = conn.query_row(
+        "SELECT count(*) FROM ZV_HISTORY WHERE author_n = ?1 AND id > ?2",
+        params![author_n, after],
         |r| r.get(0),
-    )?)
+    )?;
+    let mut cells = 0;
+    each_winner_key(conn, |c| {
+        if c.author_n == author_n as u64 && id_after(&c.id, after) {
+            cells += 1;
+        }
+    })?;
+    Ok(history + cells)
 }
-
 /// The filter, appended to [`SELECT`], for this replica's changes after a cursor,
 /// in id order: binds the replica id as ?1 and the cursor's stored form as ?2.
 pub const OWN_AFTER: &str = "WHERE l.author_n = (SELECT n FROM ZV_AUTHOR WHERE id = ?1) AND l.id > ?2 ORDER BY l.id";
@@ -546,50 +757,50 @@ pub fn new_values_starting_with(conn: &Connection, prefixes: &[&str]) -> Result<
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Removes the changes that are superseded (a greater id in the cell, or the
-/// same id from a greater author), older than id `before` (stored form), of a
-/// tracked table and column, and not waiting in the outbox (a change of replica
-/// `me` after `through`, the push cursor's stored form). Returns how many; the
-/// caller drops the transactions left empty ([`drop_empty_transactions`]).
+/// Removes the superseded changes (the history) older than id `before` (stored
+/// form), of a tracked table and column, and not waiting in the outbox (a change
+/// of replica `me` after `through`, the push cursor's stored form). Returns how
+/// many; the caller drops the transactions left empty ([`drop_empty_transactions`]).
+/// Winners are never removed: they live in the records.
 pub fn prune_superseded(conn: &Connection, before: &Value, me: &str, through: &Value) -> Result<usize> {
     Ok(conn.execute(
-        &format!(
-            "DELETE FROM ZV_LOG AS l
+        "DELETE FROM ZV_HISTORY AS l
          WHERE l.id < ?1
-           AND {}
            AND EXISTS (SELECT 1 FROM ZV_TRACKED t
                        WHERE t.tbl = (SELECT name FROM ZV_NAME WHERE n = l.type_n)
                          AND ((SELECT name FROM ZV_NAME WHERE n = l.attr_n) = '*'
                               OR (SELECT name FROM ZV_NAME WHERE n = l.attr_n) IN (SELECT value FROM json_each(t.columns))))
            AND NOT (l.author_n IS (SELECT n FROM ZV_AUTHOR WHERE id = ?2) AND l.id > ?3)",
-            superseded_sql("main")
-        ),
         params![before, me, through],
     )?)
 }
 
 /// Writes the winning change of every cell of the log of schema `from` into the
-/// snapshot being built (schema `main`, whose log tables are empty), with the
-/// names, authors and transactions they use. Returns how many changes.
+/// snapshot being built (schema `main`, in the form of schema/snapshot_log.sql,
+/// empty), with the names, authors and transactions they use. Returns how many
+/// changes.
 pub fn copy_winners(s: &Connection, from: &str) -> Result<u64> {
     s.execute_batch(&format!(
         "INSERT INTO main.ZV_AUTHOR SELECT * FROM {from}.ZV_AUTHOR;
          INSERT INTO main.ZV_NAME SELECT * FROM {from}.ZV_NAME;
-         INSERT INTO main.ZV_LOG SELECT * FROM {from}.ZV_LOG l WHERE NOT {};
-         INSERT INTO main.ZV_TX SELECT * FROM {from}.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);",
-        superseded_sql(from)
+         INSERT INTO main.ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
+           SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
+           FROM {from}.ZV_ROW r, dimple_cells(r.cells) c;
+         INSERT INTO main.ZV_TX SELECT * FROM {from}.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);"
     ))?;
     Ok(s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?)
 }
 
 /// Copies the checked log of a snapshot in the compact form (attached as `snap`)
-/// into this log when it is empty, page by page (SQLite's transfer optimization:
-/// the bulk of a clone's time otherwise). Returns false, copying nothing, when
-/// this log holds anything: the caller then imports change by change.
+/// into this log when it is empty: its numbers as they are, its changes made
+/// into records in one pass over the snapshot's key order (the bulk of a clone's
+/// time otherwise). Returns false, copying nothing, when this log holds anything:
+/// the caller then imports change by change.
 pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
     let empty: bool = conn.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_LOG) AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR)
-            AND NOT EXISTS (SELECT 1 FROM main.ZV_NAME) AND NOT EXISTS (SELECT 1 FROM main.ZV_TX)",
+        "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_ROW) AND NOT EXISTS (SELECT 1 FROM main.ZV_HISTORY)
+            AND NOT EXISTS (SELECT 1 FROM main.ZV_AUTHOR) AND NOT EXISTS (SELECT 1 FROM main.ZV_NAME)
+            AND NOT EXISTS (SELECT 1 FROM main.ZV_TX)",
         [],
         |r| r.get(0),
     )?;
@@ -597,13 +808,53 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
         conn.execute_batch(
             "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
              INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
-             INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;
-             INSERT INTO main.ZV_LOG SELECT * FROM snap.ZV_LOG;",
+             INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;",
         )?;
+        records_from(conn, "snap.ZV_LOG")?;
     }
     Ok(empty)
 }
 
+/// Merges the changes of `from`, a log in the form of schema/snapshot_log.sql
+/// whose numbers are this log's, into this log, each row's record written once
+/// (the source is read in its key order: a row's changes come together). Returns
+/// how many changes were read; the caller checks them (a snapshot's are checked
+/// before, an upgrade's counted after).
+pub(crate) fn records_from(conn: &Connection, from: &str) -> Result<u64> {
+    let log = Log::new(conn)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM {from}
+         ORDER BY type_n, entity_id, attr_n, id, author_n"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut open: Option<(i64, String, Open)> = None;
+    let mut read = 0;
+    while let Some(r) = rows.next()? {
+        let type_n: i64 = r.get(0)?;
+        let entity_id = r.get_ref(1)?.as_str().map_err(|e| Error::Invalid(format!("a change's row id: {e}")))?;
+        if open.as_ref().is_none_or(|(t, e, _)| *t != type_n || e != entity_id) {
+            if let Some((t, e, o)) = open.take() {
+                log.close(t, &e, &o)?;
+            }
+            open = Some((type_n, entity_id.to_owned(), Open::absent()));
+        }
+        let cell = Cell {
+            attr_n: r.get::<_, i64>(2)? as u64,
+            id: stored_to_id(r.get(3)?)?,
+            author_n: r.get::<_, i64>(4)? as u64,
+            tx_n: r.get::<_, i64>(5)? as u64,
+            old_value: r.get(6)?,
+            new_value: r.get(7)?,
+        };
+        let (_, e, o) = open.as_mut().expect("opened above");
+        log.merge_cell(o, type_n, e, cell)?;
+        read += 1;
+    }
+    if let Some((t, e, o)) = open.take() {
+        log.close(t, &e, &o)?;
+    }
+    Ok(read)
+}
 /// Drops transactions no change names any more.
 pub fn drop_empty_transactions(conn: &Connection) -> Result<usize> {
     Ok(conn.execute("DELETE FROM ZV_TX WHERE n NOT IN (SELECT tx_n FROM ZV_LOG)", [])?)
@@ -648,7 +899,7 @@ fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
             new_value: maybe(6)?,
             author: text(7)?,
         };
-        if log.insert_parts(&parts)?.is_some() {
+        if log.merge_parts(&parts)? != Outcome::Duplicate {
             added += 1;
         }
     }
@@ -744,10 +995,10 @@ pub(crate) mod tests {
             }
         }
 
-        /// Storing many changes a statement at a time leaves the log that storing
+        /// Merging many changes a record at a time leaves the log that merging
         /// them one by one leaves, repeats included (each is stored once).
         #[test]
-        fn insert_all_stores_what_insert_stores(
+        fn insert_all_stores_what_merge_stores(
             changes in proptest::collection::vec(
                 (0u8..40, "[a-c]", "[xy*]", proptest::option::of("[ -~]{0,8}"), 0u8..3),
                 0..100,
@@ -766,36 +1017,54 @@ pub(crate) mod tests {
                     author: "me".into(),
                 })
                 .collect();
-            let (one, all) = (Connection::open_in_memory().unwrap(), Connection::open_in_memory().unwrap());
-            for conn in [&one, &all] {
-                conn.execute_batch(crate::migrate::SCHEMA).unwrap();
-            }
+            let (one, all) = (open_log(), open_log());
             let log = Log::new(&one).unwrap();
             for c in &changes {
-                log.insert(c).unwrap();
+                log.merge(c).unwrap();
             }
             Log::new(&all).unwrap().insert_all(&changes).unwrap();
             prop_assert_eq!(log_rows(&one), log_rows(&all));
         }
 
-        /// The winner a batch finds in memory is the one the log's seek finds.
+        /// The log's merge of a cell's changes, one by one, agrees with the
+        /// in-memory order a batch uses for rows new to the log: a change wins
+        /// exactly when it is greater than every change before it, is a repeat
+        /// exactly when it equals one, and the cell's winner is the greatest.
         #[test]
-        fn merge_order_picks_the_winner_the_log_picks(
+        fn the_log_merges_by_merge_order(
             changes in proptest::collection::vec((any_id(), "[a-c]{1,2}"), 1..12)
         ) {
-            let conn = Connection::open_in_memory().unwrap();
-            conn.execute_batch(crate::migrate::SCHEMA).unwrap();
+            let conn = open_log();
             let log = Log::new(&conn).unwrap();
-            let mut stored = Vec::new();
+            let mut seen: Vec<(&str, &str)> = Vec::new();
             for (id, author) in &changes {
-                if let Some(s) = log.insert(&cell_change(id, author, Some("1".into()))).unwrap() {
-                    stored.push((s, id.as_str(), author.as_str()));
+                let outcome = log.merge(&cell_change(id, author, Some(format!("{id}/{author}")))).unwrap();
+                let expected = if seen.iter().any(|(i, a)| merge_order(id, author, i, a).is_eq()) {
+                    Outcome::Duplicate
+                } else if seen.iter().all(|(i, a)| merge_order(id, author, i, a).is_gt()) {
+                    Outcome::Won
+                } else {
+                    Outcome::Lost
+                };
+                prop_assert_eq!(&outcome, &expected, "{} by {}", id, author);
+                if expected != Outcome::Duplicate {
+                    seen.push((id, author));
                 }
             }
-            for (s, id, author) in &stored {
-                let greatest = stored.iter().all(|(_, i, a)| merge_order(id, author, i, a).is_ge());
-                prop_assert_eq!(log.wins(s, "k").unwrap(), greatest, "{} by {}", id, author);
-            }
+            let (id, author) = *seen.iter().max_by(|(i, a), (j, b)| merge_order(i, a, j, b)).unwrap();
+            let w = winner(&conn, "t", "k", "a").unwrap().unwrap();
+            prop_assert_eq!((w.id.as_str(), w.author.as_str()), (id, author));
+            prop_assert_eq!(w.new_value, Some(format!("{id}/{author}")));
+            // Every change is held once: the winner in the record, the rest in the history.
+            prop_assert_eq!(count(&conn).unwrap(), seen.len() as i64);
         }
+    }
+
+    /// A log in memory, readable through its views.
+    fn open_log() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        register(&conn).unwrap();
+        conn.execute_batch(crate::migrate::SCHEMA).unwrap();
+        conn
     }
 }

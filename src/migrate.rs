@@ -18,7 +18,7 @@ const KEY: &str = "local_schema";
 const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
 
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 5;
+pub const CURRENT: i64 = 6;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -47,6 +47,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     }
     if at < 5 {
         packed_outbox(&tx, at)?;
+    }
+    if at < 6 {
+        records_per_row(&tx)?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
@@ -172,5 +175,32 @@ fn packed_outbox(tx: &Connection, from: i64) -> Result<()> {
         )));
     }
     tx.execute_batch("DROP TABLE ZV_V4_OUTBOX;")?;
+    Ok(())
+}
+
+/// Version 6: the log as a record per table row holding its winners, and the
+/// superseded changes in a history (schema/log.sql, docs/design/log-per-row.md);
+/// `ZV_LOG` becomes a view of both. A log that an earlier step of this same
+/// upgrade wrote is already in that form. The step counts the changes on both
+/// sides and stops, changing nothing, when they differ.
+fn records_per_row(tx: &Connection) -> Result<()> {
+    if !crate::sql::has_table(tx, "main", "ZV_LOG")? {
+        return Ok(());
+    }
+    // The seed's views name the table: they are made again over the new one.
+    tx.execute_batch(
+        "DROP VIEW IF EXISTS ZV_CHANGE; DROP VIEW IF EXISTS ZV_CLOCK;
+         ALTER TABLE ZV_LOG RENAME TO ZV_V5_LOG;",
+    )?;
+    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    let read = crate::log::records_from(tx, "main.ZV_V5_LOG")?;
+    let before: u64 = tx.query_row("SELECT count(*) FROM ZV_V5_LOG", [], |r| r.get(0))?;
+    let after = crate::log::count(tx)? as u64;
+    if read != before || after != before {
+        return Err(Error::Invalid(format!(
+            "cannot upgrade the change log: {before} changes, of which {after} could be moved; nothing was changed"
+        )));
+    }
+    tx.execute_batch("DROP TABLE ZV_V5_LOG;")?;
     Ok(())
 }

@@ -96,6 +96,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Passes over what [`Reader::opt`] reads (checking its text), keeping nothing.
+    pub fn skip_opt(&mut self) -> Option<()> {
+        match self.varint()? {
+            0 => Some(()),
+            n => self.str(n - 1).map(drop),
+        }
+    }
+
     /// [`Reader::opt`] into `out`, reusing its capacity.
     pub fn opt_into(&mut self, out: &mut Option<String>) -> Option<()> {
         match self.varint()? {

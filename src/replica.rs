@@ -92,6 +92,7 @@ const WAL_KEPT_BYTES: u64 = 4 << 20;
 
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
+    crate::log::register(&conn)?;
     BUSY_LIMIT_MS.fetch_max(opts.busy_timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     conn.busy_handler(Some(poll_busy))?;
     // Read the header now: a file that is not SQLite is the user's mistake (exit 1),

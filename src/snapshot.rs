@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
+pub(crate) const SCHEMA: &str =
+    concat!(include_str!("../schema/snapshot_log.sql"), include_str!("../schema/snapshot.sql"));
 
 /// Pointers and snapshots larger than these are refused unread.
 pub const MAX_POINTER_BYTES: usize = 64 * 1024;
@@ -153,6 +154,7 @@ struct Counts {
 fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts> {
     let _ = std::fs::remove_file(path);
     let s = Connection::open(path)?;
+    crate::log::register(&s)?;
     // Changes are copied before their transactions: the snapshot is ours, whole or
     // not at all, so its foreign key is not checked row by row.
     s.execute_batch("PRAGMA journal_mode=MEMORY; PRAGMA page_size=4096; PRAGMA foreign_keys=OFF;")?;

@@ -63,7 +63,7 @@ impl Change {
 pub const ALIVE: &str = "true";
 pub const DEAD: &str = "false";
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Already in the log.
     Duplicate,
@@ -122,7 +122,7 @@ impl<'c> Merger<'c> {
     /// its effect is already in the table. It waits for the push in `outbox`, which
     /// the caller finishes before it commits.
     pub fn record_local(&self, c: &Change, outbox: &mut crate::outbox::Packer) -> Result<()> {
-        if self.log.insert(c)?.is_some() {
+        if self.log.merge(c)? != Outcome::Duplicate {
             outbox.add(self.conn, c)?;
         }
         Ok(())
@@ -153,8 +153,7 @@ impl<'c> Merger<'c> {
     /// Stores a remote change in the log and says whether it is now its cell's
     /// winner; the table is left to the caller.
     fn merge_log(&self, c: &Change) -> Result<Outcome> {
-        let Some(stored) = self.log.insert(c)? else { return Ok(Outcome::Duplicate) };
-        Ok(if self.log.wins(&stored, &c.entity_id)? { Outcome::Won } else { Outcome::Lost })
+        self.log.merge(c)
     }
 
     /// Runs `f` on the statement for (`info`, `op`), preparing it the first time.

@@ -121,6 +121,7 @@ fn no_store_request_is_made_while_a_pull_holds_the_write_lock() -> TestResult {
 /// for `of` records, read from another connection while a pull may run.
 fn held_and_recorded(db: &std::path::Path, of: &str) -> (i64, i64, Option<String>, Option<String>) {
     let c = rusqlite::Connection::open(db).unwrap();
+    dimple::log::register(&c).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     let (held, newest): (i64, Option<String>) = c
         .query_row(

@@ -121,6 +121,8 @@ pub fn rows(conn: &rusqlite::Connection, table: &str) -> Vec<Row> {
 pub fn open_plain(path: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(path).unwrap();
     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    // The log's views read its records through dimple's function.
+    dimple::log::register(&c).unwrap();
     c
 }
 

@@ -5,9 +5,30 @@
 use crate::support::*;
 use rusqlite::types::Value;
 
+/// Turns a current replica's log back into the version-5 shape: a row of the
+/// `ZV_LOG` table per change (the form snapshots still carry) instead of records
+/// and history.
+fn downgrade_to_v5(path: &std::path::Path) {
+    let c = open_plain(path);
+    c.execute_batch(
+        "BEGIN;
+         CREATE TEMP TABLE v5_log AS SELECT * FROM ZV_LOG;
+         DROP VIEW ZV_CLOCK; DROP VIEW ZV_CHANGE; DROP VIEW ZV_LOG; DROP TABLE ZV_ROW; DROP TABLE ZV_HISTORY;",
+    )
+    .unwrap();
+    c.execute_batch(include_str!("../../schema/snapshot_log.sql")).unwrap();
+    c.execute_batch(
+        "INSERT INTO ZV_LOG SELECT * FROM v5_log;
+         UPDATE ZV_METADATA SET value = '5' WHERE key = 'local_schema';
+         COMMIT;",
+    )
+    .unwrap();
+}
+
 /// Turns a current replica's log back into the version-3 shape: the text tables
 /// of schema/wire_log.sql instead of the compact log and its views.
 fn downgrade_to_v3(path: &std::path::Path) {
+    downgrade_to_v5(path);
     let c = open_plain(path);
     c.execute_batch(
         "BEGIN;
@@ -32,6 +53,7 @@ fn downgrade_to_v3(path: &std::path::Path) {
 /// Turns a current replica's outbox back into the version-4 shape: a row per
 /// change of this replica after the push cursor, naming its place in the log.
 fn downgrade_to_v4(path: &std::path::Path) {
+    downgrade_to_v5(path);
     open_plain(path)
         .execute_batch(
             "BEGIN;
@@ -294,6 +316,48 @@ fn a_version_4_outbox_is_packed_on_open_and_every_unpushed_write_is_pushed() -> 
     Ok(())
 }
 
+#[test]
+fn a_version_5_log_becomes_records_on_open_keeping_every_change_and_unpushed_write() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0x0006_5eed, 60);
+    let me = a.id().to_owned();
+    let waiting = dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?;
+    assert!(!waiting.is_empty(), "the last round is not pushed yet");
+    drop(a);
+    downgrade_to_v5(&g.db("a"));
+    let before = dump(&g.db("a"));
+    assert!(before.0.len() > before.1.len(), "superseded changes are in the log");
+    let v5_rows: i64 = open_plain(&g.db("a")).query_row("SELECT count(*) FROM ZV_LOG", [], |r| r.get(0))?;
+    assert_eq!(v5_rows as usize, before.0.len(), "a table row per change");
+
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&g.db("a")), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&g.db("a")), before, "the seed's tables read the same through the views");
+    let c = open_plain(&g.db("a"));
+    let (records, history): (i64, i64) =
+        c.query_row("SELECT (SELECT count(*) FROM ZV_ROW), (SELECT count(*) FROM ZV_HISTORY)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let distinct_rows: i64 =
+        c.query_row("SELECT count(*) FROM (SELECT DISTINCT entity_type, entity_id FROM ZV_CLOCK)", [], |r| r.get(0))?;
+    assert_eq!(records, distinct_rows, "one record per row");
+    assert_eq!(history as usize, before.0.len() - before.1.len(), "the superseded changes are the history");
+    assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    let leftovers: i64 =
+        c.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'ZV_V5_%'", [], |r| r.get(0))?;
+    assert_eq!(leftovers, 0);
+
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    assert_eq!(a.unpushed()?, 0);
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
+    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
+    Ok(())
+}
+
 /// Opens `db` with the dimple binary (which upgrades it) and kills the process
 /// (SIGKILL) once the upgrade has written `grown` bytes to the WAL, long before it
 /// can commit.
@@ -399,4 +463,51 @@ fn an_outbox_upgrade_killed_midway_leaves_version_4_and_the_next_open_finishes_i
     block_on(dimple::sync(&mut a, &store))?;
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     Ok(())
+}
+
+/// The same for the records' step: killed while it writes them, the version-5
+/// log is whole, and the next open makes the records.
+#[test]
+fn an_upgrade_to_records_killed_midway_leaves_version_5_and_the_next_open_finishes_it() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let (a, b) = busy_group(&g, 0x0006_dead, 40);
+    drop(b);
+    // Many rows, each with values that do not compress, so that the records
+    // take megabytes to write.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x05ec_04d5);
+    let tx = a.conn().unchecked_transaction()?;
+    for i in 0..60_000 {
+        let blob: Vec<u8> = (0..60).map(|_| rng.gen::<u8>()).collect();
+        tx.execute("INSERT INTO t VALUES (?1, ?2, ?3, ?4)", rusqlite::params![format!("bulk{i}"), blob, "x", 0.5])?;
+    }
+    tx.commit()?;
+    let mut a = a;
+    a.capture()?;
+    drop(a);
+    let db = g.db("a");
+    downgrade_to_v5(&db);
+    let before = dump(&db);
+
+    kill_upgrade_midway(&db, 4 << 20)?;
+
+    assert_eq!(local_schema(&db), "5", "killed before its commit: still version 5");
+    assert!(tables_of(&db).contains(&"ZV_LOG".to_owned()), "the version-5 log is a table still");
+    assert_eq!(dump(&db), before, "the version-5 log is whole");
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&db), before);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    Ok(())
+}
+
+/// The tables (not views) of `db`.
+fn tables_of(db: &std::path::Path) -> Vec<String> {
+    open_plain(db)
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }

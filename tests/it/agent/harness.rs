@@ -51,8 +51,11 @@ pub fn rows(db: &Path) -> Result<Vec<(String, Option<String>)>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A count from `db`'s log views (readable once dimple's function is registered).
 pub fn count(db: &Path, sql: &str) -> Result<i64> {
-    Ok(app(db)?.query_row(sql, [], |r| r.get(0))?)
+    let c = app(db)?;
+    dimple::log::register(&c)?;
+    Ok(c.query_row(sql, [], |r| r.get(0))?)
 }
 
 /// Polls `cond` every 50 ms until it holds; fails with `what` after `timeout`.
