@@ -1,8 +1,8 @@
--- The change log as a snapshot file carries it (the form the replica kept
--- until local schema version 6): a row of ZV_LOG per
--- winning change, and the seed's tables as views over it, so any SQLite client
--- reads a snapshot. Applied before snapshot.sql. A replica keeps its log in
--- records per row since version 6 (log.sql); src/log.rs converts between them.
+-- The change log a row per change: the form of snapshot format 1 (written by
+-- builds before local schema version 6, still read: src/clone.rs) and of a
+-- replica's own log at local schema versions 4 and 5 (which the upgrade to 6
+-- converts: src/migrate.rs). A row of ZV_LOG per change, and the seed's tables
+-- as views over it, which any SQLite client reads. Not written any more.
 --
 -- What makes it compact:
 -- - ids are their 16 bytes (a BLOB), not 36 characters of text; bytewise order is

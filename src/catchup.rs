@@ -79,11 +79,19 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
     crate::changelog::ingest(&tx, &mut r.hlc, &me)?;
     let now = crate::clock::rfc3339(r.opts.clock.now_ms());
     {
-        // A snapshot in the compact form is read from its tables (checked by
-        // `inspect`), not through the views, which print every id as text; an older
-        // one from its text tables. Either way the ids compare in their stored form.
-        let compact = crate::sql::has_table(&tx, "snap", "ZV_LOG")?;
-        let mut stmt = tx.prepare(if compact {
+        // A snapshot in the replica's own form (format 2) or a row per change is
+        // read from its tables (checked by `inspect`), not through the views, which
+        // print every id as text and which its writer chose; an older one from its
+        // text tables. Either way the ids compare in their stored form.
+        let records = crate::sql::has_table(&tx, "snap", "ZV_ROW")?;
+        let compact = records || crate::sql::has_table(&tx, "snap", "ZV_LOG")?;
+        let mut stmt = tx.prepare(if records {
+            "SELECT c.id, x.id, t.name, r.entity_id, n.name, c.old_value, c.new_value, a.id
+             FROM snap.ZV_ROW r, dimple_cells(r.cells) c JOIN snap.ZV_NAME t ON t.n = r.type_n
+             JOIN snap.ZV_NAME n ON n.n = c.attr_n JOIN snap.ZV_TX x ON x.n = c.tx_n
+             JOIN snap.ZV_AUTHOR a ON a.n = c.author_n
+             WHERE a.id = ?1 AND c.id <= ?2 ORDER BY c.id"
+        } else if compact {
             "SELECT l.id, x.id, t.name, l.entity_id, c.name, l.old_value, l.new_value, a.id
              FROM snap.ZV_LOG l JOIN snap.ZV_NAME t ON t.n = l.type_n JOIN snap.ZV_NAME c ON c.n = l.attr_n
              JOIN snap.ZV_TX x ON x.n = l.tx_n JOIN snap.ZV_AUTHOR a ON a.n = l.author_n

@@ -19,7 +19,7 @@ use crate::snapshot::{self, Pointer};
 use crate::sql::ident;
 use crate::store::{Store, StoreError};
 use crate::sync::{pull, PullReport};
-use crate::{changelog, clock, track, FORMAT};
+use crate::{changelog, clock, track};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::Path;
@@ -146,12 +146,16 @@ fn user_tables(conn: &Connection) -> Result<Vec<String>> {
 pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
+    crate::log::register(&conn)?;
     let format: Option<i64> =
         conn.query_row("SELECT format FROM ZV_SNAPSHOT", [], |r| r.get(0)).optional().map_err(sqlerr)?;
-    if format != Some(FORMAT) {
+    if !format.is_some_and(crate::snapshot::readable) {
         return Err(Error::bad(
             origin,
-            format!("unknown snapshot format {format:?} (this dimple reads format {FORMAT})"),
+            format!(
+                "unknown snapshot format {format:?} (this dimple reads formats 1 and {})",
+                crate::snapshot::SNAPSHOT_FORMAT
+            ),
         ));
     }
     let tables: Vec<(String, String)> = conn
@@ -163,21 +167,23 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         // table it names, and never one of dimple's own (see crate::ddl).
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
-    if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
+    if crate::sql::has_table(&conn, "main", "ZV_ROW").map_err(sqlerr)? {
+        check_records(&conn, origin)?;
+    } else if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
     Ok(tables)
 }
 
-/// A snapshot's log into the replica's. A snapshot in the compact form
-/// (schema/log.sql, written since local schema version 4) is checked, then copied
-/// into the empty log page by page (SQLite's transfer optimization: the bulk of a
-/// clone's time otherwise). An older snapshot (the text form of
+/// A snapshot's log into the replica's. A snapshot in the replica's own form
+/// (records per row, format 2) or a row per change (format 1, since local schema
+/// version 4) is checked, then copied into the empty log
+/// ([`crate::log::copy_from_snapshot`]). An older snapshot (the text form of
 /// schema/wire_log.sql, with or without an author number per change) is converted
 /// change by change.
 fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
     let has = |table: &str| crate::sql::has_table(tx, "snap", table);
-    if has("ZV_LOG")? {
+    if has("ZV_ROW")? || has("ZV_LOG")? {
         // Checked by `inspect` before the file was attached.
         if crate::log::copy_from_snapshot(tx)? {
             return Ok(());
@@ -231,6 +237,46 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
     match bad {
         Some(what) => Err(Error::bad(origin, format!("the snapshot's log holds {what}"))),
         None => Ok(()),
+    }
+}
+
+/// The records of a snapshot in the replica's own form are remote input too:
+/// the table laid out as ours (the clone copies it by position), every record
+/// readable in its one form (a damaged one is an error of the query), and every
+/// cell as [`check_compact`] wants a change. Read from the tables through
+/// `dimple_cells`, never through the file's own views, which its writer chose.
+fn check_records(conn: &Connection, origin: &str) -> Result<()> {
+    let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('ZV_ROW') ORDER BY cid")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if columns != ["type_n", "entity_id", "cells"] {
+        return Err(bad(format!("a record table with the columns {columns:?}")));
+    }
+    let found: std::result::Result<Option<String>, rusqlite::Error> = conn
+        .query_row(
+            "SELECT 'a record that is not bytes' FROM ZV_ROW WHERE typeof(cells) <> 'blob'
+             UNION ALL SELECT 'a row id that is not text' FROM ZV_ROW WHERE typeof(entity_id) <> 'text'
+             UNION ALL SELECT 'a record naming no table' FROM ZV_ROW WHERE type_n NOT IN (SELECT n FROM ZV_NAME)
+             UNION ALL SELECT 'a change whose id is not 16 bytes' FROM ZV_ROW r, dimple_cells(r.cells) c
+               WHERE typeof(c.id) <> 'blob' OR length(c.id) <> 16
+             UNION ALL SELECT 'a change naming no column' FROM ZV_ROW r, dimple_cells(r.cells) c
+               WHERE c.attr_n NOT IN (SELECT n FROM ZV_NAME)
+             UNION ALL SELECT 'a change naming no author or transaction' FROM ZV_ROW r, dimple_cells(r.cells) c
+               WHERE c.author_n NOT IN (SELECT n FROM ZV_AUTHOR) OR c.tx_n NOT IN (SELECT n FROM ZV_TX)
+             UNION ALL SELECT 'a transaction naming no author' FROM ZV_TX WHERE author_n NOT IN (SELECT n FROM ZV_AUTHOR)
+             UNION ALL SELECT 'a name or author that is not text' FROM ZV_NAME WHERE typeof(name) <> 'text'
+             UNION ALL SELECT 'a name or author that is not text' FROM ZV_AUTHOR WHERE typeof(id) <> 'text'
+             LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional();
+    match found {
+        Ok(None) => Ok(()),
+        Ok(Some(what)) => Err(bad(what)),
+        Err(e) => Err(bad(format!("an unreadable record ({e})"))),
     }
 }
 
@@ -422,6 +468,107 @@ mod tests {
             check_compact(&c, "snapshots/x.db").expect("whole before the sabotage");
             c.execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
             let err = check_compact(&c, "snapshots/x.db").unwrap_err().to_string();
+            assert!(err.contains(why), "{sabotage}: {err}");
+        }
+    }
+
+    /// A snapshot in the replica's own form (format 2), written by compaction's
+    /// [`crate::log::copy_winners`] from a log of `changes`; the source log's path
+    /// too.
+    fn records_file(dir: &Path, changes: &[crate::merge::Change]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (source, path) = (dir.join("source.db"), dir.join("records.db"));
+        let _ = std::fs::remove_file(&source);
+        let _ = std::fs::remove_file(&path);
+        let src = Connection::open(&source).unwrap();
+        src.execute_batch(crate::migrate::SCHEMA).unwrap();
+        let log = crate::log::Log::new(&src).unwrap();
+        for ch in changes {
+            log.merge(ch).unwrap();
+        }
+        let s = Connection::open(&path).unwrap();
+        crate::log::register(&s).unwrap();
+        s.execute_batch(crate::snapshot::SCHEMA).unwrap();
+        s.execute("ATTACH ?1 AS src", [source.display().to_string()]).unwrap();
+        crate::log::copy_winners(&s, "src").unwrap();
+        (path, source)
+    }
+
+    /// Every winning change of `schema`'s log, with its value and author.
+    fn winners(c: &Connection, schema: &str) -> Vec<Vec<Option<String>>> {
+        let mut stmt = c
+            .prepare(&format!(
+                "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
+                 FROM {schema}.ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n
+                 JOIN {schema}.ZV_CLOCK k ON k.entity_type = c.entity_type AND k.entity_id = c.entity_id
+                   AND k.attribute = c.attribute AND k.change_id = c.id AND k.author_n = c.author_n
+                 ORDER BY 1, 8"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect()).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// A snapshot of records gives a clone the winners of the log it was made
+    /// from, copied page by page into an empty log or merged into one that holds
+    /// changes already.
+    #[test]
+    fn a_snapshot_of_records_loads_the_winners_of_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = changes(0x0005_eed2, 3000);
+        let (path, source) = records_file(dir.path(), &all);
+        let src = Connection::open(&source).unwrap();
+        crate::log::register(&src).unwrap();
+        let expected = winners(&src, "main");
+        assert!(expected.len() > 100 && expected.len() < all.len(), "some changes lost: {}", expected.len());
+        let file = Connection::open(&path).unwrap();
+        crate::log::register(&file).unwrap();
+        check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
+        for already in [0, 10] {
+            let c = replica_tables();
+            {
+                let log = crate::log::Log::new(&c).unwrap();
+                for ch in &all[..already] {
+                    log.merge(ch).unwrap();
+                }
+            }
+            c.execute("ATTACH ?1 AS snap", [path.display().to_string()]).unwrap();
+            assert_eq!(winners(&c, "snap"), expected, "the file holds the winners");
+            copy_log(&c, "snapshots/x.db").unwrap();
+            assert_eq!(winners(&c, "main"), expected, "{already} already here");
+            if already == 0 {
+                assert_eq!(seen(&c, "main"), expected, "nothing but the winners");
+            }
+            c.execute("DETACH snap", []).unwrap();
+        }
+    }
+
+    /// Records are remote input: a damaged record, dangling numbers, a row id
+    /// that is not text and a table laid out otherwise are refused, naming what
+    /// is wrong.
+    #[test]
+    fn a_snapshot_with_broken_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = changes(0xbad2, 50);
+        let cases = [
+            ("UPDATE ZV_ROW SET cells = CAST(cells || x'00' AS BLOB)", "unreadable record"),
+            ("UPDATE ZV_ROW SET cells = 'text'", "not bytes"),
+            ("UPDATE ZV_ROW SET type_n = type_n + 999", "naming no table"),
+            ("DELETE FROM ZV_NAME WHERE n = (SELECT max(n) FROM ZV_NAME)", "naming no"),
+            ("DELETE FROM ZV_TX", "no author or transaction"),
+            ("UPDATE ZV_ROW SET entity_id = CAST(entity_id AS BLOB)", "not text"),
+            (
+                "PRAGMA legacy_alter_table = ON; CREATE TABLE x(entity_id, type_n, cells);
+                 INSERT INTO x SELECT entity_id, type_n, cells FROM ZV_ROW; DROP TABLE ZV_ROW;
+                 ALTER TABLE x RENAME TO ZV_ROW;",
+                "columns",
+            ),
+        ];
+        for (sabotage, why) in cases {
+            let (path, _) = records_file(dir.path(), &all);
+            let c = Connection::open(&path).unwrap();
+            crate::log::register(&c).unwrap();
+            check_records(&c, "snapshots/x.db").expect("whole before the sabotage");
+            c.execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
+            let err = check_records(&c, "snapshots/x.db").unwrap_err().to_string();
             assert!(err.contains(why), "{sabotage}: {err}");
         }
     }

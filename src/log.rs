@@ -775,27 +775,27 @@ pub fn prune_superseded(conn: &Connection, before: &Value, me: &str, through: &V
     )?)
 }
 
-/// Writes the winning change of every cell of the log of schema `from` into the
-/// snapshot being built (schema `main`, in the form of schema/snapshot_log.sql,
-/// empty), with the names, authors and transactions they use. Returns how many
-/// changes.
+/// Writes the records of the log of schema `from` (its winners) into the
+/// snapshot being built (schema `main`, in the form of schema/log.sql, empty),
+/// with the names, authors and transactions they use; no history. Returns how
+/// many changes.
 pub fn copy_winners(s: &Connection, from: &str) -> Result<u64> {
     s.execute_batch(&format!(
         "INSERT INTO main.ZV_AUTHOR SELECT * FROM {from}.ZV_AUTHOR;
          INSERT INTO main.ZV_NAME SELECT * FROM {from}.ZV_NAME;
-         INSERT INTO main.ZV_LOG(type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value)
-           SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
-           FROM {from}.ZV_ROW r, dimple_cells(r.cells) c;
-         INSERT INTO main.ZV_TX SELECT * FROM {from}.ZV_TX WHERE n IN (SELECT tx_n FROM main.ZV_LOG);"
+         INSERT INTO main.ZV_ROW SELECT * FROM {from}.ZV_ROW;
+         INSERT INTO main.ZV_TX SELECT * FROM {from}.ZV_TX
+           WHERE n IN (SELECT c.tx_n FROM main.ZV_ROW r, dimple_cells(r.cells) c);"
     ))?;
-    Ok(s.query_row("SELECT count(*) FROM main.ZV_LOG", [], |r| r.get(0))?)
+    Ok(count(s)? as u64)
 }
 
-/// Copies the checked log of a snapshot in the compact form (attached as `snap`)
-/// into this log when it is empty: its numbers as they are, its changes made
-/// into records in one pass over the snapshot's key order (the bulk of a clone's
-/// time otherwise). Returns false, copying nothing, when this log holds anything:
-/// the caller then imports change by change.
+/// Copies the checked log of a snapshot (attached as `snap`) into this log when
+/// it is empty: its numbers as they are, and its records page by page (SQLite's
+/// transfer optimization: the bulk of a clone's time otherwise) when it is in
+/// the replica's own form, else (a row per change, snapshot format 1) made into
+/// records in one pass over its key order. Returns false, copying nothing, when
+/// this log holds anything: the caller then imports change by change.
 pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
     let empty: bool = conn.query_row(
         "SELECT NOT EXISTS (SELECT 1 FROM main.ZV_ROW) AND NOT EXISTS (SELECT 1 FROM main.ZV_HISTORY)
@@ -804,15 +804,21 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
         [],
         |r| r.get(0),
     )?;
-    if empty {
-        conn.execute_batch(
-            "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
-             INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
-             INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;",
-        )?;
+    if !empty {
+        return Ok(false);
+    }
+    conn.execute_batch(
+        "INSERT INTO main.ZV_AUTHOR SELECT * FROM snap.ZV_AUTHOR;
+         INSERT INTO main.ZV_NAME SELECT * FROM snap.ZV_NAME;
+         INSERT INTO main.ZV_TX SELECT * FROM snap.ZV_TX;",
+    )?;
+    if crate::sql::has_table(conn, "snap", "ZV_ROW")? {
+        // A snapshot carries no history (whatever its ZV_HISTORY holds is not read).
+        conn.execute_batch("INSERT INTO main.ZV_ROW SELECT * FROM snap.ZV_ROW;")?;
+    } else {
         records_from(conn, "snap.ZV_LOG")?;
     }
-    Ok(empty)
+    Ok(true)
 }
 
 /// Merges the changes of `from`, a log in the form of schema/snapshot_log.sql

@@ -21,14 +21,25 @@ use crate::layout;
 use crate::replica::Replica;
 use crate::sql::ident;
 use crate::store::{list_all, Got, PutMode, Store, StoreError};
-use crate::FORMAT;
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) const SCHEMA: &str =
-    concat!(include_str!("../schema/snapshot_log.sql"), include_str!("../schema/snapshot.sql"));
+/// A snapshot file as this build writes it: the log in a replica's own form
+/// (records per row, schema/log.sql), so a clone copies it page by page.
+pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
+
+/// The snapshot format this build writes (pointer and file): 2, the log as
+/// records per row. Format 1 (schema/snapshot_log.sql, or the text tables of
+/// schema/wire_log.sql before it) carried it a row per change; it is still read.
+/// A build that knows only format 1 refuses a format-2 pointer by its number.
+pub const SNAPSHOT_FORMAT: i64 = 2;
+
+/// Whether this build reads snapshots of `format`.
+pub fn readable(format: i64) -> bool {
+    format == 1 || format == SNAPSHOT_FORMAT
+}
 
 /// Pointers and snapshots larger than these are refused unread.
 pub const MAX_POINTER_BYTES: usize = 64 * 1024;
@@ -108,10 +119,10 @@ impl Pointer {
         }
         let p: Pointer = serde_json::from_slice(bytes)
             .map_err(|e| Error::bad(origin, format!("malformed snapshot pointer: {e}")))?;
-        if p.format != FORMAT {
+        if !readable(p.format) {
             return Err(Error::bad(
                 origin,
-                format!("unknown snapshot format {} (this dimple reads format {FORMAT})", p.format),
+                format!("unknown snapshot format {} (this dimple reads formats 1 and {SNAPSHOT_FORMAT})", p.format),
             ));
         }
         if parse_id(&p.snapshot_id).is_none() || p.key != layout::snapshot_key(&p.snapshot_id) {
@@ -197,10 +208,10 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
         counts.rows += s.execute(&format!("INSERT INTO main.{0} SELECT * FROM src.{0}", ident(tbl)), [])? as u64;
         counts.tables += 1;
     }
-    // The snapshot carries the log in the replica's compact form (schema/log.sql,
-    // whose views give the seed's tables): the winning change of every cell, and
-    // the names, authors and transactions they use. A clone copies these tables
-    // page by page.
+    // The snapshot carries the log in the replica's own form (schema/log.sql,
+    // whose views give the seed's tables): the records of the winning changes,
+    // no history, and the names, authors and transactions they use. A clone
+    // copies these tables page by page.
     counts.changes = crate::log::copy_winners(s, "src")?;
     crate::peers::copy_to_snapshot(s)?;
     // The source itself: its last pushed batch (read in this same transaction).
@@ -223,7 +234,7 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     counts.cursors = s.query_row("SELECT count(*) FROM main.ZV_CURSOR", [], |r| r.get(0))?;
     s.execute(
         "INSERT INTO ZV_SNAPSHOT(format, snapshot_id, source_replica, created_at) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![FORMAT, snapshot_id, r.id(), clock::rfc3339(r.opts.clock.now_ms())],
+        rusqlite::params![SNAPSHOT_FORMAT, snapshot_id, r.id(), clock::rfc3339(r.opts.clock.now_ms())],
     )?;
     Ok(counts)
 }
@@ -338,7 +349,7 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
     let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     let sha256 = codec::file_sha256(&path).map_err(|e| Error::io(&path, e))?;
     let pointer = Pointer {
-        format: FORMAT,
+        format: SNAPSHOT_FORMAT,
         snapshot_id: snapshot_id.clone(),
         key: key.clone(),
         sha256,
