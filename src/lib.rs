@@ -23,8 +23,10 @@
 //! - `track`: key validation and the capture triggers
 //! - `changelog`: captured writes into changes with ids; reading the log
 //! - `log`: the change log's compact storage (names, authors, transactions
-//!   numbered; ids as bytes; keyed by cell); `record`: the codec of a row's
-//!   winning changes in one record, the next layout's first step (not used yet)
+//!   numbered; ids as bytes; a record per row of its winners, a history of the
+//!   rest; `log::register` makes its views readable on an app's connection);
+//!   `record`: the byte form of those records and `dimple_cells`, which reads them
+//!   in SQL
 //! - `outbox`: this replica's changes waiting for the push, in packets (`packed`:
 //!   the byte form of those packets and of `record`'s records)
 //! - `merge`: last-writer-wins and writing winners into tables

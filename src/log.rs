@@ -3,17 +3,18 @@
 //! columns) and leaves the numbering of names, authors and transactions and the
 //! byte form of ids to this module (the outbox of unpushed changes is
 //! [`crate::outbox`]'s). Retention, snapshots, clones, `verify` and the blob
-//! collector reach the replica's log through the functions here, so a change of
-//! its layout (docs/design/log-per-row.md) is a change of this file, the schema
-//! and an upgrade step. Outside it, only the read-only views of the seed's tables
-//! and the snapshot format (a snapshot file carries these same tables, read by
-//! [`crate::clone`] and [`crate::catchup`]) name them.
+//! collector reach the replica's log through the functions here. Outside it, only
+//! the read-only views of the seed's tables and the snapshot checks of
+//! [`crate::clone`] and [`crate::catchup`] (a snapshot carries these same tables)
+//! name them.
 //!
-//! Why this form: a change in the seed's form cost about 125 bytes (two 36-character
-//! ids, the table and column names repeated) plus a clock row per cell with the same
-//! text again. Here a change is one row of `ZV_LOG` keyed by its cell, then its id:
-//! the changes of a cell lie together, and the newest is the winner, so no separate
-//! clock is kept and finding the winner is one seek.
+//! Why this form (docs/design/log-per-row.md): a row per change, even compact,
+//! repeated the row key and a 16-byte id in every change, and a new row was an
+//! insert per cell. Here a table row's winning changes are one record in
+//! `ZV_ROW` (the row key once, ids after the first as small differences:
+//! [`crate::record`]), found with one seek and written once per batch; every
+//! change a winner supersedes goes to `ZV_HISTORY`, keyed by id so that it is an
+//! append and pruning removes the front. No separate clock: the records are it.
 
 use crate::error::{Error, Result};
 use crate::merge::{Change, Outcome};
