@@ -582,6 +582,27 @@ pub fn count(conn: &Connection) -> Result<i64> {
     Ok(history + cells)
 }
 
+/// The rows whose record cannot be read, as (table name, row id): a damaged
+/// file, which `dimple verify` reports row by row.
+pub fn damaged_records(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT coalesce(t.name, '#' || r.type_n), CAST(r.entity_id AS TEXT), r.cells
+         FROM ZV_ROW r LEFT JOIN ZV_NAME t ON t.n = r.type_n",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let readable = match r.get_ref(2)? {
+            rusqlite::types::ValueRef::Blob(b) => record::decode(b).is_ok(),
+            _ => false,
+        };
+        if !readable {
+            out.push((r.get(0)?, r.get(1)?));
+        }
+    }
+    Ok(out)
+}
+
 /// Whether `id` sorts after the stored value `after` as SQLite compares them:
 /// any text before any blob, each bytewise (an empty cursor is `x''`).
 fn id_after(id: &Id, after: &Value) -> bool {

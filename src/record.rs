@@ -153,7 +153,7 @@ pub fn encode(cells: &[Cell]) -> Vec<u8> {
 }
 
 fn broken() -> Error {
-    Error::Invalid("a row record of the change log is damaged (`dimple verify` shows where)".into())
+    Error::Invalid("a row record of the change log is damaged (`dimple verify` names the rows)".into())
 }
 
 /// The cells of a record, in attribute order.

@@ -68,6 +68,13 @@ pub enum Difference {
         in_log: i64,
         waiting: i64,
     },
+    /// The log's record of a row cannot be read (a damaged file): its winners
+    /// are lost locally, so nothing else is compared until it is dealt with, and
+    /// `--repair` cannot rebuild it (a clone from the bucket can).
+    DamagedRecord {
+        table: String,
+        entity_id: String,
+    },
 }
 
 impl Difference {
@@ -105,6 +112,10 @@ impl std::fmt::Display for Difference {
             Difference::Outbox { in_log, waiting } => write!(
                 f,
                 "the outbox holds {waiting} changes for the next push, but the log has {in_log} of this replica's after the push cursor"
+            ),
+            Difference::DamagedRecord { table, entity_id } => write!(
+                f,
+                "{table}/{entity_id}: the log's record of this row is damaged; clone the replica again from the bucket"
             ),
         }
     }
@@ -272,7 +283,15 @@ pub fn check(r: &mut Replica) -> Result<Vec<Difference>> {
     let conn = &r.sync;
     let me = r.id().to_owned();
     conn.execute_batch("BEGIN")?;
-    let out = check_all(conn).and_then(|mut out| {
+    let out = crate::log::damaged_records(conn).and_then(|damaged| {
+        // Every other comparison reads the records: they would stop at the first.
+        if !damaged.is_empty() {
+            return Ok(damaged
+                .into_iter()
+                .map(|(table, entity_id)| Difference::DamagedRecord { table, entity_id })
+                .collect());
+        }
+        let mut out = check_all(conn)?;
         out.extend(outbox(conn, &me)?);
         Ok(out)
     });

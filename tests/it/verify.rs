@@ -274,3 +274,48 @@ fn an_outbox_packet_that_cannot_be_read_stops_the_push_until_repair_rebuilds_it(
     assert_eq!(rows(b.conn(), "t").len(), 500);
     Ok(())
 }
+
+/// A damaged record in the log (a broken file) is named row by row by `verify`,
+/// which compares nothing else until it is dealt with, and is not something
+/// `--repair` claims to fix: the command fails, naming the row, instead of
+/// failing on the first read of the record.
+#[test]
+fn a_damaged_record_of_the_log_is_named_by_verify_and_not_repaired() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    drop(seeded(&g, "a"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xdead_0bad);
+    let c = open_plain(&g.db("a"));
+    let keys: Vec<String> =
+        c.prepare("SELECT entity_id FROM ZV_ROW")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    assert_eq!(keys.len(), 3);
+    let victim = &keys[rng.gen_range(0..keys.len())];
+    // Bytes that are not a record's one form: an extra byte at a random place.
+    let cells: Vec<u8> = c.query_row("SELECT cells FROM ZV_ROW WHERE entity_id = ?1", [victim], |r| r.get(0))?;
+    let mut broken = cells.clone();
+    broken.insert(rng.gen_range(0..=cells.len()), rng.gen());
+    while dimple_record_reads(&c, &broken) {
+        broken.insert(rng.gen_range(0..=broken.len()), rng.gen());
+    }
+    c.execute("UPDATE ZV_ROW SET cells = ?1 WHERE entity_id = ?2", rusqlite::params![broken, victim])?;
+    drop(c);
+
+    let mut a = g.reopen("a");
+    let diffs = verify::check(&mut a)?;
+    assert_eq!(diffs, vec![Difference::DamagedRecord { table: "t".into(), entity_id: victim.clone() }]);
+    assert!(!diffs[0].repairable());
+    drop(a);
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let db = g.db("a");
+    let out = std::process::Command::new(bin).args(["verify", db.to_str().unwrap(), "--local", "--repair"]).output()?;
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("t/{victim}: the log's record of this row is damaged"))
+    );
+    Ok(())
+}
+
+/// Whether the log's views can read `record`.
+fn dimple_record_reads(c: &rusqlite::Connection, record: &[u8]) -> bool {
+    c.query_row("SELECT count(*) FROM dimple_cells(?1)", [record], |r| r.get::<_, i64>(0)).is_ok()
+}
