@@ -1088,6 +1088,42 @@ pub(crate) mod tests {
         }
     }
 
+    proptest! {
+        /// Taking a change out of the log (a fork's unpushed change) leaves the
+        /// log that merging the others alone leaves: when it was the winner, the
+        /// greatest of the rest takes its place from the history.
+        #[test]
+        fn removing_a_change_leaves_the_log_of_the_others(
+            changes in proptest::collection::btree_set((0u8..12, "[a-c]"), 1..10),
+            pick in any::<proptest::sample::Index>(),
+        ) {
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|(i, author)| cell_change(&format!("0190a000-0000-7000-8000-0000000000{i:02x}"), &author, Some(format!("{i}{author}"))))
+                .collect();
+            let gone = pick.index(changes.len());
+            let (with, without) = (open_log(), open_log());
+            let log = Log::new(&with).unwrap();
+            for c in &changes {
+                log.merge(c).unwrap();
+            }
+            remove_own(&with, &changes[gone]).unwrap();
+            let other = Log::new(&without).unwrap();
+            for (i, c) in changes.iter().enumerate() {
+                if i != gone {
+                    other.merge(c).unwrap();
+                }
+            }
+            let text = |c: &Connection| {
+                let mut stmt = c.prepare("SELECT c.id, a.id, c.new_value FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n ORDER BY 1, 2").unwrap();
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
+                    .unwrap().map(Result::unwrap).collect::<Vec<_>>()
+            };
+            prop_assert_eq!(text(&with), text(&without));
+            prop_assert_eq!(winner(&with, "t", "k", "a").unwrap(), winner(&without, "t", "k", "a").unwrap());
+        }
+    }
+
     /// A log in memory, readable through its views.
     fn open_log() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
