@@ -2,9 +2,9 @@
 //! form of `ZV_ROW.cells` (schema/log.sql), and `dimple_cells`, the function
 //! through which SQL reads a record's cells as rows.
 //!
-//! Why a record: the log keeps a row per change, and for the bench's workload
-//! the row key (23 bytes) and the 16-byte id of every change are most of its
-//! size. A record per table row holds the winner of each of its cells once, the
+//! Why a record: a log with a row per change (local schema 5) repeated, for the
+//! bench's workload, the row key (23 bytes) and a 16-byte id in every change,
+//! most of its size. A record per table row holds the winner of each of its cells once, the
 //! row key once, and each id after the first as the difference from the one
 //! before it when both come from the same node (one transaction's ids differ
 //! only in their counter): a few bytes.
