@@ -227,7 +227,7 @@ impl<'c> Log<'c> {
             author_ids: RefCell::default(),
             txs: RefCell::default(),
             last_tx: RefCell::default(),
-            read: RefCell::new(conn.prepare("SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2")?),
+            read: RefCell::new(conn.prepare(READ_RECORD)?),
             add: RefCell::new(conn.prepare("INSERT INTO ZV_ROW(type_n, entity_id, cells) VALUES (?1, ?2, ?3)")?),
             replace: RefCell::new(conn.prepare("UPDATE ZV_ROW SET cells = ?3 WHERE type_n = ?1 AND entity_id = ?2")?),
             // OR IGNORE: a change the history holds is a repeat, kept once.
@@ -281,7 +281,8 @@ impl<'c> Log<'c> {
     /// Merges `c` into the log: the winner of its cell now (the one it replaces
     /// goes to the history), superseded (it goes to the history), or already held.
     pub fn merge(&self, c: &Change) -> Result<Outcome> {
-        self.merge_parts(&Parts::of(c))
+        self.forget();
+        self.merge_now(&Parts::of(c))
     }
 
     /// [`Log::merge`] while records are held ([`Log::merge_held`]), of a row none
@@ -345,11 +346,6 @@ impl<'c> Log<'c> {
         self.held.borrow_mut().clear();
     }
 
-    fn merge_parts(&self, c: &Parts<'_>) -> Result<Outcome> {
-        self.forget();
-        self.merge_now(c)
-    }
-
     /// The numbers of change `c`, each given on first sight.
     fn numbered(&self, c: &Parts<'_>) -> Result<Numbers> {
         let author_n = self.author_n(c.author)?;
@@ -363,10 +359,8 @@ impl<'c> Log<'c> {
 
     /// The record of a row, read.
     fn open(&self, type_n: i64, entity_id: &str) -> Result<Open> {
-        let bytes: Option<Vec<u8>> =
-            self.read.borrow_mut().query_row(params![type_n, entity_id], |r| r.get(0)).optional()?;
-        Ok(match bytes {
-            Some(b) => Open { cells: record::decode(&b)?, stored: true, changed: false },
+        Ok(match cells_at(&mut self.read.borrow_mut(), type_n, entity_id)? {
+            Some(cells) => Open { cells, stored: true, changed: false },
             None => Open::absent(),
         })
     }
@@ -431,8 +425,7 @@ impl<'c> Log<'c> {
         if let Some(id) = self.author_ids.borrow().get(&(n as i64)) {
             return Ok(id.clone());
         }
-        let id: String =
-            self.conn.prepare_cached("SELECT id FROM ZV_AUTHOR WHERE n = ?1")?.query_row([n as i64], |r| r.get(0))?;
+        let id = author_of(self.conn, n)?;
         self.author_ids.borrow_mut().insert(n as i64, id.clone());
         Ok(id)
     }
@@ -514,6 +507,12 @@ pub fn known_name(conn: &Connection, name: &str) -> Result<Option<i64>> {
     Ok(conn.prepare_cached("SELECT n FROM ZV_NAME WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()?)
 }
 
+/// The number of replica `id` among the log's authors, if it is one (lookups
+/// never add one).
+fn known_author(conn: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?)
+}
+
 /// The winning change of a cell: its id, its author's replica id and its new value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Winner {
@@ -522,15 +521,22 @@ pub struct Winner {
     pub new_value: Option<String>,
 }
 
-/// The cells of the record of (`table`, `entity_id`), with the table's number;
-/// None when the log has no change of the row.
+/// The SQL reading a row's record, for [`cells_at`].
+const READ_RECORD: &str = "SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2";
+
+/// The cells of the record of row `entity_id` of table number `type_n`, read by
+/// `stmt` ([`READ_RECORD`]); None when the log has no change of the row.
+fn cells_at(stmt: &mut Statement<'_>, type_n: i64, entity_id: &str) -> Result<Option<Vec<Cell>>> {
+    let bytes: Option<Vec<u8>> = stmt.query_row(params![type_n, entity_id], |r| r.get(0)).optional()?;
+    bytes.map(|b| record::decode(&b)).transpose()
+}
+
+/// The cells of the record of (`table`, `entity_id`), None when the log has no
+/// change of the row.
 fn record_of(conn: &Connection, table: &str, entity_id: &str) -> Result<Option<Vec<Cell>>> {
     let Some(t) = known_name(conn, table)? else { return Ok(None) };
-    let bytes: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2")?
-        .query_row(params![t, entity_id], |r| r.get(0))
-        .optional()?;
-    bytes.map(|b| record::decode(&b)).transpose()
+    let mut stmt = conn.prepare_cached(READ_RECORD)?;
+    cells_at(&mut stmt, t, entity_id)
 }
 
 /// The replica id of author number `n` of this log.
@@ -576,10 +582,7 @@ pub fn entities(conn: &Connection, table: &str) -> Result<Vec<String>> {
 }
 /// How many changes the log holds.
 pub fn count(conn: &Connection) -> Result<i64> {
-    let history: i64 = conn.query_row("SELECT count(*) FROM ZV_HISTORY", [], |r| r.get(0))?;
-    let mut cells = 0;
-    each_winner_key(conn, |_| cells += 1)?;
-    Ok(history + cells)
+    Ok(count_and_greatest_id(conn)?.0)
 }
 
 /// The rows whose record cannot be read, as (table name, row id): a damaged
@@ -593,7 +596,7 @@ pub fn damaged_records(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let readable = match r.get_ref(2)? {
-            rusqlite::types::ValueRef::Blob(b) => record::decode(b).is_ok(),
+            rusqlite::types::ValueRef::Blob(b) => record::decode_keys(b).is_ok(),
             _ => false,
         };
         if !readable {
@@ -639,16 +642,16 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
     let (Some(type_n), Some(attr_n)) = (known_name(conn, &c.entity_type)?, known_name(conn, &c.attribute)?) else {
         return Ok(());
     };
-    let author_n: Option<i64> = conn
-        .prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?
-        .query_row([&c.author], |r| r.get(0))
-        .optional()?;
-    let Some(author_n) = author_n else { return Ok(()) };
-    let cell_key = params![type_n, c.entity_id, attr_n];
-    conn.prepare_cached(
-        "DELETE FROM ZV_HISTORY WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3 AND id = ?4 AND author_n = ?5",
-    )?
-    .execute(params![type_n, c.entity_id, attr_n, id_value(&c.id), author_n])?;
+    let Some(author_n) = known_author(conn, &c.author)? else { return Ok(()) };
+    // Out of the cell's history: one change, by its id and author number.
+    let unhistory = |id: Value, author_n: i64| -> Result<()> {
+        conn.prepare_cached(
+            "DELETE FROM ZV_HISTORY WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3 AND id = ?4 AND author_n = ?5",
+        )?
+        .execute(params![type_n, c.entity_id, attr_n, id, author_n])?;
+        Ok(())
+    };
+    unhistory(id_value(&c.id), author_n)?;
     let Some(mut cells) = record_of(conn, &c.entity_type, &c.entity_id)? else { return Ok(()) };
     let id = Id::of(&c.id);
     let Some(at) = cells.iter().position(|x| x.attr_n == attr_n as u64 && x.id == id && x.author_n == author_n as u64)
@@ -661,7 +664,7 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
          JOIN ZV_AUTHOR a ON a.n = h.author_n WHERE h.type_n = ?1 AND h.entity_id = ?2 AND h.attr_n = ?3",
     )?;
     let mut best: Option<(Cell, String)> = None;
-    let mut rows = stmt.query(cell_key)?;
+    let mut rows = stmt.query(params![type_n, c.entity_id, attr_n])?;
     while let Some(r) = rows.next()? {
         let cell = Cell {
             attr_n: attr_n as u64,
@@ -678,10 +681,7 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
     }
     drop(rows);
     if let Some((next, _)) = best {
-        conn.prepare_cached(
-            "DELETE FROM ZV_HISTORY WHERE type_n = ?1 AND entity_id = ?2 AND attr_n = ?3 AND id = ?4 AND author_n = ?5",
-        )?
-        .execute(params![type_n, c.entity_id, attr_n, stored_id(&next.id), next.author_n as i64])?;
+        unhistory(stored_id(&next.id), next.author_n as i64)?;
         record::merge(&mut cells, next, |_, _| std::cmp::Ordering::Equal);
     }
     if cells.is_empty() {
@@ -708,9 +708,7 @@ fn stored_to_id(v: Value) -> Result<Id> {
 
 /// The greatest id of a change by `author`.
 pub fn last_id_of(conn: &Connection, author: &str) -> Result<Option<String>> {
-    let author_n: Option<i64> =
-        conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([author], |r| r.get(0)).optional()?;
-    let Some(author_n) = author_n else { return Ok(None) };
+    let Some(author_n) = known_author(conn, author)? else { return Ok(None) };
     let history: Option<Value> =
         conn.query_row("SELECT max(id) FROM ZV_HISTORY WHERE author_n = ?1", [author_n], |r| r.get(0))?;
     greatest(conn, history, |c| c.author_n == author_n as u64)
@@ -746,9 +744,7 @@ fn greatest(conn: &Connection, history: Option<Value>, which: impl Fn(&Cell) -> 
 /// How many changes by `author` the log holds after id `after` (in its stored
 /// form, [`crate::outbox::after_value`]).
 pub fn count_by_after(conn: &Connection, author: &str, after: &Value) -> Result<i64> {
-    let author_n: Option<i64> =
-        conn.prepare_cached("SELECT n FROM ZV_AUTHOR WHERE id = ?1")?.query_row([author], |r| r.get(0)).optional()?;
-    let Some(author_n) = author_n else { return Ok(0) };
+    let Some(author_n) = known_author(conn, author)? else { return Ok(0) };
     let history: i64 = conn.query_row(
         "SELECT count(*) FROM ZV_HISTORY WHERE author_n = ?1 AND id > ?2",
         params![author_n, after],
@@ -927,7 +923,7 @@ fn import_rows(conn: &Connection, source: &str, origin: &str) -> Result<u64> {
             new_value: maybe(6)?,
             author: text(7)?,
         };
-        if log.merge_parts(&parts)? != Outcome::Duplicate {
+        if log.merge_now(&parts)? != Outcome::Duplicate {
             added += 1;
         }
     }
