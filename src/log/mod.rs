@@ -479,8 +479,8 @@ fn stored_id(id: &Id) -> Value {
 /// The merge order of two changes of one cell, (`id`, `author`) against
 /// (`other_id`, `other_author`): the id as the log stores and compares it (a
 /// canonical UUID's 16 bytes sort after any id kept as text, each kind bytewise),
-/// then the author's id text. The same rule as [`Log::wins`] and
-/// [`superseded_sql`], for a cell whose changes the caller holds in memory.
+/// then the author's id text. The same rule as [`crate::record::merge`], which the log
+/// merges by, for a cell whose changes the caller holds in memory.
 pub fn merge_order(id: &str, author: &str, other_id: &str, other_author: &str) -> std::cmp::Ordering {
     let stored = |id: &str| crate::layout::is_canonical_uuid(id);
     (stored(id), id, author).cmp(&(stored(other_id), other_id, other_author))
