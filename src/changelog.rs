@@ -80,6 +80,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         crate::meta::set(conn, REBUILD_KEY, &serde_json::to_string(&all).expect("strings serialize"))?;
     }
     w.store()?;
+    w.merger.finish_local()?;
     w.report_bad_keys(&recorded)?;
     std::mem::take(&mut w.outbox).finish(conn)?;
     let n = w.n;

@@ -128,15 +128,21 @@ impl<'c> Merger<'c> {
         Ok(())
     }
 
-    /// [`Merger::record_local`] of several changes, stored in the log a few to a
-    /// statement. Each id was just issued by this replica's clock, greater than
+    /// [`Merger::record_local`] of several changes, their rows' records held
+    /// until [`Merger::finish_local`], which the caller must call before it
+    /// commits. Each id was just issued by this replica's clock, greater than
     /// every id it issued or applied before, so none is in the log yet.
     pub fn record_local_all(&self, cs: &[Change], outbox: &mut crate::outbox::Packer) -> Result<()> {
-        self.log.insert_all(cs)?;
+        self.log.merge_all_unread(cs)?;
         for c in cs {
             outbox.add(self.conn, c)?;
         }
         Ok(())
+    }
+
+    /// Writes the records [`Merger::record_local_all`] holds.
+    pub fn finish_local(&self) -> Result<()> {
+        self.log.flush()
     }
 
     /// Merges a change from another replica. The caller has checked its encoding.
