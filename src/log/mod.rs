@@ -195,6 +195,16 @@ struct Open {
     changed: bool,
 }
 
+/// A held record while the merge works on other rows: encoded, a few times
+/// smaller than its cells (a burst of 500k captured changes held 58 MB as
+/// cells, about 20 MB as records).
+#[derive(Debug)]
+struct Parked {
+    record: Vec<u8>,
+    stored: Stored,
+    changed: bool,
+}
+
 /// What `ZV_ROW` holds of an open record's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stored {
@@ -225,10 +235,12 @@ pub struct Log<'c> {
     history: RefCell<Statement<'c>>,
     known: RefCell<Statement<'c>>,
     /// Records merged into by [`Log::merge_held`] and not written yet, by table
-    /// number and row id.
-    held: RefCell<HashMap<i64, HashMap<String, Open>>>,
-    /// About how much memory the held records take: an upper bound, counting
-    /// every change merged as if it stayed.
+    /// number and row id, but for the one in `current`.
+    held: RefCell<HashMap<i64, HashMap<String, Parked>>>,
+    /// The held record merged into last, decoded: a row's changes mostly come
+    /// one after another (an insert's cells, a transaction's columns).
+    current: RefCell<Option<(i64, String, Open)>>,
+    /// About how much memory the parked records take.
     held_bytes: std::cell::Cell<usize>,
     /// Where [`Log::merge_all_unread`] flushes by itself: [`HELD_BYTES`].
     held_budget: usize,
@@ -236,18 +248,9 @@ pub struct Log<'c> {
 
 /// What [`Log::merge_all_unread`] holds before it flushes by itself.
 const HELD_BYTES: usize = 64 << 20;
-/// A held row's memory beyond its key and cells, about (its map entry).
+/// A parked row's memory beyond its key and record, about (its map entry and
+/// the allocators' rounding).
 const HELD_ROW_BYTES: usize = 96;
-
-/// A held cell's memory, about: the cell and its values.
-fn held_cell_bytes(c: &Cell) -> usize {
-    let text = |v: &Option<String>| v.as_ref().map_or(0, String::len);
-    let id = match &c.id {
-        Id::Text(t) => t.len(),
-        Id::Uuid(_) => 0,
-    };
-    std::mem::size_of::<Cell>() + id + text(&c.old_value) + text(&c.new_value)
-}
 
 impl Open {
     /// The record of a row `ZV_ROW` does not hold.
@@ -277,6 +280,7 @@ impl<'c> Log<'c> {
                 conn.prepare("SELECT EXISTS (SELECT 1 FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2)")?,
             ),
             held: RefCell::default(),
+            current: RefCell::default(),
             held_bytes: std::cell::Cell::new(0),
             held_budget: HELD_BYTES,
         })
@@ -377,49 +381,61 @@ impl<'c> Log<'c> {
     /// unread until the flush ([`Stored::Unread`]).
     fn merge_parts_held(&self, c: &Parts<'_>, first: Stored) -> Result<Outcome> {
         let n = self.numbered(c)?;
-        let mut held = self.held.borrow_mut();
-        let rows = held.entry(n.type_n).or_default();
-        let mut bytes = self.held_bytes.get();
-        let open = match rows.get_mut(c.entity_id) {
-            Some(open) => open,
-            None => {
-                let open = match first {
+        let mut current = self.current.borrow_mut();
+        let is_current = matches!(&*current, Some((t, e, _)) if *t == n.type_n && e == c.entity_id);
+        if !is_current {
+            self.park(current.take());
+            let parked = self.held.borrow_mut().get_mut(&n.type_n).and_then(|rows| rows.remove(c.entity_id));
+            let open = match parked {
+                Some(p) => {
+                    self.held_bytes.set(self.held_bytes.get() - parked_bytes(c.entity_id, &p));
+                    Open { cells: record::decode(&p.record)?, stored: p.stored, changed: p.changed }
+                }
+                None => match first {
                     Stored::Yes => self.open(n.type_n, c.entity_id)?,
                     Stored::No => Open::absent(),
                     Stored::Unread => Open { cells: Vec::new(), stored: Stored::Unread, changed: false },
-                };
-                bytes += HELD_ROW_BYTES + c.entity_id.len() + open.cells.iter().map(held_cell_bytes).sum::<usize>();
-                rows.entry(c.entity_id.to_owned()).or_insert(open)
-            }
-        };
-        let cell = cell_of(n, c);
-        // Counted whether it stays or not: an upper bound.
-        self.held_bytes.set(bytes + held_cell_bytes(&cell));
-        self.merge_cell(open, n.type_n, c.entity_id, cell)
+                },
+            };
+            *current = Some((n.type_n, c.entity_id.to_owned(), open));
+        }
+        let (_, _, open) = current.as_mut().expect("the current record was just set");
+        self.merge_cell(open, n.type_n, c.entity_id, cell_of(n, c))
+    }
+
+    /// Puts the record merged into last among the parked ones, encoded.
+    fn park(&self, current: Option<(i64, String, Open)>) {
+        let Some((type_n, entity_id, open)) = current else { return };
+        let p = Parked { record: record::encode(&open.cells), stored: open.stored, changed: open.changed };
+        self.held_bytes.set(self.held_bytes.get() + parked_bytes(&entity_id, &p));
+        self.held.borrow_mut().entry(type_n).or_default().insert(entity_id, p);
     }
 
     /// Writes every record the held merges changed, in key order; a record held
     /// unread is read first and the held cells merged into it.
     pub fn flush(&self) -> Result<()> {
+        self.park(self.current.borrow_mut().take());
         let held = std::mem::take(&mut *self.held.borrow_mut());
         self.held_bytes.set(0);
-        let mut rows: Vec<(i64, String, Open)> =
-            held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, o)| (t, e, o))).collect();
+        let mut rows: Vec<(i64, String, Parked)> =
+            held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, p)| (t, e, p))).collect();
         rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (type_n, entity_id, open) in rows {
-            if open.stored != Stored::Unread {
-                self.close(type_n, &entity_id, &open)?;
+        for (type_n, entity_id, parked) in rows {
+            if parked.stored != Stored::Unread {
+                if parked.changed {
+                    self.write(type_n, &entity_id, &parked.record, parked.stored)?;
+                }
                 continue;
             }
             let mut stored = self.open(type_n, &entity_id)?;
             if stored.stored == Stored::No {
-                stored = open;
-            } else {
-                // The winners among the held changes meet the stored winners:
-                // each loser goes to the history, as if merged one by one.
-                for cell in open.cells {
-                    self.merge_cell(&mut stored, type_n, &entity_id, cell)?;
-                }
+                self.write(type_n, &entity_id, &parked.record, Stored::No)?;
+                continue;
+            }
+            // The winners among the held changes meet the stored winners: each
+            // loser goes to the history, as if merged one by one.
+            for cell in record::decode(&parked.record)? {
+                self.merge_cell(&mut stored, type_n, &entity_id, cell)?;
             }
             self.close(type_n, &entity_id, &stored)?;
         }
@@ -430,6 +446,7 @@ impl<'c> Log<'c> {
     /// caller rolls back, they describe writes that never happened.
     pub fn forget(&self) {
         self.held.borrow_mut().clear();
+        self.current.borrow_mut().take();
         self.held_bytes.set(0);
     }
 
@@ -454,12 +471,16 @@ impl<'c> Log<'c> {
 
     /// Writes a record back when a merge changed it.
     fn close(&self, type_n: i64, entity_id: &str, open: &Open) -> Result<()> {
-        if !open.changed {
-            return Ok(());
+        if open.changed {
+            self.write(type_n, entity_id, &record::encode(&open.cells), open.stored)?;
         }
-        let bytes = record::encode(&open.cells);
-        let stmt = if open.stored == Stored::Yes { &self.replace } else { &self.add };
-        stmt.borrow_mut().execute(params![type_n, entity_id, bytes])?;
+        Ok(())
+    }
+
+    /// Writes `record`: over the stored one, or as the row's first.
+    fn write(&self, type_n: i64, entity_id: &str, record: &[u8], stored: Stored) -> Result<()> {
+        let stmt = if stored == Stored::Yes { &self.replace } else { &self.add };
+        stmt.borrow_mut().execute(params![type_n, entity_id, record])?;
         Ok(())
     }
 
@@ -535,6 +556,11 @@ fn cell_of(n: Numbers, c: &Parts<'_>) -> Cell {
         old_value: c.old_value.map(str::to_owned),
         new_value: c.new_value.map(str::to_owned),
     }
+}
+
+/// About the memory a parked record takes.
+fn parked_bytes(entity_id: &str, p: &Parked) -> usize {
+    HELD_ROW_BYTES + entity_id.len() + p.record.len()
 }
 
 /// An id of a record in the log's stored form ([`id_value`]).
