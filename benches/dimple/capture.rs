@@ -12,6 +12,9 @@ use std::time::Instant;
 
 /// The hidden child mode that pushes, so that its peak RSS is the push's own.
 pub const PUSH_CHILD_ARG: &str = "__push-child";
+/// The hidden child mode that gives the captured writes their ids, so that its
+/// peak RSS is the capture's own.
+pub const CAPTURE_CHILD_ARG: &str = "__capture-child";
 pub const CREATE: &str = "CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, a TEXT, b INTEGER, c REAL)";
 const RUNS: usize = 3;
 
@@ -86,8 +89,11 @@ struct Tracked {
     /// The app's writes through the triggers.
     times: Times,
     /// Ids for the captured writes (`Replica::capture`, what the agent or the next
-    /// sync does).
+    /// sync does), in a child process.
     ingest: f64,
+    /// The capturing process's peak RSS, and its RSS before the capture (kB).
+    capture_hwm_kb: u64,
+    capture_start_kb: u64,
     /// The push that follows: the batch built and written to a local-directory
     /// bucket, in a child process.
     push: f64,
@@ -117,12 +123,11 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
         r.track("t", false).unwrap();
     }
     let times = writes(&app_conn(&path), n);
-    let mut r = Replica::open(&path, Options::default()).unwrap();
-    let t = Instant::now();
-    let changes = r.capture().unwrap();
-    assert_eq!(changes, n * 5, "every insert is 4 changes, every update 1");
-    let ingest = t.elapsed().as_secs_f64();
-    drop(r);
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.arg(CAPTURE_CHILD_ARG).arg(&path);
+    let field = crate::child(cmd, "capture");
+    assert_eq!(field("changes") as usize, n * 5, "every insert is 4 changes, every update 1");
+    let (ingest, capture_hwm_kb, capture_start_kb) = (field("secs"), field("hwm_kb") as u64, field("start_kb") as u64);
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.arg(PUSH_CHILD_ARG).arg(&url).arg(&path);
     let field = crate::child(cmd, "push");
@@ -135,7 +140,19 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     assert_eq!(pruned.changes, n, "each update superseded one insert's value");
     let retained = sizes(r.conn()).1;
     let batch_rows = batch_rows(&bucket, &dir.join(format!("batch-rows-{run}.db")));
-    Tracked { times, ingest, push, push_hwm_kb, push_start_kb, file, in_use, retained, batch_rows }
+    Tracked {
+        times,
+        ingest,
+        capture_hwm_kb,
+        capture_start_kb,
+        push,
+        push_hwm_kb,
+        push_start_kb,
+        file,
+        in_use,
+        retained,
+        batch_rows,
+    }
 }
 
 /// Seconds plain SQLite takes to write the rows of the batch pushed to `bucket`
@@ -183,6 +200,17 @@ fn batch_rows(bucket: &Path, scratch: &Path) -> f64 {
 
 /// The batch file's schema, as dimple writes it.
 const BATCH_SCHEMA: &str = include_str!("../../schema/batch.sql");
+
+/// The child: `__capture-child DB`. Prints one line of key=value figures.
+pub fn capture_child(args: &[String]) {
+    let [db] = args else { panic!("usage: {CAPTURE_CHILD_ARG} DB") };
+    let start_kb = crate::apply::status_kb("VmRSS");
+    let mut r = Replica::open(Path::new(db), Options::default()).unwrap();
+    let t = Instant::now();
+    let changes = r.capture().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!("changes={changes} secs={secs} hwm_kb={} start_kb={start_kb}", crate::apply::status_kb("VmHWM"));
+}
 
 /// The child: `__push-child BUCKET DB`. Prints one line of key=value figures.
 pub fn push_child(args: &[String]) {
@@ -246,6 +274,16 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         secs(ingest),
         String::new(),
         rate((n * 5) as f64 / ingest),
+        "",
+        None,
+    );
+    let (hwm, start) =
+        (mid(runs.iter().map(|t| t.capture_hwm_kb as f64)), mid(runs.iter().map(|t| t.capture_start_kb as f64)));
+    table.row(
+        "  peak RSS of the capturing process (VmHWM)",
+        format!("{:.0} MB", hwm / 1024.0),
+        format!("{:.0} MB", start / 1024.0),
+        String::new(),
         "",
         None,
     );

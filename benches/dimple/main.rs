@@ -45,6 +45,10 @@ fn main() {
         apply::child(&args[1..]);
         return;
     }
+    if args.first().map(String::as_str) == Some(capture::CAPTURE_CHILD_ARG) {
+        capture::capture_child(&args[1..]);
+        return;
+    }
     if args.first().map(String::as_str) == Some(capture::PUSH_CHILD_ARG) {
         capture::push_child(&args[1..]);
         return;
