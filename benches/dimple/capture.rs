@@ -277,27 +277,15 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         "",
         None,
     );
-    let (hwm, start) =
-        (mid(runs.iter().map(|t| t.capture_hwm_kb as f64)), mid(runs.iter().map(|t| t.capture_start_kb as f64)));
-    table.row(
-        "  peak RSS of the capturing process (VmHWM)",
-        format!("{:.0} MB", hwm / 1024.0),
-        format!("{:.0} MB", start / 1024.0),
-        String::new(),
-        "",
-        None,
-    );
+    // A child's peak RSS, and its RSS before the job (kB), medians of the runs.
+    let rss_row = |table: &mut Table, what: &str, hwm: &dyn Fn(&Tracked) -> u64, start: &dyn Fn(&Tracked) -> u64| {
+        let (hwm, start) = (mid(runs.iter().map(|t| hwm(t) as f64)), mid(runs.iter().map(|t| start(t) as f64)));
+        let mb = |kb: f64| format!("{:.0} MB", kb / 1024.0);
+        table.row(what, mb(hwm), mb(start), String::new(), "", None);
+    };
+    rss_row(table, "  peak RSS of the capturing process (VmHWM)", &|t| t.capture_hwm_kb, &|t| t.capture_start_kb);
     table.row("  then: the push (batch built, local bucket)", secs(push), String::new(), String::new(), "", None);
-    let (hwm, start) =
-        (mid(runs.iter().map(|t| t.push_hwm_kb as f64)), mid(runs.iter().map(|t| t.push_start_kb as f64)));
-    table.row(
-        "  peak RSS of the pushing process (VmHWM)",
-        format!("{:.0} MB", hwm / 1024.0),
-        format!("{:.0} MB", start / 1024.0),
-        String::new(),
-        "",
-        None,
-    );
+    rss_row(table, "  peak RSS of the pushing process (VmHWM)", &|t| t.push_hwm_kb, &|t| t.push_start_kb);
     let rw = whole / (base_i + base_u);
     table.row(
         "whole capture path: writes + ids + batch",
