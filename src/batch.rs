@@ -45,7 +45,7 @@ pub fn write(path: &Path, header: &Header, changes: &[Change], codec: &codec::Co
     Ok(written.map(|(_, bytes)| bytes).unwrap_or_default())
 }
 
-/// [`write`] with the changes fed one at a time by `fill`, which hands each to the
+/// [`write()`] with the changes fed one at a time by `fill`, which hands each to the
 /// function it is given and then says what the batch holds (None: nothing, and no
 /// batch is written). A push reads its outbox once this way and never holds a
 /// whole batch in memory, however large the transaction (a burst of writes

@@ -100,7 +100,7 @@ pub fn grant_key(holder: &str, epoch: &str) -> String {
     format!("{GRANTS_PREFIX}{holder}/{epoch}.json")
 }
 
-/// The id in a listed `<prefix><id>.json` key (members/, join/, grants/<holder>/),
+/// The id in a listed `<prefix><id>.json` key (members/, join/, grants/`<holder>`/),
 /// if it is exactly that.
 pub fn parse_id_key<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
     let id = key.strip_prefix(prefix)?.strip_suffix(".json")?;

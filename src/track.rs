@@ -138,7 +138,7 @@ pub(crate) fn captured_key(info: &TableInfo, row: &str) -> String {
     format!("CASE WHEN {} THEN {} ELSE x'' END", key_syncs(info, row), key_expr(info, row))
 }
 
-/// Rows of the table whose key cannot sync (see [`key_syncs`]).
+/// Rows of the table whose key cannot sync (see `key_syncs`).
 pub fn count_unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<i64> {
     let sql = format!("SELECT count(*) FROM {} AS r WHERE NOT ({})", ident(&info.name), key_syncs(info, "r"));
     Ok(conn.query_row(&sql, [], |r| r.get(0))?)

@@ -14,7 +14,7 @@
 //! repeated the row key and a 16-byte id in every change, and a new row was an
 //! insert per cell. Here a table row's winning changes are one record in
 //! `ZV_ROW` (the row key once, ids after the first as small differences:
-//! [`crate::record`]), found with one seek and written once per batch; every
+//! `crate::record`), found with one seek and written once per batch; every
 //! change a winner supersedes goes to `ZV_HISTORY`, keyed by id so that it is an
 //! append and pruning removes the front. No separate clock: the records are it.
 
@@ -380,7 +380,7 @@ impl<'c> Log<'c> {
     /// write does, on a page just read (a burst of captured writes to rows all
     /// over the log otherwise read a cold page per row, and wrote it once per
     /// few changes: `cargo bench --bench dimple capture`). Flushes by itself once
-    /// about [`HELD_BYTES`] are held, which bounds the memory a burst takes.
+    /// about 64 MiB (`HELD_BYTES`) are held, which bounds the memory a burst takes.
     pub fn merge_all_unread<C: std::borrow::Borrow<Change>>(&self, changes: &[C]) -> Result<()> {
         for c in changes {
             self.merge_parts_held(&Parts::of(c.borrow()), Stored::Unread)?;
@@ -638,7 +638,7 @@ fn stored_id(id: &Id) -> Value {
 /// The merge order of two changes of one cell, (`id`, `author`) against
 /// (`other_id`, `other_author`): the id as the log stores and compares it (a
 /// canonical UUID's 16 bytes sort after any id kept as text, each kind bytewise),
-/// then the author's id text. The same rule as [`crate::record::merge`], which the log
+/// then the author's id text. The same rule as `crate::record::merge`, which the log
 /// merges by, for a cell whose changes the caller holds in memory.
 pub fn merge_order(id: &str, author: &str, other_id: &str, other_author: &str) -> std::cmp::Ordering {
     let stored = |id: &str| crate::layout::is_canonical_uuid(id);

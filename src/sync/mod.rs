@@ -4,9 +4,9 @@
 //!   on the ETag we last wrote), then move the local cursor;
 //! - [`pull`]: one paged LIST of `replicas/`, a GET only for heads whose ETag
 //!   changed, trust decisions, and per replica the chain then the apply;
-//! - [`chain`]: fetching a replica's new batches and verifying the hash chain from
+//! - `chain`: fetching a replica's new batches and verifying the hash chain from
 //!   its signed head back to our cursor;
-//! - [`apply`]: per-change checks, then the atomic apply of one batch together with
+//! - `apply`: per-change checks, then the atomic apply of one batch together with
 //!   its cursor.
 //!
 //! A replica whose objects are bad gets a problem row and keeps its cursor; the
