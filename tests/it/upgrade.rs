@@ -123,9 +123,7 @@ fn a_version_1_replica_is_upgraded_on_open_and_keeps_syncing() -> TestResult {
     let (mut a, mut b) = (g.replica("a"), g.replica("b"));
     a.conn().execute("INSERT INTO t VALUES ('a1', 1, 'x', 0.5)", [])?;
     b.conn().execute("INSERT INTO t VALUES ('b1', 1, 'y', 0.5)", [])?;
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     drop(a);
     downgrade_to_v1(&g.db("a"));
     let before = log_of(&g.db("a"));
@@ -144,9 +142,7 @@ fn a_version_1_replica_is_upgraded_on_open_and_keeps_syncing() -> TestResult {
     assert_eq!(version, dimple::migrate::CURRENT.to_string());
 
     a.conn().execute("UPDATE t SET a = 2 WHERE id = 'b1'", [])?;
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     Ok(())
 }
@@ -265,15 +261,10 @@ fn a_version_3_log_is_compacted_on_open_keeping_every_change_and_unpushed_write(
     assert_eq!(dump(&g.db("a")), before, "the seed's tables read the same through the views");
     assert_eq!(a.unpushed()?, unpushed, "every unpushed write still waits for the push");
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
-    let leftovers: i64 =
-        open_plain(&g.db("a"))
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'ZV_V3_%'", [], |r| r.get(0))?;
-    assert_eq!(leftovers, 0);
+    assert_eq!(leftover_tables(&g.db("a"), "ZV_V3_"), 0);
 
     let mut b = b;
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     assert_eq!(a.unpushed()?, 0);
     assert_eq!(rows(a.conn(), "t"), rows(b.conn(), "t"));
     assert_eq!(rows(a.conn(), "t"), model_of_log(a.conn(), &["a", "b", "c"]));
@@ -302,14 +293,9 @@ fn a_version_4_outbox_is_packed_on_open_and_every_unpushed_write_is_pushed() -> 
         "every unpushed change waits, whole and in order"
     );
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
-    let leftovers: i64 =
-        open_plain(&g.db("a"))
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'ZV_V4_%'", [], |r| r.get(0))?;
-    assert_eq!(leftovers, 0);
+    assert_eq!(leftover_tables(&g.db("a"), "ZV_V4_"), 0);
 
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     assert_eq!(a.unpushed()?, 0);
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     assert!(rows(b.conn(), "t") == model_of_log(b.conn(), &["a", "b", "c"]), "b's table is its log");
@@ -345,13 +331,9 @@ fn a_version_5_log_becomes_records_on_open_keeping_every_change_and_unpushed_wri
     assert_eq!(history as usize, before.0.len() - before.1.len(), "the superseded changes are the history");
     assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
-    let leftovers: i64 =
-        c.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'ZV_V5_%'", [], |r| r.get(0))?;
-    assert_eq!(leftovers, 0);
+    assert_eq!(leftover_tables(&g.db("a"), "ZV_V5_"), 0);
 
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     assert_eq!(a.unpushed()?, 0);
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
@@ -471,9 +453,7 @@ fn an_outbox_upgrade_killed_midway_leaves_version_4_and_the_next_open_finishes_i
     assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
     assert_eq!(dump(&db), log);
     assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::sync(&mut b, &store))?;
-    block_on(dimple::sync(&mut a, &store))?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
     assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
     Ok(())
 }
@@ -512,4 +492,23 @@ fn tables_of(db: &std::path::Path) -> Vec<String> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// Pull and push a, then b, then a again: each has the other's changes after.
+fn sync_a_b_a(
+    store: &dimple::store::Metered<dyn dimple::store::Store>,
+    a: &mut dimple::Replica,
+    b: &mut dimple::Replica,
+) -> TestResult {
+    block_on(dimple::sync(a, store))?;
+    block_on(dimple::sync(b, store))?;
+    block_on(dimple::sync(a, store))?;
+    Ok(())
+}
+
+/// How many tables of `db` an upgrade step left under its `prefix`.
+fn leftover_tables(db: &std::path::Path, prefix: &str) -> i64 {
+    open_plain(db)
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE ?1 || '%'", [prefix], |r| r.get(0))
+        .unwrap()
 }
