@@ -467,12 +467,17 @@ mod tests {
             let broken = dir.path().join(format!("broken{i}.db"));
             std::fs::copy(&path, &broken).unwrap();
             std::fs::remove_file(&path).unwrap();
-            let c = Connection::open(&broken).unwrap();
-            check_compact(&c, "snapshots/x.db").expect("whole before the sabotage");
-            c.execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
-            let err = check_compact(&c, "snapshots/x.db").unwrap_err().to_string();
-            assert!(err.contains(why), "{sabotage}: {err}");
+            refused_after(&Connection::open(&broken).unwrap(), sabotage, why, check_compact);
         }
+    }
+
+    /// `check` passes the snapshot open on `c`, then refuses it for `why` once
+    /// `sabotage` has run.
+    fn refused_after(c: &Connection, sabotage: &str, why: &str, check: fn(&Connection, &str) -> Result<()>) {
+        check(c, "snapshots/x.db").expect("whole before the sabotage");
+        c.execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
+        let err = check(c, "snapshots/x.db").unwrap_err().to_string();
+        assert!(err.contains(why), "{sabotage}: {err}");
     }
 
     /// A snapshot in the replica's own form (format 2), written by compaction's
@@ -569,10 +574,7 @@ mod tests {
             let (path, _) = records_file(dir.path(), &all);
             let c = Connection::open(&path).unwrap();
             crate::log::register(&c).unwrap();
-            check_records(&c, "snapshots/x.db").expect("whole before the sabotage");
-            c.execute_batch(sabotage).unwrap_or_else(|e| panic!("{sabotage}: {e}"));
-            let err = check_records(&c, "snapshots/x.db").unwrap_err().to_string();
-            assert!(err.contains(why), "{sabotage}: {err}");
+            refused_after(&c, sabotage, why, check_records);
         }
     }
 }
