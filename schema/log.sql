@@ -1,8 +1,9 @@
--- The change log as a replica keeps it (local schema version 6), applied by `init`
+-- The change log as a replica keeps it (local schema version 7), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
 -- over it with their columns (below); dimple itself reads and writes these tables
--- (src/log.rs). A snapshot carries the log in the form of snapshot_log.sql (a row
--- per change), a batch in the seed's form of batch.sql.
+-- (src/log/). A snapshot carries the log in this same form (snapshot format 3;
+-- snapshot_log.sql is format 1's, a row per change), a batch in the seed's form
+-- of batch.sql.
 --
 -- What makes it compact:
 -- - ids are their 16 bytes (a BLOB), not 36 characters of text; bytewise order is

@@ -79,7 +79,7 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
     crate::changelog::ingest(&tx, &mut r.hlc, &me)?;
     let now = crate::clock::rfc3339(r.opts.clock.now_ms());
     {
-        // A snapshot in the replica's own form (format 2) or a row per change is
+        // A snapshot in the replica's own form (format 2 or 3) or a row per change is
         // read from its tables (checked by `inspect`), not through the views, which
         // print every id as text and which its writer chose; an older one from its
         // text tables. Either way the ids compare in their stored form.

@@ -153,7 +153,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         return Err(Error::bad(
             origin,
             format!(
-                "unknown snapshot format {format:?} (this dimple reads formats 1 and {})",
+                "unknown snapshot format {format:?} (this dimple reads formats 1 to {})",
                 crate::snapshot::SNAPSHOT_FORMAT
             ),
         ));
@@ -168,7 +168,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
     if crate::sql::has_table(&conn, "main", "ZV_ROW").map_err(sqlerr)? {
-        check_records(&conn, origin)?;
+        check_records(&conn, origin, format == Some(crate::snapshot::SNAPSHOT_FORMAT))?;
     } else if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
@@ -176,7 +176,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
 }
 
 /// A snapshot's log into the replica's. A snapshot in the replica's own form
-/// (records per row, format 2) or a row per change (format 1, since local schema
+/// (records per row, format 2 or 3) or a row per change (format 1, since local schema
 /// version 4) is checked, then copied into the empty log
 /// ([`crate::log::copy_from_snapshot`]). An older snapshot (the text form of
 /// schema/wire_log.sql, with or without an author number per change) is converted
@@ -245,7 +245,10 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// readable in its one form (a damaged one is an error of the query), and every
 /// cell as [`check_compact`] wants a change. Read from the tables through
 /// `dimple_cells`, never through the file's own views, which its writer chose.
-fn check_records(conn: &Connection, origin: &str) -> Result<()> {
+/// `current`: the records are in the form this build writes (format 3), each
+/// id in its one form, as a replica's own log must be; the ids of format 2's
+/// are in form 1, and are written again when copied.
+fn check_records(conn: &Connection, origin: &str, current: bool) -> Result<()> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('ZV_ROW') ORDER BY cid")?
@@ -253,6 +256,17 @@ fn check_records(conn: &Connection, origin: &str) -> Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     if columns != ["type_n", "entity_id", "cells"] {
         return Err(bad(format!("a record table with the columns {columns:?}")));
+    }
+    if current {
+        let mut stmt = conn.prepare("SELECT cells FROM ZV_ROW WHERE typeof(cells) = 'blob'")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
+                if let Err(e) = crate::record::decode_keys(b) {
+                    return Err(bad(format!("an unreadable record ({e})")));
+                }
+            }
+        }
     }
     let found: std::result::Result<Option<String>, rusqlite::Error> = conn
         .query_row(
@@ -358,7 +372,8 @@ mod tests {
                 let author = format!("0190{:04x}-0000-7000-8000-{:012x}", next() % 3, 7);
                 let value = |v: u64| (!v.is_multiple_of(4)).then(|| format!("\"{}\u{e9}\\u0000{}\"", v, v % 97));
                 crate::merge::Change {
-                    id: format!("0190{:04x}-{:04x}-7000-8000-{:012x}", i / 65536, i % 65536, next() % 1000),
+                    // Few nodes: a row's cells often have ids of one node.
+                    id: format!("0190{:04x}-{:04x}-7000-8000-{:012x}", i / 65536, i % 65536, next() % 3),
                     transaction_id: format!("0190{:04x}-0000-7000-8000-{:012x}", i / 7, 1),
                     entity_type: ["t", "u", "\u{1F600} table"][(next() % 3) as usize].to_owned(),
                     entity_id: format!("row {}", next() % 50),
@@ -480,7 +495,7 @@ mod tests {
         assert!(err.contains(why), "{sabotage}: {err}");
     }
 
-    /// A snapshot in the replica's own form (format 2), written by compaction's
+    /// A snapshot in the replica's own form (format 3), written by compaction's
     /// [`crate::log::copy_winners`] from a log of `changes`; the source log's path
     /// too.
     fn records_file(dir: &Path, changes: &[crate::merge::Change]) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -498,6 +513,11 @@ mod tests {
         s.execute_batch(crate::snapshot::SCHEMA).unwrap();
         s.execute("ATTACH ?1 AS src", [source.display().to_string()]).unwrap();
         crate::log::copy_winners(&s, "src").unwrap();
+        s.execute(
+            "INSERT INTO ZV_SNAPSHOT(format, snapshot_id, source_replica, created_at) VALUES (?1, 'x', 'y', 'z')",
+            [crate::snapshot::SNAPSHOT_FORMAT],
+        )
+        .unwrap();
         (path, source)
     }
 
@@ -517,9 +537,16 @@ mod tests {
 
     /// A snapshot of records gives a clone the winners of the log it was made
     /// from, copied page by page into an empty log or merged into one that holds
-    /// changes already.
+    /// changes already. A format-2 snapshot's records (ids in form 1) give the
+    /// same, and the clone's records are in form 2.
     #[test]
     fn a_snapshot_of_records_loads_the_winners_of_its_source() {
+        for format in [crate::snapshot::SNAPSHOT_FORMAT, 2] {
+            a_snapshot_of_format_loads_the_winners_of_its_source(format);
+        }
+    }
+
+    fn a_snapshot_of_format_loads_the_winners_of_its_source(format: i64) {
         let dir = tempfile::tempdir().unwrap();
         let all = changes(0x0005_eed2, 3000);
         let (path, source) = records_file(dir.path(), &all);
@@ -529,7 +556,16 @@ mod tests {
         assert!(expected.len() > 100 && expected.len() < all.len(), "some changes lost: {}", expected.len());
         let file = Connection::open(&path).unwrap();
         crate::log::register(&file).unwrap();
-        check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
+        if format == 2 {
+            let older = crate::log::rewrite_records(&file, crate::record::encode_form_1).unwrap();
+            assert!(older > 50, "{older} records differ in form 1");
+            file.execute("UPDATE ZV_SNAPSHOT SET format = 2", []).unwrap();
+        }
+        let current = format == crate::snapshot::SNAPSHOT_FORMAT;
+        check_records(&file, "snapshots/x.db", current).expect("a good snapshot passes");
+        if !current {
+            assert!(check_records(&file, "snapshots/x.db", true).is_err(), "its records are not in form 2");
+        }
         for already in [0, 10] {
             let c = replica_tables();
             {
@@ -545,6 +581,7 @@ mod tests {
             if already == 0 {
                 assert_eq!(seen(&c, "main"), expected, "nothing but the winners");
             }
+            assert_eq!(crate::log::damaged_records(&c).unwrap(), vec![], "every record in form 2");
             c.execute("DETACH snap", []).unwrap();
         }
     }
@@ -558,6 +595,13 @@ mod tests {
         let all = changes(0xbad2, 50);
         let cases = [
             ("UPDATE ZV_ROW SET cells = CAST(cells || x'00' AS BLOB)", "unreadable record"),
+            // Two ids of one node written in full: readable, but not in the one
+            // form a replica's records have.
+            (
+                "UPDATE ZV_ROW SET cells = CAST(x'02000190a00000007000800000000000abcd01010000'
+                                                || x'03000190a00000007000800000010000abcd01010000' AS BLOB)",
+                "unreadable record",
+            ),
             ("UPDATE ZV_ROW SET cells = 'text'", "not bytes"),
             ("UPDATE ZV_ROW SET type_n = type_n + 999", "naming no table"),
             ("DELETE FROM ZV_NAME WHERE n = (SELECT max(n) FROM ZV_NAME)", "naming no"),
@@ -574,7 +618,7 @@ mod tests {
             let (path, _) = records_file(dir.path(), &all);
             let c = Connection::open(&path).unwrap();
             crate::log::register(&c).unwrap();
-            refused_after(&c, sabotage, why, check_records);
+            refused_after(&c, sabotage, why, |c, origin| check_records(c, origin, true));
         }
     }
 }

@@ -96,47 +96,130 @@ pub struct Cell {
 const FULL: u8 = 0;
 const DELTA: u8 = 1;
 const TEXT: u8 = 2;
+/// Form 1 only: a difference of 64 bits or more from the previous id.
 const WIDE_DELTA: u8 = 3;
+const FAR: u8 = 4;
+const FIRST_DELTA: u8 = 5;
+const FIRST_FAR: u8 = 6;
 
 /// The low bits of an id that name its node (`crate::clock`): ids of one node
 /// differ above them.
 const NODE_BITS: u32 = 32;
+/// An id's bits above the millisecond (`crate::clock`): ids a millisecond or
+/// more apart differ there.
+const MS_SHIFT: u32 = 80;
+/// The bits between the node and the millisecond: version, counter, variant.
+const MID_MASK: u128 = (1 << (MS_SHIFT - NODE_BITS)) - 1;
+
+/// How an id is written after an earlier id `r` of the record from the same
+/// node that it is greater than.
+#[derive(Clone, Copy)]
+enum Rel {
+    /// The same millisecond: the difference above the node (under 2^48).
+    Near(u64),
+    /// Later milliseconds: how many, and the bits between node and millisecond
+    /// exclusive-or'd with `r`'s (a counter restarts each millisecond, so those
+    /// differ in a few low bits where the plain difference would have borrowed
+    /// across all 48).
+    Far(u64, u64),
+}
+
+impl Rel {
+    fn of(v: u128, r: u128) -> Option<Rel> {
+        if v <= r || (v ^ r) & ((1u128 << NODE_BITS) - 1) != 0 {
+            return None;
+        }
+        let (hv, hr) = ((v >> MS_SHIFT) as u64, (r >> MS_SHIFT) as u64);
+        Some(if hv == hr {
+            Rel::Near(((v - r) >> NODE_BITS) as u64)
+        } else {
+            Rel::Far(hv - hr, (((v ^ r) >> NODE_BITS) & MID_MASK) as u64)
+        })
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Rel::Near(d) => varint_len(d),
+            Rel::Far(ms, mid) => varint_len(ms) + varint_len(mid),
+        }
+    }
+
+    fn put(self, out: &mut Vec<u8>, near: u8, far: u8) {
+        match self {
+            Rel::Near(d) => {
+                out.push(near);
+                put_varint(out, d);
+            }
+            Rel::Far(ms, mid) => {
+                out.push(far);
+                put_varint(out, ms);
+                put_varint(out, mid);
+            }
+        }
+    }
+}
+
+fn varint_len(n: u64) -> usize {
+    (64 - n.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The one form an id takes in a record (form 2): a difference from the
+/// previous cell's id or from the record's first id, whichever is shorter (the
+/// previous on a tie), else in full. A row's cells mostly come from one node:
+/// its insert's ids are a few counts apart, and an update's id, however much
+/// later, is near the insert's first id in milliseconds. The first id is the
+/// second reference because an update of a middle column makes the next
+/// column's (older) id smaller than the previous one's.
+fn form_of(v: u128, prev: Option<u128>, first: Option<u128>) -> (u8, Option<Rel>) {
+    let by_prev = prev.and_then(|p| Rel::of(v, p));
+    let by_first = first.filter(|&f| Some(f) != prev).and_then(|f| Rel::of(v, f));
+    match (by_prev, by_first) {
+        (Some(p), Some(f)) if f.len() < p.len() => (FIRST_DELTA, Some(f)),
+        (Some(p), _) => (DELTA, Some(p)),
+        (None, Some(f)) => (FIRST_DELTA, Some(f)),
+        (None, None) => (FULL, None),
+    }
+}
 
 /// Encodes `cells`, which must be in ascending attribute order with no
 /// attribute twice (the record is then the same bytes whatever order a caller
 /// built them in).
 pub fn encode(cells: &[Cell]) -> Vec<u8> {
+    encode_in(cells, 2)
+}
+
+/// Encodes `cells` in the form local schema 6 wrote: each id a difference from
+/// the previous cell's only. Kept to make version-6 replicas in the tests of
+/// the upgrade that rewrites them.
+#[doc(hidden)]
+pub fn encode_form_1(cells: &[Cell]) -> Vec<u8> {
+    encode_in(cells, 1)
+}
+
+fn encode_in(cells: &[Cell], form: u8) -> Vec<u8> {
     debug_assert!(cells.windows(2).all(|w| w[0].attr_n < w[1].attr_n), "cells in attribute order");
     let mut out = Vec::with_capacity(cells.len() * 24);
-    let mut prev: Option<u128> = None;
+    let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     for c in cells {
         put_varint(&mut out, c.attr_n);
         match &c.id {
             Id::Uuid(b) => {
                 let v = u128::from_be_bytes(*b);
-                match prev {
-                    Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
-                        let delta = (v - p) >> NODE_BITS;
-                        // The difference of two 96-bit prefixes fits in 96 bits,
-                        // nearly always in 64 (ids of one transaction: a few).
-                        match u64::try_from(delta) {
-                            Ok(d) => {
-                                out.push(DELTA);
-                                put_varint(&mut out, d);
-                            }
-                            Err(_) => {
-                                out.push(WIDE_DELTA);
-                                put_varint(&mut out, (delta >> 64) as u64);
-                                put_varint(&mut out, delta as u64);
-                            }
+                if form == 1 {
+                    put_form_1(&mut out, v, prev);
+                } else {
+                    match form_of(v, prev, first) {
+                        (FULL, _) => {
+                            out.push(FULL);
+                            out.extend_from_slice(b);
                         }
-                    }
-                    _ => {
-                        out.push(FULL);
-                        out.extend_from_slice(b);
+                        (DELTA, Some(rel)) => rel.put(&mut out, DELTA, FAR),
+                        (_, Some(rel)) => rel.put(&mut out, FIRST_DELTA, FIRST_FAR),
+                        (_, None) => unreachable!("a difference has its numbers"),
                     }
                 }
                 prev = Some(v);
+                first.get_or_insert(v);
             }
             Id::Text(t) => {
                 out.push(TEXT);
@@ -152,64 +235,103 @@ pub fn encode(cells: &[Cell]) -> Vec<u8> {
     out
 }
 
+fn put_form_1(out: &mut Vec<u8>, v: u128, prev: Option<u128>) {
+    match prev {
+        Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
+            let delta = (v - p) >> NODE_BITS;
+            match u64::try_from(delta) {
+                Ok(d) => {
+                    out.push(DELTA);
+                    put_varint(out, d);
+                }
+                Err(_) => {
+                    out.push(WIDE_DELTA);
+                    put_varint(out, (delta >> 64) as u64);
+                    put_varint(out, delta as u64);
+                }
+            }
+        }
+        _ => {
+            out.push(FULL);
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
 fn broken() -> Error {
     Error::Invalid("a row record of the change log is damaged (`dimple verify` names the rows)".into())
 }
 
 /// The cells of a record, in attribute order.
 pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, true)
+    decode_cells(record, true, true)
 }
 
 /// The cells of a record without their values (None): what counting changes or
 /// finding the greatest id needs, with no text copied.
 pub fn decode_keys(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, false)
+    decode_cells(record, false, true)
 }
 
-fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
+/// The cells of a record in either form, 1 (local schema 6) or 2, without the
+/// check that each id has its one form: what the upgrade between them reads,
+/// and what `dimple_cells` gives to SQL (which may read a file not upgraded
+/// yet). An id still decodes to the one value its bytes say.
+pub fn decode_any_form(record: &[u8]) -> Result<Vec<Cell>> {
+    decode_cells(record, true, false)
+}
+
+fn decode_cells(record: &[u8], values: bool, strict: bool) -> Result<Vec<Cell>> {
     let mut r = crate::packed::Reader::new(record);
     let mut out: Vec<Cell> = Vec::new();
-    let mut prev: Option<u128> = None;
+    let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     while !r.done() {
         let attr_n = r.varint().ok_or_else(broken)?;
         if out.last().is_some_and(|c| c.attr_n >= attr_n) {
             return Err(broken());
         }
         let id = match r.byte().ok_or_else(broken)? {
-            FULL => {
-                let b: [u8; 16] = r.bytes(16).ok_or_else(broken)?.try_into().expect("16 bytes");
-                let v = u128::from_be_bytes(b);
-                // One form per record: an id that could be a difference is one.
-                if prev.is_some_and(|p| v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0) {
-                    return Err(broken());
-                }
-                prev = Some(v);
-                Id::Uuid(b)
-            }
-            tag @ (DELTA | WIDE_DELTA) => {
-                let p = prev.ok_or_else(broken)?;
-                let delta = if tag == DELTA {
-                    u128::from(r.varint().ok_or_else(broken)?)
-                } else {
-                    let high = r.varint().ok_or_else(broken)?;
-                    if high == 0 {
-                        return Err(broken()); // one form per record: that is a DELTA
-                    }
-                    (u128::from(high) << 64) | u128::from(r.varint().ok_or_else(broken)?)
-                };
-                if delta == 0 || delta >> (128 - NODE_BITS) != 0 {
-                    return Err(broken());
-                }
-                let v = p.checked_add(delta << NODE_BITS).ok_or_else(broken)?;
-                prev = Some(v);
-                Id::Uuid(v.to_be_bytes())
-            }
             TEXT => {
                 prev = None;
                 Id::Text(r.text().ok_or_else(broken)?)
             }
-            _ => return Err(broken()),
+            tag => {
+                let v = match tag {
+                    FULL => u128::from_be_bytes(r.bytes(16).ok_or_else(broken)?.try_into().expect("16 bytes")),
+                    DELTA | FAR | FIRST_DELTA | FIRST_FAR => {
+                        let base = if tag == DELTA || tag == FAR { prev } else { first };
+                        let base = base.ok_or_else(broken)?;
+                        let rel = if tag == DELTA || tag == FIRST_DELTA {
+                            Rel::Near(r.varint().ok_or_else(broken)?)
+                        } else {
+                            Rel::Far(r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?)
+                        };
+                        apply(base, rel, !strict).ok_or_else(broken)?
+                    }
+                    WIDE_DELTA if !strict => {
+                        let (high, low) = (r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?);
+                        let delta = (u128::from(high) << 64) | u128::from(low);
+                        apply_delta(prev.ok_or_else(broken)?, delta).ok_or_else(broken)?
+                    }
+                    _ => return Err(broken()),
+                };
+                // One form per record: the id must be written as the encoder
+                // writes it (the numbers are then the same too: each kind of
+                // difference has one value for an id, and varints one form).
+                if strict {
+                    let canonical = match form_of(v, prev, first).0 {
+                        DELTA if tag == FAR => FAR,
+                        FIRST_DELTA if tag == FIRST_FAR => FIRST_FAR,
+                        t => t,
+                    };
+                    if canonical != tag {
+                        return Err(broken());
+                    }
+                }
+                prev = Some(v);
+                first.get_or_insert(v);
+                Id::Uuid(v.to_be_bytes())
+            }
         };
         let (author_n, tx_n) = (r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?);
         let (old_value, new_value) = if values {
@@ -222,6 +344,35 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
         out.push(Cell { attr_n, id, author_n, tx_n, old_value, new_value });
     }
     Ok(out)
+}
+
+/// The id a difference `rel` from `base` names, or None for numbers no
+/// encoder writes. `any_ms` lets a near difference cross a millisecond, as
+/// form 1 wrote every difference.
+fn apply(base: u128, rel: Rel, any_ms: bool) -> Option<u128> {
+    match rel {
+        Rel::Near(d) => {
+            let v = apply_delta(base, u128::from(d))?;
+            (any_ms || v >> MS_SHIFT == base >> MS_SHIFT).then_some(v)
+        }
+        Rel::Far(ms, mid) => {
+            let ms = u128::from(ms);
+            let (mid, hb) = (u128::from(mid), base >> MS_SHIFT);
+            if ms == 0 || mid > MID_MASK || hb + ms >= 1 << (128 - MS_SHIFT) {
+                return None;
+            }
+            let node = base & ((1u128 << NODE_BITS) - 1);
+            Some(((hb + ms) << MS_SHIFT) | ((((base >> NODE_BITS) & MID_MASK) ^ mid) << NODE_BITS) | node)
+        }
+    }
+}
+
+/// `base` plus `delta` above the node, or None when that is zero or overflows.
+fn apply_delta(base: u128, delta: u128) -> Option<u128> {
+    if delta == 0 || delta >> (128 - NODE_BITS) != 0 {
+        return None;
+    }
+    base.checked_add(delta << NODE_BITS)
 }
 
 /// Makes `dimple_cells(record)` known on `conn`: a table-valued function giving
@@ -316,7 +467,7 @@ unsafe impl rusqlite::vtab::VTabCursor for CellsCursor<'_> {
         self.at = 0;
         self.cells = match args.iter().next() {
             Some(rusqlite::types::ValueRef::Blob(b)) => {
-                decode(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?
+                decode_any_form(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?
             }
             Some(rusqlite::types::ValueRef::Null) | None => Vec::new(),
             Some(_) => return Err(rusqlite::Error::ModuleError(broken().to_string())),
@@ -362,12 +513,15 @@ mod tests {
     use proptest::prelude::*;
 
     /// Ids as a row's cells hold them: many from one node and near each other
-    /// (one transaction), some from other nodes, some kept as text.
+    /// (one transaction, or a few milliseconds apart), some from other nodes,
+    /// some kept as text.
     fn any_id() -> impl Strategy<Value = Id> {
         let node = prop_oneof![Just(0x1234_abcdu32), any::<u32>()];
+        let ms = prop_oneof![Just(0u64), 0u64..3, 0u64..1 << 20];
         prop_oneof![
-            8 => (0u64..1 << 20, node).prop_map(|(counter, node)| {
-                let v = (0x0190_a000_0000_7000_8000_0000u128 + (u128::from(counter) << 8)) << NODE_BITS | u128::from(node);
+            8 => (0u64..1 << 20, ms, node).prop_map(|(counter, ms, node)| {
+                let base = 0x0190_a000_0000_7000_8000_0000u128 + (u128::from(ms) << 48);
+                let v = (base + (u128::from(counter) << 8)) << NODE_BITS | u128::from(node);
                 Id::Uuid(v.to_be_bytes())
             }),
             1 => any::<[u8; 16]>().prop_map(Id::Uuid),
@@ -424,6 +578,44 @@ mod tests {
                 prop_assert_eq!(encode(&cells), bytes);
             }
         }
+    }
+
+    proptest! {
+        /// A record written in form 1 (local schema 6) reads back as the same
+        /// cells where any form is read, and is refused where only form 2 is,
+        /// unless the two forms are the same bytes.
+        #[test]
+        fn a_form_1_record_reads_as_its_cells_and_is_refused_as_form_2_unless_the_same(cells in any_cells()) {
+            let old = encode_form_1(&cells);
+            prop_assert_eq!(decode_any_form(&old).unwrap(), cells.clone());
+            prop_assert_eq!(decode_any_form(&encode(&cells)).unwrap(), cells);
+            prop_assert_eq!(decode(&old).is_ok(), old == encode(&decode_any_form(&old).unwrap()));
+        }
+
+        /// Form 2 is never longer than form 1.
+        #[test]
+        fn form_2_is_never_longer_than_form_1(cells in any_cells()) {
+            prop_assert!(encode(&cells).len() <= encode_form_1(&cells).len());
+        }
+    }
+
+    /// The bench's row after an update of its middle column: the next column's
+    /// id, older than the update's, is a difference from the row's first id,
+    /// and the update's, a second later, is its milliseconds and counter.
+    #[test]
+    fn a_row_with_its_middle_column_updated_costs_a_few_bytes_an_id() {
+        let id = |ms: u128, counter: u128| {
+            Id::Uuid(((ms << 48 | 0x7000_8000_0000 | counter) << NODE_BITS | 0xabcd).to_be_bytes())
+        };
+        let cell = |attr_n, id| Cell { attr_n, id, author_n: 1, tx_n: 1, old_value: None, new_value: None };
+        let ms = 0x0190_a000_0000;
+        let cells = [cell(2, id(ms, 10)), cell(3, id(ms, 11)), cell(4, id(ms + 1000, 3)), cell(5, id(ms, 13))];
+        let (one, four) = (encode(&cells[..1]).len(), encode(&cells).len());
+        // Attribute, tag, author, transaction, two values: 6 bytes; the ids: 1,
+        // 2 + 1 (1000 ms; counters 11 and 3, 8 apart in their bits), 1.
+        assert_eq!(four - one, 3 * 6 + 5, "{one} bytes for one cell, {four} for four");
+        assert_eq!(encode_form_1(&cells).len() - one, 3 * 6 + 1 + 9 + 16, "form 1: 9 and 16 bytes");
+        assert_eq!(decode(&encode(&cells)).unwrap(), cells);
     }
 
     /// A cell with NULL values, its id given as the bytes after the attribute.

@@ -30,15 +30,17 @@ use std::time::Duration;
 /// (records per row, schema/log.sql), so a clone copies it page by page.
 pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
 
-/// The snapshot format this build writes (pointer and file): 2, the log as
-/// records per row. Format 1 (schema/snapshot_log.sql, or the text tables of
-/// schema/wire_log.sql before it) carried it a row per change; it is still read.
-/// A build that knows only format 1 refuses a format-2 pointer by its number.
-pub const SNAPSHOT_FORMAT: i64 = 2;
+/// The snapshot format this build writes (pointer and file): 3, the log as
+/// records per row with their ids in form 2 (src/record.rs). Format 2 had the
+/// same records with ids in form 1, and format 1 (schema/snapshot_log.sql, or
+/// the text tables of schema/wire_log.sql before it) carried the log a row per
+/// change; both are still read. A build that knows fewer formats refuses a
+/// newer pointer by its number.
+pub const SNAPSHOT_FORMAT: i64 = 3;
 
 /// Whether this build reads snapshots of `format`.
 pub fn readable(format: i64) -> bool {
-    format == 1 || format == SNAPSHOT_FORMAT
+    (1..=SNAPSHOT_FORMAT).contains(&format)
 }
 
 /// Pointers and snapshots larger than these are refused unread.
@@ -122,7 +124,7 @@ impl Pointer {
         if !readable(p.format) {
             return Err(Error::bad(
                 origin,
-                format!("unknown snapshot format {} (this dimple reads formats 1 and {SNAPSHOT_FORMAT})", p.format),
+                format!("unknown snapshot format {} (this dimple reads formats 1 to {SNAPSHOT_FORMAT})", p.format),
             ));
         }
         if parse_id(&p.snapshot_id).is_none() || p.key != layout::snapshot_key(&p.snapshot_id) {

@@ -129,10 +129,47 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
     if crate::sql::has_table(conn, "snap", "ZV_ROW")? {
         // A snapshot carries no history (whatever its ZV_HISTORY holds is not read).
         conn.execute_batch("INSERT INTO main.ZV_ROW SELECT * FROM snap.ZV_ROW;")?;
+        let format: i64 = conn.query_row("SELECT format FROM snap.ZV_SNAPSHOT", [], |r| r.get(0))?;
+        if format < crate::snapshot::SNAPSHOT_FORMAT {
+            // Format 2: its records' ids are in form 1.
+            rewrite_records(conn, record::encode)?;
+        }
     } else {
         records_from(conn, "snap.ZV_LOG")?;
     }
     Ok(true)
+}
+
+/// Writes every record of this log again with `encode` from what it reads in
+/// either form (src/record.rs): the upgrade to form 2, a snapshot's records of
+/// format 2, and tests going back to form 1. A chunk of rows at a time in key
+/// order, since SQLite does not promise what a scan sees of rows updated under
+/// it. Returns how many records changed.
+pub(crate) fn rewrite_records(tx: &Connection, encode: fn(&[record::Cell]) -> Vec<u8>) -> Result<u64> {
+    const CHUNK: i64 = 4096;
+    let mut read = tx.prepare(
+        "SELECT type_n, entity_id, cells FROM main.ZV_ROW WHERE ?4 OR (type_n, entity_id) > (?1, ?2)
+         ORDER BY type_n, entity_id LIMIT ?3",
+    )?;
+    let mut write = tx.prepare("UPDATE main.ZV_ROW SET cells = ?3 WHERE type_n = ?1 AND entity_id = ?2")?;
+    let (mut after, mut n): (Option<(i64, rusqlite::types::Value)>, u64) = (None, 0);
+    loop {
+        let (type_n, entity_id) = after.clone().unwrap_or((0, rusqlite::types::Value::Null));
+        let chunk: Vec<(i64, rusqlite::types::Value, Vec<u8>)> = read
+            .query_map(rusqlite::params![type_n, entity_id, CHUNK, after.is_none()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some(last) = chunk.last() else { return Ok(n) };
+        after = Some((last.0, last.1.clone()));
+        for (type_n, entity_id, cells) in chunk {
+            let again = encode(&record::decode_any_form(&cells)?);
+            if again != cells {
+                write.execute(rusqlite::params![type_n, entity_id, again])?;
+                n += 1;
+            }
+        }
+    }
 }
 
 /// Merges the changes of `from`, a log in the form of schema/snapshot_log.sql

@@ -184,6 +184,29 @@ fn a_snapshot_pointer_not_signed_by_its_source_replica_is_refused() -> TestResul
     Ok(())
 }
 
+/// A snapshot of a format newer than this build's is refused by its number
+/// before anything of it is read, not misread (a build before format 3 says the
+/// same of format 3).
+#[test]
+fn a_snapshot_pointer_of_a_newer_format_is_refused_by_its_number() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
+    let pointer: dimple::snapshot::Pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
+    assert_eq!(pointer.format, dimple::snapshot::SNAPSHOT_FORMAT);
+    let newer = dimple::snapshot::Pointer { format: pointer.format + 1, ..pointer };
+    std::fs::write(&pointer_path, serde_json::to_vec(&newer)?)?;
+    let Err(err) = clone_into(&g, "c", &store) else { panic!("a newer snapshot format was accepted") };
+    assert_eq!(err.kind(), dimple::ErrorKind::Data, "{err}");
+    let expected = format!("unknown snapshot format {}", newer.format);
+    assert!(err.to_string().contains(&expected), "{err}");
+    Ok(())
+}
+
 #[test]
 fn compact_and_clone_work_from_the_command_line() -> TestResult {
     let g = Group::new();

@@ -340,6 +340,51 @@ fn a_version_5_log_becomes_records_on_open_keeping_every_change_and_unpushed_wri
     Ok(())
 }
 
+/// Turns a current replica's records back into form 1 (local schema 6), where
+/// each id was a difference from the previous cell's only; returns how many
+/// records that changed.
+fn downgrade_to_v6(path: &std::path::Path) -> u64 {
+    dimple::migrate::back_to_version_6(&mut open_plain(path)).unwrap()
+}
+
+/// The rows of `db` whose record is not in the current form (or damaged).
+fn records_not_current(db: &std::path::Path) -> usize {
+    dimple::log::damaged_records(&open_plain(db)).unwrap().len()
+}
+
+#[test]
+fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0x0007_5eed, 60);
+    let me = a.id().to_owned();
+    let waiting = dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?;
+    assert!(!waiting.is_empty(), "the last round is not pushed yet");
+    drop(a);
+    let db = g.db("a");
+    let older = downgrade_to_v6(&db);
+    assert!(older > 10, "only {older} records differ in form 1");
+    assert_eq!(records_not_current(&db) as u64, older, "form 1 is not form 2 where they differ");
+    let before = dump(&db);
+    let size = |db: &std::path::Path| -> i64 {
+        open_plain(db).query_row("SELECT sum(length(cells)) FROM ZV_ROW", [], |r| r.get(0)).unwrap()
+    };
+    let bytes_before = size(&db);
+
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&db), before, "the seed's tables read the same through the views");
+    assert_eq!(records_not_current(&db), 0);
+    assert!(size(&db) < bytes_before, "form 2 is smaller: {} -> {} bytes", bytes_before, size(&db));
+    assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    sync_a_b_a(&store, &mut a, &mut b)?;
+    assert_eq!(a.unpushed()?, 0);
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
+    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
+    Ok(())
+}
+
 /// Opens `db` with the dimple binary (which upgrades it) and kills the process
 /// (SIGKILL) once the upgrade has written `grown` bytes to the WAL, long before it
 /// can commit.
@@ -481,6 +526,43 @@ fn an_upgrade_to_records_killed_midway_leaves_version_5_and_the_next_open_finish
     killed_midway_then_finished(&g, downgrade_to_v5, "5", |db| {
         assert!(tables_of(db).contains(&"ZV_LOG".to_owned()), "the version-5 log is a table still");
     })
+}
+
+/// The same for the records' second form: killed while it writes them, the
+/// version-6 records are whole, and the next open writes them again.
+#[test]
+fn an_upgrade_to_form_2_killed_midway_leaves_version_6_and_the_next_open_finishes_it() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let (mut a, b) = busy_group(&g, 0x0007_dead, 40);
+    drop(b);
+    // Many rows whose middle column is updated in a later transaction (a
+    // millisecond or more later), so that every record differs in form 1, with
+    // values that do not compress: the upgrade takes megabytes to write.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0f0f_2222);
+    let write = |a: &dimple::Replica, sql: &str, rng: &mut rand::rngs::StdRng| -> TestResult {
+        let tx = a.conn().unchecked_transaction()?;
+        for i in 0..60_000 {
+            let blob: Vec<u8> = (0..60).map(|_| rng.gen::<u8>()).collect();
+            tx.execute(sql, rusqlite::params![format!("bulk{i}"), blob])?;
+        }
+        tx.commit()?;
+        Ok(())
+    };
+    write(&a, "INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", &mut rng)?;
+    a.capture()?;
+    write(&a, "UPDATE t SET b = hex(?2) WHERE id = ?1", &mut rng)?;
+    a.capture()?;
+    drop(a);
+    let db = g.db("a");
+    killed_midway_then_finished(
+        &g,
+        |db| assert!(downgrade_to_v6(db) >= 60_000, "every bulk record differs in form 1"),
+        "6",
+        |db| assert!(records_not_current(db) >= 60_000, "the version-6 records are form 1 still"),
+    )?;
+    assert_eq!(records_not_current(&db), 0);
+    Ok(())
 }
 
 /// The tables (not views) of `db`.
