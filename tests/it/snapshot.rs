@@ -157,18 +157,28 @@ fn a_snapshot_that_does_not_match_its_pointer_is_refused() -> TestResult {
     Ok(())
 }
 
+/// Replica "a" of `g` writes, syncs and compacts: the pointer's path and the
+/// pointer.
+fn compacted(
+    g: &Group,
+    store: &dimple::store::Metered<dyn dimple::store::Store>,
+) -> Result<(std::path::PathBuf, dimple::snapshot::Pointer), Box<dyn std::error::Error>> {
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, store))?;
+    block_on(dimple::snapshot::compact(&mut a, store, WEEK))?;
+    let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
+    let pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
+    Ok((pointer_path, pointer))
+}
+
 /// Someone who can write to the bucket replaces the snapshot and re-points
 /// LATEST.json at it, signed with a key of their own (the only key they have).
 #[test]
 fn a_snapshot_pointer_not_signed_by_its_source_replica_is_refused() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut a = g.replica("a");
-    write(&mut a, "k", 1);
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
-    let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
-    let pointer: dimple::snapshot::Pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
+    let (pointer_path, pointer) = compacted(&g, &store)?;
     let stranger = dimple::trust::generate(&g.dir.path().join("stranger.key"))?;
     let forged = dimple::snapshot::Pointer { public_key: dimple::trust::public_b64(&stranger), ..pointer.clone() }
         .sign(&stranger);
@@ -191,12 +201,7 @@ fn a_snapshot_pointer_not_signed_by_its_source_replica_is_refused() -> TestResul
 fn a_snapshot_pointer_of_a_newer_format_is_refused_by_its_number() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut a = g.replica("a");
-    write(&mut a, "k", 1);
-    block_on(dimple::sync(&mut a, &store))?;
-    block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
-    let pointer_path = g.bucket().join(dimple::layout::snapshot_pointer_key());
-    let pointer: dimple::snapshot::Pointer = serde_json::from_slice(&std::fs::read(&pointer_path)?)?;
+    let (pointer_path, pointer) = compacted(&g, &store)?;
     assert_eq!(pointer.format, dimple::snapshot::SNAPSHOT_FORMAT);
     let newer = dimple::snapshot::Pointer { format: pointer.format + 1, ..pointer };
     std::fs::write(&pointer_path, serde_json::to_vec(&newer)?)?;
