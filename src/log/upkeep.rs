@@ -142,11 +142,15 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
 
 /// Writes every record of this log again with `encode` from what it reads in
 /// either form (src/record.rs): the upgrade to form 2, a snapshot's records of
-/// format 2, and tests going back to form 1. A chunk of rows at a time in key
+/// format 2 (checked readable before), and tests going back to form 1. A record
+/// that cannot be read is left as it is. A chunk of rows at a time in key
 /// order, since SQLite does not promise what a scan sees of rows updated under
 /// it. Returns how many records changed.
 pub(crate) fn rewrite_records(tx: &Connection, encode: fn(&[record::Cell]) -> Vec<u8>) -> Result<u64> {
+    // Rows and bytes a chunk holds at most: records with large values inline
+    // would otherwise take a chunk's rows times their size in memory.
     const CHUNK: i64 = 4096;
+    const CHUNK_BYTES: usize = 16 << 20;
     let mut read = tx.prepare(
         "SELECT type_n, entity_id, cells FROM main.ZV_ROW WHERE ?4 OR (type_n, entity_id) > (?1, ?2)
          ORDER BY type_n, entity_id LIMIT ?3",
@@ -155,15 +159,27 @@ pub(crate) fn rewrite_records(tx: &Connection, encode: fn(&[record::Cell]) -> Ve
     let (mut after, mut n): (Option<(i64, rusqlite::types::Value)>, u64) = (None, 0);
     loop {
         let (type_n, entity_id) = after.clone().unwrap_or((0, rusqlite::types::Value::Null));
-        let chunk: Vec<(i64, rusqlite::types::Value, Vec<u8>)> = read
-            .query_map(rusqlite::params![type_n, entity_id, CHUNK, after.is_none()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
+        let mut chunk: Vec<(i64, rusqlite::types::Value, Option<Vec<u8>>)> = Vec::new();
+        let mut rows = read.query(rusqlite::params![type_n, entity_id, CHUNK, after.is_none()])?;
+        let mut bytes = 0;
+        while let Some(r) = rows.next()? {
+            let cells = r.get_ref(2)?.as_blob().ok().map(<[u8]>::to_vec);
+            bytes += cells.as_ref().map_or(0, Vec::len);
+            chunk.push((r.get(0)?, r.get(1)?, cells));
+            if bytes >= CHUNK_BYTES {
+                break;
+            }
+        }
+        drop(rows);
         let Some(last) = chunk.last() else { return Ok(n) };
         after = Some((last.0, last.1.clone()));
         for (type_n, entity_id, cells) in chunk {
-            let again = encode(&record::decode_any_form(&cells)?);
+            // A damaged record stays as it is: it stops reads of its row alone,
+            // and `dimple verify` names it, as before (never a replica that no
+            // longer opens).
+            let Some(cells) = cells else { continue };
+            let Ok(read) = record::decode_any_form(&cells) else { continue };
+            let again = encode(&read);
             if again != cells {
                 write.execute(rusqlite::params![type_n, entity_id, again])?;
                 n += 1;

@@ -385,6 +385,39 @@ fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change(
     Ok(())
 }
 
+/// A damaged record does not stop the upgrade (the replica would no longer
+/// open): it stays as it is, `verify` names its row as before, and every other
+/// record is written in form 2.
+#[test]
+fn a_version_6_log_with_damaged_records_upgrades_and_verify_names_them() -> TestResult {
+    let g = Group::new();
+    let (a, b) = busy_group(&g, 0x0007_bad0, 60);
+    drop((a, b));
+    let db = g.db("a");
+    assert!(downgrade_to_v6(&db) > 10);
+    let c = open_plain(&db);
+    let ids: Vec<String> = c
+        .prepare("SELECT entity_id FROM ZV_ROW ORDER BY entity_id LIMIT 2")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    c.execute("UPDATE ZV_ROW SET cells = CAST(cells || x'00' AS BLOB) WHERE entity_id = ?1", [&ids[0]])?;
+    c.execute("UPDATE ZV_ROW SET cells = 'not a record' WHERE entity_id = ?1", [&ids[1]])?;
+    drop(c);
+    let damaged = |db: &std::path::Path| dimple::log::damaged_records(&open_plain(db)).unwrap();
+    let before = damaged(&db).len();
+    assert!(before > 2, "form-1 records and the two damaged ones");
+
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    let expected: Vec<(String, String)> = ids.iter().map(|id| ("t".to_owned(), id.clone())).collect();
+    assert_eq!(damaged(&db), expected, "the damaged rows alone, the rest in form 2");
+    let problems = dimple::verify::check(&mut a)?;
+    for id in &ids {
+        assert!(problems.iter().any(|p| format!("{p:?}").contains(id.as_str())), "verify names {id}: {problems:?}");
+    }
+    Ok(())
+}
+
 /// Opens `db` with the dimple binary (which upgrades it) and kills the process
 /// (SIGKILL) once the upgrade has written `grown` bytes to the WAL, long before it
 /// can commit.
