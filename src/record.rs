@@ -170,14 +170,33 @@ fn varint_len(n: u64) -> usize {
 /// later, is near the insert's first id in milliseconds. The first id is the
 /// second reference because an update of a middle column makes the next
 /// column's (older) id smaller than the previous one's.
-fn form_of(v: u128, prev: Option<u128>, first: Option<u128>) -> (u8, Option<Rel>) {
+fn form_of(v: u128, prev: Option<u128>, first: Option<u128>) -> IdForm {
     let by_prev = prev.and_then(|p| Rel::of(v, p));
     let by_first = first.filter(|&f| Some(f) != prev).and_then(|f| Rel::of(v, f));
     match (by_prev, by_first) {
-        (Some(p), Some(f)) if f.len() < p.len() => (FIRST_DELTA, Some(f)),
-        (Some(p), _) => (DELTA, Some(p)),
-        (None, Some(f)) => (FIRST_DELTA, Some(f)),
-        (None, None) => (FULL, None),
+        (Some(p), Some(f)) if f.len() < p.len() => IdForm::First(f),
+        (Some(p), _) => IdForm::Prev(p),
+        (None, Some(f)) => IdForm::First(f),
+        (None, None) => IdForm::Full,
+    }
+}
+
+/// The form of one id in a record (form 2).
+enum IdForm {
+    Full,
+    Prev(Rel),
+    First(Rel),
+}
+
+impl IdForm {
+    fn tag(&self) -> u8 {
+        match self {
+            IdForm::Full => FULL,
+            IdForm::Prev(Rel::Near(_)) => DELTA,
+            IdForm::Prev(Rel::Far(..)) => FAR,
+            IdForm::First(Rel::Near(_)) => FIRST_DELTA,
+            IdForm::First(Rel::Far(..)) => FIRST_FAR,
+        }
     }
 }
 
@@ -209,13 +228,12 @@ fn encode_in(cells: &[Cell], form: u8) -> Vec<u8> {
                     put_form_1(&mut out, v, prev);
                 } else {
                     match form_of(v, prev, first) {
-                        (FULL, _) => {
+                        IdForm::Full => {
                             out.push(FULL);
                             out.extend_from_slice(b);
                         }
-                        (DELTA, Some(rel)) => rel.put(&mut out, DELTA, FAR),
-                        (_, Some(rel)) => rel.put(&mut out, FIRST_DELTA, FIRST_FAR),
-                        (_, None) => unreachable!("a difference has its numbers"),
+                        IdForm::Prev(rel) => rel.put(&mut out, DELTA, FAR),
+                        IdForm::First(rel) => rel.put(&mut out, FIRST_DELTA, FIRST_FAR),
                     }
                 }
                 prev = Some(v);
@@ -318,15 +336,8 @@ fn decode_cells(record: &[u8], values: bool, strict: bool) -> Result<Vec<Cell>> 
                 // One form per record: the id must be written as the encoder
                 // writes it (the numbers are then the same too: each kind of
                 // difference has one value for an id, and varints one form).
-                if strict {
-                    let canonical = match form_of(v, prev, first).0 {
-                        DELTA if tag == FAR => FAR,
-                        FIRST_DELTA if tag == FIRST_FAR => FIRST_FAR,
-                        t => t,
-                    };
-                    if canonical != tag {
-                        return Err(broken());
-                    }
+                if strict && form_of(v, prev, first).tag() != tag {
+                    return Err(broken());
                 }
                 prev = Some(v);
                 first.get_or_insert(v);
