@@ -168,7 +168,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
     if crate::sql::has_table(&conn, "main", "ZV_ROW").map_err(sqlerr)? {
-        check_records(&conn, origin, format == Some(crate::snapshot::SNAPSHOT_FORMAT))?;
+        check_records(&conn, origin)?;
     } else if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
@@ -245,10 +245,9 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// readable in its one form (a damaged one is an error of the query), and every
 /// cell as [`check_compact`] wants a change. Read from the tables through
 /// `dimple_cells`, never through the file's own views, which its writer chose.
-/// `current`: the records are in the form this build writes (format 3), each
-/// id in its one form, as a replica's own log must be; the ids of format 2's
-/// are in form 1, and are written again when copied.
-fn check_records(conn: &Connection, origin: &str, current: bool) -> Result<()> {
+/// A record may be in either form (src/record.rs): format 2's are in form 1,
+/// and are written again when copied.
+fn check_records(conn: &Connection, origin: &str) -> Result<()> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('ZV_ROW') ORDER BY cid")?
@@ -256,17 +255,6 @@ fn check_records(conn: &Connection, origin: &str, current: bool) -> Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     if columns != ["type_n", "entity_id", "cells"] {
         return Err(bad(format!("a record table with the columns {columns:?}")));
-    }
-    if current {
-        let mut stmt = conn.prepare("SELECT cells FROM ZV_ROW WHERE typeof(cells) = 'blob'")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            if let rusqlite::types::ValueRef::Blob(b) = r.get_ref(0)? {
-                if let Err(e) = crate::record::decode_keys(b) {
-                    return Err(bad(format!("an unreadable record ({e})")));
-                }
-            }
-        }
     }
     let found: std::result::Result<Option<String>, rusqlite::Error> = conn
         .query_row(
@@ -561,11 +549,7 @@ mod tests {
             assert!(older > 50, "{older} records differ in form 1");
             file.execute("UPDATE ZV_SNAPSHOT SET format = 2", []).unwrap();
         }
-        let current = format == crate::snapshot::SNAPSHOT_FORMAT;
-        check_records(&file, "snapshots/x.db", current).expect("a good snapshot passes");
-        if !current {
-            assert!(check_records(&file, "snapshots/x.db", true).is_err(), "its records are not in form 2");
-        }
+        check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
         for already in [0, 10] {
             let c = replica_tables();
             {
@@ -581,7 +565,7 @@ mod tests {
             if already == 0 {
                 assert_eq!(seen(&c, "main"), expected, "nothing but the winners");
             }
-            assert_eq!(crate::log::damaged_records(&c).unwrap(), vec![], "every record in form 2");
+            assert_eq!(crate::log::records_in_older_form(&c).unwrap(), 0, "every record in form 2");
             c.execute("DETACH snap", []).unwrap();
         }
     }
@@ -595,8 +579,8 @@ mod tests {
         let all = changes(0xbad2, 50);
         let cases = [
             ("UPDATE ZV_ROW SET cells = CAST(cells || x'00' AS BLOB)", "unreadable record"),
-            // Two ids of one node written in full: readable, but not in the one
-            // form a replica's records have.
+            // Two ids of one node written in full: readable, but in neither
+            // form's one way of writing the second.
             (
                 "UPDATE ZV_ROW SET cells = CAST(x'02000190a00000007000800000000000abcd01010000'
                                                 || x'03000190a00000007000800000010000abcd01010000' AS BLOB)",
@@ -618,7 +602,7 @@ mod tests {
             let (path, _) = records_file(dir.path(), &all);
             let c = Connection::open(&path).unwrap();
             crate::log::register(&c).unwrap();
-            refused_after(&c, sabotage, why, |c, origin| check_records(c, origin, true));
+            refused_after(&c, sabotage, why, check_records);
         }
     }
 }

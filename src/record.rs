@@ -282,27 +282,27 @@ fn broken() -> Error {
 
 /// The cells of a record, in attribute order.
 pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, true, true)
+    decode_cells(record, true)
 }
 
 /// The cells of a record without their values (None): what counting changes or
 /// finding the greatest id needs, with no text copied.
 pub fn decode_keys(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, false, true)
+    decode_cells(record, false)
 }
 
-/// The cells of a record in either form, 1 (local schema 6) or 2, without the
-/// check that each id has its one form: what the upgrade between them reads,
-/// and what `dimple_cells` gives to SQL (which may read a file not upgraded
-/// yet). An id still decodes to the one value its bytes say.
-pub fn decode_any_form(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, true, false)
-}
-
-fn decode_cells(record: &[u8], values: bool, strict: bool) -> Result<Vec<Cell>> {
+/// A record is read in either form, each exactly as its encoder writes it
+/// (every id in the one form it takes there, all ids of the record in the same
+/// form): a record of form 1 is not damaged, only older. Replicas upgraded to
+/// local schema 7 rewrite theirs, but a process of an older build that still
+/// had the file open when it was upgraded goes on writing form 1, and those
+/// rows must stay readable.
+fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
     let mut r = crate::packed::Reader::new(record);
     let mut out: Vec<Cell> = Vec::new();
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
+    // Whether an id so far is in the form only form 1 (or only form 2) gives it.
+    let (mut only_1, mut only_2) = (false, false);
     while !r.done() {
         let attr_n = r.varint().ok_or_else(broken)?;
         if out.last().is_some_and(|c| c.attr_n >= attr_n) {
@@ -324,19 +324,22 @@ fn decode_cells(record: &[u8], values: bool, strict: bool) -> Result<Vec<Cell>> 
                         } else {
                             Rel::Far(r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?)
                         };
-                        apply(base, rel, !strict).ok_or_else(broken)?
+                        apply(base, rel).ok_or_else(broken)?
                     }
-                    WIDE_DELTA if !strict => {
+                    WIDE_DELTA => {
                         let (high, low) = (r.varint().ok_or_else(broken)?, r.varint().ok_or_else(broken)?);
                         let delta = (u128::from(high) << 64) | u128::from(low);
                         apply_delta(prev.ok_or_else(broken)?, delta).ok_or_else(broken)?
                     }
                     _ => return Err(broken()),
                 };
-                // One form per record: the id must be written as the encoder
-                // writes it (the numbers are then the same too: each kind of
-                // difference has one value for an id, and varints one form).
-                if strict && form_of(v, prev, first).tag() != tag {
+                // One form per id: the tag must be the one an encoder gives it
+                // (the numbers are then the same too: each kind of difference
+                // has one value for an id, and varints one form).
+                let (in_2, in_1) = (form_of(v, prev, first).tag() == tag, form_1_tag(v, prev) == tag);
+                only_1 |= !in_2;
+                only_2 |= !in_1;
+                if !(in_1 || in_2) || (only_1 && only_2) {
                     return Err(broken());
                 }
                 prev = Some(v);
@@ -357,15 +360,27 @@ fn decode_cells(record: &[u8], values: bool, strict: bool) -> Result<Vec<Cell>> 
     Ok(out)
 }
 
-/// The id a difference `rel` from `base` names, or None for numbers no
-/// encoder writes. `any_ms` lets a near difference cross a millisecond, as
-/// form 1 wrote every difference.
-fn apply(base: u128, rel: Rel, any_ms: bool) -> Option<u128> {
-    match rel {
-        Rel::Near(d) => {
-            let v = apply_delta(base, u128::from(d))?;
-            (any_ms || v >> MS_SHIFT == base >> MS_SHIFT).then_some(v)
+/// The tag form 1 gives an id after `prev`.
+fn form_1_tag(v: u128, prev: Option<u128>) -> u8 {
+    match prev {
+        Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
+            if (v - p) >> NODE_BITS >> 64 == 0 {
+                DELTA
+            } else {
+                WIDE_DELTA
+            }
         }
+        _ => FULL,
+    }
+}
+
+/// The id a difference `rel` from `base` names, or None for numbers no
+/// encoder writes. A near difference may cross a millisecond: form 1 wrote
+/// every difference from the cell before that way (the check of the form
+/// says whether this record may).
+fn apply(base: u128, rel: Rel) -> Option<u128> {
+    match rel {
+        Rel::Near(d) => apply_delta(base, u128::from(d)),
         Rel::Far(ms, mid) => {
             let ms = u128::from(ms);
             let (mid, hb) = (u128::from(mid), base >> MS_SHIFT);
@@ -478,7 +493,7 @@ unsafe impl rusqlite::vtab::VTabCursor for CellsCursor<'_> {
         self.at = 0;
         self.cells = match args.iter().next() {
             Some(rusqlite::types::ValueRef::Blob(b)) => {
-                decode_any_form(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?
+                decode(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?
             }
             Some(rusqlite::types::ValueRef::Null) | None => Vec::new(),
             Some(_) => return Err(rusqlite::Error::ModuleError(broken().to_string())),
@@ -569,7 +584,7 @@ mod tests {
 
         /// Damaged bytes (a record with bytes changed, cut or added) are an error
         /// or some cells, never a panic, and whatever decodes encodes back to the
-        /// same bytes: one form per record.
+        /// same bytes in form 1 or in form 2: one form per record.
         #[test]
         fn damaged_bytes_decode_to_an_error_or_to_cells_that_encode_back_to_them(
             cells in any_cells(),
@@ -586,21 +601,17 @@ mod tests {
                 }
             }
             if let Ok(cells) = decode(&bytes) {
-                prop_assert_eq!(encode(&cells), bytes);
+                prop_assert!(encode(&cells) == bytes || encode_form_1(&cells) == bytes, "{:?}", cells);
             }
         }
     }
 
     proptest! {
-        /// A record written in form 1 (local schema 6) reads back as the same
-        /// cells where any form is read, and is refused where only form 2 is,
-        /// unless the two forms are the same bytes.
+        /// A record written in form 1 (local schema 6, or a process of that
+        /// build still writing after the upgrade) reads back as its cells.
         #[test]
-        fn a_form_1_record_reads_as_its_cells_and_is_refused_as_form_2_unless_the_same(cells in any_cells()) {
-            let old = encode_form_1(&cells);
-            prop_assert_eq!(decode_any_form(&old).unwrap(), cells.clone());
-            prop_assert_eq!(decode_any_form(&encode(&cells)).unwrap(), cells);
-            prop_assert_eq!(decode(&old).is_ok(), old == encode(&decode_any_form(&old).unwrap()));
+        fn a_form_1_record_decodes_to_the_cells_it_was_encoded_from(cells in any_cells()) {
+            prop_assert_eq!(decode(&encode_form_1(&cells)).unwrap(), cells);
         }
 
         /// Form 2 is never longer than form 1.
@@ -627,6 +638,28 @@ mod tests {
         assert_eq!(four - one, 3 * 6 + 5, "{one} bytes for one cell, {four} for four");
         assert_eq!(encode_form_1(&cells).len() - one, 3 * 6 + 1 + 9 + 16, "form 1: 9 and 16 bytes");
         assert_eq!(decode(&encode(&cells)).unwrap(), cells);
+    }
+
+    /// A record is in one form throughout: ids written each in the form only
+    /// form 1 gives it and only form 2 gives it, in one record, are refused.
+    #[test]
+    fn a_record_mixing_the_two_forms_is_refused() {
+        let id = |ms: u128, counter: u128| {
+            Id::Uuid(((ms << 48 | 0x7000_8000_0000 | counter) << NODE_BITS | 0xabcd).to_be_bytes())
+        };
+        let cell = |attr_n, id| Cell { attr_n, id, author_n: 1, tx_n: 1, old_value: None, new_value: None };
+        let ms = 0x0190_a000_0000;
+        // The second id is written differently by the two forms, and so is the third.
+        let cells = [cell(2, id(ms, 10)), cell(3, id(ms + 1000, 3)), cell(4, id(ms, 13))];
+        let (one, two) = (encode_form_1(&cells), encode(&cells));
+        // Where the third cell starts in each.
+        let (at_1, at_2) = (encode_form_1(&cells[..2]).len(), encode(&cells[..2]).len());
+        assert_eq!(encode_form_1(&cells[..1]), encode(&cells[..1]), "the first id is in full in both");
+        assert!(one[..at_1] != two[..at_2] && one[at_1..] != two[at_2..], "the others differ");
+        assert_eq!(decode(&one).unwrap(), cells);
+        assert_eq!(decode(&two).unwrap(), cells);
+        assert!(decode(&[&two[..at_2], &one[at_1..]].concat()).is_err(), "form 2 then form 1 in one record");
+        assert!(decode(&[&one[..at_1], &two[at_2..]].concat()).is_err(), "form 1 then form 2 in one record");
     }
 
     /// A cell with NULL values, its id given as the bytes after the attribute.
