@@ -621,17 +621,19 @@ mod tests {
         }
     }
 
+    /// A cell with NULL values whose id is one clock's (node 0xabcd), `ms`
+    /// milliseconds after the first and with `counter`.
+    fn clock_cell(attr_n: u64, ms: u128, counter: u128) -> Cell {
+        let v = ((0x0190_a000_0000 + ms) << 48 | 0x7000_8000_0000 | counter) << NODE_BITS | 0xabcd;
+        Cell { attr_n, id: Id::Uuid(v.to_be_bytes()), author_n: 1, tx_n: 1, old_value: None, new_value: None }
+    }
+
     /// The bench's row after an update of its middle column: the next column's
     /// id, older than the update's, is a difference from the row's first id,
     /// and the update's, a second later, is its milliseconds and counter.
     #[test]
     fn a_row_with_its_middle_column_updated_costs_a_few_bytes_an_id() {
-        let id = |ms: u128, counter: u128| {
-            Id::Uuid(((ms << 48 | 0x7000_8000_0000 | counter) << NODE_BITS | 0xabcd).to_be_bytes())
-        };
-        let cell = |attr_n, id| Cell { attr_n, id, author_n: 1, tx_n: 1, old_value: None, new_value: None };
-        let ms = 0x0190_a000_0000;
-        let cells = [cell(2, id(ms, 10)), cell(3, id(ms, 11)), cell(4, id(ms + 1000, 3)), cell(5, id(ms, 13))];
+        let cells = [clock_cell(2, 0, 10), clock_cell(3, 0, 11), clock_cell(4, 1000, 3), clock_cell(5, 0, 13)];
         let (one, four) = (encode(&cells[..1]).len(), encode(&cells).len());
         // Attribute, tag, author, transaction, two values: 6 bytes; the ids: 1,
         // 2 + 1 (1000 ms; counters 11 and 3, 8 apart in their bits), 1.
@@ -644,13 +646,8 @@ mod tests {
     /// form 1 gives it and only form 2 gives it, in one record, are refused.
     #[test]
     fn a_record_mixing_the_two_forms_is_refused() {
-        let id = |ms: u128, counter: u128| {
-            Id::Uuid(((ms << 48 | 0x7000_8000_0000 | counter) << NODE_BITS | 0xabcd).to_be_bytes())
-        };
-        let cell = |attr_n, id| Cell { attr_n, id, author_n: 1, tx_n: 1, old_value: None, new_value: None };
-        let ms = 0x0190_a000_0000;
         // The second id is written differently by the two forms, and so is the third.
-        let cells = [cell(2, id(ms, 10)), cell(3, id(ms + 1000, 3)), cell(4, id(ms, 13))];
+        let cells = [clock_cell(2, 0, 10), clock_cell(3, 1000, 3), clock_cell(4, 0, 13)];
         let (one, two) = (encode_form_1(&cells), encode(&cells));
         // Where the third cell starts in each.
         let (at_1, at_2) = (encode_form_1(&cells[..2]).len(), encode(&cells[..2]).len());
