@@ -242,11 +242,11 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 
 /// The records of a snapshot in the replica's own form are remote input too:
 /// the table laid out as ours (the clone copies it by position), every record
-/// readable in its one form (a damaged one is an error of the query), and every
-/// cell as [`check_compact`] wants a change. Read from the tables through
-/// `dimple_cells`, never through the file's own views, which its writer chose.
-/// A record may be in either form (src/record.rs): format 2's are in form 1,
-/// and are written again when copied.
+/// readable in one of its two forms, each exactly as written (src/record.rs;
+/// format 2's are in form 1, and are written again when copied; a damaged one
+/// is an error of the query), and every cell as [`check_compact`] wants a
+/// change. Read from the tables through `dimple_cells`, never through the
+/// file's own views, which its writer chose.
 fn check_records(conn: &Connection, origin: &str) -> Result<()> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn

@@ -124,9 +124,14 @@ enum Rel {
     Far(u64, u64),
 }
 
+/// Whether `v` can be written as a difference from `r`: greater, same node.
+fn above_same_node(v: u128, r: u128) -> bool {
+    v > r && (v ^ r) & ((1u128 << NODE_BITS) - 1) == 0
+}
+
 impl Rel {
     fn of(v: u128, r: u128) -> Option<Rel> {
-        if v <= r || (v ^ r) & ((1u128 << NODE_BITS) - 1) != 0 {
+        if !above_same_node(v, r) {
             return None;
         }
         let (hv, hr) = ((v >> MS_SHIFT) as u64, (r >> MS_SHIFT) as u64);
@@ -204,7 +209,7 @@ impl IdForm {
 /// attribute twice (the record is then the same bytes whatever order a caller
 /// built them in).
 pub fn encode(cells: &[Cell]) -> Vec<u8> {
-    encode_in(cells, 2)
+    encode_in(cells, put_id)
 }
 
 /// Encodes `cells` in the form local schema 6 wrote: each id a difference from
@@ -212,10 +217,13 @@ pub fn encode(cells: &[Cell]) -> Vec<u8> {
 /// the upgrade that rewrites them.
 #[doc(hidden)]
 pub fn encode_form_1(cells: &[Cell]) -> Vec<u8> {
-    encode_in(cells, 1)
+    encode_in(cells, put_id_form_1)
 }
 
-fn encode_in(cells: &[Cell], form: u8) -> Vec<u8> {
+/// Writes id `v` after the cell before's (`prev`) and the record's first id.
+type PutId = fn(&mut Vec<u8>, u128, Option<u128>, Option<u128>);
+
+fn encode_in(cells: &[Cell], put_id: PutId) -> Vec<u8> {
     debug_assert!(cells.windows(2).all(|w| w[0].attr_n < w[1].attr_n), "cells in attribute order");
     let mut out = Vec::with_capacity(cells.len() * 24);
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
@@ -224,18 +232,7 @@ fn encode_in(cells: &[Cell], form: u8) -> Vec<u8> {
         match &c.id {
             Id::Uuid(b) => {
                 let v = u128::from_be_bytes(*b);
-                if form == 1 {
-                    put_form_1(&mut out, v, prev);
-                } else {
-                    match form_of(v, prev, first) {
-                        IdForm::Full => {
-                            out.push(FULL);
-                            out.extend_from_slice(b);
-                        }
-                        IdForm::Prev(rel) => rel.put(&mut out, DELTA, FAR),
-                        IdForm::First(rel) => rel.put(&mut out, FIRST_DELTA, FIRST_FAR),
-                    }
-                }
+                put_id(&mut out, v, prev, first);
                 prev = Some(v);
                 first.get_or_insert(v);
             }
@@ -253,26 +250,31 @@ fn encode_in(cells: &[Cell], form: u8) -> Vec<u8> {
     out
 }
 
-fn put_form_1(out: &mut Vec<u8>, v: u128, prev: Option<u128>) {
-    match prev {
-        Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
-            let delta = (v - p) >> NODE_BITS;
-            match u64::try_from(delta) {
-                Ok(d) => {
-                    out.push(DELTA);
-                    put_varint(out, d);
-                }
-                Err(_) => {
-                    out.push(WIDE_DELTA);
-                    put_varint(out, (delta >> 64) as u64);
-                    put_varint(out, delta as u64);
-                }
-            }
-        }
-        _ => {
+/// An id in form 2 ([`form_of`]).
+fn put_id(out: &mut Vec<u8>, v: u128, prev: Option<u128>, first: Option<u128>) {
+    match form_of(v, prev, first) {
+        IdForm::Full => {
             out.push(FULL);
             out.extend_from_slice(&v.to_be_bytes());
         }
+        IdForm::Prev(rel) => rel.put(out, DELTA, FAR),
+        IdForm::First(rel) => rel.put(out, FIRST_DELTA, FIRST_FAR),
+    }
+}
+
+/// An id in form 1 ([`form_1_tag`]).
+fn put_id_form_1(out: &mut Vec<u8>, v: u128, prev: Option<u128>, _first: Option<u128>) {
+    let tag = form_1_tag(v, prev);
+    out.push(tag);
+    match (tag, prev) {
+        (DELTA | WIDE_DELTA, Some(p)) => {
+            let delta = (v - p) >> NODE_BITS;
+            if tag == WIDE_DELTA {
+                put_varint(out, (delta >> 64) as u64);
+            }
+            put_varint(out, delta as u64);
+        }
+        _ => out.extend_from_slice(&v.to_be_bytes()),
     }
 }
 
@@ -363,7 +365,7 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
 /// The tag form 1 gives an id after `prev`.
 fn form_1_tag(v: u128, prev: Option<u128>) -> u8 {
     match prev {
-        Some(p) if v > p && (v ^ p) & ((1u128 << NODE_BITS) - 1) == 0 => {
+        Some(p) if above_same_node(v, p) => {
             if (v - p) >> NODE_BITS >> 64 == 0 {
                 DELTA
             } else {

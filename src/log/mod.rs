@@ -714,9 +714,6 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        /// Taking a change out of the log (a fork's unpushed change) leaves the
-        /// log that merging the others alone leaves: when it was the winner, the
-        /// greatest of the rest takes its place from the history.
         #[test]
         fn whether_the_log_knows_a_row_is_what_it_holds(
             steps in proptest::collection::vec((any::<bool>(), "[a-c\u{e9}\u{10000}]{0,3}"), 1..40),
@@ -740,6 +737,9 @@ pub(crate) mod tests {
             }
         }
 
+        /// Taking a change out of the log (a fork's unpushed change) leaves the
+        /// log that merging the others alone leaves: when it was the winner, the
+        /// greatest of the rest takes its place from the history.
         #[test]
         fn removing_a_change_leaves_the_log_of_the_others(
             changes in proptest::collection::btree_set((0u8..12, "[a-c]"), 1..10),

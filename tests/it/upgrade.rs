@@ -335,8 +335,7 @@ fn a_version_5_log_becomes_records_on_open_keeping_every_change_and_unpushed_wri
 
     sync_a_b_a(&store, &mut a, &mut b)?;
     assert_eq!(a.unpushed()?, 0);
-    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
-    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
+    converged(&a, &b);
     Ok(())
 }
 
@@ -381,8 +380,7 @@ fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change(
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
     sync_a_b_a(&store, &mut a, &mut b)?;
     assert_eq!(a.unpushed()?, 0);
-    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
-    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
+    converged(&a, &b);
     Ok(())
 }
 
@@ -408,8 +406,7 @@ fn records_written_in_form_1_after_the_upgrade_stay_readable_and_sync() -> TestR
     assert_eq!(dump(&db), before, "the seed's tables read the same");
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
     sync_a_b_a(&store, &mut a, &mut b)?;
-    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
-    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
+    converged(&a, &b);
     Ok(())
 }
 
@@ -635,6 +632,12 @@ fn tables_of(db: &std::path::Path) -> Vec<String> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// a and b hold the same rows, and a's are what its log says.
+fn converged(a: &dimple::Replica, b: &dimple::Replica) {
+    assert!(rows(b.conn(), "t") == rows(a.conn(), "t"), "a and b converge");
+    assert!(rows(a.conn(), "t") == model_of_log(a.conn(), &["a", "b", "c"]), "a's table is its log");
 }
 
 /// Pull and push a, then b, then a again: each has the other's changes after.
