@@ -1,4 +1,4 @@
--- The change log as a replica keeps it (local schema version 7), applied by `init`
+-- The change log as a replica keeps it (local schema version 8), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
 -- over it with their columns (below); dimple itself reads and writes these tables
 -- (src/log/). A snapshot carries the log in this same form (snapshot format 3;
@@ -13,6 +13,9 @@
 -- - a table row's winning changes are one record (ZV_ROW) holding the row key
 --   once, each id after the first as a difference of a few bytes: the winner of a
 --   cell is found with one seek, and a new row is one insert, not one per cell;
+-- - a record also keeps, after its cells, up to 16 of the changes superseded in
+--   its row (its past): a few bytes each where a history row repeats the row
+--   key and a 16-byte id;
 -- - there is no separate clock: the records are the clock.
 
 -- Every author (replica id) the log holds, numbered in this file only. The merge
@@ -39,8 +42,9 @@ CREATE TABLE IF NOT EXISTS ZV_TX (
 );
 
 -- The change log, per table row: `cells` holds the winning change of each of
--- the row's cells (attribute '*' is the row itself: new_value 'true' = inserted,
--- 'false' = deleted; the others are its columns), in the binary form of
+-- the row's cells (attribute '*' is the row itself: new_value 'true' =
+-- inserted, 'false' = deleted; the others are its columns), then its past (the
+-- changes superseded there that it keeps), in the binary form of
 -- src/record.rs: attribute number, id, author and transaction numbers, old and
 -- new value. Values are the exact encodings of src/value.rs. Per (type_n,
 -- entity_id, attr_n) the change with the greatest id wins, and for one id the
@@ -53,9 +57,9 @@ CREATE TABLE IF NOT EXISTS ZV_ROW (
     PRIMARY KEY (type_n, entity_id)
 ) WITHOUT ROWID;
 
--- Every change that is not its cell's winner (superseded), one row per change:
--- the history, which retention prunes (src/retention.rs) and merging never reads
--- except to see a repeat. Keyed by id first: ids grow with time, so a change
+-- Every change that is not its cell's winner (superseded) and that its row's
+-- record does not keep, one row per change: the history, which retention
+-- prunes (src/retention.rs) and merging never reads except to see a repeat. Keyed by id first: ids grow with time, so a change
 -- superseded now lands at the end of the table (a pull of updates to rows all
 -- over the log writes to a few hot pages, not one cold page per change), and
 -- pruning what is older than a horizon removes the front.
@@ -89,6 +93,9 @@ CREATE TABLE IF NOT EXISTS ZV_OUTBOX (
 CREATE VIEW IF NOT EXISTS ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
     SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
     FROM ZV_ROW r, dimple_cells(r.cells) c
+    UNION ALL
+    SELECT r.type_n, r.entity_id, p.attr_n, p.id, p.author_n, p.tx_n, p.old_value, p.new_value
+    FROM ZV_ROW r, dimple_past(r.cells) p
     UNION ALL
     SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY;
 

@@ -244,8 +244,9 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// the table laid out as ours (the clone copies it by position), every record
 /// readable in one of its two forms, each exactly as written (src/record.rs;
 /// format 2's are in form 1, and are written again when copied; a damaged one
-/// is an error of the query), and every cell as [`check_compact`] wants a
-/// change. Read from the tables through `dimple_cells`, never through the
+/// is an error of the query), no record keeping a past (a snapshot carries
+/// winners alone), and every cell as [`check_compact`] wants a change. Read
+/// from the tables through `dimple_cells`, never through the
 /// file's own views, which its writer chose.
 fn check_records(conn: &Connection, origin: &str) -> Result<()> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
@@ -264,6 +265,7 @@ fn check_records(conn: &Connection, origin: &str) -> Result<()> {
              UNION ALL SELECT what FROM (
                -- Every record decoded once for all the checks of its cells.
                SELECT CASE
+                 WHEN c.past_n > 0 THEN 'a record keeping superseded changes'
                  WHEN typeof(c.id) <> 'blob' OR length(c.id) <> 16 THEN 'a change whose id is not 16 bytes'
                  WHEN c.attr_n NOT IN (SELECT n FROM ZV_NAME) THEN 'a change naming no column'
                  WHEN c.author_n NOT IN (SELECT n FROM ZV_AUTHOR) OR c.tx_n NOT IN (SELECT n FROM ZV_TX)
@@ -545,7 +547,7 @@ mod tests {
         let file = Connection::open(&path).unwrap();
         crate::log::register(&file).unwrap();
         if format == 2 {
-            let older = crate::log::rewrite_records(&file, crate::record::encode_form_1).unwrap();
+            let older = crate::log::rewrite_records(&file, |cells, _| crate::record::encode_form_1(cells)).unwrap();
             assert!(older > 50, "{older} records differ in form 1");
             file.execute("UPDATE ZV_SNAPSHOT SET format = 2", []).unwrap();
         }
@@ -570,9 +572,9 @@ mod tests {
         }
     }
 
-    /// Records are remote input: a damaged record, dangling numbers, a row id
-    /// that is not text and a table laid out otherwise are refused, naming what
-    /// is wrong.
+    /// Records are remote input: a damaged record, a record keeping a past,
+    /// dangling numbers, a row id that is not text and a table laid out
+    /// otherwise are refused, naming what is wrong.
     #[test]
     fn a_snapshot_with_broken_records_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -585,6 +587,13 @@ mod tests {
                 "UPDATE ZV_ROW SET cells = CAST(x'02000190a00000007000800000000000abcd01010000'
                                                 || x'03000190a00000007000800000010000abcd01010000' AS BLOB)",
                 "unreadable record",
+            ),
+            // A readable record keeping a superseded change: a snapshot holds
+            // winners alone.
+            (
+                "UPDATE ZV_ROW SET cells = CAST(x'02000190a00000007000800000000000abcd01010000'
+                                                || x'00' || x'02000190a0000000700080000000ffffffff01010000' AS BLOB)",
+                "keeping superseded changes",
             ),
             ("UPDATE ZV_ROW SET cells = 'text'", "not bytes"),
             ("UPDATE ZV_ROW SET type_n = type_n + 999", "naming no table"),

@@ -18,7 +18,7 @@ const KEY: &str = "local_schema";
 const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
 
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 7;
+pub const CURRENT: i64 = 8;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -54,6 +54,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     if at == 6 {
         // Below 6 the step above wrote the records in the current form already.
         records_in_form_2(&tx)?;
+    }
+    if at < 8 {
+        views_with_pasts(&tx)?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
@@ -215,16 +218,48 @@ fn records_per_row(tx: &Connection) -> Result<()> {
 /// column updated took a full 16 bytes for the next column's id and 9 for the
 /// update's.
 fn records_in_form_2(tx: &Connection) -> Result<()> {
-    crate::log::rewrite_records(tx, crate::record::encode)?;
+    crate::log::rewrite_records(tx, crate::record::encode_row)?;
     Ok(())
 }
 
-/// Turns every record back into form 1, as local schema 6 wrote them, and the
-/// version to 6: what the tests of the upgrade start from.
+/// Version 8: a record may keep its row's past, the changes superseded there
+/// (src/record.rs), and `ZV_LOG` reads it with `dimple_past`. Only the views
+/// change: the history's rows stay where they are, and a record without a
+/// past is the same bytes as before.
+fn views_with_pasts(tx: &Connection) -> Result<()> {
+    tx.execute_batch("DROP VIEW IF EXISTS ZV_CHANGE; DROP VIEW IF EXISTS ZV_CLOCK; DROP VIEW IF EXISTS ZV_LOG;")?;
+    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    Ok(())
+}
+
+/// `ZV_LOG` as local schema 6 and 7 made it, before records kept a past.
+const VERSION_7_LOG_VIEW: &str = "DROP VIEW ZV_LOG;
+    CREATE VIEW ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
+    SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
+    FROM ZV_ROW r, dimple_cells(r.cells) c
+    UNION ALL
+    SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY;";
+
+/// Moves the records' pasts into the history and makes `ZV_LOG` and the
+/// version what local schema 7 had: what the tests of the upgrade start from.
+/// Returns how many changes moved.
+#[doc(hidden)]
+pub fn back_to_version_7(conn: &mut Connection) -> Result<usize> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = crate::log::pasts_to_history(&tx)?;
+    tx.execute_batch(VERSION_7_LOG_VIEW)?;
+    meta::set(&tx, KEY, "7")?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// [`back_to_version_7`], then every record back into form 1, as local schema
+/// 6 wrote them, and the version to 6. Returns how many records changed form.
 #[doc(hidden)]
 pub fn back_to_version_6(conn: &mut Connection) -> Result<u64> {
+    back_to_version_7(conn)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let n = crate::log::rewrite_records(&tx, crate::record::encode_form_1)?;
+    let n = crate::log::rewrite_records(&tx, |cells, _| crate::record::encode_form_1(cells))?;
     meta::set(&tx, KEY, "6")?;
     tx.commit()?;
     Ok(n)

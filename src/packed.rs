@@ -39,6 +39,11 @@ impl<'a> Reader<'a> {
         Reader { buf, at: 0 }
     }
 
+    /// How many bytes were read.
+    pub fn at(&self) -> usize {
+        self.at
+    }
+
     /// Whether every byte was read.
     pub fn done(&self) -> bool {
         self.at == self.buf.len()

@@ -19,9 +19,19 @@
 //! - the author and transaction numbers (varints);
 //! - the old and the new value: varint 0 for none, else length + 1 and the bytes.
 //!
-//! Records are written by this replica only (a snapshot carries the log a row
-//! per change), yet a broken one is refused with an error, never a panic: a file
-//! can be damaged.
+//! A record may also keep its row's past (local schema 8): after the cells, a
+//! varint 0 (no attribute number follows another that is not smaller) and the
+//! changes the winners superseded here, in the order they were superseded,
+//! each in the cells' form, its id a difference from the cell before (a past
+//! change's, or the last winner's for the first) or from the record's first id.
+//! The change an update supersedes is mostly its row's insert, a few counts
+//! from the record's first id: a few bytes where a row of `ZV_HISTORY` took
+//! about 65 (the row key and a 16-byte id each time). A record with no past
+//! ends after its cells, as before.
+//!
+//! Records are written by this replica only (a snapshot carries its winners
+//! alone), yet a broken one is refused with an error, never a panic: a file can
+//! be damaged.
 
 use crate::error::{Error, Result};
 use crate::packed::{put_opt, put_text, put_varint};
@@ -209,7 +219,13 @@ impl IdForm {
 /// attribute twice (the record is then the same bytes whatever order a caller
 /// built them in).
 pub fn encode(cells: &[Cell]) -> Vec<u8> {
-    encode_in(cells, put_id)
+    encode_in(cells, &[], put_id)
+}
+
+/// Encodes a record keeping `past`, the changes its winners superseded, in
+/// the order given (none without a winner: a past needs a cell to follow).
+pub fn encode_row(cells: &[Cell], past: &[Cell]) -> Vec<u8> {
+    encode_in(cells, past, put_id)
 }
 
 /// Encodes `cells` in the form local schema 6 wrote: each id a difference from
@@ -217,17 +233,25 @@ pub fn encode(cells: &[Cell]) -> Vec<u8> {
 /// the upgrade that rewrites them.
 #[doc(hidden)]
 pub fn encode_form_1(cells: &[Cell]) -> Vec<u8> {
-    encode_in(cells, put_id_form_1)
+    encode_in(cells, &[], put_id_form_1)
 }
 
 /// Writes id `v` after the cell before's (`prev`) and the record's first id.
 type PutId = fn(&mut Vec<u8>, u128, Option<u128>, Option<u128>);
 
-fn encode_in(cells: &[Cell], put_id: PutId) -> Vec<u8> {
+/// Where a record's past starts: an attribute number no cell after another can
+/// have (they ascend).
+const PAST: u64 = 0;
+
+fn encode_in(cells: &[Cell], past: &[Cell], put_id: PutId) -> Vec<u8> {
     debug_assert!(cells.windows(2).all(|w| w[0].attr_n < w[1].attr_n), "cells in attribute order");
-    let mut out = Vec::with_capacity(cells.len() * 24);
+    assert!(past.is_empty() || !cells.is_empty(), "a record's past follows its cells");
+    let mut out = Vec::with_capacity((cells.len() + past.len()) * 24);
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
-    for c in cells {
+    for (i, c) in cells.iter().chain(past).enumerate() {
+        if i == cells.len() {
+            put_varint(&mut out, PAST);
+        }
         put_varint(&mut out, c.attr_n);
         match &c.id {
             Id::Uuid(b) => {
@@ -282,15 +306,29 @@ fn broken() -> Error {
     Error::Invalid("a row record of the change log is damaged (`dimple verify` names the rows)".into())
 }
 
-/// The cells of a record, in attribute order.
+/// The cells of a record, in attribute order (its past read, and left).
+#[cfg(test)]
 pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, true)
+    Ok(decode_cells(record, true)?.0)
 }
 
-/// The cells of a record without their values (None): what counting changes or
-/// finding the greatest id needs, with no text copied.
-pub fn decode_keys(record: &[u8]) -> Result<Vec<Cell>> {
-    decode_cells(record, false)
+/// The cells of a record and its past.
+pub fn decode_row(record: &[u8]) -> Result<(Vec<Cell>, Vec<Cell>)> {
+    decode_cells(record, true).map(|(cells, past, _)| (cells, past))
+}
+
+/// The cells of a record and its past without their values (None): what
+/// counting changes or finding the greatest id needs, with no text copied.
+pub fn decode_keys(record: &[u8]) -> Result<(Vec<Cell>, Vec<Cell>)> {
+    decode_cells(record, false).map(|(cells, past, _)| (cells, past))
+}
+
+/// A record without its past (the whole record read, values skipped): the
+/// cells are written first and do not depend on the past, so this is the
+/// record of the same winners with no past.
+pub fn without_past(record: &[u8]) -> Result<&[u8]> {
+    let (_, _, cells_len) = decode_cells(record, false)?;
+    Ok(&record[..cells_len])
 }
 
 /// A record is read in either form, each exactly as its encoder writes it
@@ -299,15 +337,25 @@ pub fn decode_keys(record: &[u8]) -> Result<Vec<Cell>> {
 /// local schema 7 rewrite theirs, but a process of an older build that still
 /// had the file open when it was upgraded goes on writing form 1, and those
 /// rows must stay readable.
-fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
+fn decode_cells(record: &[u8], values: bool) -> Result<(Vec<Cell>, Vec<Cell>, usize)> {
     let mut r = crate::packed::Reader::new(record);
-    let mut out: Vec<Cell> = Vec::new();
+    let (mut cells, mut past): (Vec<Cell>, Vec<Cell>) = (Vec::new(), Vec::new());
+    let mut in_past = false;
+    let mut cells_len = record.len();
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     // Whether an id so far is in the form only form 1 (or only form 2) gives it.
     let (mut only_1, mut only_2) = (false, false);
     while !r.done() {
-        let attr_n = r.varint().ok_or_else(broken)?;
-        if out.last().is_some_and(|c| c.attr_n >= attr_n) {
+        let start = r.at();
+        let mut attr_n = r.varint().ok_or_else(broken)?;
+        if !in_past && attr_n == PAST && !cells.is_empty() {
+            // A past is never empty, and only form 2 writes one.
+            in_past = true;
+            cells_len = start;
+            only_2 = true;
+            attr_n = r.varint().ok_or_else(broken)?;
+        }
+        if !in_past && cells.last().is_some_and(|c| c.attr_n >= attr_n) {
             return Err(broken());
         }
         let id = match r.byte().ok_or_else(broken)? {
@@ -357,9 +405,13 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Vec<Cell>> {
             r.skip_opt().ok_or_else(broken)?;
             (None, None)
         };
-        out.push(Cell { attr_n, id, author_n, tx_n, old_value, new_value });
+        let cell = Cell { attr_n, id, author_n, tx_n, old_value, new_value };
+        if in_past { &mut past } else { &mut cells }.push(cell);
     }
-    Ok(out)
+    if only_1 && only_2 {
+        return Err(broken());
+    }
+    Ok((cells, past, cells_len))
 }
 
 /// The tag form 1 gives an id after `prev`.
@@ -404,29 +456,33 @@ fn apply_delta(base: u128, delta: u128) -> Option<u128> {
 }
 
 /// Makes `dimple_cells(record)` known on `conn`: a table-valued function giving
-/// a record's cells as rows (attr_n, id, author_n, tx_n, old_value, new_value),
+/// a record's cells as rows (attr_n, id, author_n, tx_n, old_value, new_value,
+/// and past_n, how many changes the record's past holds),
 /// ids in the log's stored form (16 bytes, or text). The seed's views
 /// (`ZV_CHANGE`, `ZV_CLOCK`) and the view `ZV_LOG` read the records through it,
 /// so a connection must have it before it reads them: dimple's own connections
-/// do, an app's gets it from [`crate::log::register`].
+/// do, an app's gets it from [`crate::log::register`]. `dimple_past(record)`
+/// gives the record's past the same way (`ZV_LOG` reads it too).
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.create_module("dimple_cells", rusqlite::vtab::eponymous_only_module::<CellsTab>(), None)
+    conn.create_module("dimple_cells", rusqlite::vtab::eponymous_only_module::<CellsTab<false>>(), None)?;
+    conn.create_module("dimple_past", rusqlite::vtab::eponymous_only_module::<CellsTab<true>>(), None)
 }
 
-/// The `dimple_cells` virtual table (eponymous: it exists on every connection
-/// it is registered on, and holds nothing of its own).
+/// The `dimple_cells` virtual table, or `dimple_past`'s when `PAST`
+/// (eponymous: it exists on every connection it is registered on, and holds
+/// nothing of its own).
 #[repr(C)]
-struct CellsTab {
+struct CellsTab<const PAST: bool> {
     /// SQLite's part; must come first.
     base: rusqlite::vtab::sqlite3_vtab,
 }
 
-/// The hidden column holding the function's argument, after the six it gives.
-const CELLS_ARG: std::os::raw::c_int = 6;
+/// The hidden column holding the function's argument, after the seven it gives.
+const CELLS_ARG: std::os::raw::c_int = 7;
 
-unsafe impl<'vtab> rusqlite::vtab::VTab<'vtab> for CellsTab {
+unsafe impl<'vtab, const PAST: bool> rusqlite::vtab::VTab<'vtab> for CellsTab<PAST> {
     type Aux = ();
-    type Cursor = CellsCursor<'vtab>;
+    type Cursor = CellsCursor<'vtab, PAST>;
 
     fn connect(
         db: &mut rusqlite::vtab::VTabConnection,
@@ -435,7 +491,7 @@ unsafe impl<'vtab> rusqlite::vtab::VTab<'vtab> for CellsTab {
     ) -> rusqlite::Result<(String, Self)> {
         db.config(rusqlite::vtab::VTabConfig::Innocuous)?;
         Ok((
-            "CREATE TABLE x(attr_n, id, author_n, tx_n, old_value, new_value, cells HIDDEN)".to_owned(),
+            "CREATE TABLE x(attr_n, id, author_n, tx_n, old_value, new_value, past_n, cells HIDDEN)".to_owned(),
             CellsTab { base: rusqlite::vtab::sqlite3_vtab::default() },
         ))
     }
@@ -467,25 +523,36 @@ unsafe impl<'vtab> rusqlite::vtab::VTab<'vtab> for CellsTab {
             None if unusable => {
                 Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT), None))
             }
-            None => Err(rusqlite::Error::ModuleError("dimple_cells needs a record: dimple_cells(cells)".into())),
+            None => Err(rusqlite::Error::ModuleError(
+                "dimple_cells and dimple_past need a record: dimple_cells(cells)".into(),
+            )),
         }
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<CellsCursor<'vtab>> {
-        Ok(CellsCursor { base: Default::default(), cells: Vec::new(), at: 0, _tab: std::marker::PhantomData })
+    fn open(&'vtab mut self) -> rusqlite::Result<CellsCursor<'vtab, PAST>> {
+        Ok(CellsCursor {
+            base: Default::default(),
+            cells: Vec::new(),
+            past_n: 0,
+            at: 0,
+            _tab: std::marker::PhantomData,
+        })
     }
 }
 
 #[repr(C)]
-struct CellsCursor<'vtab> {
+struct CellsCursor<'vtab, const PAST: bool> {
     /// SQLite's part; must come first.
     base: rusqlite::vtab::sqlite3_vtab_cursor,
     cells: Vec<Cell>,
+    /// How many changes the record's past holds (column `past_n`): a check
+    /// of a snapshot's records asks in the same pass as it reads the cells.
+    past_n: usize,
     at: usize,
-    _tab: std::marker::PhantomData<&'vtab CellsTab>,
+    _tab: std::marker::PhantomData<&'vtab CellsTab<PAST>>,
 }
 
-unsafe impl rusqlite::vtab::VTabCursor for CellsCursor<'_> {
+unsafe impl<const PAST: bool> rusqlite::vtab::VTabCursor for CellsCursor<'_, PAST> {
     fn filter(
         &mut self,
         _idx_num: std::os::raw::c_int,
@@ -495,7 +562,13 @@ unsafe impl rusqlite::vtab::VTabCursor for CellsCursor<'_> {
         self.at = 0;
         self.cells = match args.iter().next() {
             Some(rusqlite::types::ValueRef::Blob(b)) => {
-                decode(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?
+                let (cells, past) = decode_row(b).map_err(|e| rusqlite::Error::ModuleError(e.to_string()))?;
+                self.past_n = past.len();
+                if PAST {
+                    past
+                } else {
+                    cells
+                }
             }
             Some(rusqlite::types::ValueRef::Null) | None => Vec::new(),
             Some(_) => return Err(rusqlite::Error::ModuleError(broken().to_string())),
@@ -526,6 +599,7 @@ unsafe impl rusqlite::vtab::VTabCursor for CellsCursor<'_> {
             3 => ctx.set_result(&n(c.tx_n)),
             4 => ctx.set_result(&c.old_value),
             5 => ctx.set_result(&c.new_value),
+            6 => ctx.set_result(&(self.past_n as i64)),
             _ => ctx.set_result(&rusqlite::types::Null),
         }
     }
@@ -577,6 +651,21 @@ mod tests {
         })
     }
 
+    /// A record's cells and a past of a few changes of any of its attributes
+    /// (or others), in any order, ids as the cells' are.
+    fn any_row() -> impl Strategy<Value = (Vec<Cell>, Vec<Cell>)> {
+        (any_cells(), any_cells(), proptest::collection::vec(0u64..300, 0..12)).prop_map(|(cells, mut past, attrs)| {
+            if cells.is_empty() {
+                past.clear();
+            }
+            // Ascending attributes are the cells' order; a past is in any order.
+            for (c, a) in past.iter_mut().zip(attrs) {
+                c.attr_n = a;
+            }
+            (cells, past)
+        })
+    }
+
     proptest! {
         /// A record gives back the cells it was made of.
         #[test]
@@ -584,15 +673,25 @@ mod tests {
             prop_assert_eq!(decode(&encode(&cells)).unwrap(), cells);
         }
 
+        /// A record keeping a past gives back its cells and its past, in the
+        /// past's order, and without the past it is the record of its cells.
+        #[test]
+        fn a_record_with_a_past_decodes_to_its_cells_and_past(row in any_row()) {
+            let bytes = encode_row(&row.0, &row.1);
+            prop_assert_eq!(decode_row(&bytes).unwrap(), row.clone());
+            prop_assert_eq!(decode(&bytes).unwrap(), row.0.clone());
+            prop_assert_eq!(without_past(&bytes).unwrap(), &encode(&row.0)[..]);
+        }
+
         /// Damaged bytes (a record with bytes changed, cut or added) are an error
         /// or some cells, never a panic, and whatever decodes encodes back to the
         /// same bytes in form 1 or in form 2: one form per record.
         #[test]
         fn damaged_bytes_decode_to_an_error_or_to_cells_that_encode_back_to_them(
-            cells in any_cells(),
+            row in any_row(),
             changes in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..4), 1..4),
         ) {
-            let mut bytes = encode(&cells);
+            let mut bytes = encode_row(&row.0, &row.1);
             for (at, byte, how) in changes {
                 let at = at % (bytes.len() + 1);
                 match how {
@@ -602,8 +701,9 @@ mod tests {
                     _ => bytes.insert(at, byte & 0x80),
                 }
             }
-            if let Ok(cells) = decode(&bytes) {
-                prop_assert!(encode(&cells) == bytes || encode_form_1(&cells) == bytes, "{:?}", cells);
+            if let Ok((cells, past)) = decode_row(&bytes) {
+                let form_1 = past.is_empty() && encode_form_1(&cells) == bytes;
+                prop_assert!(encode_row(&cells, &past) == bytes || form_1, "{:?} {:?}", cells, past);
             }
         }
     }
@@ -642,6 +742,32 @@ mod tests {
         assert_eq!(four - one, 3 * 6 + 5, "{one} bytes for one cell, {four} for four");
         assert_eq!(encode_form_1(&cells).len() - one, 3 * 6 + 1 + 9 + 16, "form 1: 9 and 16 bytes");
         assert_eq!(decode(&encode(&cells)).unwrap(), cells);
+    }
+
+    /// The change an update supersedes, its row's insert of the column, stays
+    /// in the record for a few bytes: its id is a difference from the
+    /// record's first.
+    #[test]
+    fn a_superseded_change_kept_in_its_record_costs_a_few_bytes() {
+        let cells = [clock_cell(2, 0, 10), clock_cell(3, 0, 11), clock_cell(4, 1000, 3), clock_cell(5, 0, 13)];
+        let past = [clock_cell(4, 0, 12)];
+        let (without, with) = (encode(&cells).len(), encode_row(&cells, &past).len());
+        // The mark, then attribute, tag, difference, author, transaction, two values.
+        assert_eq!(with - without, 1 + 7, "{without} bytes without the past, {with} with it");
+        assert_eq!(decode_row(&encode_row(&cells, &past)).unwrap(), (cells.to_vec(), past.to_vec()));
+    }
+
+    /// A record's past is written by form 2 only: a past after cells in form
+    /// 1 is refused, since no encoder writes it.
+    #[test]
+    fn a_past_after_form_1_cells_is_refused() {
+        let cells = [clock_cell(2, 0, 10), clock_cell(3, 1000, 3)];
+        let past = [clock_cell(3, 0, 11)];
+        let form_2 = encode_row(&cells, &past);
+        let mut mixed = encode_form_1(&cells);
+        mixed.extend_from_slice(&form_2[encode(&cells).len()..]);
+        assert!(decode_row(&form_2).is_ok());
+        assert!(decode_row(&mixed).is_err(), "form 1 cells with a past: {mixed:?}");
     }
 
     /// A record is in one form throughout: ids written each in the form only

@@ -107,8 +107,9 @@ struct Tracked {
     /// Bytes in use once history is pruned as the default retention does once the
     /// horizon has passed (only the winning changes stay).
     retained: u64,
-    /// The history's pages, and what its rows take packed (see `history_packed`).
-    history: (u64, u64),
+    /// Superseded changes kept in records, rows of the history and its pages
+    /// (see `history_where`).
+    history: (u64, u64, u64),
     /// Plain SQLite writing the pushed batch's rows into a fresh batch file.
     batch_rows: f64,
 }
@@ -137,7 +138,7 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     let (push, push_hwm_kb, push_start_kb) = (field("secs"), field("hwm_kb") as u64, field("start_kb") as u64);
     let mut r = Replica::open(&path, Options::default()).unwrap();
     let (file, in_use) = sizes(r.conn());
-    let history = history_packed(r.conn());
+    let history = history_where(r.conn());
     dimple::retention::set(r.conn(), dimple::retention::Retention::Days(0)).unwrap();
     let pruned = dimple::retention::prune(&mut r).unwrap();
     assert_eq!(pruned.changes, n, "each update superseded one insert's value");
@@ -159,61 +160,15 @@ fn tracked(dir: &Path, n: usize, run: usize) -> Tracked {
     }
 }
 
-/// The bytes of the history's pages, and of its rows packed 4096 to a zstd
-/// packet in key (id) order, each row as varints and texts (its id as the
-/// difference from the row before's): an estimate of what a packed history,
-/// like the outbox, would take (docs/design/log-per-row.md, "Still open").
-fn history_packed(conn: &Connection) -> (u64, u64) {
-    let pages: i64 = conn
-        .query_row("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'ZV_HISTORY'", [], |r| r.get(0))
-        .unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY
-             ORDER BY id, author_n, type_n, entity_id, attr_n",
-        )
-        .unwrap();
-    let mut rows = stmt.query([]).unwrap();
-    let put = |out: &mut Vec<u8>, mut n: u64| {
-        while n >= 0x80 {
-            out.push(n as u8 | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    };
-    let put_text = |out: &mut Vec<u8>, t: Option<String>| match t {
-        None => put(out, 0),
-        Some(t) => {
-            put(out, t.len() as u64 + 1);
-            out.extend_from_slice(t.as_bytes());
-        }
-    };
-    let (mut packet, mut in_packet, mut packed, mut prev) = (Vec::new(), 0, 0u64, 0u128);
-    let mut seal = |packet: &mut Vec<u8>| {
-        packed += zstd::bulk::compress(packet, 3).unwrap().len() as u64;
-        packet.clear();
-    };
-    while let Some(r) = rows.next().unwrap() {
-        let id = r.get::<_, Vec<u8>>(3).unwrap();
-        let id = u128::from_be_bytes(id.try_into().expect("16-byte ids"));
-        put(&mut packet, (id.wrapping_sub(prev) >> 32) as u64);
-        prev = id;
-        for i in [0, 2, 4, 5] {
-            put(&mut packet, r.get::<_, i64>(i).unwrap() as u64);
-        }
-        for i in [1, 6, 7] {
-            put_text(&mut packet, r.get(i).unwrap());
-        }
-        in_packet += 1;
-        if in_packet == 4096 {
-            seal(&mut packet);
-            in_packet = 0;
-        }
-    }
-    if !packet.is_empty() {
-        seal(&mut packet);
-    }
-    (pages as u64, packed)
+/// Where the superseded changes are: how many the records keep in their
+/// pasts, how many are rows of `ZV_HISTORY`, and the bytes of its pages.
+fn history_where(conn: &Connection) -> (u64, u64, u64) {
+    let count = |sql: &str| -> u64 { conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64 };
+    (
+        count("SELECT count(*) FROM ZV_ROW r, dimple_past(r.cells)"),
+        count("SELECT count(*) FROM ZV_HISTORY"),
+        count("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'ZV_HISTORY'"),
+    )
 }
 
 /// Seconds plain SQLite takes to write the rows of the batch pushed to `bucket`
@@ -387,12 +342,12 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     size_row(table, "tracked file after the push, complete history", dimple_file, Some(3.0));
     size_row(table, "  pages in use (the rest: free pages, reused)", runs[0].in_use, Some(3.0));
     size_row(table, "  in use once superseded history is pruned", runs[0].retained, Some(2.0));
-    let (pages, packed) = runs[0].history;
+    let (kept, rows, pages) = runs[0].history;
     table.row(
-        "  of the pages in use, the history's / its rows packed (estimate)",
-        mb(pages),
-        mb(packed),
-        format!("{:.2}x in use if packed", (runs[0].in_use - pages + packed) as f64 / plain_size as f64),
+        "  superseded changes: kept in their records / history rows",
+        kept.to_string(),
+        rows.to_string(),
+        format!("history pages {}", mb(pages)),
         "",
         None,
     );

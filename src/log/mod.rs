@@ -82,6 +82,8 @@ impl<'a> Parts<'a> {
 #[derive(Debug)]
 struct Open {
     cells: Vec<Cell>,
+    /// The changes superseded here that the record keeps ([`keeps`]).
+    past: Vec<Cell>,
     stored: Stored,
     /// Whether `cells` differ from what `ZV_ROW` holds.
     changed: bool,
@@ -161,7 +163,7 @@ const HELD_ROW_BYTES: usize = 96;
 impl Open {
     /// The record of a row `ZV_ROW` does not hold.
     fn absent() -> Open {
-        Open { cells: Vec::new(), stored: Stored::No, changed: false }
+        Open { cells: Vec::new(), past: Vec::new(), stored: Stored::No, changed: false }
     }
 }
 
@@ -296,12 +298,13 @@ impl<'c> Log<'c> {
             let open = match parked {
                 Some(p) => {
                     self.held_bytes.set(self.held_bytes.get() - parked_bytes(c.entity_id, &p));
-                    Open { cells: record::decode(&p.record)?, stored: p.stored, changed: p.changed }
+                    let (cells, past) = record::decode_row(&p.record)?;
+                    Open { cells, past, stored: p.stored, changed: p.changed }
                 }
                 None => match first {
                     Stored::Yes => self.open(n.type_n, c.entity_id)?,
                     Stored::No => Open::absent(),
-                    Stored::Unread => Open { cells: Vec::new(), stored: Stored::Unread, changed: false },
+                    Stored::Unread => Open { stored: Stored::Unread, ..Open::absent() },
                 },
             };
             *current = Some((n.type_n, c.entity_id.to_owned(), open));
@@ -313,7 +316,8 @@ impl<'c> Log<'c> {
     /// Puts the record merged into last among the parked ones, encoded.
     fn park(&self, current: Option<(i64, String, Open)>) {
         let Some((type_n, entity_id, open)) = current else { return };
-        let p = Parked { record: record::encode(&open.cells), stored: open.stored, changed: open.changed };
+        let p =
+            Parked { record: record::encode_row(&open.cells, &open.past), stored: open.stored, changed: open.changed };
         self.held_bytes.set(self.held_bytes.get() + parked_bytes(&entity_id, &p));
         self.held.borrow_mut().entry(type_n).or_default().insert(entity_id, p);
     }
@@ -342,9 +346,12 @@ impl<'c> Log<'c> {
                 self.write(type_n, &entity_id, &parked.record, Stored::No)?;
                 continue;
             }
-            // The winners among the held changes meet the stored winners: each
-            // loser goes to the history, as if merged one by one.
-            for cell in record::decode(&parked.record)? {
+            // The held changes meet the stored record, as if merged one by
+            // one: what they superseded among themselves first, then their
+            // winners (each newer than anything stored: it wins, and what it
+            // supersedes joins the record's past or the history).
+            let (cells, past) = record::decode_row(&parked.record)?;
+            for cell in past.into_iter().chain(cells) {
                 self.merge_cell(&mut stored, type_n, &entity_id, cell)?;
             }
             self.close(type_n, &entity_id, &stored)?;
@@ -375,7 +382,7 @@ impl<'c> Log<'c> {
     /// The record of a row, read.
     fn open(&self, type_n: i64, entity_id: &str) -> Result<Open> {
         Ok(match cells_at(&mut self.read.borrow_mut(), type_n, entity_id)? {
-            Some(cells) => Open { cells, stored: Stored::Yes, changed: false },
+            Some((cells, past)) => Open { cells, past, stored: Stored::Yes, changed: false },
             None => Open::absent(),
         })
     }
@@ -383,7 +390,7 @@ impl<'c> Log<'c> {
     /// Writes a record back when a merge changed it.
     fn close(&self, type_n: i64, entity_id: &str, open: &Open) -> Result<()> {
         if open.changed {
-            self.write(type_n, entity_id, &record::encode(&open.cells), open.stored)?;
+            self.write(type_n, entity_id, &record::encode_row(&open.cells, &open.past), open.stored)?;
         }
         Ok(())
     }
@@ -423,15 +430,30 @@ impl<'c> Log<'c> {
             Merged::Won(before) => {
                 open.changed = true;
                 if let Some(before) = before {
-                    self.to_history(type_n, entity_id, &before)?;
+                    self.supersede(open, type_n, entity_id, before)?;
                 }
                 Outcome::Won
             }
             Merged::Duplicate => Outcome::Duplicate,
-            // A change the history holds already is a repeat.
+            // A change the history holds already is a repeat. The record's
+            // past holds only changes that were winners here, which no
+            // history row repeats, so a lost change is looked for in both.
+            Merged::Lost(cell) if open.past.iter().any(|p| same_change(p, &cell)) => Outcome::Duplicate,
             Merged::Lost(cell) if self.to_history(type_n, entity_id, &cell)? => Outcome::Lost,
             Merged::Lost(_) => Outcome::Duplicate,
         })
+    }
+
+    /// Keeps `before`, a winner just superseded (never in the history: a
+    /// change is stored once), in the record's past when it [`keeps`] it, else
+    /// in the history.
+    fn supersede(&self, open: &mut Open, type_n: i64, entity_id: &str, before: Cell) -> Result<()> {
+        if keeps(&open.past, &before) {
+            open.past.push(before);
+        } else {
+            self.to_history(type_n, entity_id, &before)?;
+        }
+        Ok(())
     }
 
     /// Puts a superseded change into the history; false when it was there.
@@ -514,6 +536,26 @@ fn cell_of(n: Numbers, c: &Parts<'_>) -> Cell {
     }
 }
 
+/// How many superseded changes a record keeps at most: a row updated often
+/// would otherwise rewrite an ever longer record at each update; its later
+/// changes go to `ZV_HISTORY`, whose rows are appends.
+const PAST_CELLS: usize = 16;
+/// The most value bytes (old and new) of a superseded change a record keeps:
+/// larger ones go to the history, so that a record stays about as small as its
+/// winners.
+const PAST_VALUE_BYTES: usize = 256;
+
+/// Whether a record whose past is `past` keeps `c` there too.
+fn keeps(past: &[Cell], c: &Cell) -> bool {
+    let bytes = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+    past.len() < PAST_CELLS && bytes(&c.old_value) + bytes(&c.new_value) <= PAST_VALUE_BYTES
+}
+
+/// Whether `a` and `b` are one change of one cell: its id and author.
+fn same_change(a: &Cell, b: &Cell) -> bool {
+    a.attr_n == b.attr_n && a.id == b.id && a.author_n == b.author_n
+}
+
 /// About the memory a parked record takes.
 fn parked_bytes(entity_id: &str, p: &Parked) -> usize {
     HELD_ROW_BYTES + entity_id.len() + p.record.len()
@@ -567,16 +609,20 @@ fn known_author(conn: &Connection, id: &str) -> Result<Option<i64>> {
 /// The SQL reading a row's record, for [`cells_at`].
 const READ_RECORD: &str = "SELECT cells FROM ZV_ROW WHERE type_n = ?1 AND entity_id = ?2";
 
-/// The cells of the record of row `entity_id` of table number `type_n`, read by
-/// `stmt` ([`READ_RECORD`]); None when the log has no change of the row.
-fn cells_at(stmt: &mut Statement<'_>, type_n: i64, entity_id: &str) -> Result<Option<Vec<Cell>>> {
+/// A record's cells and past.
+type Row = (Vec<Cell>, Vec<Cell>);
+
+/// The cells and past of the record of row `entity_id` of table number
+/// `type_n`, read by `stmt` ([`READ_RECORD`]); None when the log has no change
+/// of the row.
+fn cells_at(stmt: &mut Statement<'_>, type_n: i64, entity_id: &str) -> Result<Option<Row>> {
     let bytes: Option<Vec<u8>> = stmt.query_row(params![type_n, entity_id], |r| r.get(0)).optional()?;
-    bytes.map(|b| record::decode(&b)).transpose()
+    bytes.map(|b| record::decode_row(&b)).transpose()
 }
 
-/// The cells of the record of (`table`, `entity_id`), None when the log has no
-/// change of the row.
-fn record_of(conn: &Connection, table: &str, entity_id: &str) -> Result<Option<Vec<Cell>>> {
+/// The cells and past of the record of (`table`, `entity_id`), None when the
+/// log has no change of the row.
+fn record_of(conn: &Connection, table: &str, entity_id: &str) -> Result<Option<Row>> {
     let Some(t) = known_name(conn, table)? else { return Ok(None) };
     let mut stmt = conn.prepare_cached(READ_RECORD)?;
     cells_at(&mut stmt, t, entity_id)
@@ -634,10 +680,9 @@ pub(crate) mod tests {
     proptest! {
         /// Merging changes with their records held unread, whether the log
         /// holds their rows already or not and wherever the flushes fall, leaves
-        /// the log that merging them one by one leaves, repeats included (each
-        /// is stored once). An id names one change (its transaction and value),
-        /// as ids from one clock do: which of two different changes claiming
-        /// one id is kept is not what this path promises.
+        /// the log that merging them one by one leaves. As for a capture, each
+        /// has an id of its own that the log does not hold yet (a clock's ids),
+        /// though not in order: repeats are what the merge path is for.
         #[test]
         fn merging_unread_stores_what_merge_stores(
             changes in proptest::collection::vec((0usize..40, "[a-c]", "[xy*]"), 0..100),
@@ -659,12 +704,14 @@ pub(crate) mod tests {
                     author: "me".into(),
                 })
                 .collect();
+            let (before, held) = changes.split_at(stored_first.min(changes.len()));
+            let mut seen: std::collections::HashSet<&str> = before.iter().map(|c| c.id.as_str()).collect();
+            let held: Vec<Change> = held.iter().filter(|c| seen.insert(&c.id)).cloned().collect();
             let (one, all) = (open_log(), open_log());
             let log = Log::new(&one).unwrap();
-            for c in &changes {
+            for c in before.iter().chain(&held) {
                 log.merge(c).unwrap();
             }
-            let (before, held) = changes.split_at(stored_first.min(changes.len()));
             let mut log = Log::new(&all).unwrap();
             // Flushes by the caller, and by the log itself once over its budget.
             log.held_budget = budget;

@@ -27,14 +27,14 @@ fn id_text(id: &Id) -> String {
 /// The winner of (`table`, `entity_id`, `attribute`), if the log has the cell.
 pub fn winner(conn: &Connection, table: &str, entity_id: &str, attribute: &str) -> Result<Option<Winner>> {
     let Some(attr_n) = known_name(conn, attribute)? else { return Ok(None) };
-    let Some(cells) = record_of(conn, table, entity_id)? else { return Ok(None) };
+    let Some((cells, _)) = record_of(conn, table, entity_id)? else { return Ok(None) };
     let Some(w) = cells.into_iter().find(|c| c.attr_n == attr_n as u64) else { return Ok(None) };
     Ok(Some(Winner { id: id_text(&w.id), author: author_of(conn, w.author_n)?, new_value: w.new_value }))
 }
 
 /// The winning value of every attribute of a row that the log has.
 pub fn winners(conn: &Connection, table: &str, entity_id: &str) -> Result<HashMap<String, Option<String>>> {
-    let Some(cells) = record_of(conn, table, entity_id)? else { return Ok(HashMap::new()) };
+    let Some((cells, _)) = record_of(conn, table, entity_id)? else { return Ok(HashMap::new()) };
     let mut out = HashMap::with_capacity(cells.len());
     for c in cells {
         let name: String =
@@ -81,7 +81,7 @@ pub fn damaged_records(conn: &Connection) -> Result<Vec<(String, String)>> {
 
 /// Whether `id` sorts after the stored value `after` as SQLite compares them:
 /// any text before any blob, each bytewise (an empty cursor is `x''`).
-fn id_after(id: &Id, after: &Value) -> bool {
+pub(super) fn id_after(id: &Id, after: &Value) -> bool {
     match (id, after) {
         (Id::Uuid(b), Value::Blob(a)) => b.as_slice() > a.as_slice(),
         (Id::Uuid(_), Value::Text(_)) => true,
@@ -93,8 +93,21 @@ fn id_after(id: &Id, after: &Value) -> bool {
     }
 }
 
-/// Calls `f` with the cell (values left out) of every winner of the log.
-fn each_winner_key(conn: &Connection, mut f: impl FnMut(&Cell)) -> Result<()> {
+/// Whether `id` sorts before the stored value `before` as SQLite compares them
+/// (the other side of [`id_after`]).
+pub(super) fn id_before(id: &Id, before: &Value) -> bool {
+    match (id, before) {
+        (Id::Uuid(b), Value::Blob(a)) => b.as_slice() < a.as_slice(),
+        (Id::Text(t), Value::Text(a)) => t.as_bytes() < a.as_bytes(),
+        (Id::Uuid(_), Value::Text(_)) => false,
+        (Id::Text(_), Value::Blob(_)) => true,
+        (_, Value::Null | Value::Integer(_) | Value::Real(_)) => false,
+    }
+}
+
+/// Calls `f` with the cell (values left out) of every change the records hold:
+/// the winners and the records' pasts.
+fn each_record_key(conn: &Connection, mut f: impl FnMut(&Cell)) -> Result<()> {
     let mut stmt = conn.prepare("SELECT cells FROM ZV_ROW")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -102,8 +115,9 @@ fn each_winner_key(conn: &Connection, mut f: impl FnMut(&Cell)) -> Result<()> {
             .get_ref(0)?
             .as_blob()
             .map_err(|_| Error::Invalid("a row record of the change log is not bytes".into()))?;
-        for c in record::decode_keys(bytes)? {
-            f(&c);
+        let (cells, past) = record::decode_keys(bytes)?;
+        for c in cells.iter().chain(&past) {
+            f(c);
         }
     }
     Ok(())
@@ -124,7 +138,7 @@ pub fn count_and_greatest_id(conn: &Connection) -> Result<(i64, Option<String>)>
         conn.query_row("SELECT count(*), max(id) FROM ZV_HISTORY", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut best: Option<Id> = max.filter(|v| *v != Value::Null).map(stored_to_id).transpose()?;
     let mut cells = 0;
-    each_winner_key(conn, |c| {
+    each_record_key(conn, |c| {
         cells += 1;
         if best.as_ref().is_none_or(|b| c.id > *b) {
             best = Some(c.id.clone());
@@ -133,10 +147,11 @@ pub fn count_and_greatest_id(conn: &Connection) -> Result<(i64, Option<String>)>
     Ok((history + cells, best.as_ref().map(id_text)))
 }
 
-/// The greatest of the history's `max(id)` and the ids of the winners `which` picks.
+/// The greatest of the history's `max(id)` and the ids of the records' changes
+/// `which` picks.
 fn greatest(conn: &Connection, history: Option<Value>, which: impl Fn(&Cell) -> bool) -> Result<Option<String>> {
     let mut best: Option<Id> = history.filter(|v| *v != Value::Null).map(stored_to_id).transpose()?;
-    each_winner_key(conn, |c| {
+    each_record_key(conn, |c| {
         if which(c) && best.as_ref().is_none_or(|b| c.id > *b) {
             best = Some(c.id.clone());
         }
@@ -154,7 +169,7 @@ pub fn count_by_after(conn: &Connection, author: &str, after: &Value) -> Result<
         |r| r.get(0),
     )?;
     let mut cells = 0;
-    each_winner_key(conn, |c| {
+    each_record_key(conn, |c| {
         if c.author_n == author_n as u64 && id_after(&c.id, after) {
             cells += 1;
         }

@@ -328,7 +328,13 @@ fn a_version_5_log_becomes_records_on_open_keeping_every_change_and_unpushed_wri
     let distinct_rows: i64 =
         c.query_row("SELECT count(*) FROM (SELECT DISTINCT entity_type, entity_id FROM ZV_CLOCK)", [], |r| r.get(0))?;
     assert_eq!(records, distinct_rows, "one record per row");
-    assert_eq!(history as usize, before.0.len() - before.1.len(), "the superseded changes are the history");
+    let kept = in_pasts(&g.db("a"));
+    assert!(kept > 0, "records keep the changes superseded in their rows");
+    assert_eq!(
+        (history + kept) as usize,
+        before.0.len() - before.1.len(),
+        "the superseded changes are the history's rows and the records' pasts"
+    );
     assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
     assert_eq!(leftover_tables(&g.db("a"), "ZV_V5_"), 0);
@@ -384,6 +390,45 @@ fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change(
     Ok(())
 }
 
+/// How many changes the records' pasts hold.
+fn in_pasts(db: &std::path::Path) -> i64 {
+    open_plain(db).query_row("SELECT count(*) FROM ZV_ROW r, dimple_past(r.cells)", [], |r| r.get(0)).unwrap()
+}
+
+/// How many changes the seed's `ZV_CHANGE` shows.
+fn changes_shown(db: &std::path::Path) -> i64 {
+    open_plain(db).query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0)).unwrap()
+}
+
+/// Version 8 lets a record keep the changes superseded in its row; a version-7
+/// log (every superseded change a row of the history) opens with its history
+/// where it is, reads the same, and what is superseded after the upgrade is
+/// kept in the records and shown by the seed's views.
+#[test]
+fn a_version_7_log_keeps_its_history_and_shows_what_records_keep_after_the_upgrade() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0x0008_5eed, 60);
+    drop(a);
+    let db = g.db("a");
+    let moved = dimple::migrate::back_to_version_7(&mut open_plain(&db))?;
+    assert!(moved > 10, "only {moved} superseded changes were kept in records");
+    assert_eq!(in_pasts(&db), 0);
+    let before = dump(&db);
+
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    assert_eq!(dump(&db), before, "the seed's tables read the same through the views");
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    a.conn().execute("UPDATE t SET b = b || '+' WHERE id IN (SELECT id FROM t LIMIT 20)", [])?;
+    a.capture()?;
+    sync_a_b_a(&store, &mut a, &mut b)?;
+    assert!(in_pasts(&db) >= 20, "each update's superseded change is kept in its record");
+    assert_eq!(changes_shown(&db), dimple::log::count(a.conn())?, "ZV_CHANGE shows the records' pasts");
+    converged(&a, &b);
+    Ok(())
+}
+
 /// A process of the version-6 build that still had the file open when a newer
 /// one upgraded it goes on writing its records in form 1: those rows stay
 /// readable, `verify` finds nothing wrong, and sync goes on.
@@ -396,9 +441,9 @@ fn records_written_in_form_1_after_the_upgrade_stay_readable_and_sync() -> TestR
     let db = g.db("a");
     let older = downgrade_to_v6(&db);
     assert!(older > 10, "only {older} records differ in form 1");
-    // What the older process leaves: form-1 records under version 7.
-    let current = dimple::migrate::CURRENT.to_string();
-    open_plain(&db).execute("UPDATE ZV_METADATA SET value = ?1 WHERE key = 'local_schema'", [current])?;
+    // What the older process leaves: form-1 records under version 7 (whose
+    // upgrade to 8 changes the views only).
+    open_plain(&db).execute("UPDATE ZV_METADATA SET value = '7' WHERE key = 'local_schema'", [])?;
     let before = dump(&db);
 
     let mut a = g.reopen("a");
