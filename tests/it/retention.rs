@@ -107,9 +107,14 @@ fn unpushed_own_changes_and_changes_held_for_a_missing_column_are_never_pruned()
     b.conn().execute("INSERT INTO t VALUES ('kb', 1, 'first', 0.5)", [])?;
     b.conn().execute("UPDATE t SET b = 'second' WHERE id = 'kb'", [])?;
     b.capture()?;
-    // a adds a column b does not have, and writes it twice.
+    // a adds a column b does not have, and writes it twice in a row ('kc':
+    // b pulls both at once, the first arrives superseded) and twice with a
+    // pull between ('ka': the second supersedes the first in b's record).
     a.conn().execute_batch("ALTER TABLE t ADD COLUMN extra TEXT")?;
-    a.conn().execute("INSERT INTO t(id, extra) VALUES ('ka', 'x1')", [])?;
+    a.conn().execute("INSERT INTO t(id, extra) VALUES ('ka', 'x1'), ('kc', 'y1')", [])?;
+    a.conn().execute("UPDATE t SET extra = 'y2' WHERE id = 'kc'", [])?;
+    sync(&g, &mut a);
+    block_on(dimple::pull(&mut b, &g.store()))?;
     a.conn().execute("UPDATE t SET extra = 'x2' WHERE id = 'ka'", [])?;
     sync(&g, &mut a);
     block_on(dimple::pull(&mut b, &g.store()))?;
