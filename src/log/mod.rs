@@ -628,6 +628,13 @@ fn record_of(conn: &Connection, table: &str, entity_id: &str) -> Result<Option<R
     cells_at(&mut stmt, t, entity_id)
 }
 
+/// The record in column `i` of `row`, which must be bytes.
+fn record_in<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r [u8]> {
+    row.get_ref(i)?
+        .as_blob()
+        .map_err(|_| crate::error::Error::Invalid("a row record of the change log is not bytes".into()))
+}
+
 /// The replica id of author number `n` of this log.
 fn author_of(conn: &Connection, n: u64) -> Result<String> {
     Ok(conn.prepare_cached("SELECT id FROM ZV_AUTHOR WHERE n = ?1")?.query_row([n as i64], |r| r.get(0))?)

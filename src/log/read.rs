@@ -2,7 +2,7 @@
 //! damage `verify` looks for. Nothing here writes.
 
 use super::*;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::record::{self, Cell, Id};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
@@ -111,11 +111,7 @@ fn each_record_key(conn: &Connection, mut f: impl FnMut(&Cell)) -> Result<()> {
     let mut stmt = conn.prepare("SELECT cells FROM ZV_ROW")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let bytes = r
-            .get_ref(0)?
-            .as_blob()
-            .map_err(|_| Error::Invalid("a row record of the change log is not bytes".into()))?;
-        let (cells, past) = record::decode_keys(bytes)?;
+        let (cells, past) = record::decode_keys(record_in(r, 0)?)?;
         for c in cells.iter().chain(&past) {
             f(c);
         }

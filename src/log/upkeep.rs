@@ -168,10 +168,7 @@ pub fn copy_winners(s: &Connection, from: &str) -> Result<u64> {
         let mut write = s.prepare("INSERT INTO main.ZV_ROW(type_n, entity_id, cells) VALUES (?1, ?2, ?3)")?;
         let mut rows = read.query([])?;
         while let Some(r) = rows.next()? {
-            let cells = r
-                .get_ref(2)?
-                .as_blob()
-                .map_err(|_| Error::Invalid("a row record of the change log is not bytes".into()))?;
+            let cells = record_in(r, 2)?;
             write.execute(params![r.get::<_, Value>(0)?, r.get::<_, Value>(1)?, record::without_past(cells)?])?;
         }
     }
