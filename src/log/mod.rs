@@ -15,9 +15,11 @@
 //! repeated the row key and a 16-byte id in every change, and a new row was an
 //! insert per cell. Here a table row's winning changes are one record in
 //! `ZV_ROW` (the row key once, ids after the first as small differences:
-//! `crate::record`), found with one seek and written once per batch; every
-//! change a winner supersedes goes to `ZV_HISTORY`, keyed by id so that it is an
-//! append and pruning removes the front. No separate clock: the records are it.
+//! `crate::record`), found with one seek and written once per batch. A change a
+//! winner supersedes stays in the record's past, a few bytes (up to
+//! `PAST_CELLS` of them), or goes to `ZV_HISTORY`, keyed by id so that it is an
+//! append and pruning removes the front; so does a change that arrives already
+//! superseded. No separate clock: the records are it.
 
 use crate::error::Result;
 use crate::merge::{Change, Outcome};
