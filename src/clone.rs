@@ -246,8 +246,8 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// format 2's are in form 1, and are written again when copied; a damaged one
 /// is an error of the query), no record keeping a past (a snapshot carries
 /// winners alone), and every cell as [`check_compact`] wants a change. Read
-/// from the tables through `dimple_cells`, never through the
-/// file's own views, which its writer chose.
+/// from the tables through `dimple_cells`, never through the file's own views,
+/// which its writer chose.
 fn check_records(conn: &Connection, origin: &str) -> Result<()> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn

@@ -49,7 +49,9 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
         "SELECT h.id, h.author_n, h.tx_n, h.old_value, h.new_value, a.id FROM ZV_HISTORY h
          JOIN ZV_AUTHOR a ON a.n = h.author_n WHERE h.type_n = ?1 AND h.entity_id = ?2 AND h.attr_n = ?3",
     )?;
-    let mut best: Option<(Cell, String)> = None;
+    // The cell's superseded changes with their authors' ids (the merge orders
+    // by id, then author), each from the history (None) or the past (Some(at)).
+    let mut superseded: Vec<(Cell, String, Option<usize>)> = Vec::new();
     let mut rows = stmt.query(params![type_n, c.entity_id, attr_n])?;
     while let Some(r) = rows.next()? {
         let cell = Cell {
@@ -60,22 +62,15 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
             old_value: r.get(3)?,
             new_value: r.get(4)?,
         };
-        let author: String = r.get(5)?;
-        if best.as_ref().is_none_or(|(b, a)| (&cell.id, &author) > (&b.id, a)) {
-            best = Some((cell, author));
-        }
+        superseded.push((cell, r.get(5)?, None));
     }
     drop(rows);
-    // The past's changes of the cell compete too (author text, as above).
-    let mut from_past = None;
-    for (i, cell) in past.iter().enumerate().filter(|(_, x)| x.attr_n == attr_n as u64) {
-        let author = author_of(conn, cell.author_n)?;
-        if best.as_ref().is_none_or(|(b, a)| (&cell.id, &author) > (&b.id, a)) {
-            best = Some((cell.clone(), author));
-            from_past = Some(i);
-        }
+    for (at, cell) in past.iter().enumerate().filter(|(_, x)| x.attr_n == attr_n as u64) {
+        superseded.push((cell.clone(), author_of(conn, cell.author_n)?, Some(at)));
     }
-    if let Some((next, _)) = best {
+    let best =
+        superseded.into_iter().max_by(|(a, a_author, _), (b, b_author, _)| (&a.id, a_author).cmp(&(&b.id, b_author)));
+    if let Some((next, _, from_past)) = best {
         match from_past {
             Some(i) => drop(past.remove(i)),
             None => unhistory(stored_id(&next.id), next.author_n as i64)?,
@@ -103,16 +98,7 @@ pub fn remove_own(conn: &Connection, c: &Change) -> Result<()> {
 /// id): retention runs at most once an hour.
 pub fn prune_superseded(conn: &Connection, before: &Value, me: &str, through: &Value) -> Result<usize> {
     let pruned = prune_history_rows(conn, before, me, through)?;
-    let mut tracked = std::collections::HashSet::new();
-    let mut stmt = conn.prepare(
-        "SELECT t.n, c.n FROM ZV_TRACKED k JOIN ZV_NAME t ON t.name = k.tbl
-         JOIN ZV_NAME c ON c.name = '*' OR c.name IN (SELECT value FROM json_each(k.columns))",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        tracked.insert((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64));
-    }
-    drop(rows);
+    let tracked = tracked_cells(conn)?;
     let me = known_author(conn, me)?.map(|n| n as u64);
     let mut in_pasts = 0;
     records_again(
@@ -134,6 +120,16 @@ pub fn prune_superseded(conn: &Connection, before: &Value, me: &str, through: &V
         true,
     )?;
     Ok(pruned + in_pasts)
+}
+
+/// The (table, attribute) numbers of the tracked tables' columns and rows.
+fn tracked_cells(conn: &Connection) -> Result<std::collections::HashSet<(u64, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT t.n, c.n FROM ZV_TRACKED k JOIN ZV_NAME t ON t.name = k.tbl
+         JOIN ZV_NAME c ON c.name = '*' OR c.name IN (SELECT value FROM json_each(k.columns))",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// [`prune_superseded`] of the history's rows.
@@ -247,13 +243,14 @@ pub fn pasts_to_history(tx: &Connection) -> Result<usize> {
     Ok(moved)
 }
 
-/// Writes again each record `again` (given its table number, cells and past)
-/// encodes otherwise than it is, when `write_them` (None: as it is); returns
-/// how many there are.
-/// A chunk of rows at a time in key order, since SQLite does not promise what
-/// a scan sees of rows updated under it.
+/// What [`records_again`] asks of each record: given its table number, cells
+/// and past, the bytes it should be, or None to leave it as it is.
 type Again<'a> = dyn FnMut(i64, Vec<Cell>, Vec<Cell>) -> Result<Option<Vec<u8>>> + 'a;
 
+/// Writes again each record `again` encodes otherwise than it is, when
+/// `write_them`; returns how many there are. A chunk of rows at a time in key
+/// order, since SQLite does not promise what a scan sees of rows updated under
+/// it.
 fn records_again(tx: &Connection, again: &mut Again<'_>, write_them: bool) -> Result<u64> {
     // Rows and bytes a chunk holds at most: records with large values inline
     // would otherwise take a chunk's rows times their size in memory.
