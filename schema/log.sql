@@ -1,7 +1,7 @@
--- The change log as a replica keeps it (local schema version 8), applied by `init`
+-- The change log as a replica keeps it (local schema version 9), applied by `init`
 -- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
 -- over it with their columns (below); dimple itself reads and writes these tables
--- (src/log/). A snapshot carries the log in this same form (snapshot format 3;
+-- (src/log/). A snapshot carries the log in this same form (snapshot format 4;
 -- snapshot_log.sql is format 1's, a row per change), a batch in the seed's form
 -- of batch.sql.
 --
@@ -16,6 +16,8 @@
 -- - a record also keeps, after its cells, up to 16 of the changes superseded in
 --   its row (its past): a few bytes each where a history row repeats the row
 --   key and a 16-byte id;
+-- - a change with the author and transaction numbers of the change before it
+--   in its record leaves them out (record form 3);
 -- - there is no separate clock: the records are the clock.
 
 -- Every author (replica id) the log holds, numbered in this file only. The merge

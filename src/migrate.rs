@@ -18,7 +18,7 @@ const KEY: &str = "local_schema";
 const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
 
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 8;
+pub const CURRENT: i64 = 9;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -51,9 +51,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     if at < 6 {
         records_per_row(&tx)?;
     }
-    if at == 6 {
+    if (6..9).contains(&at) {
         // Below 6 the step above wrote the records in the current form already.
-        records_in_form_2(&tx)?;
+        records_in_current_form(&tx)?;
     }
     if at < 8 {
         views_with_pasts(&tx)?;
@@ -212,12 +212,15 @@ fn records_per_row(tx: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Version 7: each record's ids in form 2 (src/record.rs), where an id may also
-/// be a difference from the record's first id, and a difference across
-/// milliseconds is written as milliseconds and counter: a row with a middle
-/// column updated took a full 16 bytes for the next column's id and 9 for the
-/// update's.
-fn records_in_form_2(tx: &Connection) -> Result<()> {
+/// Versions 7 and 9: every record written again in the form this build
+/// writes (src/record.rs), in one pass whichever of the two a replica lacks.
+/// Version 7, form 2: an id may also be a difference from the record's first
+/// id, and a difference across milliseconds is written as milliseconds and
+/// counter (a row with a middle column updated took a full 16 bytes for the
+/// next column's id and 9 for the update's). Version 9, form 3: a change with
+/// the author and transaction numbers of the change before it in the record
+/// leaves them out (two bytes a cell).
+fn records_in_current_form(tx: &Connection) -> Result<()> {
     crate::log::rewrite_records(tx, crate::record::encode_row)?;
     Ok(())
 }
@@ -240,11 +243,24 @@ const VERSION_7_LOG_VIEW: &str = "DROP VIEW ZV_LOG;
     UNION ALL
     SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY;";
 
-/// Moves the records' pasts into the history and makes `ZV_LOG` and the
-/// version what local schema 7 had: what the tests of the upgrade start from.
-/// Returns how many changes moved.
+/// Writes every record in form 2, as local schema 8 wrote them, and the
+/// version to 8: what the tests of the upgrade start from. Returns how many
+/// records changed form.
+#[doc(hidden)]
+pub fn back_to_version_8(conn: &mut Connection) -> Result<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let n = crate::log::rewrite_records(&tx, crate::record::encode_form_2)?;
+    meta::set(&tx, KEY, "8")?;
+    tx.commit()?;
+    Ok(n)
+}
+
+/// [`back_to_version_8`], then the records' pasts moved into the history and
+/// `ZV_LOG` and the version made what local schema 7 had. Returns how many
+/// changes moved.
 #[doc(hidden)]
 pub fn back_to_version_7(conn: &mut Connection) -> Result<usize> {
+    back_to_version_8(conn)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let n = crate::log::pasts_to_history(&tx)?;
     tx.execute_batch(VERSION_7_LOG_VIEW)?;

@@ -30,13 +30,14 @@ use std::time::Duration;
 /// (records per row, schema/log.sql), so a clone copies it page by page.
 pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
 
-/// The snapshot format this build writes (pointer and file): 3, the log as
-/// records per row with their ids in form 2 (src/record.rs). Format 2 had the
-/// same records with ids in form 1, and format 1 (schema/snapshot_log.sql, or
-/// the text tables of schema/wire_log.sql before it) carried the log a row per
-/// change; both are still read. A build that knows fewer formats refuses a
-/// newer pointer by its number.
-pub const SNAPSHOT_FORMAT: i64 = 3;
+/// The snapshot format this build writes (pointer and file): 4, the log as
+/// records per row in form 3 (src/record.rs). Formats 3 and 2 had the same
+/// records in forms 2 and 1, and format 1 (schema/snapshot_log.sql, or the
+/// text tables of schema/wire_log.sql before it) carried the log a row per
+/// change; all are still read. A build that knows fewer formats refuses a
+/// newer pointer by its number (a build of format 3 would otherwise find the
+/// records damaged).
+pub const SNAPSHOT_FORMAT: i64 = 4;
 
 /// Whether this build reads snapshots of `format`.
 pub fn readable(format: i64) -> bool {

@@ -202,7 +202,7 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
         conn.execute_batch("INSERT INTO main.ZV_ROW SELECT * FROM snap.ZV_ROW;")?;
         let format: i64 = conn.query_row("SELECT format FROM snap.ZV_SNAPSHOT", [], |r| r.get(0))?;
         if format < crate::snapshot::SNAPSHOT_FORMAT {
-            // Format 2: its records' ids are in form 1.
+            // Formats 2 and 3: its records are in forms 1 and 2.
             rewrite_records(conn, record::encode_row)?;
         }
     } else {
@@ -212,17 +212,17 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
 }
 
 /// Writes every record of this log again with `encode` (of its cells and
-/// past) from what it reads in either form (src/record.rs): the upgrade to
-/// form 2, a snapshot's records of format 2 (checked readable before), and
-/// tests going back to form 1. A record that cannot be read is left as it is.
+/// past) from what it reads in any form (src/record.rs): the upgrades to
+/// forms 2 and 3, a snapshot's records of an older format (checked readable
+/// before), and tests going back to older forms. A record that cannot be read is left as it is.
 /// Returns how many records changed.
 pub(crate) fn rewrite_records(tx: &Connection, encode: fn(&[Cell], &[Cell]) -> Vec<u8>) -> Result<u64> {
     records_again(tx, &mut |_, cells, past| Ok(Some(encode(&cells, &past))), true)
 }
 
-/// How many records are not in the form this build writes (form 1, from an
-/// upgrade not run yet or a process of an older build): what the tests of the
-/// upgrade look for.
+/// How many records are not in the form this build writes (an older form,
+/// from an upgrade not run yet or a process of an older build): what the
+/// tests of the upgrade look for.
 #[doc(hidden)]
 pub fn records_in_older_form(conn: &Connection) -> Result<u64> {
     records_again(conn, &mut |_, cells, past| Ok(Some(record::encode_row(&cells, &past))), false)
@@ -239,7 +239,7 @@ pub fn pasts_to_history(tx: &Connection) -> Result<usize> {
          FROM ZV_ROW r, dimple_past(r.cells) p",
         [],
     )?;
-    rewrite_records(tx, |cells, _| record::encode(cells))?;
+    rewrite_records(tx, |cells, _| record::encode_form_2(cells, &[]))?;
     Ok(moved)
 }
 

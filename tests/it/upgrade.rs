@@ -357,20 +357,41 @@ fn records_not_current(db: &std::path::Path) -> u64 {
     dimple::log::records_in_older_form(&open_plain(db)).unwrap()
 }
 
+fn downgrade_to_v8(path: &std::path::Path) -> u64 {
+    dimple::migrate::back_to_version_8(&mut open_plain(path)).unwrap()
+}
+
 #[test]
-fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change() -> TestResult {
+fn a_version_6_log_s_records_are_written_in_the_current_form_on_open_keeping_every_change() -> TestResult {
+    records_of_an_older_form_are_written_again_on_open(0x0007_5eed, downgrade_to_v6)
+}
+
+/// Version 9 leaves out of a record the author and transaction numbers a
+/// change repeats (form 3); a version-8 log's records, pasts and all, are
+/// written again in it.
+#[test]
+fn a_version_8_log_s_records_are_written_in_form_3_on_open_keeping_every_change() -> TestResult {
+    records_of_an_older_form_are_written_again_on_open(0x0009_5eed, downgrade_to_v8)
+}
+
+/// Takes a busy replica back to an older local schema with `downgrade` (which
+/// says how many records changed form), then checks that the next open writes
+/// its records in the current form, smaller, and that it reads the same, keeps
+/// its unpushed changes, verifies and syncs.
+fn records_of_an_older_form_are_written_again_on_open(seed: u64, downgrade: fn(&std::path::Path) -> u64) -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let (a, mut b) = busy_group(&g, 0x0007_5eed, 60);
+    let (a, mut b) = busy_group(&g, seed, 60);
     let me = a.id().to_owned();
     let waiting = dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?;
     assert!(!waiting.is_empty(), "the last round is not pushed yet");
     drop(a);
     let db = g.db("a");
-    let older = downgrade_to_v6(&db);
-    assert!(older > 10, "only {older} records differ in form 1");
-    assert_eq!(records_not_current(&db), older, "form 1 is not form 2 where they differ");
-    assert_eq!(dimple::log::damaged_records(&open_plain(&db))?, vec![], "a record of form 1 is readable");
+    let changed = downgrade(&db);
+    assert!(changed > 10, "only {changed} records differ in the older form");
+    // The last step back changed these; those before it, maybe more.
+    assert!(records_not_current(&db) >= changed, "the older form is not the current one where they differ");
+    assert_eq!(dimple::log::damaged_records(&open_plain(&db))?, vec![], "a record of the older form is readable");
     let before = dump(&db);
     let size = |db: &std::path::Path| -> i64 {
         open_plain(db).query_row("SELECT sum(length(cells)) FROM ZV_ROW", [], |r| r.get(0)).unwrap()
@@ -381,7 +402,7 @@ fn a_version_6_log_s_records_are_written_in_form_2_on_open_keeping_every_change(
     assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
     assert_eq!(dump(&db), before, "the seed's tables read the same through the views");
     assert_eq!(records_not_current(&db), 0);
-    assert!(size(&db) < bytes_before, "form 2 is smaller: {} -> {} bytes", bytes_before, size(&db));
+    assert!(size(&db) < bytes_before, "the current form is smaller: {} -> {} bytes", bytes_before, size(&db));
     assert_eq!(dimple::outbox::unpushed_after(a.conn(), &me, "", usize::MAX)?, waiting);
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
     sync_a_b_a(&store, &mut a, &mut b)?;
@@ -434,20 +455,35 @@ fn a_version_7_log_keeps_its_history_and_shows_what_records_keep_after_the_upgra
 /// readable, `verify` finds nothing wrong, and sync goes on.
 #[test]
 fn records_written_in_form_1_after_the_upgrade_stay_readable_and_sync() -> TestResult {
+    records_of_an_older_form_written_after_the_upgrade_stay_readable(0x0007_0001, downgrade_to_v6)
+}
+
+/// The same for a process of a version-7 or -8 build, writing form 2.
+#[test]
+fn records_written_in_form_2_after_the_upgrade_stay_readable_and_sync() -> TestResult {
+    records_of_an_older_form_written_after_the_upgrade_stay_readable(0x0009_0001, downgrade_to_v8)
+}
+
+fn records_of_an_older_form_written_after_the_upgrade_stay_readable(
+    seed: u64,
+    downgrade: fn(&std::path::Path) -> u64,
+) -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let (a, mut b) = busy_group(&g, 0x0007_0001, 60);
+    let (a, mut b) = busy_group(&g, seed, 60);
     drop(a);
     let db = g.db("a");
-    let older = downgrade_to_v6(&db);
-    assert!(older > 10, "only {older} records differ in form 1");
-    // What the older process leaves: form-1 records under version 7 (whose
-    // upgrade to 8 changes the views only).
-    open_plain(&db).execute("UPDATE ZV_METADATA SET value = '7' WHERE key = 'local_schema'", [])?;
+    assert!(downgrade(&db) > 10, "few records differ in the older form");
+    let older = records_not_current(&db);
+    // What the older process leaves: records of its form under the current version.
+    open_plain(&db).execute(
+        "UPDATE ZV_METADATA SET value = ?1 WHERE key = 'local_schema'",
+        [dimple::migrate::CURRENT.to_string()],
+    )?;
     let before = dump(&db);
 
     let mut a = g.reopen("a");
-    assert_eq!(records_not_current(&db), older, "no upgrade ran: still form 1");
+    assert_eq!(records_not_current(&db), older, "no upgrade ran: still the older form");
     assert_eq!(dump(&db), before, "the seed's tables read the same");
     assert_eq!(dimple::verify::check(&mut a)?, vec![]);
     sync_a_b_a(&store, &mut a, &mut b)?;
@@ -480,7 +516,7 @@ fn a_version_6_log_with_damaged_records_upgrades_and_verify_names_them() -> Test
     let mut a = g.reopen("a");
     assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
     assert_eq!(damaged(&db), expected, "the damaged rows stay as they were");
-    assert_eq!(records_not_current(&db), 0, "the others are in form 2");
+    assert_eq!(records_not_current(&db), 0, "the others are in the current form");
     let problems = dimple::verify::check(&mut a)?;
     for id in &ids {
         assert!(problems.iter().any(|p| format!("{p:?}").contains(id.as_str())), "verify names {id}: {problems:?}");
@@ -635,14 +671,49 @@ fn an_upgrade_to_records_killed_midway_leaves_version_5_and_the_next_open_finish
 /// version-6 records are whole, and the next open writes them again.
 #[test]
 fn an_upgrade_to_form_2_killed_midway_leaves_version_6_and_the_next_open_finishes_it() -> TestResult {
-    use rand::{Rng, SeedableRng};
     let g = Group::new();
-    let (mut a, b) = busy_group(&g, 0x0007_dead, 40);
+    bulk_records(&g, 0x0007_dead)?;
+    let db = g.db("a");
+    killed_midway_then_finished(
+        &g,
+        |db| assert!(downgrade_to_v6(db) >= 60_000, "every bulk record differs in form 1"),
+        "6",
+        |db| assert!(records_not_current(db) >= 60_000, "the version-6 records are form 1 still"),
+    )?;
+    assert_eq!(records_not_current(&db), 0);
+    Ok(())
+}
+
+/// The same for form 3: killed while it writes the records again, the
+/// version-8 records are whole, and the next open writes them again.
+#[test]
+fn an_upgrade_to_form_3_killed_midway_leaves_version_8_and_the_next_open_finishes_it() -> TestResult {
+    let g = Group::new();
+    bulk_records(&g, 0x0009_dead)?;
+    let db = g.db("a");
+    killed_midway_then_finished(
+        &g,
+        |db| assert!(downgrade_to_v8(db) >= 60_000, "every bulk record differs in form 2"),
+        "8",
+        |db| assert!(records_not_current(db) >= 60_000, "the version-8 records are form 2 still"),
+    )?;
+    assert_eq!(records_not_current(&db), 0);
+    Ok(())
+}
+
+/// A busy group of which replica "a" also holds 60000 rows whose middle column
+/// is updated in a later transaction (a millisecond or more later), so that
+/// every record differs in forms 1 and 2 (a past, author and transaction
+/// numbers repeated), with values that do not compress: an upgrade writing
+/// them again takes megabytes to write.
+fn bulk_records(g: &Group, seed: u64) -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let (mut a, b) = busy_group(g, seed, 40);
     drop(b);
     // Many rows whose middle column is updated in a later transaction (a
     // millisecond or more later), so that every record differs in form 1, with
     // values that do not compress: the upgrade takes megabytes to write.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0f0f_2222);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x0f0f_2222);
     let write = |a: &dimple::Replica, sql: &str, rng: &mut rand::rngs::StdRng| -> TestResult {
         let tx = a.conn().unchecked_transaction()?;
         for i in 0..60_000 {
@@ -656,15 +727,6 @@ fn an_upgrade_to_form_2_killed_midway_leaves_version_6_and_the_next_open_finishe
     a.capture()?;
     write(&a, "UPDATE t SET b = hex(?2) WHERE id = ?1", &mut rng)?;
     a.capture()?;
-    drop(a);
-    let db = g.db("a");
-    killed_midway_then_finished(
-        &g,
-        |db| assert!(downgrade_to_v6(db) >= 60_000, "every bulk record differs in form 1"),
-        "6",
-        |db| assert!(records_not_current(db) >= 60_000, "the version-6 records are form 1 still"),
-    )?;
-    assert_eq!(records_not_current(&db), 0);
     Ok(())
 }
 
