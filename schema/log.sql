@@ -17,7 +17,8 @@
 --   its row (its past): a few bytes each where a history row repeats the row
 --   key and a 16-byte id;
 -- - a change with the author and transaction numbers of the change before it
---   in its record leaves them out (record form 3);
+--   in its record leaves them out, and an update its old value when the
+--   record's past keeps it (record form 3);
 -- - there is no separate clock: the records are the clock.
 
 -- Every author (replica id) the log holds, numbered in this file only. The merge

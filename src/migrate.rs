@@ -219,7 +219,9 @@ fn records_per_row(tx: &Connection) -> Result<()> {
 /// counter (a row with a middle column updated took a full 16 bytes for the
 /// next column's id and 9 for the update's). Version 9, form 3: a change with
 /// the author and transaction numbers of the change before it in the record
-/// leaves them out (two bytes a cell).
+/// leaves them out (two bytes a cell), and one whose old value is the new
+/// value of the change it superseded, kept in the record's past, leaves that
+/// out.
 fn records_in_current_form(tx: &Connection) -> Result<()> {
     crate::log::rewrite_records(tx, crate::record::encode_row)?;
     Ok(())

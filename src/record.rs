@@ -23,7 +23,11 @@
 //! change that has those of the change before it in the record, and says so
 //! with bit [`SAME_TX`] of its id's tag: the cells of one insert, and mostly
 //! a row's whole record, are one transaction's. Two bytes a cell, a tenth of
-//! the bench's records.
+//! the bench's records. It also leaves out a change's old value when that is
+//! the new value of the change it superseded, kept in the same record (bit
+//! [`OLD_KEPT`]): an update's old value is mostly the value its row's past
+//! keeps, so an update kept with its past costs its new value once, not three
+//! times.
 //!
 //! A record may also keep its row's past (local schema 8): after the cells, a
 //! varint 0 (no attribute number follows another that is not smaller) and the
@@ -121,6 +125,35 @@ const FIRST_FAR: u8 = 6;
 /// numbers of the change before it in the record (which are then not
 /// written), and only then.
 const SAME_TX: u8 = 0x08;
+/// Form 3: set on an id's tag when its change's old value is the new value of
+/// the change it superseded ([`superseded`]) and is not written, and only then.
+const OLD_KEPT: u8 = 0x10;
+
+/// The change of `all` that change `i` superseded, as far as the record
+/// knows: of its attribute, the one with the greatest id below its own, when
+/// exactly one has that id (two authors may share an id; their order is their
+/// replica ids', which a record does not hold).
+fn superseded(all: &[&Cell], i: usize) -> Option<usize> {
+    let c = all[i];
+    let mut best: Option<usize> = None;
+    let mut tied = false;
+    for (j, o) in all.iter().enumerate() {
+        if j == i || o.attr_n != c.attr_n || o.id >= c.id {
+            continue;
+        }
+        match best.map(|b| o.id.cmp(&all[b].id)) {
+            None | Some(std::cmp::Ordering::Greater) => (best, tied) = (Some(j), false),
+            Some(std::cmp::Ordering::Equal) => tied = true,
+            Some(std::cmp::Ordering::Less) => {}
+        }
+    }
+    best.filter(|_| !tied)
+}
+
+/// Whether form 3 leaves out change `i`'s old value.
+fn old_kept(all: &[&Cell], i: usize) -> bool {
+    superseded(all, i).is_some_and(|j| all[j].new_value == all[i].old_value)
+}
 
 /// The forms a record can be in, as the bits of a set ([`decode_cells`]).
 const FORM_1: u8 = 1;
@@ -279,6 +312,9 @@ fn encode_in(cells: &[Cell], past: &[Cell], form: Form) -> Vec<u8> {
     let mut out = Vec::with_capacity((cells.len() + past.len()) * 24);
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     let mut before: Option<&Cell> = None;
+    // Only a past holds changes that others superseded (cells have one attribute each).
+    let all: Vec<&Cell> =
+        if form == Form::Three && !past.is_empty() { cells.iter().chain(past).collect() } else { Vec::new() };
     for (i, c) in cells.iter().chain(past).enumerate() {
         if i == cells.len() {
             put_varint(&mut out, PAST);
@@ -309,7 +345,11 @@ fn encode_in(cells: &[Cell], past: &[Cell], form: Form) -> Vec<u8> {
             put_varint(&mut out, c.tx_n);
         }
         before = Some(c);
-        put_opt(&mut out, c.old_value.as_deref());
+        if !all.is_empty() && old_kept(&all, i) {
+            out[tag_at] |= OLD_KEPT;
+        } else {
+            put_opt(&mut out, c.old_value.as_deref());
+        }
         put_opt(&mut out, c.new_value.as_deref());
     }
     out
@@ -350,26 +390,41 @@ fn broken() -> Error {
 /// The cells of a record, in attribute order (its past read, and left).
 #[cfg(test)]
 pub fn decode(record: &[u8]) -> Result<Vec<Cell>> {
-    Ok(decode_cells(record, true)?.0)
+    Ok(decode_cells(record, true)?.cells)
 }
 
 /// The cells of a record and its past.
 pub fn decode_row(record: &[u8]) -> Result<(Vec<Cell>, Vec<Cell>)> {
-    decode_cells(record, true).map(|(cells, past, _)| (cells, past))
+    decode_cells(record, true).map(|d| (d.cells, d.past))
 }
 
 /// The cells of a record and its past without their values (None): what
 /// counting changes or finding the greatest id needs, with no text copied.
 pub fn decode_keys(record: &[u8]) -> Result<(Vec<Cell>, Vec<Cell>)> {
-    decode_cells(record, false).map(|(cells, past, _)| (cells, past))
+    decode_cells(record, false).map(|d| (d.cells, d.past))
 }
 
-/// A record without its past (the whole record read, values skipped): the
-/// cells are written first and do not depend on the past, so this is the
-/// record of the same winners with no past.
-pub fn without_past(record: &[u8]) -> Result<&[u8]> {
-    let (_, _, cells_len) = decode_cells(record, false)?;
-    Ok(&record[..cells_len])
+/// A record without its past, the record of the same winners with no past:
+/// its cells' bytes (the whole record read, values skipped), which come first
+/// and do not depend on the past unless a cell leaves its old value to it;
+/// else written again.
+pub fn without_past(record: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    let read = decode_cells(record, false)?;
+    if !read.cells_refer_to_past {
+        return Ok(std::borrow::Cow::Borrowed(&record[..read.cells_len]));
+    }
+    let (cells, _) = decode_row(record)?;
+    Ok(std::borrow::Cow::Owned(encode_in(&cells, &[], Form::Three)))
+}
+
+/// What [`decode_cells`] read.
+struct Decoded {
+    cells: Vec<Cell>,
+    past: Vec<Cell>,
+    /// Where the past starts (the record's length without one).
+    cells_len: usize,
+    /// Whether a cell leaves its old value to the past ([`OLD_KEPT`]).
+    cells_refer_to_past: bool,
 }
 
 /// A record is read in any of the three forms, each exactly as its encoder
@@ -379,7 +434,7 @@ pub fn without_past(record: &[u8]) -> Result<&[u8]> {
 /// Upgrades rewrite a replica's records, but a process of an older build that
 /// still had the file open when it was upgraded goes on writing its form, and
 /// those rows must stay readable.
-fn decode_cells(record: &[u8], values: bool) -> Result<(Vec<Cell>, Vec<Cell>, usize)> {
+fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
     let mut r = crate::packed::Reader::new(record);
     let (mut cells, mut past): (Vec<Cell>, Vec<Cell>) = (Vec::new(), Vec::new());
     let mut in_past = false;
@@ -387,6 +442,8 @@ fn decode_cells(record: &[u8], values: bool) -> Result<(Vec<Cell>, Vec<Cell>, us
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     // The author and transaction numbers of the change before.
     let mut before: Option<(u64, u64)> = None;
+    // Which changes (cells, then past) leave their old value to the change they superseded.
+    let mut kept_old: Vec<bool> = Vec::new();
     // The forms the record read so far can be in.
     let mut forms = FORM_1 | FORM_2 | FORM_3;
     let mut only = |allowed: u8| {
@@ -411,8 +468,8 @@ fn decode_cells(record: &[u8], values: bool) -> Result<(Vec<Cell>, Vec<Cell>, us
             return Err(broken());
         }
         let tag = r.byte().ok_or_else(broken)?;
-        let same_tx = tag & SAME_TX != 0;
-        let id = match tag & !SAME_TX {
+        let (same_tx, old_elsewhere) = (tag & SAME_TX != 0, tag & OLD_KEPT != 0);
+        let id = match tag & !(SAME_TX | OLD_KEPT) {
             TEXT => {
                 prev = None;
                 Id::Text(r.text().ok_or_else(broken)?)
@@ -459,17 +516,45 @@ fn decode_cells(record: &[u8], values: bool) -> Result<(Vec<Cell>, Vec<Cell>, us
             numbers
         };
         before = Some((author_n, tx_n));
+        if old_elsewhere {
+            only(FORM_3)?;
+        }
+        kept_old.push(old_elsewhere);
         let (old_value, new_value) = if values {
-            (r.opt().ok_or_else(broken)?, r.opt().ok_or_else(broken)?)
+            let old = if old_elsewhere { None } else { r.opt().ok_or_else(broken)? };
+            (old, r.opt().ok_or_else(broken)?)
         } else {
-            r.skip_opt().ok_or_else(broken)?;
+            if !old_elsewhere {
+                r.skip_opt().ok_or_else(broken)?;
+            }
             r.skip_opt().ok_or_else(broken)?;
             (None, None)
         };
         let cell = Cell { attr_n, id, author_n, tx_n, old_value, new_value };
         if in_past { &mut past } else { &mut cells }.push(cell);
     }
-    Ok((cells, past, cells_len))
+    // Old values left to the changes they superseded, which may come later.
+    let mut olds: Vec<(usize, Option<String>)> = Vec::new();
+    if !past.is_empty() {
+        let all: Vec<&Cell> = cells.iter().chain(&past).collect();
+        for (i, &kept) in kept_old.iter().enumerate() {
+            match superseded(&all, i) {
+                None if kept => return Err(broken()),
+                Some(j) if kept => olds.push((i, all[j].new_value.clone())),
+                // Form 3 would have left it out.
+                Some(j) if values && all[j].new_value == all[i].old_value => only(FORM_1 | FORM_2)?,
+                _ => {}
+            }
+        }
+    } else if kept_old.contains(&true) {
+        return Err(broken());
+    }
+    let cells_refer_to_past = kept_old[..cells.len()].contains(&true);
+    for (i, old) in olds {
+        let n = cells.len();
+        if i < n { &mut cells[i] } else { &mut past[i - n] }.old_value = old;
+    }
+    Ok(Decoded { cells, past, cells_len, cells_refer_to_past })
 }
 
 /// The tag form 1 gives an id after `prev`.
@@ -717,18 +802,30 @@ mod tests {
     }
 
     /// A record's cells and a past of a few changes of any of its attributes
-    /// (or others), in any order, ids as the cells' are.
+    /// (or others), in any order, ids as the cells' are; many a change's old
+    /// value is the new value of the change it superseded, as an update's is.
     fn any_row() -> impl Strategy<Value = (Vec<Cell>, Vec<Cell>)> {
-        (any_cells(), any_cells(), proptest::collection::vec(0u64..300, 0..12)).prop_map(|(cells, mut past, attrs)| {
-            if cells.is_empty() {
-                past.clear();
-            }
-            // Ascending attributes are the cells' order; a past is in any order.
-            for (c, a) in past.iter_mut().zip(attrs) {
-                c.attr_n = a;
-            }
-            (cells, past)
-        })
+        let attrs = proptest::collection::vec(prop_oneof![0u64..4, 0u64..300], 0..12);
+        (any_cells(), any_cells(), attrs, proptest::collection::vec(any::<bool>(), 24)).prop_map(
+            |(mut cells, mut past, attrs, chained)| {
+                if cells.is_empty() {
+                    past.clear();
+                }
+                // Ascending attributes are the cells' order; a past is in any order.
+                for (c, a) in past.iter_mut().zip(attrs) {
+                    c.attr_n = a;
+                }
+                let n = cells.len();
+                for (i, chain) in chained.into_iter().enumerate().take(n + past.len()) {
+                    let all: Vec<&Cell> = cells.iter().chain(&past).collect();
+                    if let Some(j) = superseded(&all, i).filter(|_| chain) {
+                        let old = all[j].new_value.clone();
+                        if i < n { &mut cells[i] } else { &mut past[i - n] }.old_value = old;
+                    }
+                }
+                (cells, past)
+            },
+        )
     }
 
     proptest! {
@@ -745,7 +842,7 @@ mod tests {
             let bytes = encode_row(&row.0, &row.1);
             prop_assert_eq!(decode_row(&bytes).unwrap(), row.clone());
             prop_assert_eq!(decode(&bytes).unwrap(), row.0.clone());
-            prop_assert_eq!(without_past(&bytes).unwrap(), &encode(&row.0)[..]);
+            prop_assert_eq!(&*without_past(&bytes).unwrap(), &encode(&row.0)[..]);
         }
 
         /// Damaged bytes (a record with bytes changed, cut or added) are an error
@@ -797,14 +894,16 @@ mod tests {
         }
 
         /// Form 3 is form 2 less two bytes or more for each change with the
-        /// author and transaction of the change before it.
+        /// author and transaction of the change before it, and one or more
+        /// for each old value that is its superseded change's new value.
         #[test]
-        fn form_3_leaves_out_the_numbers_a_change_repeats(row in any_row()) {
+        fn form_3_leaves_out_the_numbers_and_old_values_a_change_repeats(row in any_row()) {
             let all: Vec<&Cell> = row.0.iter().chain(&row.1).collect();
             let repeats = all.windows(2).filter(|w| (w[0].author_n, w[0].tx_n) == (w[1].author_n, w[1].tx_n)).count();
+            let olds = (0..all.len()).filter(|&i| old_kept(&all, i)).count();
             let (two, three) = (encode_form_2(&row.0, &row.1).len(), encode_row(&row.0, &row.1).len());
-            prop_assert!(three + 2 * repeats <= two, "{} repeats: {} bytes in form 3, {} in form 2", repeats, three, two);
-            prop_assert_eq!(repeats == 0, three == two);
+            prop_assert!(three + 2 * repeats + olds <= two, "{} repeats, {} old values: {} bytes in form 3, {} in form 2", repeats, olds, three, two);
+            prop_assert_eq!(repeats + olds == 0, three == two);
         }
     }
 
@@ -832,16 +931,56 @@ mod tests {
 
     /// The change an update supersedes, its row's insert of the column, stays
     /// in the record for a few bytes: its id is a difference from the
-    /// record's first.
+    /// record's first, its numbers the last cell's, and the update's old
+    /// value is its new value, written once.
     #[test]
     fn a_superseded_change_kept_in_its_record_costs_a_few_bytes() {
-        let cells = [clock_cell(2, 0, 10), clock_cell(3, 0, 11), clock_cell(4, 1000, 3), clock_cell(5, 0, 13)];
-        let past = [clock_cell(4, 0, 12)];
+        let value = |c: Cell, old: Option<&str>, new: &str| Cell {
+            old_value: old.map(str::to_owned),
+            new_value: Some(new.to_owned()),
+            ..c
+        };
+        let cells = [
+            value(clock_cell(2, 0, 10), None, "\"name 7\""),
+            value(clock_cell(3, 0, 11), None, "7"),
+            value(clock_cell(4, 1000, 3), Some("7.5"), "-8"),
+            value(clock_cell(5, 0, 13), None, "true"),
+        ];
+        let past = [value(clock_cell(4, 0, 12), None, "7.5")];
         let (without, with) = (encode(&cells).len(), encode_row(&cells, &past).len());
-        // The mark, then attribute, tag, difference, two values (its author and
-        // transaction are the last cell's).
-        assert_eq!(with - without, 1 + 5, "{without} bytes without the past, {with} with it");
+        // The mark, then attribute, tag, difference, no old value, the new
+        // value (1 + 3 bytes); less the update's old value (1 + 3).
+        assert_eq!(with - without, 1 + 3 + 1 + 4 - 4, "{without} bytes without the past, {with} with it");
         assert_eq!(decode_row(&encode_row(&cells, &past)).unwrap(), (cells.to_vec(), past.to_vec()));
+        assert_eq!(&*without_past(&encode_row(&cells, &past)).unwrap(), &encode(&cells)[..], "its old value again");
+    }
+
+    /// An old value left to a change the record does not keep, or written
+    /// where form 3 leaves it out, is refused.
+    #[test]
+    fn an_old_value_left_to_no_change_or_written_in_form_3_is_refused() {
+        let with_old = |c: Cell, old: &str| Cell { old_value: Some(old.to_owned()), ..c };
+        let with_new = |c: Cell, new: &str| Cell { new_value: Some(new.to_owned()), ..c };
+        let cells = [clock_cell(2, 0, 10), with_old(clock_cell(3, 1000, 3), "x")];
+        let past = [with_new(clock_cell(3, 0, 11), "x")];
+        let row = encode_row(&cells, &past);
+        assert_eq!(decode_row(&row).unwrap(), (cells.to_vec(), past.to_vec()));
+        // The update's tag, and where its cell ends in each record.
+        let at = encode(&cells[..1]).len() + 1;
+        assert_ne!(row[at] & OLD_KEPT, 0, "the update leaves its old value to the past");
+        // The cells alone, the old value still left to the past.
+        let lost = &row[..encode(&cells).len() - 2];
+        assert!(decode_row(&row[..lost.len() + 1]).is_err(), "a past mark and no past");
+        assert!(decode_row(lost).is_err(), "its past is gone: {lost:?}");
+        let mut written = row.clone();
+        written[at] &= !OLD_KEPT;
+        // Before the update's new value (NULL, its last byte among the cells).
+        let new_at = lost.len() - 1;
+        written.splice(new_at..new_at, [2, b'x']);
+        assert_eq!(decode_row(&written[..new_at + 3]).unwrap().0, cells, "the cells alone, its old value written");
+        assert!(decode_row(&written).is_err(), "written, in a record of form 3: {written:?}");
+        assert_eq!(encode_form_2(&cells, &past)[at] & (OLD_KEPT | SAME_TX), 0);
+        assert_eq!(decode_row(&encode_form_2(&cells, &past)).unwrap(), (cells.to_vec(), past.to_vec()));
     }
 
     /// Form 1 never writes a record's past: a past after cells in form 1 is
