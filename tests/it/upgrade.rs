@@ -580,7 +580,7 @@ fn an_upgrade_killed_midway_leaves_version_3_and_the_next_open_finishes_it() -> 
 /// upgrades them keeping the same log.
 fn killed_midway_then_finished(
     g: &Group,
-    downgrade: fn(&std::path::Path),
+    downgrade: impl Fn(&std::path::Path),
     version: &str,
     after_kill: impl Fn(&std::path::Path),
 ) -> TestResult {
@@ -671,31 +671,32 @@ fn an_upgrade_to_records_killed_midway_leaves_version_5_and_the_next_open_finish
 /// version-6 records are whole, and the next open writes them again.
 #[test]
 fn an_upgrade_to_form_2_killed_midway_leaves_version_6_and_the_next_open_finishes_it() -> TestResult {
-    let g = Group::new();
-    bulk_records(&g, 0x0007_dead)?;
-    let db = g.db("a");
-    killed_midway_then_finished(
-        &g,
-        |db| assert!(downgrade_to_v6(db) >= 60_000, "every bulk record differs in form 1"),
-        "6",
-        |db| assert!(records_not_current(db) >= 60_000, "the version-6 records are form 1 still"),
-    )?;
-    assert_eq!(records_not_current(&db), 0);
-    Ok(())
+    records_written_again_by_an_upgrade_killed_midway(0x0007_dead, downgrade_to_v6, "6")
 }
 
 /// The same for form 3: killed while it writes the records again, the
 /// version-8 records are whole, and the next open writes them again.
 #[test]
 fn an_upgrade_to_form_3_killed_midway_leaves_version_8_and_the_next_open_finishes_it() -> TestResult {
+    records_written_again_by_an_upgrade_killed_midway(0x0009_dead, downgrade_to_v8, "8")
+}
+
+/// Takes a replica holding many records back to `version` with `downgrade`,
+/// kills the upgrade while it writes them again, then checks that they are
+/// whole in the older form and that the next open writes them all again.
+fn records_written_again_by_an_upgrade_killed_midway(
+    seed: u64,
+    downgrade: fn(&std::path::Path) -> u64,
+    version: &str,
+) -> TestResult {
     let g = Group::new();
-    bulk_records(&g, 0x0009_dead)?;
+    bulk_records(&g, seed)?;
     let db = g.db("a");
     killed_midway_then_finished(
         &g,
-        |db| assert!(downgrade_to_v8(db) >= 60_000, "every bulk record differs in form 2"),
-        "8",
-        |db| assert!(records_not_current(db) >= 60_000, "the version-8 records are form 2 still"),
+        |db| assert!(downgrade(db) >= 60_000, "every bulk record differs in the older form"),
+        version,
+        |db| assert!(records_not_current(db) >= 60_000, "the version-{version} records are in the older form still"),
     )?;
     assert_eq!(records_not_current(&db), 0);
     Ok(())
