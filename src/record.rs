@@ -129,15 +129,17 @@ const SAME_TX: u8 = 0x08;
 /// the change it superseded ([`superseded`]) and is not written, and only then.
 const OLD_KEPT: u8 = 0x10;
 
-/// The change of `all` that change `i` superseded, as far as the record
-/// knows: of its attribute, the one with the greatest id below its own, when
+/// The change that change `i` of `all` (a record's cells, then from
+/// `past_from` on its past) superseded, as far as the record's past knows: of
+/// its attribute, the past change with the greatest id below its own, when
 /// exactly one has that id (two authors may share an id; their order is their
-/// replica ids', which a record does not hold).
-fn superseded(all: &[&Cell], i: usize) -> Option<usize> {
+/// replica ids', which a record does not hold). Only the past is looked in: a
+/// winner supersedes, it is never superseded.
+fn superseded(all: &[&Cell], past_from: usize, i: usize) -> Option<usize> {
     let c = all[i];
     let mut best: Option<usize> = None;
     let mut tied = false;
-    for (j, o) in all.iter().enumerate() {
+    for (j, o) in all.iter().enumerate().skip(past_from) {
         if j == i || o.attr_n != c.attr_n || o.id >= c.id {
             continue;
         }
@@ -151,8 +153,8 @@ fn superseded(all: &[&Cell], i: usize) -> Option<usize> {
 }
 
 /// Whether form 3 leaves out change `i`'s old value.
-fn old_kept(all: &[&Cell], i: usize) -> bool {
-    superseded(all, i).is_some_and(|j| all[j].new_value == all[i].old_value)
+fn old_kept(all: &[&Cell], past_from: usize, i: usize) -> bool {
+    superseded(all, past_from, i).is_some_and(|j| all[j].new_value == all[i].old_value)
 }
 
 /// The forms a record can be in, as the bits of a set ([`decode_cells`]).
@@ -345,7 +347,7 @@ fn encode_in(cells: &[Cell], past: &[Cell], form: Form) -> Vec<u8> {
             put_varint(&mut out, c.tx_n);
         }
         before = Some(c);
-        if !all.is_empty() && old_kept(&all, i) {
+        if !all.is_empty() && old_kept(&all, cells.len(), i) {
             out[tag_at] |= OLD_KEPT;
         } else {
             put_opt(&mut out, c.old_value.as_deref());
@@ -538,7 +540,7 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
     if !past.is_empty() {
         let all: Vec<&Cell> = cells.iter().chain(&past).collect();
         for (i, &kept) in kept_old.iter().enumerate() {
-            match superseded(&all, i) {
+            match superseded(&all, cells.len(), i) {
                 None if kept => return Err(broken()),
                 Some(j) if kept => olds.push((i, all[j].new_value.clone())),
                 // Form 3 would have left it out.
@@ -818,7 +820,7 @@ mod tests {
                 let n = cells.len();
                 for (i, chain) in chained.into_iter().enumerate().take(n + past.len()) {
                     let all: Vec<&Cell> = cells.iter().chain(&past).collect();
-                    if let Some(j) = superseded(&all, i).filter(|_| chain) {
+                    if let Some(j) = superseded(&all, n, i).filter(|_| chain) {
                         let old = all[j].new_value.clone();
                         if i < n { &mut cells[i] } else { &mut past[i - n] }.old_value = old;
                     }
@@ -900,7 +902,7 @@ mod tests {
         fn form_3_leaves_out_the_numbers_and_old_values_a_change_repeats(row in any_row()) {
             let all: Vec<&Cell> = row.0.iter().chain(&row.1).collect();
             let repeats = all.windows(2).filter(|w| (w[0].author_n, w[0].tx_n) == (w[1].author_n, w[1].tx_n)).count();
-            let olds = (0..all.len()).filter(|&i| old_kept(&all, i)).count();
+            let olds = (0..all.len()).filter(|&i| old_kept(&all, row.0.len(), i)).count();
             let (two, three) = (encode_form_2(&row.0, &row.1).len(), encode_row(&row.0, &row.1).len());
             prop_assert!(three + 2 * repeats + olds <= two, "{} repeats, {} old values: {} bytes in form 3, {} in form 2", repeats, olds, three, two);
             prop_assert_eq!(repeats + olds == 0, three == two);
