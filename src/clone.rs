@@ -176,7 +176,7 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
 }
 
 /// A snapshot's log into the replica's. A snapshot in the replica's own form
-/// (records per row, format 2 or 3) or a row per change (format 1, since local schema
+/// (records per row, formats 2 to 4) or a row per change (format 1, since local schema
 /// version 4) is checked, then copied into the empty log
 /// ([`crate::log::copy_from_snapshot`]). An older snapshot (the text form of
 /// schema/wire_log.sql, with or without an author number per change) is converted
@@ -242,8 +242,8 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 
 /// The records of a snapshot in the replica's own form are remote input too:
 /// the table laid out as ours (the clone copies it by position), every record
-/// readable in one of its two forms, each exactly as written (src/record.rs;
-/// format 2's are in form 1, and are written again when copied; a damaged one
+/// readable in one of its three forms, each exactly as written (src/record.rs;
+/// formats 2 and 3 hold forms 1 and 2, written again when copied; a damaged one
 /// is an error of the query), no record keeping a past (a snapshot carries
 /// winners alone), and every cell as [`check_compact`] wants a change. Read
 /// from the tables through `dimple_cells`, never through the file's own views,
@@ -594,6 +594,11 @@ mod tests {
             (
                 "UPDATE ZV_ROW SET cells = CAST(x'02000190a00000007000800000000000abcd01010000'
                                                 || x'03000190a00000007000800000010000abcd01010000' AS BLOB)",
+                "unreadable record",
+            ),
+            // A change leaving its old value to a past the record does not have.
+            (
+                "UPDATE ZV_ROW SET cells = CAST(x'0210' || x'0190a00000007000800000000000abcd' || x'010100' AS BLOB)",
                 "unreadable record",
             ),
             // A readable record keeping a superseded change: a snapshot holds
