@@ -444,8 +444,12 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     // The author and transaction numbers of the change before.
     let mut before: Option<(u64, u64)> = None;
-    // Which changes (cells, then past) leave their old value to the change they superseded.
+    // Which changes (cells, then past) leave their old value to the change
+    // they superseded, and each change's old and new value as written (the
+    // old one empty when left out): comparing those, whether values are read
+    // or not, accepts the same records.
     let mut kept_old: Vec<bool> = Vec::new();
+    let mut written: Vec<(&[u8], &[u8])> = Vec::new();
     // The forms the record read so far can be in.
     let mut forms = FORM_1 | FORM_2 | FORM_3;
     let mut only = |allowed: u8| {
@@ -522,16 +526,16 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
             only(FORM_3)?;
         }
         kept_old.push(old_elsewhere);
-        let (old_value, new_value) = if values {
-            let old = if old_elsewhere { None } else { r.opt().ok_or_else(broken)? };
-            (old, r.opt().ok_or_else(broken)?)
-        } else {
-            if !old_elsewhere {
-                r.skip_opt().ok_or_else(broken)?;
-            }
-            r.skip_opt().ok_or_else(broken)?;
-            (None, None)
+        let old_at = r.at();
+        let old_value = match (old_elsewhere, values) {
+            (true, _) => None,
+            (false, true) => r.opt().ok_or_else(broken)?,
+            (false, false) => r.skip_opt().ok_or_else(broken).map(|_| None)?,
         };
+        let new_at = r.at();
+        let new_value =
+            if values { r.opt().ok_or_else(broken)? } else { r.skip_opt().ok_or_else(broken).map(|_| None)? };
+        written.push((&record[old_at..new_at], &record[new_at..r.at()]));
         let cell = Cell { attr_n, id, author_n, tx_n, old_value, new_value };
         if in_past { &mut past } else { &mut cells }.push(cell);
     }
@@ -544,7 +548,7 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
                 None if kept => return Err(broken()),
                 Some(j) if kept => olds.push((i, all[j].new_value.clone())),
                 // Form 3 would have left it out.
-                Some(j) if values && all[j].new_value == all[i].old_value => only(FORM_1 | FORM_2)?,
+                Some(j) if written[j].1 == written[i].0 => only(FORM_1 | FORM_2)?,
                 _ => {}
             }
         }
@@ -981,6 +985,8 @@ mod tests {
         written.splice(new_at..new_at, [2, b'x']);
         assert_eq!(decode_row(&written[..new_at + 3]).unwrap().0, cells, "the cells alone, its old value written");
         assert!(decode_row(&written).is_err(), "written, in a record of form 3: {written:?}");
+        assert!(decode_keys(&written).is_err(), "refused without its values read too");
+        assert!(decode_keys(lost).is_err());
         assert_eq!(encode_form_2(&cells, &past)[at] & (OLD_KEPT | SAME_TX), 0);
         assert_eq!(decode_row(&encode_form_2(&cells, &past)).unwrap(), (cells.to_vec(), past.to_vec()));
     }

@@ -126,7 +126,8 @@ fn decode_plain(s: &str) -> Option<Value> {
     match b.first()? {
         b'"' => {
             let inner = s.get(1..s.len().checked_sub(1)?)?;
-            let plain = b.len() >= 2 && b[b.len() - 1] == b'"' && !inner.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20);
+            let plain =
+                b.len() >= 2 && b[b.len() - 1] == b'"' && !inner.bytes().any(|c| c == b'"' || c == b'\\' || c < 0x20);
             plain.then(|| Value::Text(inner.to_owned()))
         }
         b'-' | b'0'..=b'9' => {
