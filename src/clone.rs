@@ -142,8 +142,17 @@ fn user_tables(conn: &Connection) -> Result<Vec<String>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// Checks a downloaded snapshot and returns its tables' (name, CREATE TABLE).
-pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>> {
+/// What [`inspect`] found in a snapshot it accepted.
+pub(crate) struct Inspected {
+    /// Its tables' (name, CREATE TABLE).
+    tables: Vec<(String, String)>,
+    /// For a log of records: how many changes and the greatest id (what a
+    /// clone otherwise reads every record again for, once copied).
+    winners: Option<(u64, Option<[u8; 16]>)>,
+}
+
+/// Checks a downloaded snapshot.
+pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Inspected> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
     crate::log::register(&conn)?;
@@ -167,12 +176,13 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
         // table it names, and never one of dimple's own (see crate::ddl).
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
+    let mut winners = None;
     if crate::sql::has_table(&conn, "main", "ZV_ROW").map_err(sqlerr)? {
-        check_records(&conn, origin)?;
+        winners = Some(check_records(&conn, origin)?);
     } else if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
-    Ok(tables)
+    Ok(Inspected { tables, winners })
 }
 
 /// A snapshot's log into the replica's. A snapshot in the replica's own form
@@ -180,13 +190,13 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Vec<(String, String)>
 /// version 4) is checked, then copied into the empty log
 /// ([`crate::log::copy_from_snapshot`]). An older snapshot (the text form of
 /// schema/wire_log.sql, with or without an author number per change) is converted
-/// change by change.
-fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
+/// change by change. Returns whether the log was the snapshot's copied whole.
+fn copy_log(tx: &Connection, origin: &str) -> Result<bool> {
     let has = |table: &str| crate::sql::has_table(tx, "snap", table);
     if has("ZV_ROW")? || has("ZV_LOG")? {
         // Checked by `inspect` before the file was attached.
         if crate::log::copy_from_snapshot(tx)? {
-            return Ok(());
+            return Ok(true);
         }
     }
     // Numbers are private to each file: through the text (the snapshot's views,
@@ -208,7 +218,7 @@ fn copy_log(tx: &Connection, origin: &str) -> Result<()> {
         ),
         origin,
     )?;
-    Ok(())
+    Ok(false)
 }
 
 /// A compact log from a bucket is remote input: every id 16 bytes, every number
@@ -246,9 +256,9 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// formats 2 and 3 hold forms 1 and 2, written again when copied; a damaged one
 /// is an error of the query), no record keeping a past (a snapshot carries
 /// winners alone), and every cell as [`check_compact`] wants a change. Read
-/// from the tables through `dimple_cells`, never through the file's own views,
-/// which its writer chose.
-fn check_records(conn: &Connection, origin: &str) -> Result<()> {
+/// from the tables, never through the file's own views, which its writer
+/// chose. Returns how many changes the records hold and their greatest id.
+fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16]>)> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('ZV_ROW') ORDER BY cid")?
@@ -257,59 +267,85 @@ fn check_records(conn: &Connection, origin: &str) -> Result<()> {
     if columns != ["type_n", "entity_id", "cells"] {
         return Err(bad(format!("a record table with the columns {columns:?}")));
     }
-    let found: std::result::Result<Option<String>, rusqlite::Error> = conn
+    let unreadable = |e: rusqlite::Error| bad(format!("an unreadable record ({e})"));
+    let found: Option<String> = conn
         .query_row(
-            "SELECT 'a record that is not bytes' FROM ZV_ROW WHERE typeof(cells) <> 'blob'
-             UNION ALL SELECT 'a row id that is not text' FROM ZV_ROW WHERE typeof(entity_id) <> 'text'
-             UNION ALL SELECT 'a record naming no table' FROM ZV_ROW WHERE type_n NOT IN (SELECT n FROM ZV_NAME)
-             UNION ALL SELECT what FROM (
-               -- Every record decoded once for all the checks of its cells.
-               SELECT CASE
-                 WHEN c.past_n > 0 THEN 'a record keeping superseded changes'
-                 WHEN typeof(c.id) <> 'blob' OR length(c.id) <> 16 THEN 'a change whose id is not 16 bytes'
-                 WHEN c.attr_n NOT IN (SELECT n FROM ZV_NAME) THEN 'a change naming no column'
-                 WHEN c.author_n NOT IN (SELECT n FROM ZV_AUTHOR) OR c.tx_n NOT IN (SELECT n FROM ZV_TX)
-                   THEN 'a change naming no author or transaction'
-               END AS what
-               FROM ZV_ROW r, dimple_cells(r.cells) c) WHERE what IS NOT NULL
-             UNION ALL SELECT 'a transaction naming no author' FROM ZV_TX WHERE author_n NOT IN (SELECT n FROM ZV_AUTHOR)
+            "SELECT 'a transaction naming no author' FROM ZV_TX WHERE author_n NOT IN (SELECT n FROM ZV_AUTHOR)
              UNION ALL SELECT 'a name or author that is not text' FROM ZV_NAME WHERE typeof(name) <> 'text'
              UNION ALL SELECT 'a name or author that is not text' FROM ZV_AUTHOR WHERE typeof(id) <> 'text'
              LIMIT 1",
             [],
             |r| r.get(0),
         )
-        .optional();
-    match found {
-        Ok(None) => Ok(()),
-        Ok(Some(what)) => Err(bad(what)),
-        Err(e) => Err(bad(format!("an unreadable record ({e})"))),
+        .optional()
+        .map_err(unreadable)?;
+    if let Some(what) = found {
+        return Err(bad(what));
     }
+    let numbers = |table: &str| -> Result<std::collections::HashSet<i64>> {
+        let mut stmt = conn.prepare(&format!("SELECT n FROM {table}")).map_err(unreadable)?;
+        let all = stmt.query_map([], |r| r.get(0)).map_err(unreadable)?.collect::<rusqlite::Result<_>>();
+        all.map_err(unreadable)
+    };
+    let (names, authors, txs) = (numbers("ZV_NAME")?, numbers("ZV_AUTHOR")?, numbers("ZV_TX")?);
+    let known = |set: &std::collections::HashSet<i64>, n: u64| i64::try_from(n).is_ok_and(|n| set.contains(&n));
+    // Every record decoded once, here rather than through `dimple_cells` in
+    // SQL: the checks of half a million cells as SQL expressions were half of
+    // a clone's time.
+    let mut stmt = conn.prepare("SELECT type_n, entity_id, cells FROM ZV_ROW").map_err(unreadable)?;
+    let mut rows = stmt.query([]).map_err(unreadable)?;
+    let (mut changes, mut greatest) = (0u64, None::<[u8; 16]>);
+    while let Some(row) = rows.next().map_err(unreadable)? {
+        use rusqlite::types::ValueRef;
+        let ValueRef::Blob(record) = row.get_ref(2).map_err(unreadable)? else {
+            return Err(bad("a record that is not bytes".into()));
+        };
+        if !matches!(row.get_ref(1).map_err(unreadable)?, ValueRef::Text(_)) {
+            return Err(bad("a row id that is not text".into()));
+        }
+        if !matches!(row.get_ref(0).map_err(unreadable)?, ValueRef::Integer(n) if names.contains(&n)) {
+            return Err(bad("a record naming no table".into()));
+        }
+        let (cells, past) =
+            crate::record::decode_row(record).map_err(|e| bad(format!("an unreadable record ({e})")))?;
+        if !past.is_empty() {
+            return Err(bad("a record keeping superseded changes".into()));
+        }
+        for c in &cells {
+            let crate::record::Id::Uuid(id) = c.id else {
+                return Err(bad("a change whose id is not 16 bytes".into()));
+            };
+            changes += 1;
+            greatest = greatest.max(Some(id));
+            if !known(&names, c.attr_n) {
+                return Err(bad("a change naming no column".into()));
+            }
+            if !known(&authors, c.author_n) || !known(&txs, c.tx_n) {
+                return Err(bad("a change naming no author or transaction".into()));
+            }
+        }
+    }
+    Ok((changes, greatest))
 }
 
 /// Loads a snapshot into the fresh replica `r`: tables, merge state, cursors.
 /// Returns (rows, changes, tables tracked).
 fn load(r: &mut Replica, path: &Path) -> Result<(u64, u64, Vec<String>)> {
     let origin = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let tables = inspect(path, &origin)?;
+    let inspected = inspect(path, &origin)?;
     let now = clock::rfc3339(r.opts.clock.now_ms());
     r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
-    let out = load_attached(r, &tables, &now, &origin);
+    let out = load_attached(r, &inspected, &now, &origin);
     r.sync.execute_batch("DETACH snap")?;
     out
 }
 
-fn load_attached(
-    r: &mut Replica,
-    tables: &[(String, String)],
-    now: &str,
-    origin: &str,
-) -> Result<(u64, u64, Vec<String>)> {
+fn load_attached(r: &mut Replica, inspected: &Inspected, now: &str, origin: &str) -> Result<(u64, u64, Vec<String>)> {
     let me = r.id().to_owned();
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut rows = 0u64;
     let mut tracked = Vec::new();
-    for (tbl, sql) in tables {
+    for (tbl, sql) in &inspected.tables {
         if track::inspect(&tx, tbl)?.is_none() {
             tx.execute(sql, []).map_err(|e| Error::bad(origin, format!("schema of {tbl:?}: {e}")))?;
         }
@@ -330,10 +366,19 @@ fn load_attached(
         track::install(&tx, &info, false, now)?;
         tracked.push(tbl.clone());
     }
-    copy_log(&tx, origin)?;
+    let whole = copy_log(&tx, origin)?;
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
-    let (changes, greatest) = crate::log::count_and_greatest_id(&tx)?;
-    let changes = changes as u64;
+    // A log copied whole holds the snapshot's records and nothing else: what
+    // the check counted.
+    let (changes, greatest) = match (whole, inspected.winners) {
+        (true, Some((changes, greatest))) => {
+            (changes, greatest.map(|id| uuid::Uuid::from_bytes(id).hyphenated().to_string()))
+        }
+        _ => {
+            let (changes, greatest) = crate::log::count_and_greatest_id(&tx)?;
+            (changes as u64, greatest)
+        }
+    };
     // Our ids must be greater than every id we now hold.
     if let Some(id) = greatest.as_deref().and_then(parse_id) {
         r.hlc.observe(&id);
@@ -559,7 +604,7 @@ mod tests {
             assert!(older >= at_least, "{older} records differ in format {format}'s form");
             file.execute("UPDATE ZV_SNAPSHOT SET format = ?1", [format]).unwrap();
         }
-        check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
+        let (checked, greatest) = check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
         for already in [0, 10] {
             let c = replica_tables();
             {
@@ -574,6 +619,9 @@ mod tests {
             assert_eq!(winners(&c, "main"), expected, "{already} already here");
             if already == 0 {
                 assert_eq!(seen(&c, "main"), expected, "nothing but the winners");
+                // What a clone then takes from the check instead of reading the log again.
+                let greatest = greatest.map(|id| uuid::Uuid::from_bytes(id).hyphenated().to_string());
+                assert_eq!(crate::log::count_and_greatest_id(&c).unwrap(), (checked as i64, greatest));
             }
             assert_eq!(crate::log::records_in_older_form(&c).unwrap(), 0, "every record in the current form");
             c.execute("DETACH snap", []).unwrap();
@@ -624,7 +672,7 @@ mod tests {
             let (path, _) = records_file(dir.path(), &all);
             let c = Connection::open(&path).unwrap();
             crate::log::register(&c).unwrap();
-            refused_after(&c, sabotage, why, check_records);
+            refused_after(&c, sabotage, why, |c, o| check_records(c, o).map(|_| ()));
         }
     }
 }

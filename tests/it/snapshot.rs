@@ -236,3 +236,35 @@ fn compact_and_clone_work_from_the_command_line() -> TestResult {
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     Ok(())
 }
+
+/// A clone's clock moves past every id its snapshot holds, as it does past
+/// every id it pulls: a write made on the clone after it was cloned wins over
+/// the snapshot's, even from a device whose clock is an hour behind the one
+/// that wrote them.
+#[test]
+fn a_write_on_a_clone_wins_over_everything_its_snapshot_holds() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let behind = dimple::clock::Clock::now_ms(&g.clock);
+    g.clock.set(behind + 3_600_000);
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    let snap = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    assert!(snap.published);
+    g.clock.set(behind);
+    let (mut c, report) = clone_into(&g, "c", &store)?;
+    assert_eq!(report.snapshot.as_deref(), Some(snap.snapshot_id.as_str()));
+    assert_eq!(report.pull.batches, 0, "everything came from the snapshot");
+    // The row's insert, one change per cell: its winners are all a snapshot keeps.
+    assert_eq!(report.snapshot_changes, dimple::log::count(c.conn())? as u64);
+    assert_eq!(report.snapshot_changes, 4);
+    write(&mut c, "k", 2);
+    block_on(dimple::sync(&mut c, &store))?;
+    block_on(dimple::sync(&mut a, &store))?;
+    let a_of = |r: &dimple::Replica| -> i64 {
+        r.conn().query_row("SELECT a FROM t WHERE id = 'k'", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!((a_of(&c), a_of(&a)), (2, 2), "the clone's write is the newest");
+    Ok(())
+}
