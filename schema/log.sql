@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS ZV_TX (
 -- the row's cells (attribute '*' is the row itself: new_value 'true' =
 -- inserted, 'false' = deleted; the others are its columns), then its past (the
 -- changes superseded there that it keeps), in the binary form of
--- src/record.rs: attribute number, id, author and transaction numbers, old and
+-- src/record/mod.rs: attribute number, id, author and transaction numbers, old and
 -- new value. Values are the exact encodings of src/value.rs. Per (type_n,
 -- entity_id, attr_n) the change with the greatest id wins, and for one id the
 -- greater author id text (two authors share an id only when a member copied
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS ZV_OUTBOX (
 );
 
 -- Every change, winners and history, one row each. `dimple_cells` is a
--- function dimple registers on its connections (src/record.rs); another SQLite
+-- function dimple registers on its connections (src/record/mod.rs); another SQLite
 -- client reads these views after `dimple::log::register` on its connection.
 CREATE VIEW IF NOT EXISTS ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
     SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value

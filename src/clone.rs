@@ -252,7 +252,7 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 
 /// The records of a snapshot in the replica's own form are remote input too:
 /// the table laid out as ours (the clone copies it by position), every record
-/// readable in one of its three forms, each exactly as written (src/record.rs;
+/// readable in one of its three forms, each exactly as written (src/record/mod.rs;
 /// formats 2 and 3 hold forms 1 and 2, written again when copied; a damaged one
 /// is an error of the query), no record keeping a past (a snapshot carries
 /// winners alone), and every cell as [`check_compact`] wants a change. Read

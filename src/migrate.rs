@@ -213,7 +213,7 @@ fn records_per_row(tx: &Connection) -> Result<()> {
 }
 
 /// Versions 7 and 9: every record written again in the form this build
-/// writes (src/record.rs), in one pass whichever of the two a replica lacks.
+/// writes (src/record/mod.rs), in one pass whichever of the two a replica lacks.
 /// Version 7, form 2: an id may also be a difference from the record's first
 /// id, and a difference across milliseconds is written as milliseconds and
 /// counter (a row with a middle column updated took a full 16 bytes for the
@@ -228,7 +228,7 @@ fn records_in_current_form(tx: &Connection) -> Result<()> {
 }
 
 /// Version 8: a record may keep its row's past, the changes superseded there
-/// (src/record.rs), and `ZV_LOG` reads it with `dimple_past`. Only the views
+/// (src/record/mod.rs), and `ZV_LOG` reads it with `dimple_past`. Only the views
 /// change: the history's rows stay where they are, and a record without a
 /// past is the same bytes as before.
 fn views_with_pasts(tx: &Connection) -> Result<()> {

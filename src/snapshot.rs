@@ -31,7 +31,7 @@ use std::time::Duration;
 pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
 
 /// The snapshot format this build writes (pointer and file): 4, the log as
-/// records per row in form 3 (src/record.rs). Formats 3 and 2 had the same
+/// records per row in form 3 (src/record/mod.rs). Formats 3 and 2 had the same
 /// records in forms 2 and 1, and format 1 (schema/snapshot_log.sql, or the
 /// text tables of schema/wire_log.sql before it) carried the log a row per
 /// change; all are still read. A build that knows fewer formats refuses a

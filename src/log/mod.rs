@@ -658,7 +658,7 @@ pub(crate) mod tests {
     }
 
     /// Id number `n` as one clock makes them: a few a millisecond, mostly from
-    /// one node, so that records hold ids in every form (src/record.rs).
+    /// one node, so that records hold ids in every form (src/record/mod.rs).
     fn clock_id(n: usize) -> String {
         let n = n as u128;
         let node = if n.is_multiple_of(7) { 2 } else { 1 };

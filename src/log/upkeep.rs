@@ -212,7 +212,7 @@ pub fn copy_from_snapshot(conn: &Connection) -> Result<bool> {
 }
 
 /// Writes every record of this log again with `encode` (of its cells and
-/// past) from what it reads in any form (src/record.rs): the upgrades to
+/// past) from what it reads in any form (src/record/mod.rs): the upgrades to
 /// forms 2 and 3, a snapshot's records of an older format (checked readable
 /// before), and tests going back to older forms. A record that cannot be read is left as it is.
 /// Returns how many records changed.
