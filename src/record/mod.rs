@@ -447,12 +447,12 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
     let (mut prev, mut first): (Option<u128>, Option<u128>) = (None, None);
     // The author and transaction numbers of the change before.
     let mut before: Option<(u64, u64)> = None;
-    // Which changes (cells, then past) leave their old value to the change
-    // they superseded, and each change's old and new value as written (the
-    // old one empty when left out): comparing those, whether values are read
-    // or not, accepts the same records.
-    let mut kept_old: Vec<bool> = Vec::new();
+    // Each change's (cells, then past) old and new value as written: comparing
+    // those, whether values are read or not, accepts the same records. An old
+    // value left to the change it superseded is written as nothing (one that
+    // is none takes a byte).
     let mut written: Vec<(&[u8], &[u8])> = Vec::new();
+    let left_out = |w: &(&[u8], &[u8])| w.0.is_empty();
     // The forms the record read so far can be in.
     let mut forms = FORM_1 | FORM_2 | FORM_3;
     let mut only = |allowed: u8| {
@@ -528,7 +528,6 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
         if old_elsewhere {
             only(FORM_3)?;
         }
-        kept_old.push(old_elsewhere);
         let old_at = r.at();
         let old_value = match (old_elsewhere, values) {
             (true, _) => None,
@@ -546,7 +545,7 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
     let mut olds: Vec<(usize, Option<String>)> = Vec::new();
     if !past.is_empty() {
         let all: Vec<&Cell> = cells.iter().chain(&past).collect();
-        for (i, &kept) in kept_old.iter().enumerate() {
+        for (i, kept) in written.iter().map(left_out).enumerate() {
             match superseded(&all, cells.len(), i) {
                 None if kept => return Err(broken()),
                 Some(j) if kept => olds.push((i, all[j].new_value.clone())),
@@ -555,10 +554,10 @@ fn decode_cells(record: &[u8], values: bool) -> Result<Decoded> {
                 _ => {}
             }
         }
-    } else if kept_old.contains(&true) {
+    } else if written.iter().any(left_out) {
         return Err(broken());
     }
-    let cells_refer_to_past = kept_old[..cells.len()].contains(&true);
+    let cells_refer_to_past = written[..cells.len()].iter().any(left_out);
     for (i, old) in olds {
         let n = cells.len();
         if i < n { &mut cells[i] } else { &mut past[i - n] }.old_value = old;
