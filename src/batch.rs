@@ -228,7 +228,17 @@ impl Batch {
 
     /// [`Batch::each_change`], each change read into one taken from `spare` while
     /// it has any (their strings reused) and handed over to `f`.
-    pub fn each_change_reusing(&self, mut spare: Vec<Change>, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+    pub fn each_change_reusing(&self, mut spare: Vec<Change>, f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+        self.each_change_from(|| spare.pop(), f)
+    }
+
+    /// [`Batch::each_change`], each change read into one `spare` gives while it
+    /// gives any (their strings reused) and handed over to `f`.
+    pub fn each_change_from(
+        &self,
+        mut spare: impl FnMut() -> Option<Change>,
+        mut f: impl FnMut(Change) -> Result<()>,
+    ) -> Result<()> {
         let origin = &self.origin;
         let sqlerr = |e: rusqlite::Error| bad(origin, format!("unreadable batch: {e}"));
         let foreign: Option<String> = self
@@ -262,7 +272,7 @@ impl Batch {
         let mut last_txn: Option<String> = None;
         let (mut count, mut first, mut last) = (0i64, None::<String>, String::new());
         while let Some(r) = rows.next().map_err(sqlerr)? {
-            let c = match spare.pop() {
+            let c = match spare() {
                 Some(mut c) => {
                     crate::log::row_into_change(r, &mut c).map_err(sqlerr)?;
                     c

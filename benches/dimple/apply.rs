@@ -40,6 +40,33 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
     assert_eq!(crate::push_to(&mut r, bucket), rows * 5);
 }
 
+/// Writer `w`'s rows written through its connection as an app writing
+/// between syncs does, captured together by the push: one batch.
+fn burst_writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
+    let db = dir.join(format!("burst{w}.db"));
+    let mut r = Replica::init(&db, Some(bucket), Some(&format!("burst{w}")), Options::default()).unwrap();
+    r.conn().execute_batch(TABLE).unwrap();
+    r.track("items", false).unwrap();
+    for start in (0..rows).step_by(ROWS_PER_TXN) {
+        r.conn().execute_batch("BEGIN").unwrap();
+        let mut ins = r.conn().prepare_cached("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
+        for i in start..(start + ROWS_PER_TXN).min(rows) {
+            ins.execute(params![format!("w{w}-{i:08}"), format!("item {i}"), i as i64, i as f64 / 4.0, "note"])
+                .unwrap();
+        }
+        drop(ins);
+        r.conn().execute_batch("COMMIT").unwrap();
+    }
+    assert_eq!(crate::push_to(&mut r, bucket), rows * 5);
+}
+
+/// A fresh replica tracking the table, at `db`.
+fn fresh(db: &Path, bucket: &str) {
+    let mut r = Replica::init(db, Some(bucket), Some("fresh"), Options::default()).unwrap();
+    r.conn().execute_batch(TABLE).unwrap();
+    r.track("items", false).unwrap();
+}
+
 /// Row numbers 0..rows in an order spread over the key space, as an app with
 /// random keys writes them (a fixed shuffle, the same in every run).
 fn shuffled(rows: usize) -> Vec<usize> {
@@ -87,11 +114,7 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
 
     // The fresh replica tracks the table, so every change is applied, not only logged.
     let db = dir.join("fresh.db");
-    {
-        let mut r = Replica::init(&db, Some(&bucket), Some("fresh"), Options::default()).unwrap();
-        r.conn().execute_batch(TABLE).unwrap();
-        r.track("items", false).unwrap();
-    }
+    fresh(&db, &bucket);
     eprintln!("apply: fresh replica pulls {total} changes (child process)");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg(CHILD_ARG).arg(&bucket).arg(&db);
@@ -164,6 +187,32 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
     table.note(&format!(
         "(baseline column of the RSS row: the child's RSS before pulling; bucket built in {build:.0} s)"
     ));
+
+    // The same changes written between syncs, each writer's pushed as one batch:
+    // a large batch is merged while its check goes on.
+    let bursts_dir = dir.join("bursts");
+    std::fs::create_dir_all(&bursts_dir).unwrap();
+    let bursts = bucket_url(&bursts_dir);
+    for w in 0..WRITERS {
+        burst_writer(&dir, &bursts, w, rows);
+    }
+    let burst_db = dir.join("fresh-bursts.db");
+    fresh(&burst_db, &bursts);
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.arg(CHILD_ARG).arg(&bursts).arg(&burst_db);
+    let field = crate::child(cmd, "pull");
+    assert_eq!(field("changes") as usize, total, "the pull applied every change");
+    assert_eq!(field("batches") as usize, WRITERS, "one batch per writer");
+    let (secs_bursts, hwm_bursts) = (field("secs"), field("hwm_kb") / 1024.0);
+    table.row(
+        &format!("the same changes pushed as {WRITERS} bursts, one batch each"),
+        rate(changes / secs_bursts),
+        String::new(),
+        String::new(),
+        "",
+        None,
+    );
+    table.row("  its peak RSS (VmHWM)", format!("{hwm_bursts:.0} MB"), String::new(), String::new(), "", None);
 
     // Then the steady state: every writer updates one column of each of its rows,
     // in an order spread over the keys, and the replica pulls those changes to rows

@@ -13,23 +13,34 @@ use crate::peers;
 use crate::replica::Replica;
 use crate::track::ROW;
 use crate::value;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 /// `ZV_METADATA` key overriding [`crate::Options::max_value_bytes`].
 pub const MAX_VALUE_KEY: &str = "max_value_bytes";
 
-/// A downloaded batch whose every change passed the checks, not applied yet. A
-/// batch of up to [`APPLY_CHUNK`] changes is kept in memory; a larger one (a whole
-/// burst of writes can be one batch) stays in its file and is read again.
+/// A downloaded batch whose changes pass the checks, not applied yet: all of
+/// them checked already, or arriving piece by piece as a check on a thread of
+/// its own passes them ([`Ahead`]).
 pub struct Checked {
     pub header: batch::Header,
-    batch: batch::Batch,
-    /// The changes, when there are at most [`APPLY_CHUNK`] of them.
-    kept: Option<Vec<Change>>,
-    /// The tables its changes name.
-    pub tables: std::collections::BTreeSet<String>,
-    /// The values it stores out of line that would land in a row (for prefetch).
+    changes: Changes,
+    /// The tables its changes name (a streamed batch's arrive with its last piece).
+    pub tables: BTreeSet<String>,
+    /// The values it stores out of line that would land in a row (for prefetch;
+    /// a streamed batch holds none, see [`Stream`]).
     pub references: crate::blob::transfer::Referenced,
+}
+
+enum Changes {
+    /// All of them, in memory: a batch of at most [`APPLY_CHUNK`] changes.
+    Kept(Vec<Change>),
+    /// Checked whole and left in the batch's file, read again piece by piece as
+    /// they are merged.
+    InFile(Box<batch::Batch>),
+    /// Being checked still, [`APPLY_CHUNK`] changes at a time.
+    Streamed(Stream),
 }
 
 /// Page cache for applying a batch, per change, in KiB: about a log page per change.
@@ -74,16 +85,21 @@ impl Checker {
         Checker { after: Some(h.last_change_id.clone()), ..self.clone() }
     }
 
-    /// Checks every change of a downloaded batch, reading them into the changes
-    /// of `spare` (a batch applied before: see [`Group::apply`]) while it has any.
-    pub fn check(&self, path: &Path, key: &str, spare: Vec<Change>) -> Result<Checked> {
+    /// Opens a downloaded batch and checks what its header says.
+    fn open(&self, path: &Path, key: &str) -> Result<batch::Batch> {
         let batch = batch::open(path, key, &self.id)?;
         if let Some(last) = &self.after {
             if batch.header.first_change_id <= *last {
                 return Err(Error::bad(key, "change ids go backwards from the last batch applied"));
             }
         }
-        let mut tables = std::collections::BTreeSet::new();
+        Ok(batch)
+    }
+
+    /// Checks every change of an opened batch, reading them into the changes of
+    /// `spare` (a batch applied before: see [`Group::apply`]) while it has any.
+    fn check_whole(&self, batch: batch::Batch, key: &str, spare: Vec<Change>) -> Result<Checked> {
+        let mut tables = BTreeSet::new();
         let mut references = crate::blob::transfer::Referenced::default();
         let mut kept = Some(Vec::with_capacity(APPLY_CHUNK.min(batch.header.change_count.max(0) as usize)));
         batch.each_change_reusing(spare, |c| {
@@ -98,49 +114,202 @@ impl Checker {
             }
             Ok(())
         })?;
-        Ok(Checked { header: batch.header.clone(), batch, kept, tables, references })
+        let header = batch.header.clone();
+        let changes = match kept {
+            Some(all) => Changes::Kept(all),
+            None => Changes::InFile(Box::new(batch)),
+        };
+        Ok(Checked { header, changes, tables, references })
     }
+
+    /// Checks every change of an opened batch and hands them to `to` as they
+    /// pass, [`APPLY_CHUNK`] at a time, reading them into the pieces `back`
+    /// returns once merged. Stops at the first change that would need a value
+    /// stored out of line ([`Step::Refers`]).
+    fn check_streamed(
+        &self,
+        batch: &batch::Batch,
+        key: &str,
+        mut spare: Vec<Change>,
+        to: &SyncSender<Step>,
+        back: &Receiver<Vec<Change>>,
+    ) -> Step {
+        let mut tables = BTreeSet::new();
+        let mut references = crate::blob::transfer::Referenced::default();
+        let mut piece = Vec::with_capacity(APPLY_CHUNK);
+        let mut stopped = None;
+        let next_spare = || {
+            if spare.is_empty() {
+                if let Ok(returned) = back.try_recv() {
+                    spare = returned;
+                }
+            }
+            spare.pop()
+        };
+        let read = batch.each_change_from(next_spare, |c| {
+            check_change(&self.drift, key, &c, self.cap)?;
+            references.see(&c);
+            if references.any() {
+                stopped = Some(Step::Refers);
+                return Err(Error::Invalid("stopped at a value stored out of line".into()));
+            }
+            if !tables.contains(&c.entity_type) {
+                tables.insert(c.entity_type.clone());
+            }
+            piece.push(c);
+            if piece.len() == APPLY_CHUNK {
+                let full = std::mem::replace(&mut piece, Vec::with_capacity(APPLY_CHUNK));
+                if to.send(Step::Piece(full)).is_err() {
+                    // The merge stopped (and took its own error with it).
+                    stopped = Some(Step::End(BTreeSet::new()));
+                    return Err(Error::Invalid("the merge stopped".into()));
+                }
+            }
+            Ok(())
+        });
+        if let Some(step) = stopped {
+            return step;
+        }
+        if let Err(e) = read {
+            return Step::Failed(e);
+        }
+        if !piece.is_empty() && to.send(Step::Piece(piece)).is_err() {
+            return Step::End(BTreeSet::new());
+        }
+        Step::End(tables)
+    }
+}
+
+/// What the check of a batch on its own thread hands over, in this order:
+/// either `Whole`, or `Header` then any number of `Piece`s and one of `End`,
+/// `Failed` and `Refers`.
+enum Step {
+    /// The whole batch checked (at most one piece, or streaming not wanted).
+    Whole(Box<Result<Checked>>),
+    Header(batch::Header),
+    /// The next [`APPLY_CHUNK`] changes (fewer for the last), every one checked.
+    Piece(Vec<Change>),
+    /// Every change passed; the tables they name.
+    End(BTreeSet<String>),
+    /// A change refused after the pieces before it were handed over.
+    Failed(Error),
+    /// A change refers to a value stored out of line: such a batch is checked
+    /// whole, so that its values are downloaded before any of it is applied.
+    Refers,
 }
 
 /// A batch being checked on a thread of its own ([`Checker`]). Dropping it waits
 /// for that thread, so no check outlives the pull that started it.
+///
+/// A batch of more than [`APPLY_CHUNK`] changes (a burst of writes pushed at
+/// once is one batch) is handed over piece by piece as the check passes them,
+/// and merged meanwhile: checked whole first, the check and the merge took
+/// turns (a fresh pull of 1M changes pushed as four batches: the check a
+/// quarter of the time, and every change read twice, since only one piece is
+/// kept in memory). A change refused in a later piece refuses the batch all
+/// the same: its transaction is rolled back whole ([`Group::apply`]).
 pub struct Ahead {
-    running: Option<std::thread::JoinHandle<Result<Checked>>>,
+    stream: Option<Stream>,
     /// The result, when no thread could be started and the check ran here.
     done: Option<Result<Checked>>,
 }
 
+/// The thread checking a batch, and what it hands over.
+struct Stream {
+    steps: Option<Receiver<Step>>,
+    /// Pieces merged, returned for their strings to be reused.
+    back: Sender<Vec<Change>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn next(&mut self) -> Result<Step> {
+        let got = self.steps.as_ref().expect("a stream has its receiver until dropped").recv();
+        match got {
+            Ok(step) => Ok(step),
+            // The thread ended without its last step: it panicked.
+            Err(_) => {
+                if let Some(handle) = self.thread.take() {
+                    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                }
+                Err(Error::Invalid("the check of a batch ended early".into()))
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A thread blocked handing over a piece returns once nobody takes it.
+        self.steps.take();
+        if let Some(handle) = self.thread.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 impl Ahead {
     /// Starts checking the batch at `path`, reading it into the changes of
-    /// `spare` (see [`Checker::check`]).
-    pub fn start(checker: Checker, path: PathBuf, key: String, spare: Vec<Change>) -> Ahead {
-        let (p, k) = (path.clone(), key.clone());
+    /// `spare` (see [`Checker::check_whole`]); a large batch is handed over
+    /// piece by piece when `streamed`.
+    pub fn start(checker: Checker, path: PathBuf, key: String, spare: Vec<Change>, streamed: bool) -> Ahead {
+        // Two pieces ahead at most: a piece merged while the next waits and a
+        // third is read.
+        let (to, steps) = sync_channel(1);
+        let (back, returned) = channel();
         let spawned = std::thread::Builder::new().name("dimple-check".into()).spawn({
-            let checker = checker.clone();
-            move || checker.check(&p, &k, spare)
+            let (checker, path, key) = (checker.clone(), path.clone(), key.clone());
+            move || {
+                let batch = match checker.open(&path, &key) {
+                    Ok(b) => b,
+                    Err(e) => return drop(to.send(Step::Whole(Box::new(Err(e))))),
+                };
+                if !streamed || batch.header.change_count <= APPLY_CHUNK as i64 {
+                    return drop(to.send(Step::Whole(Box::new(checker.check_whole(batch, &key, spare)))));
+                }
+                if to.send(Step::Header(batch.header.clone())).is_ok() {
+                    let last = checker.check_streamed(&batch, &key, spare, &to, &returned);
+                    let _ = to.send(last);
+                }
+            }
         });
         match spawned {
-            Ok(handle) => Ahead { running: Some(handle), done: None },
+            Ok(handle) => Ahead { stream: Some(Stream { steps: Some(steps), back, thread: Some(handle) }), done: None },
             // The spare changes went with the thread that never ran.
-            Err(_) => Ahead { running: None, done: Some(checker.check(&path, &key, Vec::new())) },
+            Err(_) => {
+                let done = checker.open(&path, &key).and_then(|b| checker.check_whole(b, &key, Vec::new()));
+                Ahead { stream: None, done: Some(done) }
+            }
         }
     }
 
+    /// The checked batch, once checked whole or once its header is read.
     pub fn finish(mut self) -> Result<Checked> {
         if let Some(done) = self.done.take() {
             return done;
         }
-        let handle = self.running.take().expect("an Ahead holds a thread or a result");
-        handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        let mut stream = self.stream.take().expect("an Ahead holds a thread or a result");
+        match stream.next()? {
+            Step::Whole(checked) => *checked,
+            Step::Header(header) => Ok(Checked {
+                header,
+                changes: Changes::Streamed(stream),
+                tables: BTreeSet::new(),
+                references: Default::default(),
+            }),
+            _ => Err(Error::Invalid("the check of a batch handed over a piece before its header".into())),
+        }
     }
 }
 
-impl Drop for Ahead {
-    fn drop(&mut self) {
-        if let Some(handle) = self.running.take() {
-            let _ = handle.join();
-        }
-    }
+/// How [`Group::apply`] ended.
+pub enum Applied {
+    /// The batch is in the group; the tables its changes touch.
+    Whole(BTreeSet<String>),
+    /// Part of a streamed batch is in the group, and a later change refers to a
+    /// value stored out of line: the group is to be rolled back and its batches
+    /// applied again, each checked whole first.
+    Refers,
 }
 
 /// Batches of one replica applied in one SQLite transaction, each together with
@@ -199,10 +368,10 @@ impl Group {
         (self.single && self.batches > 0) || self.changes >= GROUP_CHANGES || self.opened.elapsed() >= GROUP_OPEN
     }
 
-    /// Applies one checked batch inside the group; returns the tables its changes
-    /// touch. After an error, the group must be rolled back: part of the batch
-    /// may be in it. The changes of a batch kept in memory are left in `spare`,
-    /// for the check of a later batch to read into ([`Checker::check`]).
+    /// Applies one checked batch inside the group. After an error or
+    /// [`Applied::Refers`], the group must be rolled back: part of the batch may
+    /// be in it. The changes of a batch kept in memory are left in `spare`, for
+    /// the check of a later batch to read into ([`Checker::check_whole`]).
     pub fn apply(
         &mut self,
         r: &mut Replica,
@@ -211,7 +380,7 @@ impl Group {
         key: &str,
         sha: &str,
         spare: &mut Vec<Change>,
-    ) -> Result<std::collections::BTreeSet<String>> {
+    ) -> Result<Applied> {
         // The page cache grows with the group: each change of a row the log
         // already holds reads and dirties a page of the log wherever that row's
         // changes lie, and with SQLite's default most of those pages were read
@@ -224,16 +393,16 @@ impl Group {
         if kib > crate::sql::DEFAULT_CACHE_KIB {
             r.sync.pragma_update(None, "cache_size", -kib)?;
         }
-        let Checked { header, batch, kept, tables, .. } = checked;
+        let Checked { header, changes, mut tables, .. } = checked;
         {
             let merger = Merger::new(&r.sync)?;
             let merge = |chunk: &[Change]| merger.apply_many(chunk).map(drop).map_err(|e| local_refusal(key, e));
-            match kept {
-                Some(all) => {
+            match changes {
+                Changes::Kept(all) => {
                     merge(&all)?;
                     *spare = all;
                 }
-                None => {
+                Changes::InFile(batch) => {
                     let mut chunk: Vec<Change> = Vec::with_capacity(APPLY_CHUNK);
                     batch.each_change(|c| {
                         chunk.push(c);
@@ -245,6 +414,23 @@ impl Group {
                     })?;
                     merge(&chunk)?;
                 }
+                Changes::Streamed(mut stream) => loop {
+                    match stream.next()? {
+                        Step::Piece(piece) => {
+                            merge(&piece)?;
+                            let _ = stream.back.send(piece);
+                        }
+                        Step::End(named) => {
+                            tables = named;
+                            break;
+                        }
+                        Step::Failed(e) => return Err(e),
+                        Step::Refers => return Ok(Applied::Refers),
+                        Step::Whole(_) | Step::Header(_) => {
+                            return Err(Error::Invalid("the check of a batch handed over its header twice".into()))
+                        }
+                    }
+                },
             }
         }
         if let Some(last) = parse_id(&header.last_change_id) {
@@ -255,7 +441,7 @@ impl Group {
         peers::batch_applied(&r.sync, id, &h.batch_id, sha, &h.last_change_id, h.change_count)?;
         self.changes += h.change_count as usize;
         self.batches += 1;
-        Ok(tables)
+        Ok(Applied::Whole(tables))
     }
 
     /// Commits every batch applied in the group.

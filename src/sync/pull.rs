@@ -183,8 +183,19 @@ impl Open {
     }
 }
 
+/// How [`apply_links`] ended, short of a refusal.
+enum Ended {
+    /// Every batch applied.
+    Done,
+    /// A large batch, merged as its check went on, refers to values stored out
+    /// of line: its group was rolled back, after `applied` batches committed.
+    Refers { applied: usize },
+}
+
 /// Applies `links` oldest first, consecutive batches sharing a transaction
-/// ([`apply::Group`]; one each when `single`).
+/// ([`apply::Group`]; one each when `single`); a large batch is merged as its
+/// check goes on when `streamed` ([`apply::Ahead`]).
+#[allow(clippy::too_many_arguments)]
 async fn apply_links(
     r: &mut Replica,
     store: &dyn Store,
@@ -192,12 +203,13 @@ async fn apply_links(
     id: &str,
     links: &[&chain::Link],
     single: bool,
+    streamed: bool,
     report: &mut PullReport,
-) -> std::result::Result<(), Refused> {
+) -> std::result::Result<Ended, Refused> {
     let mut open = Open::default();
     // Each batch is checked on a thread of its own while the one before it is merged.
     let start = |checker: &apply::Checker, l: &chain::Link, spare| {
-        apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone(), spare)
+        apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone(), spare, streamed)
     };
     // The changes of the batch applied last, whose strings the next check reuses.
     let mut spare = Vec::new();
@@ -237,9 +249,13 @@ async fn apply_links(
         }
         let g = open.group.as_mut().expect("begun above");
         match g.apply(r, id, checked, &link.key, &link.sha256, &mut spare) {
-            Ok(tables) => {
+            Ok(apply::Applied::Whole(tables)) => {
                 open.tables.extend(tables);
                 open.files.push(link.path.clone());
+            }
+            Ok(apply::Applied::Refers) => {
+                open.group.take().expect("applying in it").rollback(r);
+                return Ok(Ended::Refers { applied: open.applied });
             }
             Err(error) => {
                 // Part of this batch may be in the group: all of it goes.
@@ -250,7 +266,8 @@ async fn apply_links(
             }
         }
     }
-    open.commit(r, report).map_err(|e| Refused { error: e, applied: open.applied, shared: false })
+    open.commit(r, report).map_err(|e| Refused { error: e, applied: open.applied, shared: false })?;
+    Ok(Ended::Done)
 }
 
 /// Whether the schema of a replica that has no head yet is read: it would be
@@ -357,11 +374,19 @@ async fn pull_replica(
     let links: Vec<&chain::Link> = chain.iter().rev().collect();
     // A batch refused halfway rolls back the batches that shared its transaction:
     // they are applied again one transaction each, up to the refused one.
+    // A large batch referring to values stored out of line rolls back the
+    // batches that shared its transaction: they are applied again from the
+    // first of them, each checked whole before it is merged.
     let mut done = 0;
     let mut single = false;
+    let mut streamed = true;
     loop {
-        match apply_links(r, store, codec, id, &links[done..], single, report).await {
-            Ok(()) => break,
+        match apply_links(r, store, codec, id, &links[done..], single, streamed, report).await {
+            Ok(Ended::Done) => break,
+            Ok(Ended::Refers { applied }) => {
+                done += applied;
+                streamed = false;
+            }
             Err(Refused { error, applied, shared: true }) if !single => {
                 tracing::debug!("{error}: applying the batches of its transaction one at a time");
                 done += applied;

@@ -200,13 +200,33 @@ fn editing_another_column_of_the_row_uploads_no_blob_bytes() -> TestResult {
 
 #[test]
 fn a_blob_whose_bytes_do_not_match_its_reference_is_refused_as_a_problem() -> TestResult {
+    a_blob_not_matching_its_reference_is_refused(0)
+}
+
+/// The same in a batch of more changes than a pull merges at a time, the
+/// reference in a later piece: such a batch is merged while its check goes on,
+/// until a reference is found; then it is checked whole, its values downloaded,
+/// and only then applied.
+#[test]
+fn a_blob_late_in_a_large_batch_not_matching_its_reference_is_refused_as_a_problem() -> TestResult {
+    a_blob_not_matching_its_reference_is_refused(rand::thread_rng().gen_range(2_600..3_000))
+}
+
+/// `rows_before` small rows, then one with a large value, pushed as one batch.
+fn a_blob_not_matching_its_reference_is_refused(rows_before: usize) -> TestResult {
     let g = Group::new();
     let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
     b.conn().execute("INSERT INTO f VALUES ('mine', 'b', 'kept', NULL)", [])?;
     sync(&g, &mut b);
+    a.conn().execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO f SELECT printf('small-%05d', i), 'x', i, randomblob(8) FROM n",
+        [rows_before as i64],
+    )?;
     let file = random_bytes(&mut rand::rngs::StdRng::seed_from_u64(3), 200_000);
     a.conn().execute("INSERT INTO f VALUES ('k', 'x', 'y', ?1)", [&file])?;
-    sync(&g, &mut a);
+    let pushed = sync(&g, &mut a).push;
+    assert_eq!((pushed.batches, pushed.changes), (1, rows_before * 4 + 4), "one batch");
     // The bucket swaps the bytes for others of the same size.
     let key = layout::blob_key(&sha(&file));
     let mut other = file.clone();
@@ -229,6 +249,43 @@ fn a_blob_whose_bytes_do_not_match_its_reference_is_refused_as_a_problem() -> Te
     assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
     assert_eq!(rows(&a), rows(&b));
     assert!(dimple::status::status(&b)?.problems.is_empty());
+    Ok(())
+}
+
+/// Batches that share a pull's transaction with a large batch referring to
+/// values stored out of line: that batch's transaction is rolled back when its
+/// first reference is read, and they are applied again, each checked whole,
+/// once and all of them.
+#[test]
+fn batches_before_a_large_batch_with_values_stored_out_of_line_arrive_once_with_it() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let mut pushed = 0;
+    for batch in 0..rng.gen_range(1..4) {
+        for i in 0..rng.gen_range(1..30) {
+            let note = random_text(&mut rng, 20);
+            a.conn()
+                .execute("INSERT INTO f VALUES (?1, 'x', ?2, NULL)", rusqlite::params![format!("{batch}-{i}"), note])?;
+        }
+        pushed += sync(&g, &mut a).push.changes;
+    }
+    a.conn().execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO f SELECT printf('small-%05d', i), 'x', i, randomblob(8) FROM n",
+        [rng.gen_range(2_600..3_000)],
+    )?;
+    let n = insert_large_values(&a, rng.gen_range(1..4));
+    assert!(n > 0);
+    let last = sync(&g, &mut a).push;
+    assert!(last.batches == 1 && last.changes > 10_000, "one large batch: {last:?}");
+    pushed += last.changes;
+    let report = sync(&g, &mut b);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert_eq!(report.pull.changes, pushed, "every change applied once");
+    assert_eq!(rows(&a), rows(&b));
+    let logged: i64 = b.conn().query_row("SELECT count(*) FROM ZV_CHANGE", [], |r| r.get(0))?;
+    assert_eq!(logged as usize, pushed, "the log holds each change once");
     Ok(())
 }
 

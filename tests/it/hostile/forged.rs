@@ -415,3 +415,85 @@ fn a_column_named_like_sql_injection_is_logged_not_applied() -> TestResult {
     s.later_change_syncs(false);
     Ok(())
 }
+
+/// A batch of more changes than a pull merges at a time (10,000; a burst of
+/// writes pushed at once is one batch) is merged piece by piece while its check
+/// goes on (`sync::apply::Ahead`). A change refused in a later piece, or a
+/// header found wrong once every piece was read, still refuses the whole batch,
+/// and the batch that shared its transaction stays applied. The attack, picked
+/// at random: a bad row state, a value that is no value, a header counting one
+/// transaction too many. Recovery: the batch published again unedited.
+#[test]
+fn a_bad_change_late_in_a_large_batch_refuses_all_of_it_and_keeps_the_batch_before_it() {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    // Four changes a row (its marker and three columns): well over one piece.
+    let rows = rng.gen_range(2_600..3_600);
+    let mut s = Scene::with(
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO t SELECT CASE i WHEN {rows} THEN 'a2' ELSE printf('a2-%05d', i) END, i, 'x', 0.5 FROM n"
+        ),
+        false,
+    );
+    // The first batch: the first few rows, pushed honestly.
+    let first_rows = rng.gen_range(1..5);
+    let mut early = std::collections::BTreeSet::new();
+    let from = s.a_base.last_change_id.clone();
+    let (_, first) = forge_on(
+        &s,
+        &s.a_base,
+        &from,
+        no_edit,
+        |changes: &mut Vec<Change>| {
+            changes.truncate(first_rows * 4);
+            early.extend(changes.iter().map(|c| c.entity_id.clone()));
+        },
+        |_| {},
+    );
+    assert!(!early.contains("a2") && early.len() == first_rows, "{early:?}");
+    // A change of a later piece made bad (none: the header's count instead).
+    let bad_at = (rng.gen_range(0..3) < 2).then(|| rng.gen_range(10_000..(rows + 1 - first_rows) * 4));
+    let marker = std::cell::Cell::new(false);
+    let (second, _) = forge_on(
+        &s,
+        &first,
+        &first.last_change_id,
+        no_edit,
+        |changes: &mut Vec<Change>| {
+            if let Some(at) = bad_at {
+                let c = &mut changes[at];
+                marker.set(c.attribute == "*");
+                c.new_value = Some(if marker.get() { "maybe".into() } else { "{not json".into() });
+            }
+        },
+        // Read only once every change is: the pieces are merged by then.
+        |p| {
+            if bad_at.is_none() {
+                sql(p, "UPDATE ZV_BATCH SET transaction_count = transaction_count + 1")
+            }
+        },
+    );
+    let report = s.pull();
+    let phrase = match bad_at {
+        None => "batch header does not match its contents",
+        Some(_) if marker.get() => "bad row state",
+        Some(_) => "bad value encoding",
+    };
+    s.assert_refused(&report, &second, phrase);
+    let held: std::collections::BTreeSet<String> = rows_of(&s.b, "SELECT id FROM t WHERE id LIKE 'a2-%'");
+    assert_eq!(held, early, "the first batch, and nothing of the refused one");
+    let logged = rows_of(&s.b, "SELECT DISTINCT entity_id FROM ZV_CHANGE WHERE entity_id LIKE 'a2-%'");
+    assert_eq!(logged, early, "nothing of the refused batch reached the log");
+    forge_on(&s, &first, &first.last_change_id, no_edit, no_edit, |_| {});
+    let report = s.pull();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let count: i64 = s.b.conn().query_row("SELECT count(*) FROM t WHERE id LIKE 'a2%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(count as usize, rows + 1);
+    s.later_change_syncs(false);
+}
+
+fn rows_of(r: &Replica, sql: &str) -> std::collections::BTreeSet<String> {
+    let mut stmt = r.conn().prepare(sql).unwrap();
+    stmt.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+}
