@@ -1,7 +1,8 @@
 //! How a pull commits (docs/protocol.md, pull step 4): consecutive batches share
 //! a transaction, yet a batch refused halfway leaves nothing of itself while the
 //! batches before it stay applied, no transaction is open across a request, and
-//! a process killed inside such a transaction leaves none of its batches.
+//! a process killed inside such a transaction leaves none of its batches, nor of
+//! a large batch merged piece by piece.
 
 use crate::support::*;
 use rand::{Rng, SeedableRng};
@@ -209,6 +210,90 @@ fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_t
     }
     assert!(kills_in_a_group > 0, "no pull was killed inside a group");
     // The rerun that finished delivered everything, each change once.
+    let b = g.reopen("b");
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
+    assert_eq!(held_and_recorded(&db, &writer).1, change_ids(a.conn()).len() as i64, "a batch was applied twice");
+    assert!(dimple::status::status(&b)?.problems.is_empty());
+    Ok(())
+}
+
+/// A batch of more than 10,000 changes (a burst captured at once) is merged
+/// piece by piece while its check goes on, in its group's transaction: a pull
+/// killed meanwhile leaves none of it, and the rerun applies it once.
+#[test]
+fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_and_the_rerun_applies_it_once(
+) -> TestResult {
+    use rand::RngCore;
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    // Generated rows, each burst captured at once: one batch of 4 changes a row.
+    let bursts = rng.gen_range(2..4);
+    for burst in 0..bursts {
+        for i in 0..rng.gen_range(2_600..3_000) {
+            let mut blob = vec![0u8; rng.gen_range(0..48)];
+            rng.fill_bytes(&mut blob);
+            let text: String = (0..rng.gen_range(0..24)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect();
+            let real = f64::from_bits(rng.next_u64());
+            let real = if real.is_nan() { 0.25 } else { real };
+            a.conn().execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![format!("k{burst}-{i:04}"), blob, text, real],
+            )?;
+        }
+        a.capture()?;
+    }
+    let store = g.store();
+    let pushed = block_on(dimple::push(&mut a, &store))?;
+    assert!(pushed.batches == bursts && pushed.changes > bursts * 10_000, "{pushed:?}");
+    let writer = a.id().to_owned();
+    drop(g.replica("b"));
+
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let pull = |db: &std::path::Path| {
+        std::process::Command::new(bin)
+            .args(["pull", db.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    // How long a whole pull takes here, on a replica of its own: the kills
+    // land anywhere in such a span.
+    drop(g.replica("probe"));
+    let started = std::time::Instant::now();
+    assert!(pull(&g.db("probe"))?.wait()?.success());
+    let span = started.elapsed();
+    let db = g.db("b");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    // Killed midway: holding the write lock, with changes not committed yet.
+    let (wanted, mut killed_midway) = (rng.gen_range(2..4), 0);
+    for run in 0.. {
+        let mut child = pull(&db)?;
+        let kill_at = (killed_midway < wanted && run < 20)
+            .then(|| std::time::Instant::now() + span.mul_f64(rng.gen_range(0.2..0.9)));
+        let killed = loop {
+            assert!(std::time::Instant::now() < deadline, "the pull did not finish");
+            if child.try_wait()?.is_some() {
+                break None;
+            }
+            if kill_at.is_some_and(|at| std::time::Instant::now() >= at) {
+                let locked = !writable(&db);
+                child.kill()?;
+                child.wait()?;
+                break Some(locked);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let (held, recorded, newest, last) = held_and_recorded(&db, &writer);
+        assert_eq!(held, recorded, "run {run}: changes held against the changes of the batches recorded");
+        assert_eq!(newest, last, "run {run}: the newest change held is the last of the last batch recorded");
+        match killed {
+            None => break,
+            Some(locked) => killed_midway += usize::from(locked && (recorded as usize) < pushed.changes),
+        }
+    }
+    assert!(killed_midway > 0, "no pull was killed midway");
     let b = g.reopen("b");
     assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
     assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
