@@ -23,10 +23,7 @@ fn bucket_url(dir: &Path) -> String {
 
 /// One writer: `rows` inserted in transactions of ROWS_PER_TXN, then pushed.
 fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
-    let db = dir.join(format!("writer{w}.db"));
-    let mut r = Replica::init(&db, Some(bucket), Some(&format!("writer{w}")), Options::default()).unwrap();
-    r.conn().execute_batch(TABLE).unwrap();
-    r.track("items", false).unwrap();
+    let mut r = tracked(&dir.join(format!("writer{w}.db")), bucket, &format!("writer{w}"));
     for start in (0..rows).step_by(ROWS_PER_TXN) {
         r.transaction(|tx| {
             let mut ins = tx.prepare_cached("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)")?;
@@ -43,10 +40,7 @@ fn writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
 /// Writer `w`'s rows written through its connection as an app writing
 /// between syncs does, captured together by the push: one batch.
 fn burst_writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
-    let db = dir.join(format!("burst{w}.db"));
-    let mut r = Replica::init(&db, Some(bucket), Some(&format!("burst{w}")), Options::default()).unwrap();
-    r.conn().execute_batch(TABLE).unwrap();
-    r.track("items", false).unwrap();
+    let mut r = tracked(&dir.join(format!("burst{w}.db")), bucket, &format!("burst{w}"));
     for start in (0..rows).step_by(ROWS_PER_TXN) {
         r.conn().execute_batch("BEGIN").unwrap();
         let mut ins = r.conn().prepare_cached("INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5)").unwrap();
@@ -60,11 +54,12 @@ fn burst_writer(dir: &Path, bucket: &str, w: usize, rows: usize) {
     assert_eq!(crate::push_to(&mut r, bucket), rows * 5);
 }
 
-/// A fresh replica tracking the table, at `db`.
-fn fresh(db: &Path, bucket: &str) {
-    let mut r = Replica::init(db, Some(bucket), Some("fresh"), Options::default()).unwrap();
+/// A new replica at `db` tracking the table.
+fn tracked(db: &Path, bucket: &str, name: &str) -> Replica {
+    let mut r = Replica::init(db, Some(bucket), Some(name), Options::default()).unwrap();
     r.conn().execute_batch(TABLE).unwrap();
     r.track("items", false).unwrap();
+    r
 }
 
 /// Row numbers 0..rows in an order spread over the key space, as an app with
@@ -114,7 +109,7 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
 
     // The fresh replica tracks the table, so every change is applied, not only logged.
     let db = dir.join("fresh.db");
-    fresh(&db, &bucket);
+    drop(tracked(&db, &bucket, "fresh"));
     eprintln!("apply: fresh replica pulls {total} changes (child process)");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg(CHILD_ARG).arg(&bucket).arg(&db);
@@ -197,7 +192,7 @@ pub fn run(dir: &Path, scale: f64, table: &mut Table) {
         burst_writer(&dir, &bursts, w, rows);
     }
     let burst_db = dir.join("fresh-bursts.db");
-    fresh(&burst_db, &bursts);
+    drop(tracked(&burst_db, &bursts, "fresh"));
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.arg(CHILD_ARG).arg(&bursts).arg(&burst_db);
     let field = crate::child(cmd, "pull");

@@ -118,6 +118,28 @@ fn no_store_request_is_made_while_a_pull_holds_the_write_lock() -> TestResult {
     Ok(())
 }
 
+/// The rerun that finished delivered everything `a` wrote to `b` (at `db`), each
+/// change once.
+fn assert_delivered_once(g: &Group, a: &dimple::Replica, db: &std::path::Path, writer: &str) -> TestResult {
+    let b = g.reopen("b");
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
+    assert_eq!(held_and_recorded(db, writer).1, change_ids(a.conn()).len() as i64, "a batch was applied twice");
+    assert!(dimple::status::status(&b)?.problems.is_empty());
+    Ok(())
+}
+
+/// Inserts row `key` of generated values: arbitrary bytes, text and float bits.
+fn insert_generated(conn: &rusqlite::Connection, rng: &mut rand::rngs::StdRng, key: &str) -> rusqlite::Result<()> {
+    use rand::RngCore;
+    let mut blob = vec![0u8; rng.gen_range(0..48)];
+    rng.fill_bytes(&mut blob);
+    let text: String = (0..rng.gen_range(0..24)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect();
+    let real = f64::from_bits(rng.next_u64());
+    let real = if real.is_nan() { 0.25 } else { real };
+    conn.execute("INSERT INTO t VALUES (?1, ?2, ?3, ?4)", rusqlite::params![key, blob, text, real]).map(drop)
+}
+
 /// The changes of replica `of` that `db` holds, and the change count its cursor
 /// for `of` records, read from another connection while a pull may run.
 fn held_and_recorded(db: &std::path::Path, of: &str) -> (i64, i64, Option<String>, Option<String>) {
@@ -144,7 +166,6 @@ fn held_and_recorded(db: &std::path::Path, of: &str) -> (i64, i64, Option<String
 #[test]
 fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_the_rerun_applies_each_once(
 ) -> TestResult {
-    use rand::RngCore;
     let g = Group::new();
     let opts = dimple::Options { batch_changes: 400, ..g.opts() };
     let mut a = dimple::Replica::init(&g.db("a"), Some(&g.bucket_url()), Some("a"), opts)?;
@@ -156,15 +177,7 @@ fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_t
     let transactions = rng.gen_range(300..340);
     for tx in 0..transactions {
         for i in 0..100 {
-            let mut blob = vec![0u8; rng.gen_range(0..48)];
-            rng.fill_bytes(&mut blob);
-            let text: String = (0..rng.gen_range(0..24)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect();
-            let real = f64::from_bits(rng.next_u64());
-            let real = if real.is_nan() { 0.25 } else { real };
-            a.conn().execute(
-                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![format!("k{tx:03}-{i:03}"), blob, text, real],
-            )?;
+            insert_generated(a.conn(), &mut rng, &format!("k{tx:03}-{i:03}"))?;
         }
         a.capture()?;
     }
@@ -209,13 +222,7 @@ fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_t
         kills_in_a_group += 1;
     }
     assert!(kills_in_a_group > 0, "no pull was killed inside a group");
-    // The rerun that finished delivered everything, each change once.
-    let b = g.reopen("b");
-    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
-    assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
-    assert_eq!(held_and_recorded(&db, &writer).1, change_ids(a.conn()).len() as i64, "a batch was applied twice");
-    assert!(dimple::status::status(&b)?.problems.is_empty());
-    Ok(())
+    assert_delivered_once(&g, &a, &db, &writer)
 }
 
 /// A batch of more than 10,000 changes (a burst captured at once) is merged
@@ -224,7 +231,6 @@ fn a_pull_killed_while_a_group_of_batches_is_open_leaves_none_of_the_group_and_t
 #[test]
 fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_and_the_rerun_applies_it_once(
 ) -> TestResult {
-    use rand::RngCore;
     let g = Group::new();
     let mut a = g.replica("a");
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
@@ -232,15 +238,7 @@ fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_
     let bursts = rng.gen_range(2..4);
     for burst in 0..bursts {
         for i in 0..rng.gen_range(2_600..3_000) {
-            let mut blob = vec![0u8; rng.gen_range(0..48)];
-            rng.fill_bytes(&mut blob);
-            let text: String = (0..rng.gen_range(0..24)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect();
-            let real = f64::from_bits(rng.next_u64());
-            let real = if real.is_nan() { 0.25 } else { real };
-            a.conn().execute(
-                "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![format!("k{burst}-{i:04}"), blob, text, real],
-            )?;
+            insert_generated(a.conn(), &mut rng, &format!("k{burst}-{i:04}"))?;
         }
         a.capture()?;
     }
@@ -294,10 +292,5 @@ fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_
         }
     }
     assert!(killed_midway > 0, "no pull was killed midway");
-    let b = g.reopen("b");
-    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
-    assert_eq!(change_ids(b.conn()), change_ids(a.conn()));
-    assert_eq!(held_and_recorded(&db, &writer).1, change_ids(a.conn()).len() as i64, "a batch was applied twice");
-    assert!(dimple::status::status(&b)?.problems.is_empty());
-    Ok(())
+    assert_delivered_once(&g, &a, &db, &writer)
 }
