@@ -20,7 +20,7 @@
 //! changes are stored 32 to a statement once all are judged
 //! ([`crate::log::Log::merge_held_new`]). 1M pulled changes of 200k rows took 3.0 s
 //! with a seek each, 2.5 s with the winners in memory, and with the checks on
-//! their own thread (`sync::apply`) 2.05 s with a statement per change and 1.70 s
+//! their own thread (`sync::check`) 2.05 s with a statement per change and 1.70 s
 //! with 32 to a statement.
 //!
 //! Rows are written in the order the batch first touched them. A row the batch

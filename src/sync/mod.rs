@@ -1,13 +1,14 @@
 //! Moving batches between a replica and the bucket, one job per module:
-//! - [`push`]: the push state machine: build a batch and its signed head, save them
+//! - `push`: the push state machine: build a batch and its signed head, save them
 //!   as the in-flight push, upload the batch (create-only), then the head (If-Match
 //!   on the ETag we last wrote), then move the local cursor;
-//! - [`pull`]: one paged LIST of `replicas/`, a GET only for heads whose ETag
+//! - `pull`: one paged LIST of `replicas/`, a GET only for heads whose ETag
 //!   changed, trust decisions, and per replica the chain then the apply;
 //! - `chain`: fetching a replica's new batches and verifying the hash chain from
 //!   its signed head back to our cursor;
-//! - `apply`: per-change checks, then the atomic apply of one batch together with
-//!   its cursor.
+//! - `check`: per-change checks of a downloaded batch, on a thread of its own,
+//!   a large batch handed over piece by piece as its changes pass;
+//! - `apply`: the atomic apply of checked batches together with their cursors.
 //!
 //! A replica whose objects are bad gets a problem row and keeps its cursor; the
 //! others sync on. The protocol is written down in docs/protocol.md.
@@ -20,10 +21,11 @@
 
 mod apply;
 mod chain;
+mod check;
 mod pull;
 mod push;
 
-pub use apply::MAX_VALUE_KEY;
+pub use check::MAX_VALUE_KEY;
 pub use pull::pull;
 pub use push::push;
 pub(crate) use push::{descriptor, publish_descriptor, put_descriptor};

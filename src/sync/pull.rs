@@ -7,7 +7,7 @@
 //! first ([`super::apply`]). A replica whose objects are bad gets a problem and
 //! keeps its cursor; the others sync on.
 
-use super::{apply, chain, PullReport};
+use super::{apply, chain, check, PullReport};
 use crate::clock;
 use crate::codec::{Codec, Kind};
 use crate::error::{Error, Result};
@@ -194,7 +194,7 @@ enum Ended {
 
 /// Applies `links` oldest first, consecutive batches sharing a transaction
 /// ([`apply::Group`]; one each when `single`); a large batch is merged as its
-/// check goes on when `streamed` ([`apply::Ahead`]).
+/// check goes on when `streamed` ([`check::Ahead`]).
 #[allow(clippy::too_many_arguments)]
 async fn apply_links(
     r: &mut Replica,
@@ -208,12 +208,12 @@ async fn apply_links(
 ) -> std::result::Result<Ended, Refused> {
     let mut open = Open::default();
     // Each batch is checked on a thread of its own while the one before it is merged.
-    let start = |checker: &apply::Checker, l: &chain::Link, spare| {
-        apply::Ahead::start(checker.clone(), l.path.clone(), l.key.clone(), spare, streamed)
+    let start = |checker: &check::Checker, l: &chain::Link, spare| {
+        check::Ahead::start(checker.clone(), l.path.clone(), l.key.clone(), spare, streamed)
     };
     // The changes of the batch applied last, whose strings the next check reuses.
     let mut spare = Vec::new();
-    let mut checker = match apply::Checker::new(r, id) {
+    let mut checker = match check::Checker::new(r, id) {
         Ok(c) => c,
         Err(e) => return Err(open.stop(r, report, e)),
     };

@@ -418,7 +418,7 @@ fn a_column_named_like_sql_injection_is_logged_not_applied() -> TestResult {
 
 /// A batch of more changes than a pull merges at a time (10,000; a burst of
 /// writes pushed at once is one batch) is merged piece by piece while its check
-/// goes on (`sync::apply::Ahead`). A change refused in a later piece, or a
+/// goes on (`sync::check::Ahead`). A change refused in a later piece, or a
 /// header found wrong once every piece was read, still refuses the whole batch,
 /// and the batch that shared its transaction stays applied. The attack, picked
 /// at random: a bad row state, a value that is no value, a header counting one
