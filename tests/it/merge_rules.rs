@@ -197,3 +197,45 @@ fn changes_for_an_untracked_table_are_kept_and_applied_once_it_is_tracked() -> T
     assert_eq!(rows(a.conn(), "notes")[0][2], Value::Text("red".into()));
     Ok(())
 }
+
+/// An entity is a table and a key. Rows with the same key in two tables, written
+/// in one transaction (their changes follow each other in the batch), stay two
+/// entities on every replica.
+#[test]
+fn rows_of_two_tables_sharing_a_key_are_different_entities() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let (mut a, mut b) = (g.replica("a"), g.replica("b"));
+    for r in [&mut a, &mut b] {
+        r.conn().execute_batch("CREATE TABLE u(id TEXT PRIMARY KEY, a, b TEXT, c REAL)")?;
+        r.track("u", false)?;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+    let text = |rng: &mut rand::rngs::StdRng| -> String {
+        (0..rng.gen_range(0..12)).map(|_| rng.gen_range('\u{1}'..='\u{10ffff}')).collect()
+    };
+    for i in 0..rng.gen_range(3..20) {
+        let key = format!("k{}", rng.gen_range(0..8) + 10 * i);
+        let rows: Vec<(i64, String, f64)> =
+            (0..2).map(|_| (rng.gen(), text(&mut rng), f64::from(rng.gen::<i32>()) / 8.0)).collect();
+        let update = rng.gen_bool(0.5).then(|| (rng.gen_range(0..2), rng.gen::<i64>()));
+        a.transaction(|tx| {
+            for (table, (x, y, z)) in ["t", "u"].iter().zip(&rows) {
+                tx.execute(&format!("INSERT INTO {table} VALUES (?1, ?2, ?3, ?4)"), rusqlite::params![key, x, y, z])?;
+            }
+            if let Some((which, v)) = update {
+                tx.execute(
+                    &format!("UPDATE {} SET a = ?2 WHERE id = ?1", ["t", "u"][which]),
+                    rusqlite::params![key, v],
+                )?;
+            }
+            Ok(())
+        })?;
+    }
+    sync_all(&g, &mut [&mut a, &mut b]);
+    for table in ["t", "u"] {
+        assert_eq!(rows(b.conn(), table), rows(a.conn(), table), "{table}");
+    }
+    assert_ne!(rows(a.conn(), "t"), rows(a.conn(), "u"), "the two tables were given different values");
+    Ok(())
+}
