@@ -55,26 +55,12 @@ async fn download(
         return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
     }
     let path = spool.join(format!("{id}-{batch_id}.db"));
-    let codec = codec.clone();
-    let decode = move || -> Result<Fetched> {
-        let decoded = codec.decode_batch_to_file(&key, &bytes, &path);
-        if decoded.is_err() {
-            // Kept as it came: it is refused for its hash first, if that is wrong.
-            std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-        }
-        Ok(Fetched { path, sha256: codec::sha256_hex(&bytes), decoded })
-    };
-    // Decompressed and written off the executor, so that the batches fetched
-    // together are decoded on as many cores (a fresh pull's merging thread spent
-    // an eighth of its time here); inline outside a runtime.
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => match rt.spawn_blocking(decode).await {
-            Ok(fetched) => fetched,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(Error::Invalid(format!("decoding a downloaded batch: {e}"))),
-        },
-        Err(_) => decode(),
+    let decoded = codec.decode_batch_to_file(&key, &bytes, &path);
+    if decoded.is_err() {
+        // Kept as it came: it is refused for its hash first, if that is wrong.
+        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
     }
+    Ok(Fetched { path, sha256: codec::sha256_hex(&bytes), decoded })
 }
 
 /// Downloads the batches between our cursor (`known`) and `head` and verifies the
