@@ -116,7 +116,8 @@ fn decode_json(s: &str) -> Result<Value, String> {
 }
 
 /// The common values read without building a JSON tree: a string with nothing
-/// escaped, a whole number in JSON's form that fits 64 bits (not "-0"), null. None for
+/// escaped, a whole number in JSON's form that fits 64 bits (not "-0"), a finite
+/// real in JSON's form, null. None for
 /// anything else, which [`decode_json`] then reads (the same value, or the
 /// same refusal: a property test compares the two). Applying a pull decodes
 /// every value it writes to a table: the tree and its copy of the text were
@@ -138,6 +139,11 @@ fn decode_plain(s: &str) -> Option<Value> {
                 && (digits[0] != b'0' || (digits.len() == 1 && digits.len() == b.len()));
             if json_form {
                 s.parse::<i64>().ok().map(Value::Integer)
+            } else if json_real(digits) {
+                // std's parse rounds correctly, as serde_json does with
+                // `float_roundtrip`; out of range, the JSON reading refuses it.
+                let f: f64 = s.parse().ok()?;
+                f.is_finite().then_some(Value::Real(f))
             } else {
                 None
             }
@@ -145,6 +151,37 @@ fn decode_plain(s: &str) -> Option<Value> {
         _ if s == "null" => Some(Value::Null),
         _ => None,
     }
+}
+
+/// Whether `d` (a number without its sign) is in JSON's form with a fraction or
+/// an exponent: `0` or digits not starting with `0`, then `.` and digits, then
+/// `e` or `E`, a sign or none, and digits, at least one of the two parts.
+fn json_real(d: &[u8]) -> bool {
+    let digits = |d: &[u8]| d.iter().take_while(|c| c.is_ascii_digit()).count();
+    let int = digits(d);
+    if int == 0 || (d[0] == b'0' && int > 1) {
+        return false;
+    }
+    let mut rest = &d[int..];
+    let mut parts = 0;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = digits(frac);
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+        parts += 1;
+    }
+    if let Some(exp) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let exp = exp.strip_prefix(b"+").or_else(|| exp.strip_prefix(b"-")).unwrap_or(exp);
+        let n = digits(exp);
+        if n == 0 {
+            return false;
+        }
+        rest = &exp[n..];
+        parts += 1;
+    }
+    parts > 0 && rest.is_empty()
 }
 
 /// Accepts exactly what [`decode`] accepts (without leading whitespace), without
@@ -245,16 +282,23 @@ mod tests {
 
         /// Whatever the plain reading decodes, the JSON reading decodes to the
         /// same value: strings with and without escapes, quotes and control
-        /// characters, numbers with leading zeros or past 64 bits.
+        /// characters, numbers with leading zeros or past 64 bits, reals in and
+        /// out of JSON's form, beyond range and rounding to zero, and every real
+        /// as dimple writes it.
         #[test]
         fn the_plain_reading_agrees_with_the_json_reading(s in proptest::prop_oneof![
             ".*",
             "\"[\u{0}-~\u{80}-\u{10ffff}]{0,12}\"?",
             "-?[0-9]{0,21}",
+            "-?[0-9]{0,5}(\\.[0-9]{0,8})?([eE][-+]?[0-9]{0,4})?",
+            proptest::strategy::Strategy::prop_map(proptest::prelude::any::<u64>(), |bits| encode(&Value::Real(f64::from_bits(bits)))),
             proptest::strategy::Just("null".to_owned()),
         ]) {
             if let Some(v) = decode_plain(&s) {
-                proptest::prop_assert_eq!(decode_json(&s), Ok(v), "{}", s);
+                match (decode_json(&s), v) {
+                    (Ok(Value::Real(a)), Value::Real(b)) => proptest::prop_assert_eq!(a.to_bits(), b.to_bits(), "{}", s),
+                    (json, v) => proptest::prop_assert_eq!(json, Ok(v), "{}", s),
+                }
             }
         }
 
