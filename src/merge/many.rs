@@ -79,16 +79,15 @@ impl<'c> Merger<'c> {
         let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(changes.len() / 4 + 1);
         let mut rows: Vec<Row> = Vec::with_capacity(changes.len() / 4 + 1);
         let mut row_of: Vec<usize> = Vec::with_capacity(changes.len());
-        let mut before: Option<&Change> = None;
-        for c in changes {
+        for (k, c) in changes.iter().enumerate() {
             let next = rows.len();
             // A row's changes mostly come one after another (an insert's cells
             // are one transaction's): the row of the change before needs no hash.
-            let i = match (before, row_of.last()) {
-                (Some(b), Some(&i)) if b.entity_id == c.entity_id && b.entity_type == c.entity_type => i,
+            let before = k.checked_sub(1).map(|b| &changes[b]);
+            let i = match before {
+                Some(b) if b.entity_id == c.entity_id && b.entity_type == c.entity_type => row_of[k - 1],
                 _ => *index.entry((c.entity_type.as_str(), c.entity_id.as_str())).or_insert(next),
             };
-            before = Some(c);
             if i == next {
                 let seen = Seen { changes: 0, asked: false, known: true, best: Vec::new() };
                 rows.push(Row { table: &c.entity_type, entity_id: &c.entity_id, seen, touched: None });
