@@ -84,10 +84,7 @@ pub fn stamp_of(id: &Uuid) -> Stamp {
 
 /// Parses an id from the log or from a bucket: canonical lowercase text, version 7.
 pub fn parse_id(s: &str) -> Option<Uuid> {
-    if !crate::layout::is_canonical_uuid(s) {
-        return None;
-    }
-    let id = Uuid::parse_str(s).ok()?;
+    let id = Uuid::from_bytes(crate::layout::uuid_bytes(s)?);
     (id.get_version_num() == 7).then_some(id)
 }
 

@@ -138,9 +138,54 @@ pub fn is_canonical_uuid(s: &str) -> bool {
         })
 }
 
+/// The 16 bytes of `s` when it [`is_canonical_uuid`], read in the one pass
+/// that checks it: a pull reads every change's id this way (a check, then
+/// `uuid`'s parse, went over the text twice).
+pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 16];
+    let mut digits = b.iter().enumerate().filter(|(i, _)| !matches!(i, 8 | 13 | 18 | 23)).map(|(_, c)| *c);
+    for byte in &mut out {
+        let (hi, lo) = (digits.next()?, digits.next()?);
+        *byte = nibble(hi)? << 4 | nibble(lo)?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass reading agrees with the check and `uuid`'s parse, on
+        /// ids, ids with one character changed, and any text.
+        #[test]
+        fn uuid_bytes_reads_exactly_the_canonical_ids(
+            id in any::<[u8; 16]>(),
+            at in 0usize..36,
+            with in any::<char>(),
+            other in ".{0,40}",
+        ) {
+            let canonical = uuid::Uuid::from_bytes(id).to_string();
+            let mut changed: Vec<char> = canonical.chars().collect();
+            changed[at] = with;
+            let changed: String = changed.into_iter().collect();
+            for s in [canonical.as_str(), &changed, &canonical.to_uppercase(), &other] {
+                let expected = is_canonical_uuid(s).then(|| *uuid::Uuid::parse_str(s).unwrap().as_bytes());
+                prop_assert_eq!(uuid_bytes(s), expected, "{:?}", s);
+            }
+            prop_assert_eq!(uuid_bytes(&canonical), Some(id));
+        }
+    }
 
     #[test]
     fn listed_keys_are_parsed_only_when_exactly_ours() {

@@ -109,10 +109,10 @@ const SAME: u8 = 3;
 /// An id as its 16 bytes when it is a canonical UUID (always, for ids this
 /// replica makes), as text otherwise.
 fn put_id(buf: &mut Vec<u8>, id: &str) {
-    match uuid::Uuid::parse_str(id) {
-        Ok(u) if crate::layout::is_canonical_uuid(id) => {
+    match crate::layout::uuid_bytes(id) {
+        Some(b) => {
             buf.push(UUID);
-            buf.extend_from_slice(u.as_bytes());
+            buf.extend_from_slice(&b);
         }
         _ => {
             buf.push(TEXT);

@@ -25,12 +25,10 @@ pub fn id_blob_sql(col: &str) -> String {
 /// always canonical (checked before anything is applied); a transaction id from a
 /// batch is not checked, and is kept as it came.
 pub fn id_value(id: &str) -> Value {
-    if crate::layout::is_canonical_uuid(id) {
-        if let Ok(u) = uuid::Uuid::parse_str(id) {
-            return Value::Blob(u.as_bytes().to_vec());
-        }
+    match crate::layout::uuid_bytes(id) {
+        Some(b) => Value::Blob(b.to_vec()),
+        None => Value::Text(id.to_owned()),
     }
-    Value::Text(id.to_owned())
 }
 
 /// The canonical text of a stored id ([`id_value`] backwards).

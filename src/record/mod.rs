@@ -61,12 +61,10 @@ pub enum Id {
 impl Id {
     /// The stored form of id text ([`crate::log::id_value`]).
     pub fn of(id: &str) -> Id {
-        if crate::layout::is_canonical_uuid(id) {
-            if let Ok(u) = uuid::Uuid::parse_str(id) {
-                return Id::Uuid(*u.as_bytes());
-            }
+        match crate::layout::uuid_bytes(id) {
+            Some(b) => Id::Uuid(b),
+            None => Id::Text(id.to_owned()),
         }
-        Id::Text(id.to_owned())
     }
 }
 
