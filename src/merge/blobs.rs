@@ -20,16 +20,20 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A value bound into a table write.
-pub(super) enum Bind {
+pub(super) enum Bind<'v> {
     Value(Value),
+    /// Text as the stored value holds it, unescaped: bound without a copy (a
+    /// pull binds hundreds of thousands of them).
+    Text(&'v str),
     /// Zeros of this length, filled after the row is written.
     Zero(u64),
 }
 
-impl ToSql for Bind {
+impl ToSql for Bind<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         match self {
             Bind::Value(v) => v.to_sql(),
+            Bind::Text(t) => Ok(ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t.as_bytes()))),
             // `value::MAX_SIZE` keeps every checked size within an i32.
             Bind::Zero(n) => Ok(ToSqlOutput::ZeroBlob(i32::try_from(*n).unwrap_or(i32::MAX))),
         }
@@ -53,8 +57,11 @@ const BIND_WHOLE_MAX: u64 = 16 << 20;
 
 impl Merger<'_> {
     /// The bind for stored value `v` of column `column`; a reference adds a fill.
-    pub(super) fn bind(&self, column: usize, v: Option<&str>, fills: &mut Vec<Fill>) -> Result<Bind> {
+    pub(super) fn bind<'v>(&self, column: usize, v: Option<&'v str>, fills: &mut Vec<Fill>) -> Result<Bind<'v>> {
         let Some(s) = v else { return Ok(Bind::Value(Value::Null)) };
+        if let Some(text) = value::plain_text(s) {
+            return Ok(Bind::Text(text));
+        }
         match value::decode_stored(s).map_err(|e| Error::bad("change log", e))? {
             Stored::Inline(v) => Ok(Bind::Value(v)),
             Stored::Ref(r) => {

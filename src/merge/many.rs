@@ -30,13 +30,16 @@
 use super::{key_values, Change, Merger, Outcome, ALIVE, DEAD};
 use crate::error::Result;
 use crate::log::merge_order;
-use crate::track::ROW;
+use crate::track::{TableInfo, ROW};
 use std::collections::HashMap;
 
 /// What the batch holds of one row it names.
 struct Row<'a> {
     table: &'a str,
     entity_id: &'a str,
+    /// The table as tracked here, looked up once per row (a lookup per change
+    /// hashed its name twice).
+    info: Option<&'a TableInfo>,
     seen: Seen<'a>,
     /// Its winners to write, once it has one in a tracked table.
     touched: Option<Touched<'a>>,
@@ -90,7 +93,12 @@ impl<'c> Merger<'c> {
             };
             if i == next {
                 let seen = Seen { changes: 0, asked: false, known: true, best: Vec::new() };
-                rows.push(Row { table: &c.entity_type, entity_id: &c.entity_id, seen, touched: None });
+                // A batch's rows are mostly of one table: the row before's lookup is reused.
+                let info = match rows.last() {
+                    Some(r) if r.table == c.entity_type => r.info,
+                    _ => self.tables.get(&c.entity_type),
+                };
+                rows.push(Row { table: &c.entity_type, entity_id: &c.entity_id, info, seen, touched: None });
             }
             rows[i].seen.changes += 1;
             row_of.push(i);
@@ -100,7 +108,8 @@ impl<'c> Merger<'c> {
         // Rows with a winner to write, in the order of their first.
         let mut order: Vec<usize> = Vec::new();
         for (c, &i) in changes.iter().zip(&row_of) {
-            let Row { seen: s, touched, .. } = &mut rows[i];
+            let Row { seen: s, touched, info, .. } = &mut rows[i];
+            let info = *info;
             if !s.asked {
                 s.asked = true;
                 // A row with one change here costs a seek either way: only a row
@@ -108,14 +117,14 @@ impl<'c> Merger<'c> {
                 if s.changes > 1 && !self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)? {
                     s.known = false;
                     // One cell per column and the row's own, when the table is tracked here.
-                    s.best.reserve(self.tables.get(&c.entity_type).map_or(4, |t| t.columns.len() + 1));
+                    s.best.reserve(info.map_or(4, |t| t.columns.len() + 1));
                 }
             }
             if self.merge_log_in(c, s, &mut unstored)? != Outcome::Won {
                 continue;
             }
             won += 1;
-            let Some(info) = self.tables.get(&c.entity_type) else { continue };
+            let Some(info) = info else { continue };
             let column =
                 if c.attribute == ROW { None } else { info.columns.iter().position(|col| *col == c.attribute) };
             if c.attribute != ROW && column.is_none() {
@@ -143,9 +152,9 @@ impl<'c> Merger<'c> {
         }
         self.log.flush()?;
         for i in order {
-            let Row { table, entity_id, touched, .. } = &rows[i];
+            let Row { entity_id, touched, info, .. } = &rows[i];
             let t = touched.as_ref().expect("a row in the order has a winner");
-            let info = &self.tables[*table];
+            let info = info.expect("a row with a winner to write is of a tracked table");
             let key = key_values(info, entity_id)?;
             // When the batch holds a winner for every column, it knows the whole row:
             // no need to read the winners back from the log.

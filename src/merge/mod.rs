@@ -91,7 +91,9 @@ pub struct Merger<'c> {
     conn: &'c Connection,
     tables: HashMap<String, TableInfo>,
     log: Log<'c>,
-    per_table: RefCell<HashMap<(String, Op), Statement<'c>>>,
+    /// By table name, then operation: looked up with the name borrowed (a pull
+    /// writes a row per call, and a key owning its name cloned it each time).
+    per_table: RefCell<HashMap<String, HashMap<Op, Statement<'c>>>>,
     /// Where the bytes of values stored out of line wait ([`crate::blob`]); None
     /// in memory, where every such value is missing.
     side: Option<crate::sidedir::SideDir>,
@@ -170,9 +172,12 @@ impl<'c> Merger<'c> {
         sql: impl FnOnce() -> String,
         f: impl FnOnce(&mut Statement<'c>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let mut map = self.per_table.borrow_mut();
-        let key = (info.name.clone(), op);
-        let stmt = match map.entry(key) {
+        let mut tables = self.per_table.borrow_mut();
+        let map = match tables.get_mut(info.name.as_str()) {
+            Some(map) => map,
+            None => tables.entry(info.name.clone()).or_default(),
+        };
+        let stmt = match map.entry(op) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.conn.prepare(&sql())?),
         };
@@ -251,7 +256,8 @@ impl<'c> Merger<'c> {
         if !alive {
             return self.delete(info, key);
         }
-        let mut values: Vec<blobs::Bind> = key.iter().cloned().map(blobs::Bind::Value).collect();
+        let mut values: Vec<blobs::Bind> = Vec::with_capacity(key.len() + info.columns.len());
+        values.extend(key.iter().cloned().map(blobs::Bind::Value));
         let mut present = Vec::with_capacity(info.columns.len());
         let mut fills = Vec::new();
         for i in 0..info.columns.len() {
