@@ -43,6 +43,12 @@ async fn download(
     batch_id: &str,
     max: usize,
 ) -> Result<Fetched> {
+    let bytes = get(store, id, batch_id, max).await?;
+    decode(codec, spool, id, batch_id, &bytes)
+}
+
+/// The bytes of a batch as stored.
+async fn get(store: &dyn Store, id: &str, batch_id: &str, max: usize) -> Result<Vec<u8>> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
@@ -54,13 +60,41 @@ async fn download(
     if bytes.len() > max {
         return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
     }
+    Ok(bytes)
+}
+
+/// A downloaded batch into the spool: its SQLite file, and the hash of `bytes`.
+fn decode(codec: &Codec, spool: &Path, id: &str, batch_id: &str, bytes: &[u8]) -> Result<Fetched> {
+    let key = layout::batch_key(id, batch_id);
     let path = spool.join(format!("{id}-{batch_id}.db"));
-    let decoded = codec.decode_batch_to_file(&key, &bytes, &path);
+    let decoded = codec.decode_batch_to_file(&key, bytes, &path);
     if decoded.is_err() {
         // Kept as it came: it is refused for its hash first, if that is wrong.
-        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
     }
-    Ok(Fetched { path, sha256: codec::sha256_hex(&bytes), decoded })
+    Ok(Fetched { path, sha256: codec::sha256_hex(bytes), decoded })
+}
+
+/// [`decode`] of each downloaded batch, half of them on a second thread: the
+/// merge waits for a replica's whole chain, and decompressing and writing it
+/// was about an eighth of a fresh pull's merging thread, with the other core
+/// idle. One window of downloads at a time, so memory stays at a window's bytes.
+fn decode_all(codec: &Codec, spool: &Path, id: &str, got: &[(String, Vec<u8>)]) -> Vec<(String, Result<Fetched>)> {
+    let one = |(b, bytes): &(String, Vec<u8>)| (b.clone(), decode(codec, spool, id, b, bytes));
+    let every_other = |from: usize| got.iter().skip(from).step_by(2).map(one).collect::<Vec<_>>();
+    if got.len() < 2 {
+        return every_other(0);
+    }
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new().name("dimple-decode".into()).spawn_scoped(scope, || every_other(1));
+        let mut done = every_other(0);
+        done.extend(match helper {
+            Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: decoded here too.
+            Err(_) => every_other(1),
+        });
+        done
+    })
 }
 
 /// Downloads the batches between our cursor (`known`) and `head` and verifies the
@@ -83,14 +117,18 @@ pub async fn fetch(
     };
     let max = r.opts.max_batch_bytes;
     let mut prefetched: HashMap<String, Fetched> = HashMap::new();
-    let mut downloads = futures::stream::iter(listed.iter().map(|b| {
-        let spool = &spool;
-        async move { download(store, codec, spool, id, b, max).await.map(|d| (b.clone(), d)) }
-    }))
-    .buffer_unordered(FETCH_CONCURRENCY);
-    while let Some(done) = downloads.next().await {
-        let (b, d) = done?;
-        prefetched.insert(b, d);
+    for window in listed.chunks(FETCH_CONCURRENCY) {
+        let mut downloads = futures::stream::iter(
+            window.iter().map(|b| async move { get(store, id, b, max).await.map(|bytes| (b.clone(), bytes)) }),
+        )
+        .buffer_unordered(FETCH_CONCURRENCY);
+        let mut got = Vec::with_capacity(window.len());
+        while let Some(done) = downloads.next().await {
+            got.push(done?);
+        }
+        for (b, d) in decode_all(codec, &spool, id, &got) {
+            prefetched.insert(b, d?);
+        }
     }
     let mut chain = Vec::new();
     let (mut want_id, mut want_sha) = (head.batch_id.clone(), head.sha256.clone());
