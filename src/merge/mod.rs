@@ -17,6 +17,8 @@
 mod blobs;
 mod many;
 
+pub use many::RowIndex;
+
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::sql::ident;

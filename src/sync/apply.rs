@@ -7,7 +7,7 @@ use super::check::{Changes, Checked, Step, APPLY_CHUNK};
 use crate::changelog;
 use crate::clock::parse_id;
 use crate::error::{Error, Result};
-use crate::merge::{Change, Merger};
+use crate::merge::{Change, Merger, RowIndex};
 use crate::peers;
 use crate::replica::Replica;
 use std::collections::BTreeSet;
@@ -114,10 +114,12 @@ impl Group {
         let Checked { header, changes, mut tables, .. } = checked;
         {
             let merger = Merger::new(&r.sync)?;
-            let merge = |chunk: &[Change]| merger.apply_many(chunk).map(drop).map_err(|e| local_refusal(key, e));
+            let merge = |chunk: &[Change], rows: &RowIndex| {
+                merger.apply_indexed(chunk, rows).map(drop).map_err(|e| local_refusal(key, e))
+            };
             match changes {
-                Changes::Kept(all) => {
-                    merge(&all)?;
+                Changes::Kept(all, rows) => {
+                    merge(&all, &rows)?;
                     *spare = all;
                 }
                 Changes::InFile(batch) => {
@@ -125,17 +127,17 @@ impl Group {
                     batch.each_change(|c| {
                         chunk.push(c);
                         if chunk.len() >= APPLY_CHUNK {
-                            merge(&chunk)?;
+                            merge(&chunk, &RowIndex::of(&chunk))?;
                             chunk.clear();
                         }
                         Ok(())
                     })?;
-                    merge(&chunk)?;
+                    merge(&chunk, &RowIndex::of(&chunk))?;
                 }
                 Changes::Streamed(mut stream) => loop {
                     match stream.next()? {
-                        Step::Piece(piece) => {
-                            merge(&piece)?;
+                        Step::Piece(piece, rows) => {
+                            merge(&piece, &rows)?;
                             let _ = stream.back.send(piece);
                         }
                         Step::End(named) => {

@@ -7,7 +7,7 @@
 use crate::batch;
 use crate::clock::parse_id;
 use crate::error::{Error, Result};
-use crate::merge::{Change, ALIVE, DEAD};
+use crate::merge::{Change, RowIndex, ALIVE, DEAD};
 use crate::meta;
 use crate::peers;
 use crate::replica::Replica;
@@ -34,8 +34,9 @@ pub struct Checked {
 }
 
 pub(super) enum Changes {
-    /// All of them, in memory: a batch of at most [`APPLY_CHUNK`] changes.
-    Kept(Vec<Change>),
+    /// All of them, in memory: a batch of at most [`APPLY_CHUNK`] changes, with
+    /// the rows they name.
+    Kept(Vec<Change>, RowIndex),
     /// Checked whole and left in the batch's file, read again piece by piece as
     /// they are merged.
     InFile(Box<batch::Batch>),
@@ -108,7 +109,10 @@ impl Checker {
         })?;
         let header = batch.header.clone();
         let changes = match kept {
-            Some(all) => Changes::Kept(all),
+            Some(all) => {
+                let rows = RowIndex::of(&all);
+                Changes::Kept(all, rows)
+            }
             None => Changes::InFile(Box::new(batch)),
         };
         Ok(Checked { header, changes, tables, references })
@@ -153,7 +157,8 @@ impl Checker {
             piece.push(c);
             if piece.len() == APPLY_CHUNK {
                 let full = std::mem::replace(&mut piece, Vec::with_capacity(APPLY_CHUNK));
-                if to.send(Step::Piece(full)).is_err() {
+                let rows = RowIndex::of(&full);
+                if to.send(Step::Piece(full, rows)).is_err() {
                     stopped = Some(None);
                     return Err(Error::Invalid("the merge stopped".into()));
                 }
@@ -166,8 +171,11 @@ impl Checker {
         if let Err(e) = read {
             return Some(Step::Failed(e));
         }
-        if !piece.is_empty() && to.send(Step::Piece(piece)).is_err() {
-            return None;
+        if !piece.is_empty() {
+            let rows = RowIndex::of(&piece);
+            if to.send(Step::Piece(piece, rows)).is_err() {
+                return None;
+            }
         }
         Some(Step::End(tables))
     }
@@ -180,8 +188,9 @@ pub(super) enum Step {
     /// The whole batch checked (at most one piece, or streaming not wanted).
     Whole(Box<Result<Checked>>),
     Header(batch::Header),
-    /// The next [`APPLY_CHUNK`] changes (fewer for the last), every one checked.
-    Piece(Vec<Change>),
+    /// The next [`APPLY_CHUNK`] changes (fewer for the last), every one checked,
+    /// and the rows they name.
+    Piece(Vec<Change>, RowIndex),
     /// Every change passed; the tables they name.
     End(BTreeSet<String>),
     /// A change refused after the pieces before it were handed over.
