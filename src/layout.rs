@@ -142,23 +142,38 @@ pub fn is_canonical_uuid(s: &str) -> bool {
 /// that checks it: a pull reads every change's id this way (a check, then
 /// `uuid`'s parse, went over the text twice).
 pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+    let b: &[u8; 36] = s.as_bytes().try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
+    // Where each byte's two digits start: the groups are 8-4-4-4-12 digits.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut out = [0u8; 16];
-    let mut digits = b.iter().enumerate().filter(|(i, _)| !matches!(i, 8 | 13 | 18 | 23)).map(|(_, c)| *c);
-    for byte in &mut out {
-        let (hi, lo) = (digits.next()?, digits.next()?);
-        *byte = nibble(hi)? << 4 | nibble(lo)?;
+    // Any digit that is not one has its high bits set here.
+    let mut not_digits = 0u8;
+    for (byte, at) in out.iter_mut().zip(AT) {
+        let (hi, lo) = (HEX_DIGIT[b[at] as usize], HEX_DIGIT[b[at + 1] as usize]);
+        not_digits |= hi | lo;
+        *byte = hi << 4 | lo;
     }
-    Some(out)
+    (not_digits < 16).then_some(out)
 }
+
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
