@@ -129,6 +129,9 @@ enum Stored {
 pub struct Log<'c> {
     conn: &'c Connection,
     names: RefCell<Memo>,
+    /// The names of tables alone (numbered with the other names): a batch's
+    /// changes mostly name one, compared first.
+    tables: RefCell<Memo>,
     authors: RefCell<Memo>,
     /// Replica ids by author number: asked only when two authors made one id.
     author_ids: RefCell<HashMap<i64, String>>,
@@ -174,6 +177,7 @@ impl<'c> Log<'c> {
         Ok(Log {
             conn,
             names: RefCell::default(),
+            tables: RefCell::default(),
             authors: RefCell::default(),
             author_ids: RefCell::default(),
             txs: RefCell::default(),
@@ -200,6 +204,11 @@ impl<'c> Log<'c> {
     /// The number of a table or column name, numbered on first sight.
     pub fn name_n(&self, name: &str) -> Result<i64> {
         remembered(&self.names, name, || intern(self.conn, "ZV_NAME", "name", name))
+    }
+
+    /// [`Log::name_n`] of a table's name.
+    pub fn table_n(&self, name: &str) -> Result<i64> {
+        remembered(&self.tables, name, || intern(self.conn, "ZV_NAME", "name", name))
     }
 
     /// The `ZV_AUTHOR` number of replica `id`, numbered on first sight.
@@ -333,10 +342,16 @@ impl<'c> Log<'c> {
         let mut rows: Vec<(i64, String, Parked)> =
             held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, p)| (t, e, p))).collect();
         rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut adds = Vec::with_capacity(ADD_ROWS);
         for (type_n, entity_id, parked) in rows {
+            if adds.len() == ADD_ROWS {
+                self.add_all(&mut adds)?;
+            }
             if parked.stored != Stored::Unread {
-                if parked.changed {
-                    self.write(type_n, &entity_id, &parked.record, parked.stored)?;
+                match parked.stored {
+                    Stored::No if parked.changed => adds.push((type_n, entity_id, parked.record)),
+                    _ if parked.changed => self.write(type_n, &entity_id, &parked.record, parked.stored)?,
+                    _ => {}
                 }
                 continue;
             }
@@ -345,7 +360,7 @@ impl<'c> Log<'c> {
             let mut stored =
                 if self.past_greatest(type_n, &entity_id)? { Open::absent() } else { self.open(type_n, &entity_id)? };
             if stored.stored == Stored::No {
-                self.write(type_n, &entity_id, &parked.record, Stored::No)?;
+                adds.push((type_n, entity_id, parked.record));
                 continue;
             }
             // The held changes meet the stored record, as if merged one by
@@ -358,6 +373,30 @@ impl<'c> Log<'c> {
             }
             self.close(type_n, &entity_id, &stored)?;
         }
+        self.add_all(&mut adds)
+    }
+
+    /// Inserts the records of rows `ZV_ROW` does not hold, [`ADD_ROWS`] to a
+    /// statement when there are that many: a fresh pull inserts a record per
+    /// row, and a statement each cost SQLite's per-statement work every time.
+    fn add_all(&self, adds: &mut Vec<(i64, String, Vec<u8>)>) -> Result<()> {
+        if adds.len() == ADD_ROWS {
+            let mut stmt = self.conn.prepare_cached(add_rows_sql())?;
+            for (i, (type_n, entity_id, record)) in adds.iter().enumerate() {
+                stmt.raw_bind_parameter(3 * i + 1, type_n)?;
+                stmt.raw_bind_parameter(3 * i + 2, entity_id)?;
+                stmt.raw_bind_parameter(3 * i + 3, record)?;
+            }
+            stmt.raw_execute()?;
+            for (type_n, entity_id, _) in adds.iter() {
+                self.added(*type_n, entity_id);
+            }
+        } else {
+            for (type_n, entity_id, record) in adds.iter() {
+                self.write(*type_n, entity_id, record, Stored::No)?;
+            }
+        }
+        adds.clear();
         Ok(())
     }
 
@@ -374,7 +413,7 @@ impl<'c> Log<'c> {
     fn numbered(&self, c: &Parts<'_>) -> Result<Numbers> {
         let author_n = self.author_n(c.author)?;
         Ok(Numbers {
-            type_n: self.name_n(c.entity_type)?,
+            type_n: self.table_n(c.entity_type)?,
             attr_n: self.name_n(c.attribute)?,
             author_n,
             tx_n: self.tx_n(c.transaction_id, author_n)?,
@@ -404,14 +443,24 @@ impl<'c> Log<'c> {
             return Ok(());
         }
         self.add.borrow_mut().execute(params![type_n, entity_id, record])?;
+        self.added(type_n, entity_id);
+        Ok(())
+    }
+
+    /// Keeps the greatest row id of the table up to date after an insert.
+    fn added(&self, type_n: i64, entity_id: &str) {
         if let Some(g) = self.greatest.borrow_mut().get_mut(&type_n) {
             match g {
                 Greatest::Key(k) if entity_id <= k.as_str() => {}
                 Greatest::Unknown => {}
-                _ => *g = Greatest::Key(entity_id.to_owned()),
+                // Keys mostly grow row after row: the string is reused.
+                Greatest::Key(k) => {
+                    k.clear();
+                    k.push_str(entity_id);
+                }
+                Greatest::Empty => *g = Greatest::Key(entity_id.to_owned()),
             }
         }
-        Ok(())
     }
 
     /// Merges `cell` into a row's open record, and into the history what it
@@ -538,6 +587,17 @@ fn cell_of(n: Numbers, c: &Parts<'_>) -> Cell {
     }
 }
 
+/// Records of new rows inserted by one statement ([`Log::add_all`]).
+const ADD_ROWS: usize = 32;
+
+fn add_rows_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows = vec!["(?, ?, ?)"; ADD_ROWS].join(", ");
+        format!("INSERT INTO ZV_ROW(type_n, entity_id, cells) VALUES {rows}")
+    })
+}
+
 /// How many superseded changes a record keeps at most: a row updated often
 /// would otherwise rewrite an ever longer record at each update; its later
 /// changes go to `ZV_HISTORY`, whose rows are appends.
@@ -577,11 +637,15 @@ pub fn merge_order(id: &str, author: &str, other_id: &str, other_author: &str) -
 /// Numbers remembered by name. A batch names one table, a few columns and one
 /// author change after change: the last few met are compared first, before a
 /// hash of the name (hashing was about 4% of a fresh pull's merging thread).
+/// Each row of a batch names its columns in the same order, so the name after
+/// the last one found is compared first.
 #[derive(Default)]
 struct Memo {
     /// At most [`RECENT`], the last one met last.
     recent: Vec<(String, i64)>,
     all: HashMap<String, i64>,
+    /// Where in `recent` the last name was found.
+    last: usize,
 }
 
 const RECENT: usize = 8;
@@ -592,12 +656,21 @@ impl Memo {
             self.recent.remove(0);
         }
         self.recent.push((key.to_owned(), n));
+        self.last = self.recent.len() - 1;
     }
 }
 
 fn remembered(memo: &RefCell<Memo>, key: &str, look: impl FnOnce() -> Result<i64>) -> Result<i64> {
-    if let Some((_, n)) = memo.borrow().recent.iter().rev().find(|(k, _)| k == key) {
-        return Ok(*n);
+    {
+        let mut m = memo.borrow_mut();
+        let len = m.recent.len();
+        let next = if m.last + 1 < len { m.last + 1 } else { 0 };
+        let found =
+            [next, m.last].into_iter().chain((0..len).rev()).find(|&i| m.recent.get(i).is_some_and(|(k, _)| k == key));
+        if let Some(i) = found {
+            m.last = i;
+            return Ok(m.recent[i].1);
+        }
     }
     let known = memo.borrow().all.get(key).copied();
     let n = match known {

@@ -144,7 +144,7 @@ impl<'c> Merger<'c> {
                 s.asked = true;
                 // A row with one change here costs a seek either way: only a row
                 // with more is asked about, before any of its changes is stored.
-                if s.changes > 1 && !self.log.knows_entity(self.log.name_n(&c.entity_type)?, &c.entity_id)? {
+                if s.changes > 1 && !self.log.knows_entity(self.log.table_n(&c.entity_type)?, &c.entity_id)? {
                     s.known = false;
                     // One cell per column and the row's own, when the table is tracked here.
                     s.best.reserve(info.map_or(4, |t| t.columns.len() + 1));
