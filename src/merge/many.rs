@@ -181,6 +181,8 @@ impl<'c> Merger<'c> {
             self.log.merge_held_new(c)?;
         }
         self.log.flush()?;
+        // Rows written 32 to a statement, in order: any other write waits for them.
+        let mut held = super::Rows::default();
         for i in order {
             let Row { entity_id, touched, info, .. } = &rows[i];
             let t = touched.as_ref().expect("a row in the order has a winner");
@@ -190,6 +192,13 @@ impl<'c> Merger<'c> {
             // no need to read the winners back from the log.
             let whole = t.columns.len() == info.columns.len();
             let from_batch = |i: usize| t.columns.iter().find(|(j, _)| *j == i).map(|(_, v)| *v);
+            // A winner for every column: the upsert leaves the same row whether
+            // or not it existed, without looking first.
+            if matches!(t.row, Some(ALIVE)) && !t.died && whole {
+                self.write_row_held(&mut held, info, entity_id, &key, from_batch)?;
+                continue;
+            }
+            self.write_rows(&mut held)?;
             match t.row {
                 Some(ALIVE) if t.died => {
                     self.delete(info, &key)?;
@@ -199,9 +208,6 @@ impl<'c> Merger<'c> {
                         self.materialize(info, entity_id, &key)?;
                     }
                 }
-                // A winner for every column: the upsert leaves the same row whether
-                // or not it existed, without looking first.
-                Some(ALIVE) if whole => self.write_row(info, entity_id, &key, true, from_batch)?,
                 Some(ALIVE) if !self.row_exists(info, &key)? => {
                     if whole {
                         self.write_row(info, entity_id, &key, true, from_batch)?;
@@ -217,6 +223,7 @@ impl<'c> Merger<'c> {
                 _ => self.delete(info, &key)?,
             }
         }
+        self.write_rows(&mut held)?;
         Ok(won)
     }
 

@@ -39,12 +39,19 @@ fn a_batch_refused_halfway_leaves_nothing_of_itself_and_the_batches_before_it_ap
         }
         block_on(dimple::push(&mut a, &store))?;
     }
-    for i in 0..rng.gen_range(1..20) {
-        a.conn().execute("INSERT INTO t VALUES (?1, ?2, ?3, NULL)", rusqlite::params![format!("bad-{i}"), i, "x"])?;
+    // Rows are written up to 32 to a statement: the breaking row may be in
+    // such a statement or written alone, anywhere among the batch's rows.
+    let good = rng.gen_range(1..100);
+    let breaks_at = rng.gen_range(0..=good);
+    for i in 0..=good {
+        let (id, b) = if i == breaks_at {
+            let len = LIMIT + rng.gen_range(0..10);
+            ("breaks".to_owned(), name(&mut rng, len))
+        } else {
+            (format!("bad-{i}"), "x".to_owned())
+        };
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, ?3, NULL)", rusqlite::params![id, i, b])?;
     }
-    let len = LIMIT + rng.gen_range(0..10);
-    let long = name(&mut rng, len);
-    a.conn().execute("INSERT INTO t VALUES ('zz-breaks', 0, ?1, NULL)", [long])?;
     block_on(dimple::push(&mut a, &store))?;
     a.conn().execute("INSERT INTO t VALUES ('after', 0, 'y', NULL)", [])?;
     block_on(dimple::push(&mut a, &store))?;
@@ -237,14 +244,15 @@ fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_
     // Generated rows, each burst captured at once: one batch of 4 changes a row.
     let bursts = rng.gen_range(2..4);
     for burst in 0..bursts {
-        for i in 0..rng.gen_range(2_600..3_000) {
+        for i in 0..rng.gen_range(5_000..6_000) {
             insert_generated(a.conn(), &mut rng, &format!("k{burst}-{i:04}"))?;
         }
         a.capture()?;
     }
     let store = g.store();
     let pushed = block_on(dimple::push(&mut a, &store))?;
-    assert!(pushed.batches == bursts && pushed.changes > bursts * 10_000, "{pushed:?}");
+    // Two or three pieces a batch: most of its merge is after a piece.
+    assert!(pushed.batches == bursts && pushed.changes > bursts * 20_000, "{pushed:?}");
     let writer = a.id().to_owned();
     drop(g.replica("b"));
 
@@ -257,7 +265,9 @@ fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_
             .spawn()
     };
     // How long a whole pull takes here, on a replica of its own: the kills
-    // land anywhere in such a span.
+    // land anywhere in the first half of such a span after the pull took the
+    // write lock (a fraction of the whole span missed the merge on a busy
+    // host, where the download and the decompression before it took longer).
     drop(g.replica("probe"));
     let started = std::time::Instant::now();
     assert!(pull(&g.db("probe"))?.wait()?.success());
@@ -265,17 +275,20 @@ fn a_pull_killed_while_a_large_batch_is_merged_piece_by_piece_leaves_none_of_it_
     let db = g.db("b");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     // Killed midway: holding the write lock, with changes not committed yet.
-    let (wanted, mut killed_midway) = (rng.gen_range(2..4), 0);
+    let (wanted, mut killed_midway) = (rng.gen_range(3..5), 0);
     for run in 0.. {
         let mut child = pull(&db)?;
-        let kill_at = (killed_midway < wanted && run < 20)
-            .then(|| std::time::Instant::now() + span.mul_f64(rng.gen_range(0.2..0.9)));
+        let kill_after = (killed_midway < wanted && run < 20).then(|| span.mul_f64(rng.gen_range(0.0..0.5)));
+        let mut locked_at = None;
         let killed = loop {
             assert!(std::time::Instant::now() < deadline, "the pull did not finish");
             if child.try_wait()?.is_some() {
                 break None;
             }
-            if kill_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            if kill_after.is_some() && locked_at.is_none() && !writable(&db) {
+                locked_at = Some(std::time::Instant::now());
+            }
+            if locked_at.zip(kill_after).is_some_and(|(at, after)| at.elapsed() >= after) {
                 let locked = !writable(&db);
                 child.kill()?;
                 child.wait()?;
