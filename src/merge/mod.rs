@@ -316,12 +316,12 @@ impl<'c> Merger<'c> {
         let (values, present, fills) = self.row_binds(key, info, column)?;
         match mask_of(&present) {
             Some(mask) if fills.is_empty() => {
-                if rows.table.is_some_and(|t| !std::ptr::eq(t, info)) || rows.mask != mask {
+                if rows.count > 0 && (!rows.table.is_some_and(|t| std::ptr::eq(t, info)) || rows.mask != mask) {
                     self.write_rows(rows)?;
                 }
-                rows.table = Some(info);
-                rows.mask = mask;
-                rows.present = present;
+                if rows.count == 0 {
+                    (rows.table, rows.mask, rows.present) = (Some(info), mask, present);
+                }
                 rows.values.extend(values);
                 rows.count += 1;
                 if rows.count == Rows::MAX {
