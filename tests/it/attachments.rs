@@ -106,6 +106,77 @@ fn large_values_travel_out_of_line_and_arrive_bit_for_bit_on_s3() -> TestResult 
     large_values_arrive_bit_for_bit(Backend::S3)
 }
 
+/// A captured write's value at or above the threshold is selected as an empty
+/// blob stands in for it, and only then is its pending row asked which it is:
+/// real empty blobs and empty text beside large values, small values just
+/// under the threshold, in inserts and updates, arrive as themselves, and
+/// only the large values travel out of line.
+#[test]
+fn empty_values_beside_large_ones_in_captured_writes_arrive_as_themselves() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b) = (files(&g, "a"), files(&g, "b"));
+    let threshold = 1024;
+    dimple::blob::set_threshold(a.conn(), threshold as u64)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let pick = |rng: &mut rand::rngs::StdRng| -> Value {
+        let (small, large) = (rng.gen_range(0..threshold - 1), rng.gen_range(threshold..3 * threshold));
+        match rng.gen_range(0..7) {
+            0 | 1 => Value::Blob(Vec::new()),
+            2 => Value::Text(String::new()),
+            3 => Value::Blob(random_bytes(rng, large)),
+            4 => Value::Text(random_text(rng, large)),
+            5 => Value::Blob(random_bytes(rng, small)),
+            _ => Value::Null,
+        }
+    };
+    let mut large = std::collections::BTreeSet::new();
+    let mut side_by_side = 0;
+    let note = |v: &Value, large: &mut std::collections::BTreeSet<String>| {
+        if matches!(v, Value::Blob(b) if b.len() >= threshold) || matches!(v, Value::Text(t) if t.len() >= threshold) {
+            large.insert(blob_key_of(v));
+        }
+    };
+    let is_empty = |v: &Value| matches!(v, Value::Blob(b) if b.is_empty());
+    for i in 0..60 {
+        let (text, data) = (pick(&mut rng), pick(&mut rng));
+        for v in [&text, &data] {
+            note(v, &mut large);
+        }
+        side_by_side += usize::from(
+            is_empty(&text) && large.contains(&blob_key_of(&data))
+                || is_empty(&data) && large.contains(&blob_key_of(&text)),
+        );
+        let sql = "INSERT INTO f VALUES (?1, 'x', ?2, ?3)";
+        a.conn().execute(sql, rusqlite::params![format!("r{i}"), text, data])?;
+    }
+    for i in 0..60 {
+        if rng.gen_bool(0.5) {
+            continue;
+        }
+        let (text, data) = (pick(&mut rng), pick(&mut rng));
+        for v in [&text, &data] {
+            note(v, &mut large);
+        }
+        let sql = "UPDATE f SET note = ?2, data = ?3 WHERE id = ?1";
+        a.conn().execute(sql, rusqlite::params![format!("r{i}"), text, data])?;
+    }
+    assert!(side_by_side > 0, "some row holds an empty blob beside a large value");
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    assert_eq!(rows(&a), rows(&b));
+    assert_eq!(blob_keys(&g.store()), large.into_iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The key a value would be stored under, were it large.
+fn blob_key_of(v: &Value) -> String {
+    match v {
+        Value::Blob(b) => layout::blob_key(&sha(b)),
+        Value::Text(t) => layout::blob_key(&sha(t.as_bytes())),
+        _ => String::new(),
+    }
+}
+
 #[test]
 fn the_same_file_in_two_rows_and_on_two_replicas_is_stored_once() -> TestResult {
     let g = Group::new();
