@@ -11,6 +11,7 @@ use crate::merge::Change;
 use crate::FORMAT;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
+use uuid::Uuid;
 
 const SCHEMA: &str = include_str!("../schema/batch.sql");
 
@@ -296,22 +297,22 @@ impl Batch {
     /// The header is checked against the contents at the end: a caller that acts
     /// on the changes as they come must be able to undo it (a transaction it rolls
     /// back) when this fails.
-    pub fn each_change(&self, f: impl FnMut(Change) -> Result<()>) -> Result<()> {
-        self.each_change_reusing(Vec::new(), f)
+    pub fn each_change(&self, mut f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+        self.each_change_reusing(Vec::new(), |c, _| f(c))
     }
 
     /// [`Batch::each_change`], each change read into one taken from `spare` while
-    /// it has any (their strings reused) and handed over to `f`.
-    pub fn each_change_reusing(&self, mut spare: Vec<Change>, f: impl FnMut(Change) -> Result<()>) -> Result<()> {
+    /// it has any (their strings reused) and handed over to `f` with its id read.
+    pub fn each_change_reusing(&self, mut spare: Vec<Change>, f: impl FnMut(Change, Uuid) -> Result<()>) -> Result<()> {
         self.each_change_from(|| spare.pop(), f)
     }
 
     /// [`Batch::each_change`], each change read into one `spare` gives while it
-    /// gives any (their strings reused) and handed over to `f`.
+    /// gives any (their strings reused) and handed over to `f` with its id read.
     pub fn each_change_from(
         &self,
         mut spare: impl FnMut() -> Option<Change>,
-        mut f: impl FnMut(Change) -> Result<()>,
+        mut f: impl FnMut(Change, Uuid) -> Result<()>,
     ) -> Result<()> {
         let origin = &self.origin;
         let sqlerr = |e: rusqlite::Error| bad(origin, format!("unreadable batch: {e}"));
@@ -353,9 +354,9 @@ impl Batch {
                 }
                 None => crate::log::row_to_change(r).map_err(sqlerr)?,
             };
-            if parse_id(&c.id).is_none() {
+            let Some(id) = parse_id(&c.id) else {
                 return Err(bad(origin, format!("change id {:?} is not a UUIDv7 id", c.id)));
-            }
+            };
             if last_txn.as_deref() != Some(c.transaction_id.as_str()) {
                 if !txns.contains(&c.transaction_id) {
                     return Err(bad(origin, format!("change {} names a transaction that is not in the batch", c.id)));
@@ -370,7 +371,7 @@ impl Batch {
                 first = Some(c.id.clone());
             }
             last.clone_from(&c.id);
-            f(c)?;
+            f(c, id)?;
         }
         let h = &self.header;
         if count != h.change_count

@@ -106,8 +106,19 @@ pub struct Drift {
 impl Drift {
     /// Refuses an id that lies beyond the limit.
     pub fn check(&self, id: &Uuid) -> Result<(), DriftError> {
+        self.check_at(id, self.clock.now_ms())
+    }
+
+    /// The wall clock's time, for [`Drift::check_at`].
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// [`Drift::check`] against `now`, read once for many ids: a pull checks
+    /// every change it reads, and reading the clock for each was a twentieth
+    /// of its checking thread. A `now` read earlier is only stricter.
+    pub fn check_at(&self, id: &Uuid, now: u64) -> Result<(), DriftError> {
         let ms = stamp_of(id).ms;
-        let now = self.clock.now_ms();
         if ms > now.saturating_add(self.max_ms) {
             return Err(DriftError { id: id.to_string(), ahead_ms: ms - now, max_ms: self.max_ms });
         }

@@ -5,7 +5,6 @@
 //! the merge piece by piece as its changes pass.
 
 use crate::batch;
-use crate::clock::parse_id;
 use crate::error::{Error, Result};
 use crate::merge::{Change, RowIndex, ALIVE, DEAD};
 use crate::meta;
@@ -95,8 +94,9 @@ impl Checker {
         let mut tables = BTreeSet::new();
         let mut references = crate::blob::transfer::Referenced::default();
         let mut kept = Some(Vec::with_capacity(APPLY_CHUNK.min(batch.header.change_count.max(0) as usize)));
-        batch.each_change_reusing(spare, |c| {
-            check_change(&self.drift, key, &c, self.cap)?;
+        let now = self.drift.now_ms();
+        batch.each_change_reusing(spare, |c, id| {
+            check_change(&self.drift, now, key, &c, &id, self.cap)?;
             references.see(&c);
             if !tables.contains(&c.entity_type) {
                 tables.insert(c.entity_type.clone());
@@ -144,8 +144,9 @@ impl Checker {
             }
             spare.pop()
         };
-        let read = batch.each_change_from(next_spare, |c| {
-            check_change(&self.drift, key, &c, self.cap)?;
+        let mut now = self.drift.now_ms();
+        let read = batch.each_change_from(next_spare, |c, id| {
+            check_change(&self.drift, now, key, &c, &id, self.cap)?;
             references.see(&c);
             if references.any() {
                 stopped = Some(Some(Step::Refers));
@@ -162,6 +163,7 @@ impl Checker {
                     stopped = Some(None);
                     return Err(Error::Invalid("the merge stopped".into()));
                 }
+                now = self.drift.now_ms();
             }
             Ok(())
         });
@@ -305,11 +307,17 @@ impl Ahead {
     }
 }
 
-/// Refuses a change that is malformed or too far in the future, before anything of
-/// its batch is applied.
-fn check_change(drift: &crate::clock::Drift, key: &str, c: &Change, max_value_bytes: usize) -> Result<()> {
-    let id = parse_id(&c.id).ok_or_else(|| Error::bad(key, format!("change id {:?} is not a UUIDv7", c.id)))?;
-    drift.check(&id).map_err(|e| Error::bad(key, e.to_string()))?;
+/// Refuses a change that is malformed or too far in the future (its id `id`
+/// beyond the drift allowed at `now`), before anything of its batch is applied.
+fn check_change(
+    drift: &crate::clock::Drift,
+    now: u64,
+    key: &str,
+    c: &Change,
+    id: &uuid::Uuid,
+    max_value_bytes: usize,
+) -> Result<()> {
+    drift.check_at(id, now).map_err(|e| Error::bad(key, e.to_string()))?;
     if c.entity_type.is_empty() || c.attribute.is_empty() {
         return Err(Error::bad(key, format!("change {} has an empty table or column name", c.id)));
     }
