@@ -388,6 +388,104 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const REPLICA: &str = "01900000-0000-7000-8000-0000000000aa";
+
+    /// `n` changes of transactions of 1-7 changes, as a push hands them over:
+    /// old and new values any text (quotes, newlines, any length to 300 bytes)
+    /// or none, so that a reused change's strings meet longer, shorter and
+    /// absent ones.
+    fn changes(n: usize, seed: u64) -> (Header, Vec<Change>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let id = |i: usize| format!("01900000-0000-7000-8000-{:012x}", i + 1);
+        let value = |rng: &mut rand::rngs::StdRng| -> Option<String> {
+            let len = rng.gen_range(0..300);
+            rng.gen_bool(0.8).then(|| (0..len).map(|_| rng.gen_range(' '..='\u{3ff}')).collect())
+        };
+        let (mut out, mut txn, mut txns) = (Vec::with_capacity(n), String::new(), 0);
+        for i in 0..n {
+            if i == 0 || rng.gen_range(0..4) == 0 {
+                txn = id(i);
+                txns += 1;
+            }
+            out.push(Change {
+                id: id(i),
+                transaction_id: txn.clone(),
+                entity_type: ["t", "notes"][rng.gen_range(0..2)].into(),
+                entity_id: format!("k{}", rng.gen_range(0..n)),
+                attribute: ["*", "a", "body"][rng.gen_range(0..3)].into(),
+                old_value: value(&mut rng),
+                new_value: value(&mut rng),
+                author: REPLICA.into(),
+            });
+        }
+        let header = Header {
+            format: FORMAT,
+            replica: REPLICA.into(),
+            batch_id: id(n + 1),
+            prev_batch_id: None,
+            prev_sha256: None,
+            first_change_id: id(0),
+            last_change_id: id(n.saturating_sub(1)),
+            transaction_count: txns,
+            change_count: n as i64,
+        };
+        (header, out)
+    }
+
+    /// The batch file is written by a thread of its own, a piece of changes at
+    /// a time, each piece's strings reused for the next: whatever the count
+    /// against the piece's size, the file holds every change as it was given.
+    /// (Pieces are reused once the writer has given one back: from the third
+    /// of twenty on, as the reading side waits to hand each over.)
+    #[test]
+    fn a_batch_of_many_pieces_holds_every_change_as_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, seed) in [(1, 1), (PIECE - 1, 2), (PIECE, 3), (PIECE + 1, 4), (20 * PIECE + 17, 5)] {
+            let (header, given) = changes(n, seed);
+            let path = dir.path().join(format!("b{n}.db"));
+            let stored = write(&path, &header, &given, &codec::Codec::Plain).unwrap();
+            std::fs::write(dir.path().join("plain.db"), unpack(&stored, "b").unwrap()).unwrap();
+            let batch = open(&dir.path().join("plain.db"), "b", REPLICA).unwrap();
+            assert_eq!(batch.header, header);
+            assert!(batch.changes().unwrap() == given, "{n} changes read back as given");
+        }
+    }
+
+    /// A change the batch file refuses (here an id given twice) fails the
+    /// batch with SQLite's reason, and leaves no file behind: refused in the
+    /// first piece, while the reading side is still handing pieces over (it
+    /// then stops: the writer's reason is the one given, not its "stopped"),
+    /// and in the last.
+    #[test]
+    fn a_change_the_file_refuses_fails_the_batch_with_its_reason_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for late in [20, 3 * PIECE - 7] {
+            let (header, mut given) = changes(3 * PIECE, 6);
+            given[late].id = given[10].id.clone();
+            let path = dir.path().join("b.db");
+            let err = write(&path, &header, &given, &codec::Codec::Plain).unwrap_err().to_string();
+            assert!(err.contains("UNIQUE constraint failed"), "{err}");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file is left");
+        }
+    }
+
+    /// The reading side failing after several pieces fails the batch with its
+    /// own error and leaves no file behind.
+    #[test]
+    fn a_fill_failing_midway_fails_the_batch_with_its_own_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, given) = changes(3 * PIECE, 7);
+        let path = dir.path().join("b.db");
+        let written = write_with(&path, REPLICA, &codec::Codec::Plain, |add| {
+            given[..2 * PIECE + 5].iter().try_for_each(add)?;
+            Err(Error::Invalid("the outbox could not be read".into()))
+        });
+        let err = written.expect_err("the batch fails").to_string();
+        assert!(err.contains("the outbox could not be read"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file is left");
+    }
 
     #[test]
     fn stored_batches_are_compressed_and_plain_ones_still_read() {
