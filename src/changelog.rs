@@ -228,12 +228,14 @@ impl Recorder<'_, '_> {
         };
         // The stored form of value `j` of `names` (0 old, 1 new, 2.. columns).
         let stored = |w: &Self, r: &rusqlite::Row<'_>, j: usize, seq: i64, keep: bool| -> Result<String> {
-            let text = match r.get_ref(4 + j)? {
+            // The column is asked for once: its value is read from what that gives.
+            let v = r.get_ref(4 + j)?;
+            let text = match v {
                 rusqlite::types::ValueRef::Blob([]) => big(j, seq)?,
                 _ => None,
             };
             match text {
-                None => Ok(value::encode(&r.get::<_, Value>(4 + j)?)),
+                None => Ok(value::encode(&Value::from(v))),
                 Some(text) => Ok(w.capture.stream(conn, &pending_name, &names[j], seq, text, keep)?.encode()),
             }
         };
