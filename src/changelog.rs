@@ -7,7 +7,7 @@ use crate::merge::{entity_id_of, key_values, Change, Merger, ALIVE, DEAD};
 use crate::sql::ident;
 use crate::track::{self, TableInfo, ROW};
 use crate::value;
-use rusqlite::types::Value;
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 use std::collections::BTreeSet;
 
@@ -177,7 +177,7 @@ impl Recorder<'_, '_> {
     }
 
     /// The entity id of a captured key, or None (counted) when it cannot sync.
-    fn entity_id(&mut self, tbl: &str, info: Option<&TableInfo>, raw: &Value) -> Option<String> {
+    fn entity_id(&mut self, tbl: &str, info: Option<&TableInfo>, raw: ValueRef<'_>) -> Option<String> {
         let id = entity_id_of(raw).filter(|id| info.is_none_or(|info| key_values(info, id).is_ok()));
         if id.is_none() {
             self.bad_keys.insert(tbl.to_owned());
@@ -235,7 +235,7 @@ impl Recorder<'_, '_> {
                 _ => None,
             };
             match text {
-                None => Ok(value::encode(&Value::from(v))),
+                None => Ok(value::encode_ref(v)),
                 Some(text) => Ok(w.capture.stream(conn, &pending_name, &names[j], seq, text, keep)?.encode()),
             }
         };
@@ -247,7 +247,7 @@ impl Recorder<'_, '_> {
                 let seq = r.get::<_, i64>(0)?;
                 last_seq = Some(seq);
                 let op: i64 = r.get(1)?;
-                let Some(entity_id) = self.entity_id(tbl, info, &r.get(2)?) else { continue };
+                let Some(entity_id) = self.entity_id(tbl, info, r.get_ref(2)?) else { continue };
                 match op {
                     track::OP_INSERT => {
                         self.record(tbl, &entity_id, ROW, None, ALIVE.to_owned())?;
@@ -295,20 +295,22 @@ impl Recorder<'_, '_> {
                 |r| r.get(0),
             )?;
             // The default is SQL from this database's own schema, not remote input.
-            let v: Value = match dflt {
-                Some(expr) => conn.query_row(&format!("SELECT {expr}"), [], |r| r.get(0))?,
-                None => Value::Null,
+            let v = match dflt {
+                Some(expr) => {
+                    conn.query_row(&format!("SELECT {expr}"), [], |r| Ok(value::encode_ref(r.get_ref(0)?)))?
+                }
+                None => "null".to_owned(),
             };
-            defaults.push(value::encode(&v));
+            defaults.push(v);
         }
         let cols: String = added.iter().map(|&i| format!(", r.{}", ident(&info.columns[i]))).collect();
         let sql = format!("SELECT {}{cols} FROM {} AS r", track::captured_key(info, "r"), ident(&info.name));
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let Some(entity_id) = self.entity_id(&info.name, Some(info), &r.get(0)?) else { continue };
+            let Some(entity_id) = self.entity_id(&info.name, Some(info), r.get_ref(0)?) else { continue };
             for (j, &i) in added.iter().enumerate() {
-                let v = self.stored(r.get::<_, Value>(1 + j)?)?;
+                let v = self.stored(r.get_ref(1 + j)?)?;
                 if v != defaults[j] {
                     self.record(&info.name, &entity_id, &info.columns[i], None, v)?;
                 }
@@ -318,15 +320,15 @@ impl Recorder<'_, '_> {
     }
 
     /// The stored form of a value already in memory: a reference when it is big.
-    fn stored(&self, v: Value) -> Result<String> {
-        match &v {
-            Value::Blob(b) if b.len() as u64 >= self.capture.threshold => {
+    fn stored(&self, v: ValueRef<'_>) -> Result<String> {
+        match v {
+            ValueRef::Blob(b) if b.len() as u64 >= self.capture.threshold => {
                 Ok(self.capture.bytes(b, false, true)?.encode())
             }
-            Value::Text(t) if t.len() as u64 >= self.capture.threshold => {
-                Ok(self.capture.bytes(t.as_bytes(), true, true)?.encode())
+            ValueRef::Text(t) if t.len() as u64 >= self.capture.threshold => {
+                Ok(self.capture.bytes(t, true, true)?.encode())
             }
-            _ => Ok(value::encode(&v)),
+            _ => Ok(value::encode_ref(v)),
         }
     }
 
@@ -337,7 +339,7 @@ impl Recorder<'_, '_> {
         let conn = self.conn;
         let now = crate::clock::rfc3339(self.hlc.now_ms());
         for tbl in &self.bad_keys {
-            let reason = "rows whose key is NULL, a blob, or not of the key column's type cannot sync; give them a proper key (the count says how many times dimple met one)";
+            let reason = "rows whose key is NULL, a blob, text that is not UTF-8, or not of the key column's type cannot sync; give them a proper key (the count says how many times dimple met one)";
             crate::problems::record_local(conn, self.me, &bad_key_origin(tbl), reason, &now)?;
         }
         let open: Vec<String> = conn

@@ -18,7 +18,7 @@ use crate::replica::Replica;
 use crate::sql::ident;
 use crate::track::{self, TableInfo};
 use crate::value;
-use rusqlite::types::Value;
+use crate::value::Cell;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -104,7 +104,7 @@ fn write_table(conn: &Connection, info: &TableInfo, path: &Path, format: Format)
             w.write_all(b"[").map_err(io)?;
             while let Some(row) = rows.next()? {
                 let cells: Vec<String> = (0..cols.len())
-                    .map(|i| Ok(format!("{}:{}", names[i], value::encode(&row.get::<_, Value>(i)?))))
+                    .map(|i| Ok(format!("{}:{}", names[i], value::encode_ref(row.get_ref(i)?))))
                     .collect::<Result<_>>()?;
                 let sep = if n == 0 { "\n" } else { ",\n" };
                 write!(w, "{sep}{{{}}}", cells.join(",")).map_err(io)?;
@@ -118,7 +118,7 @@ fn write_table(conn: &Connection, info: &TableInfo, path: &Path, format: Format)
             csv.write_record(&cols).map_err(csverr)?;
             while let Some(row) = rows.next()? {
                 let cells: Vec<String> =
-                    (0..cols.len()).map(|i| Ok(value::encode(&row.get::<_, Value>(i)?))).collect::<Result<_>>()?;
+                    (0..cols.len()).map(|i| Ok(value::encode_ref(row.get_ref(i)?))).collect::<Result<_>>()?;
                 csv.write_record(&cells).map_err(csverr)?;
                 n += 1;
             }
@@ -131,7 +131,7 @@ fn write_table(conn: &Connection, info: &TableInfo, path: &Path, format: Format)
 
 /// Reads a file written by [`export`] (or by hand in the same encoding): column
 /// names and one vector of values per row.
-pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
+pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Cell>>)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
     match format {
@@ -158,7 +158,7 @@ pub fn read_file(path: &Path, format: Format) -> Result<(Vec<String>, Vec<Vec<Va
                         }
                         None => Ok(None),
                     })
-                    .collect::<Result<Vec<Option<Value>>>>()?;
+                    .collect::<Result<Vec<Option<Cell>>>>()?;
                 if row.iter().any(Option::is_none) {
                     return Err(bad(format!("row {}: every object must have the same columns", i + 1)));
                 }

@@ -138,10 +138,35 @@ pub(crate) fn captured_key(info: &TableInfo, row: &str) -> String {
     format!("CASE WHEN {} THEN {} ELSE x'' END", key_syncs(info, row), key_expr(info, row))
 }
 
-/// Rows of the table whose key cannot sync (see `key_syncs`).
-pub fn count_unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<i64> {
-    let sql = format!("SELECT count(*) FROM {} AS r WHERE NOT ({})", ident(&info.name), key_syncs(info, "r"));
-    Ok(conn.query_row(&sql, [], |r| r.get(0))?)
+/// Rows of the table whose key cannot sync.
+pub fn count_unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<usize> {
+    Ok(unsyncable_keys(conn, info)?.len())
+}
+
+/// The keys of the rows whose key cannot sync, each as its values encoded and
+/// joined by ", ": a key not of its column's type (see `key_syncs`), or TEXT whose
+/// bytes are not UTF-8, which no entity id (text) can name. SQL cannot tell
+/// UTF-8 from other bytes, so every key is read: this runs only while such a
+/// problem is open, and for `dimple verify`.
+pub fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<String>> {
+    let keys = info.key_columns.iter().map(|c| format!("r.{}", ident(c))).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {}, {keys} FROM {} AS r", key_syncs(info, "r"), ident(&info.name));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let n = info.key_columns.len();
+        let utf8 = (1..=n).all(|i| match r.get_ref(i) {
+            Ok(rusqlite::types::ValueRef::Text(t)) => std::str::from_utf8(t).is_ok(),
+            _ => true,
+        });
+        if !r.get::<_, bool>(0)? || !utf8 {
+            let key: Vec<String> =
+                (1..=n).map(|i| r.get_ref(i).map(crate::value::encode_ref)).collect::<rusqlite::Result<_>>()?;
+            out.push(key.join(", "));
+        }
+    }
+    Ok(out)
 }
 
 /// Bumped when the trigger SQL changes: `ingest` reinstalls older triggers.

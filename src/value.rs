@@ -3,7 +3,13 @@
 //! JSON alone cannot tell 1 from 1.0 from "1", nor hold bytes or infinities, so:
 //! `null`; integers as JSON integers; finite reals always with a `.` or exponent;
 //! text as JSON strings; blobs as `{"blob":"<base64>"}`; infinite reals as
-//! `{"real":"inf"}` / `{"real":"-inf"}`. Every storage class survives the round trip.
+//! `{"real":"inf"}` / `{"real":"-inf"}`; text whose bytes are not UTF-8 (SQLite
+//! stores whatever bytes an app gives it as TEXT, and JSON strings hold only
+//! Unicode) as `{"text":"<base64>"}`. Every storage class survives the round trip,
+//! bit for bit.
+//!
+//! Values are held as [`Cell`]s rather than rusqlite's `Value`, whose TEXT is a
+//! Rust `String`: reading such text as a `Value` panics.
 //!
 //! A value stored out of line (docs/attachments.md) is a reference instead:
 //! `{"blobref":"<sha256 hex>:<size>"}` for a BLOB, `{"textref":"..."}` for TEXT,
@@ -16,8 +22,103 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rusqlite::types::Value;
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use rusqlite::ToSql;
 use serde_json::Value as Json;
+
+/// A value as SQLite holds it: TEXT is its bytes, UTF-8 or not. Two cells are
+/// equal when they are the same bits (0.0 is not -0.0).
+#[derive(Clone)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl Cell {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Integer(i) => ValueRef::Integer(*i),
+            Cell::Real(f) => ValueRef::Real(*f),
+            Cell::Text(t) => ValueRef::Text(t),
+            Cell::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+impl PartialEq for Cell {
+    fn eq(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Real(a), Cell::Real(b)) => a.to_bits() == b.to_bits(),
+            (a, b) => a.as_ref() == b.as_ref(),
+        }
+    }
+}
+
+/// As rusqlite's `Value` shows itself; TEXT that is not UTF-8 as its bytes.
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Null => f.write_str("Null"),
+            Cell::Integer(i) => f.debug_tuple("Integer").field(i).finish(),
+            Cell::Real(x) => f.debug_tuple("Real").field(x).finish(),
+            Cell::Text(t) => match std::str::from_utf8(t) {
+                Ok(t) => f.debug_tuple("Text").field(&t).finish(),
+                Err(_) => f.debug_tuple("Text").field(t).finish(),
+            },
+            Cell::Blob(b) => f.debug_tuple("Blob").field(b).finish(),
+        }
+    }
+}
+
+/// Whether the cell holds the value, bit for bit.
+impl PartialEq<Value> for Cell {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Cell::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
+            (a, b) => a.as_ref() == ValueRef::from(b),
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Cell {
+    fn from(v: ValueRef<'_>) -> Cell {
+        match v {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(i) => Cell::Integer(i),
+            ValueRef::Real(f) => Cell::Real(f),
+            ValueRef::Text(t) => Cell::Text(t.to_vec()),
+            ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl From<Value> for Cell {
+    fn from(v: Value) -> Cell {
+        match v {
+            Value::Null => Cell::Null,
+            Value::Integer(i) => Cell::Integer(i),
+            Value::Real(f) => Cell::Real(f),
+            Value::Text(t) => Cell::Text(t.into_bytes()),
+            Value::Blob(b) => Cell::Blob(b),
+        }
+    }
+}
+
+impl ToSql for Cell {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(self.as_ref()))
+    }
+}
+
+impl FromSql for Cell {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(Cell::from(v))
+    }
+}
 
 /// The largest value SQLite can store at all (2^31-1 bytes, the most
 /// `SQLITE_MAX_LENGTH` allows; dimple's builds set it, `.cargo/config.toml`): a
@@ -56,7 +157,7 @@ impl Ref {
 /// A stored value: held in the text itself, or out of line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stored {
-    Inline(Value),
+    Inline(Cell),
     Ref(Ref),
 }
 
@@ -81,11 +182,17 @@ pub fn decode_stored(s: &str) -> Result<Stored, String> {
 }
 
 pub fn encode(v: &Value) -> String {
+    encode_ref(v.into())
+}
+
+/// [`encode`] for a value as SQLite gives it: TEXT whose bytes are not UTF-8
+/// takes the tagged form.
+pub fn encode_ref(v: ValueRef<'_>) -> String {
     match v {
-        Value::Null => "null".to_owned(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) if f.is_finite() => {
-            let s = serde_json::to_string(f).expect("finite floats serialize");
+        ValueRef::Null => "null".to_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) if f.is_finite() => {
+            let s = serde_json::to_string(&f).expect("finite floats serialize");
             if s.contains(['.', 'e', 'E']) {
                 s
             } else {
@@ -93,16 +200,19 @@ pub fn encode(v: &Value) -> String {
             }
         }
         // SQLite stores NaN as NULL, so a NaN can only come from a caller's value.
-        Value::Real(f) if f.is_nan() => "null".to_owned(),
-        Value::Real(f) => format!(r#"{{"real":"{}"}}"#, if *f > 0.0 { "inf" } else { "-inf" }),
-        Value::Text(t) => serde_json::to_string(t).expect("strings serialize"),
-        Value::Blob(b) => format!(r#"{{"blob":"{}"}}"#, B64.encode(b)),
+        ValueRef::Real(f) if f.is_nan() => "null".to_owned(),
+        ValueRef::Real(f) => format!(r#"{{"real":"{}"}}"#, if f > 0.0 { "inf" } else { "-inf" }),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(t) => serde_json::to_string(t).expect("strings serialize"),
+            Err(_) => format!(r#"{{"text":"{}"}}"#, B64.encode(t)),
+        },
+        ValueRef::Blob(b) => format!(r#"{{"blob":"{}"}}"#, B64.encode(b)),
     }
 }
 
 /// Decodes what [`encode`] wrote. Anything else is refused: the text may come from
 /// a remote batch.
-pub fn decode(s: &str) -> Result<Value, String> {
+pub fn decode(s: &str) -> Result<Cell, String> {
     if let Some(v) = decode_plain(s) {
         return Ok(v);
     }
@@ -110,7 +220,7 @@ pub fn decode(s: &str) -> Result<Value, String> {
 }
 
 /// The JSON reading of [`decode`], for every value.
-fn decode_json(s: &str) -> Result<Value, String> {
+fn decode_json(s: &str) -> Result<Cell, String> {
     let json: Json = serde_json::from_str(s).map_err(|e| format!("bad value encoding {:?}: {e}", clip(s)))?;
     from_json(&json).ok_or_else(|| format!("bad value encoding {:?}", clip(s)))
 }
@@ -134,10 +244,10 @@ pub fn plain_text(s: &str) -> Option<&str> {
     plain.then_some(inner)
 }
 
-fn decode_plain(s: &str) -> Option<Value> {
+fn decode_plain(s: &str) -> Option<Cell> {
     let b = s.as_bytes();
     match b.first()? {
-        b'"' => plain_text(s).map(|t| Value::Text(t.to_owned())),
+        b'"' => plain_text(s).map(|t| Cell::Text(t.as_bytes().to_vec())),
         b'-' | b'0'..=b'9' => {
             let digits = b.strip_prefix(b"-").unwrap_or(b);
             // JSON's "-0" is the real -0.0.
@@ -145,17 +255,17 @@ fn decode_plain(s: &str) -> Option<Value> {
                 && digits.iter().all(u8::is_ascii_digit)
                 && (digits[0] != b'0' || (digits.len() == 1 && digits.len() == b.len()));
             if json_form {
-                s.parse::<i64>().ok().map(Value::Integer)
+                s.parse::<i64>().ok().map(Cell::Integer)
             } else if json_real(digits) {
                 // std's parse rounds correctly, as serde_json does with
                 // `float_roundtrip`; out of range, the JSON reading refuses it.
                 let f: f64 = s.parse().ok()?;
-                f.is_finite().then_some(Value::Real(f))
+                f.is_finite().then_some(Cell::Real(f))
             } else {
                 None
             }
         }
-        _ if s == "null" => Some(Value::Null),
+        _ if s == "null" => Some(Cell::Null),
         _ => None,
     }
 }
@@ -204,18 +314,22 @@ pub fn check(s: &str) -> Result<(), String> {
     }
 }
 
-fn from_json(j: &Json) -> Option<Value> {
+fn from_json(j: &Json) -> Option<Cell> {
     Some(match j {
-        Json::Null => Value::Null,
+        Json::Null => Cell::Null,
         Json::Number(n) => match n.as_i64() {
-            Some(i) if !n.is_f64() => Value::Integer(i),
-            _ => Value::Real(n.as_f64()?),
+            Some(i) if !n.is_f64() => Cell::Integer(i),
+            _ => Cell::Real(n.as_f64()?),
         },
-        Json::String(t) => Value::Text(t.clone()),
+        Json::String(t) => Cell::Text(t.clone().into_bytes()),
         Json::Object(o) if o.len() == 1 => match o.iter().next()? {
-            (k, Json::String(b)) if k == "blob" => Value::Blob(B64.decode(b).ok()?),
-            (k, Json::String(r)) if k == "real" && r == "inf" => Value::Real(f64::INFINITY),
-            (k, Json::String(r)) if k == "real" && r == "-inf" => Value::Real(f64::NEG_INFINITY),
+            (k, Json::String(b)) if k == "blob" => Cell::Blob(B64.decode(b).ok()?),
+            // One encoding per value: text that is UTF-8 is a JSON string.
+            (k, Json::String(b)) if k == "text" => {
+                Cell::Text(B64.decode(b).ok().filter(|t| std::str::from_utf8(t).is_err())?)
+            }
+            (k, Json::String(r)) if k == "real" && r == "inf" => Cell::Real(f64::INFINITY),
+            (k, Json::String(r)) if k == "real" && r == "-inf" => Cell::Real(f64::NEG_INFINITY),
             _ => return None,
         },
         _ => return None,
@@ -232,6 +346,7 @@ fn clip(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     #[test]
     fn the_bundled_sqlite_holds_values_up_to_max_size_and_no_more() {
@@ -266,8 +381,8 @@ mod tests {
         for v in cases {
             let back = decode(&encode(&v)).unwrap();
             match (&v, &back) {
-                (Value::Real(a), Value::Real(b)) => assert_eq!(a.to_bits(), b.to_bits(), "{v:?}"),
-                _ => assert_eq!(v, back),
+                (Value::Real(a), Cell::Real(b)) => assert_eq!(a.to_bits(), b.to_bits(), "{v:?}"),
+                _ => assert_eq!(Cell::from(v), back),
             }
         }
     }
@@ -282,7 +397,7 @@ mod tests {
             let enc = encode(&Value::Real(f));
             proptest::prop_assert_eq!(check(&enc), Ok(()));
             match decode(&enc) {
-                Ok(Value::Real(back)) => proptest::prop_assert_eq!(back.to_bits(), bits, "{}", enc),
+                Ok(Cell::Real(back)) => proptest::prop_assert_eq!(back.to_bits(), bits, "{}", enc),
                 other => proptest::prop_assert!(false, "{enc} decoded to {other:?}"),
             }
         }
@@ -303,7 +418,7 @@ mod tests {
         ]) {
             if let Some(v) = decode_plain(&s) {
                 match (decode_json(&s), v) {
-                    (Ok(Value::Real(a)), Value::Real(b)) => proptest::prop_assert_eq!(a.to_bits(), b.to_bits(), "{}", s),
+                    (Ok(Cell::Real(a)), Cell::Real(b)) => proptest::prop_assert_eq!(a.to_bits(), b.to_bits(), "{}", s),
                     (json, v) => proptest::prop_assert_eq!(json, Ok(v), "{}", s),
                 }
             }
@@ -311,8 +426,32 @@ mod tests {
 
         #[test]
         fn arbitrary_text_and_bytes_round_trip_exactly(t in ".*", b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            proptest::prop_assert_eq!(decode(&encode(&Value::Text(t.clone()))), Ok(Value::Text(t)));
-            proptest::prop_assert_eq!(decode(&encode(&Value::Blob(b.clone()))), Ok(Value::Blob(b)));
+            proptest::prop_assert_eq!(decode(&encode(&Value::Text(t.clone()))), Ok(Cell::Text(t.into_bytes())));
+            proptest::prop_assert_eq!(decode(&encode(&Value::Blob(b.clone()))), Ok(Cell::Blob(b)));
+        }
+
+        /// SQLite stores any bytes an app gives it as TEXT: each arrives as
+        /// itself, still TEXT, and has exactly one encoding (a JSON string when
+        /// the bytes are UTF-8, the tagged form only when they are not).
+        #[test]
+        fn text_of_any_bytes_round_trips_as_text(
+            t in proptest::prop_oneof![
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+                ".{0,20}".prop_map(String::into_bytes),
+                (".{0,10}", proptest::prelude::any::<u8>(), ".{0,10}")
+                    .prop_map(|(a, b, c)| [a.as_bytes(), &[b], c.as_bytes()].concat()),
+            ]
+        ) {
+            let enc = encode_ref(ValueRef::Text(&t));
+            proptest::prop_assert_eq!(check(&enc), Ok(()));
+            proptest::prop_assert_eq!(decode(&enc), Ok(Cell::Text(t.clone())));
+            proptest::prop_assert_eq!(decode_stored(&enc), Ok(Stored::Inline(Cell::Text(t.clone()))));
+            let utf8 = std::str::from_utf8(&t).is_ok();
+            proptest::prop_assert_eq!(enc.starts_with('"'), utf8, "{}", enc);
+            // The tagged form of UTF-8 text is a second encoding: refused.
+            let tagged = format!(r#"{{"text":"{}"}}"#, B64.encode(&t));
+            proptest::prop_assert_eq!(decode(&tagged).is_ok(), !utf8, "{}", tagged);
+            proptest::prop_assert_eq!(check(&tagged).is_ok(), !utf8, "{}", tagged);
         }
     }
 

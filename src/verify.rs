@@ -21,8 +21,7 @@ use crate::replica::Replica;
 use crate::sql::ident;
 use crate::store::{get_bytes, list_all, PutMode, Store, StoreError};
 use crate::track::{self, affinity, Affinity, TableInfo, ROW};
-use crate::value;
-use rusqlite::types::Value;
+use crate::value::{self, Cell};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -103,7 +102,7 @@ impl std::fmt::Display for Difference {
                 write!(f, "{table}/{entity_id}: column {column} is {found}, the log says {expected}")
             }
             Difference::KeyCannotSync { table, key } => {
-                write!(f, "{table}: a row whose key ({key}) cannot sync: NULL, a blob, or not of the key's type")
+                write!(f, "{table}: a row whose key ({key}) cannot sync: NULL, a blob, text that is not UTF-8, or not of the key's type")
             }
             Difference::ForeignKey { table, rowid, parent } => match rowid {
                 Some(rowid) => write!(f, "{table} (rowid {rowid}): foreign key names no row of {parent}"),
@@ -205,7 +204,7 @@ fn winners(conn: &Connection, table: &str) -> Result<Winners> {
 }
 
 /// Stored rows: entity id -> column -> value, for non-key columns.
-fn stored(conn: &Connection, info: &TableInfo) -> Result<BTreeMap<String, Vec<Value>>> {
+fn stored(conn: &Connection, info: &TableInfo) -> Result<BTreeMap<String, Vec<Cell>>> {
     let mut cols = vec![track::captured_key(info, "r")];
     cols.extend(info.columns.iter().map(|c| format!("r.{}", ident(c))));
     let sql = format!("SELECT {} FROM {} AS r", cols.join(", "), ident(&info.name));
@@ -213,8 +212,8 @@ fn stored(conn: &Connection, info: &TableInfo) -> Result<BTreeMap<String, Vec<Va
     let mut rows = stmt.query([])?;
     let mut out = BTreeMap::new();
     while let Some(r) = rows.next()? {
-        let Some(id) = entity_id_of(&r.get::<_, Value>(0)?) else { continue };
-        let vals = (1..=info.columns.len()).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<_>>()?;
+        let Some(id) = entity_id_of(r.get_ref(0)?) else { continue };
+        let vals = (1..=info.columns.len()).map(|i| r.get::<_, Cell>(i)).collect::<rusqlite::Result<_>>()?;
         out.insert(id, vals);
     }
     Ok(out)
@@ -228,7 +227,7 @@ fn affinities(conn: &Connection, table: &str) -> Result<HashMap<String, Affinity
 
 /// The value a column of `aff` would hold after storing `v` (SQLite converts on
 /// write), computed by SQLite itself in a scratch table.
-fn coerce(conn: &Connection, aff: Affinity, v: &Value) -> Result<Value> {
+fn coerce(conn: &Connection, aff: Affinity, v: &Cell) -> Result<Cell> {
     let decl = match aff {
         Affinity::Integer => "INTEGER",
         Affinity::Text => "TEXT",
@@ -243,17 +242,17 @@ fn coerce(conn: &Connection, aff: Affinity, v: &Value) -> Result<Value> {
     Ok(conn.query_row(&format!("SELECT v FROM temp.{name}"), [], |r| r.get(0))?)
 }
 
-fn decode(s: Option<&str>) -> Result<Value> {
-    s.map(|s| value::decode(s).map_err(|e| Error::bad("change log", e))).transpose().map(|v| v.unwrap_or(Value::Null))
+fn decode(s: Option<&str>) -> Result<Cell> {
+    s.map(|s| value::decode(s).map_err(|e| Error::bad("change log", e))).transpose().map(|v| v.unwrap_or(Cell::Null))
 }
 
 /// Whether `found` is the value `r` refers to (same storage class, size and
 /// sha256), or NULL where the value is known to be missing here.
-fn holds(conn: &Connection, cell: (&str, &str, &str), r: &value::Ref, found: &Value) -> Result<bool> {
+fn holds(conn: &Connection, cell: (&str, &str, &str), r: &value::Ref, found: &Cell) -> Result<bool> {
     let bytes = match found {
-        Value::Blob(b) if !r.text => b.as_slice(),
-        Value::Text(t) if r.text => t.as_bytes(),
-        Value::Null => {
+        Cell::Blob(b) if !r.text => b.as_slice(),
+        Cell::Text(t) if r.text => t.as_slice(),
+        Cell::Null => {
             let marked: bool = conn.query_row(
                 "SELECT count(*) > 0 FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2 AND attribute = ?3 AND ref = ?4",
                 rusqlite::params![cell.0, cell.1, cell.2, r.encode()],
@@ -267,13 +266,13 @@ fn holds(conn: &Connection, cell: (&str, &str, &str), r: &value::Ref, found: &Va
 }
 
 /// A found value as a difference shows it: large ones by size and hash.
-fn shown(v: &Value) -> String {
+fn shown(v: &Cell) -> String {
     match v {
-        Value::Blob(b) if b.len() > 1024 => format!("<{} bytes, sha256 {}>", b.len(), crate::hash::sha256_hex(b)),
-        Value::Text(t) if t.len() > 1024 => {
-            format!("<{} bytes of text, sha256 {}>", t.len(), crate::hash::sha256_hex(t.as_bytes()))
+        Cell::Blob(b) if b.len() > 1024 => format!("<{} bytes, sha256 {}>", b.len(), crate::hash::sha256_hex(b)),
+        Cell::Text(t) if t.len() > 1024 => {
+            format!("<{} bytes of text, sha256 {}>", t.len(), crate::hash::sha256_hex(t))
         }
-        v => value::encode(v),
+        v => value::encode_ref(v.as_ref()),
     }
 }
 
@@ -344,15 +343,14 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
                             continue;
                         }
                         let want = decode(enc.as_deref())?;
-                        let same = value::encode(&want) == value::encode(found)
-                            || value::encode(&coerce(conn, affs.get(col).copied().unwrap_or(Affinity::Blob), &want)?)
-                                == value::encode(found);
+                        let same = want == *found
+                            || coerce(conn, affs.get(col).copied().unwrap_or(Affinity::Blob), &want)? == *found;
                         if !same {
                             out.push(Difference::Column {
                                 table: table.clone(),
                                 entity_id: entity_id.clone(),
                                 column: col.clone(),
-                                expected: value::encode(&want),
+                                expected: value::encode_ref(want.as_ref()),
                                 found: shown(found),
                             });
                         }
@@ -365,19 +363,10 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
 }
 
 fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<Difference>> {
-    let keys = info.key_columns.iter().map(|c| format!("r.{}", ident(c))).collect::<Vec<_>>().join(", ");
-    let sql = format!("SELECT {keys} FROM {} AS r WHERE NOT ({})", ident(&info.name), track::key_syncs(info, "r"));
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let key = (0..info.key_columns.len())
-            .map(|i| r.get::<_, Value>(i).map(|v| value::encode(&v)))
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .join(", ");
-        out.push(Difference::KeyCannotSync { table: info.name.clone(), key });
-    }
-    Ok(out)
+    Ok(track::unsyncable_keys(conn, info)?
+        .into_iter()
+        .map(|key| Difference::KeyCannotSync { table: info.name.clone(), key })
+        .collect())
 }
 
 /// SQLite's own foreign-key check of one table (whatever `PRAGMA foreign_keys` says).
@@ -431,7 +420,7 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
         let w: HashMap<String, Option<String>> =
             stmt.query_map([table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
         let mut names: Vec<String> = info.key_columns.iter().map(|c| ident(c)).collect();
-        let mut vals = key.clone();
+        let mut vals: Vec<Cell> = key.iter().cloned().map(Cell::from).collect();
         for c in &info.columns {
             if let Some(v) = w.get(c) {
                 names.push(ident(c));
@@ -439,7 +428,7 @@ pub fn repair(r: &mut Replica, diffs: &[Difference]) -> Result<usize> {
                 // back from the bucket (its bytes were only in this row).
                 if let Some(rf) = crate::blob::reference(v.as_deref()) {
                     crate::blob::mark_missing(&tx, table, entity_id, c, &rf, &now)?;
-                    vals.push(Value::Null);
+                    vals.push(Cell::Null);
                     continue;
                 }
                 vals.push(decode(v.as_deref())?);
@@ -471,7 +460,7 @@ pub fn digests(conn: &Connection) -> Result<BTreeMap<String, TableDigest>> {
             h.update(id.as_bytes());
             h.update(b"\n");
             for &i in &order {
-                h.update(format!("{}={}\n", info.columns[i], value::encode(&vals[i])).as_bytes());
+                h.update(format!("{}={}\n", info.columns[i], value::encode_ref(vals[i].as_ref())).as_bytes());
             }
             for (a, b) in acc.iter_mut().zip(h.finalize()) {
                 *a ^= b;

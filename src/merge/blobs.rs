@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 /// A value bound into a table write.
 pub(super) enum Bind<'v> {
+    /// A key's value.
     Value(Value),
+    /// A value decoded from its stored form.
+    Cell(value::Cell),
     /// Text as the stored value holds it, unescaped: bound without a copy (a
     /// pull binds hundreds of thousands of them).
     Text(&'v str),
@@ -33,6 +36,7 @@ impl ToSql for Bind<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         match self {
             Bind::Value(v) => v.to_sql(),
+            Bind::Cell(v) => v.to_sql(),
             Bind::Text(t) => Ok(ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t.as_bytes()))),
             // `value::MAX_SIZE` keeps every checked size within an i32.
             Bind::Zero(n) => Ok(ToSqlOutput::ZeroBlob(i32::try_from(*n).unwrap_or(i32::MAX))),
@@ -63,11 +67,11 @@ impl Merger<'_> {
             return Ok(Bind::Text(text));
         }
         match value::decode_stored(s).map_err(|e| Error::bad("change log", e))? {
-            Stored::Inline(v) => Ok(Bind::Value(v)),
+            Stored::Inline(v) => Ok(Bind::Cell(v)),
             Stored::Ref(r) => {
                 let file = self.side.as_ref().and_then(|side| crate::blob::local_file(side, &r));
                 let (bind, bound) = match &file {
-                    Some(path) if r.size <= BIND_WHOLE_MAX => (Bind::Value(read_value(path, &r)?), true),
+                    Some(path) if r.size <= BIND_WHOLE_MAX => (Bind::Cell(read_value(path, &r)?), true),
                     Some(_) => (Bind::Zero(r.size), false),
                     None => (Bind::Value(Value::Null), false),
                 };
@@ -167,17 +171,11 @@ impl Merger<'_> {
     }
 }
 
-/// The value in `file` (checked to hold `r`), whole.
-fn read_value(file: &Path, r: &Ref) -> Result<Value> {
+/// The value in `file` (checked to hold `r`), whole. TEXT is its bytes as they
+/// are, as when it is streamed: SQLite holds any bytes as TEXT.
+fn read_value(file: &Path, r: &Ref) -> Result<value::Cell> {
     let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-    Ok(if r.text {
-        Value::Text(
-            String::from_utf8(bytes)
-                .map_err(|_| Error::bad(crate::layout::blob_key(&r.sha256), "a TEXT value that is not UTF-8"))?,
-        )
-    } else {
-        Value::Blob(bytes)
-    })
+    Ok(if r.text { value::Cell::Text(bytes) } else { value::Cell::Blob(bytes) })
 }
 
 /// For `ZV_BLOB_MISSING.since`, which only informs the user.

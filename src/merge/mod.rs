@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::sql::ident;
 use crate::track::{self, Affinity, TableInfo, ROW};
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Statement};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -426,10 +426,11 @@ fn key_where(info: &TableInfo, first_param: usize) -> String {
 
 /// The text form of a key (SPEC 1): a single key as its text, a composite one as a
 /// JSON array.
-pub fn entity_id_of(raw: &Value) -> Option<String> {
+pub fn entity_id_of(raw: ValueRef<'_>) -> Option<String> {
     match raw {
-        Value::Text(t) => Some(t.clone()),
-        Value::Integer(i) => Some(i.to_string()),
+        // An entity id is text: a key whose bytes are not UTF-8 cannot be one.
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_owned),
+        ValueRef::Integer(i) => Some(i.to_string()),
         _ => None,
     }
 }

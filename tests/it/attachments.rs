@@ -45,10 +45,10 @@ fn random_text(rng: &mut rand::rngs::StdRng, n: usize) -> String {
 }
 
 /// Every row of `f`, values as SQLite holds them (storage class included).
-fn rows(r: &Replica) -> Vec<Vec<Value>> {
+fn rows(r: &Replica) -> Vec<Vec<Cell>> {
     let mut stmt =
         r.conn().prepare("SELECT id, name, note, data, typeof(data), typeof(note) FROM f ORDER BY id").unwrap();
-    stmt.query_map([], |row| (0..6).map(|i| row.get::<_, Value>(i)).collect()).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |row| (0..6).map(|i| row.get::<_, Cell>(i)).collect()).unwrap().map(Result::unwrap).collect()
 }
 
 fn blob_keys(store: &dyn Store) -> Vec<String> {
@@ -66,13 +66,20 @@ fn large_values_arrive_bit_for_bit(backend: Backend) -> TestResult {
     let threshold = dimple::blob::DEFAULT_THRESHOLD as usize;
     let mut expected_blobs = Vec::new();
     let (mut inline, mut out_of_line) = (0, 0);
-    // Around the threshold, and well above it; TEXT and BLOB.
+    // Around the threshold, and well above it; TEXT and BLOB, and TEXT whose
+    // bytes are not UTF-8 (random bytes, as SQLite stores them).
     for (i, n) in [threshold - 1, threshold, threshold + 1, 3 * threshold + 17, 1 << 20].into_iter().enumerate() {
         let data = random_bytes(&mut rng, n);
         let note = random_text(&mut rng, n);
+        let raw = random_bytes(&mut rng, n);
         a.conn()
             .execute("INSERT INTO f VALUES (?1, ?2, ?3, ?4)", rusqlite::params![format!("r{i}"), "x", note, data])?;
-        for v in [data.as_slice(), note.as_bytes()] {
+        a.conn().execute(
+            "INSERT INTO f VALUES (?1, ?2, ?3, NULL)",
+            rusqlite::params![format!("r{i}-raw"), "x", Cell::Text(raw.clone())],
+        )?;
+        assert!(std::str::from_utf8(&raw).is_err());
+        for v in [data.as_slice(), note.as_bytes(), &raw] {
             if v.len() >= threshold {
                 expected_blobs.push(layout::blob_key(&sha(v)));
                 out_of_line += v.len();

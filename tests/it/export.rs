@@ -36,7 +36,7 @@ fn fill(r: &mut dimple::Replica) -> TestResult {
 }
 
 fn bits(rows: Vec<Row>) -> Vec<Vec<String>> {
-    rows.into_iter().map(|r| r.iter().map(dimple::value::encode).collect()).collect()
+    rows.into_iter().map(|r| r.iter().map(|c| dimple::value::encode_ref(c.as_ref())).collect()).collect()
 }
 
 fn round_trip(format: Format) -> TestResult {

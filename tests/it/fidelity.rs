@@ -6,25 +6,28 @@
 use crate::support::*;
 use dimple::export::{self, Format};
 use proptest::prelude::*;
-use rusqlite::types::Value;
 use std::time::Duration;
 
 /// Any SQLite value: every finite f64 bit pattern (SQLite turns NaN into NULL),
-/// any Unicode text, any bytes, any integer.
-fn any_value() -> impl Strategy<Value = Value> {
+/// any Unicode text, text of any bytes (SQLite stores what it is given as TEXT,
+/// UTF-8 or not), any bytes, any integer.
+fn any_value() -> impl Strategy<Value = Cell> {
     prop_oneof![
-        Just(Value::Null),
-        any::<i64>().prop_map(Value::Integer),
-        any::<u64>().prop_map(f64::from_bits).prop_filter("SQLite has no NaN", |f| !f.is_nan()).prop_map(Value::Real),
-        "(?s).{0,40}".prop_map(Value::Text),
-        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Blob),
+        Just(Cell::Null),
+        any::<i64>().prop_map(Cell::Integer),
+        any::<u64>().prop_map(f64::from_bits).prop_filter("SQLite has no NaN", |f| !f.is_nan()).prop_map(Cell::Real),
+        "(?s).{0,40}".prop_map(|t| Cell::Text(t.into_bytes())),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Cell::Text),
+        ("(?s).{0,20}", any::<u8>(), "(?s).{0,20}")
+            .prop_map(|(a, b, c)| Cell::Text([a.as_bytes(), &[b], c.as_bytes()].concat())),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Cell::Blob),
     ]
 }
 
 /// Rows as comparable text: the exact encoding tells 0.0 from -0.0 and every bit of
 /// a REAL, which `Value`'s `==` does not.
 fn exact(rows: Vec<Row>) -> Vec<Vec<String>> {
-    rows.into_iter().map(|r| r.iter().map(dimple::value::encode).collect()).collect()
+    rows.into_iter().map(|r| r.iter().map(|c| dimple::value::encode_ref(c.as_ref())).collect()).collect()
 }
 
 const UNTYPED: &str = "CREATE TABLE t(id TEXT PRIMARY KEY, a, b)";
@@ -38,12 +41,12 @@ fn untyped(g: &Group, name: &str) -> dimple::Replica {
 }
 
 /// Keys are arbitrary text too, deduplicated (a key is a row).
-fn rows_strategy() -> impl Strategy<Value = Vec<(String, Value, Value, Value)>> {
+fn rows_strategy() -> impl Strategy<Value = Vec<(String, Cell, Cell, Cell)>> {
     proptest::collection::btree_map(".{1,12}", (any_value(), any_value(), any_value()), 1..24)
         .prop_map(|m| m.into_iter().map(|(k, (a, b, u))| (k, a, b, u)).collect())
 }
 
-fn check_paths(rows_in: Vec<(String, Value, Value, Value)>) -> TestResult {
+fn check_paths(rows_in: Vec<(String, Cell, Cell, Cell)>) -> TestResult {
     let g = Group::new();
     let store = g.store();
     let mut a = untyped(&g, "a");
@@ -72,8 +75,8 @@ fn check_paths(rows_in: Vec<(String, Value, Value, Value)>) -> TestResult {
     let want = exact(rows(a.conn(), "t"));
     assert_eq!(want.len(), rows_in.len());
     for (row, (_, _, vb, vu)) in want.iter().zip(&rows_in) {
-        assert_eq!(row[1], dimple::value::encode(vu), "a's table holds what was written");
-        assert_eq!(row[2], dimple::value::encode(vb));
+        assert_eq!(row[1], dimple::value::encode_ref(vu.as_ref()), "a's table holds what was written");
+        assert_eq!(row[2], dimple::value::encode_ref(vb.as_ref()));
     }
 
     // Batch and apply.
@@ -117,5 +120,23 @@ proptest! {
 #[test]
 fn a_real_that_needs_all_17_digits_arrives_with_the_same_bits() -> TestResult {
     let f = f64::from_bits(0x2bf666cfcc56e1af);
-    check_paths(vec![("k".into(), Value::Real(f), Value::Real(-f), Value::Real(f))])
+    check_paths(vec![("k".into(), Cell::Real(f), Cell::Real(-f), Cell::Real(f))])
+}
+
+/// The report: an app wrote TEXT whose bytes are not UTF-8 (any SQLite client
+/// can) and `dimple push` panicked, every time after too. Each such value, in
+/// every column and as an update's old and new value, arrives as itself.
+#[test]
+fn text_that_is_not_utf8_arrives_as_itself_through_every_path() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7e47);
+    let mut text = || {
+        let mut t: Vec<u8> = (0..rng.gen_range(1..30)).map(|_| rng.gen()).collect();
+        // At least one byte that no UTF-8 text holds.
+        let at = rng.gen_range(0..t.len());
+        t[at] = rng.gen_range(0xf8..=0xff);
+        Cell::Text(t)
+    };
+    let rows_in = (0..12).map(|i| (format!("k{i:02}"), text(), text(), text())).collect();
+    check_paths(rows_in)
 }

@@ -76,7 +76,7 @@ fn writes_to_a_column_added_before_dimple_runs_again_are_captured() -> TestResul
     block_on(dimple::sync(&mut a, &store))?;
     block_on(dimple::sync(&mut b, &store))?;
     let want = rows(a.conn(), "notes");
-    let tags: Vec<Value> = want.iter().map(|r| r[2].clone()).collect();
+    let tags: Vec<Cell> = want.iter().map(|r| r[2].clone()).collect();
     assert_eq!(
         tags,
         vec![Value::Text("work".into()), Value::Text("both".into()), Value::Null, Value::Text("home".into())]
@@ -89,6 +89,35 @@ fn writes_to_a_column_added_before_dimple_runs_again_are_captured() -> TestResul
     block_on(dimple::sync(&mut a, &store))?;
     block_on(dimple::sync(&mut b, &store))?;
     assert_eq!(rows(b.conn(), "notes"), rows(a.conn(), "notes"));
+    Ok(())
+}
+
+/// The values of a column added before dimple runs again are read from the table
+/// itself: TEXT whose bytes are not UTF-8 (random bytes, any SQLite client can
+/// store them) arrives as itself, in updated rows and in new ones.
+#[test]
+fn text_that_is_not_utf8_in_a_column_added_before_dimple_runs_again_arrives_as_itself() -> TestResult {
+    use rand::{Rng, SeedableRng};
+    let g = Group::new();
+    let (mut a, mut b) = notes_pair(&g)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xadd);
+    let mut raw = || Cell::Text((0..rng.gen_range(1..40)).map(|_| rng.gen_range(0x80..=0xffu8)).collect());
+    let app = open_plain(&g.db("a"));
+    app.execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT")?;
+    for i in 1..=3 {
+        app.execute("UPDATE notes SET tags = ?1 WHERE id = ?2", rusqlite::params![raw(), format!("n{i}")])?;
+    }
+    app.execute("INSERT INTO notes VALUES ('n4', ?1, ?2)", rusqlite::params![raw(), raw()])?;
+    open_plain(&g.db("b")).execute_batch("ALTER TABLE notes ADD COLUMN tags TEXT")?;
+    let store = g.store();
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    let want = rows(a.conn(), "notes");
+    assert_eq!(want.len(), 4);
+    assert!(want.iter().all(|r| matches!(&r[2], Cell::Text(t) if std::str::from_utf8(t).is_err())), "{want:?}");
+    assert_eq!(rows(b.conn(), "notes"), want);
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    assert_eq!(dimple::verify::check(&mut b)?, vec![]);
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 
 use dimple::clock::ManualClock;
 use dimple::store::{LocalStore, Metered, Store};
+pub use dimple::value::Cell;
 use dimple::{Options, Replica};
-use rusqlite::types::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,13 +109,14 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-pub type Row = Vec<Value>;
+/// A row as SQLite holds it: TEXT as its bytes (an app may store any).
+pub type Row = Vec<Cell>;
 
 /// Every row of a table, ordered by key, every column.
 pub fn rows(conn: &rusqlite::Connection, table: &str) -> Vec<Row> {
     let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1")).unwrap();
     let n = stmt.column_count();
-    stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect()).unwrap().map(Result::unwrap).collect()
+    stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Cell>(i)).collect()).unwrap().map(Result::unwrap).collect()
 }
 
 pub fn open_plain(path: &Path) -> rusqlite::Connection {
@@ -148,12 +149,12 @@ pub fn model_of_log(conn: &rusqlite::Connection, columns: &[&str]) -> Vec<Row> {
     let mut out = Vec::new();
     for ((entity, attr), (_, v)) in &winners {
         if attr == "*" && v.as_deref() == Some("true") {
-            let mut row = vec![Value::Text(entity.clone())];
+            let mut row = vec![Cell::Text(entity.clone().into_bytes())];
             for col in columns {
                 let w = winners.get(&(entity.clone(), col.to_string()));
                 row.push(match w.and_then(|w| w.1.as_deref()) {
                     Some(enc) => dimple::value::decode(enc).unwrap(),
-                    None => Value::Null,
+                    None => Cell::Null,
                 });
             }
             out.push(row);

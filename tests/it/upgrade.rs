@@ -612,7 +612,7 @@ fn an_outbox_upgrade_killed_midway_leaves_version_4_and_the_next_open_finishes_i
     // take megabytes to write.
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x0ddba11);
     let tx = a.conn().unchecked_transaction()?;
-    let keys: Vec<Value> = rows(&tx, "t").into_iter().take(20).map(|r| r[0].clone()).collect();
+    let keys: Vec<Cell> = rows(&tx, "t").into_iter().take(20).map(|r| r[0].clone()).collect();
     for i in 0..200_000 {
         tx.execute(
             "UPDATE t SET a = ?1 WHERE id = ?2",
