@@ -106,13 +106,18 @@ impl Merger<'_> {
     fn write_bytes(&self, info: &TableInfo, key: &[Value], column: &str, r: &Ref, file: &Path) -> Result<()> {
         let t = ident(&info.name);
         let where_key = super::key_where(info, 1);
-        let rowid: Option<i64> = match self
-            .conn
-            .prepare_cached(&format!("SELECT rowid FROM {t} WHERE {where_key}"))
-            .and_then(|mut s| s.query_row(rusqlite::params_from_iter(key), |row| row.get(0)).optional())
-        {
-            Ok(id) => id,
-            // WITHOUT ROWID: no blob handle; the value is written whole.
+        let found = match rowid_name(info) {
+            Some(name) => self
+                .conn
+                .prepare_cached(&format!("SELECT {name} FROM {t} WHERE {where_key}"))
+                .and_then(|mut s| s.query_row(rusqlite::params_from_iter(key), |row| row.get(0)).optional())
+                .map(|id| (name, id)),
+            None => Err(rusqlite::Error::InvalidQuery),
+        };
+        let (rowid_name, rowid): (&str, Option<i64>) = match found {
+            Ok(found) => found,
+            // WITHOUT ROWID, or every name of the rowid taken by a column: no
+            // blob handle; the value is written whole.
             Err(_) => {
                 let v = read_value(file, r)?;
                 let sql = format!("UPDATE {t} SET {} = ?{} WHERE {where_key}", ident(column), key.len() + 1);
@@ -143,7 +148,10 @@ impl Merger<'_> {
         }
         if r.text {
             self.conn
-                .prepare_cached(&format!("UPDATE {t} SET {c} = CAST({c} AS TEXT) WHERE rowid = ?1", c = ident(column)))?
+                .prepare_cached(&format!(
+                    "UPDATE {t} SET {c} = CAST({c} AS TEXT) WHERE {rowid_name} = ?1",
+                    c = ident(column)
+                ))?
                 .execute([rowid])?;
         }
         Ok(())
@@ -169,6 +177,16 @@ impl Merger<'_> {
         self.update_column(info, entity_id, &key, column, Some(&stored))?;
         Ok(true)
     }
+}
+
+/// The name that reaches a row's rowid in `info`'s table: SQLite has three,
+/// and a column of the table's own named like one takes that name's place (a
+/// `SELECT rowid` would read the app's column, and the bytes would go into
+/// another row).
+fn rowid_name(info: &TableInfo) -> Option<&'static str> {
+    ["rowid", "_rowid_", "oid"]
+        .into_iter()
+        .find(|n| !info.columns.iter().chain(&info.key_columns).any(|c| c.eq_ignore_ascii_case(n)))
 }
 
 /// The value in `file` (checked to hold `r`), whole. TEXT is its bytes as they

@@ -832,3 +832,47 @@ fn a_clone_from_a_snapshot_and_from_the_batches_carries_large_values() -> TestRe
     assert_eq!(rows(&c), rows(&a));
     Ok(())
 }
+
+/// An app's table may have a column named `rowid`, which then hides SQLite's
+/// rowid under that name. A value streamed into its cell (over 16 MiB: smaller
+/// ones are bound with the row) goes into its own row, not into the row whose
+/// rowid the app's column happens to hold; TEXT of any bytes stays TEXT.
+#[test]
+fn a_streamed_value_lands_in_its_own_row_when_a_column_is_named_rowid() -> TestResult {
+    let g = Group::new();
+    let mut rs = Vec::new();
+    for name in ["a", "b"] {
+        let mut r = Replica::init(&g.db(name), Some(&g.bucket_url()), Some(name), g.opts())?;
+        r.conn().execute_batch("CREATE TABLE g(id TEXT PRIMARY KEY, rowid INTEGER, body TEXT)")?;
+        r.track("g", false)?;
+        rs.push(r);
+    }
+    let (mut a, mut b) = (rs.remove(0), rs.remove(0));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x20);
+    let size = 17 << 20;
+    // Inserted in this order, the reader's rows get rowids 1 and 2: each app
+    // column names the other row.
+    for (id, other) in [("x", 2), ("y", 1)] {
+        let body = Cell::Text(random_bytes(&mut rng, size));
+        a.conn().execute("INSERT INTO g VALUES (?1, ?2, ?3)", rusqlite::params![id, other, body])?;
+    }
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    let cells = |r: &Replica| -> Vec<(String, i64, String, String)> {
+        let mut stmt = r.conn().prepare("SELECT id, rowid, body, typeof(body) FROM g ORDER BY id").unwrap();
+        stmt.query_map([], |row| {
+            let body = match row.get_ref(2)? {
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => sha(t),
+                other => format!("{other:?}"),
+            };
+            Ok((row.get(0)?, row.get(1)?, body, row.get(3)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let want = cells(&a);
+    assert_eq!(want.iter().map(|c| c.3.as_str()).collect::<Vec<_>>(), ["text", "text"]);
+    assert_eq!(cells(&b), want);
+    Ok(())
+}
