@@ -21,6 +21,7 @@ mod retention;
 mod s3_store;
 mod schema;
 mod schema_travels;
+mod schemas;
 mod snapshot;
 mod store_contract;
 mod support;
