@@ -4,7 +4,9 @@
 //! and integers, rowid and WITHOUT ROWID tables. Replicas write values of any
 //! bits at random (some large enough to travel out of line), insert, update and
 //! delete, and sync in a random order: every
-//! replica ends with the same rows, bit for bit, and `verify` finds nothing.
+//! replica ends with the same rows, bit for bit, and `verify` finds nothing; a
+//! replica made on an empty database and a clone from a snapshot get the same
+//! table, columns, types and rows.
 
 use crate::support::*;
 use dimple::Replica;
@@ -205,6 +207,18 @@ fn table(conn: &rusqlite::Connection, s: &Schema) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The table's columns as SQLite describes them: name, declared type, place in
+/// the key; and whether it has a rowid.
+fn columns(conn: &rusqlite::Connection, s: &Schema) -> (Vec<(String, String, i64)>, bool) {
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid").unwrap();
+    let cols =
+        stmt.query_map([&s.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    let without_rowid: bool = conn
+        .query_row("SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'", [&s.table], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{e}: no table {:?} in {:?}", s.table, conn.path()));
+    (cols, without_rowid)
+}
+
 fn check(s: Schema, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let fail = |e: &dyn std::fmt::Display| TestCaseError::fail(e.to_string());
     let g = Group::new();
@@ -234,8 +248,21 @@ fn check(s: Schema, steps: Vec<Step>) -> Result<(), TestCaseError> {
             block_on(dimple::sync(r, &store)).map_err(|e| fail(&e))?;
         }
     }
+    // The schema travels: a replica made on an empty database creates the
+    // table from the group's, and a clone from a snapshot holds it too.
+    let mut d = Replica::init(&g.db("d"), Some(&g.bucket_url()), Some("d"), g.opts()).map_err(|e| fail(&e))?;
+    // What `dimple init` chooses for a database without tables of its own.
+    dimple::schema::set_policy(d.conn(), dimple::schema::Policy::Follow).map_err(|e| fail(&e))?;
+    block_on(dimple::sync(&mut d, &store)).map_err(|e| fail(&e))?;
+    block_on(dimple::snapshot::compact(&mut rs[0], &store, std::time::Duration::from_secs(3600)))
+        .map_err(|e| fail(&e))?;
+    let (e, _) = block_on(dimple::clone::clone(&g.bucket_url(), &g.db("e"), Some("e"), g.opts(), &store, &|_| {}))
+        .map_err(|e| fail(&e))?;
+    rs.extend([d, e]);
     let want = table(rs[0].conn(), &s);
+    let shape = columns(rs[0].conn(), &s);
     for r in rs.iter_mut() {
+        prop_assert_eq!(&columns(r.conn(), &s), &shape, "replica {}'s table", r.name().unwrap());
         prop_assert_eq!(&table(r.conn(), &s), &want, "replica {} differs", r.name().unwrap());
         let findings = dimple::verify::check(r).map_err(|e| fail(&e))?;
         prop_assert!(findings.is_empty(), "{findings:?}");
