@@ -1,7 +1,8 @@
 //! Random schemas (SPEC: tracked tables are the app's own): table and column
 //! names of any characters SQLite takes, names that are SQL words or shadow
 //! `rowid`, declared types of every affinity, single and composite keys of text
-//! and integers, rowid and WITHOUT ROWID tables. Replicas write values of any
+//! and integers, rowid and WITHOUT ROWID tables, columns the apps add at random
+//! moments (with defaults) and write before the others have them. Replicas write values of any
 //! bits at random (some large enough to travel out of line), insert, update and
 //! delete, and sync in a random order: every
 //! replica ends with the same rows, bit for bit, and `verify` finds nothing; a
@@ -50,6 +51,9 @@ struct Schema {
     /// (name, declared type, part of the key)
     columns: Vec<(String, &'static str, bool)>,
     without_rowid: bool,
+    /// Columns the apps add later (`ALTER TABLE .. ADD COLUMN`), each the same
+    /// everywhere: (name, declared type, default).
+    added: Vec<(String, &'static str, &'static str)>,
 }
 
 impl Schema {
@@ -59,6 +63,18 @@ impl Schema {
 
     fn values(&self) -> Vec<&(String, &'static str, bool)> {
         self.columns.iter().filter(|c| !c.2).collect()
+    }
+
+    /// Every column's name, keys first, then the added ones.
+    fn all(&self) -> Vec<&str> {
+        let keys = self.keys().into_iter().map(|c| c.0.as_str());
+        let values = self.values().into_iter().map(|c| c.0.as_str());
+        keys.chain(values).chain(self.added.iter().map(|c| c.0.as_str())).collect()
+    }
+
+    fn add(&self, j: usize) -> String {
+        let (name, declared, default) = &self.added[j];
+        format!("ALTER TABLE {} ADD COLUMN {} {declared} DEFAULT {default}", q(&self.table), q(name))
     }
 
     fn create(&self) -> String {
@@ -85,8 +101,9 @@ fn schema() -> impl Strategy<Value = Schema> {
         prop::collection::vec((name(), key_type), 1..=2),
         prop::collection::vec((name(), declared()), 1..=4),
         any::<bool>(),
+        prop::collection::vec((name(), declared(), default()), 0..=2),
     )
-        .prop_filter_map("names must differ", |(table, keys, values, without_rowid)| {
+        .prop_filter_map("names must differ", |(table, keys, values, without_rowid, added)| {
             let lower = table.to_lowercase();
             if lower.starts_with("sqlite_") || table.starts_with("ZV_") {
                 return None;
@@ -97,13 +114,18 @@ fn schema() -> impl Strategy<Value = Schema> {
                 .chain(values.into_iter().map(|(n, t)| (n, t, false)))
                 .collect();
             let mut seen = std::collections::HashSet::new();
-            if !columns.iter().all(|c| seen.insert(c.0.to_lowercase())) {
+            if !columns.iter().map(|c| &c.0).chain(added.iter().map(|c| &c.0)).all(|c| seen.insert(c.to_lowercase())) {
                 return None;
             }
             // A rowid table's columns named after the rowid shadow it; a
             // WITHOUT ROWID table has none to shadow. Both are kept.
-            Some(Schema { table, columns, without_rowid })
+            Some(Schema { table, columns, without_rowid, added })
         })
+}
+
+/// A constant default, as `ADD COLUMN` requires.
+fn default() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["NULL", "0", "-7", "1.5", "'x'", "''", "x'00ff'"])
 }
 
 /// Any value: every REAL bit pattern but NaN, text of any bytes, blobs, integers.
@@ -141,6 +163,8 @@ fn key_part(declared: &str) -> BoxedStrategy<Cell> {
 enum Write {
     Insert(Vec<Cell>, Vec<Cell>),
     Update(Vec<Cell>, usize, Cell),
+    /// Of an added column: made only by a replica whose app has added it.
+    UpdateAdded(Vec<Cell>, usize, Cell),
     Delete(Vec<Cell>),
 }
 
@@ -150,17 +174,25 @@ enum Step {
     Write(usize, Write),
     /// Replica `0` syncs.
     Sync(usize),
+    /// Replica `0`'s app adds column `1` of the added ones, if it has not yet.
+    Add(usize, usize),
 }
 
 fn steps(s: &Schema) -> impl Strategy<Value = Vec<Step>> {
     let key: Vec<BoxedStrategy<Cell>> = s.keys().iter().map(|c| key_part(c.1)).collect();
     let n = s.values().len();
+    let added = s.added.len();
     let write = prop_oneof![
         3 => (key.clone(), prop::collection::vec(value(), n)).prop_map(|(k, v)| Write::Insert(k, v)),
         3 => (key.clone(), 0..n, value()).prop_map(|(k, i, v)| Write::Update(k, i, v)),
-        1 => key.prop_map(Write::Delete),
+        1 => key.clone().prop_map(Write::Delete),
+        2 => (key, 0..added.max(1), value()).prop_map(|(k, i, v)| Write::UpdateAdded(k, i, v)),
     ];
-    let step = prop_oneof![4 => (0..3usize, write).prop_map(|(r, w)| Step::Write(r, w)), 1 => (0..3usize).prop_map(Step::Sync)];
+    let step = prop_oneof![
+        4 => (0..3usize, write).prop_map(|(r, w)| Step::Write(r, w)),
+        1 => (0..3usize).prop_map(Step::Sync),
+        1 => (0..3usize, 0..added.max(1)).prop_map(|(r, j)| Step::Add(r, j)),
+    ];
     prop::collection::vec(step, 1..30)
 }
 
@@ -179,8 +211,11 @@ fn run_write(conn: &rusqlite::Connection, s: &Schema, w: &Write) -> rusqlite::Re
                 rusqlite::params_from_iter(params),
             )?;
         }
-        Write::Update(k, i, v) => {
-            let col = q(&s.values()[*i].0);
+        Write::Update(k, i, v) | Write::UpdateAdded(k, i, v) => {
+            let col = match w {
+                Write::Update(..) => q(&s.values()[*i].0),
+                _ => q(&s.added[*i].0),
+            };
             let params: Vec<&Cell> = k.iter().chain([v]).collect();
             conn.execute(
                 &format!("UPDATE {t} SET {col} = ?{} WHERE {key_where}", keys.len() + 1),
@@ -198,7 +233,8 @@ fn run_write(conn: &rusqlite::Connection, s: &Schema, w: &Write) -> rusqlite::Re
 /// storage class.
 fn table(conn: &rusqlite::Connection, s: &Schema) -> Vec<Vec<String>> {
     let keys: Vec<String> = s.keys().iter().map(|c| q(&c.0)).collect();
-    let sql = format!("SELECT * FROM {} ORDER BY {}", q(&s.table), keys.join(", "));
+    let all: Vec<String> = s.all().into_iter().map(q).collect();
+    let sql = format!("SELECT {} FROM {} ORDER BY {}", all.join(", "), q(&s.table), keys.join(", "));
     let mut stmt = conn.prepare(&sql).unwrap();
     let n = stmt.column_count();
     stmt.query_map([], |r| (0..n).map(|i| r.get_ref(i).map(dimple::value::encode_ref)).collect())
@@ -207,12 +243,17 @@ fn table(conn: &rusqlite::Connection, s: &Schema) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The table's columns as SQLite describes them: name, declared type, place in
-/// the key; and whether it has a rowid.
-fn columns(conn: &rusqlite::Connection, s: &Schema) -> (Vec<(String, String, i64)>, bool) {
-    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid").unwrap();
-    let cols =
-        stmt.query_map([&s.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+/// The table's columns as SQLite describes them (name, declared type,
+/// default, place in the key), in name order: columns added later may come in
+/// another order on each replica; and whether it has a rowid.
+#[allow(clippy::type_complexity)]
+fn columns(conn: &rusqlite::Connection, s: &Schema) -> (Vec<(String, String, Option<String>, i64)>, bool) {
+    let mut stmt = conn.prepare("SELECT name, type, dflt_value, pk FROM pragma_table_info(?1) ORDER BY name").unwrap();
+    let cols = stmt
+        .query_map([&s.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let without_rowid: bool = conn
         .query_row("SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'", [&s.table], |r| r.get(0))
         .unwrap_or_else(|e| panic!("{e}: no table {:?} in {:?}", s.table, conn.path()));
@@ -234,13 +275,28 @@ fn check(s: Schema, steps: Vec<Step>) -> Result<(), TestCaseError> {
         rs.push(r);
     }
     let apps: Vec<rusqlite::Connection> = ["a", "b", "c"].iter().map(|n| open_plain(&g.db(n))).collect();
+    // Which added columns each replica's app has added.
+    let mut has = [vec![false; s.added.len()], vec![false; s.added.len()], vec![false; s.added.len()]];
     for step in &steps {
         match step {
+            Step::Write(r, Write::UpdateAdded(_, j, _)) if !has[*r].get(*j).copied().unwrap_or(false) => {}
             Step::Write(r, w) => run_write(&apps[*r], &s, w).map_err(|e| fail(&e))?,
             Step::Sync(r) => {
                 block_on(dimple::sync(&mut rs[*r], &store)).map_err(|e| fail(&e))?;
                 g.clock.advance(5);
             }
+            Step::Add(r, j) if *j < s.added.len() && !has[*r][*j] => {
+                apps[*r].execute_batch(&s.add(*j)).map_err(|e| fail(&e))?;
+                has[*r][*j] = true;
+            }
+            Step::Add(..) => {}
+        }
+    }
+    // Every app migrates in the end (the manual policy's way): the values held
+    // for the columns it lacked apply.
+    for (r, has) in has.iter().enumerate() {
+        for j in (0..s.added.len()).filter(|&j| !has[j]) {
+            apps[r].execute_batch(&s.add(j)).map_err(|e| fail(&e))?;
         }
     }
     for _ in 0..2 {
