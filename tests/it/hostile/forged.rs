@@ -497,3 +497,111 @@ fn rows_of(r: &Replica, sql: &str) -> std::collections::BTreeSet<String> {
     let mut stmt = r.conn().prepare(sql).unwrap();
     stmt.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
 }
+
+/// What a member may put in a change it signs: names of tables and columns that
+/// exist, that do not, or that read as SQL; row ids of any text (a composite
+/// key's JSON, broken); values in dimple's encoding or any text at all.
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("t".to_owned()),
+            Just("a".to_owned()),
+            Just("*".to_owned()),
+            Just("ZV_ROW".to_owned()),
+            Just("t\"; DROP TABLE t; --".to_owned()),
+            "(?s).{0,12}",
+        ]
+    }
+
+    fn stored_value() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("true".to_owned())),
+            Just(Some("false".to_owned())),
+            Just(Some("maybe".to_owned())),
+            any::<i64>().prop_map(|i| Some(i.to_string())),
+            any::<u64>().prop_map(|b| Some(dimple::value::encode(&rusqlite::types::Value::Real(f64::from_bits(b))))),
+            prop::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|t| Some(dimple::value::encode_ref(rusqlite::types::ValueRef::Text(&t)))),
+            prop::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|b| Some(dimple::value::encode_ref(rusqlite::types::ValueRef::Blob(&b)))),
+            "(?s).{0,24}".prop_map(Some),
+            "\\{\"(text|blob|real|blobref|textref)\":\"[ -~]{0,20}\"\\}".prop_map(Some),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Table(usize, String),
+        Row(usize, String),
+        Column(usize, String),
+        Old(usize, Option<String>),
+        New(usize, Option<String>),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let at = 0..4usize;
+        prop_oneof![
+            (at.clone(), name()).prop_map(|(i, s)| Edit::Table(i, s)),
+            (at.clone(), prop_oneof!["(?s).{0,12}", Just("[\"a\",".to_owned()), Just(String::new())])
+                .prop_map(|(i, s)| Edit::Row(i, s)),
+            (at.clone(), name()).prop_map(|(i, s)| Edit::Column(i, s)),
+            (at.clone(), stored_value()).prop_map(|(i, v)| Edit::Old(i, v)),
+            (at, stored_value()).prop_map(|(i, v)| Edit::New(i, v)),
+        ]
+    }
+
+    fn apply(changes: &mut [Change], edits: &[Edit]) {
+        for e in edits {
+            let at = |i: &usize| i % changes.len();
+            match e {
+                Edit::Table(i, s) => changes[at(i)].entity_type = s.clone(),
+                Edit::Row(i, s) => changes[at(i)].entity_id = s.clone(),
+                Edit::Column(i, s) => changes[at(i)].attribute = s.clone(),
+                Edit::Old(i, v) => changes[at(i)].old_value = v.clone(),
+                Edit::New(i, v) => changes[at(i)].new_value = v.clone(),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        /// A signed batch of generated changes is applied whole or refused whole
+        /// as a problem naming it: the pull never fails or panics, the honest
+        /// replica's changes arrive in the same pull, the reader's tables match
+        /// its log, and a refused batch leaves nothing of itself in the log.
+        #[test]
+        fn a_signed_batch_of_generated_changes_is_applied_whole_or_refused_whole(edits in prop::collection::vec(edit(), 1..6)) {
+            let mut s = Scene::with("INSERT INTO t VALUES ('a2', 2, 'x', 0.5)", false);
+            let mut ids = Vec::new();
+            let key = forge(&s, no_edit, |changes: &mut Vec<Change>| {
+                apply(changes, &edits);
+                ids = changes.iter().map(|c| c.id.clone()).collect();
+            }, |_| {});
+            let report = s.pull();
+            let logged = |s: &Scene| -> usize {
+                let all = rows_of(&s.b, "SELECT id FROM ZV_CHANGE");
+                ids.iter().filter(|id| all.contains(*id)).count()
+            };
+            if report.problems.is_empty() {
+                prop_assert_eq!(logged(&s), ids.len(), "applied, but not whole");
+            } else {
+                prop_assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+                prop_assert!(report.problems[0].starts_with(&format!("{key}: ")), "{:?}", report.problems);
+                prop_assert_eq!(logged(&s), 0, "refused, but not whole: {:?}", report.problems);
+            }
+            prop_assert!(s.has("c2"), "the honest replica's change arrived in the same pull");
+            let findings = dimple::verify::check(&mut s.b).unwrap();
+            prop_assert!(findings.is_empty(), "{findings:?}");
+            // The honest replica goes on syncing; a refused batch stays refused.
+            s.c.conn().execute("INSERT INTO t VALUES ('later', 3, 'x', 0.5)", []).unwrap();
+            block_on(dimple::push(&mut s.c, &s.g.store())).unwrap();
+            let again = s.pull();
+            prop_assert!(s.has("later"));
+            prop_assert_eq!(again.problems, report.problems.clone());
+        }
+    }
+}
