@@ -104,6 +104,15 @@ struct Parked {
     changed: bool,
 }
 
+/// A row id's first 8 bytes (zeros after a shorter one) as a number: ids
+/// whose prefixes differ order as the prefixes do.
+fn key_prefix(id: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = id.len().min(8);
+    b[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// The greatest row id a table's records hold.
 #[derive(Debug)]
 enum Greatest {
@@ -342,11 +351,24 @@ impl<'c> Log<'c> {
         self.park(self.current.borrow_mut().take());
         let held = std::mem::take(&mut *self.held.borrow_mut());
         self.held_bytes.set(0);
-        let mut rows: Vec<(i64, String, Parked)> =
-            held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, p)| (t, e, p))).collect();
-        rows.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut rows: Vec<Option<(i64, String, Parked)>> =
+            held.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(e, p)| Some((t, e, p)))).collect();
+        // Sorted by a small key, each row's first 8 bytes read as a number
+        // (the whole row id compared only on a tie), and moved once: sorting the
+        // rows themselves compared ids with memcmp and moved each row many
+        // times, about a tenth of the ids a burst of 500k changes takes.
+        let mut order: Vec<(i64, u64, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (t, e, _) = r.as_ref().expect("every row is there");
+                (*t, key_prefix(e), i)
+            })
+            .collect();
+        let id = |i: usize| rows[i].as_ref().map(|r| r.1.as_str());
+        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| id(a.2).cmp(&id(b.2))));
         let mut adds = Vec::with_capacity(ADD_ROWS);
-        for (type_n, entity_id, parked) in rows {
+        for (type_n, entity_id, parked) in order.into_iter().filter_map(|(_, _, i)| rows[i].take()) {
             if adds.len() == ADD_ROWS {
                 self.add_all(&mut adds)?;
             }
@@ -678,6 +700,19 @@ pub(crate) mod tests {
             (0u8..4).prop_map(|i| format!("0190A000-0000-7000-8000-00000000000{i}")),
             "[0-9a-z-]{0,6}",
         ]
+    }
+
+    proptest! {
+        /// The flush writes rows in key order by their prefixes, then their ids:
+        /// a prefix never orders two ids otherwise than the ids themselves.
+        #[test]
+        fn a_row_ids_prefix_orders_as_the_row_id(a in "(?s).{0,12}", b in "(?s).{0,12}", common in "(?s).{0,9}") {
+            let (a, b) = (format!("{common}{a}"), format!("{common}{b}"));
+            match key_prefix(&a).cmp(&key_prefix(&b)) {
+                std::cmp::Ordering::Equal => {}
+                by_prefix => prop_assert_eq!(by_prefix, a.cmp(&b), "{:?} {:?}", a, b),
+            }
+        }
     }
 
     /// Id number `n` as one clock makes them: a few a millisecond, mostly from
