@@ -308,6 +308,7 @@ impl Replica {
         let info = track::inspect(&self.sync, table)?
             .ok_or_else(|| Error::Invalid(format!("no table named {table:?} in {}", self.path.display())))?;
         track::validate(&info, allow_integer_key)?;
+        track::validate_key_collation(&self.sync, table)?;
         let now = clock::rfc3339(self.opts.clock.now_ms());
         let already = track::recorded_columns(&self.sync, table)?.is_some();
         let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;

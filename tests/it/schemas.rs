@@ -25,7 +25,8 @@ fn name() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Declared types, one or more of each affinity.
+/// Declared types, one or more of each affinity, and collations (of columns
+/// that are not the key: a key must compare by its bytes).
 fn declared() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "",
@@ -42,6 +43,8 @@ fn declared() -> impl Strategy<Value = &'static str> {
         "BOOLEAN",
         "DATETIME",
         "BLOB",
+        "TEXT COLLATE NOCASE",
+        "COLLATE RTRIM",
     ])
 }
 
