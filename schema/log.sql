@@ -1,6 +1,7 @@
--- The change log as a replica keeps it (local schema version 9), applied by `init`
--- before local.sql. The seed's ZV_TRANSACTION, ZV_CHANGE and ZV_CLOCK are views
--- over it with their columns (below); dimple itself reads and writes these tables
+-- The change log as a replica keeps it (local schema version 10), applied by `init`
+-- before local.sql. The seed's ZV_TRANSACTION (below), ZV_CHANGE and ZV_CLOCK
+-- (log_views.sql: TEMP views on dimple's connections) are views over it with
+-- their columns; dimple itself reads and writes these tables
 -- (src/log/). A snapshot carries the log in this same form (snapshot format 4;
 -- snapshot_log.sql is format 1's, a row per change), a batch in the seed's form
 -- of batch.sql.
@@ -90,18 +91,6 @@ CREATE TABLE IF NOT EXISTS ZV_OUTBOX (
     packed BLOB NOT NULL
 );
 
--- Every change, winners and history, one row each. `dimple_cells` is a
--- function dimple registers on its connections (src/record/mod.rs); another SQLite
--- client reads these views after `dimple::log::register` on its connection.
-CREATE VIEW IF NOT EXISTS ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
-    SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
-    FROM ZV_ROW r, dimple_cells(r.cells) c
-    UNION ALL
-    SELECT r.type_n, r.entity_id, p.attr_n, p.id, p.author_n, p.tx_n, p.old_value, p.new_value
-    FROM ZV_ROW r, dimple_past(r.cells) p
-    UNION ALL
-    SELECT type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value FROM ZV_HISTORY;
-
 -- The seed's tables, as views with their columns (ids as canonical text; an id kept
 -- as text, which only a transaction id from a batch can be, as it is).
 CREATE VIEW IF NOT EXISTS ZV_TRANSACTION (id, author) AS
@@ -111,26 +100,3 @@ CREATE VIEW IF NOT EXISTS ZV_TRANSACTION (id, author) AS
            ELSE x.id END,
            a.id
     FROM ZV_TX x JOIN ZV_AUTHOR a ON a.n = x.author_n;
-
-CREATE VIEW IF NOT EXISTS ZV_CHANGE
-    (id, transaction_id, entity_type, entity_id, attribute, old_value, new_value, author_n) AS
-    SELECT CASE WHEN typeof(l.id) = 'blob' THEN
-             lower(substr(hex(l.id), 1, 8) || '-' || substr(hex(l.id), 9, 4) || '-' || substr(hex(l.id), 13, 4)
-                   || '-' || substr(hex(l.id), 17, 4) || '-' || substr(hex(l.id), 21))
-           ELSE l.id END,
-           CASE WHEN typeof(x.id) = 'blob' THEN
-             lower(substr(hex(x.id), 1, 8) || '-' || substr(hex(x.id), 9, 4) || '-' || substr(hex(x.id), 13, 4)
-                   || '-' || substr(hex(x.id), 17, 4) || '-' || substr(hex(x.id), 21))
-           ELSE x.id END,
-           t.name, l.entity_id, c.name, l.old_value, l.new_value, l.author_n
-    FROM ZV_LOG l JOIN ZV_NAME t ON t.n = l.type_n JOIN ZV_NAME c ON c.n = l.attr_n JOIN ZV_TX x ON x.n = l.tx_n;
-
--- The winning change per (entity, attribute).
-CREATE VIEW IF NOT EXISTS ZV_CLOCK (entity_type, entity_id, attribute, change_id, author_n) AS
-    SELECT t.name, r.entity_id, n.name,
-           CASE WHEN typeof(c.id) = 'blob' THEN
-             lower(substr(hex(c.id), 1, 8) || '-' || substr(hex(c.id), 9, 4) || '-' || substr(hex(c.id), 13, 4)
-                   || '-' || substr(hex(c.id), 17, 4) || '-' || substr(hex(c.id), 21))
-           ELSE c.id END,
-           c.author_n
-    FROM ZV_ROW r, dimple_cells(r.cells) c JOIN ZV_NAME t ON t.n = r.type_n JOIN ZV_NAME n ON n.n = c.attr_n;

@@ -155,7 +155,7 @@ pub(crate) struct Inspected {
 pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Inspected> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
-    crate::log::register(&conn)?;
+    crate::record::register(&conn)?;
     let format: Option<i64> =
         conn.query_row("SELECT format FROM ZV_SNAPSHOT", [], |r| r.get(0)).optional().map_err(sqlerr)?;
     if !format.is_some_and(crate::snapshot::readable) {
@@ -423,9 +423,19 @@ mod tests {
 
     fn replica_tables() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        crate::log::register(&c).unwrap();
         c.execute_batch(crate::migrate::SCHEMA).unwrap();
+        crate::log::register(&c).unwrap();
         c
+    }
+
+    /// Where the views over `schema`'s log are: a replica's are TEMP views
+    /// (found unqualified), an attached snapshot's are stored in it.
+    fn views_of(schema: &str) -> String {
+        if schema == "main" {
+            String::new()
+        } else {
+            format!("{schema}.")
+        }
     }
 
     /// Every change of the seed's view, with its author's id, in a fixed order.
@@ -433,7 +443,8 @@ mod tests {
         let mut stmt = c
             .prepare(&format!(
                 "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
-                 FROM {schema}.ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n ORDER BY 1, 8"
+                 FROM {v}ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n ORDER BY 1, 8",
+                v = views_of(schema)
             ))
             .unwrap();
         stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect()).unwrap().map(Result::unwrap).collect()
@@ -561,10 +572,11 @@ mod tests {
         let mut stmt = c
             .prepare(&format!(
                 "SELECT c.id, c.transaction_id, c.entity_type, c.entity_id, c.attribute, c.old_value, c.new_value, a.id
-                 FROM {schema}.ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n
-                 JOIN {schema}.ZV_CLOCK k ON k.entity_type = c.entity_type AND k.entity_id = c.entity_id
+                 FROM {v}ZV_CHANGE c JOIN {schema}.ZV_AUTHOR a ON a.n = c.author_n
+                 JOIN {v}ZV_CLOCK k ON k.entity_type = c.entity_type AND k.entity_id = c.entity_id
                    AND k.attribute = c.attribute AND k.change_id = c.id AND k.author_n = c.author_n
-                 ORDER BY 1, 8"
+                 ORDER BY 1, 8",
+                v = views_of(schema)
             ))
             .unwrap();
         stmt.query_map([], |r| (0..8).map(|i| r.get(i)).collect()).unwrap().map(Result::unwrap).collect()

@@ -9,8 +9,14 @@ use crate::error::{Error, Result};
 use crate::meta;
 use rusqlite::{Connection, TransactionBehavior};
 
-/// dimple's tables in a replica, as `init` creates them (idempotent).
+/// dimple's tables in a replica, as `init` creates them (idempotent). The views
+/// that read the records (schema/log_views.sql) are not stored in a replica:
+/// [`crate::log::register`] makes them TEMP views on each connection.
 pub const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/local.sql"));
+
+/// The log's tables with the views over them stored in the file, as the
+/// upgrade steps before version 10 made them (the step to 10 drops the views).
+const LOG_WITH_VIEWS: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/log_views.sql"));
 
 const KEY: &str = "local_schema";
 /// The change log's tables as replicas kept them up to version 3 (and as snapshots
@@ -18,7 +24,7 @@ const KEY: &str = "local_schema";
 const WIRE_LOG: &str = include_str!("../schema/wire_log.sql");
 
 /// The local schema version `schema/local.sql` creates.
-pub const CURRENT: i64 = 9;
+pub const CURRENT: i64 = 10;
 
 /// Brings the ZV_ tables up to [`CURRENT`]; a database from a newer dimple is
 /// refused rather than misread.
@@ -57,6 +63,9 @@ pub fn upgrade(conn: &mut Connection) -> Result<()> {
     }
     if at < 8 {
         views_with_pasts(&tx)?;
+    }
+    if at < 10 {
+        views_out_of_the_file(&tx)?;
     }
     meta::set(&tx, KEY, &CURRENT.to_string())?;
     tx.commit()?;
@@ -125,7 +134,7 @@ fn compact_log(tx: &Connection) -> Result<()> {
          ALTER TABLE ZV_TRANSACTION RENAME TO ZV_V3_TRANSACTION;
          ALTER TABLE ZV_CLOCK RENAME TO ZV_V3_CLOCK;",
     )?;
-    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    tx.execute_batch(LOG_WITH_VIEWS)?;
     let moved = crate::log::import(
         tx,
         "SELECT c.id AS id, c.transaction_id AS transaction_id, c.entity_type AS entity_type,
@@ -168,7 +177,7 @@ fn packed_outbox(tx: &Connection, from: i64) -> Result<()> {
         return Ok(());
     }
     tx.execute_batch("ALTER TABLE ZV_OUTBOX RENAME TO ZV_V4_OUTBOX;")?;
-    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    tx.execute_batch(LOG_WITH_VIEWS)?;
     let moved = crate::outbox::fill(
         tx,
         "JOIN ZV_V4_OUTBOX o ON o.id = l.id AND o.type_n = l.type_n AND o.entity_id = l.entity_id AND o.attr_n = l.attr_n
@@ -196,10 +205,10 @@ fn records_per_row(tx: &Connection) -> Result<()> {
     }
     // The seed's views name the table: they are made again over the new one.
     tx.execute_batch(
-        "DROP VIEW IF EXISTS ZV_CHANGE; DROP VIEW IF EXISTS ZV_CLOCK;
+        "DROP VIEW IF EXISTS main.ZV_CHANGE; DROP VIEW IF EXISTS main.ZV_CLOCK;
          ALTER TABLE ZV_LOG RENAME TO ZV_V5_LOG;",
     )?;
-    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    tx.execute_batch(LOG_WITH_VIEWS)?;
     let read = crate::log::records_from(tx, "main.ZV_V5_LOG")?;
     let before: u64 = tx.query_row("SELECT count(*) FROM ZV_V5_LOG", [], |r| r.get(0))?;
     let after = crate::log::count(tx)? as u64;
@@ -232,14 +241,28 @@ fn records_in_current_form(tx: &Connection) -> Result<()> {
 /// change: the history's rows stay where they are, and a record without a
 /// past is the same bytes as before.
 fn views_with_pasts(tx: &Connection) -> Result<()> {
-    tx.execute_batch("DROP VIEW IF EXISTS ZV_CHANGE; DROP VIEW IF EXISTS ZV_CLOCK; DROP VIEW IF EXISTS ZV_LOG;")?;
-    tx.execute_batch(include_str!("../schema/log.sql"))?;
+    tx.execute_batch(MAIN_VIEWS_DROPPED)?;
+    tx.execute_batch(LOG_WITH_VIEWS)?;
     Ok(())
 }
 
+/// Version 10: the views that read the records through dimple's functions
+/// (`ZV_LOG`, `ZV_CHANGE`, `ZV_CLOCK`) leave the file; each dimple connection
+/// makes them as TEMP views ([`crate::log::register`]). SQLite checks every
+/// view of the file when an app renames a table or column or drops a column,
+/// and on the app's own connection, which lacks the functions, that check
+/// failed: no app could run those migrations on any of its tables.
+fn views_out_of_the_file(tx: &Connection) -> Result<()> {
+    tx.execute_batch(MAIN_VIEWS_DROPPED)?;
+    Ok(())
+}
+
+const MAIN_VIEWS_DROPPED: &str =
+    "DROP VIEW IF EXISTS main.ZV_CHANGE; DROP VIEW IF EXISTS main.ZV_CLOCK; DROP VIEW IF EXISTS main.ZV_LOG;";
+
 /// `ZV_LOG` as local schema 6 and 7 made it, before records kept a past.
-const VERSION_7_LOG_VIEW: &str = "DROP VIEW ZV_LOG;
-    CREATE VIEW ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
+const VERSION_7_LOG_VIEW: &str = "DROP VIEW main.ZV_LOG;
+    CREATE VIEW main.ZV_LOG (type_n, entity_id, attr_n, id, author_n, tx_n, old_value, new_value) AS
     SELECT r.type_n, r.entity_id, c.attr_n, c.id, c.author_n, c.tx_n, c.old_value, c.new_value
     FROM ZV_ROW r, dimple_cells(r.cells) c
     UNION ALL
@@ -251,6 +274,7 @@ const VERSION_7_LOG_VIEW: &str = "DROP VIEW ZV_LOG;
 #[doc(hidden)]
 pub fn back_to_version_8(conn: &mut Connection) -> Result<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(&crate::log::views_sql(false))?;
     let n = crate::log::rewrite_records(&tx, crate::record::encode_form_2)?;
     meta::set(&tx, KEY, "8")?;
     tx.commit()?;

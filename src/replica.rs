@@ -92,7 +92,9 @@ const WAL_KEPT_BYTES: u64 = 4 << 20;
 
 fn connect(path: &Path, opts: &Options, triggers: bool) -> Result<Connection> {
     let conn = Connection::open(path).map_err(|e| not_a_database(path, e))?;
-    crate::log::register(&conn)?;
+    // The functions only: the log's views come once the tables are upgraded
+    // (an upgrade renames tables, and SQLite checks every view when it does).
+    crate::record::register(&conn)?;
     BUSY_LIMIT_MS.fetch_max(opts.busy_timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     conn.busy_handler(Some(poll_busy))?;
     // Read the header now: a file that is not SQLite is the user's mistake (exit 1),
@@ -214,6 +216,7 @@ impl Replica {
             )));
         }
         crate::migrate::upgrade(&mut app)?;
+        crate::log::register(&app)?;
         if let Some(public) = meta::get(&app, meta::PUBLIC_KEY)? {
             SideDir::of(path).finish_key_swap(&public)?;
         }
@@ -222,6 +225,7 @@ impl Replica {
         let max_drift_ms = opts.max_drift_ms;
         let hlc = Hlc::new(opts.clock.clone(), &uuid, last, max_drift_ms);
         let sync = connect(path, &opts, false)?;
+        crate::log::register(&sync)?;
         Ok(Replica { path: path.to_owned(), side: SideDir::of(path), app, sync, id, hlc, opts, key: None, codec: None })
     }
 

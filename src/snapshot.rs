@@ -28,7 +28,11 @@ use std::time::Duration;
 
 /// A snapshot file as this build writes it: the log in a replica's own form
 /// (records per row, schema/log.sql), so a clone copies it page by page.
-pub(crate) const SCHEMA: &str = concat!(include_str!("../schema/log.sql"), include_str!("../schema/snapshot.sql"));
+pub(crate) const SCHEMA: &str = concat!(
+    include_str!("../schema/log.sql"),
+    include_str!("../schema/log_views.sql"),
+    include_str!("../schema/snapshot.sql")
+);
 
 /// The snapshot format this build writes (pointer and file): 4, the log as
 /// records per row in form 3 (src/record/mod.rs). Formats 3 and 2 had the same
@@ -168,7 +172,7 @@ struct Counts {
 fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts> {
     let _ = std::fs::remove_file(path);
     let s = Connection::open(path)?;
-    crate::log::register(&s)?;
+    crate::record::register(&s)?;
     // Changes are copied before their transactions: the snapshot is ours, whole or
     // not at all, so its foreign key is not checked row by row.
     s.execute_batch("PRAGMA journal_mode=MEMORY; PRAGMA page_size=4096; PRAGMA foreign_keys=OFF;")?;

@@ -41,10 +41,24 @@ pub use upkeep::*;
 
 /// Makes the log's views readable on `conn` (an app's own connection, for
 /// example): `ZV_LOG` and the seed's `ZV_CHANGE` and `ZV_CLOCK` read the records
-/// through `dimple_cells`, a function each connection must have registered
-/// before it reads them. dimple's own connections have it.
+/// through `dimple_cells` and `dimple_past`, functions each connection must have
+/// registered, and they are TEMP views of that connection, made here on a
+/// replica's database (schema/log_views.sql says why they are not stored).
+/// dimple's own connections have both.
 pub fn register(conn: &Connection) -> Result<()> {
-    Ok(record::register(conn)?)
+    record::register(conn)?;
+    if crate::sql::has_table(conn, "main", "ZV_ROW")? {
+        conn.execute_batch(&views_sql(true))?;
+    }
+    Ok(())
+}
+
+/// The views of schema/log_views.sql, as TEMP views (a replica's, on each of
+/// its connections) or stored in `main` (a snapshot's, and a replica's before
+/// local schema 10).
+pub fn views_sql(temp: bool) -> String {
+    let create = if temp { "CREATE TEMP VIEW IF NOT EXISTS " } else { "CREATE VIEW IF NOT EXISTS main." };
+    include_str!("../../schema/log_views.sql").replace("CREATE VIEW IF NOT EXISTS ", create)
 }
 
 /// Where a change is stored: its table, column and author numbers.
@@ -889,8 +903,8 @@ pub(crate) mod tests {
     /// A log in memory, readable through its views.
     fn open_log() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        register(&conn).unwrap();
         conn.execute_batch(crate::migrate::SCHEMA).unwrap();
+        register(&conn).unwrap();
         conn
     }
 }

@@ -263,8 +263,8 @@ mod tests {
 
     fn replica() -> Connection {
         let c = Connection::open_in_memory().unwrap();
-        crate::log::register(&c).unwrap();
         c.execute_batch(crate::migrate::SCHEMA).unwrap();
+        crate::log::register(&c).unwrap();
         c.execute_batch(
             "CREATE TABLE t(id TEXT PRIMARY KEY, a, b DEFAULT 'dflt');
              INSERT INTO ZV_TRACKED VALUES ('t', '[\"id\"]', '[\"a\",\"b\"]', 'now');

@@ -766,3 +766,71 @@ fn leftover_tables(db: &std::path::Path, prefix: &str) -> i64 {
         .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE ?1 || '%'", [prefix], |r| r.get(0))
         .unwrap()
 }
+
+/// The migrations an app runs on its own connection (Python, the sqlite3 shell,
+/// an ORM: none has dimple's functions) that SQLite checks against every view
+/// of the file: renaming a table or a column, dropping a column. Any view that
+/// read the records through dimple's functions made each of them fail, for
+/// every table of the database ("error in view ZV_LOG: no such table:
+/// main.dimple_past").
+fn an_apps_migrations(db: &std::path::Path) -> rusqlite::Result<()> {
+    let app = rusqlite::Connection::open(db)?;
+    app.execute_batch(
+        "ALTER TABLE other RENAME TO other2;
+         ALTER TABLE other2 RENAME COLUMN a TO a2;
+         ALTER TABLE other2 DROP COLUMN x;
+         ALTER TABLE other2 RENAME TO other;
+         ALTER TABLE other RENAME COLUMN a2 TO a;
+         ALTER TABLE other ADD COLUMN x;",
+    )
+}
+
+/// A replica stores no view that needs dimple's functions: an app's own
+/// connection renames and drops columns of its tables, and dimple's
+/// connections still show the log through the seed's views.
+#[test]
+fn an_app_renames_tables_and_columns_on_its_own_connection() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    a.conn().execute_batch("CREATE TABLE other(a, x); INSERT INTO t VALUES ('k', 1, 'x', 0.5);")?;
+    a.capture()?;
+    an_apps_migrations(&g.db("a"))?;
+    assert_eq!(changes_shown(&g.db("a")), 4);
+    let n: i64 = a.conn().query_row("SELECT count(*) FROM ZV_CLOCK", [], |r| r.get(0))?;
+    assert_eq!(n, 4);
+    block_on(dimple::sync(&mut a, &g.store()))?;
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    Ok(())
+}
+
+/// Version 10 takes those views out of the file: a replica whose file has
+/// them (every replica before it) refuses an app's renames until dimple opens
+/// it once, and after that upgrade the app's renames work and the log reads
+/// the same.
+#[test]
+fn a_version_8_replica_loses_its_stored_views_on_open_and_the_apps_renames_work() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (a, mut b) = busy_group(&g, 0x0010_5eed, 20);
+    drop(a);
+    let db = g.db("a");
+    rusqlite::Connection::open(&db)?.execute_batch("CREATE TABLE other(a, x)")?;
+    downgrade_to_v8(&db);
+    let before = dump(&db);
+    let refused = an_apps_migrations(&db).expect_err("the stored views stop an app's rename");
+    assert!(refused.to_string().contains("dimple_"), "{refused}");
+    let mut a = g.reopen("a");
+    assert_eq!(local_schema(&db), dimple::migrate::CURRENT.to_string());
+    let stored: i64 = rusqlite::Connection::open(&db)?.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'view' AND sql LIKE '%dimple_%'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(stored, 0, "no stored view needs dimple's functions");
+    an_apps_migrations(&db)?;
+    assert_eq!(dump(&db), before, "the seed's tables read the same through the views");
+    assert_eq!(dimple::verify::check(&mut a)?, vec![]);
+    sync_a_b_a(&store, &mut a, &mut b)?;
+    converged(&a, &b);
+    Ok(())
+}
