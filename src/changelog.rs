@@ -8,7 +8,7 @@ use crate::sql::ident;
 use crate::track::{self, TableInfo, ROW};
 use crate::value;
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeSet;
 
 /// Gives ids to everything the triggers captured since the last call and records it
@@ -81,7 +81,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
     }
     w.store()?;
     w.merger.finish_local()?;
-    w.report_bad_keys(&recorded)?;
+    w.report_local_problems(&recorded)?;
     std::mem::take(&mut w.outbox).finish(conn)?;
     let n = w.n;
     if n > 0 {
@@ -107,6 +107,11 @@ pub(crate) const REBUILD_KEY: &str = "schema.rebuild";
 /// Where the problem about rows whose key cannot sync is recorded: one per table.
 pub fn bad_key_origin(table: &str) -> String {
     format!("local table {table}")
+}
+
+/// Where the problem about a tracked table the app renamed is recorded.
+pub fn renamed_origin(table: &str) -> String {
+    format!("local table {table} renamed")
 }
 
 /// Records captured writes as changes of one transaction.
@@ -334,8 +339,8 @@ impl Recorder<'_, '_> {
 
     /// A row whose key cannot sync is never left out silently: it becomes a problem
     /// of this replica (shown by `status`, found by `verify`), cleared once no such
-    /// row is left in the table.
-    fn report_bad_keys(&self, tables: &[(String, Option<TableInfo>, Vec<String>)]) -> Result<()> {
+    /// row is left in the table. So does a tracked table the app renamed.
+    fn report_local_problems(&self, tables: &[(String, Option<TableInfo>, Vec<String>)]) -> Result<()> {
         let conn = self.conn;
         let now = crate::clock::rfc3339(self.hlc.now_ms());
         for tbl in &self.bad_keys {
@@ -347,6 +352,7 @@ impl Recorder<'_, '_> {
             .query_map([self.me], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for (tbl, info, _) in tables {
+            self.report_renamed(tbl, info.is_some(), &open, &now)?;
             let origin = bad_key_origin(tbl);
             if !open.contains(&origin) || self.bad_keys.contains(tbl) {
                 continue;
@@ -358,6 +364,39 @@ impl Recorder<'_, '_> {
             if left == 0 {
                 conn.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [self.me, &origin])?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Recorder<'_, '_> {
+    /// A tracked table the app renamed keeps its capture triggers (SQLite
+    /// moves them with it): its writes go on syncing under the old name, and
+    /// changes from other replicas for that name wait, unapplied, for a table
+    /// of that name. Never silently: a problem of this replica until the
+    /// table has its name again (or is untracked, which drops the triggers).
+    fn report_renamed(&self, tbl: &str, exists: bool, open: &[String], now: &str) -> Result<()> {
+        let origin = renamed_origin(tbl);
+        let renamed_to: Option<String> = if exists {
+            None
+        } else {
+            self.conn
+                .prepare_cached("SELECT tbl_name FROM sqlite_master WHERE type = 'trigger' AND name = ?1")?
+                .query_row([track::insert_trigger(tbl)], |r| r.get(0))
+                .optional()?
+        };
+        match renamed_to {
+            Some(to) => {
+                let reason = format!(
+                    "the app renamed tracked table {tbl} to {to}: its writes still sync as {tbl}, and changes from other replicas for {tbl} wait unapplied; rename it back, or untrack {tbl} and track {to}"
+                );
+                crate::problems::record_local(self.conn, self.me, &origin, &reason, now)?;
+            }
+            None if open.contains(&origin) => {
+                self.conn
+                    .execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [self.me, &origin])?;
+            }
+            None => {}
         }
         Ok(())
     }

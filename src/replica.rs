@@ -334,6 +334,10 @@ impl Replica {
         if !track::untrack(&tx, table)? {
             return Err(Error::Invalid(format!("table {table:?} is not tracked")));
         }
+        // Its rows and its name are no longer this replica's to sync.
+        for origin in [changelog::bad_key_origin(table), changelog::renamed_origin(table)] {
+            tx.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [&self.id, &origin])?;
+        }
         tx.commit()?;
         Ok(())
     }

@@ -236,6 +236,12 @@ pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
 pub const OP_DELETE: i64 = 3;
 
+/// The name of the trigger capturing inserts into `table`: a renamed table keeps
+/// it (SQLite moves triggers with their table).
+pub fn insert_trigger(table: &str) -> String {
+    format!("zv_ins_{table}")
+}
+
 fn trigger_sql(info: &TableInfo) -> Vec<String> {
     let t = ident(&info.name);
     let pending = ident(&pending_table(&info.name));
