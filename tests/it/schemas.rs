@@ -2,7 +2,8 @@
 //! names of any characters SQLite takes, names that are SQL words or shadow
 //! `rowid`, declared types of every affinity, single and composite keys of text
 //! and integers, rowid and WITHOUT ROWID tables, columns the apps add at random
-//! moments (with defaults) and write before the others have them. Replicas write values of any
+//! moments (with defaults) and write before the others have them. The writes:
+//! inserts, `INSERT OR REPLACE`, upserts, updates, key changes and deletes. Replicas write values of any
 //! bits at random (some large enough to travel out of line), insert, update and
 //! delete, and sync in a random order: every
 //! replica ends with the same rows, bit for bit, and `verify` finds nothing; a
@@ -167,6 +168,12 @@ fn key_part(declared: &str) -> BoxedStrategy<Cell> {
 #[derive(Debug, Clone)]
 enum Write {
     Insert(Vec<Cell>, Vec<Cell>),
+    /// `INSERT OR REPLACE`: the row's every column written again.
+    Replace(Vec<Cell>, Vec<Cell>),
+    /// An upsert setting one column of a row that may exist.
+    Upsert(Vec<Cell>, usize, Cell),
+    /// A row's key changed: a delete of the old row and an insert of the new.
+    Rekey(Vec<Cell>, Vec<Cell>),
     Update(Vec<Cell>, usize, Cell),
     /// Of an added column: made only by a replica whose app has added it.
     UpdateAdded(Vec<Cell>, usize, Cell),
@@ -191,6 +198,9 @@ fn steps(s: &Schema) -> impl Strategy<Value = Vec<Step>> {
         3 => (key.clone(), prop::collection::vec(value(), n)).prop_map(|(k, v)| Write::Insert(k, v)),
         3 => (key.clone(), 0..n, value()).prop_map(|(k, i, v)| Write::Update(k, i, v)),
         1 => key.clone().prop_map(Write::Delete),
+        1 => (key.clone(), prop::collection::vec(value(), n)).prop_map(|(k, v)| Write::Replace(k, v)),
+        1 => (key.clone(), 0..n, value()).prop_map(|(k, i, v)| Write::Upsert(k, i, v)),
+        1 => (key.clone(), key.clone()).prop_map(|(k, to)| Write::Rekey(k, to)),
         2 => (key, 0..added.max(1), value()).prop_map(|(k, i, v)| Write::UpdateAdded(k, i, v)),
     ];
     let step = prop_oneof![
@@ -207,14 +217,44 @@ fn run_write(conn: &rusqlite::Connection, s: &Schema, w: &Write) -> rusqlite::Re
     let key_where = key_where.join(" AND ");
     let t = q(&s.table);
     match w {
-        Write::Insert(k, v) => {
+        Write::Insert(k, v) | Write::Replace(k, v) => {
             let names: Vec<String> = keys.iter().chain(s.values().iter()).map(|c| q(&c.0)).collect();
             let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
             let params: Vec<&Cell> = k.iter().chain(v).collect();
+            let or = if matches!(w, Write::Insert(..)) { "IGNORE" } else { "REPLACE" };
             conn.execute(
-                &format!("INSERT OR IGNORE INTO {t}({}) VALUES ({})", names.join(", "), marks.join(", ")),
+                &format!("INSERT OR {or} INTO {t}({}) VALUES ({})", names.join(", "), marks.join(", ")),
                 rusqlite::params_from_iter(params),
             )?;
+        }
+        Write::Upsert(k, i, v) => {
+            let names: Vec<String> = keys.iter().map(|c| q(&c.0)).collect();
+            let col = q(&s.values()[*i].0);
+            let marks: Vec<String> = (1..=names.len() + 1).map(|i| format!("?{i}")).collect();
+            let params: Vec<&Cell> = k.iter().chain([v]).collect();
+            conn.execute(
+                &format!(
+                    "INSERT INTO {t}({}, {col}) VALUES ({}) ON CONFLICT DO UPDATE SET {col} = excluded.{col}",
+                    names.join(", "),
+                    marks.join(", ")
+                ),
+                rusqlite::params_from_iter(params),
+            )?;
+        }
+        Write::Rekey(k, to) => {
+            let set: Vec<String> =
+                keys.iter().enumerate().map(|(i, c)| format!("{} = ?{}", q(&c.0), keys.len() + i + 1)).collect();
+            let params: Vec<&Cell> = k.iter().chain(to).collect();
+            // A key another row holds: the app's write fails, as it would without dimple.
+            match conn.execute(
+                &format!("UPDATE {t} SET {} WHERE {key_where}", set.join(", ")),
+                rusqlite::params_from_iter(params),
+            ) {
+                Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         Write::Update(k, i, v) | Write::UpdateAdded(k, i, v) => {
             let col = match w {
