@@ -110,25 +110,30 @@ pub fn validate(info: &TableInfo, allow_integer_key: bool) -> Result<()> {
 /// table but two rows of the group (a row's id in the log is its key's bytes),
 /// and two replicas that wrote both would each keep a different one, silently.
 pub fn validate_key_collation(conn: &Connection, table: &str) -> Result<()> {
-    // The primary key's index says how its columns compare; a rowid alias
-    // (INTEGER PRIMARY KEY) has none and compares as numbers.
-    let index: Option<String> = conn
-        .query_row("SELECT name FROM pragma_index_list(?1) WHERE origin = 'pk'", [table], |r| r.get(0))
-        .optional()?;
-    let Some(index) = index else { return Ok(()) };
-    let odd: Option<(String, String)> = conn
-        .query_row(
-            "SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 AND upper(coll) <> 'BINARY' ORDER BY seqno",
-            [&index],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    match odd {
+    match key_collation(conn, table)? {
         None => Ok(()),
         Some((column, coll)) => Err(Error::Invalid(format!(
             "table {table}: key column {column} compares with COLLATE {coll}, under which two different keys can be one row here and two rows on other devices, which would then disagree; declare the key without a collation (BINARY) and normalize keys in the app if it wants them case-insensitive"
         ))),
     }
+}
+
+/// The first key column of `table` that compares by a collation other than
+/// BINARY, and that collation.
+pub fn key_collation(conn: &Connection, table: &str) -> Result<Option<(String, String)>> {
+    // The primary key's index says how its columns compare; a rowid alias
+    // (INTEGER PRIMARY KEY) has none and compares as numbers.
+    let index: Option<String> = conn
+        .query_row("SELECT name FROM pragma_index_list(?1) WHERE origin = 'pk'", [table], |r| r.get(0))
+        .optional()?;
+    let Some(index) = index else { return Ok(None) };
+    Ok(conn
+        .query_row(
+            "SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 AND upper(coll) <> 'BINARY' ORDER BY seqno",
+            [&index],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
 }
 
 pub(crate) fn key_expr(info: &TableInfo, row: &str) -> String {

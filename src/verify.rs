@@ -52,6 +52,15 @@ pub enum Difference {
         table: String,
         key: String,
     },
+    /// A table tracked before `track` refused keys that compare by a collation
+    /// other than BINARY: two keys that differ only in what the collation
+    /// ignores are one row here and two in the group, and replicas that wrote
+    /// both keep different rows. Only the app can fix it (a BINARY key).
+    KeyCollation {
+        table: String,
+        column: String,
+        collation: String,
+    },
     /// A row whose foreign key names no parent (SQLite's `foreign_key_check`):
     /// per-row last-writer-wins can leave an orphan when one replica deletes a
     /// parent while another adds a child (see the merge rules).
@@ -104,6 +113,10 @@ impl std::fmt::Display for Difference {
             Difference::KeyCannotSync { table, key } => {
                 write!(f, "{table}: a row whose key ({key}) cannot sync: NULL, a blob, text that is not UTF-8, or not of the key's type")
             }
+            Difference::KeyCollation { table, column, collation } => write!(
+                f,
+                "{table}: key column {column} compares with COLLATE {collation}, under which two different keys can be one row here and two rows on other devices, which then disagree; untrack {table} and give it a key without a collation"
+            ),
             Difference::ForeignKey { table, rowid, parent } => match rowid {
                 Some(rowid) => write!(f, "{table} (rowid {rowid}): foreign key names no row of {parent}"),
                 None => write!(f, "{table}: a row's foreign key names no row of {parent}"),
@@ -312,6 +325,9 @@ fn check_all(conn: &Connection) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
     for table in track::tracked_names(conn)? {
         let Some(info) = track::inspect(conn, &table)? else { continue };
+        if let Some((column, collation)) = track::key_collation(conn, &table)? {
+            out.push(Difference::KeyCollation { table: table.clone(), column, collation });
+        }
         out.extend(unsyncable_keys(conn, &info)?);
         out.extend(orphans(conn, &table)?);
         let log = winners(conn, &table)?;

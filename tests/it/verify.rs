@@ -319,3 +319,29 @@ fn a_damaged_record_of_the_log_is_named_by_verify_and_not_repaired() -> TestResu
 fn dimple_record_reads(c: &rusqlite::Connection, record: &[u8]) -> bool {
     c.query_row("SELECT count(*) FROM dimple_cells(?1)", [record], |r| r.get::<_, i64>(0)).is_ok()
 }
+
+/// A table tracked before `track` refused keys that compare by a collation
+/// (an older build tracked it) is a finding: 'A' and 'a' are one row here and
+/// two in the group, and replicas that wrote both disagree.
+#[test]
+fn a_tracked_key_that_compares_by_a_collation_is_a_finding() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    a.conn().execute_batch("CREATE TABLE tags(id TEXT COLLATE NOCASE PRIMARY KEY, v)")?;
+    assert!(a.track("tags", false).is_err(), "this build refuses it");
+    // As an older build tracked it.
+    let info = dimple::track::inspect(a.conn(), "tags")?.expect("the table is there");
+    dimple::track::install(a.conn(), &info, true, "2026-11-01T00:00:00Z")?;
+    a.conn().execute("INSERT INTO tags VALUES ('A', 1)", [])?;
+    let findings = dimple::verify::check(&mut a)?;
+    assert_eq!(
+        findings,
+        vec![dimple::verify::Difference::KeyCollation {
+            table: "tags".into(),
+            column: "id".into(),
+            collation: "NOCASE".into()
+        }]
+    );
+    assert!(findings[0].to_string().contains("untrack tags"), "{}", findings[0]);
+    Ok(())
+}
