@@ -362,14 +362,12 @@ impl Recorder<'_, '_> {
                 None => 0,
             };
             if left == 0 {
-                conn.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [self.me, &origin])?;
+                crate::problems::clear_local(conn, self.me, &origin)?;
             }
         }
         Ok(())
     }
-}
 
-impl Recorder<'_, '_> {
     /// A tracked table the app renamed keeps its capture triggers (SQLite
     /// moves them with it): its writes go on syncing under the old name, and
     /// changes from other replicas for that name wait, unapplied, for a table
@@ -392,10 +390,7 @@ impl Recorder<'_, '_> {
                 );
                 crate::problems::record_local(self.conn, self.me, &origin, &reason, now)?;
             }
-            None if open.contains(&origin) => {
-                self.conn
-                    .execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [self.me, &origin])?;
-            }
+            None if open.contains(&origin) => crate::problems::clear_local(self.conn, self.me, &origin)?,
             None => {}
         }
         Ok(())

@@ -35,6 +35,12 @@ pub fn record_local(conn: &Connection, me: &str, origin: &str, reason: &str, now
     upsert(conn, me, origin, reason, now)
 }
 
+/// Clears what [`record_local`] recorded from `origin`, once its cause is gone.
+pub fn clear_local(conn: &Connection, me: &str, origin: &str) -> Result<()> {
+    conn.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [me, origin])?;
+    Ok(())
+}
+
 /// The replicas that have problems now.
 pub fn replicas(conn: &Connection) -> Result<std::collections::BTreeSet<String>> {
     let mut stmt = conn.prepare("SELECT DISTINCT replica FROM ZV_PROBLEM")?;

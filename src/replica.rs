@@ -336,7 +336,7 @@ impl Replica {
         }
         // Its rows and its name are no longer this replica's to sync.
         for origin in [changelog::bad_key_origin(table), changelog::renamed_origin(table)] {
-            tx.execute("DELETE FROM ZV_PROBLEM WHERE replica = ?1 AND object_key = ?2", [&self.id, &origin])?;
+            crate::problems::clear_local(&tx, &self.id, &origin)?;
         }
         tx.commit()?;
         Ok(())

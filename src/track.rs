@@ -113,9 +113,17 @@ pub fn validate_key_collation(conn: &Connection, table: &str) -> Result<()> {
     match key_collation(conn, table)? {
         None => Ok(()),
         Some((column, coll)) => Err(Error::Invalid(format!(
-            "table {table}: key column {column} compares with COLLATE {coll}, under which two different keys can be one row here and two rows on other devices, which would then disagree; declare the key without a collation (BINARY) and normalize keys in the app if it wants them case-insensitive"
+            "{}; declare the key without a collation (BINARY) and normalize keys in the app if it wants them case-insensitive",
+            key_collation_risk(table, &column, &coll)
         ))),
     }
+}
+
+/// What a key collation other than BINARY does, as `track` and `verify` say it.
+pub fn key_collation_risk(table: &str, column: &str, collation: &str) -> String {
+    format!(
+        "table {table}: key column {column} compares with COLLATE {collation}, under which two different keys can be one row here and two rows on other devices, which would then disagree"
+    )
 }
 
 /// The first key column of `table` that compares by a collation other than
@@ -185,8 +193,8 @@ pub fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<String
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
+    let n = info.key_columns.len();
     while let Some(r) = rows.next()? {
-        let n = info.key_columns.len();
         let utf8 = (1..=n).all(|i| match r.get_ref(i) {
             Ok(rusqlite::types::ValueRef::Text(t)) => std::str::from_utf8(t).is_ok(),
             _ => true,

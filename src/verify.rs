@@ -115,7 +115,8 @@ impl std::fmt::Display for Difference {
             }
             Difference::KeyCollation { table, column, collation } => write!(
                 f,
-                "{table}: key column {column} compares with COLLATE {collation}, under which two different keys can be one row here and two rows on other devices, which then disagree; untrack {table} and give it a key without a collation"
+                "{}; untrack {table} and give it a key without a collation",
+                track::key_collation_risk(table, column, collation)
             ),
             Difference::ForeignKey { table, rowid, parent } => match rowid {
                 Some(rowid) => write!(f, "{table} (rowid {rowid}): foreign key names no row of {parent}"),

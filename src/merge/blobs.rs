@@ -106,19 +106,17 @@ impl Merger<'_> {
     fn write_bytes(&self, info: &TableInfo, key: &[Value], column: &str, r: &Ref, file: &Path) -> Result<()> {
         let t = ident(&info.name);
         let where_key = super::key_where(info, 1);
-        let found = match rowid_name(info) {
-            Some(name) => self
-                .conn
-                .prepare_cached(&format!("SELECT {name} FROM {t} WHERE {where_key}"))
-                .and_then(|mut s| s.query_row(rusqlite::params_from_iter(key), |row| row.get(0)).optional())
-                .map(|id| (name, id)),
-            None => Err(rusqlite::Error::InvalidQuery),
-        };
-        let (rowid_name, rowid): (&str, Option<i64>) = match found {
-            Ok(found) => found,
+        // A query that fails is a table WITHOUT ROWID.
+        let found: Option<(&str, Option<i64>)> = rowid_name(info).and_then(|name| {
+            let sql = format!("SELECT {name} FROM {t} WHERE {where_key}");
+            let mut stmt = self.conn.prepare_cached(&sql).ok()?;
+            stmt.query_row(rusqlite::params_from_iter(key), |row| row.get(0)).optional().ok().map(|id| (name, id))
+        });
+        let (rowid_name, rowid) = match found {
+            Some(found) => found,
             // WITHOUT ROWID, or every name of the rowid taken by a column: no
             // blob handle; the value is written whole.
-            Err(_) => {
+            None => {
                 let v = read_value(file, r)?;
                 let sql = format!("UPDATE {t} SET {} = ?{} WHERE {where_key}", ident(column), key.len() + 1);
                 let mut params: Vec<&dyn ToSql> = key.iter().map(|k| k as &dyn ToSql).collect();
