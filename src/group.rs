@@ -350,8 +350,8 @@ pub async fn ensure_empty(store: &dyn Store) -> Result<()> {
 /// Writes `group.json` (create-only) and the passphrase grant of a new group.
 async fn start(r: &mut Replica, store: &dyn Store, passphrase: Option<&str>) -> Result<Keyring> {
     ensure_empty(store).await?;
-    let group = r.hlc.tick();
-    let epoch = r.hlc.tick();
+    let group = r.new_id()?;
+    let epoch = r.new_id()?;
     let mut ring = Keyring::new(group);
     ring.insert(epoch, GroupKey::random());
     let file = GroupFile { format: FORMAT, group: group.to_string() };
@@ -761,7 +761,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         }
         revoked.push(full);
     }
-    let epoch = r.hlc.tick();
+    let epoch = r.new_id()?;
     ring.insert(epoch, GroupKey::random());
     let mut granted = Vec::new();
     for c in &cards {

@@ -305,6 +305,19 @@ impl Replica {
         Ok(trust::public_b64(self.signing_key()?))
     }
 
+    /// A new id from the replica's clock, saved before it names anything: a
+    /// snapshot or a key epoch is named by one in the bucket, and an id given
+    /// again (after a restart on a clock set back, or by another process on this
+    /// file) would name two things.
+    pub(crate) fn new_id(&mut self) -> Result<uuid::Uuid> {
+        let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.hlc.observe_persisted(&tx)?;
+        let id = self.hlc.tick();
+        changelog::save_clock(&tx, &self.hlc)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
     /// Starts capturing writes to `table`. Rows already in it are recorded as
     /// inserts; changes for it that arrived before (from replicas that track it)
     /// are applied now.

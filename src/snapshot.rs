@@ -329,7 +329,7 @@ pub async fn seed(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<C
 }
 
 async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grace: Duration) -> Result<CompactReport> {
-    let snapshot_id = r.hlc.tick().to_string();
+    let snapshot_id = r.new_id()?.to_string();
     let path = r.side().file(&format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
     let counts = match counts {

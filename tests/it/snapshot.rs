@@ -268,3 +268,23 @@ fn a_write_on_a_clone_wins_over_everything_its_snapshot_holds() -> TestResult {
     assert_eq!((a_of(&c), a_of(&a)), (2, 2), "the clone's write is the newest");
     Ok(())
 }
+
+/// A snapshot is named by an id of the replica's clock: the id is kept before
+/// it names anything, so a replica opened again on a clock that has not moved
+/// (or was set back) never names a second snapshot like the first.
+#[test]
+fn a_replica_opened_again_on_a_clock_set_back_names_its_next_snapshot_anew() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    write(&mut a, "k", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    let first = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    drop(a);
+    g.clock.set(dimple::clock::Clock::now_ms(&g.clock) - 1_000);
+    let mut a = g.reopen("a");
+    let second = block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    assert!(second.snapshot_id > first.snapshot_id, "{} after {}", second.snapshot_id, first.snapshot_id);
+    assert!(second.published);
+    Ok(())
+}
