@@ -25,14 +25,67 @@ use rusqlite::{params, TransactionBehavior};
 /// replicas whose cursor moved forward (empty: the snapshot did not help).
 pub async fn from_snapshot(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Vec<String>> {
     let Some((pointer, _)) = snapshot::latest(store, codec).await? else { return Ok(Vec::new()) };
+    Ok(merge_published(r, store, codec, &pointer).await?.moved)
+}
+
+/// The published snapshot as a compaction about to replace it found it.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The snapshot LATEST.json named, which the new one may replace (None:
+    /// there was none).
+    pub snapshot_id: Option<String>,
+    /// The members it covers further than this replica has applied and whose
+    /// changes this replica does not take (held, revoked, another key).
+    pub behind: Vec<String>,
+}
+
+/// Before `r` publishes a snapshot in place of the published one. Batches may
+/// have been pruned under that one: they are in no chain any more, and only it
+/// covers them, so the new snapshot must cover every member at least as far.
+/// Merges it for the members it covers further, as a pull that met the pruned
+/// batches would, and says which it still covers further. A replica's own
+/// snapshot needs no look (its cursors only move forward), and one that cannot
+/// be read or fails its checks covers nothing anyone could catch up from: it is
+/// replaced.
+pub async fn before_compacting(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Published> {
+    let Some((pointer, _)) = snapshot::latest(store, codec).await? else { return Ok(Published::default()) };
+    let mut published = Published { snapshot_id: Some(pointer.snapshot_id.clone()), behind: Vec::new() };
+    if pointer.source_replica == r.id() {
+        return Ok(published);
+    }
+    match merge_published(r, store, codec, &pointer).await {
+        Ok(merged) => published.behind = merged.behind,
+        Err(Error::BadData { origin, reason }) => {
+            tracing::warn!("the published snapshot is replaced, it cannot be used: {origin}: {reason}")
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(published)
+}
+
+/// What merging a snapshot did.
+#[derive(Default)]
+struct Merged {
+    /// The members whose cursor moved forward.
+    moved: Vec<String>,
+    /// The members it covers further that were not taken.
+    behind: Vec<String>,
+}
+
+async fn merge_published(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    pointer: &snapshot::Pointer,
+) -> Result<Merged> {
     pointer.verify_source(store, codec, &crate::layout::snapshot_pointer_key()).await?;
-    let path = clone::download(r, store, codec, &pointer).await?;
+    let path = clone::download(r, store, codec, pointer).await?;
     let out = merge_file(r, &path, &pointer.key);
     let _ = std::fs::remove_file(&path);
     out
 }
 
-fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<Vec<String>> {
+fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<Merged> {
     clone::inspect(path, origin)?;
     r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
     let out = merge_attached(r, origin);
@@ -40,11 +93,11 @@ fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<V
     out
 }
 
-fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
+fn merge_attached(r: &mut Replica, origin: &str) -> Result<Merged> {
     let me = r.id().to_owned();
     let mode = crate::trust::mode(&r.sync)?;
     if !crate::sql::has_table(&r.sync, "snap", "ZV_AUTHOR")? {
-        return Ok(Vec::new()); // a snapshot of an older build: replay is the only way
+        return Ok(Merged::default()); // a snapshot of an older build: replay is the only way
     }
     type Cursor = (String, Option<String>, Option<String>, Option<String>, Option<String>, i64);
     let cursors: Vec<Cursor> = r
@@ -55,6 +108,7 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut moved = Vec::new();
+    let mut behind = Vec::new();
     for (id, key, batch_id, sha, last, count) in cursors {
         if id == me {
             continue;
@@ -69,10 +123,12 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
         };
         if accepted && same_key && ahead && key.is_some() {
             moved.push((id, key, batch_id, sha, last, count));
+        } else if ahead {
+            behind.push(id);
         }
     }
     if moved.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Merged { moved: Vec::new(), behind });
     }
     let tx = r.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
     r.hlc.observe_persisted(&tx)?;
@@ -123,5 +179,5 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Vec<String>> {
     }
     crate::changelog::save_clock(&tx, &r.hlc)?;
     tx.commit()?;
-    Ok(moved.into_iter().map(|m| m.0).collect())
+    Ok(Merged { moved: moved.into_iter().map(|m| m.0).collect(), behind })
 }

@@ -278,7 +278,15 @@ pub async fn compact_with(
     // Clones check the snapshot's signature against the key the source publishes.
     let codec = crate::group::prepare(r, store, false).await?;
     crate::sync::publish_descriptor(r, store, &codec).await?;
-    let mut report = write_and_point(r, store, &codec, grace).await?;
+    let published = crate::catchup::before_compacting(r, store, &codec).await?;
+    if !published.behind.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the published snapshot covers {} member(s) further than this replica has applied, whose changes it does not take ({}): a snapshot from here would lose the batches pruned under that one; compact on a member that applies them",
+            published.behind.len(),
+            published.behind.join(", ")
+        )));
+    }
+    let mut report = write_and_point(r, store, &codec, grace, published.snapshot_id.as_deref()).await?;
     if prune_batches && report.published {
         report.pruned_batches = prune_covered(r, store, &report.covered, grace).await?;
     }
@@ -325,10 +333,18 @@ async fn prune_covered(
 pub async fn seed(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<CompactReport> {
     r.capture()?;
     crate::sync::put_descriptor(r, store, codec).await?;
-    write_and_point(r, store, codec, Duration::MAX).await
+    write_and_point(r, store, codec, Duration::MAX, None).await
 }
 
-async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grace: Duration) -> Result<CompactReport> {
+/// Writes the snapshot and points LATEST.json at it in place of the snapshot
+/// `replaces` (None: in place of none), which the caller made sure it covers.
+async fn write_and_point(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    grace: Duration,
+    replaces: Option<&str>,
+) -> Result<CompactReport> {
     let snapshot_id = r.new_id()?.to_string();
     let path = r.side().file(&format!("snapshot-{snapshot_id}.db"));
     let counts = write_file(r, &path, &snapshot_id);
@@ -373,6 +389,9 @@ async fn write_and_point(r: &mut Replica, store: &dyn Store, codec: &Codec, grac
     let current = latest(store, codec).await?;
     let published = match &current {
         Some((p, _)) if p.snapshot_id >= snapshot_id => false,
+        // Published since this replica made sure it covers the one it replaces:
+        // the other may cover members further.
+        Some((p, _)) if Some(p.snapshot_id.as_str()) != replaces => false,
         _ => {
             let mode = match current {
                 Some((_, etag)) => PutMode::Update(etag),

@@ -109,3 +109,75 @@ fn compaction_with_pruning_keeps_the_bucket_bounded() -> TestResult {
     assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
     Ok(())
 }
+
+/// A member behind the published snapshot that compacts (here before it
+/// pulled) must not publish a snapshot covering less: the batches pruned
+/// under the newer one would be in no snapshot and no chain, and every replica
+/// behind them, the compactor included, could never catch up.
+#[test]
+fn a_compaction_by_a_member_behind_the_published_snapshot_strands_no_batch() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b, mut c) = (g.replica("a"), g.replica("b"), g.replica("c"));
+    a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut c);
+    for i in 1..4 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'y', 1.5)", rusqlite::params![format!("k{i}"), i])?;
+        a.conn().execute("UPDATE t SET a = a + 10 WHERE id = 'k0'", [])?;
+        sync(&g, &mut a);
+    }
+    sync(&g, &mut b);
+    let first = compact_and_prune(&g, &mut b, Duration::ZERO);
+    assert_eq!(first.pruned_batches.len(), 4, "every batch of a: {:?}", first.pruned_batches);
+    // c has a's first batch only, and compacts before it pulls.
+    c.conn().execute("INSERT INTO t VALUES ('from-c', 7, 'c', 2.5)", [])?;
+    compact_and_prune(&g, &mut c, Duration::ZERO);
+    let back = sync(&g, &mut c);
+    assert!(back.pull.problems.is_empty(), "{:?}", back.pull.problems);
+    for r in [&mut a, &mut b] {
+        let report = sync(&g, r);
+        assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    }
+    assert_eq!(rows(c.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(a.conn(), "t").len(), 5);
+    let (d, _) = block_on(dimple::clone::clone(&g.bucket_url(), &g.db("d"), Some("d"), g.opts(), &g.store(), &|_| {}))?;
+    assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"), "a new member gets every write");
+    assert!(dimple::verify::check(&mut c)?.is_empty());
+    Ok(())
+}
+
+/// The same, by a member that does not take the changes the published snapshot
+/// covers further (here: it revoked their author). It could never cover them,
+/// so it refuses to compact, says why, and the bucket stays as it was.
+#[test]
+fn a_member_that_does_not_take_what_the_published_snapshot_covers_refuses_to_compact() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b, mut c) = (g.replica("a"), g.replica("b"), g.replica("c"));
+    a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut c);
+    dimple::trust::set_replica(c.conn(), a.id(), dimple::trust::REVOKED)?;
+    a.conn().execute("INSERT INTO t VALUES ('k1', 1, 'y', 1.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    let published = compact_and_prune(&g, &mut b, Duration::ZERO);
+    let before: Vec<String> =
+        block_on(dimple::store::list_all(&g.store(), "", None))?.into_iter().map(|m| m.key).collect();
+    let Err(err) = block_on(dimple::snapshot::compact_with(&mut c, &g.store(), Duration::ZERO, true)) else {
+        panic!("compacted over a snapshot covering more")
+    };
+    let message = err.to_string();
+    assert!(message.contains(a.id()) && message.contains("published snapshot"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
+    let after: Vec<String> =
+        block_on(dimple::store::list_all(&g.store(), "", None))?.into_iter().map(|m| m.key).collect();
+    let new: Vec<&String> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert!(new.iter().all(|k| k.starts_with("replicas/")), "nothing but its descriptor written: {new:?}");
+    assert_eq!(before.iter().filter(|k| !after.contains(k)).count(), 0, "nothing deleted");
+    let (d, report) =
+        block_on(dimple::clone::clone(&g.bucket_url(), &g.db("d"), Some("d"), g.opts(), &g.store(), &|_| {}))?;
+    assert_eq!(report.snapshot.as_deref(), Some(published.snapshot_id.as_str()));
+    assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
