@@ -15,6 +15,7 @@ mod export;
 mod fidelity;
 mod fuzz;
 mod hostile;
+mod lifecycle;
 mod merge_rules;
 mod requests;
 mod retention;

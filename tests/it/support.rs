@@ -131,28 +131,34 @@ pub fn open_plain(path: &Path) -> rusqlite::Connection {
 /// greatest id wins; a row exists when its `*` winner is `true`; its columns are
 /// their winners (NULL when never written). Computed from a log, for table `t`.
 pub fn model_of_log(conn: &rusqlite::Connection, columns: &[&str]) -> Vec<Row> {
-    let mut stmt =
-        conn.prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'").unwrap();
-    let mut winners: BTreeMap<(String, String), (String, Option<String>)> = BTreeMap::new();
-    let changes = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?))
-        })
+    let mut stmt = conn
+        .prepare("SELECT entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't' ORDER BY id")
         .unwrap();
-    for c in changes {
-        let (id, entity, attr, value) = c.unwrap();
-        let slot = winners.entry((entity, attr)).or_insert_with(|| (String::new(), None));
-        if id > slot.0 {
-            *slot = (id, value);
-        }
+    let changes = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
+    model_of_changes(changes.iter().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), columns)
+}
+
+/// [`model_of_log`] of changes given in ascending id order: (entity, attribute,
+/// encoded new value).
+pub fn model_of_changes<'a>(
+    in_id_order: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+    columns: &[&str],
+) -> Vec<Row> {
+    // The last change of each (entity, attribute) in id order has the greatest id.
+    let mut winners: BTreeMap<(&str, &str), Option<&str>> = BTreeMap::new();
+    for (entity, attr, value) in in_id_order {
+        winners.insert((entity, attr), value);
     }
     let mut out = Vec::new();
-    for ((entity, attr), (_, v)) in &winners {
-        if attr == "*" && v.as_deref() == Some("true") {
-            let mut row = vec![Cell::Text(entity.clone().into_bytes())];
+    for (&(entity, attr), v) in &winners {
+        if attr == "*" && *v == Some("true") {
+            let mut row = vec![Cell::Text(entity.as_bytes().to_vec())];
             for col in columns {
-                let w = winners.get(&(entity.clone(), col.to_string()));
-                row.push(match w.and_then(|w| w.1.as_deref()) {
+                row.push(match winners.get(&(entity, *col)).copied().flatten() {
                     Some(enc) => dimple::value::decode(enc).unwrap(),
                     None => Cell::Null,
                 });

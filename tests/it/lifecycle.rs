@@ -1,0 +1,285 @@
+//! Property: no write is ever left behind over a group's whole life. Replicas
+//! write through both capture paths and sync in any order, as in `convergence`;
+//! besides, at random moments one prunes its superseded history (horizon now),
+//! one compacts the bucket (a snapshot, and sometimes the batches it covers
+//! deleted), a new member joins as a clone, and a replica is closed and opened
+//! again. Whatever happened, once everyone has synced every replica holds the
+//! merge rules applied to every change any replica ever captured (collected
+//! as they were captured, so a pruned change still counts), `verify` finds
+//! nothing and no problem is open.
+
+use crate::support::*;
+use dimple::clock::ManualClock;
+use dimple::retention::Retention;
+use dimple::store::{Metered, Store};
+use dimple::{Options, Replica};
+use proptest::prelude::*;
+use rusqlite::types::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const COLUMNS: [&str; 3] = ["a", "b", "c"];
+/// Replicas at the start; joins add up to `MAX - START` more.
+const START: usize = 3;
+const MAX: usize = 5;
+
+#[derive(Debug, Clone)]
+enum Write {
+    Insert(Value, Value),
+    Set(&'static str, Value),
+    Upsert(Value),
+    Delete,
+    ChangeKey(u8),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        replica: usize,
+        key: u8,
+        write: Write,
+        via_api: bool,
+    },
+    Sync(usize),
+    Push(usize),
+    Pull(usize),
+    Tick(u64),
+    /// Prune superseded history older than now (retention of 0 days).
+    Prune(usize),
+    /// A snapshot, and with `true` the batches it covers deleted (no grace).
+    Compact(usize, bool),
+    /// A new member, cloned from the bucket.
+    Join,
+    /// The replica closed and opened again.
+    Reopen(usize),
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Integer),
+        any::<f64>().prop_filter("NaN is stored as NULL", |f| !f.is_nan()).prop_map(Value::Real),
+        "[a-z]{0,3}".prop_map(Value::Text),
+        proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
+    ]
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        (value(), value()).prop_map(|(a, c)| Write::Insert(a, c)),
+        (prop::sample::select(COLUMNS.to_vec()), value()).prop_map(|(col, v)| Write::Set(col, v)),
+        value().prop_map(Write::Upsert),
+        Just(Write::Delete),
+        (0u8..4).prop_map(Write::ChangeKey),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..MAX, 0u8..4, write(), any::<bool>())
+            .prop_map(|(replica, key, write, via_api)| Op::Write { replica, key, write, via_api }),
+        2 => (0..MAX).prop_map(Op::Sync),
+        1 => (0..MAX).prop_map(Op::Push),
+        1 => (0..MAX).prop_map(Op::Pull),
+        2 => (0u64..100).prop_map(Op::Tick),
+        1 => (0..MAX).prop_map(Op::Prune),
+        1 => (0..MAX, any::<bool>()).prop_map(|(i, prune)| Op::Compact(i, prune)),
+        1 => Just(Op::Join),
+        1 => (0..MAX).prop_map(Op::Reopen),
+    ]
+}
+
+fn run_write(conn: &rusqlite::Connection, key: u8, w: &Write) {
+    let k = format!("k{key}");
+    // Constraint failures (inserting a key that exists) are the app's business:
+    // they write nothing, and nothing must be captured.
+    let _ = match w {
+        Write::Insert(a, c) => conn.execute("INSERT INTO t(id, a, c) VALUES (?1, ?2, ?3)", rusqlite::params![k, a, c]),
+        Write::Set(col, v) => conn.execute(&format!("UPDATE t SET {col} = ?2 WHERE id = ?1"), rusqlite::params![k, v]),
+        Write::Upsert(b) => conn.execute(
+            "INSERT INTO t(id, b) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET b = excluded.b",
+            rusqlite::params![k, b],
+        ),
+        Write::Delete => conn.execute("DELETE FROM t WHERE id = ?1", [k]),
+        Write::ChangeKey(to) => {
+            conn.execute("UPDATE t SET id = ?2 WHERE id = ?1", rusqlite::params![k, format!("k{to}")])
+        }
+    };
+}
+
+/// One member: its replica, its clock, and the app's own connection.
+struct Member {
+    name: String,
+    clock: ManualClock,
+    replica: Replica,
+    app: rusqlite::Connection,
+}
+
+impl Member {
+    fn opts(&self) -> Options {
+        Options { clock: Arc::new(self.clock.clone()), ..Options::default() }
+    }
+}
+
+/// Every change of table `t` the replica's log holds, by id: (row, column,
+/// encoded value).
+type Changes = BTreeMap<String, (String, String, Option<String>)>;
+
+fn collect(conn: &rusqlite::Connection, into: &mut Changes) {
+    let mut stmt =
+        conn.prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'").unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))).unwrap();
+    for row in rows {
+        let (id, change) = row.unwrap();
+        // Two replicas never give one id to different changes: the clock
+        // composes the replica into the id.
+        if let Some(seen) = into.get(&id) {
+            assert_eq!(seen, &change, "change {id} seen twice, differently");
+        }
+        into.insert(id, change);
+    }
+}
+
+fn has_table(conn: &rusqlite::Connection) -> bool {
+    conn.query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 't'", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn table_rows(conn: &rusqlite::Connection) -> Vec<Row> {
+    if has_table(conn) {
+        rows(conn, "t")
+    } else {
+        Vec::new()
+    }
+}
+
+fn check_own_log(m: &mut Member, seen: &mut Changes) -> Result<(), TestCaseError> {
+    m.replica.capture().unwrap();
+    collect(m.replica.conn(), seen);
+    prop_assert_eq!(model_of_log(m.replica.conn(), &COLUMNS), table_rows(m.replica.conn()), "replica {}", m.name);
+    Ok(())
+}
+
+fn live(g: &Group, store: &Metered<dyn Store>, skews: &[i64], ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let base = 1_750_000_000_000i64;
+    let clock_for = |i: usize| ManualClock::new((base + skews[i]) as u64);
+    let mut members: Vec<Member> = (0..START)
+        .map(|i| {
+            let clock = clock_for(i);
+            let name = format!("r{i}");
+            let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
+            let mut replica = Replica::init(&g.db(&name), Some(&g.bucket_url()), Some(&name), opts).unwrap();
+            replica.conn().execute_batch(TABLE_SQL).unwrap();
+            replica.track("t", false).unwrap();
+            let app = open_plain(&g.db(&name));
+            Member { name, clock, replica, app }
+        })
+        .collect();
+    let mut seen = Changes::new();
+    for op in ops {
+        let n = members.len();
+        match op {
+            Op::Write { replica, key, write, via_api } => {
+                let m = &mut members[replica % n];
+                // A clone made before anyone pushed has no table yet.
+                if !has_table(&m.app) {
+                    continue;
+                }
+                if via_api {
+                    m.replica
+                        .transaction(|tx| {
+                            run_write(tx, key, &write);
+                            Ok(())
+                        })
+                        .unwrap();
+                } else {
+                    run_write(&m.app, key, &write);
+                }
+                check_own_log(m, &mut seen)?;
+            }
+            Op::Sync(i) => {
+                let m = &mut members[i % n];
+                let report = block_on(dimple::sync(&mut m.replica, store)).unwrap();
+                prop_assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+                check_own_log(m, &mut seen)?;
+            }
+            Op::Push(i) => {
+                let m = &mut members[i % n];
+                block_on(dimple::push(&mut m.replica, store)).unwrap();
+            }
+            Op::Pull(i) => {
+                let m = &mut members[i % n];
+                block_on(dimple::pull(&mut m.replica, store)).unwrap();
+                check_own_log(m, &mut seen)?;
+            }
+            Op::Tick(ms) => members.iter().for_each(|m| m.clock.advance(ms)),
+            Op::Prune(i) => {
+                let m = &mut members[i % n];
+                collect(m.replica.conn(), &mut seen);
+                dimple::retention::set(m.replica.conn(), Retention::Days(0)).unwrap();
+                dimple::retention::prune(&mut m.replica).unwrap();
+                check_own_log(m, &mut seen)?;
+            }
+            Op::Compact(i, prune) => {
+                let m = &mut members[i % n];
+                block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune)).unwrap();
+                check_own_log(m, &mut seen)?;
+            }
+            Op::Join => {
+                if members.len() == MAX {
+                    continue;
+                }
+                let i = members.len();
+                let name = format!("r{i}");
+                let clock = clock_for(i);
+                let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
+                let (replica, _) =
+                    block_on(dimple::clone::clone(&g.bucket_url(), &g.db(&name), Some(&name), opts, store, &|_| {}))
+                        .unwrap();
+                let app = open_plain(&g.db(&name));
+                let mut m = Member { name, clock, replica, app };
+                check_own_log(&mut m, &mut seen)?;
+                members.push(m);
+            }
+            Op::Reopen(i) => {
+                let m = &mut members[i % n];
+                let opts = m.opts();
+                m.replica = Replica::open(&g.db(&m.name), opts).unwrap();
+                check_own_log(m, &mut seen)?;
+            }
+        }
+    }
+    // Everyone pushes, then everyone pulls, twice over.
+    for _ in 0..2 {
+        for m in &mut members {
+            let report = block_on(dimple::sync(&mut m.replica, store)).unwrap();
+            prop_assert!(report.pull.problems.is_empty(), "{}: {:?}", m.name, report.pull.problems);
+        }
+    }
+    let expected = model_of_changes(seen.values().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), &COLUMNS);
+    for m in &mut members {
+        prop_assert_eq!(table_rows(m.replica.conn()), expected.clone(), "replica {} left a write behind", m.name);
+        prop_assert!(dimple::status::status(&m.replica).unwrap().problems.is_empty(), "{}", m.name);
+        let found = dimple::verify::check(&mut m.replica).unwrap();
+        prop_assert!(found.is_empty(), "{}: {:?}", m.name, found);
+    }
+    Ok(())
+}
+
+fn scenario() -> impl Strategy<Value = (Vec<i64>, Vec<Op>)> {
+    (proptest::collection::vec(-500i64..500, MAX), proptest::collection::vec(op(), 10..60))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn no_write_is_left_behind_through_pruning_compaction_joins_and_restarts((skews, ops) in scenario()) {
+        let g = Group::new();
+        live(&g, &g.store(), &skews, ops)?;
+    }
+}
