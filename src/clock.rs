@@ -82,6 +82,17 @@ pub fn stamp_of(id: &Uuid) -> Stamp {
     Stamp { ms, counter: (hi << 30) | lo }
 }
 
+/// The least id of `node` that sorts after `id`, whoever issued `id`.
+pub fn after(id: &Uuid, node: u32) -> Uuid {
+    let s = stamp_of(id);
+    let next = if s.counter < COUNTER_MAX {
+        Stamp { ms: s.ms, counter: s.counter + 1 }
+    } else {
+        Stamp { ms: s.ms + 1, counter: 0 }
+    };
+    compose(next, node)
+}
+
 /// Parses an id from the log or from a bucket: canonical lowercase text, version 7.
 pub fn parse_id(s: &str) -> Option<Uuid> {
     let id = Uuid::from_bytes(crate::layout::uuid_bytes(s)?);
@@ -283,5 +294,24 @@ mod tests {
         let near = compose(Stamp { ms: 1_000 + DEFAULT_MAX_DRIFT_MS, counter: 0 }, 1);
         assert!(h.check_drift(&near).is_ok());
         assert_eq!(stamp_of(&h.state()).ms, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_id_after_another_sorts_after_it_and_no_stamp_lies_between(
+            ms in 0u64..(1 << 48) - 1,
+            counter in 0..=COUNTER_MAX,
+            node in proptest::prelude::any::<u32>(),
+            mine in proptest::prelude::any::<u32>(),
+        ) {
+            let id = compose(Stamp { ms, counter }, node);
+            let next = after(&id, mine);
+            proptest::prop_assert!(next > id);
+            proptest::prop_assert_eq!(next.get_version_num(), 7);
+            proptest::prop_assert_eq!(next.as_u128() as u32, mine);
+            let (a, b) = (stamp_of(&id), stamp_of(&next));
+            let successor = if a.counter == COUNTER_MAX { (a.ms + 1, 0) } else { (a.ms, a.counter + 1) };
+            proptest::prop_assert_eq!((b.ms, b.counter), successor);
+        }
     }
 }

@@ -668,6 +668,7 @@ pub struct Granted {
 
 /// Grants the group's keys to the waiting device whose id starts with `id`.
 pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Granted> {
+    take_new_grants(r, store).await?;
     let ring = member_keyring(r)?;
     let mut matching = Vec::new();
     for meta in list_all(store, layout::JOIN_PREFIX, None).await? {
@@ -708,6 +709,33 @@ pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Grant
     Ok(Granted { replica: full, key_fingerprint: trust::fingerprint(&c.public_key) })
 }
 
+/// A new epoch's id. Every device seals under the epoch of greatest id it holds,
+/// so a new epoch must sort above every epoch in the ring: one started by a
+/// member whose clock is behind another's would otherwise sort below an epoch the
+/// devices it revokes hold, and nobody would seal under it. Taken just above the
+/// newest rather than by moving the clock there: an epoch from a member whose
+/// clock runs far ahead must not carry this replica's change ids past the
+/// others' drift limit.
+fn next_epoch(r: &mut Replica, ring: &Keyring) -> Result<Uuid> {
+    let id = r.new_id()?;
+    Ok(match ring.newest() {
+        Some((newest, _)) if *newest >= id => clock::after(newest, id.as_u128() as u32),
+        _ => id,
+    })
+}
+
+/// Before a member passes keys on (a grant, a new epoch): every epoch granted
+/// to it since it last pulled. It passes on the keys it holds, so a device it
+/// grants would lack the newer epoch, and so would the passphrase grant a new
+/// epoch writes; and the cards members sealed under that epoch would not open
+/// for it, so a new epoch would leave them out.
+async fn take_new_grants(r: &mut Replica, store: &dyn Store) -> Result<()> {
+    match group_of(r)? {
+        Some(group) => accept_grants(r, store, &group).await,
+        None => Ok(()),
+    }
+}
+
 fn member_keyring(r: &Replica) -> Result<Keyring> {
     let ring = keyring(r)?;
     if ring.is_empty() {
@@ -735,6 +763,7 @@ pub struct Rekeyed {
 /// `passphrase` when given: without one the new epoch has no passphrase grant, so a
 /// revoked device that knew the old passphrase gains nothing).
 pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passphrase: Option<&str>) -> Result<Rekeyed> {
+    take_new_grants(r, store).await?;
     let mut ring = member_keyring(r)?;
     let me = r.id().to_owned();
     let mut revoked = Vec::new();
@@ -761,7 +790,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         }
         revoked.push(full);
     }
-    let epoch = r.new_id()?;
+    let epoch = next_epoch(r, &ring)?;
     ring.insert(epoch, GroupKey::random());
     let mut granted = Vec::new();
     for c in &cards {

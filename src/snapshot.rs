@@ -276,7 +276,8 @@ pub async fn compact_with(
 ) -> Result<CompactReport> {
     r.capture()?;
     // Clones check the snapshot's signature against the key the source publishes.
-    let codec = crate::group::prepare(r, store, false).await?;
+    // New grants first: the snapshot is sealed under the newest epoch.
+    let codec = crate::group::prepare(r, store, true).await?;
     crate::sync::publish_descriptor(r, store, &codec).await?;
     let published = crate::catchup::before_compacting(r, store, &codec).await?;
     if !published.behind.is_empty() {

@@ -522,7 +522,8 @@ pub async fn publish(r: &mut Replica, store: &dyn Store, mine: &Published) -> Re
     if !r.direction()?.pushes() {
         return Ok(false);
     }
-    let codec = crate::group::prepare(r, store, false).await?;
+    // New grants first: the digest is sealed under the newest epoch.
+    let codec = crate::group::prepare(r, store, true).await?;
     let key = layout::digest_key(r.id());
     let bytes = codec.encode(crate::codec::Kind::Digest, &key, serde_json::to_vec_pretty(mine).expect("serializes"))?;
     store.put(&key, bytes, PutMode::Overwrite).await?;

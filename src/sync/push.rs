@@ -22,11 +22,24 @@ use crate::FORMAT;
 use rusqlite::TransactionBehavior;
 
 pub async fn push(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
+    push_sealing(r, store, true).await
+}
+
+/// [`push`] right after a pull, which took in this device's new grants.
+pub(crate) async fn push_after_pull(r: &mut Replica, store: &dyn Store) -> Result<PushReport> {
+    push_sealing(r, store, false).await
+}
+
+/// A member takes in new grants before it seals anything (`refresh`), unless a
+/// pull just did: a member that pushes without pulling (the agent pushes as soon
+/// as the app writes) must not seal under an epoch a rekey has closed, which the
+/// devices it revoked can still open.
+async fn push_sealing(r: &mut Replica, store: &dyn Store, refresh: bool) -> Result<PushReport> {
     r.capture()?;
     if !r.direction()?.pushes() {
         return Ok(PushReport::default()); // pull-only: not a single put
     }
-    let codec = crate::group::prepare(r, store, false).await?;
+    let codec = crate::group::prepare(r, store, refresh).await?;
     publish_descriptor(r, store, &codec).await?;
     crate::schema::publish(r, store, &codec).await?;
     let mut report = PushReport::default();

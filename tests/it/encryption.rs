@@ -312,6 +312,108 @@ fn rekey_with_revoke_shuts_the_revoked_device_out_of_everything_written_after() 
     Ok(())
 }
 
+/// A member that pushes without pulling first (the agent pushes as soon as the
+/// app writes, and pulls on its interval) seals under the newest epoch all the
+/// same: the revoked device reads nothing it writes after the rekey, though the
+/// member's handle was open across it.
+#[test]
+fn a_member_that_pushes_or_compacts_without_pulling_after_a_rekey_seals_under_the_new_epoch() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let (mut b, mut c, mut d) = (join(&g, "b"), join(&g, "c"), join(&g, "d"));
+    write(&b, "before");
+    for r in [&mut a, &mut b, &mut c, &mut d] {
+        sync(&g, r);
+    }
+    assert!(has(&c, "before"));
+    block_on(group::rekey(&mut a, &g.store(), &[c.id().to_owned()], None))?;
+    write(&b, "pushed-after");
+    block_on(dimple::push(&mut b, &g.store()))?;
+    let report = sync(&g, &mut c);
+    assert!(!has(&c, "pushed-after"), "the revoked device read a push made after the rekey");
+    assert!(report.pull.problems.iter().any(|p| p.contains(b.id()) && p.contains("was not granted")));
+    sync(&g, &mut a);
+    assert!(has(&a, "pushed-after"), "the members read it");
+    // Compaction follows the new epoch too (d has not pulled since the rekey).
+    let snap = block_on(dimple::snapshot::compact(&mut d, &g.store(), Duration::ZERO))?;
+    assert!(snap.published);
+    let Err(err) = block_on(dimple::clone::clone_with_keys(
+        &g.bucket_url(),
+        &g.db("c2"),
+        Some("c2"),
+        g.opts(),
+        &g.store(),
+        &|_| {},
+        Some(dimple::group::keyring(&c)?),
+    )) else {
+        panic!("the revoked device's keys opened a snapshot written after the rekey")
+    };
+    assert!(err.to_string().contains("was not granted"), "{err}");
+    Ok(())
+}
+
+/// Devices seal under the epoch of greatest id they hold. A member whose clock
+/// is behind the one that started the last epoch starts the next one above it
+/// all the same: otherwise its epoch (revoking a device) would sort below one
+/// the revoked device holds, and everyone would go on sealing under that.
+#[test]
+fn a_rekey_by_a_member_whose_clock_is_behind_shuts_the_revoked_device_out() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let (mut b, mut c) = (join(&g, "b"), join(&g, "c"));
+    // b runs a minute behind a and c.
+    let slow = dimple::clock::ManualClock::new(dimple::clock::Clock::now_ms(&g.clock) - 60_000);
+    let opts = dimple::Options { clock: std::sync::Arc::new(slow), ..dimple::Options::default() };
+    drop(b);
+    b = Replica::open(&g.db("b"), opts)?;
+    block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    for r in [&mut a, &mut b, &mut c] {
+        sync(&g, r);
+    }
+    let done = block_on(group::rekey(&mut b, &g.store(), &[c.id().to_owned()], None))?;
+    let newest = |r: &Replica| group::status(r).unwrap().unwrap().newest_epoch.unwrap();
+    assert_eq!(newest(&b), done.epoch, "the new epoch is the newest where it was started");
+    write(&a, "after");
+    sync(&g, &mut a);
+    assert_eq!(newest(&a), done.epoch, "and where it was taken in");
+    sync(&g, &mut b);
+    assert!(has(&b, "after"));
+    sync(&g, &mut c);
+    assert!(!has(&c, "after"), "the revoked device read a write made after the rekey");
+    Ok(())
+}
+
+/// A member passes on the keys it holds: one that has not pulled since another
+/// started an epoch takes in its own grant of it before it grants a new device
+/// (which would otherwise never read what is sealed under that epoch) or starts
+/// an epoch itself (whose passphrase grant would otherwise lack it).
+#[test]
+fn a_member_behind_a_rekey_passes_on_every_epoch_when_it_grants_or_rekeys() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let mut b = join(&g, "b");
+    sync(&g, &mut b);
+    block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    write(&a, "sealed-under-the-new-epoch");
+    sync(&g, &mut a);
+    let mut d = request(&g, "d");
+    block_on(group::grant(&mut b, &g.store(), d.id()))?;
+    let report = sync(&g, &mut d);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert!(has(&d, "sealed-under-the-new-epoch"));
+    // a starts another epoch, and b one with a passphrase grant before pulling:
+    // a device joining by passphrase reads everything.
+    block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    write(&a, "later");
+    sync(&g, &mut a);
+    block_on(group::rekey(&mut b, &g.store(), &[], Some(PASS)))?;
+    let mut e = join(&g, "e");
+    let report = sync(&g, &mut e);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert!(has(&e, "sealed-under-the-new-epoch") && has(&e, "later"));
+    Ok(())
+}
+
 #[test]
 fn a_clone_from_an_encrypted_snapshot_equals_the_source() -> TestResult {
     let g = Group::new();
