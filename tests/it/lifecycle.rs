@@ -6,7 +6,8 @@
 //! again. Whatever happened, once everyone has synced every replica holds the
 //! merge rules applied to every change any replica ever captured (collected
 //! as they were captured, so a pruned change still counts), `verify` finds
-//! nothing and no problem is open.
+//! nothing and no problem is open. The same again in an encrypted group, whose
+//! members also start new key epochs at random moments.
 
 use crate::support::*;
 use dimple::clock::ManualClock;
@@ -53,7 +54,11 @@ enum Op {
     Join,
     /// The replica closed and opened again.
     Reopen(usize),
+    /// A new key epoch (encrypted groups; nobody revoked).
+    Rekey(usize),
 }
+
+const PASS: &str = "a passphrase for the whole group";
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -87,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX, any::<bool>()).prop_map(|(i, prune)| Op::Compact(i, prune)),
         1 => Just(Op::Join),
         1 => (0..MAX).prop_map(Op::Reopen),
+        1 => (0..MAX).prop_map(Op::Rekey),
     ]
 }
 
@@ -161,7 +167,13 @@ fn check_own_log(m: &mut Member, seen: &mut Changes) -> Result<(), TestCaseError
     Ok(())
 }
 
-fn live(g: &Group, store: &Metered<dyn Store>, skews: &[i64], ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn live(
+    g: &Group,
+    store: &Metered<dyn Store>,
+    skews: &[i64],
+    ops: Vec<Op>,
+    encrypted: bool,
+) -> Result<(), TestCaseError> {
     let base = 1_750_000_000_000i64;
     let clock_for = |i: usize| ManualClock::new((base + skews[i]) as u64);
     let mut members: Vec<Member> = (0..START)
@@ -172,6 +184,12 @@ fn live(g: &Group, store: &Metered<dyn Store>, skews: &[i64], ops: Vec<Op>) -> R
             let mut replica = Replica::init(&g.db(&name), Some(&g.bucket_url()), Some(&name), opts).unwrap();
             replica.conn().execute_batch(TABLE_SQL).unwrap();
             replica.track("t", false).unwrap();
+            if encrypted && i == 0 {
+                block_on(dimple::group::create(&mut replica, store, Some(PASS))).unwrap();
+            } else if encrypted {
+                let keys = block_on(dimple::group::unlock(store, PASS)).unwrap();
+                block_on(dimple::group::adopt(&mut replica, store, keys)).unwrap();
+            }
             let app = open_plain(&g.db(&name));
             Member { name, clock, replica, app }
         })
@@ -234,9 +252,18 @@ fn live(g: &Group, store: &Metered<dyn Store>, skews: &[i64], ops: Vec<Op>) -> R
                 let name = format!("r{i}");
                 let clock = clock_for(i);
                 let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
-                let (replica, _) =
-                    block_on(dimple::clone::clone(&g.bucket_url(), &g.db(&name), Some(&name), opts, store, &|_| {}))
-                        .unwrap();
+                let keys = encrypted.then(|| block_on(dimple::group::unlock(store, PASS)).unwrap());
+                let url = g.bucket_url();
+                let (replica, _) = block_on(dimple::clone::clone_with_keys(
+                    &url,
+                    &g.db(&name),
+                    Some(&name),
+                    opts,
+                    store,
+                    &|_| {},
+                    keys,
+                ))
+                .unwrap();
                 let app = open_plain(&g.db(&name));
                 let mut m = Member { name, clock, replica, app };
                 check_own_log(&mut m, &mut seen)?;
@@ -247,6 +274,12 @@ fn live(g: &Group, store: &Metered<dyn Store>, skews: &[i64], ops: Vec<Op>) -> R
                 let opts = m.opts();
                 m.replica = Replica::open(&g.db(&m.name), opts).unwrap();
                 check_own_log(m, &mut seen)?;
+            }
+            Op::Rekey(i) => {
+                if encrypted {
+                    let m = &mut members[i % n];
+                    block_on(dimple::group::rekey(&mut m.replica, store, &[], Some(PASS))).unwrap();
+                }
             }
         }
     }
@@ -280,6 +313,20 @@ proptest! {
     #[test]
     fn no_write_is_left_behind_through_pruning_compaction_joins_and_restarts((skews, ops) in scenario()) {
         let g = Group::new();
-        live(&g, &g.store(), &skews, ops)?;
+        live(&g, &g.store(), &skews, ops, false)?;
+    }
+}
+
+proptest! {
+    // Each member derives the passphrase's key (Argon2id): fewer cases.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(8),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn no_write_is_left_behind_in_an_encrypted_group_through_key_epochs((skews, ops) in scenario()) {
+        let g = Group::new();
+        live(&g, &g.store(), &skews, ops, true)?;
     }
 }
