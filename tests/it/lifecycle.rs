@@ -330,3 +330,17 @@ proptest! {
         live(&g, &g.store(), &skews, ops, true)?;
     }
 }
+
+proptest! {
+    // Each case makes real requests to the S3 test server: fewer cases.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_S3_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(3),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn no_write_is_left_behind_through_s3((skews, ops) in scenario()) {
+        let Some(g) = Group::on(Backend::S3, "lifecycle") else { return Ok(()) };
+        live(&g, &g.store(), &skews, ops, false)?;
+    }
+}
