@@ -78,7 +78,18 @@ async fn merge_published(
     codec: &Codec,
     pointer: &snapshot::Pointer,
 ) -> Result<Merged> {
-    pointer.verify_source(store, codec, &crate::layout::snapshot_pointer_key()).await?;
+    let origin = crate::layout::snapshot_pointer_key();
+    pointer.verify_source(store, codec, &origin).await?;
+    // The snapshot speaks for every author it covers: taken only from a source
+    // this replica applies itself, with the key pinned here if there is one.
+    let source = peers::get(&r.sync, &pointer.source_replica)?.unwrap_or_default();
+    let mode = crate::trust::mode(&r.sync)?;
+    if !source.trust.applied_in(mode) || source.public_key.as_ref().is_some_and(|k| *k != pointer.public_key) {
+        return Err(Error::bad(
+            &origin,
+            format!("snapshot from {}, whose changes this replica does not apply", pointer.source_replica),
+        ));
+    }
     let path = clone::download(r, store, codec, pointer).await?;
     let out = merge_file(r, &path, &pointer.key);
     let _ = std::fs::remove_file(&path);

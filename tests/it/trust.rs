@@ -164,3 +164,42 @@ fn the_private_key_never_appears_in_status_json() -> TestResult {
     assert!(!contains(&out.stdout, b64.as_bytes()) && !contains(&out.stdout, &raw));
     Ok(())
 }
+
+/// A snapshot speaks for every author it covers, so a replica catches up from
+/// one (after batches were pruned, or before it compacts) only if its source is
+/// a replica it applies. Here `c` holds the stranger `s` in explicit mode: `s`'s
+/// snapshot is not taken for `a`'s pruned batches until `c` trusts `s`, and `c`
+/// compacting replaces it rather than taking it in.
+#[test]
+fn a_snapshot_is_caught_up_from_only_when_its_source_is_applied_here() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut c, mut s) = (g.replica("a"), g.replica("c"), g.replica("s"));
+    trust::set_mode(c.conn(), TrustMode::Explicit)?;
+    write_and_push(&g, &mut a, "a1");
+    block_on(dimple::pull(&mut c, &g.store()))?;
+    trust::set_replica(c.conn(), a.id(), trust::TRUSTED)?;
+    block_on(dimple::pull(&mut c, &g.store()))?;
+    assert!(has(&c, "a1"));
+    write_and_push(&g, &mut a, "a2");
+    write_and_push(&g, &mut a, "a3");
+    block_on(dimple::sync(&mut s, &g.store()))?;
+    g.clock.advance(10);
+    block_on(dimple::snapshot::compact_with(&mut s, &g.store(), std::time::Duration::ZERO, true))?;
+    let report = block_on(dimple::pull(&mut c, &g.store()))?;
+    assert!(!has(&c, "a2"), "taken from a snapshot of a replica held here");
+    assert!(report.caught_up.is_empty());
+    assert!(report.problems.iter().any(|p| p.contains(s.id())), "{:?}", report.problems);
+    // Compacting here does not take it in either: it is replaced.
+    g.clock.advance(10);
+    let mine = block_on(dimple::snapshot::compact(&mut c, &g.store(), std::time::Duration::ZERO))?;
+    assert!(mine.published && !has(&c, "a2"));
+    // The pruned batches are lost to c until it trusts a source covering them.
+    g.clock.advance(10);
+    block_on(dimple::snapshot::compact(&mut s, &g.store(), std::time::Duration::ZERO))?;
+    trust::set_replica(c.conn(), s.id(), trust::TRUSTED)?;
+    let report = block_on(dimple::pull(&mut c, &g.store()))?;
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.caught_up, vec![a.id().to_owned()]);
+    assert!(has(&c, "a2") && has(&c, "a3"));
+    Ok(())
+}
