@@ -288,3 +288,71 @@ fn a_replica_opened_again_on_a_clock_set_back_names_its_next_snapshot_anew() -> 
     assert!(second.published);
     Ok(())
 }
+
+/// A store in which another compactor's pointer lands between a compaction's
+/// check of the published snapshot and its own publication: the second read of
+/// `LATEST.json` finds `lands` there.
+struct Overtaken {
+    inner: Box<dyn Store>,
+    reads: std::sync::atomic::AtomicUsize,
+    lands: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl Store for Overtaken {
+    async fn list_page(
+        &self,
+        p: &str,
+        a: Option<&str>,
+    ) -> dimple::store::StoreResult<(Vec<dimple::store::ObjectMeta>, bool)> {
+        self.inner.list_page(p, a).await
+    }
+    async fn get(&self, k: &str, i: Option<&str>) -> dimple::store::StoreResult<dimple::store::Got> {
+        if k == "snapshots/LATEST.json" && self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.inner.put(k, self.lands.clone(), dimple::store::PutMode::Overwrite).await?;
+        }
+        self.inner.get(k, i).await
+    }
+    async fn put(&self, k: &str, b: Vec<u8>, m: dimple::store::PutMode) -> dimple::store::StoreResult<String> {
+        self.inner.put(k, b, m).await
+    }
+    async fn delete(&self, k: &str) -> dimple::store::StoreResult<()> {
+        self.inner.delete(k).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Two compactors: `c` published a snapshot covering more after `a` checked the
+/// one it replaces, but with an older id (it started first). `a` leaves c's in
+/// place rather than publish one that may cover less.
+#[test]
+fn a_compaction_overtaken_after_its_check_leaves_the_other_snapshot_published() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let pointer = || dimple::store::get_bytes(&store, "snapshots/LATEST.json");
+    let (mut a, mut b, mut c) = (g.replica("a"), g.replica("b"), g.replica("c"));
+    write(&mut b, "b0", 0);
+    block_on(dimple::sync(&mut b, &store))?;
+    for r in [&mut a, &mut c] {
+        block_on(dimple::sync(r, &store))?;
+    }
+    block_on(dimple::snapshot::compact(&mut a, &store, WEEK))?;
+    let checked = block_on(pointer())?.0;
+    write(&mut b, "b1", 1);
+    block_on(dimple::sync(&mut b, &store))?;
+    block_on(dimple::sync(&mut c, &store))?;
+    g.clock.advance(5);
+    let ahead = block_on(dimple::snapshot::compact(&mut c, &store, WEEK))?;
+    let lands = block_on(pointer())?.0;
+    block_on(store.put("snapshots/LATEST.json", checked, dimple::store::PutMode::Overwrite))?;
+    g.clock.advance(5);
+    let overtaken = Overtaken { inner: g.raw_store(), reads: Default::default(), lands };
+    let report = block_on(dimple::snapshot::compact(&mut a, &overtaken, WEEK))?;
+    assert!(!report.published, "published over a snapshot it never checked");
+    assert!(report.snapshot_id > ahead.snapshot_id, "the id alone would have let it publish");
+    let now = dimple::snapshot::Pointer::parse(&block_on(pointer())?.0, "LATEST.json")?;
+    assert_eq!(now.snapshot_id, ahead.snapshot_id);
+    Ok(())
+}
