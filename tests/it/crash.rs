@@ -148,6 +148,71 @@ fn a_pull_interrupted_at_any_s3_call_is_finished_by_the_next_pull() {
     pull_faults(Backend::S3);
 }
 
+/// `compact --prune` by `a` with a fault at store call `n`, over a snapshot `c`
+/// published after pruning `a`'s first batches; `b` is behind all of it. Whatever
+/// the fault left (a snapshot uploaded but not published, a pointer moved, some
+/// batches deleted), the next compaction finishes, and both `b` and a clone end
+/// equal to `a` with no problem.
+fn compaction_with_fault_at(n: u64, fault: Fault) -> bool {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    let (mut b, mut c) = (g.replica("b"), g.replica("c"));
+    let write = |r: &mut Replica, i: i64| {
+        r.conn().execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", rusqlite::params![format!("k{i}"), i]).unwrap();
+        block_on(dimple::sync(r, &store)).unwrap();
+        g.clock.advance(2);
+    };
+    write(&mut a, 0);
+    block_on(dimple::sync(&mut b, &store)).unwrap();
+    (1..4).for_each(|i| write(&mut a, i));
+    block_on(dimple::sync(&mut c, &store)).unwrap();
+    block_on(dimple::snapshot::compact_with(&mut c, &store, std::time::Duration::ZERO, true)).unwrap();
+    (4..7).for_each(|i| write(&mut a, i));
+    g.clock.advance(2);
+    let (faulty, plan) = Faulty::new(g.raw_store());
+    plan.fail_nth(n, fault);
+    let first = run_or_die(dimple::snapshot::compact_with(&mut a, &faulty, std::time::Duration::ZERO, true), &plan);
+    let injected = plan.calls() > n;
+    if !injected {
+        assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    }
+    drop(first);
+    drop(a);
+    plan.heal();
+    g.clock.advance(2);
+    let mut a = g.reopen("a");
+    let want = rows(a.conn(), "t");
+    assert_eq!(want.len(), 7);
+    // As the fault left the bucket, and once the compaction is done again.
+    let caught_up = |r: &mut Replica, when: &str| {
+        let report = block_on(dimple::sync(r, &store)).unwrap();
+        assert!(report.pull.problems.is_empty(), "{fault:?} at {n}, {when}: {:?}", report.pull.problems);
+        assert_eq!(rows(r.conn(), "t"), want, "{fault:?} at {n}, {when}");
+    };
+    let clone = |name: &str| {
+        block_on(dimple::clone::clone(&g.bucket_url(), &g.db(name), Some(name), g.opts(), &store, &|_| {})).unwrap().0
+    };
+    caught_up(&mut b, "left");
+    caught_up(&mut clone("d"), "left");
+    let again = block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, true)).unwrap();
+    assert!(again.published, "{fault:?} at {n}");
+    caught_up(&mut c, "done again");
+    caught_up(&mut clone("e"), "done again");
+    injected
+}
+
+#[test]
+fn a_compaction_interrupted_at_any_store_call_leaves_every_replica_able_to_catch_up() {
+    for fault in [Fault::Unavailable, Fault::AfterEffect, Fault::Refused, Fault::Hang] {
+        let mut n = 0;
+        while compaction_with_fault_at(n, fault) {
+            n += 1;
+        }
+        assert!(n >= 8, "{fault:?}: only {n} calls were tried");
+    }
+}
+
 #[test]
 fn a_copied_database_pushing_under_the_same_replica_id_is_detected() -> TestResult {
     copied_database_is_detected(Backend::Local)
