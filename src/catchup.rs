@@ -34,6 +34,9 @@ pub struct Published {
     /// The snapshot LATEST.json named, which the new one may replace (None:
     /// there was none).
     pub snapshot_id: Option<String>,
+    /// The members it covers further than this replica had applied, caught up
+    /// from it.
+    pub caught_up: Vec<String>,
     /// The members it covers further than this replica has applied and whose
     /// changes this replica does not take (held, revoked, another key).
     pub behind: Vec<String>,
@@ -49,12 +52,12 @@ pub struct Published {
 /// replaced.
 pub async fn before_compacting(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Published> {
     let Some((pointer, _)) = snapshot::latest(store, codec).await? else { return Ok(Published::default()) };
-    let mut published = Published { snapshot_id: Some(pointer.snapshot_id.clone()), behind: Vec::new() };
+    let mut published = Published { snapshot_id: Some(pointer.snapshot_id.clone()), ..Published::default() };
     if pointer.source_replica == r.id() {
         return Ok(published);
     }
     match merge_published(r, store, codec, &pointer).await {
-        Ok(merged) => published.behind = merged.behind,
+        Ok(merged) => (published.caught_up, published.behind) = (merged.moved, merged.behind),
         Err(Error::BadData { origin, reason }) => {
             tracing::warn!("the published snapshot is replaced, it cannot be used: {origin}: {reason}")
         }

@@ -155,6 +155,9 @@ pub struct CompactReport {
     pub pruned_batches: Vec<String>,
     /// Values stored out of line that nothing references any more (`compact --prune`).
     pub blobs: crate::blob::gc::Collected,
+    /// The members the published snapshot covered further than this replica had
+    /// applied: caught up from it first, so the new one covers no less.
+    pub caught_up: Vec<String>,
     /// The cursor (replica, batch id) of every author the snapshot reflects.
     #[serde(skip)]
     pub covered: Vec<(String, String)>,
@@ -288,6 +291,7 @@ pub async fn compact_with(
         )));
     }
     let mut report = write_and_point(r, store, &codec, grace, published.snapshot_id.as_deref()).await?;
+    report.caught_up = published.caught_up;
     if prune_batches && report.published {
         report.pruned_batches = prune_covered(r, store, &report.covered, grace).await?;
     }
@@ -425,6 +429,7 @@ async fn write_and_point(
         deleted,
         pruned_batches: Vec::new(),
         blobs: Default::default(),
+        caught_up: Vec::new(),
         covered,
     })
 }

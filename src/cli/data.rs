@@ -146,6 +146,12 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
                     report.bytes,
                     if report.published { "" } else { " (a newer snapshot is already published)" }
                 );
+                if !report.caught_up.is_empty() {
+                    println!(
+                        "caught up first from the published snapshot for {} member(s) it covered further",
+                        report.caught_up.len()
+                    );
+                }
                 for k in &report.deleted {
                     println!("deleted {k}");
                 }

@@ -131,7 +131,8 @@ fn a_compaction_by_a_member_behind_the_published_snapshot_strands_no_batch() -> 
     assert_eq!(first.pruned_batches.len(), 4, "every batch of a: {:?}", first.pruned_batches);
     // c has a's first batch only, and compacts before it pulls.
     c.conn().execute("INSERT INTO t VALUES ('from-c', 7, 'c', 2.5)", [])?;
-    compact_and_prune(&g, &mut c, Duration::ZERO);
+    let second = compact_and_prune(&g, &mut c, Duration::ZERO);
+    assert_eq!(second.caught_up, vec![a.id().to_owned()], "c caught up from b's snapshot first");
     let back = sync(&g, &mut c);
     assert!(back.pull.problems.is_empty(), "{:?}", back.pull.problems);
     for r in [&mut a, &mut b] {
