@@ -10,8 +10,9 @@ use proptest::prelude::*;
 use rusqlite::types::Value;
 use std::sync::Arc;
 
+/// One write of an app to table `t`, through SQL (shared with `lifecycle`).
 #[derive(Debug, Clone)]
-enum Write {
+pub enum Write {
     Insert(Value, Value),
     Replace(Value, Value),
     SetA(Value),
@@ -41,6 +42,11 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 fn write() -> impl Strategy<Value = Write> {
+    write_of(value)
+}
+
+/// The writes, with values drawn from `value`.
+pub fn write_of<S: Strategy<Value = Value> + 'static>(value: fn() -> S) -> impl Strategy<Value = Write> {
     prop_oneof![
         (value(), value()).prop_map(|(a, c)| Write::Insert(a, c)),
         (value(), value()).prop_map(|(a, c)| Write::Replace(a, c)),
@@ -74,7 +80,7 @@ fn scenario() -> impl Strategy<Value = (usize, Vec<i64>, Vec<Op>, Vec<usize>)> {
     })
 }
 
-fn run_write(conn: &rusqlite::Connection, key: u8, w: &Write) {
+pub fn run_write(conn: &rusqlite::Connection, key: u8, w: &Write) {
     let k = format!("k{key}");
     // Constraint failures (inserting a key that exists) are the app's business:
     // they write nothing, and nothing must be captured.
