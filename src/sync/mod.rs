@@ -90,7 +90,8 @@ pub async fn fetch(
 pub async fn sync(r: &mut Replica, store: &crate::store::Metered<dyn Store>) -> Result<SyncReport> {
     let before = store.stats();
     let pull = pull(r, store).await?;
-    let push = push::push_after_pull(r, store).await?;
+    // A push-only replica's pull returns before it takes in new grants.
+    let push = if r.direction()?.pulls() { push::push_after_pull(r, store).await? } else { push(r, store).await? };
     crate::meta::set(&r.sync, "last_sync", &crate::clock::rfc3339(r.hlc.now_ms()))?;
     // Superseded history past the retention (hourly at most; local work only).
     crate::retention::prune_if_due(r)?;

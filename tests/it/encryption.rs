@@ -334,6 +334,15 @@ fn a_member_that_pushes_or_compacts_without_pulling_after_a_rekey_seals_under_th
     assert!(report.pull.problems.iter().any(|p| p.contains(b.id()) && p.contains("was not granted")));
     sync(&g, &mut a);
     assert!(has(&a, "pushed-after"), "the members read it");
+    // So does a push-only member's sync (its pull takes in nothing).
+    let mut e = join(&g, "e");
+    dimple::direction::set(e.conn(), dimple::direction::Direction::Push)?;
+    block_on(dimple::sync(&mut e, &g.store()))?;
+    block_on(group::rekey(&mut a, &g.store(), &[c.id().to_owned()], None))?;
+    write(&e, "synced-push-only");
+    block_on(dimple::sync(&mut e, &g.store()))?;
+    sync(&g, &mut c);
+    assert!(!has(&c, "synced-push-only"), "the revoked device read a push-only member's sync after a rekey");
     // Compaction follows the new epoch too (d has not pulled since the rekey).
     let snap = block_on(dimple::snapshot::compact(&mut d, &g.store(), Duration::ZERO))?;
     assert!(snap.published);
