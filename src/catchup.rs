@@ -94,20 +94,76 @@ async fn merge_published(
         ));
     }
     let path = clone::download(r, store, codec, pointer).await?;
-    let out = merge_file(r, &path, &pointer.key);
+    let out = merge_file(r, store, codec, &path, &pointer.key).await;
     let _ = std::fs::remove_file(&path);
     out
 }
 
-fn merge_file(r: &mut Replica, path: &std::path::Path, origin: &str) -> Result<Merged> {
+async fn merge_file(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    path: &std::path::Path,
+    origin: &str,
+) -> Result<Merged> {
     clone::inspect(path, origin)?;
+    let heads = signed_heads(r, store, codec, path, origin).await?;
     r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
-    let out = merge_attached(r, origin);
+    let out = merge_attached(r, origin, &heads);
     r.sync.execute_batch("DETACH snap")?;
     out
 }
 
-fn merge_attached(r: &mut Replica, origin: &str) -> Result<Merged> {
+/// The last change id of each author's signed head, for the authors the
+/// snapshot covers further than this replica has applied (None: no head). A
+/// snapshot's word is all that vouches for a pruned range, but not past the
+/// author's own signed word: a cursor beyond it would leave this replica unable
+/// to take that author's real batches ever after ("older than one already
+/// applied").
+async fn signed_heads(
+    r: &Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    path: &std::path::Path,
+    origin: &str,
+) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+    let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
+    let cursors: Vec<(String, Option<String>)> = {
+        let conn =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
+        if !crate::sql::has_table(&conn, "main", "ZV_AUTHOR").map_err(sqlerr)? {
+            return Ok(Default::default()); // an older build's snapshot: never caught up from
+        }
+        let mut stmt = conn.prepare("SELECT replica, last_change_id FROM ZV_CURSOR").map_err(sqlerr)?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(sqlerr)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sqlerr)?
+    };
+    let mut heads = std::collections::BTreeMap::new();
+    for (id, last) in cursors {
+        let known = peers::get(&r.sync, &id)?.unwrap_or_default();
+        let ahead = last.is_some() && (known.last_change_id.is_none() || last > known.last_change_id);
+        if id == r.id() || !ahead || !crate::layout::is_canonical_uuid(&id) {
+            continue;
+        }
+        let key = crate::layout::head_key(&id);
+        let signed = match store.get(&key, None).await {
+            Ok(crate::store::Got::Found { bytes, .. }) => {
+                let plain = codec.decode(crate::codec::Kind::Head, &key, &bytes)?;
+                Some(crate::head::Head::parse(&plain, &key, &id, known.public_key.as_deref())?.body.last_change_id)
+            }
+            Ok(crate::store::Got::NotModified) | Err(crate::store::StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        heads.insert(id, signed);
+    }
+    Ok(heads)
+}
+
+fn merge_attached(
+    r: &mut Replica,
+    origin: &str,
+    heads: &std::collections::BTreeMap<String, Option<String>>,
+) -> Result<Merged> {
     let me = r.id().to_owned();
     let mode = crate::trust::mode(&r.sync)?;
     if !crate::sql::has_table(&r.sync, "snap", "ZV_AUTHOR")? {
@@ -135,6 +191,19 @@ fn merge_attached(r: &mut Replica, origin: &str) -> Result<Merged> {
             (Some(_), None) => true,
             (None, _) => false,
         };
+        if ahead {
+            match (heads.get(&id), &last) {
+                // No head to vouch for it: nothing of it can be pulled either.
+                (None | Some(None), _) => continue,
+                (Some(Some(head)), Some(theirs)) if theirs > head => {
+                    return Err(Error::bad(
+                        origin,
+                        format!("snapshot states {id}'s changes up to {theirs}, past its signed head ({head})"),
+                    ))
+                }
+                _ => {}
+            }
+        }
         if accepted && same_key && ahead && key.is_some() {
             moved.push((id, key, batch_id, sha, last, count));
         } else if ahead {

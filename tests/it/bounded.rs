@@ -182,3 +182,55 @@ fn a_member_that_does_not_take_what_the_published_snapshot_covers_refuses_to_com
     assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"));
     Ok(())
 }
+
+/// A snapshot vouches for the batches it covers, but not past an author's own
+/// signed head: a source (here `s`, re-signing its snapshot) that states a
+/// cursor beyond it is refused as a problem, the replica's cursor stays, and an
+/// honest snapshot catches it up later. Taken in, the cursor would have left `b`
+/// refusing every real batch of `a` after it ("older than one already applied").
+#[test]
+fn a_snapshot_stating_an_author_past_its_signed_head_is_not_caught_up_from() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b, mut s) = (g.replica("a"), g.replica("b"), g.replica("s"));
+    a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    for i in 1..3 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'y', 1.5)", rusqlite::params![format!("k{i}"), i])?;
+        sync(&g, &mut a);
+    }
+    sync(&g, &mut s);
+    let report = compact_and_prune(&g, &mut s, Duration::ZERO);
+    assert!(!report.pruned_batches.is_empty());
+    // s states a's cursor far past a's head, and signs the pointer again.
+    let file = g.bucket().join(&report.key);
+    let c = rusqlite::Connection::open(&file)?;
+    c.execute(
+        "UPDATE ZV_CURSOR SET last_change_id = '7fffffff-ffff-7fff-bfff-ffffffffffff' WHERE replica = ?1",
+        [a.id()],
+    )?;
+    drop(c);
+    let store = g.store();
+    let (bytes, _) = block_on(dimple::store::get_bytes(&store, "snapshots/LATEST.json"))?;
+    let pointer = dimple::snapshot::Pointer::parse(&bytes, "LATEST.json")?;
+    let forged = dimple::snapshot::Pointer {
+        sha256: dimple::store::file_sha256(&file)?,
+        size: std::fs::metadata(&file)?.len(),
+        ..pointer
+    }
+    .sign(&dimple::trust::load(&dimple::replica::side_dir(s.path()).join("replica.key"))?);
+    let body = serde_json::to_vec_pretty(&forged)?;
+    std::fs::write(g.bucket().join("snapshots/LATEST.json"), body)?;
+    let report = sync(&g, &mut b);
+    assert!(report.pull.caught_up.is_empty());
+    assert!(report.pull.problems.iter().any(|p| p.contains("past its signed head")), "{:?}", report.pull.problems);
+    // a writes on, s compacts honestly: b catches up and takes a's new batch.
+    a.conn().execute("INSERT INTO t VALUES ('k3', 3, 'z', 2.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut s);
+    compact_and_prune(&g, &mut s, Duration::ZERO);
+    let report = sync(&g, &mut b);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
