@@ -66,6 +66,16 @@ pub async fn before_compacting(r: &mut Replica, store: &dyn Store, codec: &Codec
     Ok(published)
 }
 
+/// Whether a snapshot's cursor for an author (its last change id) lies beyond
+/// this replica's: the one rule both the head check and the merge use.
+fn ahead(theirs: Option<&str>, ours: Option<&str>) -> bool {
+    match (theirs, ours) {
+        (Some(theirs), Some(ours)) => theirs > ours,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// What merging a snapshot did.
 #[derive(Default)]
 struct Merged {
@@ -141,8 +151,10 @@ async fn signed_heads(
     let mut heads = std::collections::BTreeMap::new();
     for (id, last) in cursors {
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
-        let ahead = last.is_some() && (known.last_change_id.is_none() || last > known.last_change_id);
-        if id == r.id() || !ahead || !crate::layout::is_canonical_uuid(&id) {
+        if id == r.id()
+            || !ahead(last.as_deref(), known.last_change_id.as_deref())
+            || !crate::layout::is_canonical_uuid(&id)
+        {
             continue;
         }
         let key = crate::layout::head_key(&id);
@@ -186,11 +198,7 @@ fn merge_attached(
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
         let accepted = known.trust.applied_in(mode);
         let same_key = known.public_key.is_none() || known.public_key == key;
-        let ahead = match (&last, &known.last_change_id) {
-            (Some(theirs), Some(ours)) => theirs > ours,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
+        let ahead = ahead(last.as_deref(), known.last_change_id.as_deref());
         if ahead {
             match (heads.get(&id), &last) {
                 // No head to vouch for it: nothing of it can be pulled either.
