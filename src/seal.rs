@@ -59,11 +59,23 @@ impl GroupKey {
 pub struct Keyring {
     pub group: Uuid,
     epochs: BTreeMap<Uuid, GroupKey>,
+    /// Why nothing may be sealed under the newest epoch, if a revoked device may
+    /// hold it (`group::epochs`): opening stays possible, sealing is refused.
+    blocked: Option<String>,
 }
 
 impl Keyring {
     pub fn new(group: Uuid) -> Keyring {
-        Keyring { group, epochs: BTreeMap::new() }
+        Keyring { group, epochs: BTreeMap::new(), blocked: None }
+    }
+
+    /// Refuses sealing, for `why`, until the ring is read again.
+    pub(crate) fn block_sealing(&mut self, why: Option<String>) {
+        self.blocked = why;
+    }
+
+    pub fn sealing_blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
     }
 
     /// The epoch new objects are sealed under: the newest (ids are UUIDv7s).
@@ -190,6 +202,9 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn seal_stream(ring: &Keyring, name: &str, input: &mut dyn Read, out: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(why) = &ring.blocked {
+        return Err(std::io::Error::other(why.clone()));
+    }
     let (epoch, key) = ring.newest().ok_or_else(|| std::io::Error::other("no group key"))?;
     let mut nonce = [0u8; NONCE];
     rand::rngs::OsRng.fill_bytes(&mut nonce);

@@ -102,7 +102,12 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
                     "encrypted waiting for a member: this device holds no group key yet; on a member run `dimple trust <its db> {}`",
                     st.replica
                 ),
-                Some(g) => println!("encrypted group {} ({} key epochs)", g.group, g.key_epochs),
+                Some(g) => {
+                    println!("encrypted group {} ({} key epochs)", g.group, g.key_epochs);
+                    if let Some(why) = &g.sealing_blocked {
+                        println!("blocked   nothing is pushed: {why}");
+                    }
+                }
             }
             for id in &st.waiting_for_trust {
                 println!("waiting   {id}: waiting for trust: run `dimple trust {} {id}`", db.display());

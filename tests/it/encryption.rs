@@ -392,6 +392,192 @@ fn a_rekey_by_a_member_whose_clock_is_behind_shuts_the_revoked_device_out() -> T
     Ok(())
 }
 
+/// Runs `f` while `holder`'s grant of `epoch` is out of the bucket: the holder
+/// acts as if the member that wrote it had not yet (two members at once).
+fn without_grant<T>(g: &Group, holder: &str, epoch: &str, f: impl FnOnce() -> T) -> T {
+    let path = g.bucket().join(layout::grant_key(holder, epoch));
+    let away = path.with_extension("away");
+    std::fs::rename(&path, &away).unwrap();
+    let out = f();
+    std::fs::rename(&away, &path).unwrap();
+    out
+}
+
+fn epochs_held(r: &Replica) -> usize {
+    group::keyring(r).unwrap().len()
+}
+
+/// Two members that start key epochs at the same moment (neither has seen the
+/// other's) do not split the group: every member takes in both, and everyone
+/// reads what each side sealed, members and devices joining later by passphrase
+/// alike.
+#[test]
+fn two_members_starting_key_epochs_at_the_same_moment_split_nobody() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let (mut b, mut c) = (join(&g, "b"), join(&g, "c"));
+    for r in [&mut a, &mut b, &mut c] {
+        sync(&g, r);
+    }
+    let b_id = b.id().to_owned();
+    let at_a = block_on(group::rekey(&mut a, &g.store(), &[], Some(PASS)))?;
+    let at_b = without_grant(&g, &b_id, &at_a.epoch, || block_on(group::rekey(&mut b, &g.store(), &[], Some(PASS))))?;
+    // Each pushes under its own epoch before it hears of the other's.
+    write(&a, "a-under-its-epoch");
+    block_on(dimple::push(&mut a, &g.store()))?;
+    write(&b, "b-under-its-epoch");
+    without_grant(&g, &b_id, &at_a.epoch, || block_on(dimple::push(&mut b, &g.store())))?;
+    write(&c, "c-after-both");
+    for _ in 0..2 {
+        for r in [&mut a, &mut b, &mut c] {
+            let report = sync(&g, r);
+            assert!(report.pull.problems.is_empty(), "{}: {:?}", r.id(), report.pull.problems);
+        }
+    }
+    for r in [&a, &b, &c] {
+        assert_eq!(epochs_held(r), 3, "{} holds the first epoch and both new ones", r.id());
+        for id in ["a-under-its-epoch", "b-under-its-epoch", "c-after-both"] {
+            assert!(has(r, id), "{} lacks {id}", r.id());
+        }
+    }
+    let newest = |r: &Replica| group::status(r).unwrap().unwrap().newest_epoch.unwrap();
+    assert_eq!(newest(&a), newest(&b));
+    assert_eq!(newest(&a), std::cmp::max(at_a.epoch, at_b.epoch), "everyone seals under the newer of the two");
+    let mut d = join(&g, "d");
+    let report = sync(&g, &mut d);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert!(has(&d, "a-under-its-epoch") && has(&d, "b-under-its-epoch") && has(&d, "c-after-both"));
+    Ok(())
+}
+
+/// Two members revoking different devices at the same moment: no epoch either
+/// started shuts out both, so members refuse to seal (pushes fail, saying what
+/// to do; pulls go on) until one starts an epoch that does. Neither revoked
+/// device reads anything written after.
+#[test]
+fn epochs_started_at_once_revoking_different_devices_seal_nothing_until_a_rekey_shuts_out_both() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let (mut b, mut c, mut x, mut y) = (join(&g, "b"), join(&g, "c"), join(&g, "x"), join(&g, "y"));
+    for r in [&mut a, &mut b, &mut c, &mut x, &mut y] {
+        sync(&g, r);
+    }
+    let b_id = b.id().to_owned();
+    let at_a = block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], None))?;
+    without_grant(&g, &b_id, &at_a.epoch, || block_on(group::rekey(&mut b, &g.store(), &[y.id().to_owned()], None)))?;
+    write(&c, "written-while-split");
+    let err = block_on(dimple::sync(&mut c, &g.store())).expect_err("c sealed under an epoch a revoked device holds");
+    assert!(err.to_string().contains("dimple rekey"), "{err}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    let blocked = group::status(&c)?.unwrap().sealing_blocked.expect("status says why");
+    assert!(blocked.contains(x.id()) || blocked.contains(y.id()), "{blocked}");
+    for r in [&mut a, &mut b] {
+        let pulled = block_on(dimple::pull(r, &g.store()))?;
+        assert!(pulled.problems.is_empty(), "pulls go on: {:?}", pulled.problems);
+        write(r, &format!("{}-while-split", r.id()));
+        assert!(block_on(dimple::push(r, &g.store())).is_err(), "{} sealed while split", r.id());
+    }
+    block_on(group::rekey(&mut c, &g.store(), &[], None))?;
+    assert_eq!(group::status(&c)?.unwrap().sealing_blocked, None);
+    write(&a, "after-the-rekey");
+    for _ in 0..2 {
+        for r in [&mut a, &mut b, &mut c] {
+            sync(&g, r);
+        }
+    }
+    let (a_id, b_id) = (format!("{}-while-split", a.id()), format!("{}-while-split", b.id()));
+    for r in [&a, &b, &c] {
+        for id in ["written-while-split", "after-the-rekey", &a_id, &b_id] {
+            assert!(has(r, id), "{} lacks {id}", r.id());
+        }
+    }
+    for r in [&mut x, &mut y] {
+        sync(&g, r);
+        for id in ["written-while-split", "after-the-rekey", &a_id, &b_id] {
+            assert!(!has(r, id), "{} read {id}, written after its revocation", r.id());
+        }
+    }
+    Ok(())
+}
+
+/// A device about to be revoked starts an epoch of its own, and a member takes
+/// that in before the epoch revoking the device: the member follows the
+/// revocation all the same (it used to refuse it, for lacking the device's
+/// epoch, and go on sealing under a key the device holds).
+#[test]
+fn a_revoked_device_that_started_an_epoch_of_its_own_reads_nothing_written_after() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let (mut c, mut r) = (join(&g, "c"), join(&g, "r"));
+    for m in [&mut a, &mut c, &mut r] {
+        sync(&g, m);
+    }
+    let own = block_on(group::rekey(&mut r, &g.store(), &[], None))?;
+    sync(&g, &mut c);
+    assert_eq!(epochs_held(&c), 2, "c took in r's epoch first");
+    g.clock.advance(1000);
+    let a_id = a.id().to_owned();
+    without_grant(&g, &a_id, &own.epoch, || block_on(group::rekey(&mut a, &g.store(), &[r.id().to_owned()], None)))?;
+    write(&c, "after-the-revocation");
+    for _ in 0..2 {
+        for m in [&mut c, &mut a] {
+            // a refuses r's grant, now that r is revoked: that is the only problem.
+            let report = sync(&g, m);
+            let other: Vec<_> = report.pull.problems.iter().filter(|p| !p.contains("which is revoked here")).collect();
+            assert!(other.is_empty(), "{}: {other:?}", m.id());
+        }
+    }
+    assert!(has(&a, "after-the-revocation"));
+    let report = sync(&g, &mut r);
+    assert!(!has(&r, "after-the-revocation"), "the revoked device read a write made after its revocation");
+    assert!(report.pull.problems.iter().any(|p| p.contains("was not granted")), "{:?}", report.pull.problems);
+    Ok(())
+}
+
+/// A device granted after a revocation is told of it by its grant: what the
+/// revoked device still writes is applied there by nobody either.
+#[test]
+fn a_device_granted_after_a_revocation_applies_nothing_the_revoked_device_writes() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let mut x = join(&g, "x");
+    sync(&g, &mut a);
+    sync(&g, &mut x);
+    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], None))?;
+    let mut z = request(&g, "z");
+    block_on(group::grant(&mut a, &g.store(), z.id()))?;
+    write(&x, "from-the-revoked-device");
+    sync(&g, &mut x);
+    write(&a, "from-a-member");
+    sync(&g, &mut a);
+    sync(&g, &mut z);
+    assert!(has(&z, "from-a-member"));
+    assert!(!has(&z, "from-the-revoked-device"), "a device granted later applied a revoked device's write");
+    Ok(())
+}
+
+/// A key epoch far in the future would sort above every epoch a rekey could
+/// start, so a member could never be revoked after it: a grant carrying one is
+/// refused.
+#[test]
+fn a_grant_of_an_epoch_beyond_the_drift_limit_is_refused() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let mut b = join(&g, "b");
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    let ahead = dimple::clock::ManualClock::new(dimple::clock::Clock::now_ms(&g.clock) + 365 * 24 * 3600 * 1000);
+    drop(a);
+    let mut a = Replica::open(&g.db("a"), dimple::Options { clock: std::sync::Arc::new(ahead), ..g.opts() })?;
+    let before = group::keyring(&b)?;
+    block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    sync(&g, &mut b);
+    assert_eq!(group::keyring(&b)?, before, "the far epoch was not taken in");
+    let problems = dimple::status::status(&b)?.problems;
+    assert!(problems.iter().any(|p| p.reason.contains("beyond the drift limit")), "{problems:?}");
+    Ok(())
+}
+
 /// A member passes on the keys it holds: one that has not pulled since another
 /// started an epoch takes in its own grant of it before it grants a new device
 /// (which would otherwise never read what is sealed under that epoch) or starts

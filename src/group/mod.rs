@@ -14,10 +14,12 @@
 //! its public keys, no name) and waits; `dimple trust` on a member grants. Every
 //! member publishes a card sealed with the group key (`members/<id>.json`), which
 //! is how `rekey` finds whom to wrap a new epoch to: a card only a member could
-//! have sealed. A grant is accepted only when it carries every key this device
-//! already holds (an outsider cannot know them) and comes from a granter that is
-//! not revoked here; the first grant a waiting device receives is trusted on first
-//! use, and its granter's fingerprint is shown.
+//! have sealed. A grant is accepted only when it carries the group's first key
+//! (an outsider cannot know it) and the same bytes for every other key this
+//! device holds, and comes from a granter that is not revoked here; the first
+//! grant a waiting device receives is trusted on first use, and its granter's
+//! fingerprint is shown. Epochs two members started at once both come in
+//! ([`epochs`] keeps a revoked device from being sealed to).
 //!
 //! Locally the keys live in `<db>.dimple/group.keys` and the exchange key in
 //! `<db>.dimple/exchange.key`, both owner-only, never uploaded unwrapped, never
@@ -47,6 +49,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use uuid::Uuid;
 use x25519_dalek::{PublicKey, StaticSecret};
+
+mod epochs;
 
 /// `ZV_METADATA`: the id of the encrypted group this replica belongs to.
 pub const GROUP_META: &str = "group";
@@ -98,7 +102,8 @@ struct Grant {
     ephemeral: String,
     nonce: String,
     wrapped: String,
-    /// Replicas the granter removed from the group with this epoch.
+    /// Every replica the granter holds revoked (older builds: those removed with
+    /// this epoch): the devices the epoch shuts out ([`epochs`]).
     revoked: Vec<String>,
     created_at: String,
 }
@@ -429,7 +434,17 @@ pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
     }
     listed.sort_by(|a, b| b.key.cmp(&a.key)); // newest epoch first
     let mut derived: Vec<(Kdf, [u8; 32])> = Vec::new();
+    let mut found: Option<Keyring> = None;
     for meta in listed {
+        // Older grants' epochs are in the newest ring, unless two members started
+        // epochs at the same moment: then each grant holds its own, and both are
+        // needed to read what was sealed under each.
+        let epoch = layout::parse_id_key(&meta.key, &layout::grants_prefix(layout::PASSPHRASE));
+        if let (Some(ring), Some(epoch)) = (&found, epoch) {
+            if Uuid::parse_str(epoch).is_ok_and(|e| ring.get(&e).is_some()) {
+                continue;
+            }
+        }
         let (bytes, _) = match get_bytes(store, &meta.key).await {
             Ok(b) => b,
             Err(StoreError::NotFound(_)) => continue,
@@ -449,12 +464,23 @@ pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
         };
         if let Some(plain) = aead_open(&wrapping, &grant_aad(&meta.key, &group), &g.nonce, &g.wrapped) {
             let ring = unpayload(&plain, &group, &meta.key)?;
-            if !ring.is_empty() {
-                return Ok(ring);
+            match &mut found {
+                None if !ring.is_empty() => found = Some(ring),
+                None => {}
+                // Taken in on the terms of a member's grant: the same first key,
+                // no other bytes for a key already held.
+                Some(held) => {
+                    let first = held.epochs().next().map(|(e, k)| ring.get(e) == Some(k)).unwrap_or(false);
+                    if first && held.epochs().all(|(e, k)| ring.get(e).is_none_or(|g| g == k)) {
+                        for (e, k) in ring.epochs() {
+                            held.insert(*e, k.clone());
+                        }
+                    }
+                }
             }
         }
     }
-    Err(Error::Invalid("wrong passphrase for this bucket's encrypted group".to_owned()))
+    found.ok_or_else(|| Error::Invalid("wrong passphrase for this bucket's encrypted group".to_owned()))
 }
 
 /// Makes `r` a member holding `ring`: keys saved, its card published.
@@ -524,7 +550,11 @@ pub async fn prepare(r: &mut Replica, store: &dyn Store, refresh: bool) -> Resul
         accept_grants(r, store, &group).await?;
     }
     let codec = r.codec()?;
-    publish_card(r, store).await?;
+    // A card waits while sealing is blocked: a pull must go on (it may bring
+    // the epoch that unblocks it).
+    if !matches!(&codec, Codec::Sealed(ring) if ring.sealing_blocked().is_some()) {
+        publish_card(r, store).await?;
+    }
     Ok(codec)
 }
 
@@ -546,6 +576,11 @@ async fn accept_grants(r: &mut Replica, store: &dyn Store, group: &str) -> Resul
         };
         match open_grant(r, &ring, &bytes, &meta.key, group, epoch) {
             Ok((granted, revoked, granter)) => {
+                // A grant to this device naming it revoked contradicts itself:
+                // keeping that would block this device, and name it in its own grants.
+                let revoked: Vec<String> = revoked.into_iter().filter(|id| *id != me).collect();
+                let (newest, _) = granted.newest().expect("a grant's epoch is among its keys");
+                epochs::record(&r.sync, newest, &revoked, granted.epochs().map(|(e, _)| e))?;
                 for (e, k) in granted.epochs() {
                     ring.insert(*e, k.clone());
                 }
@@ -610,11 +645,33 @@ fn open_grant(
     let plain = aead_open(&wrapping, &grant_aad(key, group), &g.nonce, &g.wrapped)
         .ok_or_else(|| Error::bad(key, "grant does not open with this device's exchange key"))?;
     let granted = unpayload(&plain, group, key)?;
-    // Someone outside the group cannot know the keys we hold: a grant without them
-    // (or with other bytes for them) is refused.
+    if granted.newest().map(|(e, _)| e.to_string()).as_deref() != Some(epoch) {
+        return Err(Error::bad(key, "grant's epoch is not the newest of the keys it carries"));
+    }
+    // Someone outside the group cannot know the group's first key, which every
+    // member holds; a grant with other bytes for a key this device holds is not
+    // from a member either. A grant may lack epochs this device holds: a member
+    // that started an epoch at the same moment as another did not know the
+    // other's (`epochs` keeps what each shuts out).
+    if let Some((first, k)) = ring.epochs().next() {
+        if granted.get(first) != Some(k) {
+            return Err(Error::bad(key, "grant does not carry the group's first key: not from a member"));
+        }
+    }
     for (e, k) in ring.epochs() {
-        if granted.get(e) != Some(k) {
-            return Err(Error::bad(key, "grant does not carry the keys this device already holds: not from a member"));
+        if granted.get(e).is_some_and(|g| g != k) {
+            return Err(Error::bad(key, "grant carries another key for an epoch this device holds: not from a member"));
+        }
+    }
+    // An epoch far in the future would sort above every epoch a rekey could start
+    // within the drift limit, and so could never be closed.
+    let limit = r.opts.clock.now_ms().saturating_add(r.opts.max_drift_ms);
+    for (e, _) in granted.epochs().filter(|(e, _)| ring.get(e).is_none()) {
+        if clock::stamp_of(e).ms > limit {
+            return Err(Error::bad(
+                key,
+                format!("grant carries key epoch {e}, which lies in the future beyond the drift limit"),
+            ));
         }
     }
     if ring.is_empty() {
@@ -627,7 +684,9 @@ fn open_grant(
     Ok((granted, g.revoked, g.granter))
 }
 
-/// Wraps every key of `ring` to `card`'s exchange key as `grants/<member>/<epoch>.json`.
+/// Wraps every key of `ring` to `card`'s exchange key as `grants/<member>/<epoch>.json`,
+/// naming `revoked`: every device the newest epoch shuts out, so that a device
+/// granted later knows them too.
 async fn put_grant(r: &mut Replica, store: &dyn Store, ring: &Keyring, card: &Card, revoked: &[String]) -> Result<()> {
     let (epoch, _) = ring.newest().expect("members hold a key");
     let key = layout::grant_key(&card.replica, &epoch.to_string());
@@ -670,6 +729,11 @@ pub struct Granted {
 pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Granted> {
     take_new_grants(r, store).await?;
     let ring = member_keyring(r)?;
+    // The device would hold an epoch a revoked device may hold too.
+    if let Some(why) = epochs::block(&r.sync, &ring)? {
+        return Err(Error::Invalid(format!("cannot grant yet: {why}")));
+    }
+    let revoked: Vec<String> = epochs::revoked_here(&r.sync)?.into_iter().collect();
     let mut matching = Vec::new();
     for meta in list_all(store, layout::JOIN_PREFIX, None).await? {
         if let Some(full) = layout::parse_id_key(&meta.key, layout::JOIN_PREFIX) {
@@ -704,7 +768,7 @@ pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Grant
         Some(_) => {}
         None => peers::pin(&r.sync, &full, &c.public_key, "")?,
     }
-    put_grant(r, store, &ring, &c, &[]).await?;
+    put_grant(r, store, &ring, &c, &revoked).await?;
     peers::set_trust(&r.sync, &full, Trust::Trusted)?;
     Ok(Granted { replica: full, key_fingerprint: trust::fingerprint(&c.public_key) })
 }
@@ -790,6 +854,13 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         }
         revoked.push(full);
     }
+    // The new epoch's grants name every device revoked so far, not only the new
+    // ones: a member that also holds an epoch started at the same moment learns
+    // that this one shuts them all out (`epochs`).
+    let mut shut_out = epochs::revoked_here(&r.sync)?;
+    shut_out.extend(revoked.iter().cloned());
+    let shut_out: Vec<String> = shut_out.into_iter().collect();
+    let knew: Vec<Uuid> = ring.epochs().map(|(e, _)| *e).collect();
     let epoch = next_epoch(r, &ring)?;
     ring.insert(epoch, GroupKey::random());
     let mut granted = Vec::new();
@@ -802,7 +873,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
             Some(p) if p.public_key.as_deref().is_some_and(|k| k != c.public_key) => continue,
             _ => {}
         }
-        put_grant(r, store, &ring, c, &revoked).await?;
+        put_grant(r, store, &ring, c, &shut_out).await?;
         granted.push(c.replica.clone());
     }
     if let Some(p) = passphrase {
@@ -813,6 +884,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         peers::revoke(&r.sync, id, &now)?;
     }
     // Only now: if a grant failed above, nobody seals under an epoch others lack.
+    epochs::record(&r.sync, &epoch, &shut_out, knew.iter())?;
     save_keyring(r, &ring)?;
     r.codec = Some(Codec::Sealed(Arc::new(ring)));
     Ok(Rekeyed { epoch: epoch.to_string(), granted, revoked, passphrase: passphrase.is_some() })
@@ -826,6 +898,9 @@ pub struct GroupStatus {
     pub newest_epoch: Option<String>,
     /// Holds no key yet: waiting for a member's `dimple trust`.
     pub waiting_for_member: bool,
+    /// Why nothing may be sealed (pushed) until a member starts a new epoch:
+    /// the newest epoch does not shut out every revoked device.
+    pub sealing_blocked: Option<String>,
 }
 
 pub fn status(r: &Replica) -> Result<Option<GroupStatus>> {
@@ -836,6 +911,7 @@ pub fn status(r: &Replica) -> Result<Option<GroupStatus>> {
         key_epochs: ring.len(),
         newest_epoch: ring.newest().map(|(e, _)| e.to_string()),
         waiting_for_member: ring.is_empty(),
+        sealing_blocked: epochs::block(&r.sync, &ring)?,
     }))
 }
 
@@ -849,10 +925,11 @@ impl Replica {
         let codec = match group_of(self)? {
             None => Codec::Plain,
             Some(_) => {
-                let ring = keyring(self)?;
+                let mut ring = keyring(self)?;
                 if ring.is_empty() {
                     return Err(awaiting(self));
                 }
+                ring.block_sealing(epochs::block(&self.sync, &ring)?);
                 Codec::Sealed(Arc::new(ring))
             }
         };
