@@ -13,7 +13,7 @@
 //! statements dimple builds are always quoted.
 
 use crate::sql::ident;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 /// One column as a table's definition gives it.
@@ -26,6 +26,12 @@ pub struct Column {
     /// The default as SQL text (`'x'`, `0`, `NULL`), None when there is none.
     pub default: Option<String>,
     pub not_null: bool,
+    /// How the column compares (`NOCASE`, `RTRIM`), None for BINARY. Left out of
+    /// the JSON when None, so a schema without collations reads as before; a
+    /// build older than 2026-11-28 refuses a schema that names one (as a problem)
+    /// rather than add the column without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation: Option<String>,
 }
 
 /// A name dimple keeps for itself, or SQLite does.
@@ -37,7 +43,8 @@ pub fn is_reserved(name: &str) -> bool {
 /// The columns of `table` in `conn` (every column, key columns included), or why
 /// they are not plain ones.
 pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(Column, i64)>> {
-    conn.prepare("SELECT name, type, dflt_value, \"notnull\", hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?
+    let mut cols: Vec<(Column, i64)> = conn
+        .prepare("SELECT name, type, dflt_value, \"notnull\", hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?
         .query_map([table], |r| {
             Ok((
                 Column {
@@ -45,11 +52,51 @@ pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(Column, 
                     declared_type: r.get(1)?,
                     default: r.get(2)?,
                     not_null: r.get::<_, i64>(3)? != 0,
+                    collation: None,
                 },
                 r.get(4)?,
             ))
         })?
-        .collect()
+        .collect::<rusqlite::Result<_>>()?;
+    let collations = collations(conn, table, &cols)?;
+    for (c, _) in &mut cols {
+        c.collation = collations.get(&c.name).cloned();
+    }
+    Ok(cols)
+}
+
+/// The collation of each plain column of `table` that does not compare by its
+/// bytes. SQLite names a column's collation nowhere but in an index on it, so
+/// the table's definition is run on a scratch database with one index over
+/// every column. A definition naming a collation that only the app registers
+/// does not run there: its columns count as BINARY (docs/schema.md).
+fn collations(
+    conn: &Connection,
+    table: &str,
+    cols: &[(Column, i64)],
+) -> rusqlite::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let sql: Option<String> = conn
+        .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0))
+        .optional()?;
+    let plain: Vec<String> = cols.iter().filter(|(_, hidden)| *hidden == 0).map(|(c, _)| ident(&c.name)).collect();
+    let (Some(sql), false) = (sql, plain.is_empty()) else { return Ok(out) };
+    let scratch = Connection::open_in_memory()?;
+    // The local definition (the app's, or one `check_create_table` let through).
+    let made = scratch.prepare(&sql).and_then(|mut s| s.raw_execute()).and_then(|_| {
+        scratch.execute_batch(&format!("CREATE INDEX every_column ON {}({})", ident(table), plain.join(", ")))
+    });
+    if made.is_err() {
+        return Ok(out);
+    }
+    let mut stmt = scratch.prepare(
+        "SELECT name, coll FROM pragma_index_xinfo('every_column') WHERE key = 1 AND upper(coll) <> 'BINARY'",
+    )?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (name, coll) = row?;
+        out.insert(name, coll.to_ascii_uppercase());
+    }
+    Ok(out)
 }
 
 /// Checks that `sql` is a single plain `CREATE TABLE` of `name`, on a scratch
@@ -103,6 +150,11 @@ fn check_column(table: &str, c: &Column) -> Result<(), String> {
     if !c.declared_type.chars().all(|ch| ch.is_ascii_alphanumeric() || " _(),+-".contains(ch)) {
         return Err(format!("column {table}.{} has an unusual declared type {:?}", c.name, c.declared_type));
     }
+    if let Some(coll) = &c.collation {
+        if coll.is_empty() || !coll.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            return Err(format!("column {table}.{} has an unusual collation {coll:?}", c.name));
+        }
+    }
     Ok(())
 }
 
@@ -110,6 +162,8 @@ fn check_column(table: &str, c: &Column) -> Result<(), String> {
 /// `local_sql`), checked on a scratch copy: the column it makes must be `col`.
 pub fn add_column(table: &str, local_sql: &str, col: &Column) -> Result<String, String> {
     check_column(table, col)?;
+    // Collation names compare without case; SQLite gives them back as written.
+    let col = &Column { collation: col.collation.as_ref().map(|c| c.to_ascii_uppercase()), ..col.clone() };
     if col.not_null && col.default.as_deref().is_none_or(|d| d.eq_ignore_ascii_case("null")) {
         return Err(format!("column {table}.{} is NOT NULL without a default: SQLite cannot add it", col.name));
     }
@@ -124,6 +178,10 @@ pub fn add_column(table: &str, local_sql: &str, col: &Column) -> Result<String, 
     if let Some(d) = &col.default {
         sql.push_str(" DEFAULT ");
         sql.push_str(d);
+    }
+    if let Some(coll) = &col.collation {
+        sql.push_str(" COLLATE ");
+        sql.push_str(&ident(coll));
     }
     let scratch = Connection::open_in_memory().map_err(|e| e.to_string())?;
     scratch.prepare(local_sql).and_then(|mut s| s.raw_execute()).map_err(|e| format!("{table}: {e}"))?;
@@ -220,6 +278,7 @@ mod tests {
             declared_type: "TEXT".into(),
             default: Some("'x'".into()),
             not_null: true,
+            collation: None,
         };
         let sql = add_column("my table", "CREATE TABLE \"my table\"(id TEXT PRIMARY KEY)", &col).unwrap();
         assert_eq!(sql, "ALTER TABLE \"my table\" ADD COLUMN \"we\"\"ird\" TEXT NOT NULL DEFAULT 'x'");
@@ -227,5 +286,32 @@ mod tests {
         assert!(add_column("my table", "CREATE TABLE \"my table\"(id TEXT PRIMARY KEY)", &bad).is_err());
         let no_default = Column { default: None, ..col };
         assert!(add_column("my table", "CREATE TABLE \"my table\"(id TEXT PRIMARY KEY)", &no_default).is_err());
+    }
+
+    #[test]
+    fn an_added_column_keeps_its_collation() {
+        let table = "CREATE TABLE t(id TEXT PRIMARY KEY)";
+        let col = Column {
+            name: "tag".into(),
+            declared_type: "TEXT".into(),
+            default: None,
+            not_null: false,
+            collation: Some("nocase".into()),
+        };
+        let sql = add_column("t", table, &col).unwrap();
+        assert_eq!(sql, "ALTER TABLE \"t\" ADD COLUMN \"tag\" TEXT COLLATE \"NOCASE\"");
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&format!("{table}; {sql}; INSERT INTO t VALUES ('k', 'Tag')")).unwrap();
+        let n: i64 = c.query_row("SELECT count(*) FROM t WHERE tag = 'TAG'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "the column compares without case");
+        let read = columns(&c, "t").unwrap();
+        assert_eq!(read[1].0.collation.as_deref(), Some("NOCASE"));
+        assert_eq!(read[0].0.collation, None, "BINARY is no collation");
+        // Only what dimple's own connection has: an app's own collation, or a name
+        // that is not one, is refused, never spliced.
+        for bad in ["my_collation", "NOCASE\" DEFAULT 1", ""] {
+            let col = Column { collation: Some(bad.into()), ..col.clone() };
+            assert!(add_column("t", table, &col).is_err(), "{bad}");
+        }
     }
 }

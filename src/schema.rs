@@ -333,6 +333,10 @@ fn describe(c: &Column) -> String {
         s.push_str(" DEFAULT ");
         s.push_str(d);
     }
+    if let Some(coll) = &c.collation {
+        s.push_str(" COLLATE ");
+        s.push_str(coll);
+    }
     s
 }
 

@@ -194,6 +194,7 @@ fn shape(name: &str, sql: &str) -> schema::TableShape {
             declared_type: "TEXT".into(),
             default: None,
             not_null: false,
+            collation: None,
         }],
     }
 }
