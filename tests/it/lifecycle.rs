@@ -48,6 +48,9 @@ enum Op {
     Reopen(usize),
     /// A new key epoch (encrypted groups; nobody revoked).
     Rekey(usize),
+    /// Two members start key epochs at the same moment: the second has not
+    /// seen the first's (encrypted groups on the local store).
+    RekeyAtOnce(usize, usize),
 }
 
 const PASS: &str = "a passphrase for the whole group";
@@ -79,6 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Join),
         1 => (0..MAX).prop_map(Op::Reopen),
         1 => (0..MAX).prop_map(Op::Rekey),
+        1 => (0..MAX, 0..MAX).prop_map(|(i, j)| Op::RekeyAtOnce(i, j)),
     ]
 }
 
@@ -251,6 +255,23 @@ fn live(
                 if encrypted {
                     let m = &mut members[i % n];
                     block_on(dimple::group::rekey(&mut m.replica, store, &[], Some(PASS))).unwrap();
+                }
+            }
+            Op::RekeyAtOnce(i, j) => {
+                if encrypted && i % n != j % n {
+                    let first =
+                        block_on(dimple::group::rekey(&mut members[i % n].replica, store, &[], Some(PASS))).unwrap();
+                    // The second's grant of the first epoch is out of the bucket
+                    // while it starts its own (if it had one: a member whose
+                    // card is not out yet gets none).
+                    let grant = dimple::layout::grant_key(members[j % n].replica.id(), &first.epoch);
+                    let path = g.bucket().join(grant);
+                    let away = path.with_extension("away");
+                    let hidden = std::fs::rename(&path, &away).is_ok();
+                    block_on(dimple::group::rekey(&mut members[j % n].replica, store, &[], Some(PASS))).unwrap();
+                    if hidden {
+                        std::fs::rename(&away, &path).unwrap();
+                    }
                 }
             }
         }
