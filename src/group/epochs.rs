@@ -58,7 +58,11 @@ pub(crate) fn record<'a>(
 
 /// Every device some epoch held here revoked: what a new epoch's grants name.
 pub(crate) fn revoked_here(conn: &Connection) -> Result<BTreeSet<String>> {
-    Ok(load(conn)?.into_values().flat_map(|e| e.revoked).collect())
+    Ok(revoked_in(&load(conn)?))
+}
+
+fn revoked_in(all: &BTreeMap<String, Entry>) -> BTreeSet<String> {
+    all.values().flat_map(|e| e.revoked.iter().cloned()).collect()
 }
 
 /// The devices `epoch` shuts out: those its grant names and, through the epochs
@@ -84,15 +88,14 @@ pub(crate) fn block(conn: &Connection, ring: &Keyring) -> Result<Option<String>>
     let Some((newest, _)) = ring.newest() else { return Ok(None) };
     let all = load(conn)?;
     let Some(out) = shut_out(&all, &newest.to_string()) else { return Ok(None) };
-    let open: Vec<String> = all.into_values().flat_map(|e| e.revoked).filter(|id| !out.contains(id)).collect();
+    let open: Vec<String> = revoked_in(&all).into_iter().filter(|id| !out.contains(id)).collect();
     if open.is_empty() {
         return Ok(None);
     }
-    let open: BTreeSet<String> = open.into_iter().collect();
     Ok(Some(format!(
         "the newest key epoch, {newest}, was started without revoking {} ({}): two members started key epochs at once, or a revoked device started one; run `dimple rekey DB` on a member to start an epoch that shuts them out",
         if open.len() == 1 { "a revoked device" } else { "revoked devices" },
-        open.into_iter().collect::<Vec<_>>().join(", ")
+        open.join(", ")
     )))
 }
 

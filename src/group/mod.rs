@@ -467,16 +467,13 @@ pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
             match &mut found {
                 None if !ring.is_empty() => found = Some(ring),
                 None => {}
-                // Taken in on the terms of a member's grant: the same first key,
-                // no other bytes for a key already held.
-                Some(held) => {
-                    let first = held.epochs().next().map(|(e, k)| ring.get(e) == Some(k)).unwrap_or(false);
-                    if first && held.epochs().all(|(e, k)| ring.get(e).is_none_or(|g| g == k)) {
-                        for (e, k) in ring.epochs() {
-                            held.insert(*e, k.clone());
-                        }
+                // Taken in on the terms of a member's grant.
+                Some(held) if not_from_a_member(held, &ring).is_none() => {
+                    for (e, k) in ring.epochs() {
+                        held.insert(*e, k.clone());
                     }
                 }
+                Some(_) => {}
             }
         }
     }
@@ -648,20 +645,8 @@ fn open_grant(
     if granted.newest().map(|(e, _)| e.to_string()).as_deref() != Some(epoch) {
         return Err(Error::bad(key, "grant's epoch is not the newest of the keys it carries"));
     }
-    // Someone outside the group cannot know the group's first key, which every
-    // member holds; a grant with other bytes for a key this device holds is not
-    // from a member either. A grant may lack epochs this device holds: a member
-    // that started an epoch at the same moment as another did not know the
-    // other's (`epochs` keeps what each shuts out).
-    if let Some((first, k)) = ring.epochs().next() {
-        if granted.get(first) != Some(k) {
-            return Err(Error::bad(key, "grant does not carry the group's first key: not from a member"));
-        }
-    }
-    for (e, k) in ring.epochs() {
-        if granted.get(e).is_some_and(|g| g != k) {
-            return Err(Error::bad(key, "grant carries another key for an epoch this device holds: not from a member"));
-        }
+    if let Some(why) = not_from_a_member(ring, &granted) {
+        return Err(Error::bad(key, why));
     }
     // An epoch far in the future would sort above every epoch a rekey could start
     // within the drift limit, and so could never be closed.
@@ -682,6 +667,22 @@ fn open_grant(
         }
     }
     Ok((granted, g.revoked, g.granter))
+}
+
+/// Why keys `granted` to a device holding `held` cannot come from a member, if
+/// they cannot. Someone outside the group cannot know the group's first key,
+/// which every member holds, and a member's keys are the same bytes everywhere.
+/// The keys may lack epochs `held` has: a member that started an epoch at the
+/// same moment as another did not know the other's ([`epochs`] keeps what
+/// each shuts out).
+fn not_from_a_member(held: &Keyring, granted: &Keyring) -> Option<&'static str> {
+    if held.epochs().next().is_some_and(|(first, k)| granted.get(first) != Some(k)) {
+        return Some("grant does not carry the group's first key: not from a member");
+    }
+    if held.epochs().any(|(e, k)| granted.get(e).is_some_and(|g| g != k)) {
+        return Some("grant carries another key for an epoch this device holds: not from a member");
+    }
+    None
 }
 
 /// Wraps every key of `ring` to `card`'s exchange key as `grants/<member>/<epoch>.json`,
