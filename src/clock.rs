@@ -185,6 +185,15 @@ impl Hlc {
         }
     }
 
+    /// The least id of this replica that sorts after `id` (another replica's),
+    /// observed so that later ids sort after it too: a change taken over from
+    /// another id keeps its place in time (`dimple fork`).
+    pub fn take_over(&mut self, id: &Uuid) -> Uuid {
+        let next = after(id, self.node);
+        self.observe(&next);
+        next
+    }
+
     /// The id that persists the clock: compose of the last stamp.
     pub fn state(&self) -> Uuid {
         compose(self.last, self.node)

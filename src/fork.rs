@@ -6,9 +6,11 @@
 //! unpushed writes are real work, so instead of abandoning them (a `clone` starts
 //! from the bucket and carries none of them) this copy takes a new replica id and
 //! a new key pair, and its unpushed changes become changes of the new replica:
-//! - a change that still wins locally gets a new id from the new replica's clock:
-//!   greater than everything applied, so it is still the newest write of its
-//!   attribute, here and on every replica that pulls it;
+//! - a change that still wins locally gets the new replica's least id after its
+//!   old one: it keeps its place in time, so it still wins here, and a write the
+//!   other copy (or anyone) made later still wins over it everywhere, as it
+//!   would have without the copy (a new id from the clock would have put this
+//!   copy's older writes over the other copy's newer ones);
 //! - a change that a newer one already replaced is dropped: re-issuing it with a
 //!   new, greater id would bring back a value the group already replaced;
 //! - the old id becomes a remote replica whose cursor is the last batch this copy
@@ -38,6 +40,13 @@ pub struct ForkReport {
     pub kept: usize,
     /// Unpushed changes already replaced by newer ones, dropped.
     pub superseded: usize,
+}
+
+/// The new replica's id for a change or transaction of the old one: the least
+/// after it, so it keeps its place in time (ids ascend as the old ones did).
+fn take_over(hlc: &mut Hlc, old: &str) -> Result<String> {
+    let id = clock::parse_id(old).ok_or_else(|| Error::Invalid(format!("unpushed change id {old:?} is not an id")))?;
+    Ok(hlc.take_over(&id).to_string())
 }
 
 /// Makes `r` a new replica that keeps its unpushed writes; returns it reopened.
@@ -82,10 +91,10 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
                 }
                 let txn = match &new_txn {
                     Some(t) => t.clone(),
-                    None => new_txn.insert(hlc.tick().to_string()).clone(),
+                    None => new_txn.insert(take_over(&mut hlc, &c.transaction_id)?).clone(),
                 };
                 merger.record_local(
-                    &Change { id: hlc.tick().to_string(), transaction_id: txn, author: new.clone(), ..c.clone() },
+                    &Change { id: take_over(&mut hlc, &c.id)?, transaction_id: txn, author: new.clone(), ..c.clone() },
                     &mut outbox,
                 )?;
                 report.kept += 1;

@@ -277,10 +277,18 @@ pub async fn compact_with(
     grace: Duration,
     prune_batches: bool,
 ) -> Result<CompactReport> {
+    if !r.direction()?.pushes() {
+        return Err(Error::Invalid(
+            "this replica only pulls: it writes nothing to the bucket, and a snapshot of it would hand its local writes to clones alone; compact on a replica that pushes".into(),
+        ));
+    }
     r.capture()?;
     // Clones check the snapshot's signature against the key the source publishes.
     // New grants first: the snapshot is sealed under the newest epoch.
     let codec = crate::group::prepare(r, store, true).await?;
+    // A copy of this database writing under our id would make the snapshot state
+    // this copy's changes under ids the other copy gives its own.
+    crate::sync::own_head_is_ours(r, store, &codec, None).await?;
     crate::sync::publish_descriptor(r, store, &codec).await?;
     let published = crate::catchup::before_compacting(r, store, &codec).await?;
     if !published.behind.is_empty() {

@@ -65,6 +65,14 @@ async fn pull_all(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
             None => {}
         }
     }
+    // Pulls skip our own id: a head there that we did not write means a copy of
+    // this database writes under it, whose changes we would never apply. The
+    // others' changes are applied first: `dimple fork` then knows which of this
+    // copy's writes they replaced.
+    let claimed = match heads.get(r.id()) {
+        Some(Some(own)) => super::own_head_is_ours(r, store, &codec, Some(&own.etag)).await.err(),
+        _ => None,
+    };
     let mut report = PullReport { replicas_seen: heads.len(), ..Default::default() };
     let now = clock::rfc3339(r.hlc.now_ms());
     let mode = trust::mode(&r.sync)?;
@@ -134,7 +142,10 @@ async fn pull_all(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     crate::blob::transfer::clear_in(r);
     report.blobs_missing = crate::blob::missing_summary(&r.sync)?;
     report.tables.sort();
-    Ok(report)
+    match claimed {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
 }
 
 /// Why [`apply_links`] stopped.

@@ -167,7 +167,8 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight, codec: &Cod
     // Our previous head rewritten with a new ETag (restored from a backup, copied
     // back by hand) means nobody else wrote under our id: go on.
     let public_key = r.public_key()?;
-    let ours = |b: &[u8]| is_our_last_head(codec, b, &head_key, &me, &public_key, &state);
+    let ours =
+        |b: &[u8]| state.batch_id.is_some() && head_batch(codec, b, &head_key, &me, &public_key) == state.batch_id;
     let landed = store::update_or_recognise(store, &head_key, head, mode, ours).await;
     let etag = ours_or_conflict(landed, &me)?.etag().to_owned();
     let done = PushState {
@@ -195,18 +196,42 @@ fn ours_or_conflict(landed: std::result::Result<Written, StoreError>, me: &str) 
     }
 }
 
-/// Whether `stored` is a head signed with our key naming the last batch we pushed.
-fn is_our_last_head(
+/// Refuses to go on when another device writes under our id. A push finds out by
+/// its head's precondition; a copy with nothing left to push would never push
+/// again, and pulls skip their own id, so it would miss the other copy's writes
+/// for good: pulls and compactions ask here. `listed` is the head's ETag from a
+/// listing already made (no request when it is the one we wrote); None reads it.
+pub(crate) async fn own_head_is_ours(
+    r: &mut Replica,
+    store: &dyn Store,
     codec: &Codec,
-    stored: &[u8],
-    head_key: &str,
-    me: &str,
-    public_key: &str,
-    state: &PushState,
-) -> bool {
-    let Ok(plain) = codec.decode(Kind::Head, head_key, stored) else { return false };
-    let Ok(head) = Head::parse(&plain, head_key, me, Some(public_key)) else { return false };
-    state.batch_id.as_deref() == Some(head.body.batch_id.as_str())
+    listed: Option<&str>,
+) -> Result<()> {
+    let state = PushState::load(&r.sync)?;
+    if listed.is_some() && listed == state.head_etag.as_deref() {
+        return Ok(());
+    }
+    let me = r.id().to_owned();
+    let head_key = layout::head_key(&me);
+    let bytes = match store.get(&head_key, state.head_etag.as_deref()).await {
+        Ok(store::Got::NotModified) | Err(StoreError::NotFound(_)) => return Ok(()),
+        Ok(store::Got::Found { bytes, .. }) => bytes,
+        Err(e) => return Err(e.into()),
+    };
+    // Ours: signed with our key and naming the last batch we recorded, or the one
+    // whose push has not recorded it yet.
+    let named = head_batch(codec, &bytes, &head_key, &me, &r.public_key()?);
+    let inflight = Inflight::load(&r.sync)?.map(|inf| inf.batch_id);
+    match named {
+        Some(batch) if Some(&batch) == state.batch_id.as_ref() || Some(&batch) == inflight.as_ref() => Ok(()),
+        _ => Err(Error::ReplicaConflict(me)),
+    }
+}
+
+/// The batch `stored` names, if it is a head signed with our key.
+fn head_batch(codec: &Codec, stored: &[u8], head_key: &str, me: &str, public_key: &str) -> Option<String> {
+    let plain = codec.decode(Kind::Head, head_key, stored).ok()?;
+    Some(Head::parse(&plain, head_key, me, Some(public_key)).ok()?.body.batch_id)
 }
 
 pub(crate) async fn publish_descriptor(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<()> {

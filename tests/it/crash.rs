@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use dimple::store::faulty::{Fault, FaultPlan, Faulty};
+use dimple::store::Store;
 use dimple::{Options, Replica};
 
 const WRITES: i64 = 23;
@@ -242,6 +243,101 @@ fn pushed_then_copied(
     a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
     block_on(dimple::push(&mut a, store))?;
     Ok((a, copy))
+}
+
+/// A copy with nothing left to push would never push again, and its pull skips
+/// its own id: the other copy's writes under that id were left behind for good.
+/// Its pull now tells it, as a push does, and after `dimple fork` it applies them.
+#[test]
+fn a_copy_with_nothing_to_push_learns_at_its_next_pull_that_another_device_writes_under_its_id() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (_a, copy) = pushed_then_copied(&g, &store)?;
+    let old_id = copy.id().to_owned();
+    drop(copy);
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let db = g.db("copy");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).arg(&db).output().unwrap();
+    for command in ["pull", "sync"] {
+        let out = run(&[command]);
+        assert_eq!(out.status.code(), Some(4), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("dimple fork") && err.lines().count() == 1, "{err}");
+    }
+    let out = run(&["fork", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((report["old_replica"].as_str(), report["kept"].as_u64()), (Some(old_id.as_str()), Some(0)));
+    let out = run(&["sync"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut copy = g.reopen("copy");
+    let a = g.reopen("a");
+    assert_eq!(rows(copy.conn(), "t"), rows(a.conn(), "t"));
+    assert_eq!(rows(copy.conn(), "t").len(), 2, "the row the other copy wrote after the copy is here");
+    assert_eq!(dimple::verify::check(&mut copy)?, vec![]);
+    Ok(())
+}
+
+/// A write the copy made before the other copy's write of the same column keeps
+/// its place in time through `dimple fork`: the later write wins everywhere, as it
+/// would have if the database had never been copied.
+#[test]
+fn a_forked_write_keeps_its_place_in_time_against_the_other_copys_later_write() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (mut a, mut copy) = pushed_then_copied(&g, &store)?;
+    g.clock.advance(5);
+    copy.conn().execute("UPDATE t SET a = 2, b = 'copy' WHERE id = 'k'", [])?;
+    copy.capture()?;
+    g.clock.advance(5);
+    a.conn().execute("UPDATE t SET a = 5 WHERE id = 'k'", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    g.clock.advance(5);
+    let err = block_on(dimple::sync(&mut copy, &store)).unwrap_err();
+    assert!(matches!(err, dimple::Error::ReplicaConflict(_)), "{err}");
+    let (mut copy, report) = dimple::fork::fork(copy, None)?;
+    assert_eq!((report.kept, report.superseded), (2, 0), "k.a and k.b: the copy has not seen a's k.a");
+    for _ in 0..2 {
+        for r in [&mut copy, &mut a] {
+            block_on(dimple::sync(r, &store))?;
+        }
+    }
+    let k = |r: &Replica| -> (i64, String) {
+        r.conn().query_row("SELECT a, b FROM t WHERE id = 'k'", [], |row| Ok((row.get(0)?, row.get(1)?))).unwrap()
+    };
+    assert_eq!(k(&a), (5, "copy".to_owned()), "a's later k.a, the copy's k.b");
+    assert_eq!(k(&copy), k(&a));
+    for r in [&mut a, &mut copy] {
+        assert_eq!(dimple::verify::check(r)?, vec![]);
+    }
+    Ok(())
+}
+
+/// The head this replica last wrote, put back with a new ETag (a bucket restored
+/// from a backup, an object copied back by hand), is still its own: pulls go on.
+#[test]
+fn a_pull_that_finds_its_own_last_head_rewritten_goes_on() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    let mut b = g.replica("b");
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    let head = format!("replicas/{}/LATEST.json", a.id());
+    let (bytes, etag) = match block_on(store.get(&head, None))? {
+        dimple::store::Got::Found { bytes, etag } => (bytes, etag),
+        other => panic!("no head: {other:?}"),
+    };
+    assert_ne!(block_on(store.put(&head, bytes, dimple::store::PutMode::Overwrite))?, etag);
+    b.conn().execute("INSERT INTO t VALUES ('from-b', 2, 'y', 0.5)", [])?;
+    block_on(dimple::push(&mut b, &store))?;
+    block_on(dimple::pull(&mut a, &store))?;
+    assert_eq!(rows(a.conn(), "t").len(), 2);
+    a.conn().execute("UPDATE t SET a = 3 WHERE id = 'k'", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(a.conn(), "t"), rows(b.conn(), "t"));
+    Ok(())
 }
 
 fn copied_database_is_detected(backend: Backend) -> TestResult {

@@ -24,6 +24,34 @@ fn a_pull_only_replica_never_uploads() -> TestResult {
     Ok(())
 }
 
+/// A snapshot carries the log and the tables as they are here: one from a
+/// replica that only pulls would hand its local writes, which the group never
+/// gets, to every clone made from it.
+#[test]
+fn a_pull_only_replica_refuses_to_compact_and_no_clone_gets_its_local_writes() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
+    block_on(dimple::sync(&mut a, &store))?;
+    let mut b = g.replica("b");
+    b.set_direction(Direction::Pull)?;
+    b.conn().execute("INSERT INTO t VALUES ('from-b', 2, 'y', 0.5)", [])?;
+    block_on(dimple::sync(&mut b, &store))?;
+    drop(b);
+    let bin = env!("CARGO_BIN_EXE_dimple");
+    let out = std::process::Command::new(bin).args(["compact", g.db("b").to_str().unwrap()]).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("only pulls"), "{err}");
+    let keys = block_on(dimple::store::list_all(&store, "", None))?;
+    assert!(keys.iter().all(|k| !k.key.starts_with("snapshots/")), "{keys:?}");
+    block_on(dimple::snapshot::compact(&mut a, &store, std::time::Duration::ZERO))?;
+    let (clone, _) = block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &store, &|_| {}))?;
+    let ids: Vec<String> = rows(clone.conn(), "t").iter().map(|r| format!("{:?}", r[0])).collect();
+    assert_eq!(ids, vec![r#"Text("from-a")"#]);
+    Ok(())
+}
+
 #[test]
 fn a_push_only_replica_never_applies_remote_changes() -> TestResult {
     let g = Group::new();
