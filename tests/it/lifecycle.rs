@@ -8,6 +8,15 @@
 //! as they were captured, so a pruned change still counts), `verify` finds
 //! nothing and no problem is open. The same again in an encrypted group, whose
 //! members also start new key epochs at random moments.
+//!
+//! In the group in the clear a member's database is also copied at random
+//! moments (a restored backup, a cloned disk): both copies write under one
+//! replica id until one of them pushes. The other is refused at its next push,
+//! pull or compaction and runs `dimple fork`, which takes its unpushed writes
+//! over under a new id. What a copy captures under the shared id is provisional
+//! until it pushes: the model takes a copy's changes once a push carried them,
+//! and of a copy that forked only what the fork took over (a write the fork
+//! dropped was replaced by a newer one, which the model holds).
 
 use crate::convergence::{run_write, write_of, Write};
 use crate::support::*;
@@ -51,6 +60,9 @@ enum Op {
     /// Two members start key epochs at the same moment: the second has not
     /// seen the first's (encrypted groups on the local store).
     RekeyAtOnce(usize, usize),
+    /// Member i's database file (and the directory beside it) copied to a new
+    /// member, as a restored backup or a cloned disk would.
+    Copy(usize),
 }
 
 const PASS: &str = "a passphrase for the whole group";
@@ -83,6 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX).prop_map(Op::Reopen),
         1 => (0..MAX).prop_map(Op::Rekey),
         1 => (0..MAX, 0..MAX).prop_map(|(i, j)| Op::RekeyAtOnce(i, j)),
+        1 => (0..MAX).prop_map(Op::Copy),
     ]
 }
 
@@ -92,6 +105,12 @@ struct Member {
     clock: ManualClock,
     replica: Replica,
     app: rusqlite::Connection,
+    /// The replica id this member shares with a copy of its database, if any,
+    /// and how many heads were written under it as of the state it holds.
+    shares: Option<String>,
+    heads: usize,
+    /// What it captured under that id since it last pushed.
+    provisional: Changes,
 }
 
 impl Member {
@@ -102,20 +121,61 @@ impl Member {
 
 /// Every change of table `t` the replica's log holds, by id: (row, column,
 /// encoded value).
-type Changes = BTreeMap<String, (String, String, Option<String>)>;
+type Changes = BTreeMap<String, Change>;
+type Change = (String, String, Option<String>);
 
-fn collect(conn: &rusqlite::Connection, into: &mut Changes) {
-    let mut stmt =
-        conn.prepare("SELECT id, entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't'").unwrap();
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))).unwrap();
-    for row in rows {
-        let (id, change) = row.unwrap();
-        // Two replicas never give one id to different changes: the clock
-        // composes the replica into the id.
-        if let Some(seen) = into.get(&id) {
-            assert_eq!(seen, &change, "change {id} seen twice, differently");
+/// The replica ids copies of a database share, each with the number of heads
+/// written under it since it was first shared. A copy whose own count is below
+/// that is out of date: another copy pushed since the state it holds, so its
+/// next push, pull or compaction is refused.
+#[derive(Default)]
+struct Copies {
+    heads: BTreeMap<String, usize>,
+}
+
+impl Copies {
+    /// Where `member`'s change by `author` goes: None when it is another copy's
+    /// (a snapshot may spread a copy's provisional changes: the model takes a
+    /// copy's changes from its own log only once it pushed them).
+    fn place<'a>(&self, member: &'a mut Member, author: &str, seen: &'a mut Changes) -> Option<&'a mut Changes> {
+        if !self.heads.contains_key(author) {
+            Some(seen)
+        } else if member.shares.as_deref() == Some(author) {
+            Some(&mut member.provisional)
+        } else {
+            None
         }
-        into.insert(id, change);
+    }
+}
+
+fn insert(into: &mut Changes, id: String, change: Change) {
+    // Two replicas never give one id to different changes: the clock composes
+    // the replica into the id.
+    if let Some(seen) = into.get(&id) {
+        assert_eq!(seen, &change, "change {id} seen twice, differently");
+    }
+    into.insert(id, change);
+}
+
+fn collect(m: &mut Member, copies: &Copies, seen: &mut Changes) {
+    let mut stmt = m
+        .replica
+        .conn()
+        .prepare(
+            "SELECT c.id, c.entity_id, c.attribute, c.new_value, a.id FROM ZV_CHANGE c JOIN ZV_AUTHOR a ON a.n = c.author_n
+             WHERE c.entity_type = 't'",
+        )
+        .unwrap();
+    let rows: Vec<(String, Change, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(stmt);
+    for (id, change, author) in rows {
+        if let Some(into) = copies.place(m, &author, seen) {
+            insert(into, id, change);
+        }
     }
 }
 
@@ -132,15 +192,88 @@ fn table_rows(conn: &rusqlite::Connection) -> Vec<Row> {
     }
 }
 
-fn check_own_log(m: &mut Member, seen: &mut Changes) -> Result<(), TestCaseError> {
+fn check_own_log(m: &mut Member, copies: &Copies, seen: &mut Changes) -> Result<(), TestCaseError> {
     m.replica.capture().unwrap();
-    collect(m.replica.conn(), seen);
+    collect(m, copies, seen);
     // A clone made before anyone pushed has no table until it pulls a schema; the
     // changes it holds meanwhile (caught up from a snapshot) wait for it.
     if has_table(m.replica.conn()) {
         prop_assert_eq!(model_of_log(m.replica.conn(), &COLUMNS), rows(m.replica.conn(), "t"), "replica {}", m.name);
     }
     Ok(())
+}
+
+/// A copy refused because the other copy pushed first under their shared id
+/// forks, as its user is told to; what it captured under that id is then the
+/// fork's to take over (None: it forked).
+fn settle<T>(
+    g: &Group,
+    m: &mut Member,
+    copies: &mut Copies,
+    seen: &mut Changes,
+    result: dimple::Result<T>,
+) -> Result<Option<T>, TestCaseError> {
+    let e = match result {
+        Ok(v) => return Ok(Some(v)),
+        Err(e) if e.kind() == dimple::ErrorKind::Conflict => e,
+        Err(e) => panic!("{}: {e}", m.name),
+    };
+    let shared = m.shares.take();
+    let heads = shared.as_ref().and_then(|id| copies.heads.get(id)).copied();
+    prop_assert!(
+        heads.is_some_and(|h| m.heads < h),
+        "{} is refused though no copy pushed since its state: {e}",
+        m.name
+    );
+    let stand_in = Replica::open(&g.db(&m.name), m.opts()).unwrap();
+    let (forked, _) = dimple::fork::fork(std::mem::replace(&mut m.replica, stand_in), None).unwrap();
+    m.replica = forked;
+    m.provisional.clear();
+    check_own_log(m, copies, seen)?;
+    Ok(None)
+}
+
+/// A copy whose push carried changes wrote a head: it must have been up to date,
+/// and what it captured under the shared id is real now.
+fn pushed(m: &mut Member, copies: &mut Copies, seen: &mut Changes, changes: usize) -> Result<(), TestCaseError> {
+    let Some(id) = &m.shares else { return Ok(()) };
+    if changes == 0 {
+        return Ok(());
+    }
+    let heads = copies.heads.get_mut(id).expect("a shared id is counted");
+    prop_assert!(m.heads == *heads, "{} pushed under {id}, though another copy pushed since its state", m.name);
+    *heads += 1;
+    m.heads = *heads;
+    for (id, change) in std::mem::take(&mut m.provisional) {
+        insert(seen, id, change);
+    }
+    Ok(())
+}
+
+/// Copies member `from`'s database, its WAL and the directory beside it, as a
+/// disk copy would (no connection is in a transaction).
+fn copy_database(g: &Group, from: &str, to: &str) {
+    let (src, dst) = (g.db(from), g.db(to));
+    std::fs::copy(&src, &dst).unwrap();
+    let wal = |p: &std::path::Path| std::path::PathBuf::from(format!("{}-wal", p.display()));
+    if wal(&src).exists() {
+        std::fs::copy(wal(&src), wal(&dst)).unwrap();
+    }
+    let side = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.dimple", p.display()));
+    copy_dir(&side(&src), &side(&dst));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
 
 fn live(
@@ -167,10 +300,11 @@ fn live(
                 block_on(dimple::group::adopt(&mut replica, store, keys)).unwrap();
             }
             let app = open_plain(&g.db(&name));
-            Member { name, clock, replica, app }
+            Member { name, clock, replica, app, shares: None, heads: 0, provisional: Changes::new() }
         })
         .collect();
     let mut seen = Changes::new();
+    let mut copies = Copies::default();
     for op in ops {
         let n = members.len();
         match op {
@@ -190,35 +324,43 @@ fn live(
                 } else {
                     run_write(&m.app, key, &write);
                 }
-                check_own_log(m, &mut seen)?;
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Sync(i) => {
                 let m = &mut members[i % n];
-                let report = block_on(dimple::sync(&mut m.replica, store)).unwrap();
-                prop_assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
-                check_own_log(m, &mut seen)?;
+                let synced = block_on(dimple::sync(&mut m.replica, store));
+                if let Some(report) = settle(g, m, &mut copies, &mut seen, synced)? {
+                    prop_assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+                    pushed(m, &mut copies, &mut seen, report.push.changes)?;
+                }
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Push(i) => {
                 let m = &mut members[i % n];
-                block_on(dimple::push(&mut m.replica, store)).unwrap();
+                let result = block_on(dimple::push(&mut m.replica, store));
+                if let Some(report) = settle(g, m, &mut copies, &mut seen, result)? {
+                    pushed(m, &mut copies, &mut seen, report.changes)?;
+                }
             }
             Op::Pull(i) => {
                 let m = &mut members[i % n];
-                block_on(dimple::pull(&mut m.replica, store)).unwrap();
-                check_own_log(m, &mut seen)?;
+                let result = block_on(dimple::pull(&mut m.replica, store));
+                settle(g, m, &mut copies, &mut seen, result)?;
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Tick(ms) => members.iter().for_each(|m| m.clock.advance(ms)),
             Op::Prune(i) => {
                 let m = &mut members[i % n];
-                collect(m.replica.conn(), &mut seen);
+                collect(m, &copies, &mut seen);
                 dimple::retention::set(m.replica.conn(), Retention::Days(0)).unwrap();
                 dimple::retention::prune(&mut m.replica).unwrap();
-                check_own_log(m, &mut seen)?;
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Compact(i, prune) => {
                 let m = &mut members[i % n];
-                block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune)).unwrap();
-                check_own_log(m, &mut seen)?;
+                let result = block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune));
+                settle(g, m, &mut copies, &mut seen, result)?;
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Join => {
                 if members.len() == MAX {
@@ -241,21 +383,45 @@ fn live(
                 ))
                 .unwrap();
                 let app = open_plain(&g.db(&name));
-                let mut m = Member { name, clock, replica, app };
-                check_own_log(&mut m, &mut seen)?;
+                let mut m = Member { name, clock, replica, app, shares: None, heads: 0, provisional: Changes::new() };
+                check_own_log(&mut m, &copies, &mut seen)?;
                 members.push(m);
             }
             Op::Reopen(i) => {
                 let m = &mut members[i % n];
                 let opts = m.opts();
                 m.replica = Replica::open(&g.db(&m.name), opts).unwrap();
-                check_own_log(m, &mut seen)?;
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::Rekey(i) => {
                 if encrypted {
                     let m = &mut members[i % n];
                     block_on(dimple::group::rekey(&mut m.replica, store, &[], Some(PASS))).unwrap();
                 }
+            }
+            Op::Copy(i) => {
+                // Forks in encrypted groups are the encryption tests' subject.
+                if encrypted || members.len() == MAX {
+                    continue;
+                }
+                let i = i % n;
+                let name = format!("r{}", members.len());
+                copy_database(g, &members[i].name, &name);
+                let id = members[i].replica.id().to_owned();
+                // Until a copy pushes, what each captures under the id is provisional.
+                let heads = *copies.heads.entry(id.clone()).or_default();
+                if members[i].shares.is_none() {
+                    members[i].heads = heads;
+                }
+                members[i].shares = Some(id.clone());
+                let heads = members[i].heads;
+                let clock = clock_for(members.len());
+                let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
+                let replica = Replica::open(&g.db(&name), opts).unwrap();
+                let app = open_plain(&g.db(&name));
+                let mut m = Member { name, clock, replica, app, shares: Some(id), heads, provisional: Changes::new() };
+                check_own_log(&mut m, &copies, &mut seen)?;
+                members.push(m);
             }
             Op::RekeyAtOnce(i, j) => {
                 if encrypted && i % n != j % n {
@@ -276,11 +442,21 @@ fn live(
             }
         }
     }
-    // Everyone pushes, then everyone pulls, twice over.
-    for _ in 0..2 {
+    // Everyone pushes, then everyone pulls, twice over after the last fork.
+    let mut quiet = 0;
+    while quiet < 2 {
+        quiet += 1;
         for m in &mut members {
-            let report = block_on(dimple::sync(&mut m.replica, store)).unwrap();
+            let synced = block_on(dimple::sync(&mut m.replica, store));
+            let report = match settle(g, m, &mut copies, &mut seen, synced)? {
+                Some(report) => report,
+                None => {
+                    quiet = 0;
+                    block_on(dimple::sync(&mut m.replica, store)).unwrap()
+                }
+            };
             prop_assert!(report.pull.problems.is_empty(), "{}: {:?}", m.name, report.pull.problems);
+            pushed(m, &mut copies, &mut seen, report.push.changes)?;
         }
     }
     let expected = model_of_changes(seen.values().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), &COLUMNS);
