@@ -4,16 +4,25 @@
 use crate::support::*;
 use dimple::direction::Direction;
 
+/// `a` wrote one row and synced; `b` only pulls and wrote a row of its own.
+fn a_writer_and_a_pull_only_replica_that_wrote(
+    g: &Group,
+    store: &dimple::store::Metered<dyn dimple::store::Store>,
+) -> Result<(dimple::Replica, dimple::Replica), Box<dyn std::error::Error>> {
+    let mut a = g.replica("a");
+    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
+    block_on(dimple::sync(&mut a, store))?;
+    let b = g.replica("b");
+    b.set_direction(Direction::Pull)?;
+    b.conn().execute("INSERT INTO t VALUES ('from-b', 2, 'y', 0.5)", [])?;
+    Ok((a, b))
+}
+
 #[test]
 fn a_pull_only_replica_never_uploads() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut a = g.replica("a");
-    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
-    block_on(dimple::sync(&mut a, &store))?;
-    let mut b = g.replica("b");
-    b.set_direction(Direction::Pull)?;
-    b.conn().execute("INSERT INTO t VALUES ('from-b', 2, 'y', 0.5)", [])?;
+    let (_a, mut b) = a_writer_and_a_pull_only_replica_that_wrote(&g, &store)?;
     let report = block_on(dimple::sync(&mut b, &store))?;
     assert_eq!(report.requests.put, 0, "{:?}", report.requests);
     let report = block_on(dimple::push(&mut b, &store))?;
@@ -31,12 +40,7 @@ fn a_pull_only_replica_never_uploads() -> TestResult {
 fn a_pull_only_replica_refuses_to_compact_and_no_clone_gets_its_local_writes() -> TestResult {
     let g = Group::new();
     let store = g.store();
-    let mut a = g.replica("a");
-    a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
-    block_on(dimple::sync(&mut a, &store))?;
-    let mut b = g.replica("b");
-    b.set_direction(Direction::Pull)?;
-    b.conn().execute("INSERT INTO t VALUES ('from-b', 2, 'y', 0.5)", [])?;
+    let (mut a, mut b) = a_writer_and_a_pull_only_replica_that_wrote(&g, &store)?;
     block_on(dimple::sync(&mut b, &store))?;
     drop(b);
     let bin = env!("CARGO_BIN_EXE_dimple");
