@@ -370,6 +370,13 @@ pub fn pushed(conn: &Connection, through: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the outbox of the database attached as `schema` (a name of dimple's
+/// own) holds a change after `after`, the cursor of its last push.
+pub fn holds_after(conn: &Connection, schema: &str, after: &str) -> Result<bool> {
+    let sql = format!("SELECT EXISTS(SELECT 1 FROM {schema}.ZV_OUTBOX WHERE last_id > ?1)");
+    Ok(conn.query_row(&sql, [after_value(after)], |r| r.get(0))?)
+}
+
 /// Empties the outbox (a fork records what it keeps again, under its new id).
 pub fn clear(conn: &Connection) -> Result<()> {
     conn.execute("DELETE FROM ZV_OUTBOX", [])?;

@@ -171,8 +171,9 @@ struct Counts {
     cursors: usize,
 }
 
-/// Writes the snapshot file of `r` at `path`.
-fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts> {
+/// Writes the snapshot file of `r` at `path`; with `pushed_only`, None when a
+/// change of its own waits for a push (the caller pushes and tries again).
+fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str, pushed_only: bool) -> Result<Option<Counts>> {
     let _ = std::fs::remove_file(path);
     let s = Connection::open(path)?;
     crate::record::register(&s)?;
@@ -193,10 +194,18 @@ fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str) -> Result<Counts>
             r.capture()?;
             continue;
         }
+        // The source's cursor is its last pushed batch: a change after it would
+        // be in the snapshot and in no batch.
+        let through = crate::meta::PushState::load_in(&s, "src")?.through;
+        if pushed_only && crate::outbox::holds_after(&s, "src", &through)? {
+            s.execute_batch("ROLLBACK")?;
+            s.execute_batch("DETACH src")?;
+            return Ok(None);
+        }
         let counts = copy(&s, r, snapshot_id, &public_key)?;
         s.execute_batch("COMMIT")?;
         s.execute_batch("DETACH src")?;
-        return Ok(counts);
+        return Ok(Some(counts));
     }
     Err(Error::Invalid(
         "the application keeps writing: could not read a quiet moment for the snapshot; try again".into(),
@@ -298,7 +307,7 @@ pub async fn compact_with(
             published.behind.join(", ")
         )));
     }
-    let mut report = write_and_point(r, store, &codec, grace, published.snapshot_id.as_deref()).await?;
+    let mut report = write_and_point(r, store, &codec, grace, published.snapshot_id.as_deref(), false).await?;
     report.caught_up = published.caught_up;
     if prune_batches && report.published {
         report.pruned_batches = prune_covered(r, store, &report.covered, grace).await?;
@@ -346,27 +355,48 @@ async fn prune_covered(
 pub async fn seed(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<CompactReport> {
     r.capture()?;
     crate::sync::put_descriptor(r, store, codec).await?;
-    write_and_point(r, store, codec, Duration::MAX, None).await
+    write_and_point(r, store, codec, Duration::MAX, None, true).await
 }
 
 /// Writes the snapshot and points LATEST.json at it in place of the snapshot
 /// `replaces` (None: in place of none), which the caller made sure it covers.
+/// Pushes first, unless `seeding` another group's bucket, where `r` does not push.
 async fn write_and_point(
     r: &mut Replica,
     store: &dyn Store,
     codec: &Codec,
     grace: Duration,
     replaces: Option<&str>,
+    seeding: bool,
 ) -> Result<CompactReport> {
     let snapshot_id = r.new_id()?.to_string();
     let path = r.side().file(&format!("snapshot-{snapshot_id}.db"));
-    let counts = write_file(r, &path, &snapshot_id);
-    let counts = match counts {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
+    let mut counts = None;
+    for _attempt in 0..20 {
+        // A snapshot states its source's changes only as far as its batches carry
+        // them, so a source that stopped after compacting leaves nothing behind
+        // that clones alone would have. A seed is another group's first object.
+        if !seeding {
+            crate::sync::push_after_pull(r, store).await?;
         }
+        match write_file(r, &path, &snapshot_id, !seeding) {
+            Ok(Some(c)) => {
+                counts = Some(c);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        }
+    }
+    let Some(counts) = counts else {
+        let _ = std::fs::remove_file(&path);
+        return Err(Error::Invalid(
+            "the application keeps writing: every push was followed by new changes before the snapshot; try again"
+                .into(),
+        ));
     };
     // What the snapshot covers, read before it is sealed.
     let covered: Vec<(String, String)> = Connection::open(&path)

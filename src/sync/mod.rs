@@ -28,7 +28,7 @@ mod push;
 pub use check::MAX_VALUE_KEY;
 pub use pull::pull;
 pub use push::push;
-pub(crate) use push::{descriptor, own_head_is_ours, publish_descriptor, put_descriptor};
+pub(crate) use push::{descriptor, own_head_is_ours, publish_descriptor, push_after_pull, put_descriptor};
 
 use crate::error::Result;
 use crate::replica::Replica;

@@ -5,6 +5,7 @@
 use crate::support::*;
 use dimple::clone::clone;
 use dimple::store::Store;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -354,5 +355,84 @@ fn a_compaction_overtaken_after_its_check_leaves_the_other_snapshot_published() 
     assert!(report.snapshot_id > ahead.snapshot_id, "the id alone would have let it publish");
     let now = dimple::snapshot::Pointer::parse(&block_on(pointer())?.0, "LATEST.json")?;
     assert_eq!(now.snapshot_id, ahead.snapshot_id);
+    Ok(())
+}
+
+/// A snapshot speaks for its source up to the cursor it states. A write of the
+/// source's own that no batch carries would reach the clones made from it
+/// alone, and the rest of the group never, if the source stopped before it
+/// pushed (a lost laptop): compaction pushes first.
+#[test]
+fn a_snapshot_holds_no_write_of_its_source_that_no_batch_carries() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    let mut b = g.replica("b");
+    write(&mut a, "pushed", 1);
+    block_on(dimple::sync(&mut a, &store))?;
+    write(&mut a, "captured", 2);
+    a.capture()?;
+    block_on(dimple::snapshot::compact(&mut a, &store, Duration::ZERO))?;
+    drop(a);
+    let (c, _) = block_on(clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &store, &|_| {}))?;
+    block_on(dimple::sync(&mut b, &store))?;
+    assert_eq!(rows(b.conn(), "t").len(), 2, "the write the snapshot holds is in a batch too");
+    assert_eq!(rows(c.conn(), "t"), rows(b.conn(), "t"));
+    Ok(())
+}
+
+/// A store in which the app writes a row (`INSERT ... ('late', ...)`) while the
+/// first head is written, that is during a push.
+struct WritesDuringPush {
+    inner: Box<dyn Store>,
+    db: std::path::PathBuf,
+    written: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Store for WritesDuringPush {
+    async fn list_page(
+        &self,
+        p: &str,
+        a: Option<&str>,
+    ) -> dimple::store::StoreResult<(Vec<dimple::store::ObjectMeta>, bool)> {
+        self.inner.list_page(p, a).await
+    }
+    async fn get(&self, k: &str, i: Option<&str>) -> dimple::store::StoreResult<dimple::store::Got> {
+        self.inner.get(k, i).await
+    }
+    async fn put(&self, k: &str, b: Vec<u8>, m: dimple::store::PutMode) -> dimple::store::StoreResult<String> {
+        let put = self.inner.put(k, b, m).await;
+        if k.starts_with("replicas/") && k.ends_with("/LATEST.json") && !self.written.swap(true, Ordering::SeqCst) {
+            let app = open_plain(&self.db);
+            app.execute("INSERT INTO t VALUES ('late', 3, 'z', 0.5)", []).unwrap();
+        }
+        put
+    }
+    async fn delete(&self, k: &str) -> dimple::store::StoreResult<()> {
+        self.inner.delete(k).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The app writes while the compaction pushes: the snapshot is taken only once
+/// a push carried that write too.
+#[test]
+fn a_write_made_while_a_compaction_pushes_is_in_a_batch_before_it_is_in_the_snapshot() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    let mut b = g.replica("b");
+    write(&mut a, "captured", 2);
+    let store = WritesDuringPush { inner: g.raw_store(), db: g.db("a"), written: Default::default() };
+    let report = block_on(dimple::snapshot::compact(&mut a, &store, Duration::ZERO))?;
+    assert!(store.written.load(Ordering::SeqCst) && report.published);
+    drop(a);
+    let (c, _) = block_on(clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &g.store(), &|_| {}))?;
+    block_on(dimple::sync(&mut b, &g.store()))?;
+    let keys: Vec<String> = rows(b.conn(), "t").iter().map(|r| format!("{:?}", r[0])).collect();
+    assert_eq!(keys, vec![r#"Text("captured")"#, r#"Text("late")"#]);
+    assert_eq!(rows(c.conn(), "t"), rows(b.conn(), "t"));
     Ok(())
 }
