@@ -32,6 +32,9 @@ use crate::trust;
 use rusqlite::TransactionBehavior;
 use serde::Serialize;
 
+/// `ZV_METADATA` key naming the replica id this one forked from.
+pub(crate) const FORKED_FROM: &str = "forked_from";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ForkReport {
     pub old_replica: String,
@@ -126,7 +129,7 @@ pub fn fork(mut r: Replica, name: Option<&str>) -> Result<(Replica, ForkReport)>
         crate::group::forget_card(&tx)?;
         crate::schema::forget_published(&tx)?;
         meta::set(&tx, "database_uuid", &new)?;
-        meta::set(&tx, "forked_from", &old)?;
+        meta::set(&tx, FORKED_FROM, &old)?;
         meta::set(&tx, meta::PUBLIC_KEY, &new_public)?;
         if let Some(name) = name {
             meta::set(&tx, "name", name)?;

@@ -561,8 +561,18 @@ async fn accept_grants(r: &mut Replica, store: &dyn Store, group: &str) -> Resul
     let mut ring = keyring(r)?;
     let had = ring.len();
     let now = clock::rfc3339(r.opts.clock.now_ms());
-    for meta in list_all(store, &layout::grants_prefix(&me), None).await? {
-        let Some(epoch) = layout::parse_id_key(&meta.key, &layout::grants_prefix(&me)) else { continue };
+    // A forked device keeps the exchange key of the id it forked from, so the
+    // grants to that id open here too: an epoch started before this device's new
+    // card was out reaches it that way.
+    let origin = crate::meta::get(&r.sync, crate::fork::FORKED_FROM)?.filter(|id| layout::is_canonical_uuid(id));
+    let mut listed = Vec::new();
+    for addressee in std::iter::once(me.clone()).chain(origin) {
+        for meta in list_all(store, &layout::grants_prefix(&addressee), None).await? {
+            listed.push((addressee.clone(), meta));
+        }
+    }
+    for (addressee, meta) in listed {
+        let Some(epoch) = layout::parse_id_key(&meta.key, &layout::grants_prefix(&addressee)) else { continue };
         if Uuid::parse_str(epoch).is_ok_and(|e| ring.get(&e).is_some()) {
             continue;
         }
@@ -571,7 +581,9 @@ async fn accept_grants(r: &mut Replica, store: &dyn Store, group: &str) -> Resul
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        match open_grant(r, &ring, &bytes, &meta.key, group, epoch) {
+        match open_grant(r, &ring, &bytes, &meta.key, group, epoch, &addressee) {
+            // An epoch that shuts this device out is not taken in through its origin.
+            Ok((_, revoked, _)) if addressee != me && revoked.contains(&me) => {}
             Ok((granted, revoked, granter)) => {
                 // A grant to this device naming it revoked contradicts itself:
                 // keeping that would block this device, and name it in its own grants.
@@ -607,9 +619,10 @@ fn open_grant(
     key: &str,
     group: &str,
     epoch: &str,
+    addressee: &str,
 ) -> Result<(Keyring, Vec<String>, String)> {
     let g: Grant = verified(bytes, key, |g: &Grant| &g.granter_key)?;
-    if g.group != group || g.member != r.id() || g.epoch != epoch || g.format != FORMAT {
+    if g.group != group || g.member != addressee || g.epoch != epoch || g.format != FORMAT {
         return Err(Error::bad(key, "grant is for another group, device or epoch"));
     }
     if !layout::is_canonical_uuid(&g.granter) {
@@ -877,6 +890,12 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
         put_grant(r, store, &ring, c, &shut_out).await?;
         granted.push(c.replica.clone());
     }
+    // To this device too, from its own card (not the bucket's): a copy of its
+    // database that forks keeps its exchange key and takes the epoch in through
+    // the grants to the id it forked from (`accept_grants`), though its own new
+    // id has no card yet.
+    let own = card(r)?;
+    put_grant(r, store, &ring, &own, &shut_out).await?;
     if let Some(p) = passphrase {
         put_passphrase_grant(store, &ring, p).await?;
     }

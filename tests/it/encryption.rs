@@ -1009,6 +1009,75 @@ fn a_forked_member_publishes_its_new_card_and_is_kept_by_a_rekey() -> TestResult
     Ok(())
 }
 
+/// A forked device keeps the exchange key of the id it forked from: an epoch a
+/// member starts before the new id's card is out reaches it through the grant
+/// to that id.
+#[test]
+fn a_forked_device_reads_an_epoch_started_before_its_new_card_was_out() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let b = join(&g, "b");
+    sync(&g, &mut a);
+    let (mut b, _) = dimple::fork::fork(b, None)?;
+    let done = block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    assert!(!done.granted.contains(&b.id().to_owned()), "the new id has no card yet: {done:?}");
+    write(&a, "after");
+    sync(&g, &mut a);
+    let report = sync(&g, &mut b);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert!(has(&b, "after"));
+    Ok(())
+}
+
+/// The copy that kept the id starts an epoch: it grants it to its own id too,
+/// so the copy that forked away, holding the same exchange key, takes it in
+/// before its new card is out.
+#[test]
+fn a_device_forked_from_a_copy_that_rekeys_reads_the_new_epoch() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    sync(&g, &mut a);
+    drop(a);
+    std::fs::copy(g.db("a"), g.db("copy"))?;
+    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
+    std::fs::create_dir_all(side("copy"))?;
+    for entry in std::fs::read_dir(side("a"))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), side("copy").join(entry.file_name()))?;
+        }
+    }
+    let mut a = g.reopen("a");
+    let copy = g.reopen("copy");
+    block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    write(&a, "sealed-after");
+    sync(&g, &mut a);
+    let (mut copy, _) = dimple::fork::fork(copy, None)?;
+    let report = sync(&g, &mut copy);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert!(has(&copy, "sealed-after"));
+    Ok(())
+}
+
+/// ... but not an epoch that shuts the new id out.
+#[test]
+fn a_forked_device_revoked_under_its_new_id_takes_no_epoch_through_the_id_it_forked_from() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let b = join(&g, "b");
+    sync(&g, &mut a);
+    let (mut b, _) = dimple::fork::fork(b, None)?;
+    sync(&g, &mut b);
+    sync(&g, &mut a);
+    let forked = b.id().to_owned();
+    block_on(group::rekey(&mut a, &g.store(), &[forked], None))?;
+    write(&a, "secret");
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    assert!(!has(&b, "secret"), "the revoked new id read what was sealed after");
+    Ok(())
+}
+
 /// The walkthrough of docs/trust.md, through the command line.
 #[test]
 fn the_command_line_creates_joins_grants_and_rekeys() -> TestResult {

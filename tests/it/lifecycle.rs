@@ -9,9 +9,9 @@
 //! nothing and no problem is open. The same again in an encrypted group, whose
 //! members also start new key epochs at random moments.
 //!
-//! In the group in the clear a member's database is also copied at random
-//! moments (a restored backup, a cloned disk): both copies write under one
-//! replica id until one of them pushes. The other is refused at its next push,
+//! A member's database is also copied at random moments (a restored backup, a
+//! cloned disk): both copies write under one replica id until one of them
+//! pushes. The other is refused at its next push,
 //! pull or compaction and runs `dimple fork`, which takes its unpushed writes
 //! over under a new id. What a copy captures under the shared id is provisional
 //! until it pushes: the model takes a copy's changes once a push carried them,
@@ -358,8 +358,13 @@ fn live(
             }
             Op::Compact(i, prune) => {
                 let m = &mut members[i % n];
+                // A compaction pushes what waits first.
+                m.replica.capture().unwrap();
+                let waiting = m.replica.unpushed().unwrap() as usize;
                 let result = block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune));
-                settle(g, m, &mut copies, &mut seen, result)?;
+                if settle(g, m, &mut copies, &mut seen, result)?.is_some() {
+                    pushed(m, &mut copies, &mut seen, waiting)?;
+                }
                 check_own_log(m, &copies, &mut seen)?;
             }
             Op::Join => {
@@ -400,9 +405,7 @@ fn live(
                 }
             }
             Op::Copy(i) => {
-                // Not in an encrypted group: a forked device's new id holds no grant
-                // of an epoch started before its new card was out (docs/trust.md).
-                if encrypted || members.len() == MAX {
+                if members.len() == MAX {
                     continue;
                 }
                 let i = i % n;
