@@ -196,13 +196,13 @@ fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str, pushed_only: bool
         }
         // The source's cursor is its last pushed batch: a change after it would
         // be in the snapshot and in no batch.
-        let through = crate::meta::PushState::load_in(&s, "src")?.through;
-        if pushed_only && crate::outbox::holds_after(&s, "src", &through)? {
+        let pushed = crate::meta::PushState::load_in(&s, "src")?;
+        if pushed_only && crate::outbox::holds_after(&s, "src", &pushed.through)? {
             s.execute_batch("ROLLBACK")?;
             s.execute_batch("DETACH src")?;
             return Ok(None);
         }
-        let counts = copy(&s, r, snapshot_id, &public_key)?;
+        let counts = copy(&s, r, snapshot_id, &public_key, pushed)?;
         s.execute_batch("COMMIT")?;
         s.execute_batch("DETACH src")?;
         return Ok(Some(counts));
@@ -212,7 +212,14 @@ fn write_file(r: &mut Replica, path: &Path, snapshot_id: &str, pushed_only: bool
     ))
 }
 
-fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Result<Counts> {
+/// `pushed` is the source's push state, read in the same read transaction.
+fn copy(
+    s: &Connection,
+    r: &Replica,
+    snapshot_id: &str,
+    public_key: &str,
+    pushed: crate::meta::PushState,
+) -> Result<Counts> {
     let mut counts = Counts::default();
     let tables: Vec<(String, String)> = s
         .prepare(
@@ -233,10 +240,9 @@ fn copy(s: &Connection, r: &Replica, snapshot_id: &str, public_key: &str) -> Res
     // copies these tables page by page.
     counts.changes = crate::log::copy_winners(s, "src")?;
     crate::peers::copy_to_snapshot(s)?;
-    // The source itself: its last pushed batch (read in this same transaction).
+    // The source itself: its last pushed batch.
     let name: Option<String> =
         s.query_row("SELECT value FROM src.ZV_METADATA WHERE key = 'name'", [], |r| r.get(0)).optional()?;
-    let pushed = crate::meta::PushState::load_in(s, "src")?;
     s.execute(
         "INSERT OR REPLACE INTO main.ZV_CURSOR(replica, name, public_key, batch_id, batch_sha256, last_change_id, change_count)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
