@@ -273,7 +273,11 @@ impl Recorder<'_, '_> {
                         })?;
                         // The old value is history, never sent on its own: only hashed.
                         let (old, new) = (stored(self, r, 0, seq, false)?, stored(self, r, 1, seq, true)?);
-                        self.record(tbl, &entity_id, c, Some(old), new)?;
+                        // A real zero written over the same zero (the trigger cannot
+                        // tell -0.0 from 0.0): no change.
+                        if old != new {
+                            self.record(tbl, &entity_id, c, Some(old), new)?;
+                        }
                     }
                     _ => {
                         return Err(Error::Invalid(format!("captured write {last_seq:?} of {tbl} has unknown op {op}")))

@@ -209,7 +209,7 @@ pub fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<String
 }
 
 /// Bumped when the trigger SQL changes: `ingest` reinstalls older triggers.
-pub const CAPTURE_VERSION: i64 = 2;
+pub const CAPTURE_VERSION: i64 = 3;
 
 /// `a.k IS b.k` for every key column, compared byte for byte (a NOCASE key that
 /// changes case is a new key).
@@ -273,11 +273,13 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
         ),
     ];
     // One trigger per column, so an UPDATE that sets one column runs one trigger, and
-    // only a real change (value or storage class, byte for byte) is recorded.
+    // only a real change (value or storage class, byte for byte) is recorded. SQL
+    // holds -0.0 and 0.0 equal, and no SQL function tells them apart: a real zero
+    // over a real zero is captured, and `ingest` drops it if the bits are the same.
     for (i, c) in info.columns.iter().enumerate() {
         let col = ident(c);
         out.push(format!(
-            "CREATE TRIGGER {} AFTER UPDATE OF {col} ON {t} WHEN {} AND (OLD.{col} IS NOT NEW.{col} COLLATE BINARY OR typeof(OLD.{col}) <> typeof(NEW.{col})) \
+            "CREATE TRIGGER {} AFTER UPDATE OF {col} ON {t} WHEN {} AND (OLD.{col} IS NOT NEW.{col} COLLATE BINARY OR typeof(OLD.{col}) <> typeof(NEW.{col}) OR (typeof(NEW.{col}) = 'real' AND NEW.{col} = 0.0)) \
              BEGIN INSERT INTO {pending}(op, pk, col, old, new) VALUES ({OP_UPDATE}, {}, {i}, OLD.{col}, NEW.{col}); END",
             ident(&format!("zv_upd_{i}_{}", info.name)),
             keys_equal(info, false),

@@ -378,3 +378,33 @@ fn a_burst_of_many_chunks_of_writes_is_recorded_whole() -> TestResult {
     assert_eq!(rows(r.conn(), "t").len(), live.len());
     Ok(())
 }
+
+/// SQL holds -0.0 and 0.0 equal, but they are different values: an update from
+/// one to the other is a change (values travel bit for bit), and writing a zero
+/// over the very same zero is none.
+#[test]
+fn an_update_between_negative_and_positive_zero_is_a_change_and_a_zero_over_itself_is_none() -> TestResult {
+    let g = Group::new();
+    let mut r = g.replica("a");
+    let app = open_plain(&g.db("a"));
+    app.execute("INSERT INTO t(id, a) VALUES ('k', ?1)", [-0.0f64])?;
+    r.capture()?;
+    let count = |r: &dimple::Replica| -> i64 {
+        r.conn().query_row("SELECT count(*) FROM ZV_CHANGE", [], |row| row.get(0)).unwrap()
+    };
+    let before = count(&r);
+    app.execute("UPDATE t SET a = ?1 WHERE id = 'k'", [0.0f64])?;
+    r.capture()?;
+    assert_eq!(count(&r), before + 1, "-0.0 to 0.0 is a change");
+    app.execute("UPDATE t SET a = ?1 WHERE id = 'k'", [0.0f64])?;
+    r.capture()?;
+    assert_eq!(count(&r), before + 1, "0.0 over 0.0 is none");
+    let a: f64 = r.conn().query_row("SELECT a FROM t WHERE id = 'k'", [], |row| row.get(0))?;
+    assert!(a == 0.0 && a.is_sign_positive());
+    let mut b = g.replica("b");
+    block_on(dimple::sync(&mut r, &g.store()))?;
+    block_on(dimple::sync(&mut b, &g.store()))?;
+    let a: f64 = b.conn().query_row("SELECT a FROM t WHERE id = 'k'", [], |row| row.get(0))?;
+    assert!(a == 0.0 && a.is_sign_positive(), "the other replica holds 0.0, not -0.0");
+    Ok(())
+}
