@@ -306,6 +306,8 @@ pub async fn compact_with(
     crate::sync::own_head_is_ours(r, store, &codec, None).await?;
     crate::sync::publish_descriptor(r, store, &codec).await?;
     let published = crate::catchup::before_compacting(r, store, &codec).await?;
+    // What it caught up holds large values as references, as a pull's would.
+    crate::blob::transfer::fetch_unless_lazy(r, store, &codec).await?;
     if !published.behind.is_empty() {
         return Err(Error::Invalid(format!(
             "the published snapshot covers {} member(s) further than this replica has applied, whose changes it does not take ({}): a snapshot from here would lose the batches pruned under that one; compact on a member that applies them",

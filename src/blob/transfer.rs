@@ -441,6 +441,20 @@ pub async fn fetch_missing(
     Ok(report)
 }
 
+/// What every way of taking in other replicas' changes ends with: the values
+/// still missing here (rebuilt tables, an earlier lazy policy, a blob that was
+/// not there, a snapshot caught up from) fetched now unless this replica is
+/// lazy, and the downloads forgotten.
+pub async fn fetch_unless_lazy(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Fetched> {
+    let fetched = if super::fetch_policy(&r.sync)? == super::Fetch::Eager {
+        fetch_missing(r, store, codec, None).await?
+    } else {
+        Fetched::default()
+    };
+    clear_in(r);
+    Ok(fetched)
+}
+
 /// Forgets downloaded values once they are in their rows (a crash leaves nothing
 /// that the next pull does not clear).
 pub fn clear_in(r: &Replica) {

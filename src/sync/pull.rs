@@ -132,14 +132,9 @@ async fn pull_all(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
         }
     }
     crate::schema::settle_if_changed(r, resettle)?;
-    // Values still missing here (rebuilt tables, an earlier lazy policy, a blob
-    // that was not there): fetched now unless this replica is lazy.
-    if crate::blob::fetch_policy(&r.sync)? == crate::blob::Fetch::Eager {
-        let fetched = crate::blob::transfer::fetch_missing(r, store, &codec, None).await?;
-        report.blobs.add(fetched.moved);
-        report.problems.extend(fetched.problems);
-    }
-    crate::blob::transfer::clear_in(r);
+    let fetched = crate::blob::transfer::fetch_unless_lazy(r, store, &codec).await?;
+    report.blobs.add(fetched.moved);
+    report.problems.extend(fetched.problems);
     report.blobs_missing = crate::blob::missing_summary(&r.sync)?;
     report.tables.sort();
     match claimed {

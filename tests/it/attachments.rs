@@ -876,3 +876,25 @@ fn a_streamed_value_lands_in_its_own_row_when_a_column_is_named_rowid() -> TestR
     assert_eq!(cells(&b), want);
     Ok(())
 }
+
+/// A compaction that catches up from the published snapshot takes in large
+/// values as references, as a pull that catches up does; an eager replica
+/// then fetches them before it goes on, as at the end of every pull.
+#[test]
+fn a_compaction_that_catches_up_from_a_snapshot_fetches_the_large_values_it_took_in() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = files(&g, "a");
+    let mut b = files(&g, "b");
+    dimple::blob::set_threshold(a.conn(), 1024)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let len = 1024 + rng.gen_range(0..4096);
+    let data = random_bytes(&mut rng, len);
+    a.conn().execute("INSERT INTO f(id, data) VALUES ('x', ?1)", [&data])?;
+    block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, false))?;
+    let compacted = block_on(dimple::snapshot::compact_with(&mut b, &store, std::time::Duration::ZERO, false))?;
+    assert_eq!(compacted.caught_up, vec![a.id().to_owned()], "b caught up from a's snapshot");
+    assert_eq!(rows(&b), rows(&a));
+    assert!(dimple::blob::missing(b.conn())?.is_empty());
+    Ok(())
+}
