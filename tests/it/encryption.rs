@@ -1038,15 +1038,7 @@ fn a_device_forked_from_a_copy_that_rekeys_reads_the_new_epoch() -> TestResult {
     let mut a = start(&g, "a");
     sync(&g, &mut a);
     drop(a);
-    std::fs::copy(g.db("a"), g.db("copy"))?;
-    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
-    std::fs::create_dir_all(side("copy"))?;
-    for entry in std::fs::read_dir(side("a"))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), side("copy").join(entry.file_name()))?;
-        }
-    }
+    copy_files(&g, "a", "copy")?;
     let mut a = g.reopen("a");
     let copy = g.reopen("copy");
     block_on(group::rekey(&mut a, &g.store(), &[], None))?;
@@ -1056,6 +1048,52 @@ fn a_device_forked_from_a_copy_that_rekeys_reads_the_new_epoch() -> TestResult {
     let report = sync(&g, &mut copy);
     assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
     assert!(has(&copy, "sealed-after"));
+    Ok(())
+}
+
+/// Copies database `from`, and the files beside it, to `to` (a closed replica).
+fn copy_files(g: &Group, from: &str, to: &str) -> std::io::Result<()> {
+    std::fs::copy(g.db(from), g.db(to))?;
+    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
+    std::fs::create_dir_all(side(to))?;
+    for entry in std::fs::read_dir(side(from))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), side(to).join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Two copies of one database hold one clock and one replica id: epochs they
+/// start at once before either pushes still get two ids, so each takes the
+/// other's in (one id with two keys, each skipped by the other as an epoch it
+/// held, split them for good).
+#[test]
+fn two_copies_of_a_device_starting_key_epochs_at_once_split_nobody() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    sync(&g, &mut a);
+    drop(a);
+    copy_files(&g, "a", "copy")?;
+    let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
+    let a_id = a.id().to_owned();
+    let at_a = block_on(group::rekey(&mut a, &g.store(), &[], None))?;
+    let at_copy = without_grant(&g, &a_id, &at_a.epoch, || block_on(group::rekey(&mut copy, &g.store(), &[], None)))?;
+    assert_ne!(at_a.epoch, at_copy.epoch);
+    write(&a, "from-a");
+    sync(&g, &mut a);
+    // The copy is told at its next sync that the id is in use, and forks.
+    let (mut copy, _) = dimple::fork::fork(copy, None)?;
+    write(&copy, "from-copy");
+    for r in [&mut copy, &mut a] {
+        let report = sync(&g, r);
+        assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    }
+    for r in [&a, &copy] {
+        assert_eq!(epochs_held(r), 3, "{} holds the first epoch and both new ones", r.id());
+        assert!(has(r, "from-a") && has(r, "from-copy"), "{}", r.id());
+    }
     Ok(())
 }
 
