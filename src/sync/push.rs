@@ -165,10 +165,14 @@ async fn complete(r: &mut Replica, store: &dyn Store, inf: Inflight, codec: &Cod
     // by what it says, not by its bytes.
     let head = codec.encode(Kind::Head, &head_key, inf.head.clone().into_bytes())?;
     // Our previous head rewritten with a new ETag (restored from a backup, copied
-    // back by hand) means nobody else wrote under our id: go on.
+    // back by hand) means nobody else wrote under our id: go on. So does this very
+    // head landed by an earlier attempt that never heard back: sealed, its bytes
+    // differ from this attempt's (a new nonce), what it says does not.
     let public_key = r.public_key()?;
-    let ours =
-        |b: &[u8]| state.batch_id.is_some() && head_batch(codec, b, &head_key, &me, &public_key) == state.batch_id;
+    let ours = |b: &[u8]| {
+        let named = head_batch(codec, b, &head_key, &me, &public_key);
+        named.is_some() && (named == state.batch_id || named.as_ref() == Some(&inf.batch_id))
+    };
     let landed = store::update_or_recognise(store, &head_key, head, mode, ours).await;
     let etag = ours_or_conflict(landed, &me)?.etag().to_owned();
     let done = PushState {
