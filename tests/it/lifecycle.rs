@@ -2,10 +2,13 @@
 //! write through both capture paths and sync in any order, as in `convergence`;
 //! besides, at random moments one prunes its superseded history (horizon now),
 //! one compacts the bucket (a snapshot, and sometimes the batches it covers
-//! deleted), a new member joins as a clone, and a replica is closed and opened
-//! again. Whatever happened, once everyone has synced every replica holds the
-//! merge rules applied to every change any replica ever captured (collected
-//! as they were captured, so a pruned change still counts), `verify` finds
+//! deleted), a new member joins as a clone, a replica is closed and opened
+//! again, and a sync, push, pull or compaction meets a fault at one of its
+//! store calls (an error before the request, a timeout after it took effect,
+//! or the process killed there and the replica opened again). Whatever
+//! happened, once everyone has synced every replica holds the merge rules
+//! applied to every change any replica ever captured (collected as they were
+//! captured, so a pruned change still counts), `verify` finds
 //! nothing and no problem is open. The same again in an encrypted group, whose
 //! members also start new key epochs at random moments.
 //!
@@ -19,9 +22,11 @@
 //! dropped was replaced by a newer one, which the model holds).
 
 use crate::convergence::{run_write, write_of, Write};
+use crate::crash::run_or_die;
 use crate::support::*;
 use dimple::clock::ManualClock;
 use dimple::retention::Retention;
+use dimple::store::faulty::{Fault, Faulty};
 use dimple::store::{Metered, Store};
 use dimple::{Options, Replica};
 use proptest::prelude::*;
@@ -63,6 +68,20 @@ enum Op {
     /// Member i's database file (and the directory beside it) copied to a new
     /// member, as a restored backup or a cloned disk would.
     Copy(usize),
+    /// Member i's sync, push, pull or compaction meets a fault at its n-th
+    /// store call: an error before the request, an error after it took
+    /// effect (a timeout), or the process killed there (then reopened).
+    Fault(usize, Step, u8, Fault),
+}
+
+/// What a member was doing when a store call failed.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Sync,
+    Push,
+    Pull,
+    /// A compaction, with `true` deleting the batches it covers.
+    Compact(bool),
 }
 
 const PASS: &str = "a passphrase for the whole group";
@@ -96,7 +115,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX).prop_map(Op::Rekey),
         1 => (0..MAX, 0..MAX).prop_map(|(i, j)| Op::RekeyAtOnce(i, j)),
         1 => (0..MAX).prop_map(Op::Copy),
+        2 => (0..MAX, step(), 0u8..6, prop_oneof![Just(Fault::Unavailable), Just(Fault::AfterEffect), Just(Fault::Hang)])
+            .prop_map(|(i, step, n, fault)| Op::Fault(i, step, n, fault)),
     ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![Just(Step::Sync), Just(Step::Push), Just(Step::Pull), any::<bool>().prop_map(Step::Compact)]
 }
 
 /// One member: its replica, its clock, and the app's own connection.
@@ -111,6 +136,10 @@ struct Member {
     heads: usize,
     /// What it captured under that id since it last pushed.
     provisional: Changes,
+    /// Whether a push of its may have written a head it does not know of
+    /// (a fault hit it) and none went through since: a copy of it would not
+    /// know either which copy's that head is, so it is not copied then.
+    unsure: bool,
 }
 
 impl Member {
@@ -300,7 +329,7 @@ fn live(
                 block_on(dimple::group::adopt(&mut replica, store, keys)).unwrap();
             }
             let app = open_plain(&g.db(&name));
-            Member { name, clock, replica, app, shares: None, heads: 0, provisional: Changes::new() }
+            Member { name, clock, replica, app, shares: None, heads: 0, provisional: Changes::new(), unsure: false }
         })
         .collect();
     let mut seen = Changes::new();
@@ -332,6 +361,7 @@ fn live(
                 if let Some(report) = settle(g, m, &mut copies, &mut seen, synced)? {
                     prop_assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
                     pushed(m, &mut copies, &mut seen, report.push.changes)?;
+                    m.unsure = false;
                 }
                 check_own_log(m, &copies, &mut seen)?;
             }
@@ -340,6 +370,7 @@ fn live(
                 let result = block_on(dimple::push(&mut m.replica, store));
                 if let Some(report) = settle(g, m, &mut copies, &mut seen, result)? {
                     pushed(m, &mut copies, &mut seen, report.changes)?;
+                    m.unsure = false;
                 }
             }
             Op::Pull(i) => {
@@ -364,6 +395,7 @@ fn live(
                 let result = block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune));
                 if settle(g, m, &mut copies, &mut seen, result)?.is_some() {
                     pushed(m, &mut copies, &mut seen, waiting)?;
+                    m.unsure = false;
                 }
                 check_own_log(m, &copies, &mut seen)?;
             }
@@ -388,7 +420,16 @@ fn live(
                 ))
                 .unwrap();
                 let app = open_plain(&g.db(&name));
-                let mut m = Member { name, clock, replica, app, shares: None, heads: 0, provisional: Changes::new() };
+                let mut m = Member {
+                    name,
+                    clock,
+                    replica,
+                    app,
+                    shares: None,
+                    heads: 0,
+                    provisional: Changes::new(),
+                    unsure: false,
+                };
                 check_own_log(&mut m, &copies, &mut seen)?;
                 members.push(m);
             }
@@ -405,7 +446,7 @@ fn live(
                 }
             }
             Op::Copy(i) => {
-                if members.len() == MAX {
+                if members.len() == MAX || members[i % n].unsure {
                     continue;
                 }
                 let i = i % n;
@@ -423,9 +464,54 @@ fn live(
                 let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
                 let replica = Replica::open(&g.db(&name), opts).unwrap();
                 let app = open_plain(&g.db(&name));
-                let mut m = Member { name, clock, replica, app, shares: Some(id), heads, provisional: Changes::new() };
+                let mut m = Member {
+                    name,
+                    clock,
+                    replica,
+                    app,
+                    shares: Some(id),
+                    heads,
+                    provisional: Changes::new(),
+                    unsure: false,
+                };
                 check_own_log(&mut m, &copies, &mut seen)?;
                 members.push(m);
+            }
+            Op::Fault(i, step, nth, fault) => {
+                let m = &mut members[i % n];
+                // A copy's push that may or may not have landed would leave
+                // the model unsure which copy owns the id.
+                if m.shares.is_some() {
+                    continue;
+                }
+                let (faulty, plan) = Faulty::new(g.raw_store());
+                plan.fail_nth(nth.into(), fault);
+                let faulty = Metered::new(Box::new(faulty) as Box<dyn Store>);
+                let r = &mut m.replica;
+                let outcome = match step {
+                    Step::Sync => run_or_die(dimple::sync(r, &faulty), &plan).map(|o| o.err()),
+                    Step::Push => run_or_die(dimple::push(r, &faulty), &plan).map(|o| o.err()),
+                    Step::Pull => run_or_die(dimple::pull(r, &faulty), &plan).map(|o| o.err()),
+                    Step::Compact(prune) => {
+                        r.capture().unwrap();
+                        let compacted = dimple::snapshot::compact_with(r, &faulty, Duration::ZERO, prune);
+                        run_or_die(compacted, &plan).map(|o| o.err())
+                    }
+                };
+                let injected = plan.calls() > nth.into();
+                match outcome {
+                    // Killed: what the process held in memory is gone.
+                    None => m.replica = Replica::open(&g.db(&m.name), m.opts()).unwrap(),
+                    Some(Some(e)) => prop_assert!(
+                        injected && e.to_string().contains("injected"),
+                        "{} failed of itself at {step:?}: {e}",
+                        m.name
+                    ),
+                    Some(None) => {}
+                }
+                // A push that met a fault may have written a head all the same.
+                m.unsure |= injected && !matches!(step, Step::Pull);
+                check_own_log(m, &copies, &mut seen)?;
             }
             Op::RekeyAtOnce(i, j) => {
                 if encrypted && i % n != j % n {
