@@ -149,6 +149,16 @@ pub(crate) struct Inspected {
     /// For a log of records: how many changes and the greatest id (what a
     /// clone otherwise reads every record again for, once copied).
     winners: Option<(u64, Option<[u8; 16]>)>,
+    /// The cells of live rows whose winning value is stored out of line.
+    references: Vec<Referenced>,
+}
+
+/// A cell of a live row whose winning change stores its value out of line.
+struct Referenced {
+    table: String,
+    entity_id: String,
+    column: String,
+    r: crate::value::Ref,
 }
 
 /// Checks a downloaded snapshot.
@@ -176,13 +186,15 @@ pub(crate) fn inspect(path: &Path, origin: &str) -> Result<Inspected> {
         // table it names, and never one of dimple's own (see crate::ddl).
         crate::ddl::check_create_table(tbl, sql).map_err(|reason| Error::bad(origin, reason))?;
     }
-    let mut winners = None;
+    let (mut winners, mut references) = (None, Vec::new());
     if crate::sql::has_table(&conn, "main", "ZV_ROW").map_err(sqlerr)? {
-        winners = Some(check_records(&conn, origin)?);
+        let checked = check_records(&conn, origin)?;
+        winners = Some((checked.0, checked.1));
+        references = checked.2;
     } else if crate::sql::has_table(&conn, "main", "ZV_LOG").map_err(sqlerr)? {
         check_compact(&conn, origin)?;
     }
-    Ok(Inspected { tables, winners })
+    Ok(Inspected { tables, winners, references })
 }
 
 /// A snapshot's log into the replica's. A snapshot in the replica's own form
@@ -258,7 +270,7 @@ fn check_compact(conn: &Connection, origin: &str) -> Result<()> {
 /// winners alone), and every cell as [`check_compact`] wants a change. Read
 /// from the tables, never through the file's own views, which its writer
 /// chose. Returns how many changes the records hold and their greatest id.
-fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16]>)> {
+fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16]>, Vec<Referenced>)> {
     let bad = |what: String| Error::bad(origin, format!("the snapshot's log holds {what}"));
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('ZV_ROW') ORDER BY cid")?
@@ -288,6 +300,14 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
         all.map_err(unreadable)
     };
     let (names, authors, txs) = (numbers("ZV_NAME")?, numbers("ZV_AUTHOR")?, numbers("ZV_TX")?);
+    let named: std::collections::HashMap<i64, String> = {
+        let mut stmt = conn.prepare("SELECT n, name FROM ZV_NAME").map_err(unreadable)?;
+        let all: rusqlite::Result<_> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unreadable)?.collect();
+        all.map_err(unreadable)?
+    };
+    let name = |n: u64| -> String { i64::try_from(n).ok().and_then(|n| named.get(&n)).cloned().unwrap_or_default() };
+    let mut references = Vec::new();
     let known = |set: &std::collections::HashSet<i64>, n: u64| i64::try_from(n).is_ok_and(|n| set.contains(&n));
     // Every record decoded once, here rather than through `dimple_cells` in
     // SQL: the checks of half a million cells as SQL expressions were half of
@@ -311,6 +331,21 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
         if !past.is_empty() {
             return Err(bad("a record keeping superseded changes".into()));
         }
+        let alive = cells
+            .iter()
+            .any(|c| name(c.attr_n) == crate::track::ROW && c.new_value.as_deref() == Some(crate::merge::ALIVE));
+        if alive {
+            for c in &cells {
+                if let Some(r) = crate::blob::reference(c.new_value.as_deref()) {
+                    references.push(Referenced {
+                        table: row.get::<_, i64>(0).ok().and_then(|n| named.get(&n).cloned()).unwrap_or_default(),
+                        entity_id: row.get(1).map_err(unreadable)?,
+                        column: name(c.attr_n),
+                        r,
+                    });
+                }
+            }
+        }
         for c in &cells {
             let crate::record::Id::Uuid(id) = c.id else {
                 return Err(bad("a change whose id is not 16 bytes".into()));
@@ -325,7 +360,35 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
             }
         }
     }
-    Ok((changes, greatest))
+    Ok((changes, greatest, references))
+}
+
+/// A snapshot's rows hold NULL where its source never fetched a large value (a
+/// lazy replica): each such cell is marked missing here, as a pull that met
+/// the value would have, so the pull that ends the clone fetches it (or, on a
+/// lazy clone, `dimple fetch` does).
+fn mark_unfetched(tx: &Connection, references: &[Referenced], now: &str) -> Result<()> {
+    for c in references {
+        let Some(info) = track::inspect(tx, &c.table)? else { continue };
+        if !info.columns.contains(&c.column) {
+            continue;
+        }
+        let key = crate::merge::key_values(&info, &c.entity_id)?;
+        let matches =
+            info.key_columns.iter().enumerate().map(|(i, k)| format!("{} = ?{}", ident(k), i + 1)).collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT {} IS NULL FROM main.{} WHERE {}",
+            ident(&c.column),
+            ident(&c.table),
+            matches.join(" AND ")
+        );
+        let held_null: Option<bool> =
+            tx.query_row(&sql, rusqlite::params_from_iter(key.iter()), |r| r.get(0)).optional()?;
+        if held_null == Some(true) {
+            crate::blob::mark_missing(tx, &c.table, &c.entity_id, &c.column, &c.r, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads a snapshot into the fresh replica `r`: tables, merge state, cursors.
@@ -368,6 +431,7 @@ fn load_attached(r: &mut Replica, inspected: &Inspected, now: &str, origin: &str
     }
     let whole = copy_log(&tx, origin)?;
     crate::peers::copy_from_snapshot(&tx, &me, now)?;
+    mark_unfetched(&tx, &inspected.references, now)?;
     // A log copied whole holds the snapshot's records and nothing else: what
     // the check counted.
     let (changes, greatest) = match (whole, inspected.winners) {
@@ -616,7 +680,7 @@ mod tests {
             assert!(older >= at_least, "{older} records differ in format {format}'s form");
             file.execute("UPDATE ZV_SNAPSHOT SET format = ?1", [format]).unwrap();
         }
-        let (checked, greatest) = check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
+        let (checked, greatest, _) = check_records(&file, "snapshots/x.db").expect("a good snapshot passes");
         for already in [0, 10] {
             let c = replica_tables();
             {

@@ -898,3 +898,30 @@ fn a_compaction_that_catches_up_from_a_snapshot_fetches_the_large_values_it_took
     assert!(dimple::blob::missing(b.conn())?.is_empty());
     Ok(())
 }
+
+/// A lazy replica's snapshot holds NULL where it never fetched a large value: a
+/// clone from it marks those cells missing, so its pull fetches them, instead
+/// of keeping NULL as if it were the value.
+#[test]
+fn a_clone_from_a_lazy_replicas_snapshot_fetches_the_values_its_source_lacked() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = files(&g, "a");
+    let mut b = files(&g, "b");
+    dimple::blob::set_threshold(a.conn(), 1024)?;
+    dimple::blob::set_fetch_policy(b.conn(), dimple::blob::Fetch::Lazy)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let len = 1024 + rng.gen_range(0..4096);
+    let data = random_bytes(&mut rng, len);
+    a.conn().execute("INSERT INTO f(id, data) VALUES ('x', ?1)", [&data])?;
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    assert_eq!(dimple::blob::missing(b.conn())?.len(), 1, "b is lazy");
+    block_on(dimple::snapshot::compact_with(&mut b, &store, std::time::Duration::ZERO, false))?;
+    let (c, report) =
+        block_on(dimple::clone::clone(&g.bucket_url(), &g.db("c"), Some("c"), g.opts(), &store, &|_| {}))?;
+    assert!(report.snapshot.is_some(), "c cloned from b's snapshot");
+    assert_eq!(rows(&c), rows(&a));
+    assert!(dimple::blob::missing(c.conn())?.is_empty());
+    Ok(())
+}
