@@ -308,14 +308,17 @@ impl Replica {
     /// A new id from the replica's clock, saved before it names anything: a
     /// snapshot or a key epoch is named by one in the bucket, and an id given
     /// again (after a restart on a clock set back, or by another process on this
-    /// file) would name two things.
+    /// file) would name two things. Where a change id names its replica, this
+    /// one holds random bits: two copies of one database share a clock and a
+    /// replica id, and would otherwise name their snapshots, or epochs with two
+    /// different keys, alike.
     pub(crate) fn new_id(&mut self) -> Result<uuid::Uuid> {
         let tx = self.sync.transaction_with_behavior(TransactionBehavior::Immediate)?;
         self.hlc.observe_persisted(&tx)?;
         let id = self.hlc.tick();
         changelog::save_clock(&tx, &self.hlc)?;
         tx.commit()?;
-        Ok(id)
+        Ok(crate::clock::compose(crate::clock::stamp_of(&id), rand::random()))
     }
 
     /// Starts capturing writes to `table`. Rows already in it are recorded as

@@ -356,7 +356,7 @@ pub async fn ensure_empty(store: &dyn Store) -> Result<()> {
 async fn start(r: &mut Replica, store: &dyn Store, passphrase: Option<&str>) -> Result<Keyring> {
     ensure_empty(store).await?;
     let group = r.new_id()?;
-    let epoch = epoch_id(r)?;
+    let epoch = r.new_id()?;
     let mut ring = Keyring::new(group);
     ring.insert(epoch, GroupKey::random());
     let file = GroupFile { format: FORMAT, group: group.to_string() };
@@ -795,21 +795,11 @@ pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Grant
 /// clock runs far ahead must not carry this replica's change ids past the
 /// others' drift limit.
 fn next_epoch(r: &mut Replica, ring: &Keyring) -> Result<Uuid> {
-    let id = epoch_id(r)?;
+    let id = r.new_id()?;
     Ok(match ring.newest() {
         Some((newest, _)) if *newest >= id => clock::after(newest, id.as_u128() as u32),
         _ => id,
     })
-}
-
-/// An id for a new epoch: the replica's clock, with random bits where a change
-/// id names its replica. Two copies of one database hold one clock and one
-/// replica id, so ids from the clock alone would give the epochs both start
-/// before either pushes one id and two keys; each would then skip the other's
-/// grant as an epoch it holds, and neither could read what the other sealed.
-fn epoch_id(r: &mut Replica) -> Result<Uuid> {
-    let id = r.new_id()?;
-    Ok(clock::compose(clock::stamp_of(&id), rand::rngs::OsRng.next_u32()))
 }
 
 /// Before a member passes keys on (a grant, a new epoch): every epoch granted

@@ -243,6 +243,15 @@ fn a_copied_database_pushing_under_the_same_replica_id_is_detected_on_s3() -> Te
 
 /// `a` pushes row `k`; its database and key are copied to `copy` (a second device now
 /// claims the same id); then `a` pushes `from-a`. Returns (a, copy).
+/// Copies replica "a" (closed) to "copy": the database and its key.
+fn copy_of_a(g: &Group) -> std::io::Result<()> {
+    std::fs::copy(g.db("a"), g.db("copy"))?;
+    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
+    std::fs::create_dir_all(side("copy"))?;
+    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
+    Ok(())
+}
+
 fn pushed_then_copied(
     g: &Group,
     store: &dimple::store::Metered<dyn dimple::store::Store>,
@@ -251,10 +260,7 @@ fn pushed_then_copied(
     a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
     block_on(dimple::push(&mut a, store))?;
     drop(a);
-    std::fs::copy(g.db("a"), g.db("copy"))?;
-    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
-    std::fs::create_dir_all(side("copy"))?;
-    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
+    copy_of_a(g)?;
     let mut a = g.reopen("a");
     let copy = g.reopen("copy");
     a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
@@ -459,5 +465,24 @@ fn the_copy_that_loses_the_id_conflict_forks_and_keeps_its_unpushed_writes() -> 
     for r in [&mut a, &mut copy, &mut reader] {
         assert_eq!(dimple::verify::check(r)?, vec![]);
     }
+    Ok(())
+}
+
+/// Two copies of one database share a clock and a replica id: snapshots both
+/// write before either pushes again still get two names, so the second
+/// compaction is not refused by the first one's snapshot under its name.
+#[test]
+fn two_copies_compacting_at_one_moment_name_their_snapshots_apart() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &store))?;
+    drop(a);
+    copy_of_a(&g)?;
+    let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
+    let first = block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, false))?;
+    let second = block_on(dimple::snapshot::compact_with(&mut copy, &store, std::time::Duration::ZERO, false))?;
+    assert_ne!(first.snapshot_id, second.snapshot_id);
     Ok(())
 }
