@@ -135,6 +135,19 @@ pub async fn publish(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Resul
     if last == hash {
         return Ok(false);
     }
+    let key = layout::descriptor_key(r.id());
+    // Copies of one database (a restored backup, before `dimple fork`) publish
+    // under one id, each counting its own versions: never below the version in
+    // the bucket, which readers would take for a replay, and not again what is
+    // there already.
+    let version = match published_there(r, store, codec, &key).await? {
+        Some(there) if there.1 == hash => {
+            crate::meta::set(&r.sync, PUBLISHED_META, &format!("{} {hash}", there.0))?;
+            return Ok(false);
+        }
+        Some(there) => version.max(there.0),
+        None => version,
+    };
     let body = Published {
         format: FORMAT,
         replica: r.id().to_owned(),
@@ -143,12 +156,35 @@ pub async fn publish(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Resul
         tables,
     };
     let signed = serde_json::to_value(Signed::new(r.signing_key()?, body)).expect("serializes");
-    let key = layout::descriptor_key(r.id());
     let plain = serde_json::to_vec_pretty(&crate::sync::descriptor(r, Some(signed))?).expect("serializes");
     // Only this replica writes its descriptor (created once by its first push).
     store.put(&key, codec.encode(Kind::Descriptor, &key, plain)?, PutMode::Overwrite).await?;
     crate::meta::set(&r.sync, PUBLISHED_META, &format!("{} {hash}", version + 1))?;
     Ok(true)
+}
+
+/// The version and tables hash of the schema in this replica's own descriptor
+/// in the bucket, when one signed with its key is there.
+async fn published_there(
+    r: &mut Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    key: &str,
+) -> Result<Option<(i64, String)>> {
+    let bytes = match store.get(key, None).await {
+        Ok(Got::Found { bytes, .. }) => bytes,
+        Ok(Got::NotModified) | Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let me = r.id().to_owned();
+    let public_key = r.public_key()?;
+    let there = codec
+        .decode(Kind::Descriptor, key, &bytes)
+        .and_then(|plain| crate::head::Descriptor::parse(&plain, key, &me))
+        .ok()
+        .and_then(|d| d.schema)
+        .and_then(|v| parse(v, key, &me, Some(&public_key)).ok());
+    Ok(there.map(|p| (p.version, crate::hash::sha256_hex(&serde_json::to_vec(&p.tables).expect("serializes")))))
 }
 
 /// A fork's new id publishes its own schema.

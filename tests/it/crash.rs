@@ -486,3 +486,25 @@ fn two_copies_compacting_at_one_moment_name_their_snapshots_apart() -> TestResul
     assert_ne!(first.snapshot_id, second.snapshot_id);
     Ok(())
 }
+
+/// Copies of one database publish their schema under one id, each counting its
+/// own versions: a publish never goes below the version in the bucket, which
+/// every reader would refuse as a replay.
+#[test]
+fn a_copy_publishing_its_schema_never_goes_below_the_version_the_other_copy_published() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    drop(g.replica("a"));
+    copy_of_a(&g)?;
+    let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
+    let mut reader = g.replica("reader");
+    block_on(dimple::push(&mut copy, &store))?;
+    copy.conn().execute_batch("ALTER TABLE t ADD COLUMN d")?;
+    block_on(dimple::push(&mut copy, &store))?;
+    let first = block_on(dimple::sync(&mut reader, &store))?;
+    assert!(first.pull.problems.is_empty(), "{:?}", first.pull.problems);
+    block_on(dimple::push(&mut a, &store))?;
+    let then = block_on(dimple::sync(&mut reader, &store))?;
+    assert!(then.pull.problems.is_empty(), "{:?}", then.pull.problems);
+    Ok(())
+}
