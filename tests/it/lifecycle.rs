@@ -5,11 +5,15 @@
 //! deleted), a new member joins as a clone, a replica is closed and opened
 //! again, and a sync, push, pull or compaction meets a fault at one of its
 //! store calls (an error before the request, a timeout after it took effect,
-//! or the process killed there and the replica opened again). Whatever
-//! happened, once everyone has synced every replica holds the merge rules
-//! applied to every change any replica ever captured (collected as they were
-//! captured, so a pruned change still counts), `verify` finds
-//! nothing and no problem is open. The same again in an encrypted group, whose
+//! or the process killed there and the replica opened again). Some values are
+//! large enough for the first members to store them out of line
+//! (docs/attachments.md), which later members, at the default threshold, keep
+//! inline; one of the first members is lazy (a phone), its rows holding NULL
+//! for such a value until it fetches them. Whatever happened, once everyone
+//! has synced (and fetched) every replica holds the merge rules applied to
+//! every change any replica ever captured (collected as they were captured, so
+//! a pruned change still counts), `verify` finds nothing and no problem is
+//! open. The same again in an encrypted group, whose
 //! members also start new key epochs at random moments.
 //!
 //! A member's database is also copied at random moments (a restored backup, a
@@ -68,6 +72,8 @@ enum Op {
     /// Member i's database file (and the directory beside it) copied to a new
     /// member, as a restored backup or a cloned disk would.
     Copy(usize),
+    /// Member i downloads the large values it lacks (a lazy member's).
+    Fetch(usize),
     /// Member i's sync, push, pull or compaction meets a fault at its n-th
     /// store call: an error before the request, an error after it took
     /// effect (a timeout), or the process killed there (then reopened).
@@ -88,12 +94,55 @@ const PASS: &str = "a passphrase for the whole group";
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        Just(Value::Null),
-        any::<i64>().prop_map(Value::Integer),
-        any::<f64>().prop_filter("NaN is stored as NULL", |f| !f.is_nan()).prop_map(Value::Real),
-        "[a-z]{0,3}".prop_map(Value::Text),
-        proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
+        3 => Just(Value::Null),
+        3 => any::<i64>().prop_map(Value::Integer),
+        3 => any::<f64>().prop_filter("NaN is stored as NULL", |f| !f.is_nan()).prop_map(Value::Real),
+        3 => "[a-z]{0,3}".prop_map(Value::Text),
+        3 => proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
+        // At or above the threshold the first members set: stored out of line
+        // by them, inline by members that joined later (theirs is the default).
+        1 => proptest::collection::vec(any::<u8>(), LARGE..LARGE + 8).prop_map(Value::Blob),
+        1 => proptest::collection::vec(b'a'..=b'z', LARGE - 4..LARGE + 4)
+            .prop_map(|t| Value::Text(String::from_utf8(t).expect("ASCII"))),
     ]
+}
+
+/// The first member that fetches large values on demand only (`Op::Fetch`),
+/// as a phone would; so do its copies.
+const LAZY: usize = 2;
+
+/// The large-value threshold of the first members (the least a replica may set).
+const LARGE: usize = 1024;
+
+/// The inline encoding of every large value written, by the reference a log
+/// holds in its place (docs/attachments.md).
+type Large = BTreeMap<String, String>;
+
+fn note_large(large: &mut Large, w: &Write) {
+    let values = match w {
+        Write::Insert(a, c) | Write::Replace(a, c) => vec![a, c],
+        Write::SetA(v) | Write::SetB(v) | Write::Upsert(v) => vec![v],
+        Write::Delete | Write::ChangeKey(_) => vec![],
+    };
+    for v in values {
+        let (bytes, text) = match v {
+            Value::Blob(b) => (b.as_slice(), false),
+            Value::Text(t) => (t.as_bytes(), true),
+            _ => continue,
+        };
+        let r = dimple::value::Ref { sha256: dimple::hash::sha256_hex(bytes), size: bytes.len() as u64, text };
+        large.insert(r.encode(), dimple::value::encode(v));
+    }
+}
+
+/// A stored value as the app wrote it: a reference replaced by its value.
+fn inline(large: &Large, v: Option<String>) -> Option<String> {
+    match v {
+        Some(r) if dimple::blob::reference(Some(&r)).is_some() => {
+            Some(large.get(&r).unwrap_or_else(|| panic!("{r} names no value written")).clone())
+        }
+        v => v,
+    }
 }
 
 fn write() -> impl Strategy<Value = Write> {
@@ -115,6 +164,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MAX).prop_map(Op::Rekey),
         1 => (0..MAX, 0..MAX).prop_map(|(i, j)| Op::RekeyAtOnce(i, j)),
         1 => (0..MAX).prop_map(Op::Copy),
+        1 => (0..MAX).prop_map(Op::Fetch),
         2 => (0..MAX, step(), 0u8..6, prop_oneof![Just(Fault::Unavailable), Just(Fault::AfterEffect), Just(Fault::Hang)])
             .prop_map(|(i, step, n, fault)| Op::Fault(i, step, n, fault)),
     ]
@@ -186,7 +236,7 @@ fn insert(into: &mut Changes, id: String, change: Change) {
     into.insert(id, change);
 }
 
-fn collect(m: &mut Member, copies: &Copies, seen: &mut Changes) {
+fn collect(m: &mut Member, copies: &Copies, large: &Large, seen: &mut Changes) {
     let mut stmt = m
         .replica
         .conn()
@@ -201,7 +251,8 @@ fn collect(m: &mut Member, copies: &Copies, seen: &mut Changes) {
         .map(Result::unwrap)
         .collect();
     drop(stmt);
-    for (id, change, author) in rows {
+    for (id, (e, a, v), author) in rows {
+        let change = (e, a, inline(large, v));
         if let Some(into) = copies.place(m, &author, seen) {
             insert(into, id, change);
         }
@@ -221,13 +272,34 @@ fn table_rows(conn: &rusqlite::Connection) -> Vec<Row> {
     }
 }
 
-fn check_own_log(m: &mut Member, copies: &Copies, seen: &mut Changes) -> Result<(), TestCaseError> {
+fn check_own_log(m: &mut Member, copies: &Copies, large: &Large, seen: &mut Changes) -> Result<(), TestCaseError> {
     m.replica.capture().unwrap();
-    collect(m, copies, seen);
+    collect(m, copies, large, seen);
     // A clone made before anyone pushed has no table until it pulls a schema; the
     // changes it holds meanwhile (caught up from a snapshot) wait for it.
     if has_table(m.replica.conn()) {
-        prop_assert_eq!(model_of_log(m.replica.conn(), &COLUMNS), rows(m.replica.conn(), "t"), "replica {}", m.name);
+        let mut stmt = m
+            .replica
+            .conn()
+            .prepare("SELECT entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't' ORDER BY id")
+            .unwrap();
+        let log: Vec<Change> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, inline(large, r.get(2)?))))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        drop(stmt);
+        let mut model = model_of_changes(log.iter().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), &COLUMNS);
+        // A lazy member's row holds NULL where a large value is not fetched yet.
+        for missing in dimple::blob::missing(m.replica.conn()).unwrap() {
+            let row = model.iter_mut().find(|r| r[0] == Cell::Text(missing.entity_id.clone().into_bytes()));
+            let at = COLUMNS.iter().position(|c| *c == missing.attribute);
+            let (Some(row), Some(at), "t") = (row, at, missing.table.as_str()) else {
+                panic!("{}: {missing:?} is missing from no live cell", m.name)
+            };
+            row[at + 1] = Cell::Null;
+        }
+        prop_assert_eq!(model, rows(m.replica.conn(), "t"), "replica {}", m.name);
     }
     Ok(())
 }
@@ -239,6 +311,7 @@ fn settle<T>(
     g: &Group,
     m: &mut Member,
     copies: &mut Copies,
+    large: &Large,
     seen: &mut Changes,
     result: dimple::Result<T>,
 ) -> Result<Option<T>, TestCaseError> {
@@ -258,7 +331,7 @@ fn settle<T>(
     let (forked, _) = dimple::fork::fork(std::mem::replace(&mut m.replica, stand_in), None).unwrap();
     m.replica = forked;
     m.provisional.clear();
-    check_own_log(m, copies, seen)?;
+    check_own_log(m, copies, large, seen)?;
     Ok(None)
 }
 
@@ -322,6 +395,10 @@ fn live(
             let mut replica = Replica::init(&g.db(&name), Some(&g.bucket_url()), Some(&name), opts).unwrap();
             replica.conn().execute_batch(TABLE_SQL).unwrap();
             replica.track("t", false).unwrap();
+            dimple::blob::set_threshold(replica.conn(), LARGE as u64).unwrap();
+            if i == LAZY {
+                dimple::blob::set_fetch_policy(replica.conn(), dimple::blob::Fetch::Lazy).unwrap();
+            }
             if encrypted && i == 0 {
                 block_on(dimple::group::create(&mut replica, store, Some(PASS))).unwrap();
             } else if encrypted {
@@ -333,6 +410,7 @@ fn live(
         })
         .collect();
     let mut seen = Changes::new();
+    let mut large = Large::new();
     let mut copies = Copies::default();
     for op in ops {
         let n = members.len();
@@ -343,6 +421,7 @@ fn live(
                 if !has_table(&m.app) {
                     continue;
                 }
+                note_large(&mut large, &write);
                 if via_api {
                     m.replica
                         .transaction(|tx| {
@@ -353,22 +432,22 @@ fn live(
                 } else {
                     run_write(&m.app, key, &write);
                 }
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Sync(i) => {
                 let m = &mut members[i % n];
                 let synced = block_on(dimple::sync(&mut m.replica, store));
-                if let Some(report) = settle(g, m, &mut copies, &mut seen, synced)? {
+                if let Some(report) = settle(g, m, &mut copies, &large, &mut seen, synced)? {
                     prop_assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
                     pushed(m, &mut copies, &mut seen, report.push.changes)?;
                     m.unsure = false;
                 }
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Push(i) => {
                 let m = &mut members[i % n];
                 let result = block_on(dimple::push(&mut m.replica, store));
-                if let Some(report) = settle(g, m, &mut copies, &mut seen, result)? {
+                if let Some(report) = settle(g, m, &mut copies, &large, &mut seen, result)? {
                     pushed(m, &mut copies, &mut seen, report.changes)?;
                     m.unsure = false;
                 }
@@ -376,16 +455,16 @@ fn live(
             Op::Pull(i) => {
                 let m = &mut members[i % n];
                 let result = block_on(dimple::pull(&mut m.replica, store));
-                settle(g, m, &mut copies, &mut seen, result)?;
-                check_own_log(m, &copies, &mut seen)?;
+                settle(g, m, &mut copies, &large, &mut seen, result)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Tick(ms) => members.iter().for_each(|m| m.clock.advance(ms)),
             Op::Prune(i) => {
                 let m = &mut members[i % n];
-                collect(m, &copies, &mut seen);
+                collect(m, &copies, &large, &mut seen);
                 dimple::retention::set(m.replica.conn(), Retention::Days(0)).unwrap();
                 dimple::retention::prune(&mut m.replica).unwrap();
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Compact(i, prune) => {
                 let m = &mut members[i % n];
@@ -393,11 +472,11 @@ fn live(
                 m.replica.capture().unwrap();
                 let waiting = m.replica.unpushed().unwrap() as usize;
                 let result = block_on(dimple::snapshot::compact_with(&mut m.replica, store, Duration::ZERO, prune));
-                if settle(g, m, &mut copies, &mut seen, result)?.is_some() {
+                if settle(g, m, &mut copies, &large, &mut seen, result)?.is_some() {
                     pushed(m, &mut copies, &mut seen, waiting)?;
                     m.unsure = false;
                 }
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Join => {
                 if members.len() == MAX {
@@ -430,14 +509,14 @@ fn live(
                     provisional: Changes::new(),
                     unsure: false,
                 };
-                check_own_log(&mut m, &copies, &mut seen)?;
+                check_own_log(&mut m, &copies, &large, &mut seen)?;
                 members.push(m);
             }
             Op::Reopen(i) => {
                 let m = &mut members[i % n];
                 let opts = m.opts();
                 m.replica = Replica::open(&g.db(&m.name), opts).unwrap();
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Rekey(i) => {
                 if encrypted {
@@ -474,8 +553,16 @@ fn live(
                     provisional: Changes::new(),
                     unsure: false,
                 };
-                check_own_log(&mut m, &copies, &mut seen)?;
+                check_own_log(&mut m, &copies, &large, &mut seen)?;
                 members.push(m);
+            }
+            Op::Fetch(i) => {
+                let m = &mut members[i % n];
+                let fetched = block_on(dimple::fetch(&mut m.replica, store, None));
+                if let Some(f) = settle(g, m, &mut copies, &large, &mut seen, fetched)? {
+                    prop_assert!(f.problems.is_empty() && f.still_missing == 0, "{}: {f:?}", m.name);
+                }
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::Fault(i, step, nth, fault) => {
                 let m = &mut members[i % n];
@@ -511,7 +598,7 @@ fn live(
                 }
                 // A push that met a fault may have written a head all the same.
                 m.unsure |= injected && !matches!(step, Step::Pull);
-                check_own_log(m, &copies, &mut seen)?;
+                check_own_log(m, &copies, &large, &mut seen)?;
             }
             Op::RekeyAtOnce(i, j) => {
                 if encrypted && i % n != j % n {
@@ -538,7 +625,7 @@ fn live(
         quiet += 1;
         for m in &mut members {
             let synced = block_on(dimple::sync(&mut m.replica, store));
-            let report = match settle(g, m, &mut copies, &mut seen, synced)? {
+            let report = match settle(g, m, &mut copies, &large, &mut seen, synced)? {
                 Some(report) => report,
                 None => {
                     quiet = 0;
@@ -548,6 +635,11 @@ fn live(
             prop_assert!(report.pull.problems.is_empty(), "{}: {:?}", m.name, report.pull.problems);
             pushed(m, &mut copies, &mut seen, report.push.changes)?;
         }
+    }
+    // Then every lazy member fetches what it lacks.
+    for m in &mut members {
+        let f = block_on(dimple::fetch(&mut m.replica, store, None)).unwrap();
+        prop_assert!(f.problems.is_empty() && f.still_missing == 0, "{}: {f:?}", m.name);
     }
     let expected = model_of_changes(seen.values().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), &COLUMNS);
     for m in &mut members {
