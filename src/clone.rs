@@ -299,14 +299,14 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
         let all = stmt.query_map([], |r| r.get(0)).map_err(unreadable)?.collect::<rusqlite::Result<_>>();
         all.map_err(unreadable)
     };
-    let (names, authors, txs) = (numbers("ZV_NAME")?, numbers("ZV_AUTHOR")?, numbers("ZV_TX")?);
-    let named: std::collections::HashMap<i64, String> = {
+    let (authors, txs) = (numbers("ZV_AUTHOR")?, numbers("ZV_TX")?);
+    let names: std::collections::HashMap<i64, String> = {
         let mut stmt = conn.prepare("SELECT n, name FROM ZV_NAME").map_err(unreadable)?;
         let all: rusqlite::Result<_> =
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(unreadable)?.collect();
         all.map_err(unreadable)?
     };
-    let name = |n: u64| -> String { i64::try_from(n).ok().and_then(|n| named.get(&n)).cloned().unwrap_or_default() };
+    let name = |n: u64| i64::try_from(n).ok().and_then(|n| names.get(&n));
     let mut references = Vec::new();
     let known = |set: &std::collections::HashSet<i64>, n: u64| i64::try_from(n).is_ok_and(|n| set.contains(&n));
     // Every record decoded once, here rather than through `dimple_cells` in
@@ -323,27 +323,23 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
         if !matches!(row.get_ref(1).map_err(unreadable)?, ValueRef::Text(_)) {
             return Err(bad("a row id that is not text".into()));
         }
-        if !matches!(row.get_ref(0).map_err(unreadable)?, ValueRef::Integer(n) if names.contains(&n)) {
-            return Err(bad("a record naming no table".into()));
-        }
+        let table = match row.get_ref(0).map_err(unreadable)? {
+            ValueRef::Integer(n) if names.contains_key(&n) => &names[&n],
+            _ => return Err(bad("a record naming no table".into())),
+        };
         let (cells, past) =
             crate::record::decode_row(record).map_err(|e| bad(format!("an unreadable record ({e})")))?;
         if !past.is_empty() {
             return Err(bad("a record keeping superseded changes".into()));
         }
-        let alive = cells
-            .iter()
-            .any(|c| name(c.attr_n) == crate::track::ROW && c.new_value.as_deref() == Some(crate::merge::ALIVE));
-        if alive {
-            for c in &cells {
-                if let Some(r) = crate::blob::reference(c.new_value.as_deref()) {
-                    references.push(Referenced {
-                        table: row.get::<_, i64>(0).ok().and_then(|n| named.get(&n).cloned()).unwrap_or_default(),
-                        entity_id: row.get(1).map_err(unreadable)?,
-                        column: name(c.attr_n),
-                        r,
-                    });
-                }
+        let alive = cells.iter().any(|c| {
+            name(c.attr_n).is_some_and(|a| a == crate::track::ROW)
+                && c.new_value.as_deref() == Some(crate::merge::ALIVE)
+        });
+        for c in cells.iter().filter(|_| alive) {
+            if let (Some(r), Some(column)) = (crate::blob::reference(c.new_value.as_deref()), name(c.attr_n)) {
+                let entity_id = row.get(1).map_err(unreadable)?;
+                references.push(Referenced { table: table.clone(), entity_id, column: column.clone(), r });
             }
         }
         for c in &cells {
@@ -352,7 +348,7 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
             };
             changes += 1;
             greatest = greatest.max(Some(id));
-            if !known(&names, c.attr_n) {
+            if name(c.attr_n).is_none() {
                 return Err(bad("a change naming no column".into()));
             }
             if !known(&authors, c.author_n) || !known(&txs, c.tx_n) {
@@ -368,22 +364,24 @@ fn check_records(conn: &Connection, origin: &str) -> Result<(u64, Option<[u8; 16
 /// the value would have, so the pull that ends the clone fetches it (or, on a
 /// lazy clone, `dimple fetch` does).
 fn mark_unfetched(tx: &Connection, references: &[Referenced], now: &str) -> Result<()> {
+    let mut tables = std::collections::HashMap::new();
     for c in references {
-        let Some(info) = track::inspect(tx, &c.table)? else { continue };
+        if !tables.contains_key(&c.table) {
+            tables.insert(c.table.clone(), track::inspect(tx, &c.table)?);
+        }
+        let Some(info) = &tables[&c.table] else { continue };
         if !info.columns.contains(&c.column) {
             continue;
         }
-        let key = crate::merge::key_values(&info, &c.entity_id)?;
-        let matches =
-            info.key_columns.iter().enumerate().map(|(i, k)| format!("{} = ?{}", ident(k), i + 1)).collect::<Vec<_>>();
+        let key = crate::merge::key_values(info, &c.entity_id)?;
         let sql = format!(
             "SELECT {} IS NULL FROM main.{} WHERE {}",
             ident(&c.column),
             ident(&c.table),
-            matches.join(" AND ")
+            crate::merge::key_where(info, 1)
         );
         let held_null: Option<bool> =
-            tx.query_row(&sql, rusqlite::params_from_iter(key.iter()), |r| r.get(0)).optional()?;
+            tx.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(key.iter()), |r| r.get(0)).optional()?;
         if held_null == Some(true) {
             crate::blob::mark_missing(tx, &c.table, &c.entity_id, &c.column, &c.r, now)?;
         }

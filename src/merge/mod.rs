@@ -415,7 +415,7 @@ fn upsert_sql(info: &TableInfo, present: &[bool], rows: usize) -> String {
     format!("INSERT INTO {} ({}) VALUES {values} ON CONFLICT {on_conflict}", ident(&info.name), names.join(", "))
 }
 
-fn key_where(info: &TableInfo, first_param: usize) -> String {
+pub(crate) fn key_where(info: &TableInfo, first_param: usize) -> String {
     info.key_columns
         .iter()
         .enumerate()
