@@ -243,15 +243,6 @@ fn a_copied_database_pushing_under_the_same_replica_id_is_detected_on_s3() -> Te
 
 /// `a` pushes row `k`; its database and key are copied to `copy` (a second device now
 /// claims the same id); then `a` pushes `from-a`. Returns (a, copy).
-/// Copies replica "a" (closed) to "copy": the database and its key.
-fn copy_of_a(g: &Group) -> std::io::Result<()> {
-    std::fs::copy(g.db("a"), g.db("copy"))?;
-    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
-    std::fs::create_dir_all(side("copy"))?;
-    std::fs::copy(side("a").join("replica.key"), side("copy").join("replica.key"))?;
-    Ok(())
-}
-
 fn pushed_then_copied(
     g: &Group,
     store: &dimple::store::Metered<dyn dimple::store::Store>,
@@ -260,7 +251,7 @@ fn pushed_then_copied(
     a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
     block_on(dimple::push(&mut a, store))?;
     drop(a);
-    copy_of_a(g)?;
+    copy_database(g, "a", "copy");
     let mut a = g.reopen("a");
     let copy = g.reopen("copy");
     a.conn().execute("INSERT INTO t VALUES ('from-a', 1, 'x', 0.5)", [])?;
@@ -479,7 +470,7 @@ fn two_copies_compacting_at_one_moment_name_their_snapshots_apart() -> TestResul
     a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
     block_on(dimple::push(&mut a, &store))?;
     drop(a);
-    copy_of_a(&g)?;
+    copy_database(&g, "a", "copy");
     let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
     let first = block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, false))?;
     let second = block_on(dimple::snapshot::compact_with(&mut copy, &store, std::time::Duration::ZERO, false))?;
@@ -495,7 +486,7 @@ fn a_copy_publishing_its_schema_never_goes_below_the_version_the_other_copy_publ
     let g = Group::new();
     let store = g.store();
     drop(g.replica("a"));
-    copy_of_a(&g)?;
+    copy_database(&g, "a", "copy");
     let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
     let mut reader = g.replica("reader");
     block_on(dimple::push(&mut copy, &store))?;

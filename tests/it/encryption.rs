@@ -1038,7 +1038,7 @@ fn a_device_forked_from_a_copy_that_rekeys_reads_the_new_epoch() -> TestResult {
     let mut a = start(&g, "a");
     sync(&g, &mut a);
     drop(a);
-    copy_files(&g, "a", "copy")?;
+    copy_database(&g, "a", "copy");
     let mut a = g.reopen("a");
     let copy = g.reopen("copy");
     block_on(group::rekey(&mut a, &g.store(), &[], None))?;
@@ -1048,20 +1048,6 @@ fn a_device_forked_from_a_copy_that_rekeys_reads_the_new_epoch() -> TestResult {
     let report = sync(&g, &mut copy);
     assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
     assert!(has(&copy, "sealed-after"));
-    Ok(())
-}
-
-/// Copies database `from`, and the files beside it, to `to` (a closed replica).
-fn copy_files(g: &Group, from: &str, to: &str) -> std::io::Result<()> {
-    std::fs::copy(g.db(from), g.db(to))?;
-    let side = |n: &str| g.dir.path().join(format!("{n}.db.dimple"));
-    std::fs::create_dir_all(side(to))?;
-    for entry in std::fs::read_dir(side(from))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), side(to).join(entry.file_name()))?;
-        }
-    }
     Ok(())
 }
 
@@ -1075,7 +1061,7 @@ fn two_copies_of_a_device_starting_key_epochs_at_once_split_nobody() -> TestResu
     let mut a = start(&g, "a");
     sync(&g, &mut a);
     drop(a);
-    copy_files(&g, "a", "copy")?;
+    copy_database(&g, "a", "copy");
     let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
     let a_id = a.id().to_owned();
     let at_a = block_on(group::rekey(&mut a, &g.store(), &[], None))?;

@@ -280,17 +280,8 @@ fn check_own_log(m: &mut Member, copies: &Copies, large: &Large, seen: &mut Chan
     // A clone made before anyone pushed has no table until it pulls a schema; the
     // changes it holds meanwhile (caught up from a snapshot) wait for it.
     if has_table(m.replica.conn()) {
-        let mut stmt = m
-            .replica
-            .conn()
-            .prepare("SELECT entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't' ORDER BY id")
-            .unwrap();
-        let log: Vec<Change> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, inline(large, r.get(2)?))))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        drop(stmt);
+        let log: Vec<Change> =
+            log_changes(m.replica.conn()).into_iter().map(|(e, a, v)| (e, a, inline(large, v))).collect();
         let mut model = model_of_changes(log.iter().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), &COLUMNS);
         // A lazy member's row holds NULL where a large value is not fetched yet.
         for missing in dimple::blob::missing(m.replica.conn()).unwrap() {
@@ -363,32 +354,6 @@ fn pushed(m: &mut Member, copies: &mut Copies, seen: &mut Changes, changes: usiz
         insert(seen, id, change);
     }
     Ok(())
-}
-
-/// Copies member `from`'s database, its WAL and the directory beside it, as a
-/// disk copy would (no connection is in a transaction).
-fn copy_database(g: &Group, from: &str, to: &str) {
-    let (src, dst) = (g.db(from), g.db(to));
-    std::fs::copy(&src, &dst).unwrap();
-    let wal = |p: &std::path::Path| std::path::PathBuf::from(format!("{}-wal", p.display()));
-    if wal(&src).exists() {
-        std::fs::copy(wal(&src), wal(&dst)).unwrap();
-    }
-    let side = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.dimple", p.display()));
-    copy_dir(&side(&src), &side(&dst));
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn live(

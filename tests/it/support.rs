@@ -131,15 +131,17 @@ pub fn open_plain(path: &Path) -> rusqlite::Connection {
 /// greatest id wins; a row exists when its `*` winner is `true`; its columns are
 /// their winners (NULL when never written). Computed from a log, for table `t`.
 pub fn model_of_log(conn: &rusqlite::Connection, columns: &[&str]) -> Vec<Row> {
+    let changes = log_changes(conn);
+    model_of_changes(changes.iter().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), columns)
+}
+
+/// Every change of table `t` in the log, in id order: (entity, attribute,
+/// encoded new value).
+pub fn log_changes(conn: &rusqlite::Connection) -> Vec<(String, String, Option<String>)> {
     let mut stmt = conn
         .prepare("SELECT entity_id, attribute, new_value FROM ZV_CHANGE WHERE entity_type = 't' ORDER BY id")
         .unwrap();
-    let changes = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
-    model_of_changes(changes.iter().map(|(e, a, v)| (e.as_str(), a.as_str(), v.as_deref())), columns)
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }
 
 /// [`model_of_log`] of changes given in ascending id order: (entity, attribute,
@@ -172,4 +174,30 @@ pub fn model_of_changes<'a>(
 pub fn change_ids(conn: &rusqlite::Connection) -> Vec<String> {
     let mut stmt = conn.prepare("SELECT id FROM ZV_CHANGE ORDER BY id").unwrap();
     stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// Copies replica `from`'s database, its WAL and the directory beside it, as a
+/// disk copy would (no connection is in a transaction).
+pub fn copy_database(g: &Group, from: &str, to: &str) {
+    let (src, dst) = (g.db(from), g.db(to));
+    std::fs::copy(&src, &dst).unwrap();
+    let wal = |p: &std::path::Path| std::path::PathBuf::from(format!("{}-wal", p.display()));
+    if wal(&src).exists() {
+        std::fs::copy(wal(&src), wal(&dst)).unwrap();
+    }
+    let side = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.dimple", p.display()));
+    copy_dir(&side(&src), &side(&dst));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }
