@@ -46,14 +46,18 @@ pub struct Published {
 /// have been pruned under that one: they are in no chain any more, and only it
 /// covers them, so the new snapshot must cover every member at least as far.
 /// Merges it for the members it covers further, as a pull that met the pruned
-/// batches would, and says which it still covers further. A replica's own
-/// snapshot needs no look (its cursors only move forward), and one that cannot
-/// be read or fails its checks covers nothing anyone could catch up from: it is
+/// batches would, and says which it still covers further. The snapshot this
+/// database itself last published needs no look (its cursors only move
+/// forward); one published under our id by a copy of this database does: the
+/// copy may have applied authors this one never saw. One that cannot be read
+/// or fails its checks covers nothing anyone could catch up from: it is
 /// replaced.
 pub async fn before_compacting(r: &mut Replica, store: &dyn Store, codec: &Codec) -> Result<Published> {
     let Some((pointer, _)) = snapshot::latest(store, codec).await? else { return Ok(Published::default()) };
     let mut published = Published { snapshot_id: Some(pointer.snapshot_id.clone()), ..Published::default() };
-    if pointer.source_replica == r.id() {
+    if pointer.source_replica == r.id()
+        && crate::meta::snapshot_published(&r.sync)?.as_deref() == Some(pointer.snapshot_id.as_str())
+    {
         return Ok(published);
     }
     match merge_published(r, store, codec, &pointer).await {
@@ -95,9 +99,12 @@ async fn merge_published(
     pointer.verify_source(store, codec, &origin).await?;
     // The snapshot speaks for every author it covers: taken only from a source
     // this replica applies itself, with the key pinned here if there is one.
+    // Under our own id it is a copy's of this database, signed with our key.
+    let ours = pointer.source_replica == r.id() && pointer.public_key == r.public_key()?;
     let source = peers::get(&r.sync, &pointer.source_replica)?.unwrap_or_default();
     let mode = crate::trust::mode(&r.sync)?;
-    if !source.trust.applied_in(mode) || source.public_key.as_ref().is_some_and(|k| *k != pointer.public_key) {
+    if !ours && (!source.trust.applied_in(mode) || source.public_key.as_ref().is_some_and(|k| *k != pointer.public_key))
+    {
         return Err(Error::bad(
             &origin,
             format!("snapshot from {}, whose changes this replica does not apply", pointer.source_replica),

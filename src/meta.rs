@@ -53,6 +53,7 @@ const CHANGE_COUNT: &str = "push.change_count";
 const RECENT: &str = "push.recent";
 const INFLIGHT: &str = "push.inflight";
 const DESCRIPTOR_PUBLISHED: &str = "descriptor.published";
+const SNAPSHOT_PUBLISHED: &str = "snapshot.published";
 
 impl PushState {
     pub fn load(conn: &Connection) -> Result<PushState> {
@@ -103,9 +104,18 @@ impl PushState {
     /// Forgets the bucket state of this identity (a fork starts a new chain): push
     /// state, in-flight push, and the published descriptor.
     pub fn forget(conn: &Connection) -> Result<()> {
-        for k in
-            [THROUGH, BATCH_ID, SHA256, HEAD_ETAG, BATCH_COUNT, CHANGE_COUNT, RECENT, INFLIGHT, DESCRIPTOR_PUBLISHED]
-        {
+        for k in [
+            THROUGH,
+            BATCH_ID,
+            SHA256,
+            HEAD_ETAG,
+            BATCH_COUNT,
+            CHANGE_COUNT,
+            RECENT,
+            INFLIGHT,
+            DESCRIPTOR_PUBLISHED,
+            SNAPSHOT_PUBLISHED,
+        ] {
             delete(conn, k)?;
         }
         Ok(())
@@ -150,4 +160,16 @@ pub fn descriptor_published(conn: &Connection) -> Result<Option<String>> {
 
 pub fn set_descriptor_published(conn: &Connection, at: &str) -> Result<()> {
     set(conn, DESCRIPTOR_PUBLISHED, at)
+}
+
+/// The id of the last snapshot this very database pointed LATEST.json at. A copy
+/// of the database (a restored backup, a cloned disk) shares the replica id but
+/// not necessarily this record: only a copy made after that publish holds it,
+/// and its cursors are then at least the snapshot's.
+pub fn snapshot_published(conn: &Connection) -> Result<Option<String>> {
+    get(conn, SNAPSHOT_PUBLISHED)
+}
+
+pub fn set_snapshot_published(conn: &Connection, snapshot_id: &str) -> Result<()> {
+    set(conn, SNAPSHOT_PUBLISHED, snapshot_id)
 }

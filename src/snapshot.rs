@@ -455,7 +455,12 @@ async fn write_and_point(
                 serde_json::to_vec_pretty(&pointer).expect("serializes"),
             )?;
             match crate::store::update_or_recognise(store, &pointer_key, body, mode, |_| false).await {
-                Ok(_) => true,
+                Ok(_) => {
+                    if !seeding {
+                        crate::meta::set_snapshot_published(&r.sync, &snapshot_id)?;
+                    }
+                    true
+                }
                 // Another compactor moved the pointer meanwhile: its snapshot is newer.
                 Err(StoreError::PreconditionFailed(_)) => false,
                 Err(e) => return Err(e.into()),

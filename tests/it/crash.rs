@@ -473,8 +473,46 @@ fn two_copies_compacting_at_one_moment_name_their_snapshots_apart() -> TestResul
     copy_database(&g, "a", "copy");
     let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
     let first = block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, false))?;
+    g.clock.advance(10);
     let second = block_on(dimple::snapshot::compact_with(&mut copy, &store, std::time::Duration::ZERO, false))?;
     assert_ne!(first.snapshot_id, second.snapshot_id);
+    Ok(())
+}
+
+/// A snapshot published under our id may be a copy's of this database, which
+/// applied authors this copy never saw and let their batches be pruned: a
+/// compaction here takes what it covers first, as it would from any member's,
+/// so its own snapshot covers no less and a new member still gets every write.
+#[test]
+fn a_copy_compacting_after_the_other_copy_pruned_takes_what_its_snapshot_covers() -> TestResult {
+    let g = Group::new();
+    let store = g.store();
+    let (mut writer, mut a) = (g.replica("writer"), g.replica("a"));
+    block_on(dimple::push(&mut a, &store))?;
+    drop(a);
+    copy_database(&g, "a", "copy");
+    let (mut a, mut copy) = (g.reopen("a"), g.reopen("copy"));
+    writer.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut writer, &store))?;
+    g.clock.advance(10);
+    block_on(dimple::sync(&mut a, &store))?;
+    let first = block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, true))?;
+    let writers = format!("batches/{}/", writer.id());
+    assert!(first.pruned_batches.iter().any(|k| k.starts_with(&writers)), "{first:?}");
+    g.clock.advance(10);
+    let second = block_on(dimple::snapshot::compact_with(&mut copy, &store, std::time::Duration::ZERO, true))?;
+    assert!(second.published);
+    assert_eq!(second.caught_up, vec![writer.id().to_owned()]);
+    assert_eq!(rows(copy.conn(), "t"), rows(writer.conn(), "t"));
+    let (newcomer, _) = block_on(dimple::clone::clone(
+        &g.bucket_url(),
+        &g.db("newcomer"),
+        Some("newcomer"),
+        g.opts(),
+        &store,
+        &|_| {},
+    ))?;
+    assert_eq!(rows(newcomer.conn(), "t"), rows(writer.conn(), "t"), "a new member gets every write");
     Ok(())
 }
 
