@@ -9,7 +9,7 @@ use crate::track::{self, TableInfo, ROW};
 use crate::value;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Gives ids to everything the triggers captured since the last call and records it
 /// as one transaction authored by `me`. Runs inside the caller's write transaction:
@@ -42,6 +42,7 @@ pub fn ingest(conn: &Connection, hlc: &mut Hlc, me: &str) -> Result<usize> {
         used: 0,
         n: 0,
         bad_keys: BTreeSet::new(),
+        rekeyed: BTreeMap::new(),
     };
     let mut recorded = Vec::with_capacity(tracked.len());
     for (tbl, columns) in tracked {
@@ -134,6 +135,9 @@ struct Recorder<'a, 'c> {
     n: usize,
     /// Tables where a captured write had a key that cannot sync.
     bad_keys: BTreeSet<String>,
+    /// The cells missing in the row whose key just changed, by column: their
+    /// references, which the insert of the new key carries (see [`track::REKEY`]).
+    rekeyed: BTreeMap<String, String>,
 }
 
 impl Recorder<'_, '_> {
@@ -252,17 +256,28 @@ impl Recorder<'_, '_> {
                 let seq = r.get::<_, i64>(0)?;
                 last_seq = Some(seq);
                 let op: i64 = r.get(1)?;
+                // Only the insert right after a new key's delete carries its cells.
+                let carried = std::mem::take(&mut self.rekeyed);
                 let Some(entity_id) = self.entity_id(tbl, info, r.get_ref(2)?) else { continue };
                 match op {
                     track::OP_INSERT => {
                         self.record(tbl, &entity_id, ROW, None, ALIVE.to_owned())?;
                         // An insert's columns have no old value (SQL NULL, unlike JSON null).
                         for (i, c) in columns.iter().enumerate() {
-                            let v = stored(self, r, 2 + i, seq, true)?;
+                            let mut v = stored(self, r, 2 + i, seq, true)?;
+                            if let Some(reference) = carried.get(c).filter(|_| v == "null") {
+                                self.carry(tbl, &entity_id, c, reference)?;
+                                v.clone_from(reference);
+                            }
                             self.record(tbl, &entity_id, c, None, v)?;
                         }
                     }
-                    track::OP_DELETE => self.record(tbl, &entity_id, ROW, None, DEAD.to_owned())?,
+                    track::OP_DELETE => {
+                        self.record(tbl, &entity_id, ROW, None, DEAD.to_owned())?;
+                        if r.get::<_, Option<i64>>(3)? == Some(track::REKEY) {
+                            self.rekeyed = self.missing_cells(tbl, &entity_id)?;
+                        }
+                    }
                     track::OP_UPDATE => {
                         let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
                         let c = columns.get(i).ok_or_else(|| {
@@ -290,6 +305,35 @@ impl Recorder<'_, '_> {
                 _ => return Ok(()),
             };
         }
+    }
+
+    /// The cells of a row that wait for a value stored out of line (a lazy
+    /// replica's), by column: the reference each cell's winner holds.
+    fn missing_cells(&mut self, tbl: &str, entity_id: &str) -> Result<BTreeMap<String, String>> {
+        // The winners read next must include every change captured before.
+        self.store()?;
+        let listed: Vec<(String, String)> = self
+            .conn
+            .prepare_cached("SELECT attribute, ref FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2")?
+            .query_map([tbl, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = BTreeMap::new();
+        for (attribute, reference) in listed {
+            let winner = crate::log::winner(self.conn, tbl, entity_id, &attribute)?;
+            if winner.is_some_and(|w| w.new_value.as_deref() == Some(reference.as_str())) {
+                out.insert(attribute, reference);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The new key's cell waits for the value its old row waited for.
+    fn carry(&self, tbl: &str, entity_id: &str, attribute: &str, reference: &str) -> Result<()> {
+        if let Ok(crate::value::Stored::Ref(r)) = crate::value::decode_stored(reference) {
+            let now = crate::clock::rfc3339(self.hlc.now_ms());
+            crate::blob::mark_missing(self.conn, tbl, entity_id, attribute, &r, &now)?;
+        }
+        Ok(())
     }
 
     /// Columns `added` (indexes into `info.columns`) had no trigger until now: what

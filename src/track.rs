@@ -209,7 +209,14 @@ pub fn unsyncable_keys(conn: &Connection, info: &TableInfo) -> Result<Vec<String
 }
 
 /// Bumped when the trigger SQL changes: `ingest` reinstalls older triggers.
-pub const CAPTURE_VERSION: i64 = 3;
+/// 4: the key trigger marks its delete as a new key ([`REKEY`]).
+pub const CAPTURE_VERSION: i64 = 4;
+
+/// `col` of the delete the key trigger captures: the insert of the new key
+/// follows it. A value the old row lacked (stored out of line and not fetched
+/// on a lazy replica, NULL in the row) moves to the new row as its reference,
+/// instead of the NULL the app never wrote.
+pub const REKEY: i64 = -1;
 
 /// `a.k IS b.k` for every key column, compared byte for byte (a NOCASE key that
 /// changes case is a new key).
@@ -260,12 +267,14 @@ fn trigger_sql(info: &TableInfo) -> Vec<String> {
     let pending = ident(&pending_table(&info.name));
     let name = |kind: &str| ident(&format!("zv_{kind}_{}", info.name));
     let delete = format!("INSERT INTO {pending}(op, pk) VALUES ({OP_DELETE}, {});", captured_key(info, "OLD"));
+    let rekey_delete =
+        format!("INSERT INTO {pending}(op, pk, col) VALUES ({OP_DELETE}, {}, {REKEY});", captured_key(info, "OLD"));
     let mut out = vec![
         format!("CREATE TRIGGER {} AFTER INSERT ON {t} BEGIN {} END", name("ins"), insert_row(info, "NEW")),
         format!("CREATE TRIGGER {} AFTER DELETE ON {t} BEGIN {delete} END", name("del")),
         // A new key is a new entity: the old one is deleted, the new one inserted whole.
         format!(
-            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {t} WHEN {} BEGIN {delete} {} END",
+            "CREATE TRIGGER {} AFTER UPDATE OF {} ON {t} WHEN {} BEGIN {rekey_delete} {} END",
             name("key"),
             info.key_columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
             keys_equal(info, true),

@@ -405,6 +405,68 @@ fn a_lazy_replica_applies_the_row_without_the_value_and_fetches_it_on_demand() -
     Ok(())
 }
 
+/// A lazy replica's row holds NULL where a value is not fetched yet. The app
+/// changing the row's key never wrote that NULL: the new row waits for the same
+/// value, and every replica gets the value under the new key. A value the app
+/// sets in the same statement is its own write.
+#[test]
+fn a_lazy_replica_changing_a_rows_key_keeps_the_values_it_has_not_fetched() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut phone) = (files(&g, "a"), files(&g, "phone"));
+    dimple::blob::set_fetch_policy(phone.conn(), dimple::blob::Fetch::Lazy)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (photo, caption, pdf) =
+        (random_bytes(&mut rng, 300_000), random_text(&mut rng, 90_000), random_bytes(&mut rng, 70_000));
+    a.conn().execute(
+        "INSERT INTO f VALUES ('p1', 'photo', ?1, ?2), ('p2', 'pdf', 'n', ?3)",
+        rusqlite::params![caption, photo, pdf],
+    )?;
+    sync(&g, &mut a);
+    sync(&g, &mut phone);
+    assert_eq!(dimple::status::status(&phone)?.blobs.missing.count, 3);
+    phone.conn().execute("UPDATE f SET id = 'p1-renamed' WHERE id = 'p1'", [])?;
+    phone.transaction(|tx| {
+        tx.execute("UPDATE f SET id = 'p2-renamed', data = x'01' WHERE id = 'p2'", [])?;
+        Ok(())
+    })?;
+    sync(&g, &mut phone);
+    sync(&g, &mut a);
+    let expected = vec![
+        vec![
+            Cell::Text(b"p1-renamed".to_vec()),
+            Cell::Text(b"photo".to_vec()),
+            Cell::Text(caption.clone().into_bytes()),
+            Cell::Blob(photo.clone()),
+            Cell::Text(b"blob".to_vec()),
+            Cell::Text(b"text".to_vec()),
+        ],
+        vec![
+            Cell::Text(b"p2-renamed".to_vec()),
+            Cell::Text(b"pdf".to_vec()),
+            Cell::Text(b"n".to_vec()),
+            Cell::Blob(vec![1]),
+            Cell::Text(b"blob".to_vec()),
+            Cell::Text(b"text".to_vec()),
+        ],
+    ];
+    // Rows printed short: a failure would print megabytes.
+    let brief = |rows: Vec<Vec<Cell>>| -> Vec<Vec<String>> {
+        rows.iter().map(|r| r.iter().map(|c| format!("{c:?}").chars().take(24).collect()).collect()).collect()
+    };
+    let on_a = rows(&a);
+    assert!(on_a == expected, "the other replica gets the values under the new key: {:?}", brief(on_a));
+    let st = dimple::status::status(&phone)?;
+    assert_eq!(st.blobs.missing.count, 2, "{:?}", st.blobs.missing_cells);
+    assert!(st.blobs.missing_cells.contains(&("f".into(), "p1-renamed".into(), "data".into())));
+    let fetched = block_on(dimple::fetch(&mut phone, &g.store(), None))?;
+    assert_eq!((fetched.filled, fetched.still_missing), (2, 0));
+    let on_phone = rows(&phone);
+    assert!(on_phone == expected, "{:?}", brief(on_phone));
+    assert!(dimple::verify::check(&mut phone)?.is_empty());
+    assert!(dimple::verify::check(&mut a)?.is_empty());
+    Ok(())
+}
+
 /// A store whose connection is lost after `allowed` parts of multipart uploads
 /// (those finish first: the failing calls wait for them), recording the part
 /// numbers it took.
