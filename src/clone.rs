@@ -33,6 +33,24 @@ pub struct CloneReport {
     pub snapshot_changes: u64,
     pub tracked: Vec<String>,
     pub pull: PullReport,
+    /// It finished a clone interrupted before (see [`UNFINISHED`]).
+    pub resumed: bool,
+}
+
+/// `ZV_METADATA` key of a clone not finished yet: [`STARTED`] from the moment
+/// the replica exists, [`LOADED`] once its snapshot (or, without one, its
+/// tables) is in, in the same transaction; deleted when the clone ends. A clone
+/// cut short (network, Ctrl-C, a closed lid) leaves a replica that never
+/// pushed; `dimple clone` run again on it takes up where it stopped instead
+/// of refusing a database that is already a replica.
+pub const UNFINISHED: &str = "clone.unfinished";
+const STARTED: &str = "started";
+const LOADED: &str = "loaded";
+
+/// The stage of an interrupted clone of `db` (None: not one).
+fn unfinished(db: &Path) -> Option<String> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT value FROM ZV_METADATA WHERE key = ?1", [UNFINISHED], |r| r.get(0)).ok()
 }
 
 /// A step of the clone, for progress display.
@@ -61,49 +79,82 @@ pub async fn clone_with_keys(
     progress: Progress<'_>,
     keys: Option<crate::seal::Keyring>,
 ) -> Result<(Replica, CloneReport)> {
-    if keys.is_none() && crate::group::detect(store).await?.is_some() {
-        return Err(Error::Invalid(
-            "this bucket holds an encrypted group: clone with --passphrase-file FILE (or DIMPLE_PASSPHRASE), or `dimple init DB --bucket URL` and have a member grant this device".to_owned(),
-        ));
-    }
-    let mut r = Replica::init(db, Some(url), name, opts)?;
-    // A clone's database is dimple's: it follows the group's schema.
-    crate::schema::set_policy(&r.sync, crate::schema::Policy::Follow)?;
-    if let Some(keys) = keys {
-        crate::group::adopt(&mut r, store, keys).await?;
+    let stage = unfinished(db);
+    // Asked before anything is created (or again by a clone taken up again
+    // that holds no keys yet).
+    let encrypted_without_keys = "this bucket holds an encrypted group: clone with --passphrase-file FILE (or DIMPLE_PASSPHRASE), or `dimple init DB --bucket URL` and have a member grant this device";
+    let mut r = match &stage {
+        Some(_) => {
+            let r = Replica::open(db, opts)?;
+            if r.bucket()?.as_deref() != Some(url) {
+                return Err(Error::Invalid(format!(
+                    "{} is an interrupted clone of {}, not of {url}: run the clone again with that bucket",
+                    db.display(),
+                    r.bucket()?.unwrap_or_default()
+                )));
+            }
+            r
+        }
+        None => {
+            if keys.is_none() && crate::group::detect(store).await?.is_some() {
+                return Err(Error::Invalid(encrypted_without_keys.to_owned()));
+            }
+            let r = Replica::init(db, Some(url), name, opts)?;
+            let tx = r.sync.unchecked_transaction()?;
+            // A clone's database is dimple's: it follows the group's schema.
+            crate::schema::set_policy(&tx, crate::schema::Policy::Follow)?;
+            crate::meta::set(&tx, UNFINISHED, STARTED)?;
+            tx.commit()?;
+            r
+        }
+    };
+    if crate::group::group_of(&r)?.is_none() {
+        match keys {
+            Some(keys) => crate::group::adopt(&mut r, store, keys).await?,
+            None if stage.is_some() && crate::group::detect(store).await?.is_some() => {
+                return Err(Error::Invalid(encrypted_without_keys.to_owned()))
+            }
+            None => {}
+        }
     }
     let codec = crate::group::prepare(&mut r, store, false).await?;
-    progress("reading snapshots/LATEST.json");
-    let pointer = snapshot::latest(store, &codec).await?.map(|(p, _)| p);
-    if let Some(p) = &pointer {
-        p.verify_source(store, &codec, &crate::layout::snapshot_pointer_key()).await?;
-    }
     let mut report = CloneReport {
         replica: r.id().to_owned(),
-        snapshot: pointer.as_ref().map(|p| p.snapshot_id.clone()),
+        snapshot: None,
         snapshot_rows: 0,
         snapshot_changes: 0,
         tracked: Vec::new(),
         pull: PullReport::default(),
+        resumed: stage.is_some(),
     };
-    match pointer {
-        Some(p) => {
-            progress(&format!("downloading snapshot {} ({} bytes)", p.snapshot_id, p.size));
-            let path = download(&r, store, &codec, &p).await?;
-            progress("loading snapshot");
-            let loaded = load(&mut r, &path);
-            let _ = std::fs::remove_file(&path);
-            (report.snapshot_rows, report.snapshot_changes, report.tracked) = loaded?;
+    if stage.as_deref() != Some(LOADED) {
+        progress("reading snapshots/LATEST.json");
+        let pointer = snapshot::latest(store, &codec).await?.map(|(p, _)| p);
+        if let Some(p) = &pointer {
+            p.verify_source(store, &codec, &crate::layout::snapshot_pointer_key()).await?;
         }
-        None => {
-            for table in user_tables(r.conn())? {
-                r.track(&table, true)?;
-                report.tracked.push(table);
+        report.snapshot = pointer.as_ref().map(|p| p.snapshot_id.clone());
+        match pointer {
+            Some(p) => {
+                progress(&format!("downloading snapshot {} ({} bytes)", p.snapshot_id, p.size));
+                let path = download(&r, store, &codec, &p).await?;
+                progress("loading snapshot");
+                let loaded = load(&mut r, &path);
+                let _ = std::fs::remove_file(&path);
+                (report.snapshot_rows, report.snapshot_changes, report.tracked) = loaded?;
+            }
+            None => {
+                for table in user_tables(r.conn())? {
+                    r.track(&table, true)?;
+                    report.tracked.push(table);
+                }
+                crate::meta::set(&r.sync, UNFINISHED, LOADED)?;
             }
         }
     }
     progress("pulling batches");
     report.pull = pull(&mut r, store).await?;
+    crate::meta::delete(&r.sync, UNFINISHED)?;
     Ok((r, report))
 }
 
@@ -446,6 +497,7 @@ fn load_attached(r: &mut Replica, inspected: &Inspected, now: &str, origin: &str
         r.hlc.observe(&id);
     }
     changelog::save_clock(&tx, &r.hlc)?;
+    crate::meta::set(&tx, UNFINISHED, LOADED)?;
     tx.commit()?;
     Ok((rows, changes, tracked))
 }

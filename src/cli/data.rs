@@ -200,11 +200,16 @@ pub async fn run(cmd: DataCommand) -> Result<()> {
             if json.json {
                 print_json(&serde_json::json!({"clone": report, "requests": s.stats()}))?;
             } else {
+                if report.resumed {
+                    println!("took up the clone interrupted before");
+                }
                 match &report.snapshot {
                     Some(id) => println!(
                         "cloned from snapshot {id}: {} rows, {} changes",
                         report.snapshot_rows, report.snapshot_changes
                     ),
+                    // Taken up after its snapshot was in: nothing more to say of it.
+                    None if report.resumed && report.tracked.is_empty() => {}
                     None => println!("no snapshot in the bucket: replayed every batch"),
                 }
                 println!(

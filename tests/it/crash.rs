@@ -537,3 +537,103 @@ fn a_copy_publishing_its_schema_never_goes_below_the_version_the_other_copy_publ
     assert!(then.pull.problems.is_empty(), "{:?}", then.pull.problems);
     Ok(())
 }
+
+/// A clone of a bucket whose first batches were pruned under a snapshot, cut
+/// short at store call `n` (an error, or the process killed), then run again
+/// as the user would: the second run takes up the first (or starts, if the
+/// first created nothing) and ends equal to the source, with no problem, and
+/// the clone then syncs as any member. Returns whether the fault was met.
+fn clone_with_fault_at(n: u64, fault: Fault, encrypted: bool) -> bool {
+    const PASS: &str = "the group's passphrase";
+    let g = Group::new();
+    let store = g.store();
+    let mut a = g.replica("a");
+    if encrypted {
+        block_on(dimple::group::create(&mut a, &store, Some(PASS))).unwrap();
+    }
+    for i in 0..4 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'x', 0.5)", rusqlite::params![format!("k{i}"), i]).unwrap();
+        block_on(dimple::sync(&mut a, &store)).unwrap();
+        g.clock.advance(2);
+        if i == 1 {
+            block_on(dimple::snapshot::compact_with(&mut a, &store, std::time::Duration::ZERO, true)).unwrap();
+        }
+    }
+    let keys = || encrypted.then(|| block_on(dimple::group::unlock(&store, PASS)).unwrap());
+    let (url, db) = (g.bucket_url(), g.db("d"));
+    let (faulty, plan) = Faulty::new(g.raw_store());
+    plan.fail_nth(n, fault);
+    let faulty = dimple::store::Metered::new(Box::new(faulty) as Box<dyn dimple::store::Store>);
+    let first = run_or_die(clone_into(url.clone(), db.clone(), g.opts(), &faulty, keys()), &plan);
+    let injected = plan.calls() > n;
+    match &first {
+        Some(Ok(_)) => assert!(!injected || fault == Fault::AfterEffect, "{fault:?} at {n}"),
+        Some(Err(e)) => assert!(injected && e.to_string().contains("injected"), "{fault:?} at {n}: {e}"),
+        None => assert!(injected),
+    }
+    let finished = matches!(first, Some(Ok(_)));
+    drop(first);
+    if finished {
+        return injected;
+    }
+    let (mut d, report) = block_on(clone_into(url, db, g.opts(), &store, keys()))
+        .unwrap_or_else(|e| panic!("{fault:?} at {n}, run again: {e}"));
+    assert!(report.pull.problems.is_empty(), "{fault:?} at {n}: {:?}", report.pull.problems);
+    assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"), "{fault:?} at {n}");
+    assert!(dimple::verify::check(&mut d).unwrap().is_empty(), "{fault:?} at {n}");
+    d.conn().execute("INSERT INTO t VALUES ('from-d', 9, 'd', 1.5)", []).unwrap();
+    block_on(dimple::sync(&mut d, &store)).unwrap();
+    let back = block_on(dimple::sync(&mut a, &store)).unwrap();
+    assert!(back.pull.problems.is_empty(), "{fault:?} at {n}: {:?}", back.pull.problems);
+    assert_eq!(rows(a.conn(), "t"), rows(d.conn(), "t"), "{fault:?} at {n}");
+    injected
+}
+
+async fn clone_into(
+    url: String,
+    db: std::path::PathBuf,
+    opts: Options,
+    store: &dyn dimple::store::Store,
+    keys: Option<dimple::seal::Keyring>,
+) -> dimple::Result<(Replica, dimple::clone::CloneReport)> {
+    dimple::clone::clone_with_keys(&url, &db, Some("d"), opts, store, &|_| {}, keys).await
+}
+
+fn clone_faults(encrypted: bool) {
+    for fault in [Fault::Unavailable, Fault::AfterEffect, Fault::Hang] {
+        let mut n = 0;
+        while clone_with_fault_at(n, fault, encrypted) {
+            n += 1;
+        }
+        assert!(n >= 8, "{fault:?}: only {n} calls were tried");
+    }
+}
+
+/// An interrupted clone is taken up only from the bucket it was cloning.
+#[test]
+fn an_interrupted_clone_is_taken_up_only_from_its_own_bucket() {
+    let (g, other) = (Group::new(), Group::new());
+    let mut a = g.replica("a");
+    block_on(dimple::push(&mut a, &g.store())).unwrap();
+    let (faulty, plan) = Faulty::new(g.raw_store());
+    plan.fail_nth(3, Fault::Unavailable);
+    let faulty = dimple::store::Metered::new(Box::new(faulty) as Box<dyn dimple::store::Store>);
+    let db = g.db("d");
+    assert!(block_on(clone_into(g.bucket_url(), db.clone(), g.opts(), &faulty, None)).is_err());
+    let Err(err) = block_on(clone_into(other.bucket_url(), db.clone(), g.opts(), &other.store(), None)) else {
+        panic!("an interrupted clone was taken up from another bucket")
+    };
+    assert!(err.to_string().contains("is an interrupted clone of"), "{err}");
+    let (_, report) = block_on(clone_into(g.bucket_url(), db, g.opts(), &g.store(), None)).unwrap();
+    assert!(report.resumed);
+}
+
+#[test]
+fn a_clone_cut_short_at_any_store_call_is_finished_by_running_it_again() {
+    clone_faults(false);
+}
+
+#[test]
+fn an_encrypted_clone_cut_short_at_any_store_call_is_finished_by_running_it_again() {
+    clone_faults(true);
+}
