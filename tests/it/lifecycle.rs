@@ -2,7 +2,8 @@
 //! write through both capture paths and sync in any order, as in `convergence`;
 //! besides, at random moments one prunes its superseded history (horizon now),
 //! one compacts the bucket (a snapshot, and sometimes the batches it covers
-//! deleted), a new member joins as a clone, a replica is closed and opened
+//! deleted), a new member joins as a clone (sometimes cut short at a store
+//! call and run again), a replica is closed and opened
 //! again, and a sync, push, pull or compaction meets a fault at one of its
 //! store calls (an error before the request, a timeout after it took effect,
 //! or the process killed there and the replica opened again). Some values are
@@ -60,8 +61,9 @@ enum Op {
     Prune(usize),
     /// A snapshot, and with `true` the batches it covers deleted (no grace).
     Compact(usize, bool),
-    /// A new member, cloned from the bucket.
-    Join,
+    /// A new member, cloned from the bucket; with `Some`, the clone is cut
+    /// short at its n-th store call and run again, as a user would.
+    Join(Option<(u8, Fault)>),
     /// The replica closed and opened again.
     Reopen(usize),
     /// A new key epoch (encrypted groups; nobody revoked).
@@ -159,15 +161,18 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u64..100).prop_map(Op::Tick),
         1 => (0..MAX).prop_map(Op::Prune),
         1 => (0..MAX, any::<bool>()).prop_map(|(i, prune)| Op::Compact(i, prune)),
-        1 => Just(Op::Join),
+        1 => proptest::option::of((0u8..12, fault())).prop_map(Op::Join),
         1 => (0..MAX).prop_map(Op::Reopen),
         1 => (0..MAX).prop_map(Op::Rekey),
         1 => (0..MAX, 0..MAX).prop_map(|(i, j)| Op::RekeyAtOnce(i, j)),
         1 => (0..MAX).prop_map(Op::Copy),
         1 => (0..MAX).prop_map(Op::Fetch),
-        2 => (0..MAX, step(), 0u8..6, prop_oneof![Just(Fault::Unavailable), Just(Fault::AfterEffect), Just(Fault::Hang)])
-            .prop_map(|(i, step, n, fault)| Op::Fault(i, step, n, fault)),
+        2 => (0..MAX, step(), 0u8..6, fault()).prop_map(|(i, step, n, fault)| Op::Fault(i, step, n, fault)),
     ]
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![Just(Fault::Unavailable), Just(Fault::AfterEffect), Just(Fault::Hang)]
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -456,7 +461,7 @@ fn live(
                 }
                 check_own_log(m, &copies, &large, &mut seen)?;
             }
-            Op::Join => {
+            Op::Join(cut) => {
                 if members.len() == MAX {
                     continue;
                 }
@@ -465,17 +470,23 @@ fn live(
                 let clock = clock_for(i);
                 let opts = Options { clock: Arc::new(clock.clone()), ..Options::default() };
                 let keys = encrypted.then(|| block_on(dimple::group::unlock(store, PASS)).unwrap());
-                let url = g.bucket_url();
-                let (replica, _) = block_on(dimple::clone::clone_with_keys(
-                    &url,
-                    &g.db(&name),
-                    Some(&name),
-                    opts,
-                    store,
-                    &|_| {},
-                    keys,
-                ))
-                .unwrap();
+                let mut first = None;
+                if let Some((nth, fault)) = cut {
+                    let (faulty, plan) = Faulty::new(g.raw_store());
+                    plan.fail_nth(nth.into(), fault);
+                    let faulty = Metered::new(Box::new(faulty) as Box<dyn Store>);
+                    let cut = join(g.bucket_url(), g.db(&name), name.clone(), opts.clone(), &faulty, keys.clone());
+                    match run_or_die(cut, &plan) {
+                        Some(Ok(done)) => first = Some(done),
+                        Some(Err(e)) => prop_assert!(e.to_string().contains("injected"), "{name}'s clone: {e}"),
+                        None => {}
+                    }
+                }
+                // Cut short: the same clone run again takes it up.
+                let (replica, _) = match first {
+                    Some(done) => done,
+                    None => block_on(join(g.bucket_url(), g.db(&name), name.clone(), opts, store, keys)).unwrap(),
+                };
                 let app = open_plain(&g.db(&name));
                 let mut m = Member {
                     name,
@@ -627,6 +638,17 @@ fn live(
         prop_assert!(found.is_empty(), "{}: {:?}", m.name, found);
     }
     Ok(())
+}
+
+async fn join(
+    url: String,
+    path: std::path::PathBuf,
+    name: String,
+    opts: Options,
+    store: &Metered<dyn Store>,
+    keys: Option<dimple::seal::Keyring>,
+) -> dimple::Result<(Replica, dimple::clone::CloneReport)> {
+    dimple::clone::clone_with_keys(&url, &path, Some(&name), opts, store, &|_| {}, keys).await
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<i64>, Vec<Op>)> {
