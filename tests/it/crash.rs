@@ -564,7 +564,7 @@ fn clone_with_fault_at(n: u64, fault: Fault, encrypted: bool) -> bool {
     let (faulty, plan) = Faulty::new(g.raw_store());
     plan.fail_nth(n, fault);
     let faulty = dimple::store::Metered::new(Box::new(faulty) as Box<dyn dimple::store::Store>);
-    let first = run_or_die(clone_into(url.clone(), db.clone(), g.opts(), &faulty, keys()), &plan);
+    let first = run_or_die(clone_into(url.clone(), db.clone(), "d".into(), g.opts(), &faulty, keys()), &plan);
     let injected = plan.calls() > n;
     match &first {
         Some(Ok(_)) => assert!(!injected || fault == Fault::AfterEffect, "{fault:?} at {n}"),
@@ -576,8 +576,10 @@ fn clone_with_fault_at(n: u64, fault: Fault, encrypted: bool) -> bool {
     if finished {
         return injected;
     }
-    let (mut d, report) = block_on(clone_into(url, db, g.opts(), &store, keys()))
+    let existed = db.exists();
+    let (mut d, report) = block_on(clone_into(url, db, "d".into(), g.opts(), &store, keys()))
         .unwrap_or_else(|e| panic!("{fault:?} at {n}, run again: {e}"));
+    assert_eq!(report.resumed, existed, "{fault:?} at {n}: the first run's database is taken up");
     assert!(report.pull.problems.is_empty(), "{fault:?} at {n}: {:?}", report.pull.problems);
     assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"), "{fault:?} at {n}");
     assert!(dimple::verify::check(&mut d).unwrap().is_empty(), "{fault:?} at {n}");
@@ -589,14 +591,17 @@ fn clone_with_fault_at(n: u64, fault: Fault, encrypted: bool) -> bool {
     injected
 }
 
-async fn clone_into(
+/// `dimple clone` of `url` into `db`, owning what it borrows, so that a test
+/// can drop it midway (see [`run_or_die`]).
+pub async fn clone_into(
     url: String,
     db: std::path::PathBuf,
+    name: String,
     opts: Options,
     store: &dyn dimple::store::Store,
     keys: Option<dimple::seal::Keyring>,
 ) -> dimple::Result<(Replica, dimple::clone::CloneReport)> {
-    dimple::clone::clone_with_keys(&url, &db, Some("d"), opts, store, &|_| {}, keys).await
+    dimple::clone::clone_with_keys(&url, &db, Some(&name), opts, store, &|_| {}, keys).await
 }
 
 fn clone_faults(encrypted: bool) {
@@ -619,12 +624,13 @@ fn an_interrupted_clone_is_taken_up_only_from_its_own_bucket() {
     plan.fail_nth(3, Fault::Unavailable);
     let faulty = dimple::store::Metered::new(Box::new(faulty) as Box<dyn dimple::store::Store>);
     let db = g.db("d");
-    assert!(block_on(clone_into(g.bucket_url(), db.clone(), g.opts(), &faulty, None)).is_err());
-    let Err(err) = block_on(clone_into(other.bucket_url(), db.clone(), g.opts(), &other.store(), None)) else {
+    assert!(block_on(clone_into(g.bucket_url(), db.clone(), "d".into(), g.opts(), &faulty, None)).is_err());
+    let Err(err) = block_on(clone_into(other.bucket_url(), db.clone(), "d".into(), g.opts(), &other.store(), None))
+    else {
         panic!("an interrupted clone was taken up from another bucket")
     };
     assert!(err.to_string().contains("is an interrupted clone of"), "{err}");
-    let (_, report) = block_on(clone_into(g.bucket_url(), db, g.opts(), &g.store(), None)).unwrap();
+    let (_, report) = block_on(clone_into(g.bucket_url(), db, "d".into(), g.opts(), &g.store(), None)).unwrap();
     assert!(report.resumed);
 }
 

@@ -27,7 +27,7 @@
 //! dropped was replaced by a newer one, which the model holds).
 
 use crate::convergence::{run_write, write_of, Write};
-use crate::crash::run_or_die;
+use crate::crash::{clone_into, run_or_die};
 use crate::support::*;
 use dimple::clock::ManualClock;
 use dimple::retention::Retention;
@@ -475,7 +475,8 @@ fn live(
                     let (faulty, plan) = Faulty::new(g.raw_store());
                     plan.fail_nth(nth.into(), fault);
                     let faulty = Metered::new(Box::new(faulty) as Box<dyn Store>);
-                    let cut = join(g.bucket_url(), g.db(&name), name.clone(), opts.clone(), &faulty, keys.clone());
+                    let cut =
+                        clone_into(g.bucket_url(), g.db(&name), name.clone(), opts.clone(), &faulty, keys.clone());
                     match run_or_die(cut, &plan) {
                         Some(Ok(done)) => first = Some(done),
                         Some(Err(e)) => prop_assert!(e.to_string().contains("injected"), "{name}'s clone: {e}"),
@@ -485,7 +486,7 @@ fn live(
                 // Cut short: the same clone run again takes it up.
                 let (replica, _) = match first {
                     Some(done) => done,
-                    None => block_on(join(g.bucket_url(), g.db(&name), name.clone(), opts, store, keys)).unwrap(),
+                    None => block_on(clone_into(g.bucket_url(), g.db(&name), name.clone(), opts, store, keys)).unwrap(),
                 };
                 let app = open_plain(&g.db(&name));
                 let mut m = Member {
@@ -638,17 +639,6 @@ fn live(
         prop_assert!(found.is_empty(), "{}: {:?}", m.name, found);
     }
     Ok(())
-}
-
-async fn join(
-    url: String,
-    path: std::path::PathBuf,
-    name: String,
-    opts: Options,
-    store: &Metered<dyn Store>,
-    keys: Option<dimple::seal::Keyring>,
-) -> dimple::Result<(Replica, dimple::clone::CloneReport)> {
-    dimple::clone::clone_with_keys(&url, &path, Some(&name), opts, store, &|_| {}, keys).await
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<i64>, Vec<Op>)> {
