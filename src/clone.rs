@@ -99,13 +99,15 @@ pub async fn clone_with_keys(
             if keys.is_none() && crate::group::detect(store).await?.is_some() {
                 return Err(Error::Invalid(encrypted_without_keys.to_owned()));
             }
-            let r = Replica::init(db, Some(url), name, opts)?;
-            let tx = r.sync.unchecked_transaction()?;
             // A clone's database is dimple's: it follows the group's schema.
-            crate::schema::set_policy(&tx, crate::schema::Policy::Follow)?;
-            crate::meta::set(&tx, UNFINISHED, STARTED)?;
-            tx.commit()?;
-            r
+            let policy = crate::schema::Policy::Follow.as_str();
+            Replica::init_with(
+                db,
+                Some(url),
+                name,
+                opts,
+                &[(crate::schema::POLICY_META, policy), (UNFINISHED, STARTED)],
+            )?
         }
     };
     if crate::group::group_of(&r)?.is_none() {

@@ -156,6 +156,18 @@ impl Replica {
     /// Makes `path` (new or an existing database) a replica: dimple's tables, a new
     /// replica id, a key pair, the bucket URL.
     pub fn init(path: &Path, bucket: Option<&str>, name: Option<&str>, opts: Options) -> Result<Replica> {
+        Replica::init_with(path, bucket, name, opts, &[])
+    }
+
+    /// [`Replica::init`], with `extra` metadata written in the same transaction:
+    /// a database is never a replica without them (a clone's marks).
+    pub(crate) fn init_with(
+        path: &Path,
+        bucket: Option<&str>,
+        name: Option<&str>,
+        opts: Options,
+        extra: &[(&str, &str)],
+    ) -> Result<Replica> {
         if let Some(b) = bucket {
             crate::store::BucketUrl::parse(b)?;
         }
@@ -191,6 +203,9 @@ impl Replica {
         }
         if let Some(b) = bucket {
             meta::set(&tx, "bucket", b)?;
+        }
+        for (k, v) in extra {
+            meta::set(&tx, k, v)?;
         }
         tx.commit()?;
         drop(app);
