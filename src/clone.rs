@@ -37,9 +37,10 @@ pub struct CloneReport {
     pub resumed: bool,
 }
 
-/// `ZV_METADATA` key of a clone not finished yet: [`STARTED`] from the moment
-/// the replica exists, [`LOADED`] once its snapshot (or, without one, its
-/// tables) is in, in the same transaction; deleted when the clone ends. A clone
+/// `ZV_METADATA` key of a clone not finished yet: [`STARTED`] in the
+/// transaction that makes the database a replica, [`LOADED`] once its snapshot
+/// (or, without one, its tables) is in, in the snapshot's own transaction;
+/// deleted when the clone ends. A clone
 /// cut short (network, Ctrl-C, a closed lid) leaves a replica that never
 /// pushed; `dimple clone` run again on it takes up where it stopped instead
 /// of refusing a database that is already a replica.
