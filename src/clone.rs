@@ -54,6 +54,17 @@ fn unfinished(db: &Path) -> Option<String> {
     conn.query_row("SELECT value FROM ZV_METADATA WHERE key = ?1", [UNFINISHED], |r| r.get(0)).ok()
 }
 
+/// Whether the replica on `conn` is a clone that did not finish (`status`).
+pub fn is_unfinished(conn: &Connection) -> Result<bool> {
+    Ok(crate::meta::get(conn, UNFINISHED)?.is_some())
+}
+
+/// A pull that went through finishes an interrupted clone as well as running
+/// the clone again would: the catch-up takes what a snapshot not loaded covers.
+pub(crate) fn finished(conn: &Connection) -> Result<()> {
+    crate::meta::delete(conn, UNFINISHED)
+}
+
 /// A step of the clone, for progress display.
 pub type Progress<'a> = &'a dyn Fn(&str);
 
@@ -156,8 +167,8 @@ pub async fn clone_with_keys(
         }
     }
     progress("pulling batches");
+    // The pull's end deletes the mark.
     report.pull = pull(&mut r, store).await?;
-    crate::meta::delete(&r.sync, UNFINISHED)?;
     Ok((r, report))
 }
 

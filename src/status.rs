@@ -36,6 +36,8 @@ pub struct Status {
     pub schema_missing: usize,
     /// Large values stored out of line (docs/attachments.md).
     pub blobs: BlobStatus,
+    /// A clone cut short that neither a clone run again nor a pull finished.
+    pub clone_unfinished: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +99,7 @@ pub fn status(r: &Replica) -> Result<Status> {
             d.missing_tables.len() + d.missing_columns.len()
         },
         blobs: blob_status(r)?,
+        clone_unfinished: crate::clone::is_unfinished(conn)?,
     })
 }
 

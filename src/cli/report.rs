@@ -57,6 +57,13 @@ pub fn run(cmd: ReportCommand) -> Result<()> {
             println!("replica   {} ({})", st.replica, st.name);
             println!("database  {}", st.path);
             println!("bucket    {}", st.bucket.as_deref().unwrap_or("(none)"));
+            if st.clone_unfinished {
+                println!(
+                    "clone     cut short: run `dimple clone {} {}` again (or `dimple sync`)",
+                    st.bucket.as_deref().unwrap_or("URL"),
+                    db.display()
+                );
+            }
             println!(
                 "tracked   {}",
                 if st.tracked_tables.is_empty() { "(none)".into() } else { st.tracked_tables.join(", ") }

@@ -30,6 +30,7 @@ pub async fn pull(r: &mut Replica, store: &dyn Store) -> Result<PullReport> {
     let restored = crate::sql::checkpoint_every(&r.sync, before);
     let report = pulled?;
     restored?;
+    crate::clone::finished(&r.sync)?;
     // Values written into rows can grow it too, with no change pulled.
     r.shrink_wal();
     Ok(report)

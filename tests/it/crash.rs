@@ -634,6 +634,30 @@ fn an_interrupted_clone_is_taken_up_only_from_its_own_bucket() {
     assert!(report.resumed);
 }
 
+/// `status` says a clone was cut short until something finishes it; a sync
+/// does, as well as the clone run again.
+#[test]
+fn an_interrupted_clone_shows_in_status_until_a_sync_finishes_it() -> TestResult {
+    let g = Group::new();
+    let mut a = g.replica("a");
+    a.conn().execute("INSERT INTO t VALUES ('k', 1, 'x', 0.5)", [])?;
+    block_on(dimple::push(&mut a, &g.store()))?;
+    let (faulty, plan) = Faulty::new(g.raw_store());
+    plan.fail_nth(3, Fault::Unavailable);
+    let faulty = dimple::store::Metered::new(Box::new(faulty) as Box<dyn dimple::store::Store>);
+    assert!(block_on(clone_into(g.bucket_url(), g.db("d"), "d".into(), g.opts(), &faulty, None)).is_err());
+    let mut d = g.reopen("d");
+    assert!(dimple::status::status(&d)?.clone_unfinished);
+    let synced = block_on(dimple::sync(&mut d, &g.store()))?;
+    assert!(synced.pull.problems.is_empty(), "{:?}", synced.pull.problems);
+    assert_eq!(rows(d.conn(), "t"), rows(a.conn(), "t"));
+    assert!(!dimple::status::status(&d)?.clone_unfinished);
+    drop(d);
+    let again = block_on(clone_into(g.bucket_url(), g.db("d"), "d".into(), g.opts(), &g.store(), None));
+    assert!(again.is_err(), "a finished replica is not cloned into again");
+    Ok(())
+}
+
 #[test]
 fn a_clone_cut_short_at_any_store_call_is_finished_by_running_it_again() {
     clone_faults(false);
