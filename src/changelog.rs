@@ -308,23 +308,11 @@ impl Recorder<'_, '_> {
     }
 
     /// The cells of a row that wait for a value stored out of line (a lazy
-    /// replica's), by column: the reference each cell's winner holds.
+    /// replica's), by column: the reference each waits for.
     fn missing_cells(&mut self, tbl: &str, entity_id: &str) -> Result<BTreeMap<String, String>> {
-        // The winners read next must include every change captured before.
+        // The winners read must include every change captured before.
         self.store()?;
-        let listed: Vec<(String, String)> = self
-            .conn
-            .prepare_cached("SELECT attribute, ref FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2")?
-            .query_map([tbl, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut out = BTreeMap::new();
-        for (attribute, reference) in listed {
-            let winner = crate::log::winner(self.conn, tbl, entity_id, &attribute)?;
-            if winner.is_some_and(|w| w.new_value.as_deref() == Some(reference.as_str())) {
-                out.insert(attribute, reference);
-            }
-        }
-        Ok(out)
+        crate::blob::waiting_in_row(self.conn, tbl, entity_id)
     }
 
     /// The new key's cell waits for the value its old row waited for.

@@ -61,8 +61,12 @@ pub fn is_unfinished(conn: &Connection) -> Result<bool> {
 
 /// A pull that went through finishes an interrupted clone as well as running
 /// the clone again would: the catch-up takes what a snapshot not loaded covers.
+/// Every pull asks: a read, and a write only when there is a mark.
 pub(crate) fn finished(conn: &Connection) -> Result<()> {
-    crate::meta::delete(conn, UNFINISHED)
+    if is_unfinished(conn)? {
+        crate::meta::delete(conn, UNFINISHED)?;
+    }
+    Ok(())
 }
 
 /// A step of the clone, for progress display.

@@ -235,14 +235,47 @@ pub fn missing(conn: &Connection) -> Result<Vec<MissingValue>> {
         .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::new();
     for (table, entity_id, attribute, text) in entries {
-        let Some(w) = crate::log::winner(conn, &table, &entity_id, &attribute)? else { continue };
+        let Some(w) = still_waiting(conn, &table, &entity_id, &attribute, &text)? else { continue };
         let alive = crate::log::winner(conn, &table, &entity_id, crate::track::ROW)?
             .is_some_and(|row| row.new_value.as_deref() == Some(crate::merge::ALIVE));
-        if w.new_value.as_deref() != Some(text.as_str()) || !alive {
+        if !alive {
             continue;
         }
         if let Ok(crate::value::Stored::Ref(r)) = crate::value::decode_stored(&text) {
             out.push(MissingValue { table, entity_id, attribute, r, author: w.author });
+        }
+    }
+    Ok(out)
+}
+
+/// The winner of a listed cell while it is still the reference `text` the
+/// cell waits for (None: written since, it waits for nothing).
+fn still_waiting(
+    conn: &Connection,
+    table: &str,
+    entity_id: &str,
+    attribute: &str,
+    text: &str,
+) -> Result<Option<crate::log::Winner>> {
+    Ok(crate::log::winner(conn, table, entity_id, attribute)?.filter(|w| w.new_value.as_deref() == Some(text)))
+}
+
+/// The cells of one row that still wait for a value, by column: the reference
+/// each waits for. The row alive or not: a change of key reads them as its old
+/// row goes.
+pub fn waiting_in_row(
+    conn: &Connection,
+    table: &str,
+    entity_id: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let listed: Vec<(String, String)> = conn
+        .prepare_cached("SELECT attribute, ref FROM ZV_BLOB_MISSING WHERE tbl = ?1 AND entity_id = ?2")?
+        .query_map([table, entity_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = std::collections::BTreeMap::new();
+    for (attribute, text) in listed {
+        if still_waiting(conn, table, entity_id, &attribute, &text)?.is_some() {
+            out.insert(attribute, text);
         }
     }
     Ok(out)
