@@ -467,6 +467,53 @@ fn a_lazy_replica_changing_a_rows_key_keeps_the_values_it_has_not_fetched() -> T
     Ok(())
 }
 
+/// A lazy replica's row holds NULL where a value is not fetched yet, and an app
+/// saving a whole row (as ORMs do) writes that NULL back. That NULL is what the
+/// app saw, not a value it chose: the cell keeps waiting, every replica keeps
+/// the value, and the columns the app did change travel. To clear such a value
+/// the app fetches it first; NULL over a fetched value is an ordinary write.
+#[test]
+fn a_lazy_replica_writing_back_the_null_it_sees_keeps_the_value_it_has_not_fetched() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut phone) = (files(&g, "a"), files(&g, "phone"));
+    dimple::blob::set_fetch_policy(phone.conn(), dimple::blob::Fetch::Lazy)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let (photo, scan) = (random_bytes(&mut rng, 200_000), random_bytes(&mut rng, 120_000));
+    a.conn().execute("INSERT INTO f VALUES ('p1', 'photo', 'n', ?1), ('p2', 'scan', 'n', ?2)", [&photo, &scan])?;
+    sync(&g, &mut a);
+    sync(&g, &mut phone);
+    assert_eq!(dimple::status::status(&phone)?.blobs.missing.count, 2);
+    // The ORM's save: every column, as read.
+    let (name, note, data): (String, String, Value) =
+        phone.conn().query_row("SELECT name, note, data FROM f WHERE id = 'p1'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    assert_eq!(data, Value::Null);
+    phone.conn().execute(
+        "UPDATE f SET name = ?1, note = ?2, data = ?3 WHERE id = 'p1'",
+        rusqlite::params![format!("{name} (renamed)"), note, data],
+    )?;
+    // Clearing a value: fetched first, then an ordinary write.
+    block_on(dimple::fetch(&mut phone, &g.store(), Some(("f", "p2"))))?;
+    phone.conn().execute("UPDATE f SET data = NULL WHERE id = 'p2'", [])?;
+    sync(&g, &mut phone);
+    sync(&g, &mut a);
+    let data_of = |r: &Replica, id: &str| -> Value {
+        r.conn().query_row("SELECT data FROM f WHERE id = ?1", [id], |row| row.get(0)).unwrap()
+    };
+    let name_on_a: String = a.conn().query_row("SELECT name FROM f WHERE id = 'p1'", [], |r| r.get(0))?;
+    assert_eq!(name_on_a, "photo (renamed)");
+    assert!(data_of(&a, "p1") == Value::Blob(photo.clone()), "the other replica keeps the value");
+    assert_eq!(data_of(&a, "p2"), Value::Null, "a fetched value set to NULL is cleared everywhere");
+    let st = dimple::status::status(&phone)?;
+    assert_eq!(st.blobs.missing_cells, vec![("f".into(), "p1".into(), "data".into())]);
+    block_on(dimple::fetch(&mut phone, &g.store(), None))?;
+    assert!(data_of(&phone, "p1") == Value::Blob(photo), "the phone gets it on demand");
+    assert_eq!(data_of(&phone, "p2"), Value::Null);
+    assert!(dimple::verify::check(&mut phone)?.is_empty());
+    Ok(())
+}
+
 /// A store whose connection is lost after `allowed` parts of multipart uploads
 /// (those finish first: the failing calls wait for them), recording the part
 /// numbers it took.
