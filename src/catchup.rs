@@ -123,7 +123,7 @@ async fn merge_file(
     path: &std::path::Path,
     origin: &str,
 ) -> Result<Merged> {
-    clone::inspect(path, origin)?;
+    crate::snapshot::inspect::inspect(path, origin)?;
     let heads = signed_heads(r, store, codec, path, origin).await?;
     r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
     let out = merge_attached(r, origin, &heads);

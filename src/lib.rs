@@ -50,7 +50,8 @@
 //! - `export`: tracked tables to and from CSV/JSON files
 //! - `fork`: a copied database goes on as a new replica, keeping its writes
 //! - `verify`: tables against the log, digests against other replicas
-//! - `snapshot`: compaction into `snapshots/`; `clone`: a new replica from a bucket
+//! - `snapshot`: compaction into `snapshots/`, and (`snapshot::inspect`) the checks
+//!   of a downloaded snapshot as remote input; `clone`: a new replica from a bucket
 //! - `agent`: the background sync loop, its lock and state file, metrics, budget
 //! - `config`: `dimple.toml` for the agent; `doctor`: checks a bucket's server
 //! - `sidedir`: the replica's private files beside its database

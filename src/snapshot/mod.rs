@@ -24,14 +24,18 @@ use crate::store::{list_all, Got, PutMode, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub(crate) mod inspect;
 use std::time::Duration;
 
 /// A snapshot file as this build writes it: the log in a replica's own form
 /// (records per row, schema/log.sql), so a clone copies it page by page.
 pub(crate) const SCHEMA: &str = concat!(
-    include_str!("../schema/log.sql"),
-    include_str!("../schema/log_views.sql"),
-    include_str!("../schema/snapshot.sql")
+    include_str!("../../schema/log.sql"),
+    include_str!("../../schema/log_views.sql"),
+    include_str!("../../schema/snapshot.sql")
 );
 
 /// The snapshot format this build writes (pointer and file): 4, the log as
