@@ -133,10 +133,13 @@ async fn merge_file(
 
 /// The last change id of each author's signed head, for the authors the
 /// snapshot covers further than this replica has applied (None: no head). A
-/// snapshot's word is all that vouches for a pruned range, but not past the
-/// author's own signed word: a cursor beyond it would leave this replica unable
-/// to take that author's real batches ever after ("older than one already
-/// applied").
+/// snapshot's word is all that vouches for a pruned range, but not against the
+/// author's own signed word: a cursor past its head would leave this replica
+/// refusing that author's real batches ever after ("older than one already
+/// applied"), and a cursor on a batch the chain from its head never reaches
+/// would leave it unable to walk that chain ("missing from the chain"). Either
+/// refuses the snapshot. The chain is walked only for authors the catch-up
+/// would take.
 async fn signed_heads(
     r: &Replica,
     store: &dyn Store,
@@ -145,37 +148,73 @@ async fn signed_heads(
     origin: &str,
 ) -> Result<std::collections::BTreeMap<String, Option<String>>> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
-    let cursors: Vec<(String, Option<String>)> = {
+    type Cursor = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+    let cursors: Vec<Cursor> = {
         let conn =
             rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlerr)?;
         if !crate::sql::has_table(&conn, "main", "ZV_AUTHOR").map_err(sqlerr)? {
             return Ok(Default::default()); // an older build's snapshot: never caught up from
         }
-        let mut stmt = conn.prepare("SELECT replica, last_change_id FROM ZV_CURSOR").map_err(sqlerr)?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).map_err(sqlerr)?;
+        let mut stmt = conn
+            .prepare("SELECT replica, public_key, batch_id, batch_sha256, last_change_id FROM ZV_CURSOR")
+            .map_err(sqlerr)?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+            .map_err(sqlerr)?;
         rows.collect::<rusqlite::Result<_>>().map_err(sqlerr)?
     };
+    let mode = crate::trust::mode(&r.sync)?;
     let mut heads = std::collections::BTreeMap::new();
-    for (id, last) in cursors {
+    for (id, public_key, batch_id, sha, last) in cursors {
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
-        if id == r.id()
-            || !ahead(last.as_deref(), known.last_change_id.as_deref())
-            || !crate::layout::is_canonical_uuid(&id)
-        {
+        let Some(theirs) = last.filter(|l| ahead(Some(l), known.last_change_id.as_deref())) else { continue };
+        if id == r.id() || !crate::layout::is_canonical_uuid(&id) {
             continue;
         }
         let key = crate::layout::head_key(&id);
-        let signed = match store.get(&key, None).await {
+        let head = match store.get(&key, None).await {
             Ok(crate::store::Got::Found { bytes, .. }) => {
                 let plain = codec.decode(crate::codec::Kind::Head, &key, &bytes)?;
-                Some(crate::head::Head::parse(&plain, &key, &id, known.public_key.as_deref())?.body.last_change_id)
+                crate::head::Head::parse(&plain, &key, &id, known.public_key.as_deref())?.body
             }
-            Ok(crate::store::Got::NotModified) | Err(crate::store::StoreError::NotFound(_)) => None,
+            Ok(crate::store::Got::NotModified) | Err(crate::store::StoreError::NotFound(_)) => {
+                heads.insert(id, None);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
-        heads.insert(id, signed);
+        if theirs > head.last_change_id {
+            let signed = &head.last_change_id;
+            return Err(Error::bad(
+                origin,
+                format!("snapshot states {id}'s changes up to {theirs}, past its signed head ({signed})"),
+            ));
+        }
+        if takes(&known, mode, public_key.as_deref()) {
+            let on_chain = match (&batch_id, &sha) {
+                (Some(b), Some(s)) => crate::sync::chain::reaches(r, store, codec, &id, &head, b, s).await?,
+                _ => false,
+            };
+            if !on_chain {
+                let batch = batch_id.as_deref().unwrap_or("no batch");
+                return Err(Error::bad(
+                    origin,
+                    format!("snapshot states {id}'s changes up to batch {batch}, which is not in its signed chain"),
+                ));
+            }
+        }
+        heads.insert(id, Some(head.last_change_id));
     }
     Ok(heads)
+}
+
+/// Whether a catch-up takes a snapshot's changes of an author this replica
+/// knows as `known`, stated with `public_key`: one it applies, with the key
+/// pinned here if there is one.
+fn takes(known: &peers::Peer, mode: crate::trust::TrustMode, public_key: Option<&str>) -> bool {
+    known.trust.applied_in(mode)
+        && public_key.is_some()
+        && known.public_key.as_deref().is_none_or(|k| Some(k) == public_key)
 }
 
 fn merge_attached(
@@ -203,23 +242,12 @@ fn merge_attached(
             continue;
         }
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
-        let accepted = known.trust.applied_in(mode);
-        let same_key = known.public_key.is_none() || known.public_key == key;
         let ahead = ahead(last.as_deref(), known.last_change_id.as_deref());
-        if ahead {
-            match (heads.get(&id), &last) {
-                // No head to vouch for it: nothing of it can be pulled either.
-                (None | Some(None), _) => continue,
-                (Some(Some(head)), Some(theirs)) if theirs > head => {
-                    return Err(Error::bad(
-                        origin,
-                        format!("snapshot states {id}'s changes up to {theirs}, past its signed head ({head})"),
-                    ))
-                }
-                _ => {}
-            }
+        // No head to vouch for it: nothing of it can be pulled either.
+        if ahead && !matches!(heads.get(&id), Some(Some(_))) {
+            continue;
         }
-        if accepted && same_key && ahead && key.is_some() {
+        if ahead && takes(&known, mode, key.as_deref()) {
             moved.push((id, key, batch_id, sha, last, count));
         } else if ahead {
             behind.push(id);

@@ -47,14 +47,21 @@ async fn download(
     decode(codec, spool, id, batch_id, &bytes)
 }
 
+/// The reason a batch is refused when the store no longer has it.
+const MISSING: &str = "batch is missing from the chain (deleted or never uploaded)";
+
+/// Whether a refusal of [`fetch`] says a batch the chain needs is gone (pruned
+/// by a compaction, or never uploaded), as opposed to one that is there and wrong.
+pub fn is_missing(reason: &str) -> bool {
+    reason == MISSING
+}
+
 /// The bytes of a batch as stored.
 async fn get(store: &dyn Store, id: &str, batch_id: &str, max: usize) -> Result<Vec<u8>> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
-        Err(StoreError::NotFound(_)) => {
-            return Err(Error::bad(&key, "batch is missing from the chain (deleted or never uploaded)"))
-        }
+        Err(StoreError::NotFound(_)) => return Err(Error::bad(&key, MISSING)),
         Err(e) => return Err(e.into()),
     };
     if bytes.len() > max {
@@ -96,6 +103,40 @@ fn decode_all(codec: &Codec, spool: &Path, id: &str, got: &[(String, Vec<u8>)]) 
         done
     })
 }
+
+/// Whether the chain ending at `head` passes through the batch `batch_id`
+/// stored with `sha256` (a snapshot's cursor for that replica). Walks down from
+/// the head as [`fetch`] does; false when the walk meets a missing batch, the
+/// chain's start or that batch under another hash without meeting it. The
+/// batches it downloads are not kept: this runs only before a catch-up, which is
+/// rare, and the pull after it fetches them again.
+pub async fn reaches(
+    r: &Replica,
+    store: &dyn Store,
+    codec: &Codec,
+    id: &str,
+    head: &HeadBody,
+    batch_id: &str,
+    sha256: &str,
+) -> Result<bool> {
+    if head.batch_id == batch_id {
+        return Ok(head.sha256 == sha256);
+    }
+    let cursor = Peer { batch_id: Some(batch_id.to_owned()), batch_sha256: Some(sha256.to_owned()), ..Peer::default() };
+    match fetch(r, store, codec, id, head, &cursor).await {
+        Ok(links) => {
+            for l in links {
+                let _ = std::fs::remove_file(l.path);
+            }
+            Ok(true)
+        }
+        Err(Error::BadData { reason, .. }) if is_missing(&reason) || reason.ends_with(REWRITTEN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How [`fetch`] ends a refusal of a chain that does not lead to the cursor.
+const REWRITTEN: &str = "history was rewritten";
 
 /// Downloads the batches between our cursor (`known`) and `head` and verifies the
 /// chain from the head back to the cursor. Batches the head lists are fetched
@@ -154,7 +195,7 @@ pub async fn fetch(
             if header.prev_sha256 != known.batch_sha256 {
                 return Err(Error::bad(
                     &key,
-                    "previous-batch hash does not match the batch we applied: history was rewritten",
+                    format!("previous-batch hash does not match the batch we applied: {REWRITTEN}"),
                 ));
             }
             // Listed but not on the chain from our cursor: nothing to apply.
@@ -168,7 +209,7 @@ pub async fn fetch(
             _ => {
                 return Err(Error::bad(
                     &key,
-                    "chain starts over without reaching the last batch we applied: history was rewritten",
+                    format!("chain starts over without reaching the last batch we applied: {REWRITTEN}"),
                 ))
             }
         }

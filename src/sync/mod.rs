@@ -20,7 +20,7 @@
 //! same, or call from `spawn_blocking`.
 
 mod apply;
-mod chain;
+pub(crate) mod chain;
 mod check;
 mod pull;
 mod push;

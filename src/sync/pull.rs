@@ -360,9 +360,7 @@ async fn pull_replica(
     }
     let chain = match chain::fetch(r, store, codec, id, &head, &known).await {
         // Batches pruned by compaction: the newest snapshot covers them.
-        Err(Error::BadData { origin, reason })
-            if reason.contains("missing from the chain") && !report.tried_snapshot =>
-        {
+        Err(Error::BadData { origin, reason }) if chain::is_missing(&reason) && !report.tried_snapshot => {
             report.tried_snapshot = true;
             let moved = crate::catchup::from_snapshot(r, store, codec).await?;
             report.caught_up.extend(moved.iter().cloned());

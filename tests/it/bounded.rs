@@ -210,17 +210,7 @@ fn a_snapshot_stating_an_author_past_its_signed_head_is_not_caught_up_from() -> 
         [a.id()],
     )?;
     drop(c);
-    let store = g.store();
-    let (bytes, _) = block_on(dimple::store::get_bytes(&store, "snapshots/LATEST.json"))?;
-    let pointer = dimple::snapshot::Pointer::parse(&bytes, "LATEST.json")?;
-    let forged = dimple::snapshot::Pointer {
-        sha256: dimple::store::file_sha256(&file)?,
-        size: std::fs::metadata(&file)?.len(),
-        ..pointer
-    }
-    .sign(&dimple::trust::load(&dimple::replica::side_dir(s.path()).join("replica.key"))?);
-    let body = serde_json::to_vec_pretty(&forged)?;
-    std::fs::write(g.bucket().join("snapshots/LATEST.json"), body)?;
+    resign(&g, &s, &file)?;
     let report = sync(&g, &mut b);
     assert!(report.pull.caught_up.is_empty());
     assert!(report.pull.problems.iter().any(|p| p.contains("past its signed head")), "{:?}", report.pull.problems);
@@ -232,5 +222,64 @@ fn a_snapshot_stating_an_author_past_its_signed_head_is_not_caught_up_from() -> 
     let report = sync(&g, &mut b);
     assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
     assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
+
+/// Nor a cursor on a batch the author's chain never passes through: a source
+/// (here `s`, re-signing its snapshot) naming, below `a`'s head, a batch of its
+/// own making is refused as a problem, the replica's cursor stays, and an
+/// honest snapshot catches it up later. Taken in, the cursor would have left
+/// `b` unable to walk `a`'s chain ("missing from the chain") until an honest
+/// snapshot passed it.
+#[test]
+fn a_snapshot_naming_a_batch_outside_an_authors_chain_is_not_caught_up_from() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut b, mut s) = (g.replica("a"), g.replica("b"), g.replica("s"));
+    a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut b);
+    for i in 1..4 {
+        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'y', 1.5)", rusqlite::params![format!("k{i}"), i])?;
+        sync(&g, &mut a);
+    }
+    sync(&g, &mut s);
+    let report = compact_and_prune(&g, &mut s, Duration::ZERO);
+    assert!(!report.pruned_batches.is_empty());
+    // s names, for a, a batch of a's id that a never wrote, with any hash, and
+    // a change id below a's head; then signs the pointer again.
+    let file = g.bucket().join(&report.key);
+    let c = rusqlite::Connection::open(&file)?;
+    c.execute(
+        "UPDATE ZV_CURSOR SET batch_id = ?2, batch_sha256 = ?3 WHERE replica = ?1",
+        rusqlite::params![a.id(), "01900000-0000-7000-8000-00000000beef", dimple::hash::sha256_hex(b"made up")],
+    )?;
+    drop(c);
+    resign(&g, &s, &file)?;
+    let report = sync(&g, &mut b);
+    assert!(report.pull.caught_up.is_empty(), "{:?}", report.pull.caught_up);
+    assert!(report.pull.problems.iter().any(|p| p.contains("not in its signed chain")), "{:?}", report.pull.problems);
+    // a writes on, s compacts honestly: b catches up and takes a's new batch.
+    a.conn().execute("INSERT INTO t VALUES ('k9', 9, 'z', 2.5)", [])?;
+    sync(&g, &mut a);
+    sync(&g, &mut s);
+    compact_and_prune(&g, &mut s, Duration::ZERO);
+    let report = sync(&g, &mut b);
+    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
+    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
+    Ok(())
+}
+
+/// Points `snapshots/LATEST.json` at `file` as altered, signed with `s`'s key.
+fn resign(g: &Group, s: &Replica, file: &std::path::Path) -> TestResult {
+    let store = g.store();
+    let (bytes, _) = block_on(dimple::store::get_bytes(&store, "snapshots/LATEST.json"))?;
+    let pointer = dimple::snapshot::Pointer::parse(&bytes, "LATEST.json")?;
+    let forged = dimple::snapshot::Pointer {
+        sha256: dimple::store::file_sha256(file)?,
+        size: std::fs::metadata(file)?.len(),
+        ..pointer
+    }
+    .sign(&dimple::trust::load(&dimple::replica::side_dir(s.path()).join("replica.key"))?);
+    std::fs::write(g.bucket().join("snapshots/LATEST.json"), serde_json::to_vec_pretty(&forged)?)?;
     Ok(())
 }
