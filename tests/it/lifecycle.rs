@@ -101,8 +101,13 @@ fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         3 => Just(Value::Null),
         3 => any::<i64>().prop_map(Value::Integer),
-        3 => any::<f64>().prop_filter("NaN is stored as NULL", |f| !f.is_nan()).prop_map(Value::Real),
-        3 => "[a-z]{0,3}".prop_map(Value::Text),
+        // Zeros of both signs, infinities and subnormals (any::<f64>), and any
+        // bit pattern, into a REAL column too.
+        3 => prop_oneof![any::<f64>(), any::<u64>().prop_map(f64::from_bits)]
+            .prop_filter("NaN is stored as NULL", |f| !f.is_nan())
+            .prop_map(Value::Real),
+        2 => "[a-z]{0,3}".prop_map(Value::Text),
+        1 => "(?s).{0,6}".prop_map(Value::Text),
         3 => proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Blob),
         // At or above the threshold the first members set: stored out of line
         // by them, inline by members that joined later (theirs is the default).
