@@ -190,49 +190,27 @@ fn a_member_that_does_not_take_what_the_published_snapshot_covers_refuses_to_com
 /// refusing every real batch of `a` after it ("older than one already applied").
 #[test]
 fn a_snapshot_stating_an_author_past_its_signed_head_is_not_caught_up_from() -> TestResult {
-    let g = Group::new();
-    let (mut a, mut b, mut s) = (g.replica("a"), g.replica("b"), g.replica("s"));
-    a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
-    sync(&g, &mut a);
-    sync(&g, &mut b);
-    for i in 1..3 {
-        a.conn().execute("INSERT INTO t VALUES (?1, ?2, 'y', 1.5)", rusqlite::params![format!("k{i}"), i])?;
-        sync(&g, &mut a);
-    }
-    sync(&g, &mut s);
-    let report = compact_and_prune(&g, &mut s, Duration::ZERO);
-    assert!(!report.pruned_batches.is_empty());
-    // s states a's cursor far past a's head, and signs the pointer again.
-    let file = g.bucket().join(&report.key);
-    let c = rusqlite::Connection::open(&file)?;
-    c.execute(
-        "UPDATE ZV_CURSOR SET last_change_id = '7fffffff-ffff-7fff-bfff-ffffffffffff' WHERE replica = ?1",
-        [a.id()],
-    )?;
-    drop(c);
-    resign(&g, &s, &file)?;
-    let report = sync(&g, &mut b);
-    assert!(report.pull.caught_up.is_empty());
-    assert!(report.pull.problems.iter().any(|p| p.contains("past its signed head")), "{:?}", report.pull.problems);
-    // a writes on, s compacts honestly: b catches up and takes a's new batch.
-    a.conn().execute("INSERT INTO t VALUES ('k3', 3, 'z', 2.5)", [])?;
-    sync(&g, &mut a);
-    sync(&g, &mut s);
-    compact_and_prune(&g, &mut s, Duration::ZERO);
-    let report = sync(&g, &mut b);
-    assert!(report.pull.problems.is_empty(), "{:?}", report.pull.problems);
-    assert_eq!(rows(b.conn(), "t"), rows(a.conn(), "t"));
-    Ok(())
+    let past = "UPDATE ZV_CURSOR SET last_change_id = '7fffffff-ffff-7fff-bfff-ffffffffffff' WHERE replica = ?1";
+    a_forged_cursor_is_refused_until_an_honest_snapshot(past, "past its signed head")
 }
 
 /// Nor a cursor on a batch the author's chain never passes through: a source
-/// (here `s`, re-signing its snapshot) naming, below `a`'s head, a batch of its
-/// own making is refused as a problem, the replica's cursor stays, and an
-/// honest snapshot catches it up later. Taken in, the cursor would have left
-/// `b` unable to walk `a`'s chain ("missing from the chain") until an honest
-/// snapshot passed it.
+/// naming, for `a`, a batch of `a`'s id that `a` never wrote (any hash, the
+/// change id kept) is refused likewise. Taken in, the cursor would have left
+/// `b` unable to walk `a`'s chain ("missing from the chain"), and a compaction
+/// by `b` would have published it again.
 #[test]
 fn a_snapshot_naming_a_batch_outside_an_authors_chain_is_not_caught_up_from() -> TestResult {
+    let elsewhere = "UPDATE ZV_CURSOR SET batch_id = '01900000-0000-7000-8000-00000000beef',
+                     batch_sha256 = lower(hex(randomblob(32))) WHERE replica = ?1";
+    a_forged_cursor_is_refused_until_an_honest_snapshot(elsewhere, "not in its signed chain")
+}
+
+/// `b` is behind pruned batches of `a`; `s` compacts, runs `forge` (?1: `a`'s
+/// id) on its snapshot and signs the pointer again. `b`'s pull must refuse it
+/// with a problem saying `why` and catch up nothing; after `a` writes on and
+/// `s` compacts honestly, `b` catches up and holds what `a` holds.
+fn a_forged_cursor_is_refused_until_an_honest_snapshot(forge: &str, why: &str) -> TestResult {
     let g = Group::new();
     let (mut a, mut b, mut s) = (g.replica("a"), g.replica("b"), g.replica("s"));
     a.conn().execute("INSERT INTO t VALUES ('k0', 0, 'x', 0.5)", [])?;
@@ -245,20 +223,12 @@ fn a_snapshot_naming_a_batch_outside_an_authors_chain_is_not_caught_up_from() ->
     sync(&g, &mut s);
     let report = compact_and_prune(&g, &mut s, Duration::ZERO);
     assert!(!report.pruned_batches.is_empty());
-    // s names, for a, a batch of a's id that a never wrote, with any hash, and
-    // a change id below a's head; then signs the pointer again.
     let file = g.bucket().join(&report.key);
-    let c = rusqlite::Connection::open(&file)?;
-    c.execute(
-        "UPDATE ZV_CURSOR SET batch_id = ?2, batch_sha256 = ?3 WHERE replica = ?1",
-        rusqlite::params![a.id(), "01900000-0000-7000-8000-00000000beef", dimple::hash::sha256_hex(b"made up")],
-    )?;
-    drop(c);
+    assert_eq!(rusqlite::Connection::open(&file)?.execute(forge, [a.id()])?, 1);
     resign(&g, &s, &file)?;
     let report = sync(&g, &mut b);
     assert!(report.pull.caught_up.is_empty(), "{:?}", report.pull.caught_up);
-    assert!(report.pull.problems.iter().any(|p| p.contains("not in its signed chain")), "{:?}", report.pull.problems);
-    // a writes on, s compacts honestly: b catches up and takes a's new batch.
+    assert!(report.pull.problems.iter().any(|p| p.contains(why)), "{:?}", report.pull.problems);
     a.conn().execute("INSERT INTO t VALUES ('k9', 9, 'z', 2.5)", [])?;
     sync(&g, &mut a);
     sync(&g, &mut s);
