@@ -278,7 +278,7 @@ impl Recorder<'_, '_> {
                             self.rekeyed = self.missing_cells(tbl, &entity_id)?;
                         }
                     }
-                    track::OP_UPDATE => {
+                    track::OP_UPDATE | track::OP_CLEAR => {
                         let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
                         let c = columns.get(i).ok_or_else(|| {
                             Error::Invalid(format!(
@@ -286,6 +286,13 @@ impl Recorder<'_, '_> {
                                 columns.len()
                             ))
                         })?;
+                        if op == track::OP_CLEAR {
+                            // NULL over the value the cell waits for, if it still does.
+                            if let Some(reference) = self.missing_cells(tbl, &entity_id)?.remove(c) {
+                                self.record(tbl, &entity_id, c, Some(reference), "null".to_owned())?;
+                            }
+                            continue;
+                        }
                         // The old value is history, never sent on its own: only hashed.
                         let (old, new) = (stored(self, r, 0, seq, false)?, stored(self, r, 1, seq, true)?);
                         // A real zero written over the same zero (the trigger cannot

@@ -255,6 +255,10 @@ fn insert_row(info: &TableInfo, row: &str) -> String {
 pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
 pub const OP_DELETE: i64 = 3;
+/// Written by [`crate::blob::clear`], never by a trigger: the app clears a cell
+/// whose value this replica has not fetched (NULL over the NULL it holds, which
+/// a trigger cannot tell from the app writing back what it read).
+pub const OP_CLEAR: i64 = 4;
 
 /// The name of the trigger capturing inserts into `table`: a renamed table keeps
 /// it (SQLite moves triggers with their table).

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::meta;
 use crate::sidedir::SideDir;
 use crate::value::Ref;
-use rusqlite::{Connection, DatabaseName};
+use rusqlite::{Connection, DatabaseName, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -279,6 +279,39 @@ pub fn waiting_in_row(
         }
     }
     Ok(out)
+}
+
+/// Clears a value this replica has not fetched (a lazy replica's), without
+/// downloading it: the cell's value becomes NULL on every replica. This is the
+/// app's way to clear such a cell, since NULL written over the NULL it holds is
+/// taken for the app writing back what it read (docs/attachments.md). Returns
+/// false, and writes nothing, when the cell does not wait for a value (fetched,
+/// written since, or never missing): an ordinary `UPDATE` clears it then.
+pub fn clear(r: &mut crate::Replica, table: &str, entity_id: &str, column: &str) -> Result<bool> {
+    r.transaction(|tx| {
+        if !waiting_in_row(tx, table, entity_id)?.contains_key(column) {
+            return Ok(false);
+        }
+        let info = crate::track::inspect(tx, table)?
+            .ok_or_else(|| Error::Invalid(format!("{table} is not a table of this database")))?;
+        // The column's place in the list the pending rows are read with.
+        let recorded: Option<String> =
+            tx.query_row("SELECT columns FROM ZV_TRACKED WHERE tbl = ?1", [table], |r| r.get(0)).optional()?;
+        let recorded: Vec<String> = recorded.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+        let Some(at) = recorded.iter().position(|c| c == column) else {
+            return Err(Error::Invalid(format!("{table} has no tracked column {column}")));
+        };
+        let key = crate::merge::key_values(&info, entity_id)?;
+        let sql = format!(
+            "INSERT INTO {}(op, pk, col) SELECT {}, {}, {at} FROM main.{} AS r WHERE {}",
+            crate::sql::ident(&crate::track::pending_table(table)),
+            crate::track::OP_CLEAR,
+            crate::track::captured_key(&info, "r"),
+            crate::sql::ident(table),
+            crate::merge::key_where(&info, 1)
+        );
+        Ok(tx.execute(&sql, rusqlite::params_from_iter(key.iter()))? == 1)
+    })
 }
 
 pub fn missing_summary(conn: &Connection) -> Result<Missing> {

@@ -514,6 +514,52 @@ fn a_lazy_replica_writing_back_the_null_it_sees_keeps_the_value_it_has_not_fetch
     Ok(())
 }
 
+/// The app's way to clear a value a lazy replica has not fetched: `blob::clear`
+/// makes it NULL on every replica without downloading it. On a cell that does
+/// not wait for a value it writes nothing, and says so.
+#[test]
+fn a_lazy_replica_clears_a_value_it_has_not_fetched_without_downloading_it() -> TestResult {
+    let g = Group::new();
+    let (mut a, mut phone) = (files(&g, "a"), files(&g, "phone"));
+    dimple::blob::set_fetch_policy(phone.conn(), dimple::blob::Fetch::Lazy)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let (video, caption) = (random_bytes(&mut rng, 250_000), random_text(&mut rng, 90_000));
+    a.conn().execute(
+        "INSERT INTO f VALUES ('v1', 'video', ?1, ?2), ('v2', 'clip', 'n', ?2)",
+        rusqlite::params![caption, video],
+    )?;
+    sync(&g, &mut a);
+    sync(&g, &mut phone);
+    assert_eq!(dimple::status::status(&phone)?.blobs.missing_cells.len(), 3);
+    let before = phone.unpushed()?;
+    assert!(dimple::blob::clear(&mut phone, "f", "v1", "data")?, "the cell waited");
+    assert!(dimple::blob::clear(&mut phone, "f", "v1", "note")?, "so did this one");
+    assert_eq!(phone.unpushed()? - before, 2, "one change each");
+    // Cleared already, or never waiting: nothing written.
+    assert!(!dimple::blob::clear(&mut phone, "f", "v1", "data")?);
+    assert!(!dimple::blob::clear(&mut phone, "f", "v1", "name")?);
+    assert!(!dimple::blob::clear(&mut phone, "f", "nowhere", "data")?);
+    assert_eq!(phone.unpushed()? - before, 2);
+    let st = dimple::status::status(&phone)?;
+    assert_eq!(st.blobs.missing_cells, vec![("f".into(), "v2".into(), "data".into())]);
+    let report = sync(&g, &mut phone);
+    assert_eq!(report.pull.blobs.count, 0, "nothing downloaded");
+    sync(&g, &mut a);
+    let cells = |r: &Replica, id: &str| -> (Value, Value) {
+        r.conn()
+            .query_row("SELECT note, data FROM f WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+    };
+    assert_eq!(cells(&a, "v1"), (Value::Null, Value::Null), "cleared everywhere");
+    assert!(cells(&a, "v2") == (Value::Text("n".into()), Value::Blob(video.clone())), "the other row untouched");
+    let fetched = block_on(dimple::fetch(&mut phone, &g.store(), None))?;
+    assert_eq!((fetched.filled, fetched.still_missing), (1, 0));
+    assert_eq!(cells(&phone, "v1"), (Value::Null, Value::Null));
+    assert!(dimple::verify::check(&mut phone)?.is_empty());
+    assert!(dimple::verify::check(&mut a)?.is_empty());
+    Ok(())
+}
+
 /// A store whose connection is lost after `allowed` parts of multipart uploads
 /// (those finish first: the failing calls wait for them), recording the part
 /// numbers it took.
