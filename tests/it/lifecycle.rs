@@ -79,6 +79,9 @@ enum Op {
     Copy(usize),
     /// Member i downloads the large values it lacks (a lazy member's).
     Fetch(usize),
+    /// Member i clears a cell with `blob::clear`: mostly one whose value it has
+    /// not fetched, if there is one (`pick` chooses), else any.
+    Clear(usize, u8),
     /// Member i's sync, push, pull or compaction meets a fault at its n-th
     /// store call: an error before the request, an error after it took
     /// effect (a timeout), or the process killed there (then reopened).
@@ -608,6 +611,36 @@ fn live(
                 }
                 check_own_log(m, &copies, &large, &mut seen)?;
             }
+            Op::Clear(i, pick) => {
+                let m = &mut members[i % n];
+                if !has_table(&m.app) {
+                    continue;
+                }
+                m.replica.capture().unwrap();
+                let missing = dimple::blob::missing(m.replica.conn()).unwrap();
+                let (row, column) = match missing.get(usize::from(pick) % missing.len().max(1)) {
+                    Some(v) if pick % 4 != 0 => (v.entity_id.clone(), v.attribute.clone()),
+                    _ => (format!("k{}", pick % 4), COLUMNS[usize::from(pick / 4) % COLUMNS.len()].to_owned()),
+                };
+                let waiting = missing.iter().any(|v| v.entity_id == row && v.attribute == column);
+                let mut expected = log_model(m.replica.conn(), &large);
+                if waiting {
+                    let at = 1 + COLUMNS.iter().position(|c| *c == column).unwrap();
+                    let r = expected.iter_mut().find(|r| r[0] == Cell::Text(row.clone().into_bytes())).unwrap();
+                    r[at] = Cell::Null;
+                }
+                let cleared = dimple::blob::clear(&mut m.replica, "t", &row, &column).unwrap();
+                prop_assert_eq!(cleared, waiting, "{}: clear of {} {}", m.name, row, column);
+                check_own_log(m, &copies, &large, &mut seen)?;
+                prop_assert_eq!(
+                    log_model(m.replica.conn(), &large),
+                    expected,
+                    "{}: clear of {} {}",
+                    m.name,
+                    row,
+                    column
+                );
+            }
             Op::Fault(i, step, nth, fault) => {
                 let m = &mut members[i % n];
                 // A copy's push that may or may not have landed would leave
@@ -712,7 +745,8 @@ proptest! {
     }
 }
 
-/// Writes by a writer and by the lazy member, syncs and fetches: the lazy
+/// Writes by a writer and by the lazy member, syncs, fetches and the lazy
+/// member's `blob::clear` of cells it has not fetched: the lazy
 /// member often writes rows holding values it has not fetched (NULL in its
 /// table), which the generated group's life above reaches only now and then.
 fn lazy_scenario() -> impl Strategy<Value = (Vec<i64>, Vec<Op>)> {
@@ -728,6 +762,7 @@ fn lazy_scenario() -> impl Strategy<Value = (Vec<i64>, Vec<Op>)> {
         2 => Just(Op::Sync(0)),
         2 => Just(Op::Sync(LAZY)),
         1 => Just(Op::Fetch(LAZY)),
+        1 => any::<u8>().prop_map(|pick| Op::Clear(LAZY, pick)),
         1 => (0u64..100).prop_map(Op::Tick),
     ];
     (proptest::collection::vec(-500i64..500, MAX), proptest::collection::vec(op, 10..60))
