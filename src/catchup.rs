@@ -124,15 +124,15 @@ async fn merge_file(
     origin: &str,
 ) -> Result<Merged> {
     crate::snapshot::inspect::inspect(path, origin)?;
-    let heads = signed_heads(r, store, codec, path, origin).await?;
+    let vouched = vouched_authors(r, store, codec, path, origin).await?;
     r.sync.execute("ATTACH ?1 AS snap", [path.display().to_string()])?;
-    let out = merge_attached(r, origin, &heads);
+    let out = merge_attached(r, origin, &vouched);
     r.sync.execute_batch("DETACH snap")?;
     out
 }
 
-/// The last change id of each author's signed head, for the authors the
-/// snapshot covers further than this replica has applied (None: no head). A
+/// The authors the snapshot covers further than this replica has applied whose
+/// signed head vouches for it (an author without a head is never taken). A
 /// snapshot's word is all that vouches for a pruned range, but not against the
 /// author's own signed word: a cursor past its head would leave this replica
 /// refusing that author's real batches ever after ("older than one already
@@ -140,13 +140,13 @@ async fn merge_file(
 /// would leave it unable to walk that chain ("missing from the chain"). Either
 /// refuses the snapshot. The chain is walked only for authors the catch-up
 /// would take.
-async fn signed_heads(
+async fn vouched_authors(
     r: &Replica,
     store: &dyn Store,
     codec: &Codec,
     path: &std::path::Path,
     origin: &str,
-) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+) -> Result<std::collections::BTreeSet<String>> {
     let sqlerr = |e: rusqlite::Error| Error::bad(origin, format!("not a readable snapshot: {e}"));
     type Cursor = (String, Option<String>, Option<String>, Option<String>, Option<String>);
     let cursors: Vec<Cursor> = {
@@ -164,7 +164,7 @@ async fn signed_heads(
         rows.collect::<rusqlite::Result<_>>().map_err(sqlerr)?
     };
     let mode = crate::trust::mode(&r.sync)?;
-    let mut heads = std::collections::BTreeMap::new();
+    let mut vouched = std::collections::BTreeSet::new();
     for (id, public_key, batch_id, sha, last) in cursors {
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
         let Some(theirs) = last.filter(|l| ahead(Some(l), known.last_change_id.as_deref())) else { continue };
@@ -177,10 +177,7 @@ async fn signed_heads(
                 let plain = codec.decode(crate::codec::Kind::Head, &key, &bytes)?;
                 crate::head::Head::parse(&plain, &key, &id, known.public_key.as_deref())?.body
             }
-            Ok(crate::store::Got::NotModified) | Err(crate::store::StoreError::NotFound(_)) => {
-                heads.insert(id, None);
-                continue;
-            }
+            Ok(crate::store::Got::NotModified) | Err(crate::store::StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
         if theirs > head.last_change_id {
@@ -203,9 +200,9 @@ async fn signed_heads(
                 ));
             }
         }
-        heads.insert(id, Some(head.last_change_id));
+        vouched.insert(id);
     }
-    Ok(heads)
+    Ok(vouched)
 }
 
 /// Whether a catch-up takes a snapshot's changes of an author this replica
@@ -217,11 +214,7 @@ fn takes(known: &peers::Peer, mode: crate::trust::TrustMode, public_key: Option<
         && known.public_key.as_deref().is_none_or(|k| Some(k) == public_key)
 }
 
-fn merge_attached(
-    r: &mut Replica,
-    origin: &str,
-    heads: &std::collections::BTreeMap<String, Option<String>>,
-) -> Result<Merged> {
+fn merge_attached(r: &mut Replica, origin: &str, vouched: &std::collections::BTreeSet<String>) -> Result<Merged> {
     let me = r.id().to_owned();
     let mode = crate::trust::mode(&r.sync)?;
     if !crate::sql::has_table(&r.sync, "snap", "ZV_AUTHOR")? {
@@ -244,7 +237,7 @@ fn merge_attached(
         let known = peers::get(&r.sync, &id)?.unwrap_or_default();
         let ahead = ahead(last.as_deref(), known.last_change_id.as_deref());
         // No head to vouch for it: nothing of it can be pulled either.
-        if ahead && !matches!(heads.get(&id), Some(Some(_))) {
+        if ahead && !vouched.contains(&id) {
             continue;
         }
         if ahead && takes(&known, mode, key.as_deref()) {

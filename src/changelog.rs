@@ -248,6 +248,13 @@ impl Recorder<'_, '_> {
                 Some(text) => Ok(w.capture.stream(conn, &pending_name, &names[j], seq, text, keep)?.encode()),
             }
         };
+        // The column a captured update or clear names, by its place in `columns`.
+        let column_of = |r: &rusqlite::Row<'_>| -> Result<&String> {
+            let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
+            columns.get(i).ok_or_else(|| {
+                Error::Invalid(format!("captured update of column #{i} of {tbl}, which has {} columns", columns.len()))
+            })
+        };
         let mut last_seq = None;
         loop {
             let chunk_start = last_seq;
@@ -278,27 +285,21 @@ impl Recorder<'_, '_> {
                             self.rekeyed = self.missing_cells(tbl, &entity_id)?;
                         }
                     }
-                    track::OP_UPDATE | track::OP_CLEAR => {
-                        let i: usize = r.get::<_, i64>(3)?.try_into().unwrap_or(usize::MAX);
-                        let c = columns.get(i).ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "captured update of column #{i} of {tbl}, which has {} columns",
-                                columns.len()
-                            ))
-                        })?;
-                        if op == track::OP_CLEAR {
-                            // NULL over the value the cell waits for, if it still does.
-                            if let Some(reference) = self.missing_cells(tbl, &entity_id)?.remove(c) {
-                                self.record(tbl, &entity_id, c, Some(reference), "null".to_owned())?;
-                            }
-                            continue;
-                        }
+                    track::OP_UPDATE => {
+                        let c = column_of(r)?;
                         // The old value is history, never sent on its own: only hashed.
                         let (old, new) = (stored(self, r, 0, seq, false)?, stored(self, r, 1, seq, true)?);
                         // A real zero written over the same zero (the trigger cannot
                         // tell -0.0 from 0.0): no change.
                         if old != new {
                             self.record(tbl, &entity_id, c, Some(old), new)?;
+                        }
+                    }
+                    track::OP_CLEAR => {
+                        // NULL over the value the cell waits for, if it still does.
+                        let c = column_of(r)?;
+                        if let Some(reference) = self.missing_cells(tbl, &entity_id)?.remove(c) {
+                            self.record(tbl, &entity_id, c, Some(reference), "null".to_owned())?;
                         }
                     }
                     _ => {

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::meta;
 use crate::sidedir::SideDir;
 use crate::value::Ref;
-use rusqlite::{Connection, DatabaseName, OptionalExtension};
+use rusqlite::{Connection, DatabaseName};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -295,9 +295,7 @@ pub fn clear(r: &mut crate::Replica, table: &str, entity_id: &str, column: &str)
         let info = crate::track::inspect(tx, table)?
             .ok_or_else(|| Error::Invalid(format!("{table} is not a table of this database")))?;
         // The column's place in the list the pending rows are read with.
-        let recorded: Option<String> =
-            tx.query_row("SELECT columns FROM ZV_TRACKED WHERE tbl = ?1", [table], |r| r.get(0)).optional()?;
-        let recorded: Vec<String> = recorded.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
+        let recorded = crate::track::recorded_columns(tx, table)?.unwrap_or_default();
         let Some(at) = recorded.iter().position(|c| c == column) else {
             return Err(Error::Invalid(format!("{table} has no tracked column {column}")));
         };

@@ -24,11 +24,11 @@ use crate::store::{list_all, Got, PutMode, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub(crate) mod inspect;
-use std::time::Duration;
 
 /// A snapshot file as this build writes it: the log in a replica's own form
 /// (records per row, schema/log.sql), so a clone copies it page by page.
