@@ -35,6 +35,46 @@ struct Fetched {
     decoded: Result<()>,
 }
 
+/// A walk down a chain that did not end at the cursor: why, and the error that
+/// says so (a refusal of the replica's head, or a failure to reach the store).
+/// Callers that only refuse turn it into its error with `?`; the pull and the
+/// catch-up tell the first two kinds apart by `short`, never by the text.
+#[derive(Debug)]
+pub struct Stopped {
+    pub short: Short,
+    pub error: Error,
+}
+
+/// Why a walk down a chain stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Short {
+    /// A batch on the way is not in the store: pruned by a compaction (the
+    /// newest snapshot covers it) or never uploaded.
+    Missing,
+    /// The chain does not lead to the cursor: it starts over first, or names the
+    /// cursor's batch under another hash. History was rewritten, or the cursor
+    /// was never on it.
+    Elsewhere,
+    /// Anything else: a batch that is there and wrong, or the store failing.
+    Failed,
+}
+
+impl From<Error> for Stopped {
+    fn from(error: Error) -> Self {
+        Stopped { short: Short::Failed, error }
+    }
+}
+
+impl From<Stopped> for Error {
+    fn from(s: Stopped) -> Self {
+        s.error
+    }
+}
+
+fn stopped(short: Short, key: &str, reason: impl Into<String>) -> Stopped {
+    Stopped { short, error: Error::bad(key, reason) }
+}
+
 async fn download(
     store: &dyn Store,
     codec: &Codec,
@@ -42,30 +82,23 @@ async fn download(
     id: &str,
     batch_id: &str,
     max: usize,
-) -> Result<Fetched> {
+) -> Result<Fetched, Stopped> {
     let bytes = get(store, id, batch_id, max).await?;
-    decode(codec, spool, id, batch_id, &bytes)
-}
-
-/// The reason a batch is refused when the store no longer has it.
-const MISSING: &str = "batch is missing from the chain (deleted or never uploaded)";
-
-/// Whether a refusal of [`fetch`] says a batch the chain needs is gone (pruned
-/// by a compaction, or never uploaded), as opposed to one that is there and wrong.
-pub fn is_missing(reason: &str) -> bool {
-    reason == MISSING
+    Ok(decode(codec, spool, id, batch_id, &bytes)?)
 }
 
 /// The bytes of a batch as stored.
-async fn get(store: &dyn Store, id: &str, batch_id: &str, max: usize) -> Result<Vec<u8>> {
+async fn get(store: &dyn Store, id: &str, batch_id: &str, max: usize) -> Result<Vec<u8>, Stopped> {
     let key = layout::batch_key(id, batch_id);
     let bytes = match get_bytes(store, &key).await {
         Ok((b, _)) => b,
-        Err(StoreError::NotFound(_)) => return Err(Error::bad(&key, MISSING)),
-        Err(e) => return Err(e.into()),
+        Err(StoreError::NotFound(_)) => {
+            return Err(stopped(Short::Missing, &key, "batch is missing from the chain (deleted or never uploaded)"))
+        }
+        Err(e) => return Err(Error::from(e).into()),
     };
     if bytes.len() > max {
-        return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())));
+        return Err(Error::bad(&key, format!("batch is {} bytes, over the cap of {max} bytes", bytes.len())).into());
     }
     Ok(bytes)
 }
@@ -130,13 +163,10 @@ pub async fn reaches(
             }
             Ok(true)
         }
-        Err(Error::BadData { reason, .. }) if is_missing(&reason) || reason.ends_with(REWRITTEN) => Ok(false),
-        Err(e) => Err(e),
+        Err(Stopped { short: Short::Missing | Short::Elsewhere, .. }) => Ok(false),
+        Err(Stopped { short: Short::Failed, error }) => Err(error),
     }
 }
-
-/// How [`fetch`] ends a refusal of a chain that does not lead to the cursor.
-const REWRITTEN: &str = "history was rewritten";
 
 /// Downloads the batches between our cursor (`known`) and `head` and verifies the
 /// chain from the head back to the cursor. Batches the head lists are fetched
@@ -149,7 +179,7 @@ pub async fn fetch(
     id: &str,
     head: &HeadBody,
     known: &Peer,
-) -> Result<Vec<Link>> {
+) -> Result<Vec<Link>, Stopped> {
     let spool = r.side().spool()?;
     let recent = &head.recent_batch_ids;
     let listed = match known.batch_id.as_ref().and_then(|b| recent.iter().position(|x| x == b)) {
@@ -183,19 +213,23 @@ pub async fn fetch(
             return Err(Error::bad(
                 &key,
                 format!("sha256 is {sha}, but the chain says {want_sha}: batch altered or replaced"),
-            ));
+            )
+            .into());
         }
         decoded?;
         let header = batch::open(&path, &key, id)?.header;
         if header.batch_id != want_id {
-            return Err(Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)));
+            return Err(
+                Error::bad(&key, format!("batch says it is {}, but is stored as {want_id}", header.batch_id)).into()
+            );
         }
         chain.push(Link { path, key: key.clone(), sha256: sha });
         if header.prev_batch_id == known.batch_id {
             if header.prev_sha256 != known.batch_sha256 {
-                return Err(Error::bad(
+                return Err(stopped(
+                    Short::Elsewhere,
                     &key,
-                    format!("previous-batch hash does not match the batch we applied: {REWRITTEN}"),
+                    "previous-batch hash does not match the batch we applied: history was rewritten",
                 ));
             }
             // Listed but not on the chain from our cursor: nothing to apply.
@@ -207,9 +241,10 @@ pub async fn fetch(
         match (header.prev_batch_id, header.prev_sha256) {
             (Some(p), Some(s)) => (want_id, want_sha) = (p, s),
             _ => {
-                return Err(Error::bad(
+                return Err(stopped(
+                    Short::Elsewhere,
                     &key,
-                    format!("chain starts over without reaching the last batch we applied: {REWRITTEN}"),
+                    "chain starts over without reaching the last batch we applied: history was rewritten",
                 ))
             }
         }

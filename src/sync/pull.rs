@@ -360,12 +360,12 @@ async fn pull_replica(
     }
     let chain = match chain::fetch(r, store, codec, id, &head, &known).await {
         // Batches pruned by compaction: the newest snapshot covers them.
-        Err(Error::BadData { origin, reason }) if chain::is_missing(&reason) && !report.tried_snapshot => {
+        Err(chain::Stopped { short: chain::Short::Missing, error }) if !report.tried_snapshot => {
             report.tried_snapshot = true;
             let moved = crate::catchup::from_snapshot(r, store, codec).await?;
             report.caught_up.extend(moved.iter().cloned());
             if !moved.iter().any(|m| m == id) {
-                return Err(Error::BadData { origin, reason });
+                return Err(error);
             }
             let known = peers::get(&r.sync, id)?.unwrap_or_default();
             if known.batch_id.as_deref() == Some(head.batch_id.as_str()) {
