@@ -21,6 +21,10 @@
 //! fingerprint is shown. Epochs two members started at once both come in
 //! ([`epochs`] keeps a revoked device from being sealed to).
 //!
+//! This file holds the keyring, joining, member cards and new epochs; `grants`
+//! a device's grants, `passphrase` the passphrase grant, `wrap` the
+//! cryptography both share, and `epochs` which devices each epoch shuts out.
+//!
 //! Locally the keys live in `<db>.dimple/group.keys` and the exchange key in
 //! `<db>.dimple/exchange.key`, both owner-only, never uploaded unwrapped, never
 //! logged. `ZV_METADATA.group` names the group: a replica with it set never falls
@@ -32,7 +36,6 @@ use crate::error::{Error, Result};
 use crate::head::MAX_JSON_BYTES;
 use crate::layout;
 use crate::peers::{self, Trust};
-use crate::problems;
 use crate::replica::Replica;
 use crate::seal::{GroupKey, Keyring};
 use crate::secret;
@@ -41,9 +44,6 @@ use crate::trust::{self, Signed};
 use crate::FORMAT;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::XChaCha20Poly1305;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +51,15 @@ use uuid::Uuid;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 mod epochs;
+mod grants;
+mod passphrase;
+mod wrap;
+
+use grants::{accept_grants, put_grant, take_new_grants};
+pub use grants::{grant, Granted};
+use passphrase::put_passphrase_grant;
+pub use passphrase::{unlock, KDF_ITERATIONS, KDF_MEMORY_KIB};
+use wrap::{keys_to_map, ring_from_map};
 
 /// `ZV_METADATA`: the id of the encrypted group this replica belongs to.
 pub const GROUP_META: &str = "group";
@@ -58,15 +67,6 @@ pub const GROUP_META: &str = "group";
 const CHECKED_META: &str = "group.checked_plain";
 /// `ZV_METADATA`: set once this member's card is in the bucket.
 const CARD_META: &str = "group.card_published";
-
-/// Argon2id cost of a new passphrase grant: 64 MiB, 3 passes (RFC 9106's second
-/// recommended setting). Stored with each grant, so it can grow later.
-pub const KDF_MEMORY_KIB: u32 = 64 * 1024;
-pub const KDF_ITERATIONS: u32 = 3;
-/// Parameters read from the bucket above these are refused: a hostile grant must
-/// not make a device spend gigabytes or minutes.
-const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
-const KDF_MAX_ITERATIONS: u32 = 16;
 
 /// `group.json`: the bucket holds an encrypted group, and which.
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,73 +89,12 @@ pub struct Card {
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Grant {
-    format: i64,
-    group: String,
-    /// The newest epoch among the keys inside.
-    epoch: String,
-    member: String,
-    granter: String,
-    granter_key: String,
-    ephemeral: String,
-    nonce: String,
-    wrapped: String,
-    /// Every replica the granter holds revoked (older builds: those removed with
-    /// this epoch): the devices the epoch shuts out ([`epochs`]).
-    revoked: Vec<String>,
-    created_at: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PassphraseGrant {
-    format: i64,
-    group: String,
-    epoch: String,
-    kdf: Kdf,
-    nonce: String,
-    wrapped: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Kdf {
-    algorithm: String,
-    memory_kib: u32,
-    iterations: u32,
-    parallelism: u32,
-    salt: String,
-}
-
-/// What is wrapped: every epoch's key the granter holds.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Wrapped {
-    group: String,
-    epochs: BTreeMap<String, String>,
-}
-
 /// The keyring file, `<db>.dimple/group.keys`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyFile {
     group: String,
     epochs: BTreeMap<String, String>,
-}
-
-fn keys_to_map(ring: &Keyring) -> BTreeMap<String, String> {
-    ring.epochs().map(|(e, k)| (e.to_string(), B64.encode(k.0))).collect()
-}
-
-fn ring_from_map(group: &str, epochs: &BTreeMap<String, String>) -> Option<Keyring> {
-    let mut ring = Keyring::new(Uuid::parse_str(group).ok()?);
-    for (e, k) in epochs {
-        let key: [u8; 32] = B64.decode(k).ok()?.try_into().ok()?;
-        ring.insert(Uuid::parse_str(e).ok()?, GroupKey(key));
-    }
-    Some(ring)
 }
 
 /// The group this replica belongs to, if it is in an encrypted one.
@@ -258,68 +197,6 @@ fn exchange_public(card: &Card, origin: &str) -> Result<PublicKey> {
     Ok(PublicKey::from(b))
 }
 
-fn aead_seal(key: &[u8; 32], aad: &[u8], msg: &[u8]) -> (String, String) {
-    let mut nonce = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let ct = XChaCha20Poly1305::new(key.into())
-        .encrypt((&nonce).into(), Payload { msg, aad })
-        .expect("XChaCha20-Poly1305 seals any length we use");
-    (B64.encode(nonce), B64.encode(ct))
-}
-
-fn aead_open(key: &[u8; 32], aad: &[u8], nonce: &str, wrapped: &str) -> Option<Vec<u8>> {
-    let nonce: [u8; 24] = B64.decode(nonce).ok()?.try_into().ok()?;
-    let ct = B64.decode(wrapped).ok()?;
-    XChaCha20Poly1305::new(key.into()).decrypt((&nonce).into(), Payload { msg: &ct, aad }).ok()
-}
-
-/// The key that wraps to `recipient`: HKDF-SHA256 over the X25519 agreement, salted
-/// with both public keys.
-fn wrap_key(shared: &[u8; 32], ephemeral: &PublicKey, recipient: &PublicKey) -> [u8; 32] {
-    let mut salt = [0u8; 64];
-    salt[..32].copy_from_slice(ephemeral.as_bytes());
-    salt[32..].copy_from_slice(recipient.as_bytes());
-    let mut out = [0u8; 32];
-    hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), shared)
-        .expand(b"dimple grant/1", &mut out)
-        .expect("32 bytes is a valid HKDF length");
-    out
-}
-
-fn payload(ring: &Keyring) -> Vec<u8> {
-    serde_json::to_vec(&Wrapped { group: ring.group.to_string(), epochs: keys_to_map(ring) }).expect("serializes")
-}
-
-fn unpayload(bytes: &[u8], group: &str, origin: &str) -> Result<Keyring> {
-    let w: Wrapped = serde_json::from_slice(bytes).map_err(|e| Error::bad(origin, format!("malformed keys: {e}")))?;
-    if w.group != group {
-        return Err(Error::bad(origin, format!("holds the keys of group {}, not {group}", w.group)));
-    }
-    ring_from_map(&w.group, &w.epochs).ok_or_else(|| Error::bad(origin, "malformed keys"))
-}
-
-fn derive(passphrase: &str, kdf: &Kdf, origin: &str) -> Result<[u8; 32]> {
-    if kdf.algorithm != "argon2id"
-        || kdf.memory_kib > KDF_MAX_MEMORY_KIB
-        || kdf.iterations > KDF_MAX_ITERATIONS
-        || kdf.parallelism != 1
-    {
-        return Err(Error::bad(origin, format!("passphrase parameters out of range: {kdf:?}")));
-    }
-    let salt = B64.decode(&kdf.salt).map_err(|_| Error::bad(origin, "salt is not base64"))?;
-    let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
-        .map_err(|e| Error::bad(origin, format!("passphrase parameters: {e}")))?;
-    let mut out = [0u8; 32];
-    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-        .hash_password_into(passphrase.as_bytes(), &salt, &mut out)
-        .map_err(|e| Error::bad(origin, format!("passphrase parameters: {e}")))?;
-    Ok(out)
-}
-
-fn grant_aad(key: &str, group: &str) -> Vec<u8> {
-    format!("dimple grant/1\0{group}\0{key}").into_bytes()
-}
-
 /// What the bucket says about encryption.
 pub async fn detect(store: &dyn Store) -> Result<Option<String>> {
     match store.get(layout::GROUP, None).await {
@@ -399,87 +276,6 @@ pub async fn seed(
     Ok((group, report))
 }
 
-async fn put_passphrase_grant(store: &dyn Store, ring: &Keyring, passphrase: &str) -> Result<()> {
-    let (epoch, _) = ring.newest().expect("a group has a key");
-    let key = layout::grant_key(layout::PASSPHRASE, &epoch.to_string());
-    let mut salt = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut salt);
-    let kdf = Kdf {
-        algorithm: "argon2id".to_owned(),
-        memory_kib: KDF_MEMORY_KIB,
-        iterations: KDF_ITERATIONS,
-        parallelism: 1,
-        salt: B64.encode(salt),
-    };
-    let wrapping = derive(passphrase, &kdf, &key)?;
-    let group = ring.group.to_string();
-    let (nonce, wrapped) = aead_seal(&wrapping, &grant_aad(&key, &group), &payload(ring));
-    let g = PassphraseGrant { format: FORMAT, group, epoch: epoch.to_string(), kdf, nonce, wrapped };
-    store.put(&key, serde_json::to_vec_pretty(&g).expect("serializes"), PutMode::Overwrite).await?;
-    Ok(())
-}
-
-/// The group's keys opened with the passphrase, before anything local changes (a
-/// wrong passphrase leaves no trace).
-pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
-    let Some(group) = detect(store).await? else {
-        return Err(Error::Invalid("this bucket holds no encrypted group (create one with `--encrypt`)".to_owned()));
-    };
-    let mut listed = list_all(store, &layout::grants_prefix(layout::PASSPHRASE), None).await?;
-    if listed.is_empty() {
-        return Err(Error::Invalid(
-            "this group has no passphrase: init without one and ask a member to run `dimple trust` for this device"
-                .to_owned(),
-        ));
-    }
-    listed.sort_by(|a, b| b.key.cmp(&a.key)); // newest epoch first
-    let mut derived: Vec<(Kdf, [u8; 32])> = Vec::new();
-    let mut found: Option<Keyring> = None;
-    for meta in listed {
-        // Older grants' epochs are in the newest ring, unless two members started
-        // epochs at the same moment: then each grant holds its own, and both are
-        // needed to read what was sealed under each.
-        let epoch = layout::parse_id_key(&meta.key, &layout::grants_prefix(layout::PASSPHRASE));
-        if let (Some(ring), Some(epoch)) = (&found, epoch) {
-            if Uuid::parse_str(epoch).is_ok_and(|e| ring.get(&e).is_some()) {
-                continue;
-            }
-        }
-        let (bytes, _) = match get_bytes(store, &meta.key).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(g) = serde_json::from_slice::<PassphraseGrant>(&bytes) else { continue };
-        if g.group != group || bytes.len() > MAX_JSON_BYTES {
-            continue;
-        }
-        let wrapping = match derived.iter().find(|(k, _)| *k == g.kdf) {
-            Some((_, w)) => *w,
-            None => {
-                let Ok(w) = derive(passphrase, &g.kdf, &meta.key) else { continue };
-                derived.push((g.kdf.clone(), w));
-                w
-            }
-        };
-        if let Some(plain) = aead_open(&wrapping, &grant_aad(&meta.key, &group), &g.nonce, &g.wrapped) {
-            let ring = unpayload(&plain, &group, &meta.key)?;
-            match &mut found {
-                None if !ring.is_empty() => found = Some(ring),
-                None => {}
-                // Taken in on the terms of a member's grant.
-                Some(held) if not_from_a_member(held, &ring).is_none() => {
-                    for (e, k) in ring.epochs() {
-                        held.insert(*e, k.clone());
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    found.ok_or_else(|| Error::Invalid("wrong passphrase for this bucket's encrypted group".to_owned()))
-}
-
 /// Makes `r` a member holding `ring`: keys saved, its card published.
 pub async fn adopt(r: &mut Replica, store: &dyn Store, ring: Keyring) -> Result<()> {
     save_keyring(r, &ring)?;
@@ -555,238 +351,6 @@ pub async fn prepare(r: &mut Replica, store: &dyn Store, refresh: bool) -> Resul
     Ok(codec)
 }
 
-/// Takes in grants addressed to this device for epochs it does not hold.
-async fn accept_grants(r: &mut Replica, store: &dyn Store, group: &str) -> Result<()> {
-    let me = r.id().to_owned();
-    let mut ring = keyring(r)?;
-    let had = ring.len();
-    let now = clock::rfc3339(r.opts.clock.now_ms());
-    // A forked device keeps the exchange key of the id it forked from, so the
-    // grants to that id open here too: an epoch started before this device's new
-    // card was out reaches it that way.
-    let origin = crate::meta::get(&r.sync, crate::fork::FORKED_FROM)?.filter(|id| layout::is_canonical_uuid(id));
-    let mut listed = Vec::new();
-    for addressee in std::iter::once(me.clone()).chain(origin) {
-        for meta in list_all(store, &layout::grants_prefix(&addressee), None).await? {
-            listed.push((addressee.clone(), meta));
-        }
-    }
-    for (addressee, meta) in listed {
-        let Some(epoch) = layout::parse_id_key(&meta.key, &layout::grants_prefix(&addressee)) else { continue };
-        if Uuid::parse_str(epoch).is_ok_and(|e| ring.get(&e).is_some()) {
-            continue;
-        }
-        let bytes = match get_bytes(store, &meta.key).await {
-            Ok((b, _)) => b,
-            Err(StoreError::NotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match open_grant(r, &ring, &bytes, &meta.key, group, epoch, &addressee) {
-            // An epoch that shuts this device out is not taken in through its origin.
-            Ok((_, revoked, _)) if addressee != me && revoked.contains(&me) => {}
-            Ok((granted, revoked, granter)) => {
-                // A grant to this device naming it revoked contradicts itself:
-                // keeping that would block this device, and name it in its own grants.
-                let revoked: Vec<String> = revoked.into_iter().filter(|id| *id != me).collect();
-                let (newest, _) = granted.newest().expect("a grant's epoch is among its keys");
-                epochs::record(&r.sync, newest, &revoked, granted.epochs().map(|(e, _)| e))?;
-                for (e, k) in granted.epochs() {
-                    ring.insert(*e, k.clone());
-                }
-                for id in revoked.iter().filter(|id| **id != me && layout::is_canonical_uuid(id)) {
-                    peers::revoke(&r.sync, id, &now)?;
-                }
-                problems::clear(&r.sync, &granter)?;
-            }
-            Err(Error::BadData { origin, reason }) => {
-                problems::record(&r.sync, &me, &origin, &reason, &now)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if ring.len() != had {
-        save_keyring(r, &ring)?;
-        r.codec = None;
-    }
-    Ok(())
-}
-
-/// Opens and checks one grant; returns its keys, its revocations and its granter.
-fn open_grant(
-    r: &Replica,
-    ring: &Keyring,
-    bytes: &[u8],
-    key: &str,
-    group: &str,
-    epoch: &str,
-    addressee: &str,
-) -> Result<(Keyring, Vec<String>, String)> {
-    let g: Grant = verified(bytes, key, |g: &Grant| &g.granter_key)?;
-    if g.group != group || g.member != addressee || g.epoch != epoch || g.format != FORMAT {
-        return Err(Error::bad(key, "grant is for another group, device or epoch"));
-    }
-    if !layout::is_canonical_uuid(&g.granter) {
-        return Err(Error::bad(key, "grant names a malformed granter"));
-    }
-    match peers::get(&r.sync, &g.granter)? {
-        Some(p) if p.trust == Trust::Revoked => {
-            return Err(Error::bad(key, format!("granted by {}, which is revoked here", g.granter)))
-        }
-        Some(p) if p.public_key.as_deref().is_some_and(|k| k != g.granter_key) => {
-            return Err(Error::bad(
-                key,
-                format!("granted by {} with a key other than the one pinned for it", g.granter),
-            ))
-        }
-        _ => {}
-    }
-    let ephemeral: [u8; 32] = B64
-        .decode(&g.ephemeral)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::bad(key, "ephemeral key is not 32 bytes"))?;
-    let ephemeral = PublicKey::from(ephemeral);
-    let secret = exchange_secret(r)?;
-    let shared = secret.diffie_hellman(&ephemeral);
-    if !shared.was_contributory() {
-        return Err(Error::bad(key, "ephemeral key is degenerate"));
-    }
-    let wrapping = wrap_key(shared.as_bytes(), &ephemeral, &PublicKey::from(&secret));
-    let plain = aead_open(&wrapping, &grant_aad(key, group), &g.nonce, &g.wrapped)
-        .ok_or_else(|| Error::bad(key, "grant does not open with this device's exchange key"))?;
-    let granted = unpayload(&plain, group, key)?;
-    if granted.newest().map(|(e, _)| e.to_string()).as_deref() != Some(epoch) {
-        return Err(Error::bad(key, "grant's epoch is not the newest of the keys it carries"));
-    }
-    if let Some(why) = not_from_a_member(ring, &granted) {
-        return Err(Error::bad(key, why));
-    }
-    // An epoch far in the future would sort above every epoch a rekey could start
-    // within the drift limit, and so could never be closed.
-    let limit = r.opts.clock.now_ms().saturating_add(r.opts.max_drift_ms);
-    for (e, _) in granted.epochs().filter(|(e, _)| ring.get(e).is_none()) {
-        if clock::stamp_of(e).ms > limit {
-            return Err(Error::bad(
-                key,
-                format!("grant carries key epoch {e}, which lies in the future beyond the drift limit"),
-            ));
-        }
-    }
-    if ring.is_empty() {
-        // First grant: its granter is trusted on first use.
-        peers::seen(&r.sync, &g.granter, &clock::rfc3339(r.opts.clock.now_ms()))?;
-        if peers::get(&r.sync, &g.granter)?.is_some_and(|p| p.public_key.is_none()) {
-            peers::pin(&r.sync, &g.granter, &g.granter_key, "")?;
-        }
-    }
-    Ok((granted, g.revoked, g.granter))
-}
-
-/// Why keys `granted` to a device holding `held` cannot come from a member, if
-/// they cannot. Someone outside the group cannot know the group's first key,
-/// which every member holds, and a member's keys are the same bytes everywhere.
-/// The keys may lack epochs `held` has: a member that started an epoch at the
-/// same moment as another did not know the other's ([`epochs`] keeps what
-/// each shuts out).
-fn not_from_a_member(held: &Keyring, granted: &Keyring) -> Option<&'static str> {
-    if held.epochs().next().is_some_and(|(first, k)| granted.get(first) != Some(k)) {
-        return Some("grant does not carry the group's first key: not from a member");
-    }
-    if held.epochs().any(|(e, k)| granted.get(e).is_some_and(|g| g != k)) {
-        return Some("grant carries another key for an epoch this device holds: not from a member");
-    }
-    None
-}
-
-/// Wraps every key of `ring` to `card`'s exchange key as `grants/<member>/<epoch>.json`,
-/// naming `revoked`: every device the newest epoch shuts out, so that a device
-/// granted later knows them too.
-async fn put_grant(r: &mut Replica, store: &dyn Store, ring: &Keyring, card: &Card, revoked: &[String]) -> Result<()> {
-    let (epoch, _) = ring.newest().expect("members hold a key");
-    let key = layout::grant_key(&card.replica, &epoch.to_string());
-    let recipient = exchange_public(card, &layout::member_key(&card.replica))?;
-    let ephemeral = StaticSecret::random_from_rng(rand::rngs::OsRng);
-    let ephemeral_public = PublicKey::from(&ephemeral);
-    let shared = ephemeral.diffie_hellman(&recipient);
-    if !shared.was_contributory() {
-        return Err(Error::bad(layout::join_key(&card.replica), "exchange key is degenerate"));
-    }
-    let wrapping = wrap_key(shared.as_bytes(), &ephemeral_public, &recipient);
-    let group = ring.group.to_string();
-    let (nonce, wrapped) = aead_seal(&wrapping, &grant_aad(&key, &group), &payload(ring));
-    let body = Grant {
-        format: FORMAT,
-        group,
-        epoch: epoch.to_string(),
-        member: card.replica.clone(),
-        granter: r.id().to_owned(),
-        granter_key: r.public_key()?,
-        ephemeral: B64.encode(ephemeral_public.as_bytes()),
-        nonce,
-        wrapped,
-        revoked: revoked.to_vec(),
-        created_at: clock::rfc3339(r.opts.clock.now_ms()),
-    };
-    let bytes = sign(r, body)?;
-    store.put(&key, bytes, PutMode::Overwrite).await?;
-    Ok(())
-}
-
-/// What `dimple trust` did for a waiting device.
-#[derive(Debug, Clone, Serialize)]
-pub struct Granted {
-    pub replica: String,
-    pub key_fingerprint: String,
-}
-
-/// Grants the group's keys to the waiting device whose id starts with `id`.
-pub async fn grant(r: &mut Replica, store: &dyn Store, id: &str) -> Result<Granted> {
-    take_new_grants(r, store).await?;
-    let ring = member_keyring(r)?;
-    // The device would hold an epoch a revoked device may hold too.
-    if let Some(why) = epochs::block(&r.sync, &ring)? {
-        return Err(Error::Invalid(format!("cannot grant yet: {why}")));
-    }
-    let revoked: Vec<String> = epochs::revoked_here(&r.sync)?.into_iter().collect();
-    let mut matching = Vec::new();
-    for meta in list_all(store, layout::JOIN_PREFIX, None).await? {
-        if let Some(full) = layout::parse_id_key(&meta.key, layout::JOIN_PREFIX) {
-            if full.starts_with(id) {
-                matching.push(full.to_owned());
-            }
-        }
-    }
-    let full = match matching.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            return Err(Error::Invalid(format!(
-                "no device {id:?} is waiting for the group key (its `dimple init` publishes the request)"
-            )))
-        }
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{id:?} matches {} waiting devices; give more of the id",
-                matching.len()
-            )))
-        }
-    };
-    let key = layout::join_key(&full);
-    let (bytes, _) = get_bytes(store, &key).await?;
-    let c = parse_card(&bytes, &key, &full)?;
-    let now = clock::rfc3339(r.opts.clock.now_ms());
-    peers::seen(&r.sync, &full, &now)?;
-    match peers::get(&r.sync, &full)?.and_then(|p| p.public_key) {
-        Some(pinned) if pinned != c.public_key => {
-            return Err(Error::bad(&key, "join request carries a key other than the one pinned for this replica"))
-        }
-        Some(_) => {}
-        None => peers::pin(&r.sync, &full, &c.public_key, "")?,
-    }
-    put_grant(r, store, &ring, &c, &revoked).await?;
-    peers::set_trust(&r.sync, &full, Trust::Trusted)?;
-    Ok(Granted { replica: full, key_fingerprint: trust::fingerprint(&c.public_key) })
-}
-
 /// A new epoch's id. Every device seals under the epoch of greatest id it holds,
 /// so a new epoch must sort above every epoch in the ring: one started by a
 /// member whose clock is behind another's would otherwise sort below an epoch the
@@ -800,18 +364,6 @@ fn next_epoch(r: &mut Replica, ring: &Keyring) -> Result<Uuid> {
         Some((newest, _)) if *newest >= id => clock::after(newest, id.as_u128() as u32),
         _ => id,
     })
-}
-
-/// Before a member passes keys on (a grant, a new epoch): every epoch granted
-/// to it since it last pulled. It passes on the keys it holds, so a device it
-/// grants would lack the newer epoch, and so would the passphrase grant a new
-/// epoch writes; and the cards members sealed under that epoch would not open
-/// for it, so a new epoch would leave them out.
-async fn take_new_grants(r: &mut Replica, store: &dyn Store) -> Result<()> {
-    match group_of(r)? {
-        Some(group) => accept_grants(r, store, &group).await,
-        None => Ok(()),
-    }
 }
 
 fn member_keyring(r: &Replica) -> Result<Keyring> {
