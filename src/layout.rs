@@ -19,6 +19,7 @@
 //! join/<replica_id>.json               a device waiting for the group key: its public keys, signed
 //! grants/<replica_id>/<epoch>.json     the group's keys wrapped to one member's exchange key
 //! grants/passphrase/<epoch>.json       the group's keys wrapped to a key derived from the passphrase
+//! epochs/<epoch>.json                  the devices a key epoch shuts out, sealed under that epoch's key
 //! ```
 
 pub const REPLICAS_PREFIX: &str = "replicas/";
@@ -82,6 +83,12 @@ pub const JOIN_PREFIX: &str = "join/";
 pub const GRANTS_PREFIX: &str = "grants/";
 /// The grants directory of the passphrase (not a replica id, so never a member's).
 pub const PASSPHRASE: &str = "passphrase";
+
+pub const EPOCHS_PREFIX: &str = "epochs/";
+
+pub fn epoch_key(epoch: &str) -> String {
+    format!("{EPOCHS_PREFIX}{epoch}.json")
+}
 
 pub fn member_key(replica: &str) -> String {
     format!("{MEMBERS_PREFIX}{replica}.json")

@@ -17,9 +17,24 @@
 //!
 //! Epochs taken in before this record existed have no entry: they formed a line,
 //! so an entry-less newest epoch is sealed under as before.
+//!
+//! A device that joins by passphrase takes its keys in without a grant naming
+//! the revoked devices, so each new epoch also says it in the bucket: its notice,
+//! `epochs/<epoch>.json`, sealed under that epoch's own key, which a device the
+//! epoch shuts out never held. It can neither read a notice nor write one that
+//! opens; it can only delete one, which leaves a joiner as it was before notices
+//! existed, learning the revocation from the next epoch's grant.
 
+use super::wrap::{aead_open, aead_seal};
+use crate::clock;
 use crate::error::Result;
+use crate::head::MAX_JSON_BYTES;
+use crate::layout;
+use crate::peers;
+use crate::replica::Replica;
 use crate::seal::Keyring;
+use crate::store::{get_bytes, PutMode, Store, StoreError};
+use crate::FORMAT;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,6 +114,83 @@ pub(crate) fn block(conn: &Connection, ring: &Keyring) -> Result<Option<String>>
     )))
 }
 
+/// `epochs/<epoch>.json`: the epoch and its group in the clear, what it shuts
+/// out sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Notice {
+    format: i64,
+    group: String,
+    epoch: String,
+    nonce: String,
+    sealed: String,
+}
+
+/// What a notice seals: every device its starter held revoked, the new ones too.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutOut {
+    revoked: Vec<String>,
+}
+
+fn notice_aad(key: &str, group: &str) -> Vec<u8> {
+    format!("dimple epoch/1\0{group}\0{key}").into_bytes()
+}
+
+/// Writes the notice of `epoch` (a new one, in `ring`), naming `revoked`.
+pub(crate) async fn publish(store: &dyn Store, ring: &Keyring, epoch: &Uuid, revoked: &[String]) -> Result<()> {
+    let key = layout::epoch_key(&epoch.to_string());
+    let epoch_key = ring.get(epoch).expect("a new epoch is in the ring that starts it");
+    let group = ring.group.to_string();
+    let body = serde_json::to_vec(&ShutOut { revoked: revoked.to_vec() }).expect("serializes");
+    let (nonce, sealed) = aead_seal(&epoch_key.0, &notice_aad(&key, &group), &body);
+    let notice = Notice { format: FORMAT, group, epoch: epoch.to_string(), nonce, sealed };
+    store.put(&key, serde_json::to_vec_pretty(&notice).expect("serializes"), PutMode::Overwrite).await?;
+    Ok(())
+}
+
+/// For a device taking `ring` in without a grant (by passphrase): what each
+/// epoch's notice says, recorded as a grant's would be, its devices revoked
+/// here. A notice names every device revoked so far, so it stands alone (no
+/// epochs it knew). An epoch without one (started by an older build, or
+/// deleted) changes nothing; one that does not open under its epoch's key was
+/// not written by a holder of that key, and is skipped.
+pub(crate) async fn take_in(r: &Replica, store: &dyn Store, ring: &Keyring) -> Result<()> {
+    let group = ring.group.to_string();
+    let now = clock::rfc3339(r.opts.clock.now_ms());
+    for (epoch, epoch_key) in ring.epochs() {
+        let key = layout::epoch_key(&epoch.to_string());
+        let bytes = match get_bytes(store, &key).await {
+            Ok((b, _)) => b,
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(revoked) = open_notice(&bytes, &key, &group, epoch, &epoch_key.0) else {
+            tracing::warn!("{key}: not a notice sealed under its epoch's key; skipped");
+            continue;
+        };
+        let revoked: Vec<String> =
+            revoked.into_iter().filter(|id| id != r.id() && layout::is_canonical_uuid(id)).collect();
+        record(&r.sync, epoch, &revoked, std::iter::empty())?;
+        for id in &revoked {
+            peers::revoke(&r.sync, id, &now)?;
+        }
+    }
+    Ok(())
+}
+
+fn open_notice(bytes: &[u8], key: &str, group: &str, epoch: &Uuid, epoch_key: &[u8; 32]) -> Option<Vec<String>> {
+    if bytes.len() > MAX_JSON_BYTES {
+        return None;
+    }
+    let n: Notice = serde_json::from_slice(bytes).ok()?;
+    if n.format != FORMAT || n.group != group || n.epoch != epoch.to_string() {
+        return None;
+    }
+    let plain = aead_open(epoch_key, &notice_aad(key, group), &n.nonce, &n.sealed)?;
+    Some(serde_json::from_slice::<ShutOut>(&plain).ok()?.revoked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +239,35 @@ mod tests {
         assert!(why.contains("(x)"), "{why}");
         record(&c, &Uuid::from_u128(12), &["x".to_owned(), "y".to_owned()], ids(&[5, 10, 11]).iter()).unwrap();
         assert_eq!(block(&c, &ring(&[5, 10, 11, 12])).unwrap(), None);
+    }
+
+    /// A notice opens only under the key of the epoch it names, for its group
+    /// and its own object key: a device the epoch shuts out holds only older
+    /// keys, so what it writes there is not read.
+    #[test]
+    fn a_notice_opens_only_under_its_own_epochs_key() {
+        let ring = ring(&[5, 10]);
+        let (old, new) = (Uuid::from_u128(5), Uuid::from_u128(10));
+        let group = ring.group.to_string();
+        let revoked = vec![Uuid::from_u128(77).to_string()];
+        let sealed_by = |epoch: &Uuid, under: &Uuid, key: &str, group: &str| {
+            let body = serde_json::to_vec(&ShutOut { revoked: revoked.clone() }).unwrap();
+            let (nonce, sealed) = aead_seal(&ring.get(under).unwrap().0, &notice_aad(key, group), &body);
+            let n = Notice { format: FORMAT, group: group.to_owned(), epoch: epoch.to_string(), nonce, sealed };
+            serde_json::to_vec(&n).unwrap()
+        };
+        let key = layout::epoch_key(&new.to_string());
+        let new_key = &ring.get(&new).unwrap().0;
+        let honest = sealed_by(&new, &new, &key, &group);
+        assert_eq!(open_notice(&honest, &key, &group, &new, new_key), Some(revoked.clone()));
+        let forged = sealed_by(&new, &old, &key, &group);
+        assert_eq!(open_notice(&forged, &key, &group, &new, new_key), None, "sealed under an older epoch");
+        let moved = layout::epoch_key(&old.to_string());
+        assert_eq!(open_notice(&honest, &moved, &group, &new, new_key), None, "copied to another epoch's key");
+        let other = Uuid::from_u128(2).to_string();
+        let elsewhere = sealed_by(&new, &new, &key, &other);
+        assert_eq!(open_notice(&elsewhere, &key, &group, &new, new_key), None, "another group's");
+        assert_eq!(open_notice(b"not json", &key, &group, &new, new_key), None);
     }
 
     #[test]

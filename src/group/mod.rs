@@ -276,8 +276,13 @@ pub async fn seed(
     Ok((group, report))
 }
 
-/// Makes `r` a member holding `ring`: keys saved, its card published.
+/// Makes `r` a member holding `ring`: keys saved, the revocations its epochs'
+/// notices name taken in (it joined without a grant naming them), its card
+/// published.
 pub async fn adopt(r: &mut Replica, store: &dyn Store, ring: Keyring) -> Result<()> {
+    // First: a clone cut short here adopts again when run again, which it does
+    // not once the group is set.
+    epochs::take_in(r, store, &ring).await?;
     save_keyring(r, &ring)?;
     crate::meta::set(&r.sync, GROUP_META, &ring.group.to_string())?;
     r.codec = Some(Codec::Sealed(Arc::new(ring)));
@@ -451,6 +456,7 @@ pub async fn rekey(r: &mut Replica, store: &dyn Store, revoke: &[String], passph
     if let Some(p) = passphrase {
         put_passphrase_grant(store, &ring, p).await?;
     }
+    epochs::publish(store, &ring, &epoch, &shut_out).await?;
     let now = clock::rfc3339(r.opts.clock.now_ms());
     for id in &revoked {
         peers::revoke(&r.sync, id, &now)?;

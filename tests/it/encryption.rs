@@ -556,6 +556,34 @@ fn a_device_granted_after_a_revocation_applies_nothing_the_revoked_device_writes
     Ok(())
 }
 
+/// A device that joins by passphrase after a revocation learns it from the
+/// passphrase grant, as a device granted later learns it from its grant: it
+/// applies nothing the revoked device writes, though it holds the epoch that
+/// device seals under.
+#[test]
+fn a_device_joining_by_passphrase_after_a_revocation_applies_nothing_the_revoked_device_writes() -> TestResult {
+    const NEW_PASS: &str = "a passphrase the revoked device never heard";
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let mut x = join(&g, "x");
+    sync(&g, &mut a);
+    sync(&g, &mut x);
+    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], Some(NEW_PASS)))?;
+    let keys = block_on(group::unlock(&g.store(), NEW_PASS))?;
+    let mut z = g.replica("z");
+    block_on(group::adopt(&mut z, &g.store(), keys))?;
+    write(&x, "from-the-revoked-device");
+    sync(&g, &mut x);
+    write(&a, "from-a-member");
+    sync(&g, &mut a);
+    sync(&g, &mut z);
+    assert!(has(&z, "from-a-member"));
+    assert!(!has(&z, "from-the-revoked-device"), "a device joining by passphrase applied a revoked device's write");
+    let held = dimple::status::replicas(&z)?.into_iter().find(|p| p.id == x.id()).map(|p| p.trust);
+    assert_eq!(held, Some(dimple::peers::Trust::Revoked), "the joiner holds the revocation itself");
+    Ok(())
+}
+
 /// A key epoch far in the future would sort above every epoch a rekey could
 /// start, so a member could never be revoked after it: a grant carrying one is
 /// refused.
