@@ -89,6 +89,25 @@ pub(super) async fn put_passphrase_grant(store: &dyn Store, ring: &Keyring, pass
     Ok(())
 }
 
+/// Refuses a passphrase a rekey retired: a newer epoch's notice than every
+/// passphrase grant says a member started an epoch without one. The grants
+/// left would open only epochs the members have moved on from (and a device
+/// revoked with that epoch may hold), so the device would join a group nobody
+/// seals to any more.
+async fn retired(store: &dyn Store, grants: &[crate::store::ObjectMeta]) -> Result<()> {
+    let epoch_of = |key: &str, prefix: &str| layout::parse_id_key(key, prefix).and_then(|e| Uuid::parse_str(e).ok());
+    let prefix = layout::grants_prefix(layout::PASSPHRASE);
+    let granted = grants.iter().filter_map(|m| epoch_of(&m.key, &prefix)).max();
+    let notices = list_all(store, layout::EPOCHS_PREFIX, None).await?;
+    let newest = notices.iter().filter_map(|m| epoch_of(&m.key, layout::EPOCHS_PREFIX)).max();
+    match (newest, granted) {
+        (Some(newest), Some(granted)) if newest > granted => Err(Error::Invalid(format!(
+            "this group's passphrase was retired: key epoch {newest} was started without one; ask a member for the new passphrase, or init without one and have a member run `dimple trust` for this device"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The group's keys opened with the passphrase, before anything local changes (a
 /// wrong passphrase leaves no trace).
 pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
@@ -103,6 +122,7 @@ pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Keyring> {
         ));
     }
     listed.sort_by(|a, b| b.key.cmp(&a.key)); // newest epoch first
+    retired(store, &listed).await?;
     let mut derived: Vec<(Kdf, [u8; 32])> = Vec::new();
     let mut found: Option<Keyring> = None;
     for meta in listed {

@@ -334,8 +334,10 @@ fn a_member_that_pushes_or_compacts_without_pulling_after_a_rekey_seals_under_th
     assert!(report.pull.problems.iter().any(|p| p.contains(b.id()) && p.contains("was not granted")));
     sync(&g, &mut a);
     assert!(has(&a, "pushed-after"), "the members read it");
-    // So does a push-only member's sync (its pull takes in nothing).
-    let mut e = join(&g, "e");
+    // So does a push-only member's sync (its pull takes in nothing). The rekey
+    // retired the passphrase: e joins by a member's grant.
+    let mut e = request(&g, "e");
+    block_on(group::grant(&mut a, &g.store(), e.id()))?;
     dimple::direction::set(e.conn(), dimple::direction::Direction::Push)?;
     block_on(dimple::sync(&mut e, &g.store()))?;
     block_on(group::rekey(&mut a, &g.store(), &[c.id().to_owned()], None))?;
@@ -581,6 +583,27 @@ fn a_device_joining_by_passphrase_after_a_revocation_applies_nothing_the_revoked
     assert!(!has(&z, "from-the-revoked-device"), "a device joining by passphrase applied a revoked device's write");
     let held = dimple::status::replicas(&z)?.into_iter().find(|p| p.id == x.id()).map(|p| p.trust);
     assert_eq!(held, Some(dimple::peers::Trust::Revoked), "the joiner holds the revocation itself");
+    Ok(())
+}
+
+/// A rekey without a passphrase retires the old one: joining with it would give
+/// only the epochs the members moved on from, those the revoked device holds.
+/// It is refused with a message, before anything local is made.
+#[test]
+fn a_passphrase_a_rekey_left_behind_is_refused() -> TestResult {
+    let g = Group::new();
+    let mut a = start(&g, "a");
+    let mut x = join(&g, "x");
+    sync(&g, &mut a);
+    sync(&g, &mut x);
+    assert!(block_on(group::unlock(&g.store(), PASS)).is_ok(), "the passphrase admits before the rekey");
+    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], None))?;
+    let refused = block_on(group::unlock(&g.store(), PASS));
+    assert!(matches!(&refused, Err(Error::Invalid(m)) if m.contains("passphrase was retired")), "{refused:?}");
+    // A new passphrase with the next epoch admits again, to every epoch.
+    block_on(group::rekey(&mut a, &g.store(), &[], Some("the new one")))?;
+    let keys = block_on(group::unlock(&g.store(), "the new one"))?;
+    assert_eq!(keys, group::keyring(&a)?);
     Ok(())
 }
 
