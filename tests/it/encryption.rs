@@ -536,52 +536,58 @@ fn a_revoked_device_that_started_an_epoch_of_its_own_reads_nothing_written_after
     Ok(())
 }
 
-/// A device granted after a revocation is told of it by its grant: what the
-/// revoked device still writes is applied there by nobody either.
-#[test]
-fn a_device_granted_after_a_revocation_applies_nothing_the_revoked_device_writes() -> TestResult {
+type Later = Result<Replica, Box<dyn std::error::Error>>;
+
+/// The scene of the two tests below: x is revoked by a rekey (with `passphrase`,
+/// if any), then `joins` makes a new device; x and a member write, and the new
+/// device applies the member's write and not x's. Returns it and x's id.
+fn a_later_device_applies_nothing_the_revoked_device_writes(
+    passphrase: Option<&str>,
+    joins: impl FnOnce(&Group, &mut Replica) -> Later,
+) -> Result<(Replica, String), Box<dyn std::error::Error>> {
     let g = Group::new();
     let mut a = start(&g, "a");
     let mut x = join(&g, "x");
     sync(&g, &mut a);
     sync(&g, &mut x);
-    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], None))?;
-    let mut z = request(&g, "z");
-    block_on(group::grant(&mut a, &g.store(), z.id()))?;
+    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], passphrase))?;
+    let mut z = joins(&g, &mut a)?;
     write(&x, "from-the-revoked-device");
     sync(&g, &mut x);
     write(&a, "from-a-member");
     sync(&g, &mut a);
     sync(&g, &mut z);
     assert!(has(&z, "from-a-member"));
-    assert!(!has(&z, "from-the-revoked-device"), "a device granted later applied a revoked device's write");
+    assert!(!has(&z, "from-the-revoked-device"), "a device joining later applied a revoked device's write");
+    Ok((z, x.id().to_owned()))
+}
+
+/// A device granted after a revocation is told of it by its grant: what the
+/// revoked device still writes is applied there by nobody either.
+#[test]
+fn a_device_granted_after_a_revocation_applies_nothing_the_revoked_device_writes() -> TestResult {
+    a_later_device_applies_nothing_the_revoked_device_writes(None, |g, a| {
+        let z = request(g, "z");
+        block_on(group::grant(a, &g.store(), z.id()))?;
+        Ok(z)
+    })?;
     Ok(())
 }
 
 /// A device that joins by passphrase after a revocation learns it from the
-/// passphrase grant, as a device granted later learns it from its grant: it
+/// new epoch's notice, as a device granted later learns it from its grant: it
 /// applies nothing the revoked device writes, though it holds the epoch that
 /// device seals under.
 #[test]
 fn a_device_joining_by_passphrase_after_a_revocation_applies_nothing_the_revoked_device_writes() -> TestResult {
     const NEW_PASS: &str = "a passphrase the revoked device never heard";
-    let g = Group::new();
-    let mut a = start(&g, "a");
-    let mut x = join(&g, "x");
-    sync(&g, &mut a);
-    sync(&g, &mut x);
-    block_on(group::rekey(&mut a, &g.store(), &[x.id().to_owned()], Some(NEW_PASS)))?;
-    let keys = block_on(group::unlock(&g.store(), NEW_PASS))?;
-    let mut z = g.replica("z");
-    block_on(group::adopt(&mut z, &g.store(), keys))?;
-    write(&x, "from-the-revoked-device");
-    sync(&g, &mut x);
-    write(&a, "from-a-member");
-    sync(&g, &mut a);
-    sync(&g, &mut z);
-    assert!(has(&z, "from-a-member"));
-    assert!(!has(&z, "from-the-revoked-device"), "a device joining by passphrase applied a revoked device's write");
-    let held = dimple::status::replicas(&z)?.into_iter().find(|p| p.id == x.id()).map(|p| p.trust);
+    let (z, x) = a_later_device_applies_nothing_the_revoked_device_writes(Some(NEW_PASS), |g, _| {
+        let keys = block_on(group::unlock(&g.store(), NEW_PASS))?;
+        let mut z = g.replica("z");
+        block_on(group::adopt(&mut z, &g.store(), keys))?;
+        Ok(z)
+    })?;
+    let held = dimple::status::replicas(&z)?.into_iter().find(|p| p.id == x).map(|p| p.trust);
     assert_eq!(held, Some(dimple::peers::Trust::Revoked), "the joiner holds the revocation itself");
     Ok(())
 }
