@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::head::MAX_JSON_BYTES;
 use crate::layout;
 use crate::seal::Keyring;
-use crate::store::{get_bytes, list_all, PutMode, Store, StoreError};
+use crate::store::{get_bytes, list_all, ObjectMeta, PutMode, Store, StoreError};
 use crate::FORMAT;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -21,13 +21,11 @@ use uuid::Uuid;
 /// Argon2id cost of a new passphrase grant: 64 MiB, 3 passes (RFC 9106's second
 /// recommended setting). Stored with each grant, so it can grow later.
 pub const KDF_MEMORY_KIB: u32 = 64 * 1024;
-
 pub const KDF_ITERATIONS: u32 = 3;
 
 /// Parameters read from the bucket above these are refused: a hostile grant must
 /// not make a device spend gigabytes or minutes.
 const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
-
 const KDF_MAX_ITERATIONS: u32 = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,7 +92,7 @@ pub(super) async fn put_passphrase_grant(store: &dyn Store, ring: &Keyring, pass
 /// left would open only epochs the members have moved on from (and a device
 /// revoked with that epoch may hold), so the device would join a group nobody
 /// seals to any more.
-async fn retired(store: &dyn Store, grants: &[crate::store::ObjectMeta]) -> Result<()> {
+async fn retired(store: &dyn Store, grants: &[ObjectMeta]) -> Result<()> {
     let epoch_of = |key: &str, prefix: &str| layout::parse_id_key(key, prefix).and_then(|e| Uuid::parse_str(e).ok());
     let prefix = layout::grants_prefix(layout::PASSPHRASE);
     let granted = grants.iter().filter_map(|m| epoch_of(&m.key, &prefix)).max();
