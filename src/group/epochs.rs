@@ -25,7 +25,7 @@
 //! opens; it can only delete one, which leaves a joiner as it was before notices
 //! existed, learning the revocation from the next epoch's grant.
 
-use super::wrap::{aead_open, aead_seal};
+use super::wrap::{aead_open, aead_seal, notice_aad};
 use crate::clock;
 use crate::error::Result;
 use crate::head::MAX_JSON_BYTES;
@@ -131,10 +131,6 @@ struct Notice {
 #[serde(deny_unknown_fields)]
 struct ShutOut {
     revoked: Vec<String>,
-}
-
-fn notice_aad(key: &str, group: &str) -> Vec<u8> {
-    format!("dimple epoch/1\0{group}\0{key}").into_bytes()
 }
 
 /// Writes the notice of `epoch` (a new one, in `ring`), naming `revoked`.

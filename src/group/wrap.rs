@@ -77,6 +77,18 @@ pub(super) fn unpayload(bytes: &[u8], group: &str, origin: &str) -> Result<Keyri
     ring_from_map(&w.group, &w.epochs).ok_or_else(|| Error::bad(origin, "malformed keys"))
 }
 
+/// The associated data that binds a sealed object to its key in the bucket and
+/// its group, for one purpose: a copy at another key, or of another kind, does
+/// not open.
+fn bound(purpose: &str, key: &str, group: &str) -> Vec<u8> {
+    format!("dimple {purpose}/1\0{group}\0{key}").into_bytes()
+}
+
 pub(super) fn grant_aad(key: &str, group: &str) -> Vec<u8> {
-    format!("dimple grant/1\0{group}\0{key}").into_bytes()
+    bound("grant", key, group)
+}
+
+/// An epoch's notice ([`super::epochs`]).
+pub(super) fn notice_aad(key: &str, group: &str) -> Vec<u8> {
+    bound("epoch", key, group)
 }
